@@ -1,0 +1,322 @@
+//! The engine: control plane and scheduler. It owns the jobs loaded from the state database,
+//! admits work through one [`gate::Gate`], runs the data plane ([`transfer`]) on tokio tasks,
+//! records every transition through the state writer, and reports what happens as [`Event`]s.
+//!
+//! Callers — the headless `copy`, the TUI, tests — hold an [`EngineHandle`] that sends
+//! [`Command`]s over a bounded channel, and read [`Event`]s. Both are plain serialisable data.
+//! The engine never imports the TUI.
+
+pub mod gate;
+pub mod plan;
+pub mod retry;
+mod scheduler;
+pub mod transfer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::location::Location;
+use crate::state::{ErrorRecord, JobId, JobOptions, JobProgress, JobState, StateDb};
+use crate::store::{ObjectSink, ObjectSource};
+pub use plan::PlanSummary;
+pub use retry::RetryPolicy;
+
+/// Settings of one engine run.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Units of work (chunks, small objects, commits) in flight at once.
+    pub concurrency: u32,
+    /// Bytes of chunk buffers in flight at once.
+    pub max_memory: u64,
+    /// Retry rules.
+    pub retry: RetryPolicy,
+    /// Stop once every loaded job has finished and nothing is being planned (headless runs).
+    pub exit_when_idle: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_memory: 1 << 30,
+            retry: RetryPolicy::default(),
+            exit_when_idle: true,
+        }
+    }
+}
+
+/// Opens the stores a job's locations live in.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    /// The source and destination stores of a route.
+    async fn open(
+        &self,
+        source: &Location,
+        destination: &Location,
+    ) -> anyhow::Result<(Arc<dyn ObjectSource>, Arc<dyn ObjectSink>)>;
+}
+
+/// Opens real stores from the environment's credentials.
+pub struct DefaultStores;
+
+#[async_trait]
+impl StoreFactory for DefaultStores {
+    async fn open(
+        &self,
+        source: &Location,
+        destination: &Location,
+    ) -> anyhow::Result<(Arc<dyn ObjectSource>, Arc<dyn ObjectSink>)> {
+        Ok((
+            crate::store::open_source(source).await?,
+            crate::store::open_sink(destination).await?,
+        ))
+    }
+}
+
+/// What callers ask of the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Plan `source` → `destination` (or re-plan the job of that route) and run it.
+    Enqueue {
+        /// Source location.
+        source: String,
+        /// Destination location.
+        destination: String,
+        /// Job settings.
+        options: JobOptions,
+    },
+    /// Load unfinished jobs from the state database and run them: one job, or all of them.
+    /// Paused jobs are loaded (and stay paused) only when `include_paused` is set or the job
+    /// is named.
+    Load {
+        /// The job, or every unfinished job.
+        job: Option<JobId>,
+        /// Also load paused jobs.
+        include_paused: bool,
+    },
+    /// Pause one job or every job: no new chunk starts; chunks in flight finish.
+    Pause(Option<JobId>),
+    /// Resume one job or every job.
+    Resume(Option<JobId>),
+    /// Set the concurrency limit.
+    SetConcurrency(u32),
+    /// Give the failed objects of a job another chance.
+    RetryFailed(JobId),
+    /// Cancel a job: nothing more is sent; staged blocks are left to expire.
+    Cancel(JobId),
+    /// Stop: no new work; in-flight work gets a moment to finish, the rest returns to
+    /// pending on the next start.
+    Shutdown,
+}
+
+/// What the engine reports. Chunk and object events are sent only after the state database
+/// recorded them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A job was planned (or re-planned) and starts.
+    JobPlanned {
+        /// The job.
+        job: JobId,
+        /// Source location.
+        source: String,
+        /// Destination location.
+        destination: String,
+        /// What the plan amounts to.
+        summary: PlanSummary,
+    },
+    /// A job was loaded from the state database.
+    JobLoaded {
+        /// The job.
+        job: JobId,
+        /// Source location.
+        source: String,
+        /// Destination location.
+        destination: String,
+        /// Its state.
+        state: JobState,
+        /// Its counts so far.
+        progress: JobProgress,
+    },
+    /// Planning or loading failed; nothing was copied for this route.
+    PlanFailed {
+        /// Source location as given.
+        source: String,
+        /// Destination location as given.
+        destination: String,
+        /// Why, and how to fix it.
+        error: String,
+    },
+    /// A job changed state (paused, resumed, cancelled).
+    JobStateChanged {
+        /// The job.
+        job: JobId,
+        /// The new state.
+        state: JobState,
+    },
+    /// A chunk was claimed and starts moving.
+    ChunkStarted {
+        /// The job.
+        job: JobId,
+        /// The object's index in the job.
+        file: u32,
+        /// The chunk's index in the object.
+        chunk: u32,
+        /// Which attempt this is (1 = first).
+        attempt: u32,
+        /// The chunk's size.
+        bytes: u64,
+    },
+    /// The destination acknowledged a chunk.
+    ChunkCompleted {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// The chunk's index.
+        chunk: u32,
+        /// Bytes moved.
+        bytes: u64,
+        /// Read-to-acknowledge time.
+        latency_ms: u64,
+    },
+    /// A chunk failed and will be tried again.
+    ChunkRetry {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// The chunk's index.
+        chunk: u32,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Wait before the next attempt.
+        delay_ms: u64,
+        /// What went wrong.
+        error: ErrorRecord,
+    },
+    /// A chunk failed for good.
+    ChunkFailed {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// The chunk's index.
+        chunk: u32,
+        /// What went wrong.
+        error: ErrorRecord,
+    },
+    /// Verification before commit found blocks missing at the destination; they are sent
+    /// again.
+    BlocksMissing {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// The missing chunks.
+        chunks: Vec<u32>,
+    },
+    /// An object is committed and verified.
+    FileCommitted {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// Source key.
+        key: String,
+        /// Destination key.
+        dest_key: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// An object failed; nothing of it is visible at the destination.
+    FileFailed {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// Source key.
+        key: String,
+        /// Why.
+        error: ErrorRecord,
+    },
+    /// A job finished (done, failed or cancelled).
+    JobFinished {
+        /// The job.
+        job: JobId,
+        /// How it ended.
+        state: JobState,
+        /// Final counts.
+        progress: JobProgress,
+        /// Why the whole job stopped, if it did.
+        error: Option<String>,
+    },
+    /// The concurrency limit changed.
+    ConcurrencyChanged {
+        /// The new limit.
+        limit: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The engine cannot go on (the state database cannot be written).
+    Fatal {
+        /// Why, and how to fix it.
+        error: String,
+    },
+}
+
+/// Sends commands to a running engine.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Sends a command, waiting for room in the channel.
+    pub async fn send(&self, command: Command) -> anyhow::Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))
+    }
+
+    /// Sends a command without waiting; false when the channel is full or the engine stopped.
+    pub fn try_send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    /// Where commands go.
+    pub handle: EngineHandle,
+    /// What happens, in order.
+    pub events: mpsc::Receiver<Event>,
+    /// Ends when the engine stops; an error means it could not go on.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Engine {
+    /// Starts the engine on `db`: chunks left IN_PROGRESS by a previous run return to
+    /// PENDING, then commands are served.
+    pub fn start(
+        db: StateDb,
+        config: EngineConfig,
+        stores: Arc<dyn StoreFactory>,
+    ) -> anyhow::Result<Self> {
+        db.recover_in_progress()?;
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let (events_tx, events_rx) = mpsc::channel(8192);
+        let task = tokio::spawn(scheduler::run(db, config, stores, commands_rx, events_tx));
+        Ok(Self {
+            handle: EngineHandle {
+                commands: commands_tx,
+            },
+            events: events_rx,
+            task,
+        })
+    }
+}

@@ -1,0 +1,394 @@
+//! Planning a job before any byte moves: list the source, size the chunks within the
+//! destination's limits, derive deterministic block IDs, look at what the destination already
+//! holds, merge with what an earlier run of the same route recorded, and write it all to the
+//! state database.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use super::retry::RetryPolicy;
+use crate::location::Location;
+use crate::size::human;
+use crate::state::{
+    ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
+    StateDb, Write, now_ms,
+};
+use crate::store::{DestObject, ObjectInfo, ObjectSink, ObjectSource, SinkLimits, meta_keys};
+
+const MIB: u64 = 1 << 20;
+
+/// The block ID of chunk `index` of the object version (`etag`, `size`) cut into `chunk_size`
+/// chunks: fixed length, ASCII, and different for any other version or chunk size, so blocks of
+/// two versions can never mix.
+pub fn block_id(etag: &str, size: u64, chunk_size: u64, index: u32) -> String {
+    let digest = Sha256::digest(format!("{etag}\n{size}\n{chunk_size}").as_bytes());
+    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("bw1-{version}-{index:010}")
+}
+
+/// The chunk size for an object of `size` bytes: the requested size, raised (to a whole MiB)
+/// when the object would otherwise need more blocks than the store allows.
+pub fn chunk_size_for(
+    size: u64,
+    requested: u64,
+    limits: SinkLimits,
+    max_memory: u64,
+) -> Result<u64, String> {
+    if requested == 0 {
+        return Err("the chunk size must be at least 1 byte".into());
+    }
+    if requested > limits.max_block {
+        return Err(format!(
+            "a chunk size of {} is over the destination's largest block ({}); use at most {}",
+            human(requested),
+            human(limits.max_block),
+            human(limits.max_block)
+        ));
+    }
+    if size > limits.max_object() {
+        return Err(format!(
+            "the object is {} but the destination holds at most {} per object ({} blocks of {})",
+            human(size),
+            human(limits.max_object()),
+            limits.max_blocks,
+            human(limits.max_block)
+        ));
+    }
+    let mut chunk = requested.max(limits.min_block);
+    let needed = size.div_ceil(limits.max_blocks);
+    if chunk < needed {
+        chunk = needed.div_ceil(MIB) * MIB;
+    }
+    let chunk = chunk.min(limits.max_block);
+    if chunk.min(size) > max_memory {
+        return Err(format!(
+            "the object needs chunks of {} (at most {} blocks) but --max-memory is {}; raise \
+             --max-memory to at least {}",
+            human(chunk),
+            limits.max_blocks,
+            human(max_memory),
+            human(chunk)
+        ));
+    }
+    Ok(chunk)
+}
+
+/// How many chunks an object of `size` has: at least one (an empty object is one empty put).
+pub fn chunk_count(size: u64, chunk_size: u64) -> u32 {
+    u32::try_from(size.div_ceil(chunk_size).max(1)).unwrap_or(u32::MAX)
+}
+
+/// What a planning request needs.
+pub struct PlanRequest<'a> {
+    /// The id for a new job (ignored when the route already has one).
+    pub new_job_id: JobId,
+    /// Where to copy from.
+    pub source: &'a Location,
+    /// Where to copy to.
+    pub destination: &'a Location,
+    /// Job settings.
+    pub options: JobOptions,
+    /// The memory budget chunks must fit in.
+    pub max_memory: u64,
+    /// Retries for listing and preparing.
+    pub retry: RetryPolicy,
+}
+
+/// What a plan amounts to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanSummary {
+    /// Objects in the job.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Objects still to copy.
+    pub to_copy: u64,
+    /// Bytes still to copy.
+    pub to_copy_bytes: u64,
+    /// Chunks still to send.
+    pub chunks: u64,
+    /// Objects already done in an earlier run.
+    pub already_done: u64,
+    /// Objects found identical at the destination (copied earlier by blobway).
+    pub identical: u64,
+    /// Objects that cannot be copied at all (e.g. too large for the destination).
+    pub rejected: u64,
+}
+
+/// Lists, sizes and records a job. Re-planning a route that has a job resumes it: objects
+/// unchanged at the source keep their progress, changed ones are planned afresh, failed ones
+/// get another chance.
+pub async fn plan_job(
+    db: &StateDb,
+    req: PlanRequest<'_>,
+    source: &dyn ObjectSource,
+    sink: &dyn ObjectSink,
+) -> anyhow::Result<(JobRecord, PlanSummary)> {
+    let (src, dst) = (req.source, req.destination);
+    let listing = req
+        .retry
+        .run(|| source.list(&src.key, !src.is_prefix()))
+        .await
+        .map_err(|e| {
+            let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
+                " (to copy every object under it, end the location with `/`)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("cannot list the source {src}: {e}{hint}")
+        })?;
+    req.retry
+        .run(|| sink.prepare())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot prepare the destination {dst}: {e}"))?;
+    let existing: BTreeMap<String, DestObject> = if dst.is_prefix() {
+        req.retry
+            .run(|| sink.list_existing(&dst.key))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot list the destination {dst}: {e}"))?
+    } else {
+        req.retry
+            .run(|| sink.head(&dst.key))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the destination {dst}: {e}"))?
+            .map(|d| (dst.key.clone(), d))
+            .into_iter()
+            .collect()
+    };
+
+    let (src_text, dst_text) = (src.to_string(), dst.to_string());
+    let previous = match db.job_for_route(&src_text, &dst_text)? {
+        Some(job) => db.load_job(job.id)?,
+        None => None,
+    };
+    let now = now_ms();
+    let mut job = match &previous {
+        Some(snapshot) => snapshot.job.clone(),
+        None => JobRecord {
+            id: req.new_job_id,
+            source: src_text,
+            destination: dst_text,
+            options: req.options.clone(),
+            state: JobState::Queued,
+            created_ms: now,
+            updated_ms: now,
+            error: None,
+        },
+    };
+    job.options = req.options.clone();
+    job.state = JobState::Running;
+    job.error = None;
+    job.updated_ms = now;
+
+    let mut old: HashMap<String, (u32, FileRecord, Vec<ChunkRecord>)> = previous
+        .map(|s| s.files.into_iter().map(|f| (f.1.key.clone(), f)).collect())
+        .unwrap_or_default();
+    let mut next_index = old.values().map(|(i, _, _)| i + 1).max().unwrap_or(0);
+    let mut writes = vec![Write::Job(job.clone())];
+    let mut summary = PlanSummary::default();
+    let limits = sink.limits();
+
+    for object in listing {
+        let dest_key = dst.destination_key(src, &object.key);
+        let at_destination = existing.get(&dest_key);
+        summary.files += 1;
+        summary.bytes += object.size;
+        let (index, mut file, mut chunks) = match old.remove(&object.key) {
+            Some((index, file, chunks)) if file.etag == object.etag && file.size == object.size => {
+                (index, file, chunks)
+            }
+            Some((index, _, _)) => {
+                writes.push(Write::RemoveFile(job.id, index));
+                let (file, chunks) = new_file(&object, dest_key, &req, limits);
+                (index, file, chunks)
+            }
+            None => {
+                let index = next_index;
+                next_index += 1;
+                let (file, chunks) = new_file(&object, dest_key, &req, limits);
+                (index, file, chunks)
+            }
+        };
+        let finished = matches!(file.state, FileState::Done | FileState::Skipped);
+        if finished && at_destination.is_some_and(|d| d.size == file.size) {
+            summary.already_done += 1;
+            continue;
+        }
+        if identical(at_destination, &object) {
+            file.state = FileState::Skipped;
+            file.note = Some("already identical at the destination".into());
+            summary.identical += 1;
+        } else if finished {
+            // Recorded as done, but the destination no longer holds it: copy it again.
+            let (fresh, fresh_chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
+            (file, chunks) = (fresh, fresh_chunks);
+        } else if file.state == FileState::Failed && file.chunk_count > 0 {
+            reopen(&mut file, &mut chunks);
+        }
+        match file.state {
+            FileState::Transferring | FileState::Committing => {
+                summary.to_copy += 1;
+                summary.to_copy_bytes += object.size;
+                summary.chunks += chunks
+                    .iter()
+                    .filter(|c| c.state != ChunkState::Completed)
+                    .count() as u64;
+            }
+            FileState::Failed => summary.rejected += 1,
+            FileState::Done | FileState::Skipped => {}
+        }
+        writes.push(Write::File(job.id, index, file));
+        writes.extend(
+            chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Write::Chunk(job.id, index, i as u32, c)),
+        );
+    }
+    // Objects recorded earlier that are gone from the source: keep finished ones as history,
+    // drop unfinished ones (there is nothing left to copy).
+    for (index, file, _) in old.into_values() {
+        if !matches!(file.state, FileState::Done | FileState::Skipped) {
+            writes.push(Write::RemoveFile(job.id, index));
+        }
+    }
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.apply(&writes))
+        .await
+        .context("the planning task failed")??;
+    Ok((job, summary))
+}
+
+/// True when the destination holds exactly this source version, as recorded by blobway.
+fn identical(at_destination: Option<&DestObject>, object: &ObjectInfo) -> bool {
+    at_destination.is_some_and(|d| {
+        d.size == object.size
+            && d.meta.get(meta_keys::SOURCE_ETAG).map(String::as_str) == Some(object.etag.as_str())
+    })
+}
+
+/// A freshly planned object: every chunk pending, or the object failed when no chunk size fits.
+fn new_file(
+    object: &ObjectInfo,
+    dest_key: String,
+    req: &PlanRequest<'_>,
+    limits: SinkLimits,
+) -> (FileRecord, Vec<ChunkRecord>) {
+    let sized = chunk_size_for(object.size, req.options.chunk_size, limits, req.max_memory);
+    let chunk_size = sized
+        .as_ref()
+        .copied()
+        .unwrap_or(req.options.chunk_size.max(1));
+    let chunk_count = if sized.is_ok() {
+        chunk_count(object.size, chunk_size)
+    } else {
+        0
+    };
+    let file = FileRecord {
+        key: object.key.clone(),
+        dest_key,
+        size: object.size,
+        etag: object.etag.clone(),
+        chunk_size,
+        chunk_count,
+        state: if sized.is_ok() {
+            FileState::Transferring
+        } else {
+            FileState::Failed
+        },
+        commit_attempts: 0,
+        error: sized.err().map(|message| crate::state::ErrorRecord {
+            class: crate::store::ErrorClass::Invalid,
+            status: None,
+            message,
+            at_ms: now_ms(),
+        }),
+        note: None,
+    };
+    (file, vec![ChunkRecord::pending(); chunk_count as usize])
+}
+
+/// Gives a failed object another chance: failed and claimed chunks go back to pending (their
+/// attempt counts and histories stay), completed ones are kept.
+pub fn reopen(file: &mut FileRecord, chunks: &mut [ChunkRecord]) {
+    for chunk in chunks.iter_mut() {
+        if matches!(chunk.state, ChunkState::Failed | ChunkState::InProgress) {
+            chunk.state = ChunkState::Pending;
+        }
+    }
+    file.state = FileState::Transferring;
+    file.error = None;
+    file.commit_attempts = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AZURE: SinkLimits = SinkLimits {
+        max_block: 4000 * MIB,
+        max_blocks: 50_000,
+        min_block: 0,
+        max_single_put: 5000 * MIB,
+    };
+
+    #[test]
+    fn block_ids_are_fixed_length_and_bound_to_the_version() {
+        let a = block_id("\"e1\"", 100, 10, 0);
+        let b = block_id("\"e1\"", 100, 10, 9_999_999);
+        let c = block_id("\"e2\"", 100, 10, 0);
+        let d = block_id("\"e1\"", 100, 20, 0);
+        assert_eq!(a.len(), b.len());
+        assert!(a.len() <= 64);
+        assert_ne!(a, c, "another source version");
+        assert_ne!(a, d, "another chunk size");
+        assert_eq!(a, block_id("\"e1\"", 100, 10, 0), "deterministic");
+    }
+
+    #[test]
+    fn chunk_size_is_raised_to_stay_within_the_block_count() {
+        let one_tib = 1u64 << 40;
+        assert_eq!(
+            chunk_size_for(one_tib, 64 * MIB, AZURE, 1 << 30),
+            Ok(64 * MIB)
+        );
+        let size = 5 * one_tib;
+        let chunk = chunk_size_for(size, 64 * MIB, AZURE, 1 << 30).expect("fits");
+        assert!(chunk_count(size, chunk) <= 50_000);
+        assert_eq!(chunk % MIB, 0);
+    }
+
+    #[test]
+    fn impossible_sizes_are_explained() {
+        assert!(
+            chunk_size_for(10, 0, AZURE, 1 << 30)
+                .expect_err("zero")
+                .contains("at least 1 byte")
+        );
+        assert!(
+            chunk_size_for(10, 5000 * MIB, AZURE, 1 << 40)
+                .expect_err("too big")
+                .contains("largest block")
+        );
+        assert!(
+            chunk_size_for(200_000 * 4000 * MIB, 64 * MIB, AZURE, 1 << 40)
+                .expect_err("object too big")
+                .contains("at most")
+        );
+        assert!(
+            chunk_size_for(50_000 * 300 * MIB, 64 * MIB, AZURE, 256 * MIB)
+                .expect_err("memory")
+                .contains("--max-memory")
+        );
+    }
+
+    #[test]
+    fn counts_chunks_with_one_for_empty_objects() {
+        assert_eq!(chunk_count(0, 8), 1);
+        assert_eq!(chunk_count(8, 8), 1);
+        assert_eq!(chunk_count(9, 8), 2);
+        assert_eq!(chunk_count(16, 8), 2);
+    }
+}

@@ -1,0 +1,1198 @@
+//! The scheduler task: the single owner of the loaded jobs, their in-memory chunk states and the
+//! gate. It claims work, hands each claim to the state writer, starts the work only once the
+//! claim is durable, and records each outcome the same way before announcing it. Planning,
+//! loading and the data plane run on their own tasks and report back by message; nothing here
+//! waits on the network.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::gate::Gate;
+use super::plan::{self, PlanRequest, PlanSummary};
+use super::transfer::{self, ChunkMoved, ChunkWork, CommitOutcome, CommitWork};
+use super::{Command, EngineConfig, Event, StoreFactory};
+use crate::location::parse_route;
+use crate::state::writer::{self, Committed, WriteRequest};
+use crate::state::{
+    AttemptRecord, ChunkRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobProgress,
+    JobRecord, JobSnapshot, JobState, StateDb, Write, now_ms, progress_of,
+};
+use crate::store::{
+    ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
+};
+
+/// How long a shutdown waits for work in flight before leaving it to the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What to do once a batch of writes is durable.
+enum After {
+    Emit(Event),
+    StartChunk(Box<ChunkTask>),
+    StartCommit(Box<CommitTask>),
+}
+
+struct ChunkTask {
+    job: JobId,
+    pos: usize,
+    chunk: u32,
+    reserved: u64,
+    work: ChunkWork,
+}
+
+struct CommitTask {
+    job: JobId,
+    pos: usize,
+    work: CommitWork,
+}
+
+/// A finished unit of work.
+enum Finished {
+    Chunk {
+        job: JobId,
+        pos: usize,
+        chunk: u32,
+        reserved: u64,
+        started_ms: i64,
+        latency_ms: u64,
+        result: StoreResult<ChunkMoved>,
+    },
+    Commit {
+        job: JobId,
+        pos: usize,
+        result: StoreResult<CommitOutcome>,
+    },
+}
+
+/// A job ready to run, from planning or loading.
+enum Ready {
+    Job {
+        snapshot: JobSnapshot,
+        summary: Option<PlanSummary>,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+    },
+    Failed {
+        source: String,
+        destination: String,
+        error: String,
+        /// True when this ends a planning task (a loader ends with [`Ready::LoaderDone`]).
+        ends_task: bool,
+    },
+    /// The loader went through every job.
+    LoaderDone,
+}
+
+/// What a timer wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    Chunk(u32),
+    Commit,
+}
+
+struct FileRun {
+    index: u32,
+    record: FileRecord,
+    chunks: Vec<ChunkRecord>,
+    ready: VecDeque<u32>,
+    completed: u32,
+    in_flight: u32,
+    commit_ready: bool,
+    commit_running: bool,
+    queued: bool,
+}
+
+impl FileRun {
+    fn new(index: u32, record: FileRecord, mut chunks: Vec<ChunkRecord>) -> Self {
+        let mut ready = VecDeque::new();
+        let mut completed = 0;
+        let active = matches!(
+            record.state,
+            FileState::Transferring | FileState::Committing
+        );
+        for (i, chunk) in chunks.iter_mut().enumerate() {
+            match chunk.state {
+                ChunkState::Completed => completed += 1,
+                ChunkState::Pending | ChunkState::InProgress if active => {
+                    chunk.state = ChunkState::Pending;
+                    ready.push_back(i as u32);
+                }
+                _ => {}
+            }
+        }
+        let commit_ready = active
+            && !record.is_single_put()
+            && completed == record.chunk_count
+            && ready.is_empty();
+        Self {
+            index,
+            record,
+            chunks,
+            ready,
+            completed,
+            in_flight: 0,
+            commit_ready,
+            commit_running: false,
+            queued: false,
+        }
+    }
+
+    fn active(&self) -> bool {
+        matches!(
+            self.record.state,
+            FileState::Transferring | FileState::Committing
+        )
+    }
+
+    fn has_work(&self) -> bool {
+        self.active() && (!self.ready.is_empty() || self.commit_ready)
+    }
+
+    fn chunk_len(&self, chunk: u32) -> u64 {
+        let range = self.record.chunk_range(chunk);
+        range.end - range.start
+    }
+}
+
+struct JobRun {
+    record: JobRecord,
+    source: Arc<dyn ObjectSource>,
+    sink: Arc<dyn ObjectSink>,
+    files: Vec<FileRun>,
+    queue: VecDeque<usize>,
+    in_flight: u32,
+}
+
+impl JobRun {
+    fn enqueue(&mut self, pos: usize) {
+        let file = &mut self.files[pos];
+        if !file.queued && file.has_work() {
+            file.queued = true;
+            self.queue.push_back(pos);
+        }
+    }
+
+    fn progress(&self) -> JobProgress {
+        progress_of(self.files.iter().map(|f| (&f.record, f.chunks.as_slice())))
+    }
+
+    fn all_finished(&self) -> bool {
+        self.files.iter().all(|f| f.record.state.is_finished())
+    }
+}
+
+struct Scheduler {
+    db: StateDb,
+    config: EngineConfig,
+    stores: Arc<dyn StoreFactory>,
+    events: mpsc::Sender<Event>,
+    writes: Option<mpsc::UnboundedSender<WriteRequest<Vec<After>>>>,
+    unacknowledged: usize,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    ready_tx: mpsc::UnboundedSender<Ready>,
+    background: usize,
+    jobs: BTreeMap<JobId, JobRun>,
+    timers: BinaryHeap<Reverse<(Instant, JobId, usize, Wake)>>,
+    gate: Gate,
+    next_job_id: JobId,
+    stopping: Option<Instant>,
+    /// Set once a job was asked for: an idle engine exits (headless) only after that.
+    asked: bool,
+}
+
+/// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
+pub(super) async fn run(
+    db: StateDb,
+    config: EngineConfig,
+    stores: Arc<dyn StoreFactory>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<()> {
+    let (writes_tx, writes_rx) = mpsc::unbounded_channel();
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
+    let writer = writer::spawn(db.clone(), unbounded_bridge(writes_rx), committed_tx);
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let next_job_id = db.next_job_id()?;
+    let gate = Gate::new(config.concurrency, config.max_memory);
+    let mut s = Scheduler {
+        db,
+        config,
+        stores,
+        events,
+        writes: Some(writes_tx),
+        unacknowledged: 0,
+        finished_tx,
+        ready_tx,
+        background: 0,
+        jobs: BTreeMap::new(),
+        timers: BinaryHeap::new(),
+        gate,
+        next_job_id,
+        stopping: None,
+        asked: false,
+    };
+    let mut commands_open = true;
+    let result = loop {
+        if s.stopping.is_none() {
+            s.dispatch();
+        }
+        if s.done() {
+            break Ok(());
+        }
+        let next_timer = s.timers.peek().map(|Reverse((at, ..))| *at);
+        let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
+        tokio::select! {
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => s.on_command(command),
+                None => commands_open = false,
+            },
+            Some(finished) = finished_rx.recv() => s.on_finished(finished),
+            Some(ready) = ready_rx.recv() => s.on_ready(ready).await,
+            Some(committed) = committed_rx.recv() => {
+                if let Err(e) = s.on_committed(committed).await {
+                    break Err(e);
+                }
+            }
+            _ = sleep_until(next_timer), if next_timer.is_some() => {}
+            _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
+        }
+    };
+    // Let the writer finish what is queued, then stop it.
+    s.writes = None;
+    while s.unacknowledged > 0 {
+        match committed_rx.recv().await {
+            Some(Ok(tags)) => {
+                s.unacknowledged -= tags.len();
+                for after in tags.into_iter().flatten() {
+                    if let After::Emit(event) = after {
+                        let _ = s.events.send(event).await;
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    if let Err(e) = &result {
+        let _ = s
+            .events
+            .send(Event::Fatal {
+                error: format!("{e:#}"),
+            })
+            .await;
+    }
+    result
+}
+
+/// The writer thread takes a bounded receiver; the scheduler must never wait on it, so an
+/// unbounded channel feeds it through a small forwarding task.
+fn unbounded_bridge<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<WriteRequest<T>>,
+) -> mpsc::Receiver<WriteRequest<T>> {
+    let (tx, bounded) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(request) = rx.recv().await {
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    bounded
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    fn done(&self) -> bool {
+        if self.unacknowledged > 0 || self.background > 0 {
+            return false;
+        }
+        let in_flight: u32 = self.jobs.values().map(|j| j.in_flight).sum();
+        if self.stopping.is_some() {
+            return in_flight == 0;
+        }
+        self.config.exit_when_idle && self.asked && self.jobs.is_empty()
+    }
+
+    /// Hands writes to the writer; `after` runs once they are durable.
+    fn persist(&mut self, writes: Vec<Write>, after: Vec<After>) {
+        if let Some(tx) = &self.writes
+            && tx.send(WriteRequest { writes, tag: after }).is_ok()
+        {
+            self.unacknowledged += 1;
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        let _ = self.events.send(event).await;
+    }
+
+    // ---- commands ------------------------------------------------------------------------
+
+    fn on_command(&mut self, command: Command) {
+        if matches!(command, Command::Enqueue { .. } | Command::Load { .. }) {
+            self.asked = true;
+        }
+        match command {
+            Command::Enqueue {
+                source,
+                destination,
+                options,
+            } => self.enqueue(source, destination, options),
+            Command::Load {
+                job,
+                include_paused,
+            } => self.load(job, include_paused),
+            Command::Pause(job) => self.set_paused(job, true),
+            Command::Resume(job) => self.set_paused(job, false),
+            Command::SetConcurrency(limit) => {
+                self.gate.set_limit(limit);
+                let limit = self.gate.limit();
+                self.persist(
+                    Vec::new(),
+                    vec![After::Emit(Event::ConcurrencyChanged {
+                        limit,
+                        reason: "set by the operator".into(),
+                    })],
+                );
+            }
+            Command::RetryFailed(id) => self.retry_failed(id),
+            Command::Cancel(id) => {
+                if let Some(job) = self.jobs.get_mut(&id)
+                    && !job.record.state.is_finished()
+                {
+                    job.record.state = JobState::Cancelled;
+                    job.record.updated_ms = now_ms();
+                    job.queue.clear();
+                    let record = job.record.clone();
+                    self.persist(
+                        vec![Write::Job(record)],
+                        vec![After::Emit(Event::JobStateChanged {
+                            job: id,
+                            state: JobState::Cancelled,
+                        })],
+                    );
+                    self.check_finished(id);
+                }
+            }
+            Command::Shutdown => {
+                self.stopping = Some(Instant::now());
+            }
+        }
+    }
+
+    fn enqueue(&mut self, source: String, destination: String, options: crate::state::JobOptions) {
+        let (src, dst) = match parse_route(&source, &destination) {
+            Ok(route) => route,
+            Err(e) => {
+                self.background += 1;
+                let _ = self.ready_tx.send(Ready::Failed {
+                    source,
+                    destination,
+                    error: e.to_string(),
+                    ends_task: true,
+                });
+                return;
+            }
+        };
+        let busy = self
+            .jobs
+            .values()
+            .any(|j| j.record.source == src.to_string() && j.record.destination == dst.to_string());
+        if busy {
+            self.background += 1;
+            let _ = self.ready_tx.send(Ready::Failed {
+                source,
+                destination,
+                error: "a job for this route is already loaded; pause or cancel it first".into(),
+                ends_task: true,
+            });
+            return;
+        }
+        let new_job_id = self.next_job_id;
+        self.next_job_id += 1;
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        let (max_memory, retry) = (self.config.max_memory, self.config.retry);
+        self.background += 1;
+        tokio::spawn(async move {
+            let result = async {
+                let (source_store, sink) = stores.open(&src, &dst).await?;
+                let request = PlanRequest {
+                    new_job_id,
+                    source: &src,
+                    destination: &dst,
+                    options,
+                    max_memory,
+                    retry,
+                };
+                let (job, summary) =
+                    plan::plan_job(&db, request, source_store.as_ref(), sink.as_ref()).await?;
+                let snapshot = load_snapshot(&db, job.id).await?;
+                anyhow::Ok(Ready::Job {
+                    snapshot,
+                    summary: Some(summary),
+                    source: source_store,
+                    sink,
+                })
+            }
+            .await;
+            let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
+                source,
+                destination,
+                error: format!("{e:#}"),
+                ends_task: true,
+            }));
+        });
+    }
+
+    fn load(&mut self, only: Option<JobId>, include_paused: bool) {
+        let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        self.background += 1;
+        tokio::spawn(async move {
+            let jobs = match db.jobs() {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    let _ = tx.send(Ready::Failed {
+                        source: String::new(),
+                        destination: String::new(),
+                        error: e.to_string(),
+                        ends_task: false,
+                    });
+                    let _ = tx.send(Ready::LoaderDone);
+                    return;
+                }
+            };
+            for job in jobs {
+                let named = only == Some(job.id);
+                let wanted = match job.state {
+                    JobState::Done | JobState::Cancelled => named,
+                    JobState::Paused => named || include_paused,
+                    JobState::Queued | JobState::Running | JobState::Failed => true,
+                };
+                if (only.is_some() && !named) || !wanted || loaded.contains(&job.id) {
+                    continue;
+                }
+                let result = async {
+                    let (src, dst) = parse_route(&job.source, &job.destination)?;
+                    let (source, sink) = stores.open(&src, &dst).await?;
+                    let snapshot = load_snapshot(&db, job.id).await?;
+                    anyhow::Ok(Ready::Job {
+                        snapshot,
+                        summary: None,
+                        source,
+                        sink,
+                    })
+                }
+                .await;
+                let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
+                    source: job.source.clone(),
+                    destination: job.destination.clone(),
+                    error: format!("{e:#}"),
+                    ends_task: false,
+                }));
+            }
+            let _ = tx.send(Ready::LoaderDone);
+        });
+    }
+
+    fn set_paused(&mut self, only: Option<JobId>, paused: bool) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .keys()
+            .copied()
+            .filter(|id| only.is_none_or(|o| o == *id))
+            .collect();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let state = match (paused, job.record.state) {
+                (true, JobState::Running | JobState::Queued) => JobState::Paused,
+                (false, JobState::Paused) => JobState::Running,
+                _ => continue,
+            };
+            job.record.state = state;
+            job.record.updated_ms = now_ms();
+            let record = job.record.clone();
+            self.persist(
+                vec![Write::Job(record)],
+                vec![After::Emit(Event::JobStateChanged { job: id, state })],
+            );
+        }
+    }
+
+    fn retry_failed(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let mut writes = Vec::new();
+        for pos in 0..job.files.len() {
+            let file = &mut job.files[pos];
+            if file.record.state != FileState::Failed || file.record.chunk_count == 0 {
+                continue;
+            }
+            plan::reopen(&mut file.record, &mut file.chunks);
+            *file = FileRun::new(
+                file.index,
+                file.record.clone(),
+                std::mem::take(&mut file.chunks),
+            );
+            writes.push(Write::File(id, file.index, file.record.clone()));
+            for (i, chunk) in file.chunks.iter().enumerate() {
+                writes.push(Write::Chunk(id, file.index, i as u32, chunk.clone()));
+            }
+            job.enqueue(pos);
+        }
+        if job.record.state == JobState::Failed {
+            job.record.state = JobState::Running;
+            job.record.error = None;
+        }
+        writes.push(Write::Job(job.record.clone()));
+        self.persist(writes, Vec::new());
+    }
+
+    // ---- planning and loading -------------------------------------------------------------
+
+    async fn on_ready(&mut self, ready: Ready) {
+        match ready {
+            Ready::LoaderDone => self.background = self.background.saturating_sub(1),
+            Ready::Failed {
+                source,
+                destination,
+                error,
+                ends_task,
+            } => {
+                if ends_task {
+                    self.background = self.background.saturating_sub(1);
+                }
+                self.emit(Event::PlanFailed {
+                    source,
+                    destination,
+                    error,
+                })
+                .await;
+            }
+            Ready::Job {
+                snapshot,
+                summary,
+                source,
+                sink,
+            } => {
+                if summary.is_some() {
+                    self.background = self.background.saturating_sub(1);
+                }
+                self.install(snapshot, summary, source, sink).await;
+            }
+        }
+    }
+
+    async fn install(
+        &mut self,
+        snapshot: JobSnapshot,
+        summary: Option<PlanSummary>,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+    ) {
+        let mut record = snapshot.job;
+        let id = record.id;
+        self.next_job_id = self.next_job_id.max(id + 1);
+        let files: Vec<FileRun> = snapshot
+            .files
+            .into_iter()
+            .map(|(index, file, chunks)| FileRun::new(index, file, chunks))
+            .collect();
+        let mut writes = Vec::new();
+        if record.state == JobState::Failed || record.state == JobState::Queued {
+            record.state = JobState::Running;
+            record.error = None;
+            writes.push(Write::Job(record.clone()));
+        }
+        let mut job = JobRun {
+            record,
+            source,
+            sink,
+            files,
+            queue: VecDeque::new(),
+            in_flight: 0,
+        };
+        if summary.is_none() {
+            // Loading a failed job: failed objects get another chance, except those whose
+            // source changed (only a new `copy` can plan the new version).
+            for file in &mut job.files {
+                let changed = file.record.error.as_ref().is_some_and(|e| {
+                    matches!(e.class, ErrorClass::SourceChanged | ErrorClass::Invalid)
+                });
+                if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
+                {
+                    plan::reopen(&mut file.record, &mut file.chunks);
+                    *file = FileRun::new(
+                        file.index,
+                        file.record.clone(),
+                        std::mem::take(&mut file.chunks),
+                    );
+                    writes.push(Write::File(id, file.index, file.record.clone()));
+                    for (i, chunk) in file.chunks.iter().enumerate() {
+                        writes.push(Write::Chunk(id, file.index, i as u32, chunk.clone()));
+                    }
+                }
+            }
+        }
+        for pos in 0..job.files.len() {
+            job.enqueue(pos);
+        }
+        let event = match summary {
+            Some(summary) => Event::JobPlanned {
+                job: id,
+                source: job.record.source.clone(),
+                destination: job.record.destination.clone(),
+                summary,
+            },
+            None => Event::JobLoaded {
+                job: id,
+                source: job.record.source.clone(),
+                destination: job.record.destination.clone(),
+                state: job.record.state,
+                progress: job.progress(),
+            },
+        };
+        self.jobs.insert(id, job);
+        self.persist(writes, vec![After::Emit(event)]);
+        self.check_finished(id);
+    }
+
+    // ---- dispatch ---------------------------------------------------------------------------
+
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id, pos, wake))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let file = &mut job.files[pos];
+            if !file.active() {
+                continue;
+            }
+            match wake {
+                Wake::Chunk(chunk) => file.ready.push_front(chunk),
+                Wake::Commit => file.commit_ready = true,
+            }
+            job.enqueue(pos);
+        }
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            loop {
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    break;
+                };
+                if job.record.state != JobState::Running {
+                    break;
+                }
+                let Some(&pos) = job.queue.front() else { break };
+                let file = &mut job.files[pos];
+                if !file.has_work() {
+                    file.queued = false;
+                    job.queue.pop_front();
+                    continue;
+                }
+                if let Some(&chunk) = file.ready.front() {
+                    let reserved = file.chunk_len(chunk);
+                    if !self.gate.try_admit(reserved) {
+                        return;
+                    }
+                    file.ready.pop_front();
+                    self.claim_chunk(id, pos, chunk, reserved);
+                } else {
+                    if !self.gate.try_admit(0) {
+                        return;
+                    }
+                    self.claim_commit(id, pos);
+                }
+            }
+        }
+    }
+
+    fn claim_chunk(&mut self, id: JobId, pos: usize, index: u32, reserved: u64) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight += 1;
+        let (source, sink) = (job.source.clone(), job.sink.clone());
+        let file = &mut job.files[pos];
+        file.in_flight += 1;
+        let chunk = &mut file.chunks[index as usize];
+        chunk.state = ChunkState::InProgress;
+        chunk.attempts += 1;
+        let attempt = chunk.attempts;
+        let record = &file.record;
+        let whole = record
+            .is_single_put()
+            .then(|| destination_meta(record, None));
+        let work = ChunkWork {
+            source,
+            sink,
+            key: record.key.clone(),
+            dest_key: record.dest_key.clone(),
+            etag: record.etag.clone(),
+            range: record.chunk_range(index),
+            index,
+            block_id: plan::block_id(&record.etag, record.size, record.chunk_size, index),
+            whole,
+        };
+        let writes = vec![Write::Chunk(
+            id,
+            file.index,
+            index,
+            file.chunks[index as usize].clone(),
+        )];
+        let event = Event::ChunkStarted {
+            job: id,
+            file: file.index,
+            chunk: index,
+            attempt,
+            bytes: reserved,
+        };
+        let task = ChunkTask {
+            job: id,
+            pos,
+            chunk: index,
+            reserved,
+            work,
+        };
+        self.persist(
+            writes,
+            vec![After::Emit(event), After::StartChunk(Box::new(task))],
+        );
+    }
+
+    fn claim_commit(&mut self, id: JobId, pos: usize) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight += 1;
+        let sink = job.sink.clone();
+        let file = &mut job.files[pos];
+        file.in_flight += 1;
+        file.commit_ready = false;
+        file.commit_running = true;
+        file.record.state = FileState::Committing;
+        file.record.commit_attempts += 1;
+        let record = &file.record;
+        let blocks = (0..record.chunk_count)
+            .map(|i| {
+                let range = record.chunk_range(i);
+                (
+                    plan::block_id(&record.etag, record.size, record.chunk_size, i),
+                    range.end - range.start,
+                )
+            })
+            .collect();
+        let crcs: Option<Vec<(u64, u64)>> = file
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let range = record.chunk_range(i as u32);
+                c.crc64.map(|crc| (crc, range.end - range.start))
+            })
+            .collect();
+        let work = CommitWork {
+            sink,
+            dest_key: record.dest_key.clone(),
+            blocks,
+            meta: destination_meta(record, crcs.map(transfer::combine_crc64)),
+        };
+        let task = CommitTask { job: id, pos, work };
+        let writes = vec![Write::File(id, file.index, file.record.clone())];
+        self.persist(writes, vec![After::StartCommit(Box::new(task))]);
+    }
+
+    // ---- durable writes ---------------------------------------------------------------------
+
+    async fn on_committed(&mut self, committed: Committed<Vec<After>>) -> anyhow::Result<()> {
+        let tags = committed.map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.unacknowledged -= tags.len();
+        for after in tags.into_iter().flatten() {
+            match after {
+                After::Emit(event) => self.emit(event).await,
+                After::StartChunk(task) => self.start_chunk(*task),
+                After::StartCommit(task) => self.start_commit(*task),
+            }
+        }
+        Ok(())
+    }
+
+    fn start_chunk(&self, task: ChunkTask) {
+        let tx = self.finished_tx.clone();
+        tokio::spawn(async move {
+            let started_ms = now_ms();
+            let start = Instant::now();
+            let result = transfer::move_chunk(&task.work).await;
+            let _ = tx.send(Finished::Chunk {
+                job: task.job,
+                pos: task.pos,
+                chunk: task.chunk,
+                reserved: task.reserved,
+                started_ms,
+                latency_ms: transfer::elapsed_ms(start),
+                result,
+            });
+        });
+    }
+
+    fn start_commit(&self, task: CommitTask) {
+        let tx = self.finished_tx.clone();
+        tokio::spawn(async move {
+            let result = transfer::verify_and_commit(&task.work).await;
+            let _ = tx.send(Finished::Commit {
+                job: task.job,
+                pos: task.pos,
+                result,
+            });
+        });
+    }
+
+    // ---- outcomes ---------------------------------------------------------------------------
+
+    fn on_finished(&mut self, finished: Finished) {
+        match finished {
+            Finished::Chunk {
+                job,
+                pos,
+                chunk,
+                reserved,
+                started_ms,
+                latency_ms,
+                result,
+            } => {
+                self.gate.release(reserved);
+                self.chunk_finished(job, pos, chunk, started_ms, latency_ms, result);
+                self.check_finished(job);
+            }
+            Finished::Commit { job, pos, result } => {
+                self.gate.release(0);
+                self.commit_finished(job, pos, result);
+                self.check_finished(job);
+            }
+        }
+    }
+
+    fn chunk_finished(
+        &mut self,
+        id: JobId,
+        pos: usize,
+        index: u32,
+        started_ms: i64,
+        latency_ms: u64,
+        result: StoreResult<ChunkMoved>,
+    ) {
+        let retry = self.config.retry;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight -= 1;
+        let file = &mut job.files[pos];
+        file.in_flight -= 1;
+        let file_index = file.index;
+        let mut writes = Vec::new();
+        let mut after = Vec::new();
+        let mut stop_job = None;
+        match result {
+            Ok(moved) => {
+                let chunk = &mut file.chunks[index as usize];
+                chunk.state = ChunkState::Completed;
+                chunk.crc64 = Some(moved.crc64);
+                chunk.record_attempt(AttemptRecord {
+                    started_ms,
+                    latency_ms,
+                    bytes: moved.bytes,
+                    error: None,
+                });
+                file.completed += 1;
+                writes.push(Write::Chunk(id, file_index, index, chunk.clone()));
+                after.push(After::Emit(Event::ChunkCompleted {
+                    job: id,
+                    file: file_index,
+                    chunk: index,
+                    bytes: moved.bytes,
+                    latency_ms,
+                }));
+                if file.active() && file.record.is_single_put() {
+                    file.record.state = FileState::Done;
+                    writes.push(Write::File(id, file_index, file.record.clone()));
+                    after.push(After::Emit(committed_event(id, &file.record, file_index)));
+                } else if file.active() && file.completed == file.record.chunk_count {
+                    file.record.state = FileState::Committing;
+                    file.commit_ready = true;
+                    writes.push(Write::File(id, file_index, file.record.clone()));
+                }
+            }
+            Err(err) => {
+                let error = ErrorRecord::from_store(&err);
+                let active = file.active();
+                let chunk = &mut file.chunks[index as usize];
+                chunk.record_attempt(AttemptRecord {
+                    started_ms,
+                    latency_ms,
+                    bytes: 0,
+                    error: Some(error.clone()),
+                });
+                let attempt = chunk.attempts;
+                if err.class.stops_job() {
+                    chunk.state = ChunkState::Pending;
+                    file.ready.push_front(index);
+                    stop_job = Some(err.to_string());
+                    after.push(After::Emit(Event::ChunkFailed {
+                        job: id,
+                        file: file_index,
+                        chunk: index,
+                        error,
+                    }));
+                } else if retry.should_retry(&err, attempt) && active {
+                    chunk.state = ChunkState::Pending;
+                    let delay = retry.delay(attempt, err.retry_after);
+                    self.timers.push(Reverse((
+                        Instant::now() + delay,
+                        id,
+                        pos,
+                        Wake::Chunk(index),
+                    )));
+                    after.push(After::Emit(Event::ChunkRetry {
+                        job: id,
+                        file: file_index,
+                        chunk: index,
+                        attempt,
+                        delay_ms: delay.as_millis() as u64,
+                        error,
+                    }));
+                } else {
+                    chunk.state = ChunkState::Failed;
+                    after.push(After::Emit(Event::ChunkFailed {
+                        job: id,
+                        file: file_index,
+                        chunk: index,
+                        error: error.clone(),
+                    }));
+                    if active {
+                        let message = if err.class == ErrorClass::SourceChanged {
+                            err.message.clone()
+                        } else {
+                            format!(
+                                "chunk {index} failed after {attempt} attempt(s): {}",
+                                err.message
+                            )
+                        };
+                        file.record.state = FileState::Failed;
+                        file.record.error = Some(ErrorRecord { message, ..error });
+                        file.ready.clear();
+                        file.commit_ready = false;
+                        after.push(After::Emit(failed_event(id, &file.record, file_index)));
+                    }
+                }
+                writes.push(Write::Chunk(
+                    id,
+                    file_index,
+                    index,
+                    file.chunks[index as usize].clone(),
+                ));
+                if file.record.state == FileState::Failed {
+                    writes.push(Write::File(id, file_index, file.record.clone()));
+                }
+            }
+        }
+        job.enqueue(pos);
+        if let Some(reason) = stop_job {
+            stop(job, reason, &mut writes);
+        }
+        self.persist(writes, after);
+    }
+
+    fn commit_finished(&mut self, id: JobId, pos: usize, result: StoreResult<CommitOutcome>) {
+        let retry = self.config.retry;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight -= 1;
+        let file = &mut job.files[pos];
+        file.in_flight -= 1;
+        file.commit_running = false;
+        let file_index = file.index;
+        let mut writes = Vec::new();
+        let mut after = Vec::new();
+        let mut stop_job = None;
+        match result {
+            Ok(CommitOutcome::Committed) => {
+                file.record.state = FileState::Done;
+                file.record.error = None;
+                after.push(After::Emit(committed_event(id, &file.record, file_index)));
+            }
+            Ok(CommitOutcome::Missing(missing))
+                if file.record.commit_attempts < retry.max_attempts =>
+            {
+                for &chunk in &missing {
+                    let record = &mut file.chunks[chunk as usize];
+                    if record.state == ChunkState::Completed {
+                        file.completed -= 1;
+                    }
+                    record.state = ChunkState::Pending;
+                    writes.push(Write::Chunk(id, file_index, chunk, record.clone()));
+                    file.ready.push_back(chunk);
+                }
+                file.record.state = FileState::Transferring;
+                after.push(After::Emit(Event::BlocksMissing {
+                    job: id,
+                    file: file_index,
+                    chunks: missing,
+                }));
+            }
+            Ok(CommitOutcome::Missing(missing)) => {
+                let err = StoreError::new(
+                    ErrorClass::Transient,
+                    None,
+                    format!(
+                        "the destination keeps losing staged blocks ({} missing after {} checks)",
+                        missing.len(),
+                        file.record.commit_attempts
+                    ),
+                );
+                file.record.state = FileState::Failed;
+                file.record.error = Some(ErrorRecord::from_store(&err));
+                after.push(After::Emit(failed_event(id, &file.record, file_index)));
+            }
+            Err(err) => {
+                if err.class.stops_job() {
+                    file.commit_ready = true;
+                    stop_job = Some(err.to_string());
+                } else if retry.should_retry(&err, file.record.commit_attempts) {
+                    let delay = retry.delay(file.record.commit_attempts, err.retry_after);
+                    self.timers
+                        .push(Reverse((Instant::now() + delay, id, pos, Wake::Commit)));
+                } else {
+                    file.record.state = FileState::Failed;
+                    file.record.error = Some(ErrorRecord::from_store(&err.context("commit")));
+                    after.push(After::Emit(failed_event(id, &file.record, file_index)));
+                }
+            }
+        }
+        writes.push(Write::File(id, file_index, file.record.clone()));
+        job.enqueue(pos);
+        if let Some(reason) = stop_job {
+            stop(job, reason, &mut writes);
+        }
+        self.persist(writes, after);
+    }
+
+    /// Finishes a job once nothing of it is in flight and nothing is left to do (or it was
+    /// stopped or cancelled), and unloads it.
+    fn check_finished(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.in_flight > 0 {
+            return;
+        }
+        let state = match job.record.state {
+            JobState::Cancelled => JobState::Cancelled,
+            JobState::Failed => JobState::Failed, // stopped by a fatal error
+            JobState::Running | JobState::Queued if job.all_finished() => {
+                if job
+                    .files
+                    .iter()
+                    .any(|f| f.record.state == FileState::Failed)
+                {
+                    JobState::Failed
+                } else {
+                    JobState::Done
+                }
+            }
+            _ => return,
+        };
+        job.record.state = state;
+        job.record.updated_ms = now_ms();
+        let progress = job.progress();
+        let record = job.record.clone();
+        let event = Event::JobFinished {
+            job: id,
+            state,
+            progress,
+            error: record.error.clone(),
+        };
+        self.jobs.remove(&id);
+        self.persist(vec![Write::Job(record)], vec![After::Emit(event)]);
+    }
+}
+
+/// Stops a job after a fatal error (credentials, permissions, full disk): nothing new starts,
+/// work in flight finishes, and the job is recorded FAILED with the reason.
+fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
+    if job.record.state == JobState::Failed {
+        return;
+    }
+    job.record.state = JobState::Failed;
+    job.record.error = Some(reason);
+    job.record.updated_ms = now_ms();
+    job.queue.clear();
+    for file in &mut job.files {
+        file.queued = false;
+    }
+    writes.push(Write::Job(job.record.clone()));
+}
+
+/// The metadata a committed object carries: its source version, size and (when known) its
+/// whole-object CRC-64/NVME.
+fn destination_meta(record: &FileRecord, crc64: Option<u64>) -> ObjectMeta {
+    let mut meta = ObjectMeta::default();
+    meta.pairs
+        .insert(meta_keys::SOURCE_ETAG.into(), record.etag.clone());
+    meta.pairs
+        .insert(meta_keys::SIZE.into(), record.size.to_string());
+    if let Some(crc) = crc64 {
+        meta.pairs
+            .insert(meta_keys::CRC64NVME.into(), format!("{crc:016x}"));
+    }
+    meta
+}
+
+fn committed_event(job: JobId, record: &FileRecord, file: u32) -> Event {
+    Event::FileCommitted {
+        job,
+        file,
+        key: record.key.clone(),
+        dest_key: record.dest_key.clone(),
+        bytes: record.size,
+    }
+}
+
+fn failed_event(job: JobId, record: &FileRecord, file: u32) -> Event {
+    Event::FileFailed {
+        job,
+        file,
+        key: record.key.clone(),
+        error: record.error.clone().unwrap_or_else(|| ErrorRecord {
+            class: ErrorClass::Transient,
+            status: None,
+            message: "failed".into(),
+            at_ms: now_ms(),
+        }),
+    }
+}
+
+async fn load_snapshot(db: &StateDb, id: JobId) -> anyhow::Result<JobSnapshot> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.load_job(id))
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))
+}

@@ -1,0 +1,286 @@
+//! The headless consumer of engine events, for `blobway copy` and `blobway resume`: a progress
+//! bar with bytes, rate and ETA on a terminal, periodic lines otherwise, or one JSON object per
+//! line with `--json`; then a per-object summary of what failed and why, and the exit status.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::engine::{Command, Engine, Event};
+use crate::size::human;
+use crate::state::{JobId, JobProgress, JobState};
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// One JSON object per line on stdout.
+    Json,
+    /// A live progress bar on stderr.
+    Terminal,
+    /// A progress line every few seconds on stderr.
+    Plain,
+}
+
+/// One object that did not make it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailedObject {
+    /// The job.
+    pub job: JobId,
+    /// Source key.
+    pub key: String,
+    /// Why.
+    pub error: String,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobOutcome {
+    /// The job.
+    pub job: JobId,
+    /// Source location.
+    pub source: String,
+    /// Destination location.
+    pub destination: String,
+    /// Final state.
+    pub state: JobState,
+    /// Final counts.
+    pub progress: JobProgress,
+    /// Why the whole job stopped, if it did.
+    pub error: Option<String>,
+}
+
+/// Everything a run ended with.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Finished jobs.
+    pub jobs: Vec<JobOutcome>,
+    /// Objects that failed.
+    pub failed: Vec<FailedObject>,
+    /// Routes that could not be planned or loaded.
+    pub plan_failures: Vec<String>,
+    /// Bytes acknowledged by the destination in this run.
+    pub bytes_moved: u64,
+    /// Seconds the run took.
+    pub seconds: f64,
+    /// True when the operator interrupted the run.
+    pub interrupted: bool,
+    /// The engine stopped on an error it could not go on from.
+    pub fatal: Option<String>,
+}
+
+impl Report {
+    /// True when every object of every job is committed (or was already identical).
+    pub fn succeeded(&self) -> bool {
+        self.failed.is_empty()
+            && self.plan_failures.is_empty()
+            && !self.interrupted
+            && self.fatal.is_none()
+            && self.jobs.iter().all(|j| j.state == JobState::Done)
+    }
+}
+
+#[derive(Serialize)]
+struct ProgressLine {
+    event: &'static str,
+    bytes_done: u64,
+    bytes_total: u64,
+    bytes_per_sec: u64,
+}
+
+/// Follows the engine until it stops, showing progress; Ctrl-C asks it to stop gracefully.
+pub async fn follow(mut engine: Engine, output: Output) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let mut routes: BTreeMap<JobId, (String, String)> = BTreeMap::new();
+    let (mut total, mut done) = (0u64, 0u64);
+    let bar = match output {
+        Output::Terminal => {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Some(bar)
+        }
+        _ => None,
+    };
+    let say = |line: String| match &bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(match output {
+        Output::Plain => 5,
+        _ => 1,
+    }));
+    tick.tick().await;
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            event = engine.events.recv() => {
+                let Some(event) = event else { break };
+                if output == Output::Json {
+                    print_json(&event);
+                }
+                match &event {
+                    Event::JobPlanned { job, source, destination, summary } => {
+                        routes.insert(*job, (source.clone(), destination.clone()));
+                        total += summary.to_copy_bytes;
+                        if output != Output::Json {
+                            let mut line = format!(
+                                "job {job}: {source} → {destination}: {} objects ({}), {} to copy ({})",
+                                summary.files, human(summary.bytes), summary.to_copy, human(summary.to_copy_bytes)
+                            );
+                            if summary.already_done + summary.identical > 0 {
+                                line.push_str(&format!(
+                                    ", {} already done, {} identical at the destination",
+                                    summary.already_done, summary.identical
+                                ));
+                            }
+                            say(line);
+                            if summary.files == 0 {
+                                say(format!("job {job}: nothing to copy: the source has no objects there"));
+                            }
+                        }
+                    }
+                    Event::JobLoaded { job, source, destination, progress, .. } => {
+                        total += progress.bytes_total.saturating_sub(progress.bytes_done);
+                        routes.insert(*job, (source.clone(), destination.clone()));
+                        if output != Output::Json {
+                            say(format!(
+                                "job {job}: resuming, {} of {} copied",
+                                human(progress.bytes_done), human(progress.bytes_total)
+                            ));
+                        }
+                    }
+                    Event::PlanFailed { source, destination, error } => {
+                        let route = if source.is_empty() { String::new() } else { format!("{source} → {destination}: ") };
+                        report.plan_failures.push(format!("{route}{error}"));
+                        if output != Output::Json {
+                            say(format!("error: {route}{error}"));
+                        }
+                    }
+                    Event::ChunkCompleted { bytes, .. } => {
+                        done += bytes;
+                        report.bytes_moved += bytes;
+                    }
+                    Event::ChunkRetry { file, chunk, attempt, error, .. } => {
+                        tracing::warn!(file, chunk, attempt, class = error.class.name(), "retrying: {}", error.message);
+                    }
+                    Event::FileFailed { job, key, error, .. } => {
+                        report.failed.push(FailedObject { job: *job, key: key.clone(), error: error.message.clone() });
+                        if output != Output::Json {
+                            say(format!("failed: {key}: {}", error.message));
+                        }
+                    }
+                    Event::JobFinished { job, state, progress, error } => {
+                        let (source, destination) = routes.get(job).cloned().unwrap_or_default();
+                        report.jobs.push(JobOutcome {
+                            job: *job, source, destination, state: *state, progress: *progress, error: error.clone(),
+                        });
+                    }
+                    Event::Fatal { error } => report.fatal = Some(error.clone()),
+                    _ => {}
+                }
+                if let Some(bar) = &bar {
+                    bar.set_length(total);
+                    bar.set_position(done.min(total));
+                }
+            }
+            _ = tick.tick() => {
+                let rate = (report.bytes_moved as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
+                match output {
+                    Output::Json => print_json(&ProgressLine { event: "progress", bytes_done: done, bytes_total: total, bytes_per_sec: rate }),
+                    Output::Plain if total > 0 => eprintln!("{} of {} ({}/s)", human(done), human(total), human(rate)),
+                    _ => {}
+                }
+            }
+            _ = &mut interrupt, if !report.interrupted => {
+                report.interrupted = true;
+                say("interrupted: letting chunks in flight finish (the rest returns to pending)…".into());
+                let _ = engine.handle.send(Command::Shutdown).await;
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match engine.task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => report.fatal = report.fatal.take().or(Some(format!("{e:#}"))),
+        Err(e) => report.fatal = Some(format!("the engine task failed: {e}")),
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    if let Ok(line) = serde_json::to_string(value) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Prints the end-of-run summary: one line per job, then every failed object with its reason.
+pub fn print_summary(report: &Report, output: Output) {
+    if output == Output::Json {
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            event: &'static str,
+            ok: bool,
+            #[serde(flatten)]
+            report: &'a Report,
+        }
+        print_json(&Summary {
+            event: "summary",
+            ok: report.succeeded(),
+            report,
+        });
+        return;
+    }
+    for job in &report.jobs {
+        let p = &job.progress;
+        println!(
+            "job {} {} → {}: {}",
+            job.job,
+            job.source,
+            job.destination,
+            job.state.name()
+        );
+        println!(
+            "  {} objects: {} copied, {} skipped (already identical), {} failed",
+            p.files_total, p.files_done, p.files_skipped, p.files_failed
+        );
+        if let Some(error) = &job.error {
+            println!("  stopped: {error}");
+        }
+    }
+    let rate = report.bytes_moved as f64 / report.seconds.max(0.001);
+    println!(
+        "moved {} in {:.1} s ({}/s)",
+        human(report.bytes_moved),
+        report.seconds,
+        human(rate as u64)
+    );
+    if !report.failed.is_empty() {
+        println!("failed objects:");
+        for failed in &report.failed {
+            println!("  job {} {}: {}", failed.job, failed.key, failed.error);
+        }
+    }
+    for failure in &report.plan_failures {
+        println!("error: {failure}");
+    }
+    if let Some(fatal) = &report.fatal {
+        println!("error: {fatal}");
+    }
+    if report.interrupted {
+        println!("interrupted: run `blobway resume` (or the same copy again) to continue");
+    }
+}

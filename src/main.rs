@@ -1,0 +1,318 @@
+//! The `blobway` command line: parses arguments, opens the state file, starts the engine and
+//! hands its events to the headless consumer. Exit statuses are documented in `--help`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use blobway::engine::{Command, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory};
+use blobway::headless::{self, Output};
+use blobway::size::{human, parse_size};
+use blobway::state::{JobId, JobOptions, StateDb};
+
+const AFTER_HELP: &str = "\
+Locations:
+  s3://bucket/key        one S3 object          s3://bucket/prefix/   every object under it
+  az://container/path    one Azure blob         az://container/dir/   a blob prefix
+  /local/path, file:///abs/path                 a local file or directory
+
+Credentials come from the environment, as the AWS and Azure tools expect them:
+  AWS:   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_REGION,
+         AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (custom endpoints use path-style addressing)
+  Azure: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or
+         AZURE_STORAGE_SAS_TOKEN, or an Entra ID login; AZURE_STORAGE_BLOB_ENDPOINT overrides
+         the endpoint
+
+Exit status:
+  0  every object is committed and verified (or was already identical at the destination)
+  1  the run finished but some objects failed (see the summary), or was interrupted
+  2  bad input: arguments, locations, credentials, unreachable or missing buckets
+  3  the state file cannot be used (in use by another blobway, damaged, unwritable)";
+
+/// Moves very large objects between object stores — S3 to Azure Blob first — chunk by chunk,
+/// exactly once and resumably.
+#[derive(Parser, Debug)]
+#[command(name = "blobway", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The state file holding every job, object and chunk.
+    #[arg(long, global = true, env = "BLOBWAY_STATE", value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Commands>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Copy SRC to DST (headless). Running the same copy again resumes it; objects already
+    /// copied are skipped.
+    Copy {
+        /// Source: s3://bucket/key, s3://bucket/prefix/, az://…, or a local path.
+        source: String,
+        /// Destination: az://container/path, az://container/prefix/, or a local path.
+        destination: String,
+        #[command(flatten)]
+        tuning: Tuning,
+        /// Chunk size; raised automatically per object to stay within the destination's
+        /// block-count limit.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size_arg, value_name = "SIZE")]
+        chunk_size: u64,
+    },
+    /// List the jobs in the state file with their state and progress.
+    Jobs {
+        /// Print one JSON object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue unfinished jobs (all of them, or JOB). Failed objects get another chance.
+    Resume {
+        /// The job to continue.
+        job: Option<JobId>,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Copy generated sample files between two local folders, through the same engine.
+    Demo {
+        /// Where the demo keeps its files and its own state file.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Continue the previous demo run instead of starting over.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Tuning {
+    /// Chunks (and small objects, and commits) in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+    /// Most bytes of chunk buffers in memory at once.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size_arg, value_name = "SIZE")]
+    max_memory: u64,
+    /// Attempts per chunk before it is given up.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: u32,
+    /// Print one JSON object per line (events, progress, a final summary) instead of a
+    /// progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!(
+                "error: {}",
+                blobway::redact::redact(&format!("{:#}", failure.error))
+            );
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn state_failure(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 3,
+        error: error.into(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
+    match cli.command {
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Jobs { json }) => {
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            list_jobs(&db, json).map_err(state_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Copy {
+            source,
+            destination,
+            tuning,
+            chunk_size,
+        }) => {
+            check_tuning(&tuning, chunk_size)?;
+            blobway::location::parse_route(&source, &destination).map_err(bad_input)?;
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let command = Command::Enqueue {
+                source,
+                destination,
+                options: JobOptions { chunk_size },
+            };
+            execute(db, &tuning, Arc::new(DefaultStores), command).await
+        }
+        Some(Commands::Resume { job, tuning }) => {
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            if let Some(id) = job
+                && db.job(id).map_err(state_failure)?.is_none()
+            {
+                return Err(bad_input(anyhow::anyhow!(
+                    "there is no job {id} in {}; `blobway jobs` lists them",
+                    state_path.display()
+                )));
+            }
+            let command = Command::Load {
+                job,
+                include_paused: job.is_some(),
+            };
+            execute(db, &tuning, Arc::new(DefaultStores), command).await
+        }
+        Some(Commands::Demo { dir, keep, tuning }) => {
+            let layout = blobway::demo::DemoLayout::under(
+                &dir.unwrap_or_else(blobway::demo::DemoLayout::default_root),
+            );
+            eprintln!("preparing sample files in {} …", layout.source.display());
+            layout.prepare(!keep).map_err(bad_input)?;
+            let state = cli.state.unwrap_or_else(|| layout.state.clone());
+            let db = StateDb::open(&state).map_err(state_failure)?;
+            let command = Command::Enqueue {
+                source: format!("{}/", layout.source.display()),
+                destination: format!("{}/", layout.destination.display()),
+                options: JobOptions {
+                    chunk_size: blobway::demo::DEMO_CHUNK_SIZE,
+                },
+            };
+            let code = execute(db, &tuning, Arc::new(DefaultStores), command).await?;
+            eprintln!("the copies are in {}", layout.destination.display());
+            Ok(code)
+        }
+    }
+}
+
+fn check_tuning(tuning: &Tuning, chunk_size: u64) -> Result<(), Failure> {
+    if chunk_size == 0 {
+        return Err(bad_input(anyhow::anyhow!(
+            "--chunk-size must be at least 1 byte (e.g. 8MiB)"
+        )));
+    }
+    if chunk_size > tuning.max_memory {
+        return Err(bad_input(anyhow::anyhow!(
+            "--chunk-size {} is larger than --max-memory {}; one chunk must fit in memory",
+            human(chunk_size),
+            human(tuning.max_memory)
+        )));
+    }
+    Ok(())
+}
+
+async fn execute(
+    db: StateDb,
+    tuning: &Tuning,
+    stores: Arc<dyn StoreFactory>,
+    command: Command,
+) -> Result<ExitCode, Failure> {
+    let _log = init_logging(&db);
+    let config = EngineConfig {
+        concurrency: tuning.concurrency,
+        max_memory: tuning.max_memory,
+        retry: RetryPolicy {
+            max_attempts: tuning.max_attempts,
+            ..RetryPolicy::default()
+        },
+        exit_when_idle: true,
+    };
+    let engine = Engine::start(db, config, stores).map_err(state_failure)?;
+    engine.handle.send(command).await.map_err(state_failure)?;
+    let output = if tuning.json {
+        Output::Json
+    } else if std::io::stderr().is_terminal() {
+        Output::Terminal
+    } else {
+        Output::Plain
+    };
+    let report = headless::follow(engine, output)
+        .await
+        .map_err(state_failure)?;
+    headless::print_summary(&report, output);
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else if report.fatal.is_some() {
+        ExitCode::from(3)
+    } else if !report.plan_failures.is_empty() && report.jobs.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Sends logs to `blobway.log` next to the state file; returns the guard that flushes it.
+fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let dir = db.path().parent()?.to_path_buf();
+    let appender = tracing_appender::rolling::never(dir, "blobway.log");
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLOBWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init()
+        .ok()?;
+    Some(guard)
+}
+
+fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
+    let jobs = db.jobs()?;
+    if jobs.is_empty() && !json {
+        println!("no jobs in {}", db.path().display());
+        return Ok(());
+    }
+    if !json {
+        println!(
+            "{:>4}  {:<9}  {:>13}  {:>21}  ROUTE",
+            "JOB", "STATE", "OBJECTS", "BYTES"
+        );
+    }
+    for job in jobs {
+        let p = db.progress(job.id)?;
+        if json {
+            println!("{}", serde_json::json!({ "job": job, "progress": p }));
+        } else {
+            let objects = format!("{}/{}", p.files_done + p.files_skipped, p.files_total);
+            let bytes = format!("{}/{}", human(p.bytes_done), human(p.bytes_total));
+            println!(
+                "{:>4}  {:<9}  {:>13}  {:>21}  {} → {}",
+                job.id,
+                job.state.name(),
+                objects,
+                bytes,
+                job.source,
+                job.destination
+            );
+            if let Some(error) = &job.error {
+                println!("      {error}");
+            }
+        }
+    }
+    Ok(())
+}

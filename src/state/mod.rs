@@ -1,0 +1,583 @@
+//! The control plane's single source of truth: an embedded redb database holding every job,
+//! file and chunk with its state, attempts and errors. This is the only module that opens
+//! redb.
+//!
+//! Writes arrive in batches ([`StateDb::apply`]) from one writer thread ([`writer`]), each
+//! batch one durable transaction, so tens of thousands of chunk transitions per second cost a
+//! few hundred commits. Nothing secret is ever stored: records hold keys, sizes, ETags, states
+//! and redacted error texts only.
+
+pub mod records;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use records::*;
+
+const SCHEMA_VERSION: &str = "1";
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const ROUTES: TableDefinition<&str, u64> = TableDefinition::new("routes");
+const FILES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("files");
+const CHUNKS: TableDefinition<(u64, u32, u32), &[u8]> = TableDefinition::new("chunks");
+
+/// Why the state database could not be used; every message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the file.
+    #[error(
+        "the state file {0} is in use by another running blobway; wait for it to finish (see \
+         `blobway jobs` from that session), or give this run its own file with --state"
+    )]
+    AlreadyOpen(PathBuf),
+    /// The file is not a readable blobway database.
+    #[error(
+        "the state file {path} is damaged or not a blobway state file ({detail}); move it aside \
+         and run the copy again — objects already identical at the destination are skipped, \
+         so nothing is copied twice"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        detail: String,
+    },
+    /// The file was written by a newer blobway.
+    #[error(
+        "the state file {path} has schema version {found}; this blobway reads version {SCHEMA_VERSION}; upgrade blobway"
+    )]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: String,
+    },
+    /// Reading or writing failed.
+    #[error("the state file {path} could not be {what}: {detail}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// "read" or "written".
+        what: &'static str,
+        /// What went wrong, with the fix when known.
+        detail: String,
+    },
+}
+
+/// One change to the database.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Insert or replace a job.
+    Job(JobRecord),
+    /// Insert or replace a file of a job.
+    File(JobId, u32, FileRecord),
+    /// Insert or replace a chunk of a file.
+    Chunk(JobId, u32, u32, ChunkRecord),
+    /// Remove a file and its chunks.
+    RemoveFile(JobId, u32),
+}
+
+/// Counts that summarise a job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct JobProgress {
+    /// Objects in the job.
+    pub files_total: u64,
+    /// Objects committed.
+    pub files_done: u64,
+    /// Objects already identical at the destination.
+    pub files_skipped: u64,
+    /// Objects failed.
+    pub files_failed: u64,
+    /// Bytes in the job, skipped objects excluded.
+    pub bytes_total: u64,
+    /// Bytes acknowledged by the destination, skipped objects excluded.
+    pub bytes_done: u64,
+}
+
+/// A loaded job with all its files and chunks.
+#[derive(Clone, Debug)]
+pub struct JobSnapshot {
+    /// The job.
+    pub job: JobRecord,
+    /// Its files in index order, each with its chunks.
+    pub files: Vec<(u32, FileRecord, Vec<ChunkRecord>)>,
+}
+
+/// Handle to the state database; cheap to clone.
+#[derive(Clone)]
+pub struct StateDb {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl StateDb {
+    /// The default location: `$BLOBWAY_STATE`, else `$XDG_DATA_HOME/blobway/state.redb`.
+    pub fn default_path() -> PathBuf {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("blobway")
+            .join("state.redb")
+    }
+
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StateError::Io {
+                path: path.to_path_buf(),
+                what: "created",
+                detail: e.to_string(),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::AlreadyOpen(path.to_path_buf()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                if io.kind() == std::io::ErrorKind::InvalidData {
+                    StateError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: io.to_string(),
+                    }
+                } else {
+                    io_error(path, "opened", &io)
+                }
+            }
+            other => StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: other.to_string(),
+            },
+        })?;
+        let state = Self {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        state.init_schema()?;
+        Ok(state)
+    }
+
+    /// The file this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, what: &'static str, e: impl Into<redb::Error>) -> StateError {
+        match e.into() {
+            redb::Error::Io(io) => io_error(&self.path, what, &io),
+            redb::Error::Corrupted(detail) => StateError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            },
+            other => StateError::Io {
+                path: self.path.clone(),
+                what,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, StateError> {
+        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("a record does not decode: {e}"),
+        })
+    }
+
+    fn init_schema(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            let found = meta
+                .get("schema")
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value().to_string());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(found) => {
+                    return Err(StateError::Schema {
+                        path: self.path.clone(),
+                        found,
+                    });
+                }
+            }
+            txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
+            txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
+            txn.open_table(FILES).map_err(|e| self.err("written", e))?;
+            txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+        }
+        txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// Applies a batch of writes in one durable transaction.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StateError::Io {
+                path: self.path.clone(),
+                what: "written",
+                detail: e.to_string(),
+            })?;
+        {
+            let mut jobs = txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
+            let mut routes = txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
+            let mut files = txn.open_table(FILES).map_err(|e| self.err("written", e))?;
+            let mut chunks = txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+            for write in writes {
+                match write {
+                    Write::Job(job) => {
+                        jobs.insert(job.id, encode(job).as_slice())
+                            .map_err(|e| self.err("written", e))?;
+                        routes
+                            .insert(route_key(&job.source, &job.destination).as_str(), job.id)
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                    Write::File(job, index, file) => {
+                        files
+                            .insert((*job, *index), encode(file).as_slice())
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                    Write::Chunk(job, file, index, chunk) => {
+                        chunks
+                            .insert((*job, *file, *index), encode(chunk).as_slice())
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                    Write::RemoveFile(job, index) => {
+                        files
+                            .remove((*job, *index))
+                            .map_err(|e| self.err("written", e))?;
+                        chunks
+                            .retain_in((*job, *index, 0)..=(*job, *index, u32::MAX), |_, _| false)
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// A new job id, never used before in this database.
+    pub fn next_job_id(&self) -> Result<JobId, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let last = jobs
+            .last()
+            .map_err(|e| self.err("read", e))?
+            .map_or(0, |(k, _)| k.value());
+        Ok(last + 1)
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        for entry in jobs.iter().map_err(|e| self.err("read", e))? {
+            let (_, value) = entry.map_err(|e| self.err("read", e))?;
+            out.push(self.decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Result<Option<JobRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        match jobs.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The job that copies `source` to `destination`, if one was planned before.
+    pub fn job_for_route(
+        &self,
+        source: &str,
+        destination: &str,
+    ) -> Result<Option<JobRecord>, StateError> {
+        let id = {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let routes = txn.open_table(ROUTES).map_err(|e| self.err("read", e))?;
+            routes
+                .get(route_key(source, destination).as_str())
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value())
+        };
+        match id {
+            Some(id) => self.job(id),
+            None => Ok(None),
+        }
+    }
+
+    /// A job with all its files and chunks.
+    pub fn load_job(&self, id: JobId) -> Result<Option<JobSnapshot>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let Some(job) = jobs.get(id).map_err(|e| self.err("read", e))? else {
+            return Ok(None);
+        };
+        let job: JobRecord = self.decode(job.value())?;
+        let files_table = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let mut files = Vec::new();
+        for entry in files_table
+            .range((id, 0)..=(id, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err("read", e))?;
+            let (_, index) = key.value();
+            let file: FileRecord = self.decode(value.value())?;
+            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
+            for chunk in chunks_table
+                .range((id, index, 0)..=(id, index, u32::MAX))
+                .map_err(|e| self.err("read", e))?
+            {
+                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
+                chunks.push(self.decode(value.value())?);
+            }
+            if chunks.len() != file.chunk_count as usize {
+                return Err(StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "job {id} file {index} has {} chunk records, expected {}",
+                        chunks.len(),
+                        file.chunk_count
+                    ),
+                });
+            }
+            files.push((index, file, chunks));
+        }
+        Ok(Some(JobSnapshot { job, files }))
+    }
+
+    /// One chunk.
+    pub fn chunk(
+        &self,
+        job: JobId,
+        file: u32,
+        index: u32,
+    ) -> Result<Option<ChunkRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        match chunks
+            .get((job, file, index))
+            .map_err(|e| self.err("read", e))?
+        {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts files and bytes of a job.
+    pub fn progress(&self, id: JobId) -> Result<JobProgress, StateError> {
+        let Some(snapshot) = self.load_job(id)? else {
+            return Ok(JobProgress::default());
+        };
+        Ok(progress_of(
+            snapshot.files.iter().map(|(_, f, c)| (f, c.as_slice())),
+        ))
+    }
+
+    /// Returns every IN_PROGRESS chunk to PENDING: after a crash nobody is working on them.
+    /// Returns how many were reset.
+    pub fn recover_in_progress(&self) -> Result<usize, StateError> {
+        let mut resets = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+            for entry in chunks.iter().map_err(|e| self.err("read", e))? {
+                let (key, value) = entry.map_err(|e| self.err("read", e))?;
+                let mut chunk: ChunkRecord = self.decode(value.value())?;
+                if chunk.state == ChunkState::InProgress {
+                    chunk.state = ChunkState::Pending;
+                    let (job, file, index) = key.value();
+                    resets.push(Write::Chunk(job, file, index, chunk));
+                }
+            }
+        }
+        self.apply(&resets)?;
+        Ok(resets.len())
+    }
+}
+
+/// Counts files and bytes over a job's objects and their chunks.
+pub fn progress_of<'a>(
+    files: impl Iterator<Item = (&'a FileRecord, &'a [ChunkRecord])>,
+) -> JobProgress {
+    let mut p = JobProgress::default();
+    for (file, chunks) in files {
+        p.files_total += 1;
+        match file.state {
+            FileState::Skipped => {
+                p.files_skipped += 1;
+                continue;
+            }
+            FileState::Done => p.files_done += 1,
+            FileState::Failed => p.files_failed += 1,
+            FileState::Transferring | FileState::Committing => {}
+        }
+        p.bytes_total += file.size;
+        if file.state == FileState::Done {
+            p.bytes_done += file.size;
+        } else {
+            p.bytes_done += chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.state == ChunkState::Completed)
+                .map(|(i, _)| {
+                    let r = file.chunk_range(i as u32);
+                    r.end - r.start
+                })
+                .sum::<u64>();
+        }
+    }
+    p
+}
+
+fn route_key(source: &str, destination: &str) -> String {
+    format!("{source}\n{destination}")
+}
+
+fn io_error(path: &Path, what: &'static str, io: &std::io::Error) -> StateError {
+    let detail = match io.kind() {
+        std::io::ErrorKind::StorageFull => format!(
+            "{io}: the disk holding the state file is full; free space there and run `blobway \
+             resume` — progress recorded so far is kept"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("{io}: check the file's owner and mode, or choose another path with --state")
+        }
+        _ => io.to_string(),
+    };
+    StateError::Io {
+        path: path.to_path_buf(),
+        what,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: JobId) -> JobRecord {
+        JobRecord {
+            id,
+            source: "s3://b/p/".into(),
+            destination: "az://c/p/".into(),
+            options: JobOptions { chunk_size: 8 },
+            state: JobState::Running,
+            created_ms: 1,
+            updated_ms: 1,
+            error: None,
+        }
+    }
+
+    fn file(chunks: u32) -> FileRecord {
+        FileRecord {
+            key: "p/a".into(),
+            dest_key: "p/a".into(),
+            size: u64::from(chunks) * 8 - 3,
+            etag: "\"e\"".into(),
+            chunk_size: 8,
+            chunk_count: chunks,
+            state: FileState::Transferring,
+            commit_attempts: 0,
+            error: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_jobs_files_and_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        assert_eq!(db.next_job_id().expect("id"), 1);
+        let mut writes = vec![Write::Job(job(1)), Write::File(1, 0, file(3))];
+        for i in 0..3 {
+            writes.push(Write::Chunk(1, 0, i, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let mut done = ChunkRecord::pending();
+        done.state = ChunkState::Completed;
+        db.apply(&[Write::Chunk(1, 0, 1, done.clone())])
+            .expect("apply");
+
+        let snapshot = db.load_job(1).expect("load").expect("job");
+        assert_eq!(snapshot.files.len(), 1);
+        assert_eq!(snapshot.files[0].2[1], done);
+        assert_eq!(
+            db.job_for_route("s3://b/p/", "az://c/p/")
+                .expect("route")
+                .map(|j| j.id),
+            Some(1)
+        );
+        assert_eq!(db.next_job_id().expect("id"), 2);
+        let p = db.progress(1).expect("progress");
+        assert_eq!((p.files_total, p.bytes_total, p.bytes_done), (1, 21, 8));
+
+        db.apply(&[Write::RemoveFile(1, 0)]).expect("remove");
+        assert!(db.load_job(1).expect("load").expect("job").files.is_empty());
+        assert_eq!(db.chunk(1, 0, 1).expect("chunk"), None);
+    }
+
+    #[test]
+    fn recovery_returns_claimed_chunks_to_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        let mut claimed = ChunkRecord::pending();
+        claimed.state = ChunkState::InProgress;
+        claimed.attempts = 1;
+        db.apply(&[
+            Write::Job(job(1)),
+            Write::File(1, 0, file(2)),
+            Write::Chunk(1, 0, 0, claimed),
+            Write::Chunk(1, 0, 1, ChunkRecord::pending()),
+        ])
+        .expect("apply");
+        assert_eq!(db.recover_in_progress().expect("recover"), 1);
+        let chunk = db.chunk(1, 0, 0).expect("read").expect("chunk");
+        assert_eq!((chunk.state, chunk.attempts), (ChunkState::Pending, 1));
+    }
+
+    #[test]
+    fn a_second_open_says_the_file_is_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let _first = StateDb::open(&path).expect("open");
+        let err = StateDb::open(&path).err().expect("second open fails");
+        assert!(matches!(err, StateError::AlreadyOpen(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another running blobway")
+        );
+    }
+
+    #[test]
+    fn a_garbage_file_is_reported_as_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write garbage");
+        let err = StateDb::open(&path).err().expect("garbage fails");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(
+            std::fs::read(&path).expect("still there").len() == 8192,
+            "the file is kept"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The records kept in the state database: jobs, files, chunks and their attempts. Plain data,
+//! serialisable, shared by the engine, the headless output and the TUI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ErrorClass, StoreError};
+
+/// Identifies a job in the state database.
+pub type JobId = u64;
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Planned, waiting to run.
+    Queued,
+    /// Chunks are moving.
+    Running,
+    /// The operator paused it: no new chunk starts. Survives restarts.
+    Paused,
+    /// Every object is committed (or was already identical at the destination).
+    Done,
+    /// Finished with at least one object failed.
+    Failed,
+    /// Cancelled by the operator.
+    Cancelled,
+}
+
+impl JobState {
+    /// Upper-case name, as shown to the operator.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Paused => "PAUSED",
+            JobState::Done => "DONE",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// True when the job will not move again without the operator.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Where one object of a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FileState {
+    /// Planned; chunks are pending or moving.
+    Transferring,
+    /// All chunks are staged; the staged block list is being checked and committed.
+    Committing,
+    /// Committed and verified.
+    Done,
+    /// Already identical at the destination; nothing was sent.
+    Skipped,
+    /// Failed; see the error.
+    Failed,
+}
+
+impl FileState {
+    /// Upper-case name, as shown to the operator.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileState::Transferring => "TRANSFERRING",
+            FileState::Committing => "COMMITTING",
+            FileState::Done => "DONE",
+            FileState::Skipped => "SKIPPED",
+            FileState::Failed => "FAILED",
+        }
+    }
+
+    /// True for the states a finished object ends in.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            FileState::Done | FileState::Skipped | FileState::Failed
+        )
+    }
+}
+
+/// Where one chunk stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChunkState {
+    /// Waiting to be sent.
+    Pending,
+    /// Claimed by a worker: being read or written.
+    InProgress,
+    /// The destination acknowledged the block.
+    Completed,
+    /// Gave up after the attempt limit or a fatal error.
+    Failed,
+}
+
+impl ChunkState {
+    /// Upper-case name, as shown to the operator.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChunkState::Pending => "PENDING",
+            ChunkState::InProgress => "IN_PROGRESS",
+            ChunkState::Completed => "COMPLETED",
+            ChunkState::Failed => "FAILED",
+        }
+    }
+}
+
+/// A failure as recorded: class, HTTP status, redacted message and time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    /// What kind of failure.
+    pub class: ErrorClass,
+    /// HTTP status, when the store answered.
+    pub status: Option<u16>,
+    /// What happened (no secrets).
+    pub message: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+impl ErrorRecord {
+    /// Records a store error now.
+    pub fn from_store(err: &StoreError) -> Self {
+        Self {
+            class: err.class,
+            status: err.status,
+            message: err.message.clone(),
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// One attempt at a chunk (or a commit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Start, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    /// How long it took, milliseconds.
+    pub latency_ms: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// The failure, if it failed.
+    pub error: Option<ErrorRecord>,
+}
+
+/// How many attempts each chunk keeps in its history.
+pub const ATTEMPT_HISTORY: usize = 16;
+
+/// One chunk of one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Current state.
+    pub state: ChunkState,
+    /// Attempts started so far (counted when claimed).
+    pub attempts: u32,
+    /// CRC-64/NVME of the chunk's bytes, once completed.
+    pub crc64: Option<u64>,
+    /// The most recent attempts, oldest first.
+    pub history: Vec<AttemptRecord>,
+}
+
+impl ChunkRecord {
+    /// A chunk nobody has tried yet.
+    pub fn pending() -> Self {
+        Self {
+            state: ChunkState::Pending,
+            attempts: 0,
+            crc64: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Appends an attempt, keeping the history bounded.
+    pub fn record_attempt(&mut self, attempt: AttemptRecord) {
+        if self.history.len() >= ATTEMPT_HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(attempt);
+    }
+
+    /// The most recent error, if the last attempt failed.
+    pub fn last_error(&self) -> Option<&ErrorRecord> {
+        self.history.last().and_then(|a| a.error.as_ref())
+    }
+}
+
+/// One object of a job, as planned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Key at the source.
+    pub key: String,
+    /// Key at the destination.
+    pub dest_key: String,
+    /// Size in bytes at planning.
+    pub size: u64,
+    /// Source ETag at planning; every read is pinned to it.
+    pub etag: String,
+    /// Chunk size used for this object.
+    pub chunk_size: u64,
+    /// Number of chunks (at least one; one means a single whole-object put).
+    pub chunk_count: u32,
+    /// Current state.
+    pub state: FileState,
+    /// Commit attempts so far.
+    pub commit_attempts: u32,
+    /// Why it failed.
+    pub error: Option<ErrorRecord>,
+    /// Why it was skipped, or other operator-facing remarks.
+    pub note: Option<String>,
+}
+
+impl FileRecord {
+    /// True when the object goes up in one whole-object put instead of staged blocks.
+    pub fn is_single_put(&self) -> bool {
+        self.chunk_count == 1
+    }
+
+    /// Byte range of chunk `index`.
+    pub fn chunk_range(&self, index: u32) -> std::ops::Range<u64> {
+        let start = u64::from(index) * self.chunk_size;
+        start..(start + self.chunk_size).min(self.size)
+    }
+}
+
+/// Settings a job was planned with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// Requested chunk size (raised per object when a store limit requires it).
+    pub chunk_size: u64,
+}
+
+/// One copy job: a source location to a destination location.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Identifier.
+    pub id: JobId,
+    /// Source location as given.
+    pub source: String,
+    /// Destination location as given.
+    pub destination: String,
+    /// Settings.
+    pub options: JobOptions,
+    /// Current state.
+    pub state: JobState,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Last change, milliseconds since the Unix epoch.
+    pub updated_ms: i64,
+    /// Why the whole job stopped, if it did.
+    pub error: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,799 @@
+//! Azure Blob Storage (block blobs) through the official `azure_storage_blob` crate: Put Block
+//! with a transactional Content-MD5, Get Block List (uncommitted), Put Block List, single Put
+//! Blob, blob properties, container creation, listing and ranged reads. Every Azure call of
+//! blobway lives in this file.
+//!
+//! Credentials follow the Azure CLI's conventions, first match wins:
+//! `AZURE_STORAGE_CONNECTION_STRING` (including Azurite's `UseDevelopmentStorage=true` and
+//! `BlobEndpoint=` forms), then `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or
+//! `AZURE_STORAGE_SAS_TOKEN`, then Entra ID (service principal from `AZURE_CLIENT_ID`/
+//! `AZURE_TENANT_ID`/`AZURE_CLIENT_SECRET`, else the developer tools' login).
+//! `AZURE_STORAGE_BLOB_ENDPOINT` overrides the endpoint.
+//!
+//! The crate has no shared-key auth: with an account key, blobway signs a short-lived account
+//! SAS locally ([`super::azure_sas`]) and renews it well before it expires, so a multi-day run
+//! never fails on an expired signature. The SDK's retry policy is off (blobway's retry loop
+//! owns retries) and the service version is pinned to one Azurite also speaks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::headers::HeaderName;
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{
+    ClientMethodOptions, ClientOptions, Context, Etag, HttpClientOptions, Request, RequestContent,
+    RetryOptions, Transport, Url, new_http_client,
+};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
+    BlockBlobClientStageBlockOptions, BlockBlobClientUploadOptions, BlockListType, BlockLookupList,
+    ListBlobsIncludeItem,
+};
+use azure_storage_blob::{
+    BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::azure_sas::{AccountSas, SasSource};
+use super::{
+    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
+    StagedBlock, StoreError, StoreResult,
+};
+
+/// The service version blobway speaks: recent, and accepted by Azurite 3.35.
+pub const SERVICE_VERSION: &str = "2025-11-05";
+
+/// Azurite's published development account and key.
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's published development key (public, not a secret).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// How blobway authenticates to the account.
+#[derive(Clone)]
+pub enum AzureAuth {
+    /// An account key: blobway signs short-lived account SAS tokens with it.
+    Key {
+        /// Storage account name.
+        account: String,
+        /// Base64 account key.
+        key: String,
+    },
+    /// A SAS token given by the operator (query string without the leading `?`).
+    Sas(String),
+    /// Entra ID tokens.
+    Entra(Arc<dyn TokenCredential>),
+}
+
+impl std::fmt::Debug for AzureAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AzureAuth::Key { account, .. } => {
+                write!(f, "Key {{ account: {account}, key: REDACTED }}")
+            }
+            AzureAuth::Sas(_) => write!(f, "Sas(REDACTED)"),
+            AzureAuth::Entra(_) => write!(f, "Entra"),
+        }
+    }
+}
+
+/// Where the account lives and how to authenticate to it.
+#[derive(Clone, Debug)]
+pub struct AzureAccount {
+    /// Blob service endpoint, e.g. `https://acct.blob.core.windows.net` or
+    /// `http://127.0.0.1:10000/devstoreaccount1`.
+    pub endpoint: Url,
+    /// Credentials.
+    pub auth: AzureAuth,
+}
+
+impl AzureAccount {
+    /// Reads the account from the environment (see the module documentation).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let endpoint_override = std::env::var("AZURE_STORAGE_BLOB_ENDPOINT").ok();
+        let mut account = if let Ok(cs) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+            Self::from_connection_string(&cs)?
+        } else if let Ok(name) = std::env::var("AZURE_STORAGE_ACCOUNT") {
+            let endpoint = endpoint_override
+                .clone()
+                .unwrap_or_else(|| format!("https://{name}.blob.core.windows.net"));
+            let auth = if let Ok(key) = std::env::var("AZURE_STORAGE_KEY") {
+                AzureAuth::Key { account: name, key }
+            } else if let Ok(sas) = std::env::var("AZURE_STORAGE_SAS_TOKEN") {
+                AzureAuth::Sas(sas.trim_start_matches('?').to_string())
+            } else {
+                AzureAuth::Entra(entra_credential()?)
+            };
+            Self {
+                endpoint: parse_endpoint(&endpoint)?,
+                auth,
+            }
+        } else {
+            anyhow::bail!(
+                "no Azure account configured: set AZURE_STORAGE_CONNECTION_STRING, or \
+                 AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or an \
+                 Entra ID login (az login / AZURE_CLIENT_ID+AZURE_TENANT_ID+AZURE_CLIENT_SECRET)"
+            );
+        };
+        if let Some(endpoint) = endpoint_override {
+            account.endpoint = parse_endpoint(&endpoint)?;
+        }
+        match &account.auth {
+            AzureAuth::Key { key, .. } => crate::redact::register_secret(key),
+            AzureAuth::Sas(sas) => crate::redact::register_secret(sas),
+            AzureAuth::Entra(_) => {}
+        }
+        Ok(account)
+    }
+
+    /// Parses a storage connection string.
+    pub fn from_connection_string(cs: &str) -> anyhow::Result<Self> {
+        let mut fields = HashMap::new();
+        for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                anyhow::bail!(
+                    "AZURE_STORAGE_CONNECTION_STRING is malformed: expected Name=value pairs \
+                     separated by `;`"
+                );
+            };
+            fields.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+        if fields
+            .get("usedevelopmentstorage")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            let proxy = fields
+                .get("developmentstorageproxyuri")
+                .cloned()
+                .unwrap_or_else(|| "http://127.0.0.1".to_string());
+            let endpoint = format!("{}:10000/{AZURITE_ACCOUNT}", proxy.trim_end_matches('/'));
+            return Ok(Self {
+                endpoint: parse_endpoint(&endpoint)?,
+                auth: AzureAuth::Key {
+                    account: AZURITE_ACCOUNT.to_string(),
+                    key: AZURITE_KEY.to_string(),
+                },
+            });
+        }
+        let account = fields.get("accountname").cloned();
+        let endpoint = match (fields.get("blobendpoint"), &account) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, Some(name)) => {
+                let protocol = fields
+                    .get("defaultendpointsprotocol")
+                    .map_or("https", String::as_str);
+                let suffix = fields
+                    .get("endpointsuffix")
+                    .map_or("core.windows.net", String::as_str);
+                format!("{protocol}://{name}.blob.{suffix}")
+            }
+            (None, None) => anyhow::bail!(
+                "AZURE_STORAGE_CONNECTION_STRING names neither AccountName nor BlobEndpoint"
+            ),
+        };
+        let auth = if let Some(key) = fields.get("accountkey") {
+            let Some(account) = account else {
+                anyhow::bail!(
+                    "AZURE_STORAGE_CONNECTION_STRING has an AccountKey but no AccountName"
+                );
+            };
+            AzureAuth::Key {
+                account,
+                key: key.clone(),
+            }
+        } else if let Some(sas) = fields.get("sharedaccesssignature") {
+            AzureAuth::Sas(sas.trim_start_matches('?').to_string())
+        } else {
+            AzureAuth::Entra(entra_credential()?)
+        };
+        Ok(Self {
+            endpoint: parse_endpoint(&endpoint)?,
+            auth,
+        })
+    }
+}
+
+fn parse_endpoint(text: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(text.trim_end_matches('/')).map_err(|e| {
+        anyhow::anyhow!("the Azure blob endpoint `{text}` is not a URL ({e}); write e.g. https://acct.blob.core.windows.net")
+    })?;
+    if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("the Azure blob endpoint `{text}` must be an http(s) URL");
+    }
+    Ok(url)
+}
+
+fn entra_credential() -> anyhow::Result<Arc<dyn TokenCredential>> {
+    let service_principal = (
+        std::env::var("AZURE_TENANT_ID"),
+        std::env::var("AZURE_CLIENT_ID"),
+        std::env::var("AZURE_CLIENT_SECRET"),
+    );
+    if let (Ok(tenant), Ok(client), Ok(secret)) = service_principal {
+        crate::redact::register_secret(&secret);
+        let credential =
+            azure_identity::ClientSecretCredential::new(&tenant, client, secret.into(), None)
+                .map_err(|e| anyhow::anyhow!("cannot use the Entra ID service principal: {e}"))?;
+        return Ok(credential);
+    }
+    let credential = azure_identity::DeveloperToolsCredential::new(None)
+        .map_err(|e| anyhow::anyhow!("cannot use an Entra ID login: {e}"))?;
+    Ok(credential)
+}
+
+/// Adds the current SAS token to every request and, when the call's context carries one, the
+/// transactional `Content-MD5` of a whole-blob upload (the SDK's `upload` offers no field for
+/// it).
+#[derive(Debug)]
+struct BlobwayPolicy {
+    sas: Option<SasSource>,
+}
+
+/// The MD5 of a whole-blob upload, carried to [`BlobwayPolicy`] in the call's context.
+#[derive(Clone, Copy, Debug)]
+struct WholeBlobMd5([u8; 16]);
+
+#[async_trait]
+impl Policy for BlobwayPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        if let Some(sas) = &self.sas {
+            let token = sas.token();
+            let url = request.url_mut();
+            let query = match url.query() {
+                Some(existing) if !existing.is_empty() => format!("{existing}&{token}"),
+                _ => token,
+            };
+            url.set_query(Some(&query));
+        }
+        if let Some(WholeBlobMd5(md5)) = ctx.value::<WholeBlobMd5>() {
+            use base64::Engine;
+            request.insert_header(
+                "content-md5",
+                base64::engine::general_purpose::STANDARD.encode(md5),
+            );
+        }
+        match next.split_first() {
+            Some((head, rest)) => head.send(ctx, request, rest).await,
+            None => Err(azure_core::Error::with_message(
+                ErrorKind::Other,
+                "the HTTP pipeline has no transport",
+            )),
+        }
+    }
+}
+
+/// One Azure container, used as destination (and as source for reads and listings).
+#[derive(Clone)]
+pub struct AzureStore {
+    container: String,
+    container_url: Url,
+    credential: Option<Arc<dyn TokenCredential>>,
+    options: ClientOptions,
+    stall_timeout: Duration,
+}
+
+impl std::fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AzureStore({})", self.container_url)
+    }
+}
+
+impl AzureStore {
+    /// Connects to `container` with the account configured in the environment.
+    pub fn connect(container: &str) -> anyhow::Result<Self> {
+        Self::with_account(AzureAccount::from_env()?, container)
+    }
+
+    /// Connects to `container` of `account`. Nothing is sent yet.
+    pub fn with_account(account: AzureAccount, container: &str) -> anyhow::Result<Self> {
+        let mut container_url = account.endpoint.clone();
+        container_url
+            .path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the Azure endpoint cannot hold a path"))?
+            .pop_if_empty()
+            .push(container);
+        let (sas, credential) = match account.auth {
+            AzureAuth::Key { account, key } => {
+                let https_only = account_is_https(&container_url);
+                (
+                    Some(SasSource::Signed(Arc::new(AccountSas::new(
+                        account, &key, https_only,
+                    )?))),
+                    None,
+                )
+            }
+            AzureAuth::Sas(token) => (Some(SasSource::Static(token)), None),
+            AzureAuth::Entra(credential) => (None, Some(credential)),
+        };
+        let transport = Transport::new(new_http_client(Some(HttpClientOptions {
+            automatic_decompression: false,
+            ..Default::default()
+        })));
+        let options = ClientOptions {
+            per_try_policies: vec![Arc::new(BlobwayPolicy { sas })],
+            retry: RetryOptions::none(),
+            transport: Some(transport),
+            ..Default::default()
+        };
+        let stall_timeout = std::env::var("BLOBWAY_STALL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(super::s3::DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64);
+        Ok(Self {
+            container: container.to_string(),
+            container_url,
+            credential,
+            options,
+            stall_timeout,
+        })
+    }
+
+    fn container_client(&self) -> StoreResult<BlobContainerClient> {
+        BlobContainerClient::new(
+            self.container_url.clone(),
+            self.credential.clone(),
+            Some(BlobContainerClientOptions {
+                client_options: self.options.clone(),
+                version: SERVICE_VERSION.to_string(),
+            }),
+        )
+        .map_err(|e| self.error(e, "connect to", ""))
+    }
+
+    fn blob_client(&self, key: &str) -> StoreResult<BlobClient> {
+        let mut url = self.container_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(key.split('/'));
+        }
+        BlobClient::new(
+            url,
+            self.credential.clone(),
+            Some(BlobClientOptions {
+                client_options: self.options.clone(),
+                version: SERVICE_VERSION.to_string(),
+            }),
+        )
+        .map_err(|e| self.error(e, "connect to", key))
+    }
+
+    fn target(&self, key: &str) -> String {
+        if key.is_empty() {
+            format!("az://{}", self.container)
+        } else {
+            format!("az://{}/{key}", self.container)
+        }
+    }
+
+    /// Maps an SDK error to a classified store error with the fix in its message.
+    fn error(&self, err: azure_core::Error, what: &str, key: &str) -> StoreError {
+        let target = self.target(key);
+        match err.kind() {
+            ErrorKind::HttpResponse {
+                status,
+                error_code,
+                raw_response,
+            } => {
+                let status = u16::from(*status);
+                let code = error_code.clone().unwrap_or_default();
+                let retry_after = raw_response
+                    .as_ref()
+                    .and_then(|r| {
+                        r.headers()
+                            .get_optional_str(&HeaderName::from_static("retry-after"))
+                            .map(str::to_string)
+                    })
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(Duration::from_secs_f64);
+                let (class, hint) = match (status, code.as_str()) {
+                    (412, _) => return StoreError::source_changed(key),
+                    (429, _) | (503, _) => (ErrorClass::Throttled, ""),
+                    (500..=599, _) => (ErrorClass::Transient, ""),
+                    (400, "Md5Mismatch" | "Crc64Mismatch") => (
+                        ErrorClass::Transient,
+                        "the bytes were damaged on the way; they will be sent again",
+                    ),
+                    (403, "AuthenticationFailed") | (401, _) => (
+                        ErrorClass::Auth,
+                        "the Azure credentials were rejected; check the account key or SAS in \
+                         AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_KEY / \
+                         AZURE_STORAGE_SAS_TOKEN",
+                    ),
+                    (403, _) => (
+                        ErrorClass::Permission,
+                        "not allowed; the SAS or role needs read, write, create and list on \
+                         this container",
+                    ),
+                    (404, "ContainerNotFound") => (
+                        ErrorClass::NotFound,
+                        "the container does not exist; check its name",
+                    ),
+                    (404, _) => (ErrorClass::NotFound, "no such blob"),
+                    (409, "ContainerBeingDeleted") => (ErrorClass::Transient, ""),
+                    (413, _) | (400, "RequestBodyTooLarge" | "BlockCountExceedsLimit") => (
+                        ErrorClass::Invalid,
+                        "the object exceeds Azure's block limits",
+                    ),
+                    (400, "InvalidBlockList") => (
+                        ErrorClass::Transient,
+                        "a staged block is missing; it will be staged again",
+                    ),
+                    _ => (ErrorClass::Invalid, ""),
+                };
+                let mut message = format!("{what} {target} failed: {code}");
+                if !hint.is_empty() {
+                    message.push_str(&format!(" — {hint}"));
+                }
+                StoreError::new(class, Some(status), message).with_retry_after(retry_after)
+            }
+            ErrorKind::Credential => StoreError::new(
+                ErrorClass::Auth,
+                None,
+                format!(
+                    "{what} {target} failed: no Entra ID token ({err}); run `az login` or set \
+                     AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_KEY"
+                ),
+            ),
+            ErrorKind::Connection | ErrorKind::Io => StoreError::transient(format!(
+                "{what} {target} failed: cannot reach the Azure endpoint {} ({err}); check the \
+                 endpoint and the network",
+                self.container_url.origin().ascii_serialization()
+            )),
+            _ => StoreError::transient(format!("{what} {target} failed: {err}")),
+        }
+    }
+
+    fn stalled(&self, what: &str, key: &str) -> StoreError {
+        StoreError::transient(format!(
+            "{what} {} stalled: no answer for {:.0?}",
+            self.target(key),
+            self.stall_timeout
+        ))
+    }
+
+    async fn within<T>(
+        &self,
+        what: &str,
+        key: &str,
+        call: impl Future<Output = azure_core::Result<T>>,
+    ) -> StoreResult<T> {
+        tokio::time::timeout(self.stall_timeout, call)
+            .await
+            .map_err(|_| self.stalled(what, key))?
+            .map_err(|e| self.error(e, what, key))
+    }
+}
+
+fn account_is_https(url: &Url) -> bool {
+    url.scheme() == "https"
+}
+
+fn to_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
+    (!meta.pairs.is_empty()).then(|| meta.pairs.clone().into_iter().collect())
+}
+
+#[async_trait]
+impl ObjectSink for AzureStore {
+    fn limits(&self) -> SinkLimits {
+        SinkLimits {
+            max_block: 4000 << 20,
+            max_blocks: 50_000,
+            min_block: 0,
+            max_single_put: 5000 << 20,
+        }
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        let client = self.container_client()?;
+        match self
+            .within("create container", "", client.create(None))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status == Some(409) => Ok(()), // ContainerAlreadyExists
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+        let client = self.blob_client(key)?.block_blob_client();
+        let len = data.len() as u64;
+        let options = BlockBlobClientStageBlockOptions {
+            transactional_content_md5: Some(block.md5.to_vec()),
+            ..Default::default()
+        };
+        let call = client.stage_block(block.id.as_bytes(), len, data.into(), Some(options));
+        self.within("Put Block", key, call).await.map(|_| ())
+    }
+
+    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
+        let client = self.blob_client(key)?.block_blob_client();
+        let call = client.get_block_list(BlockListType::Uncommitted, None);
+        let response = match self.within("Get Block List", key, call).await {
+            Ok(response) => response,
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let list = response
+            .into_model()
+            .map_err(|e| self.error(e, "read the block list of", key))?;
+        Ok(list
+            .uncommitted_blocks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| {
+                Some(StagedBlock {
+                    id: String::from_utf8(b.name?).ok()?,
+                    size: b.size.unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
+        let client = self.blob_client(key)?.block_blob_client();
+        let list = BlockLookupList {
+            latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
+            ..Default::default()
+        };
+        let content: RequestContent<BlockLookupList, _> = list
+            .try_into()
+            .map_err(|e| self.error(e, "encode the block list of", key))?;
+        let options = BlockBlobClientCommitBlockListOptions {
+            metadata: to_metadata(meta),
+            ..Default::default()
+        };
+        let call = client.commit_block_list(content, Some(options));
+        self.within("Put Block List", key, call).await.map(|_| ())
+    }
+
+    async fn put_whole(
+        &self,
+        key: &str,
+        data: Bytes,
+        md5: [u8; 16],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let client = self.blob_client(key)?.block_blob_client();
+        let single = std::num::NonZero::new((data.len() as u64).max(1))
+            .ok_or_else(|| StoreError::new(ErrorClass::Invalid, None, "empty partition size"))?;
+        let options = BlockBlobClientUploadOptions {
+            metadata: to_metadata(meta),
+            partition_size: Some(single),
+            parallel: std::num::NonZero::new(1),
+            method_options: ClientMethodOptions {
+                context: Context::new().with_value(WholeBlobMd5(md5)),
+            },
+            ..Default::default()
+        };
+        let call = client.upload(data.into(), Some(options));
+        self.within("Put Blob", key, call).await.map(|_| ())
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        let client = self.blob_client(key)?;
+        match self
+            .within("get properties of", key, client.get_properties(None))
+            .await
+        {
+            Ok(response) => Ok(Some(DestObject {
+                size: response.content_length().ok().flatten().unwrap_or(0),
+                meta: response
+                    .metadata()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+            })),
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
+        let client = self.container_client()?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            include: Some(vec![ListBlobsIncludeItem::Metadata]),
+            ..Default::default()
+        };
+        let mut items = client
+            .list_blobs(Some(options))
+            .map_err(|e| self.error(e, "list", prefix))?;
+        let mut out = BTreeMap::new();
+        while let Some(item) = items.next().await {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    let err = self.error(e, "list", prefix);
+                    if err.class == ErrorClass::NotFound {
+                        return Ok(out); // no container yet: nothing exists
+                    }
+                    return Err(err);
+                }
+            };
+            let Some(name) = item.name else { continue };
+            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+            let meta = item
+                .metadata
+                .and_then(|m| m.values)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            out.insert(name, DestObject { size, meta });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ObjectSource for AzureStore {
+    async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
+        if single {
+            let client = self.blob_client(prefix)?;
+            let response = self
+                .within("get properties of", prefix, client.get_properties(None))
+                .await?;
+            return Ok(vec![ObjectInfo {
+                key: prefix.to_string(),
+                size: response.content_length().ok().flatten().unwrap_or(0),
+                etag: response
+                    .etag()
+                    .ok()
+                    .flatten()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+                modified: response
+                    .last_modified()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.unix_timestamp()),
+            }]);
+        }
+        let client = self.container_client()?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            ..Default::default()
+        };
+        let mut items = client
+            .list_blobs(Some(options))
+            .map_err(|e| self.error(e, "list", prefix))?;
+        let mut out = Vec::new();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| self.error(e, "list", prefix))?;
+            let (Some(name), Some(props)) = (item.name, item.properties) else {
+                continue;
+            };
+            out.push(ObjectInfo {
+                key: name,
+                size: props.content_length.unwrap_or(0),
+                etag: props.etag.map(|e| e.to_string()).unwrap_or_default(),
+                modified: props.last_modified.map(|t| t.unix_timestamp()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        let client = self.blob_client(key)?;
+        let expected = (range.end - range.start) as usize;
+        if expected == 0 {
+            let response = self
+                .within("get properties of", key, client.get_properties(None))
+                .await?;
+            let current = response.etag().ok().flatten().map(|e| e.to_string());
+            return if current.as_deref() == Some(etag) {
+                Ok(Bytes::new())
+            } else {
+                Err(StoreError::source_changed(key))
+            };
+        }
+        let options = BlobClientDownloadOptions {
+            range: Some(range.clone().into()),
+            if_match: Some(Etag::from(etag.to_string())),
+            parallel: std::num::NonZero::new(1),
+            partition_size: std::num::NonZero::new(expected.max(1)),
+            ..Default::default()
+        };
+        let response = self
+            .within("GET", key, client.download(Some(options)))
+            .await?;
+        let mut body = response.body;
+        let mut buf = BytesMut::with_capacity(expected);
+        loop {
+            match tokio::time::timeout(self.stall_timeout, body.next()).await {
+                Err(_) => return Err(self.stalled("GET", key)),
+                Ok(None) => break,
+                Ok(Some(Ok(piece))) => buf.extend_from_slice(&piece),
+                Ok(Some(Err(e))) => return Err(self.error(e, "GET", key)),
+            }
+        }
+        if buf.len() != expected {
+            return Err(StoreError::transient(format!(
+                "GET {}: short body, {} of {expected} bytes",
+                self.target(key),
+                buf.len()
+            )));
+        }
+        Ok(buf.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_azurite_development_connection_strings() {
+        let dev = AzureAccount::from_connection_string("UseDevelopmentStorage=true").expect("dev");
+        assert_eq!(
+            dev.endpoint.as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
+        assert!(
+            matches!(dev.auth, AzureAuth::Key { ref account, .. } if account == AZURITE_ACCOUNT)
+        );
+
+        let cs = format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};\
+             BlobEndpoint=http://127.0.0.1:41234/devstoreaccount1;"
+        );
+        let acct = AzureAccount::from_connection_string(&cs).expect("azurite");
+        assert_eq!(
+            acct.endpoint.as_str(),
+            "http://127.0.0.1:41234/devstoreaccount1"
+        );
+        assert!(matches!(acct.auth, AzureAuth::Key { ref key, .. } if key == AZURITE_KEY));
+    }
+
+    #[test]
+    fn builds_the_public_endpoint_from_account_name() {
+        let acct = AzureAccount::from_connection_string(
+            "DefaultEndpointsProtocol=https;AccountName=prod;SharedAccessSignature=sv=x&sig=y",
+        )
+        .expect("sas");
+        assert_eq!(
+            acct.endpoint.as_str(),
+            "https://prod.blob.core.windows.net/"
+        );
+        assert!(matches!(acct.auth, AzureAuth::Sas(ref s) if s == "sv=x&sig=y"));
+        assert!(format!("{:?}", acct.auth).contains("REDACTED"));
+    }
+
+    #[test]
+    fn rejects_malformed_connection_strings() {
+        let err = AzureAccount::from_connection_string("garbage").expect_err("bad");
+        assert!(err.to_string().contains("Name=value"));
+        let err = AzureAccount::from_connection_string("AccountKey=abc").expect_err("bad");
+        assert!(
+            err.to_string()
+                .contains("neither AccountName nor BlobEndpoint")
+        );
+    }
+
+    #[test]
+    fn blob_urls_keep_slashes_and_escape_the_rest() {
+        let account = AzureAccount {
+            endpoint: Url::parse("http://127.0.0.1:10000/devstoreaccount1").expect("url"),
+            auth: AzureAuth::Sas("sv=1&sig=2".into()),
+        };
+        let store = AzureStore::with_account(account, "dest").expect("store");
+        let client = store.blob_client("dir/a b é.bin").expect("client");
+        assert_eq!(
+            client.url().as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1/dest/dir/a%20b%20%C3%A9.bin"
+        );
+    }
+}

@@ -1,0 +1,482 @@
+//! The local-filesystem store: a directory read as a bucket, and written with the same
+//! stage/commit protocol as Azure — each block is staged as its own file under
+//! `<root>/.blobway-staging/`, and a commit concatenates the blocks into a temporary file in
+//! the same filesystem and renames it into place, so an object is never visible half-written.
+//!
+//! The version token of a local file is its modification time and size; a ranged read checks
+//! it before and after reading, so a file rewritten mid-copy fails with "source changed".
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use super::{
+    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
+    StagedBlock, StoreError, StoreResult,
+};
+
+/// Name of the directory, inside the root, where blocks wait for their commit.
+pub const STAGING_DIR: &str = ".blobway-staging";
+
+/// A directory used as an object store.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root` (created on [`ObjectSink::prepare`] when used as destination).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn object_path(&self, key: &str) -> StoreResult<PathBuf> {
+        let relative = Path::new(key);
+        let safe = !key.is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(StoreError::new(
+                ErrorClass::Invalid,
+                None,
+                format!("`{key}` is not a safe relative file name for a local store"),
+            ));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn staging_for(&self, key: &str) -> PathBuf {
+        let digest = Sha256::digest(key.as_bytes());
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join(STAGING_DIR).join(name)
+    }
+}
+
+/// Maps an I/O failure to a store error, naming the path and the fix.
+fn io_error(what: &str, path: &Path, err: io::Error) -> StoreError {
+    let shown = path.display();
+    match err.kind() {
+        io::ErrorKind::NotFound => StoreError::new(
+            ErrorClass::NotFound,
+            None,
+            format!("{what} {shown}: not found"),
+        ),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => StoreError::new(
+            ErrorClass::Permission,
+            None,
+            format!("{what} {shown}: permission denied; check the directory's owner and mode"),
+        ),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::new(
+            ErrorClass::Capacity,
+            None,
+            format!(
+                "{what} {shown}: the destination disk is full; free space there, then run \
+                 `blobway resume` (nothing copied so far is lost)"
+            ),
+        ),
+        io::ErrorKind::FileTooLarge => StoreError::new(
+            ErrorClass::Capacity,
+            None,
+            format!("{what} {shown}: the file is too large for this filesystem"),
+        ),
+        _ => StoreError::transient(format!("{what} {shown}: {err}")),
+    }
+}
+
+fn version_of(meta: &fs::Metadata) -> String {
+    let nanos = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("\"{nanos:x}-{:x}\"", meta.len())
+}
+
+fn modified_secs(meta: &fs::Metadata) -> Option<i64> {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::transient(format!("filesystem task failed: {e}")))?
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> StoreResult<()> {
+    let entries = fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
+        let path = entry.path();
+        if entry.file_name() == STAGING_DIR {
+            continue;
+        }
+        let meta = fs::metadata(&path).map_err(|e| io_error("cannot read", &path, e))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                etag: version_of(&meta),
+                modified: modified_secs(&meta),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectSource for LocalStore {
+    async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let start = root.join(prefix.trim_end_matches('/'));
+            let meta = fs::metadata(&start).map_err(|e| io_error("cannot read", &start, e))?;
+            let mut out = Vec::new();
+            if single || meta.is_file() {
+                out.push(ObjectInfo {
+                    key: prefix,
+                    size: meta.len(),
+                    etag: version_of(&meta),
+                    modified: modified_secs(&meta),
+                });
+            } else {
+                walk(&root, &start, &mut out)?;
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        let path = self.object_path(key)?;
+        let (key, etag) = (key.to_string(), etag.to_string());
+        blocking(move || {
+            let file = fs::File::open(&path).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::source_changed(&key),
+                _ => io_error("cannot open", &path, e),
+            })?;
+            let check = |file: &fs::File| -> StoreResult<()> {
+                let meta = file
+                    .metadata()
+                    .map_err(|e| io_error("cannot stat", &path, e))?;
+                if version_of(&meta) == etag {
+                    Ok(())
+                } else {
+                    Err(StoreError::source_changed(&key))
+                }
+            };
+            check(&file)?;
+            let len = usize::try_from(range.end - range.start)
+                .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
+            let mut buf = BytesMut::zeroed(len);
+            file.read_exact_at(&mut buf, range.start)
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            check(&file)?;
+            Ok(buf.freeze())
+        })
+        .await
+    }
+}
+
+fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[async_trait]
+impl ObjectSink for LocalStore {
+    fn limits(&self) -> SinkLimits {
+        SinkLimits {
+            max_block: 4000 << 20,
+            max_blocks: 50_000,
+            min_block: 0,
+            max_single_put: 5000 << 20,
+        }
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        let staging = self.root.join(STAGING_DIR);
+        blocking(move || {
+            fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
+            let probe = staging.join(format!(".probe-{}", std::process::id()));
+            fs::write(&probe, b"ok").map_err(|e| io_error("cannot write to", &staging, e))?;
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+        if Md5::digest(&data).as_slice() != block.md5 {
+            return Err(StoreError::new(
+                ErrorClass::Transient,
+                Some(400),
+                "Md5Mismatch: the block's bytes do not match its Content-MD5",
+            ));
+        }
+        let dir = self.staging_for(key);
+        let target = dir.join(block.id);
+        blocking(move || {
+            fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+            write_atomically(&dir, &target, &[&data])
+                .map_err(|e| io_error("cannot stage", &target, e))
+        })
+        .await
+    }
+
+    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
+        let dir = self.staging_for(key);
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_error("cannot list", &dir, e)),
+            };
+            let mut blocks = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if id.starts_with('.') {
+                    continue;
+                }
+                let size = entry
+                    .metadata()
+                    .map_err(|e| io_error("cannot stat", &entry.path(), e))?
+                    .len();
+                blocks.push(StagedBlock { id, size });
+            }
+            Ok(blocks)
+        })
+        .await
+    }
+
+    async fn commit(&self, key: &str, block_ids: &[String], _meta: &ObjectMeta) -> StoreResult<()> {
+        let target = self.object_path(key)?;
+        let dir = self.staging_for(key);
+        let ids = block_ids.to_vec();
+        blocking(move || {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
+            }
+            let tmp = dir.join(".commit");
+            let assemble = || -> io::Result<()> {
+                let mut out = fs::File::create(&tmp)?;
+                for id in &ids {
+                    let mut block = fs::File::open(dir.join(id))?;
+                    io::copy(&mut block, &mut out)?;
+                }
+                out.sync_all()?;
+                fs::rename(&tmp, &target)
+            };
+            if let Err(e) = assemble() {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_error("cannot commit", &target, e));
+            }
+            let _ = fs::remove_dir_all(&dir);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_whole(
+        &self,
+        key: &str,
+        data: Bytes,
+        md5: [u8; 16],
+        _meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        if Md5::digest(&data).as_slice() != md5 {
+            return Err(StoreError::new(
+                ErrorClass::Transient,
+                Some(400),
+                "Md5Mismatch: the object's bytes do not match its Content-MD5",
+            ));
+        }
+        let target = self.object_path(key)?;
+        let staging = self.root.join(STAGING_DIR);
+        blocking(move || {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
+            }
+            fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
+            write_atomically(&staging, &target, &[&data])
+                .map_err(|e| io_error("cannot write", &target, e))
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        let path = self.object_path(key)?;
+        blocking(move || match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(DestObject {
+                size: meta.len(),
+                meta: Default::default(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("cannot stat", &path, e)),
+        })
+        .await
+    }
+
+    async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
+        let listed = match ObjectSource::list(self, prefix, false).await {
+            Ok(listed) => listed,
+            Err(e) if e.class == ErrorClass::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(listed
+            .into_iter()
+            .map(|o| {
+                (
+                    o.key,
+                    DestObject {
+                        size: o.size,
+                        meta: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5(data: &[u8]) -> [u8; 16] {
+        Md5::digest(data).into()
+    }
+
+    #[tokio::test]
+    async fn staged_blocks_are_invisible_until_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        store.prepare().await.expect("prepare");
+        let ids = ["b-0".to_string(), "b-1".to_string()];
+        for (i, (id, data)) in ids.iter().zip([&b"hello "[..], b"world"]).enumerate() {
+            let block = BlockRef {
+                index: i as u32,
+                id,
+                md5: md5(data),
+            };
+            store
+                .put_block("out/x.txt", block, Bytes::copy_from_slice(data))
+                .await
+                .expect("stage");
+        }
+        assert_eq!(store.head("out/x.txt").await.expect("head"), None);
+        let mut staged = store.staged_blocks("out/x.txt").await.expect("staged");
+        staged.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            staged[0],
+            StagedBlock {
+                id: "b-0".into(),
+                size: 6
+            }
+        );
+        store
+            .commit("out/x.txt", &ids, &ObjectMeta::default())
+            .await
+            .expect("commit");
+        assert_eq!(
+            fs::read(dir.path().join("out/x.txt")).expect("read"),
+            b"hello world"
+        );
+        assert!(
+            store
+                .staged_blocks("out/x.txt")
+                .await
+                .expect("staged")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_a_block_whose_md5_does_not_match() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let block = BlockRef {
+            index: 0,
+            id: "b-0",
+            md5: md5(b"other"),
+        };
+        let err = store
+            .put_block("k", block, Bytes::from_static(b"data"))
+            .await
+            .expect_err("mismatch");
+        assert_eq!(err.class, ErrorClass::Transient);
+        assert!(err.message.contains("Md5Mismatch"));
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_file_reads_as_source_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.bin"), b"0123456789").expect("write");
+        let store = LocalStore::new(dir.path());
+        let listed = store.list("", false).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        let etag = listed[0].etag.clone();
+        let got = store.read_range("a.bin", &etag, 2..5).await.expect("read");
+        assert_eq!(&got[..], b"234");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.path().join("a.bin"), b"01234567890").expect("rewrite");
+        let err = store
+            .read_range("a.bin", &etag, 2..5)
+            .await
+            .expect_err("changed");
+        assert_eq!(err.class, ErrorClass::SourceChanged);
+    }
+
+    #[test]
+    fn refuses_keys_that_escape_the_root() {
+        let store = LocalStore::new("/tmp/root");
+        for key in ["../etc/passwd", "/abs", "a/../../b", ""] {
+            assert_eq!(
+                store.object_path(key).expect_err(key).class,
+                ErrorClass::Invalid
+            );
+        }
+    }
+}

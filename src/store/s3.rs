@@ -1,0 +1,301 @@
+//! Amazon S3 (and S3-compatible servers) as a source: paginated listing, and ranged GETs
+//! pinned with If-Match to the ETag recorded at planning.
+//!
+//! Credentials, region and endpoint come from the AWS SDK's default chain
+//! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL`/`AWS_ENDPOINT_URL_S3`, SSO, instance roles). With a custom
+//! endpoint, path-style addressing is used. The SDK's own retries are off: blobway's retry loop
+//! owns retries, so that every attempt is counted, classified and shown.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use bytes::{Bytes, BytesMut};
+
+use super::{ErrorClass, ObjectInfo, ObjectSource, StoreError, StoreResult};
+
+/// How long a request may go without receiving a byte before it is abandoned and retried.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One S3 bucket.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    stall_timeout: Duration,
+}
+
+/// Builds an S3 client from the SDK's default configuration chain.
+pub async fn client_from_env() -> Client {
+    if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+        crate::redact::register_secret(&secret);
+    }
+    if let Ok(token) = std::env::var("AWS_SESSION_TOKEN") {
+        crate::redact::register_secret(&token);
+    }
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if shared.region().is_none() {
+        config = config.region(Region::new("us-east-1"));
+    }
+    if shared.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
+        config = config.force_path_style(true);
+    }
+    Client::from_conf(config.build())
+}
+
+impl S3Store {
+    /// Connects to `bucket` with the default credential chain. Nothing is sent yet.
+    pub async fn connect(bucket: &str) -> anyhow::Result<Self> {
+        Ok(Self::with_client(client_from_env().await, bucket))
+    }
+
+    /// Wraps an existing client.
+    pub fn with_client(client: Client, bucket: &str) -> Self {
+        let stall_timeout = std::env::var("BLOBWAY_STALL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64);
+        Self {
+            client,
+            bucket: bucket.to_string(),
+            stall_timeout,
+        }
+    }
+
+    fn error<E>(
+        &self,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        what: &str,
+        key: &str,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let target = if key.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{key}", self.bucket)
+        };
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let retry_after = err
+            .raw_response()
+            .and_then(|r| r.headers().get("retry-after"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(Duration::from_secs_f64);
+        let code = err.code().unwrap_or_default().to_string();
+        let detail = err
+            .message()
+            .map(str::to_string)
+            .unwrap_or_else(|| DisplayErrorContext(&err).to_string());
+        let (class, hint) = match (&err, status) {
+            (SdkError::ConstructionFailure(_), _) => {
+                let text = DisplayErrorContext(&err).to_string();
+                if text.contains("credential") {
+                    (
+                        ErrorClass::Auth,
+                        "no AWS credentials were found; set AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                    )
+                } else {
+                    (ErrorClass::Invalid, "")
+                }
+            }
+            (SdkError::TimeoutError(_), _) => (ErrorClass::Transient, "the request timed out"),
+            (SdkError::DispatchFailure(d), _) => {
+                let text = DisplayErrorContext(&err).to_string();
+                if text.contains("credential") {
+                    (
+                        ErrorClass::Auth,
+                        "no usable AWS credentials; set AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+                    )
+                } else if d.is_io() || d.is_timeout() {
+                    (
+                        ErrorClass::Transient,
+                        "cannot reach the S3 endpoint; check AWS_ENDPOINT_URL and the network",
+                    )
+                } else {
+                    (ErrorClass::Transient, "")
+                }
+            }
+            (_, Some(412)) => return StoreError::source_changed(key),
+            (_, Some(429)) => (ErrorClass::Throttled, ""),
+            (_, Some(503)) if code == "SlowDown" || code.is_empty() => (ErrorClass::Throttled, ""),
+            (_, Some(404)) => (
+                ErrorClass::NotFound,
+                match code.as_str() {
+                    "NoSuchBucket" => "the bucket does not exist; check the name and AWS_REGION",
+                    _ => "no such object; check the key",
+                },
+            ),
+            (_, Some(401 | 403))
+                if matches!(
+                    code.as_str(),
+                    "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "ExpiredToken"
+                        | "InvalidToken"
+                ) =>
+            {
+                (
+                    ErrorClass::Auth,
+                    "the AWS credentials were rejected; check AWS_ACCESS_KEY_ID, \
+                     AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (or AWS_PROFILE)",
+                )
+            }
+            (_, Some(401)) => (
+                ErrorClass::Auth,
+                "the AWS credentials were rejected; check AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+            ),
+            (_, Some(403)) => (
+                ErrorClass::Permission,
+                "access denied; the credentials need s3:ListBucket and s3:GetObject on this bucket",
+            ),
+            (_, Some(400)) if code == "InvalidRange" => (ErrorClass::SourceChanged, ""),
+            (_, Some(400 | 405 | 411 | 413 | 416)) => (ErrorClass::Invalid, ""),
+            (_, Some(s)) if s >= 500 => (ErrorClass::Transient, ""),
+            _ => (ErrorClass::Transient, ""),
+        };
+        let mut message = format!("{what} {target} failed");
+        if !code.is_empty() {
+            message.push_str(&format!(": {code}"));
+        }
+        if !detail.is_empty() && detail != code {
+            message.push_str(&format!(": {detail}"));
+        }
+        if !hint.is_empty() {
+            message.push_str(&format!(" — {hint}"));
+        }
+        StoreError::new(class, status, message).with_retry_after(retry_after)
+    }
+
+    async fn stat(&self, key: &str, etag: Option<&str>) -> StoreResult<ObjectInfo> {
+        let mut head = self.client.head_object().bucket(&self.bucket).key(key);
+        if let Some(etag) = etag {
+            head = head.if_match(etag);
+        }
+        let out = tokio::time::timeout(self.stall_timeout, head.send())
+            .await
+            .map_err(|_| self.stalled("HEAD", key))?
+            .map_err(|e| self.error(e, "HEAD", key))?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+            modified: out.last_modified().map(|t| t.secs()),
+        })
+    }
+
+    fn stalled(&self, what: &str, key: &str) -> StoreError {
+        StoreError::transient(format!(
+            "{what} s3://{}/{key} stalled: no bytes for {:.0?}",
+            self.bucket, self.stall_timeout
+        ))
+    }
+}
+
+#[async_trait]
+impl ObjectSource for S3Store {
+    async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
+        if single {
+            return Ok(vec![self.stat(prefix, None).await?]);
+        }
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(e, "LIST", prefix))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                if key.ends_with('/') && object.size().unwrap_or(0) == 0 {
+                    continue; // a "folder" marker, not data
+                }
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    etag: object.e_tag().unwrap_or_default().to_string(),
+                    modified: object.last_modified().map(|t| t.secs()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        if range.is_empty() {
+            self.stat(key, Some(etag)).await?;
+            return Ok(Bytes::new());
+        }
+        let expected = usize::try_from(range.end - range.start)
+            .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(etag)
+            .send();
+        let out = tokio::time::timeout(self.stall_timeout, request)
+            .await
+            .map_err(|_| self.stalled("GET", key))?
+            .map_err(|e| self.error(e, "GET", key))?;
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(expected);
+        loop {
+            match tokio::time::timeout(self.stall_timeout, body.next()).await {
+                Err(_) => return Err(self.stalled("GET", key)),
+                Ok(None) => break,
+                Ok(Some(Ok(piece))) => {
+                    if buf.len() + piece.len() > expected {
+                        return Err(StoreError::transient(format!(
+                            "GET s3://{}/{key}: the server sent more bytes than the range asked for",
+                            self.bucket
+                        )));
+                    }
+                    buf.extend_from_slice(&piece);
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(StoreError::transient(format!(
+                        "GET s3://{}/{key}: the body broke off after {} of {expected} bytes: {}",
+                        self.bucket,
+                        buf.len(),
+                        DisplayErrorContext(&e)
+                    )));
+                }
+            }
+        }
+        if buf.len() != expected {
+            return Err(StoreError::transient(format!(
+                "GET s3://{}/{key}: short body, {} of {expected} bytes",
+                self.bucket,
+                buf.len()
+            )));
+        }
+        Ok(buf.freeze())
+    }
+}
