@@ -694,7 +694,8 @@ impl ObjectSource for AzureStore {
                 .within("get properties of", key, client.get_properties(None))
                 .await?;
             let current = response.etag().ok().flatten().map(|e| e.to_string());
-            return if current.as_deref() == Some(etag) {
+            let unquoted = |e: &str| e.trim_matches('"').to_string();
+            return if current.as_deref().map(unquoted) == Some(unquoted(etag)) {
                 Ok(Bytes::new())
             } else {
                 Err(StoreError::source_changed(key))

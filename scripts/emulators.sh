@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts the emulators blobway's tests and benchmarks talk to, on free
+# ports, and writes their coordinates to an env file. Meant to be sourced by test.sh/bench.sh:
+#
+#   source scripts/emulators.sh
+#   emulators_install            # Azurite (npm, pinned) and moto (PyPI, pinned, in a venv)
+#   emulators_start              # exports BLOBWAY_TEST_* and AWS_/AZURE_ variables
+#   emulators_stop               # stops what emulators_start started
+#
+# Everything lands under $BLOBWAY_TOOLS (default: <repo>/.tools); nothing is installed globally
+# except tmux through apt when it is missing.
+
+AZURITE_VERSION=3.35.0
+MOTO_VERSION=5.2.5
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="${BLOBWAY_TOOLS:-$repo_root/.tools}"
+
+log() { printf '[emulators] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for_port() { # port, name, pid
+  local port=$1 name=$2 pid=$3
+  for _ in $(seq 1 150); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited during start-up; its log follows"; cat "$tools/logs/$name.log" >&2; return 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  log "$name did not open port $port within 30 s"; return 1
+}
+
+emulators_install() {
+  mkdir -p "$tools/logs"
+  if [ ! -x "$tools/azurite/node_modules/.bin/azurite-blob" ] \
+     || ! grep -q "\"version\": \"$AZURITE_VERSION\"" "$tools/azurite/node_modules/azurite/package.json" 2>/dev/null; then
+    command -v npm >/dev/null || { log "npm is required to install Azurite"; return 1; }
+    log "installing Azurite $AZURITE_VERSION from npm"
+    npm install --prefix "$tools/azurite" "azurite@$AZURITE_VERSION" --no-audit --no-fund --loglevel=error >&2 || return 1
+  fi
+  if [ ! -x "$tools/moto-venv/bin/moto_server" ] \
+     || ! "$tools/moto-venv/bin/python" -c "import moto,sys; sys.exit(moto.__version__!='$MOTO_VERSION')" 2>/dev/null; then
+    log "installing moto $MOTO_VERSION from PyPI"
+    python3 -m venv "$tools/moto-venv" || return 1
+    "$tools/moto-venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2 || return 1
+  fi
+}
+
+emulators_start() {
+  mkdir -p "$tools/logs" "$tools/run"
+  local data; data="$(mktemp -d "$tools/run/azurite.XXXXXX")"
+  AZURITE_PORT=$(free_port)
+  "$tools/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" \
+    --location "$data" --skipApiVersionCheck --loose --disableTelemetry --silent \
+    >"$tools/logs/azurite.log" 2>&1 &
+  AZURITE_PID=$!
+  MOTO_PORT=$(free_port)
+  "$tools/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$tools/logs/moto.log" 2>&1 &
+  MOTO_PID=$!
+  wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID" || return 1
+  wait_for_port "$MOTO_PORT" moto "$MOTO_PID" || return 1
+  export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
+  export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
+  log "Azurite on $BLOBWAY_TEST_AZURITE (pid $AZURITE_PID), moto on $BLOBWAY_TEST_S3 (pid $MOTO_PID)"
+}
+
+emulators_stop() {
+  for pid in ${AZURITE_PID:-} ${MOTO_PID:-}; do
+    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
+  rm -rf "$tools/run"
+}

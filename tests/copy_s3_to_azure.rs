@@ -1,0 +1,173 @@
+//! End-to-end copies from moto (S3) to Azurite (Azure Blob) through the real binary: edge
+//! sizes, awkward keys, a prefix of 50 objects, a source changed mid-copy, and a second run that
+//! moves nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::BufRead;
+use std::process::Stdio;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_sizes_and_awkward_keys_arrive_byte_identical() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let objects: Vec<(String, Vec<u8>)> = vec![
+        ("in/empty".into(), Vec::new()),
+        ("in/one-byte".into(), vec![0x42]),
+        ("in/exactly-four-chunks.bin".into(), random_bytes(4 * MIB, 1)),
+        ("in/four-chunks-plus-one.bin".into(), random_bytes(4 * MIB + 1, 2)),
+        ("in/one chunk exactly".into(), random_bytes(MIB, 3)),
+        ("in/dir with spaces/naïve résumé 日本語.txt".into(), random_bytes(3000, 4)),
+    ];
+    for (key, data) in &objects {
+        put(&s3, &bucket, key, data).await;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let result = run(blobway(&state.path().join("s.redb")).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--chunk-size",
+        "1MiB",
+        "--concurrency",
+        "4",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+
+    let copied = azure_contents(&container, "out/").await;
+    assert_eq!(copied.len(), objects.len(), "{:?}", copied.keys());
+    for (key, data) in &objects {
+        let dest = key.replacen("in/", "out/", 1);
+        let got = copied.get(&dest).unwrap_or_else(|| panic!("{dest} missing"));
+        assert_eq!(md5_hex(got), md5_hex(data), "{dest}");
+    }
+    // Nothing is left staged: every multi-block object was committed.
+    for key in ["out/exactly-four-chunks.bin", "out/four-chunks-plus-one.bin"] {
+        use blobway::store::ObjectSink;
+        let staged = azure(&container).staged_blocks(key).await.expect("staged");
+        assert!(staged.is_empty(), "{key} still has {} staged blocks", staged.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_of_fifty_objects_arrives_and_a_second_copy_moves_nothing() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let mut objects = Vec::new();
+    for i in 0..50u64 {
+        let size = [0, 1, 700, 64 * 1024, MIB + 3, 2 * MIB][i as usize % 6];
+        let data = random_bytes(size, 100 + i);
+        let key = format!("batch/{:02}/object-{i}.dat", i % 7);
+        put(&s3, &bucket, &key, &data).await;
+        objects.push((key, data));
+    }
+    let state = tempfile::tempdir().expect("state");
+    let state_file = state.path().join("s.redb");
+    let args = [
+        "copy".to_string(),
+        format!("s3://{bucket}/batch/"),
+        format!("az://{container}/"),
+        "--chunk-size".into(),
+        "1MiB".into(),
+        "--json".into(),
+    ];
+    let first = run(blobway(&state_file).args(&args));
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let summary = first.events_named("summary");
+    assert_eq!(summary.len(), 1, "one final summary line");
+    assert_eq!(summary[0]["ok"], true);
+    assert_eq!(summary[0]["jobs"][0]["progress"]["files_done"], 50);
+
+    let copied = azure_contents(&container, "").await;
+    assert_eq!(copied.len(), 50);
+    for (key, data) in &objects {
+        let dest = key.strip_prefix("batch/").expect("prefix");
+        assert_eq!(md5_hex(&copied[dest]), md5_hex(data), "{dest}");
+    }
+
+    // The same copy again: nothing is read or written, and it still succeeds.
+    let second = run(blobway(&state_file).args(&args));
+    assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
+    assert!(second.events_named("chunk_started").is_empty(), "no chunk was sent");
+    let summary = &second.events_named("summary")[0];
+    assert_eq!(summary["bytes_moved"], 0);
+    let planned = &second.events_named("job_planned")[0]["summary"];
+    assert_eq!(planned["already_done"], 50);
+    assert_eq!(planned["to_copy"], 0);
+
+    // A fresh state file: the destination's blobway metadata proves the copies identical.
+    let fresh = tempfile::tempdir().expect("fresh state");
+    let third = run(blobway(&fresh.path().join("s.redb")).args(&args));
+    assert_eq!(third.code, 0, "{}\n{}", third.stdout, third.stderr);
+    assert!(third.events_named("chunk_started").is_empty());
+    assert_eq!(third.events_named("job_planned")[0]["summary"]["identical"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_overwritten_mid_copy_fails_that_object_only() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let big = random_bytes(40 * MIB, 7);
+    put(&s3, &bucket, "data/changing.bin", &big).await;
+    for i in 0..3u64 {
+        put(&s3, &bucket, &format!("data/steady-{i}.bin"), &random_bytes(3 * MIB, 20 + i)).await;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let mut child = blobway(&state.path().join("s.redb"))
+        .args([
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("az://{container}/data/"),
+            "--chunk-size",
+            "1MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut captured = Vec::new();
+    // Wait until the first chunk of the big object is acknowledged, then overwrite it.
+    let mut overwritten = false;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        captured.push(line);
+        if !overwritten && event["event"] == "chunk_completed" && event["file"] == 0 {
+            put(&s3, &bucket, "data/changing.bin", &random_bytes(40 * MIB, 8)).await;
+            overwritten = true;
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(overwritten, "the big object was being copied: {captured:?}");
+    assert_eq!(status.code(), Some(1), "{captured:#?}");
+    let failed: Vec<serde_json::Value> = captured
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "file_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{captured:#?}");
+    assert_eq!(failed[0]["key"], "data/changing.bin");
+    assert_eq!(failed[0]["error"]["class"], "SourceChanged");
+    assert!(
+        failed[0]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("source changed since planning")
+    );
+    let copied = azure_contents(&container, "data/").await;
+    assert!(!copied.contains_key("data/changing.bin"), "nothing of the changed object is visible");
+    assert_eq!(copied.len(), 3, "the other objects completed: {:?}", copied.keys());
+}
