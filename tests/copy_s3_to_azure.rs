@@ -20,10 +20,19 @@ async fn edge_sizes_and_awkward_keys_arrive_byte_identical() {
     let objects: Vec<(String, Vec<u8>)> = vec![
         ("in/empty".into(), Vec::new()),
         ("in/one-byte".into(), vec![0x42]),
-        ("in/exactly-four-chunks.bin".into(), random_bytes(4 * MIB, 1)),
-        ("in/four-chunks-plus-one.bin".into(), random_bytes(4 * MIB + 1, 2)),
+        (
+            "in/exactly-four-chunks.bin".into(),
+            random_bytes(4 * MIB, 1),
+        ),
+        (
+            "in/four-chunks-plus-one.bin".into(),
+            random_bytes(4 * MIB + 1, 2),
+        ),
         ("in/one chunk exactly".into(), random_bytes(MIB, 3)),
-        ("in/dir with spaces/naïve résumé 日本語.txt".into(), random_bytes(3000, 4)),
+        (
+            "in/dir with spaces/naïve résumé 日本語.txt".into(),
+            random_bytes(3000, 4),
+        ),
     ];
     for (key, data) in &objects {
         put(&s3, &bucket, key, data).await;
@@ -44,14 +53,23 @@ async fn edge_sizes_and_awkward_keys_arrive_byte_identical() {
     assert_eq!(copied.len(), objects.len(), "{:?}", copied.keys());
     for (key, data) in &objects {
         let dest = key.replacen("in/", "out/", 1);
-        let got = copied.get(&dest).unwrap_or_else(|| panic!("{dest} missing"));
+        let got = copied
+            .get(&dest)
+            .unwrap_or_else(|| panic!("{dest} missing"));
         assert_eq!(md5_hex(got), md5_hex(data), "{dest}");
     }
     // Nothing is left staged: every multi-block object was committed.
-    for key in ["out/exactly-four-chunks.bin", "out/four-chunks-plus-one.bin"] {
+    for key in [
+        "out/exactly-four-chunks.bin",
+        "out/four-chunks-plus-one.bin",
+    ] {
         use blobway::store::ObjectSink;
         let staged = azure(&container).staged_blocks(key).await.expect("staged");
-        assert!(staged.is_empty(), "{key} still has {} staged blocks", staged.len());
+        assert!(
+            staged.is_empty(),
+            "{key} still has {} staged blocks",
+            staged.len()
+        );
     }
 }
 
@@ -95,7 +113,10 @@ async fn a_prefix_of_fifty_objects_arrives_and_a_second_copy_moves_nothing() {
     // The same copy again: nothing is read or written, and it still succeeds.
     let second = run(blobway(&state_file).args(&args));
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
-    assert!(second.events_named("chunk_started").is_empty(), "no chunk was sent");
+    assert!(
+        second.events_named("chunk_started").is_empty(),
+        "no chunk was sent"
+    );
     let summary = &second.events_named("summary")[0];
     assert_eq!(summary["bytes_moved"], 0);
     let planned = &second.events_named("job_planned")[0]["summary"];
@@ -107,7 +128,10 @@ async fn a_prefix_of_fifty_objects_arrives_and_a_second_copy_moves_nothing() {
     let third = run(blobway(&fresh.path().join("s.redb")).args(&args));
     assert_eq!(third.code, 0, "{}\n{}", third.stdout, third.stderr);
     assert!(third.events_named("chunk_started").is_empty());
-    assert_eq!(third.events_named("job_planned")[0]["summary"]["identical"], 50);
+    assert_eq!(
+        third.events_named("job_planned")[0]["summary"]["identical"],
+        50
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +142,13 @@ async fn a_source_overwritten_mid_copy_fails_that_object_only() {
     let big = random_bytes(40 * MIB, 7);
     put(&s3, &bucket, "data/changing.bin", &big).await;
     for i in 0..3u64 {
-        put(&s3, &bucket, &format!("data/steady-{i}.bin"), &random_bytes(3 * MIB, 20 + i)).await;
+        put(
+            &s3,
+            &bucket,
+            &format!("data/steady-{i}.bin"),
+            &random_bytes(3 * MIB, 20 + i),
+        )
+        .await;
     }
     let state = tempfile::tempdir().expect("state");
     let mut child = blobway(&state.path().join("s.redb"))
@@ -146,7 +176,13 @@ async fn a_source_overwritten_mid_copy_fails_that_object_only() {
         let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         captured.push(line);
         if !overwritten && event["event"] == "chunk_completed" && event["file"] == 0 {
-            put(&s3, &bucket, "data/changing.bin", &random_bytes(40 * MIB, 8)).await;
+            put(
+                &s3,
+                &bucket,
+                "data/changing.bin",
+                &random_bytes(40 * MIB, 8),
+            )
+            .await;
             overwritten = true;
         }
     }
@@ -168,6 +204,14 @@ async fn a_source_overwritten_mid_copy_fails_that_object_only() {
             .contains("source changed since planning")
     );
     let copied = azure_contents(&container, "data/").await;
-    assert!(!copied.contains_key("data/changing.bin"), "nothing of the changed object is visible");
-    assert_eq!(copied.len(), 3, "the other objects completed: {:?}", copied.keys());
+    assert!(
+        !copied.contains_key("data/changing.bin"),
+        "nothing of the changed object is visible"
+    );
+    assert_eq!(
+        copied.len(),
+        3,
+        "the other objects completed: {:?}",
+        copied.keys()
+    );
 }

@@ -149,6 +149,16 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         .map(|(i, _)| i as u32)
         .collect();
     if !missing.is_empty() {
+        // A crash between the commit and its record leaves nothing staged: if the destination
+        // already holds this very version, committed by blobway, the commit happened.
+        let total: u64 = work.blocks.iter().map(|(_, size)| size).sum();
+        let committed = work.sink.head(&work.dest_key).await?.is_some_and(|d| {
+            d.size == total
+                && d.meta.get(meta_keys::SOURCE_ETAG) == work.meta.pairs.get(meta_keys::SOURCE_ETAG)
+        });
+        if committed {
+            return Ok(CommitOutcome::Committed);
+        }
         return Ok(CommitOutcome::Missing(missing));
     }
     let ids: Vec<String> = work.blocks.iter().map(|(id, _)| id.clone()).collect();

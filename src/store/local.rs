@@ -56,10 +56,61 @@ impl LocalStore {
     }
 
     fn staging_for(&self, key: &str) -> PathBuf {
-        let digest = Sha256::digest(key.as_bytes());
-        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        self.root.join(STAGING_DIR).join(name)
+        self.root.join(STAGING_DIR).join(key_hash(key))
     }
+
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join(STAGING_DIR)
+            .join("meta")
+            .join(format!("{}.json", key_hash(key)))
+    }
+
+    /// What the destination holds under `key`: its size, and the metadata blobway committed it
+    /// with when the sidecar still describes a file of that size.
+    fn describe(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        let path = self.object_path(key)?;
+        let size = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta.len(),
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot stat", &path, e)),
+        };
+        let meta = fs::read(self.meta_path(key))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
+            .filter(|sidecar| sidecar.size == size)
+            .map(|sidecar| sidecar.pairs)
+            .unwrap_or_default();
+        Ok(Some(DestObject { size, meta }))
+    }
+
+    /// Records the metadata of an object about to be renamed into place.
+    fn write_meta(&self, key: &str, size: u64, meta: &ObjectMeta) -> io::Result<()> {
+        let path = self.meta_path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)?;
+        let sidecar = Sidecar {
+            size,
+            pairs: meta.pairs.clone(),
+        };
+        let bytes = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
+        write_atomically(&dir, &path, &[&bytes])
+    }
+}
+
+/// The metadata of a committed local object, kept beside the staging area.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    size: u64,
+    pairs: BTreeMap<String, String>,
+}
+
+fn key_hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Maps an I/O failure to a store error, naming the path and the fix.
@@ -291,10 +342,11 @@ impl ObjectSink for LocalStore {
         .await
     }
 
-    async fn commit(&self, key: &str, block_ids: &[String], _meta: &ObjectMeta) -> StoreResult<()> {
+    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
         let target = self.object_path(key)?;
         let dir = self.staging_for(key);
         let ids = block_ids.to_vec();
+        let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
         blocking(move || {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
@@ -302,11 +354,13 @@ impl ObjectSink for LocalStore {
             let tmp = dir.join(".commit");
             let assemble = || -> io::Result<()> {
                 let mut out = fs::File::create(&tmp)?;
+                let mut size = 0;
                 for id in &ids {
                     let mut block = fs::File::open(dir.join(id))?;
-                    io::copy(&mut block, &mut out)?;
+                    size += io::copy(&mut block, &mut out)?;
                 }
                 out.sync_all()?;
+                store.write_meta(&key, size, &meta)?;
                 fs::rename(&tmp, &target)
             };
             if let Err(e) = assemble() {
@@ -324,7 +378,7 @@ impl ObjectSink for LocalStore {
         key: &str,
         data: Bytes,
         md5: [u8; 16],
-        _meta: &ObjectMeta,
+        meta: &ObjectMeta,
     ) -> StoreResult<()> {
         if Md5::digest(&data).as_slice() != md5 {
             return Err(StoreError::new(
@@ -335,11 +389,15 @@ impl ObjectSink for LocalStore {
         }
         let target = self.object_path(key)?;
         let staging = self.root.join(STAGING_DIR);
+        let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
         blocking(move || {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
             }
             fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
+            store
+                .write_meta(&key, data.len() as u64, &meta)
+                .map_err(|e| io_error("cannot write", &target, e))?;
             write_atomically(&staging, &target, &[&data])
                 .map_err(|e| io_error("cannot write", &target, e))
         })
@@ -347,17 +405,8 @@ impl ObjectSink for LocalStore {
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
-        let path = self.object_path(key)?;
-        blocking(move || match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(Some(DestObject {
-                size: meta.len(),
-                meta: Default::default(),
-            })),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error("cannot stat", &path, e)),
-        })
-        .await
+        let (store, key) = (self.clone(), key.to_string());
+        blocking(move || store.describe(&key)).await
     }
 
     async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
@@ -366,18 +415,17 @@ impl ObjectSink for LocalStore {
             Err(e) if e.class == ErrorClass::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(listed
-            .into_iter()
-            .map(|o| {
-                (
-                    o.key,
-                    DestObject {
-                        size: o.size,
-                        meta: BTreeMap::new(),
-                    },
-                )
-            })
-            .collect())
+        let store = self.clone();
+        blocking(move || {
+            let mut out = BTreeMap::new();
+            for object in listed {
+                if let Some(found) = store.describe(&object.key)? {
+                    out.insert(object.key, found);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -416,10 +464,21 @@ mod tests {
                 size: 6
             }
         );
+        let mut meta = ObjectMeta::default();
+        meta.pairs
+            .insert("blobway_source_etag".into(), "\"v1\"".into());
         store
-            .commit("out/x.txt", &ids, &ObjectMeta::default())
+            .commit("out/x.txt", &ids, &meta)
             .await
             .expect("commit");
+        let found = store
+            .head("out/x.txt")
+            .await
+            .expect("head")
+            .expect("exists");
+        assert_eq!((found.size, found.meta), (11, meta.pairs.clone()));
+        let listed = store.list_existing("out/").await.expect("list");
+        assert_eq!(listed["out/x.txt"].meta, meta.pairs);
         assert_eq!(
             fs::read(dir.path().join("out/x.txt")).expect("read"),
             b"hello world"

@@ -63,7 +63,11 @@ pub fn s3_client() -> aws_sdk_s3::Client {
 /// Creates a bucket and returns its name.
 pub async fn new_bucket(s3: &aws_sdk_s3::Client) -> String {
     let bucket = unique("src");
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create bucket");
     bucket
 }
 
@@ -125,7 +129,8 @@ pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) 
 /// Azurite's container, through blobway's own Azure adapter (reads are a different code path
 /// from the writes under test).
 pub fn azure(container: &str) -> Arc<AzureStore> {
-    let account = AzureAccount::from_connection_string(&azurite_connection_string()).expect("account");
+    let account =
+        AzureAccount::from_connection_string(&azurite_connection_string()).expect("account");
     Arc::new(AzureStore::with_account(account, container).expect("store"))
 }
 
@@ -161,7 +166,10 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Hex MD5.
 pub fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The real binary, with credentials for the emulators and its own state file.
@@ -174,7 +182,10 @@ pub fn blobway(state: &Path) -> Command {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL", &e.s3)
         .env_remove("AWS_PROFILE")
-        .env("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string())
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite_connection_string(),
+        )
         .stdin(Stdio::null());
     cmd
 }
@@ -215,4 +226,48 @@ pub fn run(cmd: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// MD5 of a blob, read back in 64 MiB ranges so a large blob never sits in memory whole.
+pub async fn azure_md5(container: &str, key: &str) -> Option<String> {
+    let store = azure(container);
+    let info = store.list(key, true).await.ok()?.pop()?;
+    let mut hasher = Md5::new();
+    let mut offset = 0;
+    while offset < info.size {
+        let end = (offset + (64 << 20)).min(info.size);
+        let data = store
+            .read_range(key, &info.etag, offset..end)
+            .await
+            .expect("read back");
+        hasher.update(&data);
+        offset = end;
+    }
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// Peak resident set size in KiB of a command run under `/usr/bin/time -v`, with its output.
+pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-v").arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => timed.env(key, value),
+            None => timed.env_remove(key),
+        };
+    }
+    let result = run(&mut timed);
+    let peak = result
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS figure in: {}", result.stderr));
+    (result, peak)
 }
