@@ -87,7 +87,7 @@ fn mask_named_values(text: &str) -> String {
             Some(value_start) => {
                 out.push_str(&text[i..value_start]);
                 let value_end = text[value_start..]
-                    .find(|c: char| matches!(c, '&' | ';' | ' ' | '"' | '\'' | '\n' | ',' | '>'))
+                    .find(['&', ';', ' ', '"', '\'', '\n', ',', '>'])
                     .map_or(text.len(), |n| value_start + n);
                 if value_end > value_start {
                     out.push_str(MASK);

@@ -159,8 +159,13 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
         "only {kills} kills landed before the copy finished; slow the copy down"
     );
 
-    let last = run(blobway(&state).args(&args));
+    // `resume` finishes what the killed runs left, without listing the source again.
+    let last = run(blobway(&state).args(["resume", "--json"]));
     assert_eq!(last.code, 0, "{}\n{}", last.stdout, last.stderr);
+    assert_eq!(last.events_named("job_loaded").len(), 1);
+    let jobs = run(blobway(&state).arg("jobs"));
+    assert!(jobs.stdout.contains("DONE"), "{}", jobs.stdout);
+    assert!(jobs.stdout.contains("7/7"), "{}", jobs.stdout);
     total_resent += check_resent(&before, &chunks(&state));
     let copied = azure_contents(&container, "crash/").await;
     assert_eq!(copied.len(), sources.len());

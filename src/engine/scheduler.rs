@@ -694,10 +694,7 @@ impl Scheduler {
         }
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
-            loop {
-                let Some(job) = self.jobs.get_mut(&id) else {
-                    break;
-                };
+            while let Some(job) = self.jobs.get_mut(&id) {
                 if job.record.state != JobState::Running {
                     break;
                 }

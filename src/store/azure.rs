@@ -319,7 +319,6 @@ impl AzureStore {
         };
         let transport = Transport::new(new_http_client(Some(HttpClientOptions {
             automatic_decompression: false,
-            ..Default::default()
         })));
         let options = ClientOptions {
             per_try_policies: vec![Arc::new(BlobwayPolicy { sas })],
@@ -404,11 +403,11 @@ impl AzureStore {
                         ErrorClass::Transient,
                         "the bytes were damaged on the way; they will be sent again",
                     ),
-                    (403, "AuthenticationFailed") | (401, _) => (
+                    (403, "AuthenticationFailed" | "AuthorizationFailure") | (401, _) => (
                         ErrorClass::Auth,
-                        "the Azure credentials were rejected; check the account key or SAS in \
-                         AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_KEY / \
-                         AZURE_STORAGE_SAS_TOKEN",
+                        "the Azure credentials were rejected (or do not allow this); check the \
+                         account key or SAS in AZURE_STORAGE_CONNECTION_STRING / \
+                         AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN",
                     ),
                     (403, _) => (
                         ErrorClass::Permission,
