@@ -26,7 +26,7 @@ wait_for_port() { # port, name, pid
   local port=$1 name=$2 pid=$3
   for _ in $(seq 1 150); do
     if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited during start-up; its log follows"; cat "$tools/logs/$name.log" >&2; return 1
+      log "$name exited during start-up; its log follows"; cat "$EMULATORS_DIR/$name.log" >&2; return 1
     fi
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.2
@@ -35,7 +35,7 @@ wait_for_port() { # port, name, pid
 }
 
 emulators_install() {
-  mkdir -p "$tools/logs"
+  mkdir -p "$tools"
   if [ ! -x "$tools/azurite/node_modules/.bin/azurite-blob" ] \
      || ! grep -q "\"version\": \"$AZURITE_VERSION\"" "$tools/azurite/node_modules/azurite/package.json" 2>/dev/null; then
     command -v npm >/dev/null || { log "npm is required to install Azurite"; return 1; }
@@ -51,15 +51,18 @@ emulators_install() {
 }
 
 emulators_start() {
-  mkdir -p "$tools/logs" "$tools/run"
-  local data; data="$(mktemp -d "$tools/run/azurite.XXXXXX")"
+  mkdir -p "$tools/run"
+  # Each start gets its own folder (data and logs), so concurrent runs never share state.
+  EMULATORS_DIR="$(mktemp -d "$tools/run/XXXXXX")"
+  local data="$EMULATORS_DIR/azurite-data"
+  mkdir -p "$data"
   AZURITE_PORT=$(free_port)
   "$tools/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" \
     --location "$data" --skipApiVersionCheck --loose --disableTelemetry --silent \
-    >"$tools/logs/azurite.log" 2>&1 &
+    >"$EMULATORS_DIR/azurite.log" 2>&1 &
   AZURITE_PID=$!
   MOTO_PORT=$(free_port)
-  "$tools/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$tools/logs/moto.log" 2>&1 &
+  "$tools/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$EMULATORS_DIR/moto.log" 2>&1 &
   MOTO_PID=$!
   wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID" || return 1
   wait_for_port "$MOTO_PORT" moto "$MOTO_PID" || return 1
@@ -72,5 +75,11 @@ emulators_stop() {
   for pid in ${AZURITE_PID:-} ${MOTO_PID:-}; do
     kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
-  rm -rf "$tools/run"
+  if [ -n "${EMULATORS_DIR:-}" ]; then
+    if [ -n "${BLOBWAY_KEEP_EMULATOR_DATA:-}" ]; then
+      log "emulator data and logs kept in $EMULATORS_DIR"
+    else
+      rm -rf "$EMULATORS_DIR"
+    fi
+  fi
 }

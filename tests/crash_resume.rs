@@ -83,7 +83,7 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
     let bucket = new_bucket(&s3).await;
     let container = unique("dst");
     let mut sources = BTreeMap::new();
-    sources.insert("crash/large.bin".to_string(), random_bytes(48 * MIB, 1));
+    sources.insert("crash/large.bin".to_string(), random_bytes(64 * MIB, 1));
     for i in 0..6u64 {
         let size = [0, 10, 4096, MIB, 3 * MIB + 5, 200_000][i as usize];
         sources.insert(format!("crash/small-{i}.dat"), random_bytes(size, 10 + i));
@@ -100,7 +100,7 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
         "--chunk-size".into(),
         "1MiB".into(),
         "--concurrency".into(),
-        "4".into(),
+        "3".into(),
         "--json".into(),
     ];
 
@@ -128,7 +128,7 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
         });
         // Kill only once this run has made progress, at a random moment after that.
         let progressed = progress_rx.recv_timeout(Duration::from_secs(60)).is_ok();
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         let finished = child.try_wait().expect("poll").is_some();
         if finished {
             let status = child.wait().expect("wait");
@@ -143,6 +143,11 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
         kills += 1;
 
         let after = chunks(&state);
+        let completed = after
+            .values()
+            .filter(|(s, _)| *s == ChunkState::Completed)
+            .count();
+        println!("kill {kills}: {completed}/{} chunks completed", after.len());
         total_resent += check_resent(&before, &after);
         // Whatever is visible at the destination was committed, hence complete and identical.
         for (key, data) in azure_contents(&container, "crash/").await {

@@ -260,5 +260,62 @@ mod tests {
             std::fs::read(dst.path().join("out/f.bin")).expect("read"),
             data
         );
+
+        // A crash right after that commit, before it was recorded: the next attempt finds
+        // nothing staged but recognises its own commit, and sends nothing again.
+        let mut recorded = commit.clone();
+        recorded
+            .meta
+            .pairs
+            .insert(meta_keys::SOURCE_ETAG.into(), etag.clone());
+        assert_eq!(
+            verify_and_commit(&recorded).await,
+            Ok(CommitOutcome::Missing(vec![0, 1, 2])),
+            "the first commit carried no version, so it is not recognised"
+        );
+        move_chunks_and_commit(&source, &sink, &etag, &ids, chunk, &recorded).await;
+        assert_eq!(
+            verify_and_commit(&recorded).await,
+            Ok(CommitOutcome::Committed)
+        );
+        let mut other_version = recorded.clone();
+        other_version
+            .meta
+            .pairs
+            .insert(meta_keys::SOURCE_ETAG.into(), "\"other\"".into());
+        assert_eq!(
+            verify_and_commit(&other_version).await,
+            Ok(CommitOutcome::Missing(vec![0, 1, 2])),
+            "another version's commit does not count"
+        );
+    }
+
+    async fn move_chunks_and_commit(
+        source: &Arc<dyn ObjectSource>,
+        sink: &Arc<dyn ObjectSink>,
+        etag: &str,
+        ids: &[String],
+        chunk: u64,
+        commit: &CommitWork,
+    ) {
+        for (i, id) in ids.iter().enumerate() {
+            let i = i as u32;
+            let work = ChunkWork {
+                source: source.clone(),
+                sink: sink.clone(),
+                key: "f.bin".into(),
+                dest_key: commit.dest_key.clone(),
+                etag: etag.to_string(),
+                range: u64::from(i) * chunk..(u64::from(i + 1) * chunk).min(10_000),
+                index: i,
+                block_id: id.clone(),
+                whole: None,
+            };
+            move_chunk(&work).await.expect("moved");
+        }
+        assert_eq!(
+            verify_and_commit(commit).await,
+            Ok(CommitOutcome::Committed)
+        );
     }
 }
