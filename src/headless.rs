@@ -91,7 +91,14 @@ struct ProgressLine {
 }
 
 /// Follows the engine until it stops, showing progress; Ctrl-C asks it to stop gracefully.
-pub async fn follow(mut engine: Engine, output: Output) -> anyhow::Result<Report> {
+pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
+    let Engine {
+        handle,
+        mut events,
+        snapshots,
+        task,
+    } = engine;
+    drop(snapshots); // nothing here draws them; the engine then skips building them
     let started = Instant::now();
     let mut report = Report::default();
     let mut routes: BTreeMap<JobId, (String, String)> = BTreeMap::new();
@@ -122,7 +129,7 @@ pub async fn follow(mut engine: Engine, output: Output) -> anyhow::Result<Report
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
-            event = engine.events.recv() => {
+            event = events.recv() => {
                 let Some(event) = event else { break };
                 if output == Output::Json {
                     print_json(&event);
@@ -203,14 +210,14 @@ pub async fn follow(mut engine: Engine, output: Output) -> anyhow::Result<Report
             _ = &mut interrupt, if !report.interrupted => {
                 report.interrupted = true;
                 say("interrupted: letting chunks in flight finish (the rest returns to pending)…".into());
-                let _ = engine.handle.send(Command::Shutdown).await;
+                let _ = handle.send(Command::Shutdown).await;
             }
         }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    match engine.task.await {
+    match task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => report.fatal = report.fatal.take().or(Some(format!("{e:#}"))),
         Err(e) => report.fatal = Some(format!("the engine task failed: {e}")),

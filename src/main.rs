@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use blobway::engine::{Command, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory};
+use blobway::engine::{
+    Command, ControllerConfig, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory,
+};
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
 use blobway::state::{JobId, JobOptions, StateDb};
@@ -89,9 +91,17 @@ enum Commands {
 
 #[derive(Args, Debug, Clone)]
 struct Tuning {
-    /// Chunks (and small objects, and commits) in flight at once.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    concurrency: u32,
+    /// Fix the number of chunks (and small objects, and commits) in flight. Without it an
+    /// adaptive controller decides, starting at 16: it halves on throttling or errors and
+    /// raises by two while the stores keep up.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: Option<u32>,
+    /// Lowest limit the adaptive controller may choose.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    min_concurrency: u32,
+    /// Highest limit the adaptive controller may choose.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_concurrency: u32,
     /// Most bytes of chunk buffers in memory at once.
     #[arg(long, default_value = "1GiB", value_parser = parse_size_arg, value_name = "SIZE")]
     max_memory: u64,
@@ -225,22 +235,49 @@ fn check_tuning(tuning: &Tuning, chunk_size: u64) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn execute(
-    db: StateDb,
-    tuning: &Tuning,
-    stores: Arc<dyn StoreFactory>,
-    command: Command,
-) -> Result<ExitCode, Failure> {
-    let _log = init_logging(&db);
-    let config = EngineConfig {
-        concurrency: tuning.concurrency,
+/// The engine settings the tuning flags ask for.
+fn engine_config(tuning: &Tuning) -> Result<EngineConfig, Failure> {
+    let (min, max) = (tuning.min_concurrency, tuning.max_concurrency);
+    if min > max {
+        return Err(bad_input(anyhow::anyhow!(
+            "--min-concurrency {min} is above --max-concurrency {max}"
+        )));
+    }
+    let defaults = ControllerConfig::default();
+    let concurrency = match tuning.concurrency {
+        Some(fixed) => ControllerConfig {
+            initial: fixed,
+            min: 1,
+            max: max.max(fixed),
+            ..defaults
+        },
+        None => ControllerConfig {
+            initial: defaults.initial.clamp(min, max),
+            min,
+            max,
+            ..defaults
+        },
+    };
+    Ok(EngineConfig {
+        concurrency,
+        adaptive: tuning.concurrency.is_none(),
         max_memory: tuning.max_memory,
         retry: RetryPolicy {
             max_attempts: tuning.max_attempts,
             ..RetryPolicy::default()
         },
         exit_when_idle: true,
-    };
+    })
+}
+
+async fn execute(
+    db: StateDb,
+    tuning: &Tuning,
+    stores: Arc<dyn StoreFactory>,
+    command: Command,
+) -> Result<ExitCode, Failure> {
+    let config = engine_config(tuning)?;
+    let _log = init_logging(&db);
     let engine = Engine::start(db, config, stores).map_err(state_failure)?;
     engine.handle.send(command).await.map_err(state_failure)?;
     let output = if tuning.json {

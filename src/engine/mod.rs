@@ -6,29 +6,38 @@
 //! [`Command`]s over a bounded channel, and read [`Event`]s. Both are plain serialisable data.
 //! The engine never imports the TUI.
 
+mod browse;
+pub mod control;
 pub mod gate;
+pub mod metrics;
+mod model;
 pub mod plan;
 pub mod retry;
 mod scheduler;
+pub mod snapshot;
 pub mod transfer;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::location::Location;
+use crate::location::{Location, Scheme};
 use crate::state::{ErrorRecord, JobId, JobOptions, JobProgress, JobState, StateDb};
-use crate::store::{ObjectSink, ObjectSource};
+use crate::store::{ObjectSink, ObjectSource, Page};
+pub use control::{ControllerConfig, Decision};
 pub use plan::PlanSummary;
 pub use retry::RetryPolicy;
+pub use snapshot::{Selection, Snapshot};
 
 /// Settings of one engine run.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Units of work (chunks, small objects, commits) in flight at once.
-    pub concurrency: u32,
+    /// The concurrency controller's start, bounds and tuning.
+    pub concurrency: ControllerConfig,
+    /// True: the controller moves the limit; false: it stays where it is set.
+    pub adaptive: bool,
     /// Bytes of chunk buffers in flight at once.
     pub max_memory: u64,
     /// Retry rules.
@@ -40,7 +49,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: ControllerConfig::default(),
+            adaptive: true,
             max_memory: 1 << 30,
             retry: RetryPolicy::default(),
             exit_when_idle: true,
@@ -48,15 +58,17 @@ impl Default for EngineConfig {
     }
 }
 
-/// Opens the stores a job's locations live in.
+/// Opens the stores locations live in.
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
-    /// The source and destination stores of a route.
-    async fn open(
-        &self,
-        source: &Location,
-        destination: &Location,
-    ) -> anyhow::Result<(Arc<dyn ObjectSource>, Arc<dyn ObjectSink>)>;
+    /// The store to read `location` from.
+    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>>;
+    /// The store to write `location` to.
+    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>>;
+    /// The buckets or containers of a cloud store, for browsing.
+    async fn containers(&self, scheme: Scheme) -> anyhow::Result<Vec<String>> {
+        Ok(crate::store::list_containers(scheme).await?)
+    }
 }
 
 /// Opens real stores from the environment's credentials.
@@ -64,15 +76,12 @@ pub struct DefaultStores;
 
 #[async_trait]
 impl StoreFactory for DefaultStores {
-    async fn open(
-        &self,
-        source: &Location,
-        destination: &Location,
-    ) -> anyhow::Result<(Arc<dyn ObjectSource>, Arc<dyn ObjectSink>)> {
-        Ok((
-            crate::store::open_source(source).await?,
-            crate::store::open_sink(destination).await?,
-        ))
+    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        crate::store::open_source(location).await
+    }
+
+    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        crate::store::open_sink(location).await
     }
 }
 
@@ -101,8 +110,22 @@ pub enum Command {
     Pause(Option<JobId>),
     /// Resume one job or every job.
     Resume(Option<JobId>),
-    /// Set the concurrency limit.
+    /// Set the concurrency limit (and switch to manual).
     SetConcurrency(u32),
+    /// Switch between the adaptive controller and a manual limit.
+    SetAdaptive(bool),
+    /// Tell the engine what the view looks at, so snapshots carry its details.
+    Watch(Selection),
+    /// List one level of a location (`s3://` or `az://` alone lists buckets or containers);
+    /// answered by [`Event::Listing`].
+    Browse {
+        /// Echoed in the answer.
+        request: u64,
+        /// What to list, e.g. `s3://bucket/prefix/`.
+        location: String,
+        /// Continuation token from the previous page.
+        token: Option<String>,
+    },
     /// Give the failed objects of a job another chance.
     RetryFailed(JobId),
     /// Cancel a job: nothing more is sent; staged blocks are left to expire.
@@ -258,8 +281,21 @@ pub enum Event {
     ConcurrencyChanged {
         /// The new limit.
         limit: u32,
-        /// Why.
+        /// Whether the controller moves it.
+        adaptive: bool,
+        /// What kind of change.
+        decision: Decision,
+        /// Why, in words.
         reason: String,
+    },
+    /// One page of a [`Command::Browse`].
+    Listing {
+        /// The request this answers.
+        request: u64,
+        /// What was listed.
+        location: String,
+        /// The page, or why it could not be listed.
+        page: Result<Page, String>,
     },
     /// The engine cannot go on (the state database cannot be written).
     Fatal {
@@ -295,6 +331,8 @@ pub struct Engine {
     pub handle: EngineHandle,
     /// What happens, in order.
     pub events: mpsc::Receiver<Event>,
+    /// The latest picture of the engine, a few times a second.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Ends when the engine stops; an error means it could not go on.
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -310,12 +348,21 @@ impl Engine {
         db.recover_in_progress()?;
         let (commands_tx, commands_rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::channel(8192);
-        let task = tokio::spawn(scheduler::run(db, config, stores, commands_rx, events_tx));
+        let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let task = tokio::spawn(scheduler::run(
+            db,
+            config,
+            stores,
+            commands_rx,
+            events_tx,
+            snapshots_tx,
+        ));
         Ok(Self {
             handle: EngineHandle {
                 commands: commands_tx,
             },
             events: events_rx,
+            snapshots: snapshots_rx,
             task,
         })
     }

@@ -7,19 +7,24 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
+use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
+use super::metrics::Metrics;
+use super::model::{FileRun, JobRun};
 use super::plan::{self, PlanRequest, PlanSummary};
+use super::snapshot::{self, JobView, Selection, Snapshot};
 use super::transfer::{self, ChunkMoved, ChunkWork, CommitOutcome, CommitWork};
 use super::{Command, EngineConfig, Event, StoreFactory};
 use crate::location::parse_route;
 use crate::state::writer::{self, Committed, WriteRequest};
 use crate::state::{
-    AttemptRecord, ChunkRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobProgress,
-    JobRecord, JobSnapshot, JobState, StateDb, Write, now_ms, progress_of,
+    AttemptRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState,
+    StateDb, Write, now_ms,
 };
 use crate::store::{
     ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
@@ -27,6 +32,9 @@ use crate::store::{
 
 /// How long a shutdown waits for work in flight before leaving it to the next start.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the controller is consulted and a snapshot is published.
+const TICK: Duration = Duration::from_millis(200);
 
 /// What to do once a batch of writes is durable.
 enum After {
@@ -84,6 +92,10 @@ enum Ready {
     },
     /// The loader went through every job.
     LoaderDone,
+    /// Summaries of the jobs in the state file, read at start.
+    History(Vec<JobView>),
+    /// A job that is not loaded, read for the view that selected it.
+    Watched(JobSnapshot),
 }
 
 /// What a timer wakes.
@@ -91,97 +103,6 @@ enum Ready {
 enum Wake {
     Chunk(u32),
     Commit,
-}
-
-struct FileRun {
-    index: u32,
-    record: FileRecord,
-    chunks: Vec<ChunkRecord>,
-    ready: VecDeque<u32>,
-    completed: u32,
-    in_flight: u32,
-    commit_ready: bool,
-    commit_running: bool,
-    queued: bool,
-}
-
-impl FileRun {
-    fn new(index: u32, record: FileRecord, mut chunks: Vec<ChunkRecord>) -> Self {
-        let mut ready = VecDeque::new();
-        let mut completed = 0;
-        let active = matches!(
-            record.state,
-            FileState::Transferring | FileState::Committing
-        );
-        for (i, chunk) in chunks.iter_mut().enumerate() {
-            match chunk.state {
-                ChunkState::Completed => completed += 1,
-                ChunkState::Pending | ChunkState::InProgress if active => {
-                    chunk.state = ChunkState::Pending;
-                    ready.push_back(i as u32);
-                }
-                _ => {}
-            }
-        }
-        let commit_ready = active
-            && !record.is_single_put()
-            && completed == record.chunk_count
-            && ready.is_empty();
-        Self {
-            index,
-            record,
-            chunks,
-            ready,
-            completed,
-            in_flight: 0,
-            commit_ready,
-            commit_running: false,
-            queued: false,
-        }
-    }
-
-    fn active(&self) -> bool {
-        matches!(
-            self.record.state,
-            FileState::Transferring | FileState::Committing
-        )
-    }
-
-    fn has_work(&self) -> bool {
-        self.active() && (!self.ready.is_empty() || self.commit_ready)
-    }
-
-    fn chunk_len(&self, chunk: u32) -> u64 {
-        let range = self.record.chunk_range(chunk);
-        range.end - range.start
-    }
-}
-
-struct JobRun {
-    record: JobRecord,
-    source: Arc<dyn ObjectSource>,
-    sink: Arc<dyn ObjectSink>,
-    files: Vec<FileRun>,
-    queue: VecDeque<usize>,
-    in_flight: u32,
-}
-
-impl JobRun {
-    fn enqueue(&mut self, pos: usize) {
-        let file = &mut self.files[pos];
-        if !file.queued && file.has_work() {
-            file.queued = true;
-            self.queue.push_back(pos);
-        }
-    }
-
-    fn progress(&self) -> JobProgress {
-        progress_of(self.files.iter().map(|f| (&f.record, f.chunks.as_slice())))
-    }
-
-    fn all_finished(&self) -> bool {
-        self.files.iter().all(|f| f.record.state.is_finished())
-    }
 }
 
 struct Scheduler {
@@ -199,6 +120,12 @@ struct Scheduler {
     gate: Gate,
     next_job_id: JobId,
     stopping: Option<Instant>,
+    controller: Controller,
+    metrics: Metrics,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    selection: Selection,
+    watched: Option<JobSnapshot>,
+    history: BTreeMap<JobId, JobView>,
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
 }
@@ -210,6 +137,7 @@ pub(super) async fn run(
     stores: Arc<dyn StoreFactory>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
 ) -> anyhow::Result<()> {
     let (writes_tx, writes_rx) = mpsc::unbounded_channel();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
@@ -217,7 +145,9 @@ pub(super) async fn run(
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let next_job_id = db.next_job_id()?;
-    let gate = Gate::new(config.concurrency, config.max_memory);
+    let now = Instant::now();
+    let controller = Controller::new(config.concurrency, config.adaptive, now);
+    let gate = Gate::new(controller.limit(), config.max_memory);
     let mut s = Scheduler {
         db,
         config,
@@ -233,8 +163,17 @@ pub(super) async fn run(
         gate,
         next_job_id,
         stopping: None,
+        controller,
+        metrics: Metrics::new(now),
+        snapshots,
+        selection: Selection::default(),
+        watched: None,
+        history: BTreeMap::new(),
         asked: false,
     };
+    s.read_history();
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
     let result = loop {
         if s.stopping.is_none() {
@@ -258,6 +197,7 @@ pub(super) async fn run(
                 }
             }
             _ = sleep_until(next_timer), if next_timer.is_some() => {}
+            _ = ticks.tick() => s.on_tick().await,
             _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
         }
     };
@@ -306,7 +246,7 @@ fn unbounded_bridge<T: Send + 'static>(
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -355,16 +295,31 @@ impl Scheduler {
             Command::Pause(job) => self.set_paused(job, true),
             Command::Resume(job) => self.set_paused(job, false),
             Command::SetConcurrency(limit) => {
-                self.gate.set_limit(limit);
-                let limit = self.gate.limit();
-                self.persist(
-                    Vec::new(),
-                    vec![After::Emit(Event::ConcurrencyChanged {
-                        limit,
-                        reason: "set by the operator".into(),
-                    })],
-                );
+                let change = self.controller.set_manual(limit);
+                self.apply_change(change);
             }
+            Command::SetAdaptive(adaptive) => {
+                self.controller.set_adaptive(adaptive, Instant::now());
+                let limit = self.controller.limit();
+                let mode = if adaptive { "adaptive" } else { "manual" };
+                self.apply_change(Change {
+                    limit,
+                    decision: super::control::Decision::Operator,
+                    reason: format!("switched to {mode} by the operator at {limit}"),
+                });
+            }
+            Command::Watch(selection) => self.watch(selection),
+            Command::Browse {
+                request,
+                location,
+                token,
+            } => super::browse::spawn(
+                self.stores.clone(),
+                self.events.clone(),
+                request,
+                location,
+                token,
+            ),
             Command::RetryFailed(id) => self.retry_failed(id),
             Command::Cancel(id) => {
                 if let Some(job) = self.jobs.get_mut(&id)
@@ -425,7 +380,7 @@ impl Scheduler {
         self.background += 1;
         tokio::spawn(async move {
             let result = async {
-                let (source_store, sink) = stores.open(&src, &dst).await?;
+                let (source_store, sink) = (stores.source(&src).await?, stores.sink(&dst).await?);
                 let request = PlanRequest {
                     new_job_id,
                     source: &src,
@@ -484,7 +439,7 @@ impl Scheduler {
                 }
                 let result = async {
                     let (src, dst) = parse_route(&job.source, &job.destination)?;
-                    let (source, sink) = stores.open(&src, &dst).await?;
+                    let (source, sink) = (stores.source(&src).await?, stores.sink(&dst).await?);
                     let snapshot = load_snapshot(&db, job.id).await?;
                     anyhow::Ok(Ready::Job {
                         snapshot,
@@ -541,16 +496,7 @@ impl Scheduler {
             if file.record.state != FileState::Failed || file.record.chunk_count == 0 {
                 continue;
             }
-            plan::reopen(&mut file.record, &mut file.chunks);
-            *file = FileRun::new(
-                file.index,
-                file.record.clone(),
-                std::mem::take(&mut file.chunks),
-            );
-            writes.push(Write::File(id, file.index, file.record.clone()));
-            for (i, chunk) in file.chunks.iter().enumerate() {
-                writes.push(Write::Chunk(id, file.index, i as u32, chunk.clone()));
-            }
+            writes.extend(file.reopen(id));
             job.enqueue(pos);
         }
         if job.record.state == JobState::Failed {
@@ -566,6 +512,12 @@ impl Scheduler {
     async fn on_ready(&mut self, ready: Ready) {
         match ready {
             Ready::LoaderDone => self.background = self.background.saturating_sub(1),
+            Ready::History(views) => {
+                for view in views {
+                    self.history.entry(view.id).or_insert(view);
+                }
+            }
+            Ready::Watched(snapshot) => self.watched = Some(snapshot),
             Ready::Failed {
                 source,
                 destination,
@@ -634,16 +586,7 @@ impl Scheduler {
                 });
                 if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
                 {
-                    plan::reopen(&mut file.record, &mut file.chunks);
-                    *file = FileRun::new(
-                        file.index,
-                        file.record.clone(),
-                        std::mem::take(&mut file.chunks),
-                    );
-                    writes.push(Write::File(id, file.index, file.record.clone()));
-                    for (i, chunk) in file.chunks.iter().enumerate() {
-                        writes.push(Write::Chunk(id, file.index, i as u32, chunk.clone()));
-                    }
+                    writes.extend(file.reopen(id));
                 }
             }
         }
@@ -784,7 +727,6 @@ impl Scheduler {
         let file = &mut job.files[pos];
         file.in_flight += 1;
         file.commit_ready = false;
-        file.commit_running = true;
         file.record.state = FileState::Committing;
         file.record.commit_attempts += 1;
         let record = &file.record;
@@ -844,7 +786,7 @@ impl Scheduler {
                 chunk: task.chunk,
                 reserved: task.reserved,
                 started_ms,
-                latency_ms: transfer::elapsed_ms(start),
+                latency_ms: start.elapsed().as_millis() as u64,
                 result,
             });
         });
@@ -876,6 +818,7 @@ impl Scheduler {
                 result,
             } => {
                 self.gate.release(reserved);
+                self.observe(job, latency_ms, &result);
                 self.chunk_finished(job, pos, chunk, started_ms, latency_ms, result);
                 self.check_finished(job);
             }
@@ -1025,7 +968,6 @@ impl Scheduler {
         job.in_flight -= 1;
         let file = &mut job.files[pos];
         file.in_flight -= 1;
-        file.commit_running = false;
         let file_index = file.index;
         let mut writes = Vec::new();
         let mut after = Vec::new();
@@ -1127,8 +1069,148 @@ impl Scheduler {
             progress,
             error: record.error.clone(),
         };
-        self.jobs.remove(&id);
+        if let Some(job) = self.jobs.remove(&id) {
+            self.history.insert(id, job.view());
+            if self.selection.job == Some(id) {
+                self.watched = Some(job.into_snapshot());
+            }
+        }
         self.persist(vec![Write::Job(record)], vec![After::Emit(event)]);
+    }
+
+    // ---- control, metrics and snapshots ------------------------------------------------------
+
+    /// Feeds a chunk's outcome to the controller and the metrics.
+    fn observe(&mut self, job: JobId, latency_ms: u64, result: &StoreResult<ChunkMoved>) {
+        let now = Instant::now();
+        let (bytes, error) = match result {
+            Ok(moved) => {
+                self.metrics.chunk_done(now, job, moved.bytes, latency_ms);
+                (moved.bytes, None)
+            }
+            // Only the stores' health steers the controller, not a changed source or a bad key.
+            Err(e) if e.class.is_retryable() => (0, Some(e.class)),
+            Err(_) => return,
+        };
+        let outcome = Outcome {
+            bytes,
+            latency: Duration::from_millis(latency_ms),
+            error,
+        };
+        if let Some(change) = self.controller.observe(now, outcome) {
+            self.apply_change(change);
+        }
+    }
+
+    fn apply_change(&mut self, change: Change) {
+        self.gate.set_limit(change.limit);
+        self.metrics.decision(Instant::now(), change.decision);
+        tracing::info!(limit = change.limit, "concurrency: {}", change.reason);
+        let event = Event::ConcurrencyChanged {
+            limit: change.limit,
+            adaptive: self.controller.adaptive(),
+            decision: change.decision,
+            reason: change.reason,
+        };
+        self.persist(Vec::new(), vec![After::Emit(event)]);
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
+            self.apply_change(change);
+        }
+        self.metrics
+            .roll(now, self.gate.limit(), self.gate.in_flight());
+        if self.snapshots.receiver_count() > 0 {
+            let snapshot = self.snapshot(now);
+            self.snapshots.send_replace(Arc::new(snapshot));
+        }
+    }
+
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let (rate, per_job) = self.metrics.rates(now);
+        let mut jobs = self.history.clone();
+        for (id, job) in &self.jobs {
+            jobs.insert(*id, job.view());
+        }
+        let jobs = jobs
+            .into_values()
+            .map(|v| {
+                let rate = per_job.get(&v.id).copied().unwrap_or(0.0);
+                v.with_rate(rate)
+            })
+            .collect();
+        let selection = self.selection;
+        let (job_detail, file_chunks, chunk_detail) = match selection.job {
+            Some(id) => match (self.jobs.get(&id), &self.watched) {
+                (Some(job), _) => snapshot::details(
+                    id,
+                    job.files
+                        .iter()
+                        .map(|f| (f.index, &f.record, f.chunks.as_slice())),
+                    selection,
+                ),
+                (None, Some(watched)) if watched.job.id == id => snapshot::details(
+                    id,
+                    watched.files.iter().map(|(i, f, c)| (*i, f, c.as_slice())),
+                    selection,
+                ),
+                _ => (None, None, None),
+            },
+            None => (None, None, None),
+        };
+        Snapshot {
+            limit: self.gate.limit(),
+            adaptive: self.controller.adaptive(),
+            in_flight: self.gate.in_flight(),
+            bytes_in_flight: self.gate.bytes(),
+            memory_budget: self.gate.budget(),
+            rate,
+            jobs,
+            series: self.metrics.series(),
+            job_detail,
+            file_chunks,
+            chunk_detail,
+        }
+    }
+
+    /// Follows what a view looks at; a job that is not loaded is read from the state file.
+    fn watch(&mut self, selection: Selection) {
+        self.selection = selection;
+        let Some(id) = selection.job else { return };
+        let cached = self.watched.as_ref().is_some_and(|w| w.job.id == id);
+        if self.jobs.contains_key(&id) || cached {
+            return;
+        }
+        let (db, tx) = (self.db.clone(), self.ready_tx.clone());
+        tokio::spawn(async move {
+            if let Ok(snapshot) = load_snapshot(&db, id).await {
+                let _ = tx.send(Ready::Watched(snapshot));
+            }
+        });
+    }
+
+    /// Reads the summaries of every job in the state file, for views.
+    fn read_history(&self) {
+        let (db, tx) = (self.db.clone(), self.ready_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let Ok(jobs) = db.jobs() else { return };
+            let views = jobs
+                .into_iter()
+                .map(|job| JobView {
+                    progress: db.progress(job.id).unwrap_or_default(),
+                    id: job.id,
+                    source: job.source,
+                    destination: job.destination,
+                    state: job.state,
+                    rate: 0.0,
+                    eta_secs: None,
+                    error: job.error,
+                })
+                .collect();
+            let _ = tx.send(Ready::History(views));
+        });
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use crc_fast::CrcAlgorithm;
@@ -164,11 +163,6 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
     let ids: Vec<String> = work.blocks.iter().map(|(id, _)| id.clone()).collect();
     work.sink.commit(&work.dest_key, &ids, &work.meta).await?;
     Ok(CommitOutcome::Committed)
-}
-
-/// Milliseconds since `start`.
-pub fn elapsed_ms(start: Instant) -> u64 {
-    start.elapsed().as_millis() as u64
 }
 
 #[cfg(test)]

@@ -37,14 +37,15 @@ use azure_storage_blob::models::{
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+    BlobServiceClient, BlobServiceClientOptions,
 };
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::azure_sas::{AccountSas, SasSource};
 use super::{
-    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
-    StagedBlock, StoreError, StoreResult,
+    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, Page,
+    SinkLimits, StagedBlock, StoreError, StoreResult,
 };
 
 /// The service version blobway speaks: recent, and accepted by Azurite 3.35.
@@ -278,6 +279,7 @@ impl Policy for BlobwayPolicy {
 #[derive(Clone)]
 pub struct AzureStore {
     container: String,
+    endpoint: Url,
     container_url: Url,
     credential: Option<Arc<dyn TokenCredential>>,
     options: ClientOptions,
@@ -299,11 +301,13 @@ impl AzureStore {
     /// Connects to `container` of `account`. Nothing is sent yet.
     pub fn with_account(account: AzureAccount, container: &str) -> anyhow::Result<Self> {
         let mut container_url = account.endpoint.clone();
-        container_url
-            .path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("the Azure endpoint cannot hold a path"))?
-            .pop_if_empty()
-            .push(container);
+        if !container.is_empty() {
+            container_url
+                .path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("the Azure endpoint cannot hold a path"))?
+                .pop_if_empty()
+                .push(container);
+        }
         let (sas, credential) = match account.auth {
             AzureAuth::Key { account, key } => {
                 let https_only = account_is_https(&container_url);
@@ -332,11 +336,34 @@ impl AzureStore {
             .map_or(super::s3::DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64);
         Ok(Self {
             container: container.to_string(),
+            endpoint: account.endpoint,
             container_url,
             credential,
             options,
             stall_timeout,
         })
+    }
+
+    /// The containers of the account.
+    pub async fn containers(&self) -> StoreResult<Vec<String>> {
+        let client = BlobServiceClient::new(
+            self.endpoint.clone(),
+            self.credential.clone(),
+            Some(BlobServiceClientOptions {
+                client_options: self.options.clone(),
+                version: SERVICE_VERSION.to_string(),
+            }),
+        )
+        .map_err(|e| self.error(e, "connect to", ""))?;
+        let mut items = client
+            .list_containers(None)
+            .map_err(|e| self.error(e, "list the containers of", ""))?;
+        let mut out = Vec::new();
+        while let Some(item) = items.next().await {
+            let item = item.map_err(|e| self.error(e, "list the containers of", ""))?;
+            out.extend(item.name);
+        }
+        Ok(out)
     }
 
     fn container_client(&self) -> StoreResult<BlobContainerClient> {
@@ -683,6 +710,50 @@ impl ObjectSource for AzureStore {
             });
         }
         Ok(out)
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page> {
+        let client = self.container_client()?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            marker: token,
+            maxresults: Some(5000),
+            ..Default::default()
+        };
+        let mut pages = client
+            .list_blobs(Some(options))
+            .map_err(|e| self.error(e, "list", prefix))?
+            .into_pages();
+        let Some(response) = pages.next().await else {
+            return Ok(Page::default());
+        };
+        let listing = response
+            .and_then(|r| r.into_model())
+            .map_err(|e| self.error(e, "list", prefix))?;
+        // The SDK lists flat; one level is folded out of it here.
+        let mut page = Page::default();
+        let mut dirs = std::collections::BTreeSet::new();
+        for item in listing.blob_items {
+            let Some(name) = item.name else { continue };
+            let rest = name.strip_prefix(prefix).unwrap_or(&name);
+            match rest.split_once('/') {
+                Some((dir, _)) => {
+                    dirs.insert(format!("{prefix}{dir}/"));
+                }
+                None => {
+                    let props = item.properties.unwrap_or_default();
+                    page.objects.push(ObjectInfo {
+                        key: name.clone(),
+                        size: props.content_length.unwrap_or(0),
+                        etag: props.etag.map(|e| e.to_string()).unwrap_or_default(),
+                        modified: props.last_modified.map(|t| t.unix_timestamp()),
+                    });
+                }
+            }
+        }
+        page.dirs = dirs.into_iter().collect();
+        page.next = listing.next_marker.filter(|m| !m.is_empty());
+        Ok(page)
     }
 
     async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {

@@ -20,8 +20,8 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 
 use super::{
-    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
-    StagedBlock, StoreError, StoreResult,
+    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, Page,
+    SinkLimits, StagedBlock, StoreError, StoreResult,
 };
 
 /// Name of the directory, inside the root, where blocks wait for their commit.
@@ -220,6 +220,39 @@ impl ObjectSource for LocalStore {
                 out.sort_by(|a, b| a.key.cmp(&b.key));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn list_page(&self, prefix: &str, _token: Option<String>) -> StoreResult<Page> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let dir = root.join(prefix.trim_end_matches('/'));
+            let entries = fs::read_dir(&dir).map_err(|e| io_error("cannot list", &dir, e))?;
+            let mut page = Page::default();
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name == STAGING_DIR {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = fs::metadata(&path).map_err(|e| io_error("cannot read", &path, e))?;
+                if meta.is_dir() {
+                    page.dirs.push(format!("{prefix}{name}/"));
+                } else if meta.is_file() {
+                    page.objects.push(ObjectInfo {
+                        key: format!("{prefix}{name}"),
+                        size: meta.len(),
+                        etag: version_of(&meta),
+                        modified: modified_secs(&meta),
+                    });
+                }
+            }
+            page.dirs.sort();
+            page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(page)
         })
         .await
     }

@@ -159,6 +159,18 @@ pub struct ObjectInfo {
     pub modified: Option<i64>,
 }
 
+/// One level of a listing: the sub-prefixes ("directories") and objects directly under a
+/// prefix, and where the next page starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Full prefixes one level down, each ending in `/`.
+    pub dirs: Vec<String>,
+    /// Objects directly under the prefix.
+    pub objects: Vec<ObjectInfo>,
+    /// Continuation token of the next page, if there is one.
+    pub next: Option<String>,
+}
+
 /// One block the destination holds staged (uncommitted) for an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StagedBlock {
@@ -237,6 +249,9 @@ pub trait ObjectSource: Send + Sync {
     /// Reads `range` of `key`, failing with [`ErrorClass::SourceChanged`] unless the object is
     /// still the version `etag`. An empty range checks the version only.
     async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes>;
+
+    /// One page of what lies directly under `prefix` (delimiter `/`), for browsing.
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page>;
 }
 
 /// A place objects are written to, block by block, made visible only by one commit.
@@ -280,6 +295,23 @@ pub async fn open_source(location: &Location) -> anyhow::Result<Arc<dyn ObjectSo
         Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
     })
+}
+
+/// The buckets (S3) or containers (Azure) the environment's credentials can see.
+pub async fn list_containers(scheme: Scheme) -> StoreResult<Vec<String>> {
+    match scheme {
+        Scheme::S3 => s3::list_buckets().await,
+        Scheme::Azure => {
+            let store = azure::AzureStore::connect("")
+                .map_err(|e| StoreError::new(ErrorClass::Auth, None, format!("{e:#}")))?;
+            store.containers().await
+        }
+        Scheme::Local => Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "a local path has no containers; browse a directory instead",
+        )),
+    }
 }
 
 /// Opens the destination store a location lives in.

@@ -19,7 +19,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::{Bytes, BytesMut};
 
-use super::{ErrorClass, ObjectInfo, ObjectSource, StoreError, StoreResult};
+use super::{ErrorClass, ObjectInfo, ObjectSource, Page, StoreError, StoreResult};
 
 /// How long a request may go without receiving a byte before it is abandoned and retried.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +59,32 @@ pub async fn client_from_env() -> Client {
         config = config.force_path_style(true);
     }
     Client::from_conf(config.build())
+}
+
+/// The buckets the credentials can see.
+pub async fn list_buckets() -> StoreResult<Vec<String>> {
+    let store = S3Store::with_client(client_from_env().await, "");
+    let out = store
+        .client
+        .list_buckets()
+        .send()
+        .await
+        .map_err(|e| store.error(e, "LIST buckets of", ""))?;
+    Ok(out
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect())
+}
+
+fn object_info(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
+    let key = object.key()?;
+    Some(ObjectInfo {
+        key: key.to_string(),
+        size: object.size().unwrap_or(0).max(0) as u64,
+        etag: object.e_tag().unwrap_or_default().to_string(),
+        modified: object.last_modified().map(|t| t.secs()),
+    })
 }
 
 impl S3Store {
@@ -229,20 +255,46 @@ impl ObjectSource for S3Store {
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error(e, "LIST", prefix))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                if key.ends_with('/') && object.size().unwrap_or(0) == 0 {
+            for object in page.contents().iter().filter_map(object_info) {
+                if object.key.ends_with('/') && object.size == 0 {
                     continue; // a "folder" marker, not data
                 }
-                out.push(ObjectInfo {
-                    key: key.to_string(),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                    etag: object.e_tag().unwrap_or_default().to_string(),
-                    modified: object.last_modified().map(|t| t.secs()),
-                });
+                out.push(object);
             }
         }
         Ok(out)
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .max_keys(1000)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| self.error(e, "LIST", prefix))?;
+        Ok(Page {
+            dirs: out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string))
+                .collect(),
+            objects: out
+                .contents()
+                .iter()
+                .filter_map(object_info)
+                .filter(|o| o.key != prefix)
+                .collect(),
+            next: out
+                .is_truncated()
+                .unwrap_or(false)
+                .then(|| out.next_continuation_token().map(str::to_string))
+                .flatten(),
+        })
     }
 
     async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {

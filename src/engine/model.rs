@@ -1,0 +1,152 @@
+//! The scheduler's in-memory model of the loaded jobs: each object with its chunk records, the
+//! queue of chunks ready to go, and the counters dispatch needs. Owned by the scheduler task
+//! alone; mirrored to the state database through the writer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::plan;
+use super::snapshot::JobView;
+use crate::state::{
+    ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobRecord, JobSnapshot,
+    Write, progress_of,
+};
+use crate::store::{ObjectSink, ObjectSource};
+
+/// One object of a loaded job.
+pub(super) struct FileRun {
+    pub(super) index: u32,
+    pub(super) record: FileRecord,
+    pub(super) chunks: Vec<ChunkRecord>,
+    pub(super) ready: VecDeque<u32>,
+    pub(super) completed: u32,
+    pub(super) in_flight: u32,
+    pub(super) commit_ready: bool,
+    pub(super) queued: bool,
+}
+
+impl FileRun {
+    pub(super) fn new(index: u32, record: FileRecord, mut chunks: Vec<ChunkRecord>) -> Self {
+        let mut ready = VecDeque::new();
+        let mut completed = 0;
+        let active = matches!(
+            record.state,
+            FileState::Transferring | FileState::Committing
+        );
+        for (i, chunk) in chunks.iter_mut().enumerate() {
+            match chunk.state {
+                ChunkState::Completed => completed += 1,
+                ChunkState::Pending | ChunkState::InProgress if active => {
+                    chunk.state = ChunkState::Pending;
+                    ready.push_back(i as u32);
+                }
+                _ => {}
+            }
+        }
+        let commit_ready = active
+            && !record.is_single_put()
+            && completed == record.chunk_count
+            && ready.is_empty();
+        Self {
+            index,
+            record,
+            chunks,
+            ready,
+            completed,
+            in_flight: 0,
+            commit_ready,
+            queued: false,
+        }
+    }
+
+    pub(super) fn active(&self) -> bool {
+        matches!(
+            self.record.state,
+            FileState::Transferring | FileState::Committing
+        )
+    }
+
+    pub(super) fn has_work(&self) -> bool {
+        self.active() && (!self.ready.is_empty() || self.commit_ready)
+    }
+
+    pub(super) fn chunk_len(&self, chunk: u32) -> u64 {
+        let range = self.record.chunk_range(chunk);
+        range.end - range.start
+    }
+}
+
+/// A loaded job.
+pub(super) struct JobRun {
+    pub(super) record: JobRecord,
+    pub(super) source: Arc<dyn ObjectSource>,
+    pub(super) sink: Arc<dyn ObjectSink>,
+    pub(super) files: Vec<FileRun>,
+    pub(super) queue: VecDeque<usize>,
+    pub(super) in_flight: u32,
+}
+
+impl JobRun {
+    pub(super) fn enqueue(&mut self, pos: usize) {
+        let file = &mut self.files[pos];
+        if !file.queued && file.has_work() {
+            file.queued = true;
+            self.queue.push_back(pos);
+        }
+    }
+
+    pub(super) fn progress(&self) -> JobProgress {
+        progress_of(self.files.iter().map(|f| (&f.record, f.chunks.as_slice())))
+    }
+
+    pub(super) fn all_finished(&self) -> bool {
+        self.files.iter().all(|f| f.record.state.is_finished())
+    }
+}
+
+impl FileRun {
+    /// Gives a failed object another chance (failed and claimed chunks back to pending,
+    /// completed ones kept); returns the writes that record it.
+    pub(super) fn reopen(&mut self, job: JobId) -> Vec<Write> {
+        let mut record = self.record.clone();
+        let mut chunks = std::mem::take(&mut self.chunks);
+        plan::reopen(&mut record, &mut chunks);
+        *self = FileRun::new(self.index, record, chunks);
+        let mut writes = vec![Write::File(job, self.index, self.record.clone())];
+        writes.extend(
+            self.chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Write::Chunk(job, self.index, i as u32, c.clone())),
+        );
+        writes
+    }
+}
+
+impl JobRun {
+    /// The job's records, for a view that keeps looking at it after it is unloaded.
+    pub(super) fn into_snapshot(self) -> JobSnapshot {
+        JobSnapshot {
+            job: self.record,
+            files: self
+                .files
+                .into_iter()
+                .map(|f| (f.index, f.record, f.chunks))
+                .collect(),
+        }
+    }
+
+    /// The job as a view shows it.
+    pub(super) fn view(&self) -> JobView {
+        JobView {
+            id: self.record.id,
+            source: self.record.source.clone(),
+            destination: self.record.destination.clone(),
+            state: self.record.state,
+            progress: self.progress(),
+            rate: 0.0,
+            eta_secs: None,
+            error: self.record.error.clone(),
+        }
+    }
+}

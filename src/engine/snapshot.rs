@@ -1,0 +1,259 @@
+//! The periodic picture of the engine that a view draws from: the gate, the rate, every job
+//! with its progress, the rolling series, and the details of what the view is looking at (a
+//! job's objects, one object's chunks, one chunk's history). Plain, serialisable data, built
+//! by the scheduler a few times a second and published on a `watch` channel.
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::Series;
+use super::plan;
+use crate::state::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobState};
+
+/// What a view is looking at; the snapshot carries details for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The job whose objects are listed.
+    pub job: Option<JobId>,
+    /// The object whose chunks are shown.
+    pub file: Option<u32>,
+    /// The chunk being inspected.
+    pub chunk: Option<u32>,
+}
+
+/// Everything a view needs, at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Concurrency limit.
+    pub limit: u32,
+    /// True when the controller moves the limit.
+    pub adaptive: bool,
+    /// Units of work in flight.
+    pub in_flight: u32,
+    /// Chunk buffer bytes in flight.
+    pub bytes_in_flight: u64,
+    /// The memory budget.
+    pub memory_budget: u64,
+    /// Bytes per second over the last seconds.
+    pub rate: f64,
+    /// Every job known, oldest first.
+    pub jobs: Vec<JobView>,
+    /// The last minutes of measurements.
+    pub series: Series,
+    /// The objects of the selected job.
+    pub job_detail: Option<JobDetail>,
+    /// The chunks of the selected object.
+    pub file_chunks: Option<FileChunks>,
+    /// The selected chunk.
+    pub chunk_detail: Option<ChunkDetail>,
+}
+
+impl Snapshot {
+    /// True when nothing is running: every unfinished job is paused (and there is one).
+    pub fn paused(&self) -> bool {
+        let mut unfinished = self
+            .jobs
+            .iter()
+            .filter(|j| !j.state.is_finished())
+            .peekable();
+        unfinished.peek().is_some() && unfinished.all(|j| j.state == JobState::Paused)
+    }
+}
+
+/// One job, summarised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job.
+    pub id: JobId,
+    /// Source location.
+    pub source: String,
+    /// Destination location.
+    pub destination: String,
+    /// State.
+    pub state: JobState,
+    /// Counts.
+    pub progress: JobProgress,
+    /// Bytes per second lately.
+    pub rate: f64,
+    /// Seconds left at the current rate.
+    pub eta_secs: Option<u64>,
+    /// Why it stopped, if it did.
+    pub error: Option<String>,
+}
+
+impl JobView {
+    /// Fills in the estimated time left from `rate`.
+    pub fn with_rate(mut self, rate: f64) -> Self {
+        self.rate = rate;
+        let left = self
+            .progress
+            .bytes_total
+            .saturating_sub(self.progress.bytes_done);
+        self.eta_secs =
+            (rate > 0.0 && !self.state.is_finished()).then(|| (left as f64 / rate) as u64);
+        self
+    }
+}
+
+/// One object of the selected job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Its index in the job.
+    pub index: u32,
+    /// Source key.
+    pub key: String,
+    /// Size.
+    pub size: u64,
+    /// State.
+    pub state: FileState,
+    /// Chunks acknowledged.
+    pub chunks_done: u32,
+    /// Chunks in all.
+    pub chunk_count: u32,
+    /// Chunks that needed more than one attempt.
+    pub retried: u32,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl FileView {
+    /// Summarises an object and its chunks.
+    pub fn of(index: u32, record: &FileRecord, chunks: &[ChunkRecord]) -> Self {
+        Self {
+            index,
+            key: record.key.clone(),
+            size: record.size,
+            state: record.state,
+            chunks_done: chunks
+                .iter()
+                .filter(|c| c.state == ChunkState::Completed)
+                .count() as u32,
+            chunk_count: record.chunk_count,
+            retried: chunks.iter().filter(|c| c.attempts > 1).count() as u32,
+            error: record.error.as_ref().map(|e| e.message.clone()),
+        }
+    }
+}
+
+/// The objects of one job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job.
+    pub job: JobId,
+    /// Its objects in index order.
+    pub files: Vec<FileView>,
+}
+
+/// One chunk, as a heat-map cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCell {
+    /// State.
+    pub state: ChunkState,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// The chunks of one object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileChunks {
+    /// The job.
+    pub job: JobId,
+    /// The object's index.
+    pub file: u32,
+    /// Source key.
+    pub key: String,
+    /// Size.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// One cell per chunk.
+    pub cells: Vec<ChunkCell>,
+}
+
+impl FileChunks {
+    /// The cells of an object.
+    pub fn of(job: JobId, file: u32, record: &FileRecord, chunks: &[ChunkRecord]) -> Self {
+        Self {
+            job,
+            file,
+            key: record.key.clone(),
+            size: record.size,
+            chunk_size: record.chunk_size,
+            cells: chunks
+                .iter()
+                .map(|c| ChunkCell {
+                    state: c.state,
+                    attempts: c.attempts,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One chunk in full: range, block ID and every recorded attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkDetail {
+    /// The job.
+    pub job: JobId,
+    /// The object's index.
+    pub file: u32,
+    /// The chunk's index.
+    pub chunk: u32,
+    /// Source key.
+    pub key: String,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// The block ID it is staged under.
+    pub block_id: String,
+    /// Its record: state, attempts, history.
+    pub record: ChunkRecord,
+}
+
+impl ChunkDetail {
+    /// The detail of chunk `chunk` of an object.
+    pub fn of(
+        job: JobId,
+        file: u32,
+        chunk: u32,
+        record: &FileRecord,
+        chunks: &[ChunkRecord],
+    ) -> Option<Self> {
+        let state = chunks.get(chunk as usize)?;
+        let range = record.chunk_range(chunk);
+        Some(Self {
+            job,
+            file,
+            chunk,
+            key: record.key.clone(),
+            start: range.start,
+            end: range.end,
+            block_id: plan::block_id(&record.etag, record.size, record.chunk_size, chunk),
+            record: state.clone(),
+        })
+    }
+}
+
+/// Builds the selection's details from a job's objects.
+pub fn details<'a>(
+    job: JobId,
+    files: impl Iterator<Item = (u32, &'a FileRecord, &'a [ChunkRecord])>,
+    selection: Selection,
+) -> (Option<JobDetail>, Option<FileChunks>, Option<ChunkDetail>) {
+    let mut views = Vec::new();
+    let (mut chunks_out, mut detail_out) = (None, None);
+    for (index, record, chunks) in files {
+        views.push(FileView::of(index, record, chunks));
+        if selection.file == Some(index) {
+            chunks_out = Some(FileChunks::of(job, index, record, chunks));
+            if let Some(chunk) = selection.chunk {
+                detail_out = ChunkDetail::of(job, index, chunk, record, chunks);
+            }
+        }
+    }
+    (
+        Some(JobDetail { job, files: views }),
+        chunks_out,
+        detail_out,
+    )
+}
