@@ -1,11 +1,18 @@
 //! `blobway demo`: a first run without a cloud account. It writes a handful of sample files
 //! (a few MiB to a few hundred MiB, one of several hundred chunks) into a local source folder
 //! and copies them through the same engine to a local destination that honours the same
-//! stage/commit protocol as Azure (blocks staged as files, one atomic rename on commit).
+//! stage/commit protocol as Azure (blocks staged as files, one atomic rename on commit), behind
+//! a simulated link so the copy moves at a watchable pace (optionally with chaos).
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::engine::StoreFactory;
+use crate::location::Location;
+use crate::store::simulated::{LinkSettings, SimulatedLink};
+use crate::store::{ObjectSink, ObjectSource};
 
 const MIB: u64 = 1 << 20;
 
@@ -99,6 +106,24 @@ fn write_sample(path: &Path, size: u64, seed: u64) -> io::Result<()> {
         left -= n as u64;
     }
     out.flush()
+}
+
+/// The demo's stores: the real local stores, with every destination behind a simulated link.
+pub struct DemoStores {
+    /// How the simulated link behaves.
+    pub link: LinkSettings,
+}
+
+#[async_trait::async_trait]
+impl StoreFactory for DemoStores {
+    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        crate::store::open_source(location).await
+    }
+
+    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        let inner = crate::store::open_sink(location).await?;
+        Ok(Arc::new(SimulatedLink::new(inner, self.link)))
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@
 //! state      redb: jobs, files, chunks, attempts; the batching writer thread
 //! engine     planning, the gate, the scheduler, retries, the data plane
 //! headless   the `copy`/`resume` consumer of engine events: progress bar or JSON lines
-//! demo       sample data and local stores for a first run without a cloud account
+//! tui        the operator's screens over engine commands, events and snapshots
+//! demo       sample data and a simulated link for a first run without a cloud account
 //! ```
 //!
-//! Arrows point one way: `headless → engine → {state, store}`; `store` knows nothing of the
-//! engine, and the engine knows nothing of any screen.
+//! Arrows point one way: `{tui, headless} → engine → {state, store}`; `store` knows nothing of
+//! the engine, and the engine knows nothing of any screen.
 //!
 //! # The life of a chunk
 //!
@@ -49,3 +50,4 @@ pub mod redact;
 pub mod size;
 pub mod state;
 pub mod store;
+pub mod tui;

@@ -5,15 +5,19 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use blobway::demo::DemoStores;
 use blobway::engine::{
     Command, ControllerConfig, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory,
 };
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
 use blobway::state::{JobId, JobOptions, StateDb};
+use blobway::store::simulated::LinkSettings;
+use blobway::tui::app::AppOptions;
 
 const AFTER_HELP: &str = "\
 Locations:
@@ -35,13 +39,18 @@ Exit status:
   3  the state file cannot be used (in use by another blobway, damaged, unwritable)";
 
 /// Moves very large objects between object stores — S3 to Azure Blob first — chunk by chunk,
-/// exactly once and resumably.
+/// exactly once and resumably. Without a command, opens the operator's terminal UI on the
+/// state file: unfinished jobs resume (paused ones stay paused), buckets can be browsed and
+/// copies queued.
 #[derive(Parser, Debug)]
 #[command(name = "blobway", version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// The state file holding every job, object and chunk.
     #[arg(long, global = true, env = "BLOBWAY_STATE", value_name = "FILE")]
     state: Option<PathBuf>,
+
+    #[command(flatten)]
+    tuning: Tuning,
 
     #[command(subcommand)]
     command: Option<Commands>,
@@ -58,6 +67,10 @@ enum Commands {
         destination: String,
         #[command(flatten)]
         tuning: Tuning,
+        /// Print one JSON object per line (events, progress, a final summary) instead of a
+        /// progress bar.
+        #[arg(long)]
+        json: bool,
         /// Chunk size; raised automatically per object to stay within the destination's
         /// block-count limit.
         #[arg(long, default_value = "64MiB", value_parser = parse_size_arg, value_name = "SIZE")]
@@ -75,8 +88,12 @@ enum Commands {
         job: Option<JobId>,
         #[command(flatten)]
         tuning: Tuning,
+        /// Print one JSON object per line instead of a progress bar.
+        #[arg(long)]
+        json: bool,
     },
-    /// Copy generated sample files between two local folders, through the same engine.
+    /// Copy generated sample files between two local folders through the same engine, over a
+    /// simulated link, and watch it in the terminal UI.
     Demo {
         /// Where the demo keeps its files and its own state file.
         #[arg(long, value_name = "DIR")]
@@ -84,6 +101,19 @@ enum Commands {
         /// Continue the previous demo run instead of starting over.
         #[arg(long)]
         keep: bool,
+        /// Bandwidth of the simulated link, per second.
+        #[arg(long, default_value = "32MiB", value_parser = parse_size_arg, value_name = "SIZE")]
+        bandwidth: u64,
+        /// Share (0 to 1) of uploads the simulated link fails; with chaos it also throttles
+        /// (503) above 24 uploads in flight. Shows retries and the controller at work.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO")]
+        chaos: f64,
+        /// Show headless progress instead of the terminal UI.
+        #[arg(long)]
+        headless: bool,
+        /// With --headless: one JSON object per line.
+        #[arg(long, requires = "headless")]
+        json: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -108,14 +138,19 @@ struct Tuning {
     /// Attempts per chunk before it is given up.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: u32,
-    /// Print one JSON object per line (events, progress, a final summary) instead of a
-    /// progress bar.
-    #[arg(long)]
-    json: bool,
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     parse_size(text)
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!(
+            "`{text}` is not a ratio between 0 and 1 (e.g. 0.1)"
+        )),
+    }
 }
 
 #[tokio::main]
@@ -156,9 +191,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
     match cli.command {
         None => {
-            use clap::CommandFactory;
-            let _ = Cli::command().print_help();
-            Ok(ExitCode::SUCCESS)
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let options = AppOptions {
+                browse_root: "s3://".into(),
+                local_destination: None,
+                chunk_size: 64 << 20,
+            };
+            let start = vec![Command::Load {
+                job: None,
+                include_paused: true,
+            }];
+            run_tui(db, &cli.tuning, Arc::new(DefaultStores), options, start).await
         }
         Some(Commands::Jobs { json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
@@ -169,6 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             source,
             destination,
             tuning,
+            json,
             chunk_size,
         }) => {
             check_tuning(&tuning, chunk_size)?;
@@ -179,9 +223,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 destination,
                 options: JobOptions { chunk_size },
             };
-            execute(db, &tuning, Arc::new(DefaultStores), command).await
+            run_headless(db, &tuning, json, Arc::new(DefaultStores), command).await
         }
-        Some(Commands::Resume { job, tuning }) => {
+        Some(Commands::Resume { job, tuning, json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
             if let Some(id) = job
                 && db.job(id).map_err(state_failure)?.is_none()
@@ -195,9 +239,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 job,
                 include_paused: job.is_some(),
             };
-            execute(db, &tuning, Arc::new(DefaultStores), command).await
+            run_headless(db, &tuning, json, Arc::new(DefaultStores), command).await
         }
-        Some(Commands::Demo { dir, keep, tuning }) => {
+        Some(Commands::Demo {
+            dir,
+            keep,
+            bandwidth,
+            chaos,
+            headless,
+            json,
+            tuning,
+        }) => {
             let layout = blobway::demo::DemoLayout::under(
                 &dir.unwrap_or_else(blobway::demo::DemoLayout::default_root),
             );
@@ -212,7 +264,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     chunk_size: blobway::demo::DEMO_CHUNK_SIZE,
                 },
             };
-            let code = execute(db, &tuning, Arc::new(DefaultStores), command).await?;
+            let stores = Arc::new(DemoStores {
+                link: LinkSettings {
+                    bandwidth: bandwidth as f64,
+                    latency: Duration::from_millis(15),
+                    chaos,
+                    throttle_above: 24,
+                },
+            });
+            let code = if headless {
+                run_headless(db, &tuning, json, stores, command).await?
+            } else {
+                let options = AppOptions {
+                    browse_root: format!("{}/", layout.source.display()),
+                    local_destination: Some(layout.destination.display().to_string()),
+                    chunk_size: blobway::demo::DEMO_CHUNK_SIZE,
+                };
+                run_tui(db, &tuning, stores, options, vec![command]).await?
+            };
             eprintln!("the copies are in {}", layout.destination.display());
             Ok(code)
         }
@@ -270,9 +339,34 @@ fn engine_config(tuning: &Tuning) -> Result<EngineConfig, Failure> {
     })
 }
 
-async fn execute(
+/// Runs the terminal UI over an engine that stays up until the operator quits.
+async fn run_tui(
     db: StateDb,
     tuning: &Tuning,
+    stores: Arc<dyn StoreFactory>,
+    options: AppOptions,
+    start: Vec<Command>,
+) -> Result<ExitCode, Failure> {
+    let config = EngineConfig {
+        exit_when_idle: false,
+        ..engine_config(tuning)?
+    };
+    let log = log_path(&db);
+    let _log = init_logging(&db);
+    let engine = Engine::start(db, config, stores).map_err(state_failure)?;
+    let result = blobway::tui::run(engine, options, start).await;
+    if let Some(log) = log {
+        eprintln!("log: {}", log.display());
+    }
+    result.map_err(state_failure)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs an engine until its work is done, showing progress without a UI.
+async fn run_headless(
+    db: StateDb,
+    tuning: &Tuning,
+    json: bool,
     stores: Arc<dyn StoreFactory>,
     command: Command,
 ) -> Result<ExitCode, Failure> {
@@ -280,7 +374,7 @@ async fn execute(
     let _log = init_logging(&db);
     let engine = Engine::start(db, config, stores).map_err(state_failure)?;
     engine.handle.send(command).await.map_err(state_failure)?;
-    let output = if tuning.json {
+    let output = if json {
         Output::Json
     } else if std::io::stderr().is_terminal() {
         Output::Terminal
@@ -302,10 +396,15 @@ async fn execute(
     })
 }
 
-/// Sends logs to `blobway.log` next to the state file; returns the guard that flushes it.
+/// The log file: `blobway.log` next to the state file.
+fn log_path(db: &StateDb) -> Option<PathBuf> {
+    Some(db.path().parent()?.join("blobway.log"))
+}
+
+/// Sends logs to the log file; returns the guard that flushes it.
 fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let dir = db.path().parent()?.to_path_buf();
-    let appender = tracing_appender::rolling::never(dir, "blobway.log");
+    let path = log_path(db)?;
+    let appender = tracing_appender::rolling::never(path.parent()?, "blobway.log");
     let (writer, guard) = tracing_appender::non_blocking(appender);
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLOBWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -87,12 +87,27 @@ pub(super) struct JobRun {
 }
 
 impl JobRun {
+    /// Queues an object that has work, behind the others.
     pub(super) fn enqueue(&mut self, pos: usize) {
         let file = &mut self.files[pos];
         if !file.queued && file.has_work() {
             file.queued = true;
             self.queue.push_back(pos);
         }
+    }
+
+    /// Queues an object ahead of the others: its commit, a retry or a re-send finishes an
+    /// object that is already under way.
+    pub(super) fn enqueue_first(&mut self, pos: usize) {
+        let file = &mut self.files[pos];
+        if !file.has_work() {
+            return;
+        }
+        if file.queued {
+            self.queue.retain(|p| *p != pos);
+        }
+        file.queued = true;
+        self.queue.push_front(pos);
     }
 
     pub(super) fn progress(&self) -> JobProgress {

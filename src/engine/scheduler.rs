@@ -633,7 +633,7 @@ impl Scheduler {
                 Wake::Chunk(chunk) => file.ready.push_front(chunk),
                 Wake::Commit => file.commit_ready = true,
             }
-            job.enqueue(pos);
+            job.enqueue_first(pos);
         }
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
@@ -953,7 +953,11 @@ impl Scheduler {
                 }
             }
         }
-        job.enqueue(pos);
+        if job.files[pos].commit_ready {
+            job.enqueue_first(pos);
+        } else {
+            job.enqueue(pos);
+        }
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
         }
@@ -1027,7 +1031,7 @@ impl Scheduler {
             }
         }
         writes.push(Write::File(id, file_index, file.record.clone()));
-        job.enqueue(pos);
+        job.enqueue_first(pos);
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
         }

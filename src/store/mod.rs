@@ -10,6 +10,7 @@ pub mod azure;
 pub mod azure_sas;
 pub mod local;
 pub mod s3;
+pub mod simulated;
 
 use std::collections::BTreeMap;
 use std::fmt;

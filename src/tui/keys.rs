@@ -1,0 +1,425 @@
+//! One table of key bindings drives both the key handling and the help screen, so the two can
+//! never drift apart. A key means an [`Action`] in a [`Context`]; the contexts active on a
+//! screen are searched from the most specific to [`Context::Global`].
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Everything a key can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Leave blobway (chunks in flight finish or return to pending).
+    Quit,
+    /// Show or hide the key help.
+    Help,
+    /// Close the popup or go back one screen.
+    Back,
+    /// Move the cursor up.
+    Up,
+    /// Move the cursor down.
+    Down,
+    /// Move the cursor left (heat-map).
+    Left,
+    /// Move the cursor right (heat-map).
+    Right,
+    /// Move a page up.
+    PageUp,
+    /// Move a page down.
+    PageDown,
+    /// Open what is under the cursor.
+    Open,
+    /// Switch focus between the objects list and the heat-map.
+    SwitchFocus,
+    /// Go to the jobs list.
+    ShowJobs,
+    /// Go to the browser.
+    ShowBrowser,
+    /// Pause the selected job.
+    PauseJob,
+    /// Pause every job.
+    PauseAll,
+    /// Resume the selected job.
+    ResumeJob,
+    /// Resume every job.
+    ResumeAll,
+    /// Raise the concurrency limit (switches to manual).
+    ConcurrencyUp,
+    /// Lower the concurrency limit (switches to manual).
+    ConcurrencyDown,
+    /// Toggle the adaptive controller.
+    ToggleAdaptive,
+    /// Retry the failed chunks of the selected job.
+    RetryFailed,
+    /// Cancel the selected job (asks first).
+    CancelJob,
+    /// Mark or unmark the entry under the cursor.
+    Mark,
+    /// Filter the listing.
+    Filter,
+    /// Queue the marked entries (asks for the destination).
+    Queue,
+    /// Type a location to browse.
+    GoTo,
+    /// Go up one level in the browser.
+    Parent,
+}
+
+/// Where a binding applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Context {
+    /// Everywhere.
+    Global,
+    /// The jobs list.
+    Jobs,
+    /// A job's objects, heat-map and graphs.
+    Detail,
+    /// The heat-map, when it has the focus.
+    HeatMap,
+    /// The bucket and prefix browser.
+    Browser,
+}
+
+impl Context {
+    /// The title of this context on the help screen.
+    pub fn title(self) -> &'static str {
+        match self {
+            Context::Global => "Everywhere",
+            Context::Jobs => "Jobs",
+            Context::Detail => "Job detail",
+            Context::HeatMap => "Heat-map",
+            Context::Browser => "Browser",
+        }
+    }
+}
+
+/// A key as the tables name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A printable character.
+    Char(char),
+    /// Enter.
+    Enter,
+    /// Escape.
+    Esc,
+    /// Backspace.
+    Backspace,
+    /// Tab.
+    Tab,
+    /// Arrow up.
+    Up,
+    /// Arrow down.
+    Down,
+    /// Arrow left.
+    Left,
+    /// Arrow right.
+    Right,
+    /// Page up.
+    PageUp,
+    /// Page down.
+    PageDown,
+}
+
+impl Key {
+    /// The key of a terminal key event, if it is one the tables use.
+    pub fn from_event(event: KeyEvent) -> Option<Self> {
+        if event.modifiers.contains(KeyModifiers::CONTROL) {
+            return match event.code {
+                KeyCode::Char('c') => Some(Key::Char('q')),
+                _ => None,
+            };
+        }
+        Some(match event.code {
+            KeyCode::Char(c) => Key::Char(c),
+            KeyCode::Enter => Key::Enter,
+            KeyCode::Esc => Key::Esc,
+            KeyCode::Backspace => Key::Backspace,
+            KeyCode::Tab | KeyCode::BackTab => Key::Tab,
+            KeyCode::Up => Key::Up,
+            KeyCode::Down => Key::Down,
+            KeyCode::Left => Key::Left,
+            KeyCode::Right => Key::Right,
+            KeyCode::PageUp => Key::PageUp,
+            KeyCode::PageDown => Key::PageDown,
+            _ => return None,
+        })
+    }
+
+    /// How the help screen shows this key.
+    pub fn label(self) -> String {
+        match self {
+            Key::Char(' ') => "Space".into(),
+            Key::Char(c) => c.to_string(),
+            Key::Enter => "Enter".into(),
+            Key::Esc => "Esc".into(),
+            Key::Backspace => "Backspace".into(),
+            Key::Tab => "Tab".into(),
+            Key::Up => "↑".into(),
+            Key::Down => "↓".into(),
+            Key::Left => "←".into(),
+            Key::Right => "→".into(),
+            Key::PageUp => "PgUp".into(),
+            Key::PageDown => "PgDn".into(),
+        }
+    }
+}
+
+/// One binding: in `context`, any of `keys` means `action`.
+#[derive(Clone, Copy, Debug)]
+pub struct Binding {
+    /// Where it applies.
+    pub context: Context,
+    /// The keys.
+    pub keys: &'static [Key],
+    /// What they do.
+    pub action: Action,
+    /// What the help screen says.
+    pub help: &'static str,
+}
+
+const fn bind(
+    context: Context,
+    keys: &'static [Key],
+    action: Action,
+    help: &'static str,
+) -> Binding {
+    Binding {
+        context,
+        keys,
+        action,
+        help,
+    }
+}
+
+use Context::{Browser, Detail, Global, HeatMap, Jobs};
+
+/// Every binding, in the order the help screen lists them.
+pub const BINDINGS: &[Binding] = &[
+    bind(
+        Global,
+        &[Key::Char('?')],
+        Action::Help,
+        "show or hide this help",
+    ),
+    bind(
+        Global,
+        &[Key::Char('q')],
+        Action::Quit,
+        "quit (chunks in flight finish or return to pending; nothing is lost)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('P')],
+        Action::PauseAll,
+        "pause every job (no new chunk starts; in-flight chunks finish)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('R')],
+        Action::ResumeAll,
+        "resume every job",
+    ),
+    bind(
+        Global,
+        &[Key::Char('+'), Key::Char('=')],
+        Action::ConcurrencyUp,
+        "raise the concurrency limit (manual)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('-')],
+        Action::ConcurrencyDown,
+        "lower the concurrency limit (manual)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('a')],
+        Action::ToggleAdaptive,
+        "switch the concurrency between adaptive and manual",
+    ),
+    bind(Global, &[Key::Char('1')], Action::ShowJobs, "show the jobs"),
+    bind(
+        Global,
+        &[Key::Char('2'), Key::Char('b')],
+        Action::ShowBrowser,
+        "show the browser",
+    ),
+    bind(Global, &[Key::Up, Key::Char('k')], Action::Up, "move up"),
+    bind(
+        Global,
+        &[Key::Down, Key::Char('j')],
+        Action::Down,
+        "move down",
+    ),
+    bind(Global, &[Key::PageUp], Action::PageUp, "page up"),
+    bind(Global, &[Key::PageDown], Action::PageDown, "page down"),
+    bind(
+        Global,
+        &[Key::Esc],
+        Action::Back,
+        "close the popup or go back",
+    ),
+    bind(
+        Jobs,
+        &[Key::Enter],
+        Action::Open,
+        "open the job: objects, heat-map, graphs",
+    ),
+    bind(
+        Jobs,
+        &[Key::Char('p')],
+        Action::PauseJob,
+        "pause the selected job",
+    ),
+    bind(
+        Jobs,
+        &[Key::Char('r')],
+        Action::ResumeJob,
+        "resume the selected job",
+    ),
+    bind(
+        Jobs,
+        &[Key::Char('f')],
+        Action::RetryFailed,
+        "retry the failed chunks of the selected job",
+    ),
+    bind(
+        Jobs,
+        &[Key::Char('x')],
+        Action::CancelJob,
+        "cancel the selected job (asks first)",
+    ),
+    bind(
+        Detail,
+        &[Key::Tab],
+        Action::SwitchFocus,
+        "switch between the objects and the heat-map",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('p')],
+        Action::PauseJob,
+        "pause this job",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('r')],
+        Action::ResumeJob,
+        "resume this job",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('f')],
+        Action::RetryFailed,
+        "retry the failed chunks of this job",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('x')],
+        Action::CancelJob,
+        "cancel this job (asks first)",
+    ),
+    bind(Detail, &[Key::Backspace], Action::Back, "back to the jobs"),
+    bind(
+        HeatMap,
+        &[Key::Left, Key::Char('h')],
+        Action::Left,
+        "previous cell",
+    ),
+    bind(
+        HeatMap,
+        &[Key::Right, Key::Char('l')],
+        Action::Right,
+        "next cell",
+    ),
+    bind(
+        HeatMap,
+        &[Key::Enter],
+        Action::Open,
+        "inspect the chunk under the cursor",
+    ),
+    bind(
+        Browser,
+        &[Key::Enter, Key::Right],
+        Action::Open,
+        "open the bucket or prefix",
+    ),
+    bind(
+        Browser,
+        &[Key::Backspace, Key::Left],
+        Action::Parent,
+        "go up one level",
+    ),
+    bind(
+        Browser,
+        &[Key::Char(' ')],
+        Action::Mark,
+        "mark or unmark for copying",
+    ),
+    bind(
+        Browser,
+        &[Key::Char('/')],
+        Action::Filter,
+        "filter the entries",
+    ),
+    bind(
+        Browser,
+        &[Key::Char('c')],
+        Action::Queue,
+        "copy the marked entries (asks for the destination)",
+    ),
+    bind(
+        Browser,
+        &[Key::Char('g')],
+        Action::GoTo,
+        "go to a location (s3://…, az://…, a path)",
+    ),
+];
+
+/// The action `key` means in the first of `contexts` that binds it.
+pub fn lookup(contexts: &[Context], key: Key) -> Option<Action> {
+    contexts.iter().find_map(|context| {
+        BINDINGS
+            .iter()
+            .find(|b| b.context == *context && b.keys.contains(&key))
+            .map(|b| b.action)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specific_contexts_win_over_global_ones() {
+        assert_eq!(
+            lookup(&[HeatMap, Detail, Global], Key::Enter),
+            Some(Action::Open)
+        );
+        assert_eq!(lookup(&[Detail, Global], Key::Esc), Some(Action::Back));
+        assert_eq!(lookup(&[Browser, Global], Key::Left), Some(Action::Parent));
+        assert_eq!(lookup(&[HeatMap, Global], Key::Left), Some(Action::Left));
+        assert_eq!(lookup(&[Jobs, Global], Key::Char('Z')), None);
+    }
+
+    #[test]
+    fn no_key_means_two_things_in_one_context() {
+        for (i, a) in BINDINGS.iter().enumerate() {
+            for b in &BINDINGS[i + 1..] {
+                if a.context == b.context {
+                    for key in a.keys {
+                        assert!(
+                            !b.keys.contains(key),
+                            "{key:?} is bound twice in {:?}",
+                            a.context
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ctrl_c_quits() {
+        let event = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(Key::from_event(event), Some(Key::Char('q')));
+    }
+}

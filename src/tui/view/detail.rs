@@ -1,0 +1,348 @@
+//! One job: its objects, the chunk heat-map of the selected object, and the graphs of
+//! throughput, chunk latency and concurrency with the controller's decisions marked.
+
+use ratatui::Frame;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Axis, Block, Cell, Chart, Dataset, GraphType, LegendPosition, Paragraph, Row, Table,
+    TableState, Widget,
+};
+
+use super::{bar, row_style, tail};
+use crate::engine::Decision;
+use crate::engine::metrics::Series;
+use crate::size::human;
+use crate::state::ChunkState;
+use crate::tui::app::{App, Focus, HeatMapGeometry};
+use crate::tui::heatmap::{self, Slot};
+use crate::tui::theme;
+
+pub(super) fn draw(frame: &mut Frame, app: &mut App, area: Rect) {
+    let graphs_height = if area.height >= 30 { 12 } else { 8 };
+    let [header, middle, graphs] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(6),
+        Constraint::Length(graphs_height),
+    ])
+    .areas(area);
+    draw_header(frame, app, header);
+    let [files_area, heat_area] =
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(middle);
+    draw_files(frame, app, files_area);
+    draw_heatmap(frame, app, heat_area);
+    draw_graphs(frame, &app.snapshot.series, graphs);
+}
+
+fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
+    let Some(job) = app.selected_job() else {
+        frame.render_widget(Paragraph::new(" loading…").style(theme::dim()), area);
+        return;
+    };
+    let p = &job.progress;
+    let line = Line::from(vec![
+        Span::styled(format!(" Job {} ", job.id), theme::title()),
+        Span::styled(job.state.name(), theme::job_state(job.state)),
+        Span::raw(format!(
+            "  {} → {}  {} {}/{}",
+            job.source,
+            job.destination,
+            bar(p.bytes_done, p.bytes_total, 10),
+            human(p.bytes_done),
+            human(p.bytes_total),
+        )),
+    ]);
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_files(frame: &mut Frame, app: &App, area: Rect) {
+    let focused = app.detail.as_ref().is_some_and(|d| d.focus == Focus::Files);
+    let cursor = app.detail.as_ref().map_or(0, |d| d.file_cursor);
+    let files = app
+        .snapshot
+        .job_detail
+        .as_ref()
+        .map(|d| d.files.as_slice())
+        .unwrap_or_default();
+    let key_width = area.width.saturating_sub(36).max(10) as usize;
+    let rows = files.iter().enumerate().map(|(i, f)| {
+        let chunks = format!("{}/{}", f.chunks_done, f.chunk_count);
+        let retried = if f.retried > 0 {
+            format!("↻{}", f.retried)
+        } else {
+            String::new()
+        };
+        Row::new(vec![
+            Cell::from(tail(&f.key, key_width)),
+            Cell::from(human(f.size)),
+            Cell::from(f.state.name()).style(theme::file_state(f.state)),
+            Cell::from(chunks),
+            Cell::from(retried).style(theme::error()),
+        ])
+        .style(row_style(i == cursor && focused))
+    });
+    let header = Row::new(
+        ["OBJECT", "SIZE", "STATE", "CHUNKS", ""].map(|h| Cell::from(h).style(theme::header())),
+    );
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(10),
+        Constraint::Length(12),
+        Constraint::Length(11),
+        Constraint::Length(5),
+    ];
+    let title = format!(" Objects ({}) ", files.len());
+    let block = focus_block(
+        Block::bordered().title(Span::styled(title, theme::title())),
+        focused,
+    );
+    let table = Table::new(rows, widths).header(header).block(block);
+    let mut state = TableState::default().with_selected(Some(cursor));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn focus_block(block: Block<'_>, focused: bool) -> Block<'_> {
+    if focused {
+        block.border_style(Style::new().fg(Color::Cyan))
+    } else {
+        block.border_style(theme::dim())
+    }
+}
+
+fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
+    let focused = app
+        .detail
+        .as_ref()
+        .is_some_and(|d| d.focus == Focus::HeatMap);
+    let cursor = app.detail.as_ref().map(|d| d.chunk_cursor);
+    let Some(chunks) = app.snapshot.file_chunks.as_ref() else {
+        let block = focus_block(
+            Block::bordered().title(Span::styled(" Chunks ", theme::title())),
+            focused,
+        );
+        frame.render_widget(
+            Paragraph::new(" select an object")
+                .style(theme::dim())
+                .block(block),
+            area,
+        );
+        return;
+    };
+    let [map_area, legend_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(2)]).areas(area);
+    let inner = Block::bordered().inner(map_area);
+    let capacity = (inner.width as usize * inner.height as usize).max(1);
+    let per_slot = heatmap::chunks_per_slot(chunks.cells.len(), capacity);
+    app.heatmap = HeatMapGeometry {
+        columns: inner.width.max(1) as usize,
+        per_slot,
+    };
+    let slots = heatmap::slots(&chunks.cells, capacity);
+    let title = format!(
+        " Chunks of {} — {} chunks of {}, {} per cell ",
+        tail(&chunks.key, 40),
+        chunks.cells.len(),
+        human(chunks.chunk_size),
+        per_slot
+    );
+    let block = focus_block(
+        Block::bordered().title(Span::styled(title, theme::title())),
+        focused,
+    );
+    frame.render_widget(block, map_area);
+    let cursor_slot = cursor.filter(|_| focused).map(|c| c as usize / per_slot);
+    frame.render_widget(
+        HeatMap {
+            slots: &slots,
+            cursor: cursor_slot,
+        },
+        inner,
+    );
+    frame.render_widget(Paragraph::new(legend()), legend_area);
+}
+
+/// A line of a chart.
+fn line<'a>(name: &'static str, color: Color, data: &'a [(f64, f64)]) -> Dataset<'a> {
+    Dataset::default()
+        .name(name)
+        .marker(Marker::Braille)
+        .graph_type(GraphType::Line)
+        .style(Style::new().fg(color))
+        .data(data)
+}
+
+/// The cells of the heat-map, drawn straight into the buffer.
+struct HeatMap<'a> {
+    slots: &'a [Slot],
+    cursor: Option<usize>,
+}
+
+impl Widget for HeatMap<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        if area.width == 0 {
+            return;
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (x, y) = (i as u16 % area.width, i as u16 / area.width);
+            if y >= area.height {
+                break;
+            }
+            let (symbol, color) = theme::cell(slot.state, slot.attempts);
+            let cell = &mut buf[(area.x + x, area.y + y)];
+            cell.set_symbol(symbol).set_fg(color);
+            if self.cursor == Some(i) {
+                cell.set_symbol("▣").set_fg(Color::White).set_bg(color);
+            }
+        }
+    }
+}
+
+fn legend() -> Vec<Line<'static>> {
+    let entries = [
+        (ChunkState::Pending, 0, "pending"),
+        (ChunkState::InProgress, 1, "in flight"),
+        (ChunkState::Completed, 1, "completed"),
+        (ChunkState::Completed, 3, "completed after retries"),
+        (ChunkState::Pending, 2, "waiting to retry"),
+        (ChunkState::Failed, 10, "failed"),
+    ];
+    let mut spans = vec![Span::raw(" ")];
+    for (state, attempts, label) in entries {
+        let (symbol, color) = theme::cell(state, attempts);
+        spans.push(Span::styled(symbol, Style::new().fg(color)));
+        spans.push(Span::raw(format!(" {label}  ")));
+    }
+    vec![
+        Line::from(spans),
+        Line::from(vec![
+            Span::raw(" "),
+            Span::styled("Tab", theme::key()),
+            Span::raw(" focus  "),
+            Span::styled("←↑↓→", theme::key()),
+            Span::raw(" move  "),
+            Span::styled("Enter", theme::key()),
+            Span::raw(" inspect chunk  "),
+            Span::styled("Esc", theme::key()),
+            Span::raw(" back"),
+        ]),
+    ]
+}
+
+fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
+    let [throughput, latency, concurrency] = Layout::horizontal([
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+    ])
+    .areas(area);
+    let points = &series.points;
+    let (start, end) = match (points.first(), points.last()) {
+        (Some(first), Some(last)) => (
+            f64::from(first.t),
+            f64::from(last.t).max(f64::from(first.t) + 1.0),
+        ),
+        _ => (0.0, 1.0),
+    };
+    let span_label = format!("-{}s", (end - start) as u64);
+
+    let mib: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (f64::from(p.t), p.mib_per_s))
+        .collect();
+    let p50: Vec<(f64, f64)> = points.iter().map(|p| (f64::from(p.t), p.p50_ms)).collect();
+    let p95: Vec<(f64, f64)> = points.iter().map(|p| (f64::from(p.t), p.p95_ms)).collect();
+    let limit: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (f64::from(p.t), f64::from(p.limit)))
+        .collect();
+    let in_flight: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (f64::from(p.t), f64::from(p.in_flight)))
+        .collect();
+    let marks: Vec<(Decision, Vec<(f64, f64)>)> = [
+        Decision::ThrottleCut,
+        Decision::ErrorCut,
+        Decision::Increase,
+        Decision::Operator,
+    ]
+    .into_iter()
+    .map(|decision| {
+        let at: Vec<(f64, f64)> = series
+            .marks
+            .iter()
+            .filter(|m| m.decision == decision)
+            .map(|m| {
+                let y = points
+                    .iter()
+                    .find(|p| p.t >= m.t)
+                    .map_or(0.0, |p| f64::from(p.limit));
+                (f64::from(m.t), y)
+            })
+            .collect();
+        (decision, at)
+    })
+    .collect();
+
+    let max = |values: &[(f64, f64)]| values.iter().map(|v| v.1).fold(1.0, f64::max);
+    let x_axis = || {
+        Axis::default()
+            .bounds([start, end])
+            .labels([Span::raw(span_label.clone()), Span::raw("now")])
+            .style(theme::dim())
+    };
+    let y_axis = |top: f64, unit: &str| {
+        Axis::default()
+            .bounds([0.0, top * 1.15])
+            .labels([Span::raw("0"), Span::raw(format!("{top:.0}{unit}"))])
+            .style(theme::dim())
+    };
+
+    let top = max(&mib);
+    let chart = Chart::new(vec![line("MiB/s", Color::Green, &mib)])
+        .block(Block::bordered().title(Span::styled(" Throughput MiB/s ", theme::title())))
+        .x_axis(x_axis())
+        .y_axis(y_axis(top, ""))
+        .legend_position(None);
+    frame.render_widget(chart, throughput);
+
+    let top = max(&p95).max(max(&p50));
+    let chart = Chart::new(vec![
+        line("p50", Color::Cyan, &p50),
+        line("p95", Color::Magenta, &p95),
+    ])
+    .block(Block::bordered().title(Span::styled(" Chunk latency ms ", theme::title())))
+    .x_axis(x_axis())
+    .y_axis(y_axis(top, "ms"))
+    .legend_position(Some(LegendPosition::TopLeft));
+    frame.render_widget(chart, latency);
+
+    let top = max(&limit).max(max(&in_flight));
+    let mut datasets = vec![
+        line("limit", Color::Yellow, &limit),
+        line("in flight", Color::Cyan, &in_flight),
+    ];
+    for (decision, at) in &marks {
+        if at.is_empty() {
+            continue;
+        }
+        let (name, color) = theme::decision(*decision);
+        datasets.push(
+            Dataset::default()
+                .name(name)
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(color))
+                .data(at),
+        );
+    }
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(Span::styled(" Concurrency ", theme::title())))
+        .x_axis(x_axis())
+        .y_axis(y_axis(top, ""))
+        .legend_position(Some(LegendPosition::TopLeft))
+        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(80)));
+    frame.render_widget(chart, concurrency);
+}
