@@ -8,8 +8,7 @@ use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Block, Cell, Chart, Dataset, GraphType, LegendPosition, Paragraph, Row, Table,
-    TableState, Widget,
+    Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, TableState, Widget,
 };
 
 use super::{bar, row_style, tail};
@@ -141,13 +140,14 @@ fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
         per_slot,
     };
     let slots = heatmap::slots(&chunks.cells, capacity);
-    let title = format!(
-        " Chunks of {} — {} chunks of {}, {} per cell ",
-        tail(&chunks.key, 40),
+    let counts = format!(
+        " {} chunks × {}, {} per cell · ",
         chunks.cells.len(),
         human(chunks.chunk_size),
         per_slot
     );
+    let room = (map_area.width as usize).saturating_sub(counts.chars().count() + 4);
+    let title = format!("{counts}{} ", tail(&chunks.key, room.max(8)));
     let block = focus_block(
         Block::bordered().title(Span::styled(title, theme::title())),
         focused,
@@ -313,10 +313,15 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
         line("p50", Color::Cyan, &p50),
         line("p95", Color::Magenta, &p95),
     ])
-    .block(Block::bordered().title(Span::styled(" Chunk latency ms ", theme::title())))
+    .block(Block::bordered().title(Line::from(vec![
+        Span::styled(" Chunk latency ms ", theme::title()),
+        Span::styled("p50", Style::new().fg(Color::Cyan)),
+        Span::raw(" "),
+        Span::styled("p95 ", Style::new().fg(Color::Magenta)),
+    ])))
     .x_axis(x_axis())
     .y_axis(y_axis(top, "ms"))
-    .legend_position(Some(LegendPosition::TopLeft));
+    .legend_position(None);
     frame.render_widget(chart, latency);
 
     let top = max(&limit).max(max(&in_flight));
@@ -338,11 +343,23 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
                 .data(at),
         );
     }
+    let mut title = vec![
+        Span::styled(" Concurrency ", theme::title()),
+        Span::styled("limit", Style::new().fg(Color::Yellow)),
+        Span::raw(" "),
+        Span::styled("in flight", Style::new().fg(Color::Cyan)),
+    ];
+    for (decision, at) in &marks {
+        if !at.is_empty() {
+            let (name, color) = theme::decision(*decision);
+            title.push(Span::styled(format!(" ■{name}"), Style::new().fg(color)));
+        }
+    }
+    title.push(Span::raw(" "));
     let chart = Chart::new(datasets)
-        .block(Block::bordered().title(Span::styled(" Concurrency ", theme::title())))
+        .block(Block::bordered().title(Line::from(title)))
         .x_axis(x_axis())
         .y_axis(y_axis(top, ""))
-        .legend_position(Some(LegendPosition::TopLeft))
-        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(80)));
+        .legend_position(None);
     frame.render_widget(chart, concurrency);
 }

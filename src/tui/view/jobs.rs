@@ -77,9 +77,19 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         Span::styled("b", theme::key()),
         Span::raw(" browse "),
     ]);
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(Block::bordered().title(title));
+    let mut block = Block::bordered().title(title);
+    let selected_error = app
+        .snapshot
+        .jobs
+        .get(app.jobs_cursor)
+        .and_then(|j| j.error.as_ref());
+    if let Some(error) = selected_error {
+        block = block.title_bottom(Span::styled(
+            format!(" {} ", tail(error, 150)),
+            theme::error(),
+        ));
+    }
+    let table = Table::new(rows, widths).header(header).block(block);
     let mut state = TableState::default().with_selected(Some(app.jobs_cursor));
     frame.render_stateful_widget(table, table_area, &mut state);
     if app.snapshot.jobs.is_empty() {

@@ -104,8 +104,12 @@ fn inspector(frame: &mut Frame, app: &App) {
         return;
     };
     let record = &detail.record;
-    let [summary_area, attempts_area] =
-        ratatui::layout::Layout::vertical([Constraint::Length(6), Constraint::Min(3)]).areas(area);
+    let [summary_area, attempts_area, error_area] = ratatui::layout::Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Min(3),
+        Constraint::Length(5),
+    ])
+    .areas(area);
     let summary = vec![
         Line::from(vec![
             Span::styled(" Object  ", theme::header()),
@@ -206,6 +210,22 @@ fn inspector(frame: &mut Frame, app: &App) {
         .header(header)
         .block(Block::bordered().title(Span::styled(" Attempts ", theme::title())));
     frame.render_widget(table, attempts_area);
+    let last_error = record
+        .history
+        .iter()
+        .rev()
+        .find_map(|a| a.error.as_ref())
+        .map(|e| {
+            let status = e.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+            format!("{}{status}: {}", e.class.name(), e.message)
+        })
+        .unwrap_or_else(|| "none".into());
+    frame.render_widget(
+        Paragraph::new(last_error)
+            .wrap(Wrap { trim: true })
+            .block(Block::bordered().title(Span::styled(" Last error ", theme::title()))),
+        error_area,
+    );
     if empty {
         let inner = attempts_area.inner(ratatui::layout::Margin::new(2, 2));
         frame.render_widget(
