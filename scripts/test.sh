@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 emulators_install
+if ! command -v tmux >/dev/null; then
+  echo "== installing tmux (the TUI is tested in a real terminal)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q tmux >&2 || { apt-get update -q >&2 && apt-get install -y -q tmux >&2; }
+  else sudo apt-get install -y -q tmux >&2 || { sudo apt-get update -q >&2 && sudo apt-get install -y -q tmux >&2; }
+  fi
+fi
 trap emulators_stop EXIT
 emulators_start
 
