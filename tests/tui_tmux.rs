@@ -116,11 +116,14 @@ fn an_operator_pauses_resumes_reads_help_and_quits_in_a_real_terminal() {
 
     // The job detail with its heat-map.
     tmux.send("Enter");
+    tmux.wait_for("the objects", Duration::from_secs(10), |s| {
+        s.contains("Objects (8)")
+    });
     for _ in 0..5 {
         tmux.send("j");
     }
     let screen = tmux.wait_for("the heat-map", Duration::from_secs(20), |s| {
-        s.contains("chunks ×") && s.contains("per cell") && s.contains("keynote-4k.mov")
+        s.contains("320 chunks × 1 MiB") && s.contains("per cell · media/keynote-4k.mov")
     });
     assert!(screen.contains("in flight"), "{screen}");
 

@@ -8,6 +8,8 @@
 //! without waiting, so the key handler never blocks on the engine.
 
 pub mod app;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod heatmap;
 pub mod keys;
 pub mod theme;

@@ -140,8 +140,9 @@ fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
         per_slot,
     };
     let slots = heatmap::slots(&chunks.cells, capacity);
+    let plural = if chunks.cells.len() == 1 { "" } else { "s" };
     let counts = format!(
-        " {} chunks × {}, {} per cell · ",
+        " {} chunk{plural} × {}, {} per cell · ",
         chunks.cells.len(),
         human(chunks.chunk_size),
         per_slot
