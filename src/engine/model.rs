@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::plan;
 use super::snapshot::JobView;
@@ -13,16 +14,24 @@ use crate::state::{
 };
 use crate::store::{ObjectSink, ObjectSource};
 
+/// Tells apart successive in-memory lives of an object (loaded, reopened), so a timer or a
+/// result meant for an earlier one is recognised and dropped.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
 /// One object of a loaded job.
 pub(super) struct FileRun {
     pub(super) index: u32,
     pub(super) record: FileRecord,
     pub(super) chunks: Vec<ChunkRecord>,
+    /// Attempts per chunk in this run; the retry budget. (`ChunkRecord::attempts` counts every
+    /// attempt ever, for the operator.)
+    pub(super) round: Vec<u32>,
     pub(super) ready: VecDeque<u32>,
     pub(super) completed: u32,
     pub(super) in_flight: u32,
     pub(super) commit_ready: bool,
     pub(super) queued: bool,
+    pub(super) generation: u64,
 }
 
 impl FileRun {
@@ -50,12 +59,14 @@ impl FileRun {
         Self {
             index,
             record,
+            round: vec![0; chunks.len()],
             chunks,
             ready,
             completed,
             in_flight: 0,
             commit_ready,
             queued: false,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }
     }
 

@@ -127,22 +127,43 @@ pub async fn plan_job(
     sink: &dyn ObjectSink,
 ) -> anyhow::Result<(JobRecord, PlanSummary)> {
     let (src, dst) = (req.source, req.destination);
-    let listing = req
-        .retry
-        .run(|| source.list(&src.key, !src.is_prefix()))
-        .await
-        .map_err(|e| {
-            let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
-                " (to copy every object under it, end the location with `/`)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("cannot list the source {src}: {e}{hint}")
-        })?;
-    req.retry
+    let source_failed = |e: crate::store::StoreError| {
+        let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
+            " (to copy every object under it, end the location with `/`)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot list the source {src}: {e}{hint}")
+    };
+    // Fail fast: one cheap request to each side first, with few retries, so a wrong endpoint,
+    // bucket or credential is reported in seconds rather than after a long backoff.
+    let preflight = RetryPolicy::preflight();
+    let listing = if src.is_prefix() {
+        preflight
+            .run(|| source.list_page(&src.key, None))
+            .await
+            .map_err(source_failed)?;
+        None
+    } else {
+        Some(
+            preflight
+                .run(|| source.list(&src.key, true))
+                .await
+                .map_err(source_failed)?,
+        )
+    };
+    preflight
         .run(|| sink.prepare())
         .await
         .map_err(|e| anyhow::anyhow!("cannot prepare the destination {dst}: {e}"))?;
+    let listing = match listing {
+        Some(listing) => listing,
+        None => req
+            .retry
+            .run(|| source.list(&src.key, false))
+            .await
+            .map_err(source_failed)?,
+    };
     let existing: BTreeMap<String, DestObject> = if dst.is_prefix() {
         req.retry
             .run(|| sink.list_existing(&dst.key))
@@ -220,11 +241,12 @@ pub async fn plan_job(
             file.state = FileState::Skipped;
             file.note = Some("already identical at the destination".into());
             summary.identical += 1;
-        } else if finished {
-            // Recorded as done, but the destination no longer holds it: copy it again.
-            let (fresh, fresh_chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
-            (file, chunks) = (fresh, fresh_chunks);
-        } else if file.state == FileState::Failed && file.chunk_count > 0 {
+        } else if finished || (file.state == FileState::Failed && file.chunk_count == 0) {
+            // Recorded as done but gone from the destination, or never plannable (settings
+            // may have changed since): plan it afresh.
+            writes.push(Write::RemoveFile(job.id, index));
+            (file, chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
+        } else if file.state == FileState::Failed {
             reopen(&mut file, &mut chunks);
         }
         match file.state {

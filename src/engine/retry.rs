@@ -31,6 +31,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The few quick retries of the first request to each store: enough to ride out a
+    /// hiccup, short enough that a wrong endpoint or credential is reported at once.
+    pub fn preflight() -> Self {
+        Self {
+            max_attempts: 3,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(1),
+        }
+    }
+
     /// True when an error after `attempts` attempts deserves another one.
     pub fn should_retry(&self, err: &StoreError, attempts: u32) -> bool {
         err.class.is_retryable() && attempts < self.max_attempts

@@ -5,7 +5,7 @@
 //! waits on the network.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use super::snapshot::{self, JobView, Selection, Snapshot};
 use super::transfer::{self, ChunkMoved, ChunkWork, CommitOutcome, CommitWork};
 use super::{Command, EngineConfig, Event, StoreFactory};
 use crate::location::parse_route;
+use crate::redact::redact;
 use crate::state::writer::{self, Committed, WriteRequest};
 use crate::state::{
     AttemptRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState,
@@ -31,7 +32,7 @@ use crate::store::{
 };
 
 /// How long a shutdown waits for work in flight before leaving it to the next start.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How often the controller is consulted and a snapshot is published.
 const TICK: Duration = Duration::from_millis(200);
@@ -82,13 +83,15 @@ enum Ready {
         summary: Option<PlanSummary>,
         source: Arc<dyn ObjectSource>,
         sink: Arc<dyn ObjectSink>,
+        /// The operator named this paused job to resume it.
+        unpause: bool,
     },
     Failed {
         source: String,
         destination: String,
         error: String,
-        /// True when this ends a planning task (a loader ends with [`Ready::LoaderDone`]).
-        ends_task: bool,
+        /// How this failure ends background work.
+        ends: Ends,
     },
     /// The loader went through every job.
     LoaderDone,
@@ -105,6 +108,20 @@ enum Wake {
     Commit,
 }
 
+/// A retry waiting for its time: when, which job, which object (position and generation).
+type Timer = (Instant, JobId, usize, u64, Wake);
+
+/// What a failed plan or load ends.
+#[derive(Debug)]
+enum Ends {
+    /// A planning task for this route.
+    Plan(String),
+    /// A route refused before any task started.
+    Refusal,
+    /// Nothing: the loader goes on.
+    Nothing,
+}
+
 struct Scheduler {
     db: StateDb,
     config: EngineConfig,
@@ -116,7 +133,7 @@ struct Scheduler {
     ready_tx: mpsc::UnboundedSender<Ready>,
     background: usize,
     jobs: BTreeMap<JobId, JobRun>,
-    timers: BinaryHeap<Reverse<(Instant, JobId, usize, Wake)>>,
+    timers: BinaryHeap<Reverse<Timer>>,
     gate: Gate,
     next_job_id: JobId,
     stopping: Option<Instant>,
@@ -128,6 +145,12 @@ struct Scheduler {
     history: BTreeMap<JobId, JobView>,
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
+    /// Routes being planned right now.
+    planning: BTreeSet<String>,
+    /// Loaders running; planning waits for them, so a job is never planned and loaded at once.
+    loading: usize,
+    /// Enqueue commands waiting for the loaders.
+    deferred: Vec<Command>,
 }
 
 /// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
@@ -170,6 +193,9 @@ pub(super) async fn run(
         watched: None,
         history: BTreeMap::new(),
         asked: false,
+        planning: BTreeSet::new(),
+        loading: 0,
+        deferred: Vec::new(),
     };
     s.read_history();
     let mut ticks = tokio::time::interval(TICK);
@@ -221,7 +247,7 @@ pub(super) async fn run(
         let _ = s
             .events
             .send(Event::Fatal {
-                error: format!("{e:#}"),
+                error: redact(&format!("{e:#}")),
             })
             .await;
     }
@@ -346,6 +372,14 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, source: String, destination: String, options: crate::state::JobOptions) {
+        if self.loading > 0 {
+            self.deferred.push(Command::Enqueue {
+                source,
+                destination,
+                options,
+            });
+            return;
+        }
         let (src, dst) = match parse_route(&source, &destination) {
             Ok(route) => route,
             Err(e) => {
@@ -354,25 +388,29 @@ impl Scheduler {
                     source,
                     destination,
                     error: e.to_string(),
-                    ends_task: true,
+                    ends: Ends::Refusal,
                 });
                 return;
             }
         };
-        let busy = self
+        let route = route_key(&src.to_string(), &dst.to_string());
+        let loaded = self
             .jobs
             .values()
-            .any(|j| j.record.source == src.to_string() && j.record.destination == dst.to_string());
-        if busy {
+            .any(|j| route_key(&j.record.source, &j.record.destination) == route);
+        if loaded || self.planning.contains(&route) {
             self.background += 1;
             let _ = self.ready_tx.send(Ready::Failed {
                 source,
                 destination,
-                error: "a job for this route is already loaded; pause or cancel it first".into(),
-                ends_task: true,
+                error: "a job for this route is already being planned or running; pause or \
+                        cancel it first"
+                    .into(),
+                ends: Ends::Refusal,
             });
             return;
         }
+        self.planning.insert(route.clone());
         let new_job_id = self.next_job_id;
         self.next_job_id += 1;
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
@@ -397,22 +435,25 @@ impl Scheduler {
                     summary: Some(summary),
                     source: source_store,
                     sink,
+                    unpause: false,
                 })
             }
             .await;
             let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
                 source,
                 destination,
-                error: format!("{e:#}"),
-                ends_task: true,
+                error: redact(&format!("{e:#}")),
+                ends: Ends::Plan(route),
             }));
         });
     }
 
     fn load(&mut self, only: Option<JobId>, include_paused: bool) {
         let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
+        let planning = self.planning.clone();
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         self.background += 1;
+        self.loading += 1;
         tokio::spawn(async move {
             let jobs = match db.jobs() {
                 Ok(jobs) => jobs,
@@ -421,7 +462,7 @@ impl Scheduler {
                         source: String::new(),
                         destination: String::new(),
                         error: e.to_string(),
-                        ends_task: false,
+                        ends: Ends::Nothing,
                     });
                     let _ = tx.send(Ready::LoaderDone);
                     return;
@@ -434,7 +475,12 @@ impl Scheduler {
                     JobState::Paused => named || include_paused,
                     JobState::Queued | JobState::Running | JobState::Failed => true,
                 };
-                if (only.is_some() && !named) || !wanted || loaded.contains(&job.id) {
+                let being_planned = planning.contains(&route_key(&job.source, &job.destination));
+                if (only.is_some() && !named)
+                    || !wanted
+                    || loaded.contains(&job.id)
+                    || being_planned
+                {
                     continue;
                 }
                 let result = async {
@@ -446,14 +492,15 @@ impl Scheduler {
                         summary: None,
                         source,
                         sink,
+                        unpause: named,
                     })
                 }
                 .await;
                 let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
                     source: job.source.clone(),
                     destination: job.destination.clone(),
-                    error: format!("{e:#}"),
-                    ends_task: false,
+                    error: redact(&format!("{e:#}")),
+                    ends: Ends::Nothing,
                 }));
             }
             let _ = tx.send(Ready::LoaderDone);
@@ -483,17 +530,26 @@ impl Scheduler {
                 vec![Write::Job(record)],
                 vec![After::Emit(Event::JobStateChanged { job: id, state })],
             );
+            self.check_finished(id);
         }
     }
 
     fn retry_failed(&mut self, id: JobId) {
         let Some(job) = self.jobs.get_mut(&id) else {
+            // A finished job is no longer loaded: loading it gives its failed objects another
+            // chance.
+            self.load(Some(id), true);
             return;
         };
         let mut writes = Vec::new();
         for pos in 0..job.files.len() {
             let file = &mut job.files[pos];
-            if file.record.state != FileState::Failed || file.record.chunk_count == 0 {
+            // An object still finishing chunks of its failed round is left alone until they
+            // are back; reopening it under them would send them twice.
+            if file.record.state != FileState::Failed
+                || file.record.chunk_count == 0
+                || file.in_flight > 0
+            {
                 continue;
             }
             writes.extend(file.reopen(id));
@@ -511,7 +567,15 @@ impl Scheduler {
 
     async fn on_ready(&mut self, ready: Ready) {
         match ready {
-            Ready::LoaderDone => self.background = self.background.saturating_sub(1),
+            Ready::LoaderDone => {
+                self.background = self.background.saturating_sub(1);
+                self.loading = self.loading.saturating_sub(1);
+                if self.loading == 0 {
+                    for command in std::mem::take(&mut self.deferred) {
+                        self.on_command(command);
+                    }
+                }
+            }
             Ready::History(views) => {
                 for view in views {
                     self.history.entry(view.id).or_insert(view);
@@ -522,10 +586,15 @@ impl Scheduler {
                 source,
                 destination,
                 error,
-                ends_task,
+                ends,
             } => {
-                if ends_task {
-                    self.background = self.background.saturating_sub(1);
+                match ends {
+                    Ends::Plan(route) => {
+                        self.planning.remove(&route);
+                        self.background = self.background.saturating_sub(1);
+                    }
+                    Ends::Refusal => self.background = self.background.saturating_sub(1),
+                    Ends::Nothing => {}
                 }
                 self.emit(Event::PlanFailed {
                     source,
@@ -539,11 +608,14 @@ impl Scheduler {
                 summary,
                 source,
                 sink,
+                unpause,
             } => {
                 if summary.is_some() {
+                    let route = route_key(&snapshot.job.source, &snapshot.job.destination);
+                    self.planning.remove(&route);
                     self.background = self.background.saturating_sub(1);
                 }
-                self.install(snapshot, summary, source, sink).await;
+                self.install(snapshot, summary, source, sink, unpause).await;
             }
         }
     }
@@ -554,17 +626,30 @@ impl Scheduler {
         summary: Option<PlanSummary>,
         source: Arc<dyn ObjectSource>,
         sink: Arc<dyn ObjectSink>,
+        unpause: bool,
     ) {
         let mut record = snapshot.job;
         let id = record.id;
         self.next_job_id = self.next_job_id.max(id + 1);
+        if self.jobs.contains_key(&id) {
+            // Loaded twice (e.g. queued again while loading): the running copy stays.
+            self.emit(Event::PlanFailed {
+                source: record.source,
+                destination: record.destination,
+                error: format!("job {id} is already running"),
+            })
+            .await;
+            return;
+        }
         let files: Vec<FileRun> = snapshot
             .files
             .into_iter()
             .map(|(index, file, chunks)| FileRun::new(index, file, chunks))
             .collect();
         let mut writes = Vec::new();
-        if record.state == JobState::Failed || record.state == JobState::Queued {
+        let resumes = matches!(record.state, JobState::Failed | JobState::Queued)
+            || (unpause && record.state == JobState::Paused);
+        if resumes {
             record.state = JobState::Running;
             record.error = None;
             writes.push(Write::Job(record.clone()));
@@ -581,13 +666,40 @@ impl Scheduler {
             // Loading a failed job: failed objects get another chance, except those whose
             // source changed (only a new `copy` can plan the new version).
             for file in &mut job.files {
-                let changed = file.record.error.as_ref().is_some_and(|e| {
-                    matches!(e.class, ErrorClass::SourceChanged | ErrorClass::Invalid)
-                });
+                let changed = file
+                    .record
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.class == ErrorClass::SourceChanged);
                 if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
                 {
                     writes.extend(file.reopen(id));
                 }
+            }
+        }
+        // A chunk that can never fit the memory budget would wait forever: say so instead.
+        let budget = self.gate.budget();
+        let mut announcements = Vec::new();
+        for file in &mut job.files {
+            let largest = file.record.chunk_size.min(file.record.size);
+            if file.active() && largest > budget {
+                file.record.state = FileState::Failed;
+                file.record.error = Some(ErrorRecord {
+                    class: ErrorClass::Invalid,
+                    status: None,
+                    message: format!(
+                        "its chunks of {} do not fit in --max-memory {}; run again with \
+                         --max-memory {} or more",
+                        crate::size::human(largest),
+                        crate::size::human(budget),
+                        crate::size::human(largest)
+                    ),
+                    at_ms: now_ms(),
+                });
+                file.ready.clear();
+                file.commit_ready = false;
+                writes.push(Write::File(id, file.index, file.record.clone()));
+                announcements.push(After::Emit(failed_event(id, &file.record, file.index)));
             }
         }
         for pos in 0..job.files.len() {
@@ -609,7 +721,8 @@ impl Scheduler {
             },
         };
         self.jobs.insert(id, job);
-        self.persist(writes, vec![After::Emit(event)]);
+        announcements.insert(0, After::Emit(event));
+        self.persist(writes, announcements);
         self.check_finished(id);
     }
 
@@ -617,7 +730,7 @@ impl Scheduler {
 
     fn dispatch(&mut self) {
         let now = Instant::now();
-        while let Some(Reverse((at, id, pos, wake))) = self.timers.peek().copied() {
+        while let Some(Reverse((at, id, pos, generation, wake))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
@@ -625,13 +738,34 @@ impl Scheduler {
             let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            let file = &mut job.files[pos];
+            // A timer set for an earlier life of the object, or whose chunk moved on, is void.
+            let Some(file) = job
+                .files
+                .get_mut(pos)
+                .filter(|f| f.generation == generation)
+            else {
+                continue;
+            };
             if !file.active() {
                 continue;
             }
             match wake {
-                Wake::Chunk(chunk) => file.ready.push_front(chunk),
-                Wake::Commit => file.commit_ready = true,
+                Wake::Chunk(chunk) => {
+                    let waiting = file
+                        .chunks
+                        .get(chunk as usize)
+                        .is_some_and(|c| c.state == ChunkState::Pending);
+                    if !waiting || file.ready.contains(&chunk) {
+                        continue;
+                    }
+                    file.ready.push_front(chunk);
+                }
+                Wake::Commit => {
+                    if file.completed != file.record.chunk_count || !file.ready.is_empty() {
+                        continue;
+                    }
+                    file.commit_ready = true;
+                }
             }
             job.enqueue_first(pos);
         }
@@ -677,6 +811,7 @@ impl Scheduler {
         chunk.state = ChunkState::InProgress;
         chunk.attempts += 1;
         let attempt = chunk.attempts;
+        file.round[index as usize] += 1;
         let record = &file.record;
         let whole = record
             .is_single_put()
@@ -843,16 +978,23 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        job.in_flight -= 1;
-        let file = &mut job.files[pos];
-        file.in_flight -= 1;
+        job.in_flight = job.in_flight.saturating_sub(1);
+        let Some(file) = job.files.get_mut(pos) else {
+            return;
+        };
+        file.in_flight = file.in_flight.saturating_sub(1);
         let file_index = file.index;
+        let generation = file.generation;
+        let round = file.round.get(index as usize).copied().unwrap_or(u32::MAX);
         let mut writes = Vec::new();
         let mut after = Vec::new();
         let mut stop_job = None;
         match result {
             Ok(moved) => {
                 let chunk = &mut file.chunks[index as usize];
+                if chunk.state != ChunkState::Completed {
+                    file.completed += 1;
+                }
                 chunk.state = ChunkState::Completed;
                 chunk.crc64 = Some(moved.crc64);
                 chunk.record_attempt(AttemptRecord {
@@ -861,7 +1003,6 @@ impl Scheduler {
                     bytes: moved.bytes,
                     error: None,
                 });
-                file.completed += 1;
                 writes.push(Write::Chunk(id, file_index, index, chunk.clone()));
                 after.push(After::Emit(Event::ChunkCompleted {
                     job: id,
@@ -901,13 +1042,14 @@ impl Scheduler {
                         chunk: index,
                         error,
                     }));
-                } else if retry.should_retry(&err, attempt) && active {
+                } else if retry.should_retry(&err, round) && active {
                     chunk.state = ChunkState::Pending;
-                    let delay = retry.delay(attempt, err.retry_after);
+                    let delay = retry.delay(round, err.retry_after);
                     self.timers.push(Reverse((
                         Instant::now() + delay,
                         id,
                         pos,
+                        generation,
                         Wake::Chunk(index),
                     )));
                     after.push(After::Emit(Event::ChunkRetry {
@@ -969,9 +1111,11 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        job.in_flight -= 1;
-        let file = &mut job.files[pos];
-        file.in_flight -= 1;
+        job.in_flight = job.in_flight.saturating_sub(1);
+        let Some(file) = job.files.get_mut(pos) else {
+            return;
+        };
+        file.in_flight = file.in_flight.saturating_sub(1);
         let file_index = file.index;
         let mut writes = Vec::new();
         let mut after = Vec::new();
@@ -1021,8 +1165,9 @@ impl Scheduler {
                     stop_job = Some(err.to_string());
                 } else if retry.should_retry(&err, file.record.commit_attempts) {
                     let delay = retry.delay(file.record.commit_attempts, err.retry_after);
+                    let at = Instant::now() + delay;
                     self.timers
-                        .push(Reverse((Instant::now() + delay, id, pos, Wake::Commit)));
+                        .push(Reverse((at, id, pos, file.generation, Wake::Commit)));
                 } else {
                     file.record.state = FileState::Failed;
                     file.record.error = Some(ErrorRecord::from_store(&err.context("commit")));
@@ -1050,7 +1195,8 @@ impl Scheduler {
         let state = match job.record.state {
             JobState::Cancelled => JobState::Cancelled,
             JobState::Failed => JobState::Failed, // stopped by a fatal error
-            JobState::Running | JobState::Queued if job.all_finished() => {
+            // Whatever the operator last said (even paused), a job with nothing left is over.
+            _ if job.all_finished() => {
                 if job
                     .files
                     .iter()
@@ -1073,6 +1219,7 @@ impl Scheduler {
             progress,
             error: record.error.clone(),
         };
+        self.timers.retain(|Reverse((_, job, ..))| *job != id);
         if let Some(job) = self.jobs.remove(&id) {
             self.history.insert(id, job.view());
             if self.selection.job == Some(id) {
@@ -1271,6 +1418,11 @@ fn failed_event(job: JobId, record: &FileRecord, file: u32) -> Event {
             at_ms: now_ms(),
         }),
     }
+}
+
+/// One string per route, to recognise a route however it was written.
+fn route_key(source: &str, destination: &str) -> String {
+    format!("{source}\n{destination}")
 }
 
 async fn load_snapshot(db: &StateDb, id: JobId) -> anyhow::Result<JobSnapshot> {

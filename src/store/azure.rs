@@ -423,7 +423,11 @@ impl AzureStore {
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .map(Duration::from_secs_f64);
                 let (class, hint) = match (status, code.as_str()) {
-                    (412, _) => return StoreError::source_changed(key),
+                    (412, _) => (
+                        ErrorClass::Invalid,
+                        "a condition on the blob failed (is it leased?); break the lease or \
+                         remove the condition",
+                    ),
                     (429, _) | (503, _) => (ErrorClass::Throttled, ""),
                     (500..=599, _) => (ErrorClass::Transient, ""),
                     (400, "Md5Mismatch" | "Crc64Mismatch") => (
@@ -762,7 +766,8 @@ impl ObjectSource for AzureStore {
         if expected == 0 {
             let response = self
                 .within("get properties of", key, client.get_properties(None))
-                .await?;
+                .await
+                .map_err(|e| e.on_read(key))?;
             let current = response.etag().ok().flatten().map(|e| e.to_string());
             let unquoted = |e: &str| e.trim_matches('"').to_string();
             return if current.as_deref().map(unquoted) == Some(unquoted(etag)) {
@@ -780,7 +785,8 @@ impl ObjectSource for AzureStore {
         };
         let response = self
             .within("GET", key, client.download(Some(options)))
-            .await?;
+            .await
+            .map_err(|e| e.on_read(key))?;
         let mut body = response.body;
         let mut buf = BytesMut::with_capacity(expected);
         loop {

@@ -85,7 +85,7 @@ impl LocalStore {
         Ok(Some(DestObject { size, meta }))
     }
 
-    /// Records the metadata of an object about to be renamed into place.
+    /// Records the metadata of an object just put in place.
     fn write_meta(&self, key: &str, size: u64, meta: &ObjectMeta) -> io::Result<()> {
         let path = self.meta_path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
@@ -393,8 +393,9 @@ impl ObjectSink for LocalStore {
                     size += io::copy(&mut block, &mut out)?;
                 }
                 out.sync_all()?;
-                store.write_meta(&key, size, &meta)?;
-                fs::rename(&tmp, &target)
+                fs::rename(&tmp, &target)?;
+                // After the object: a sidecar never vouches for bytes that are not there.
+                store.write_meta(&key, size, &meta)
             };
             if let Err(e) = assemble() {
                 let _ = fs::remove_file(&tmp);
@@ -428,10 +429,10 @@ impl ObjectSink for LocalStore {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
             }
             fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
+            write_atomically(&staging, &target, &[&data])
+                .map_err(|e| io_error("cannot write", &target, e))?;
             store
                 .write_meta(&key, data.len() as u64, &meta)
-                .map_err(|e| io_error("cannot write", &target, e))?;
-            write_atomically(&staging, &target, &[&data])
                 .map_err(|e| io_error("cannot write", &target, e))
         })
         .await

@@ -126,6 +126,17 @@ impl StoreError {
         )
     }
 
+    /// How a failed read of a planned object reads: gone (404) or no longer matching its
+    /// version (412) both mean the source changed since planning.
+    pub fn on_read(self, key: &str) -> Self {
+        match (self.class, self.status) {
+            (ErrorClass::SourceChanged, _) | (ErrorClass::NotFound, _) | (_, Some(412)) => {
+                Self::source_changed(key)
+            }
+            _ => self,
+        }
+    }
+
     /// Prefixes the message with what was being done.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = redact(&format!("{what}: {}", self.message));

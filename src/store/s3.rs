@@ -172,13 +172,15 @@ impl S3Store {
                     _ => "no such object; check the key",
                 },
             ),
-            (_, Some(401 | 403))
+            (_, Some(400 | 401 | 403))
                 if matches!(
                     code.as_str(),
                     "InvalidAccessKeyId"
                         | "SignatureDoesNotMatch"
                         | "ExpiredToken"
                         | "InvalidToken"
+                        | "TokenRefreshRequired"
+                        | "AuthorizationHeaderMalformed"
                 ) =>
             {
                 (
@@ -299,7 +301,9 @@ impl ObjectSource for S3Store {
 
     async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
         if range.is_empty() {
-            self.stat(key, Some(etag)).await?;
+            self.stat(key, Some(etag))
+                .await
+                .map_err(|e| e.on_read(key))?;
             return Ok(Bytes::new());
         }
         let expected = usize::try_from(range.end - range.start)
@@ -315,7 +319,7 @@ impl ObjectSource for S3Store {
         let out = tokio::time::timeout(self.stall_timeout, request)
             .await
             .map_err(|_| self.stalled("GET", key))?
-            .map_err(|e| self.error(e, "GET", key))?;
+            .map_err(|e| self.error(e, "GET", key).on_read(key))?;
         let mut body = out.body;
         let mut buf = BytesMut::with_capacity(expected);
         loop {

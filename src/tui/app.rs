@@ -82,7 +82,7 @@ pub struct BrowserState {
     pub entries: Vec<Entry>,
     /// Cursor over the filtered entries.
     pub cursor: usize,
-    /// Marked entries' locations.
+    /// Marked entries' locations (marks belong to the listed folder; moving clears them).
     pub marked: BTreeSet<String>,
     /// Case-insensitive filter on names.
     pub filter: String,
@@ -620,7 +620,6 @@ impl App {
             location: location.clone(),
             request: self.next_request,
             loading: true,
-            marked: std::mem::take(&mut self.browser.marked),
             ..BrowserState::default()
         };
         vec![Command::Browse {

@@ -118,7 +118,7 @@ async fn event_loop(
     }
     // Quitting: the engine takes no new work; chunks in flight get a moment, the rest goes
     // back to pending on the next start. Events are drained meanwhile so it never blocks.
-    let _ = handle.try_send(Command::Shutdown);
+    let _ = tokio::time::timeout(Duration::from_secs(1), handle.send(Command::Shutdown)).await;
     let deadline = tokio::time::sleep(QUIT_WAIT);
     tokio::pin!(deadline);
     loop {

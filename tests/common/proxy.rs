@@ -1,0 +1,336 @@
+//! A fault-injecting HTTP reverse proxy for the tests, on hyper/tokio: it stands between
+//! blobway and an emulator and, for a seeded share of requests, answers 503 with the store's
+//! own throttling body (S3 `SlowDown`, Azure `ServerBusy`), 429 with Retry-After, or 500;
+//! resets the connection before forwarding or in the middle of a response body; stalls a
+//! body; or adds latency. In throttle mode it answers 503 whenever more than K requests are in
+//! flight. Every fault is counted with its time, for the assertions.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Which store's error bodies to imitate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// S3 XML errors (`SlowDown`, `InternalError`).
+    S3,
+    /// Azure XML errors with `x-ms-error-code` (`ServerBusy`, `InternalError`).
+    Azure,
+}
+
+/// One kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// 503 with the store's throttling body.
+    Throttle,
+    /// 429 with `Retry-After: 1`.
+    TooManyRequests,
+    /// 500 with the store's internal-error body.
+    ServerError,
+    /// The connection is closed before anything is forwarded.
+    ResetBefore,
+    /// The response starts, then the connection breaks off half-way.
+    ResetMidBody,
+    /// The response starts, then no byte arrives for a long time.
+    Stall,
+    /// The request is forwarded late.
+    Latency,
+}
+
+/// How the proxy misbehaves.
+#[derive(Clone, Debug)]
+pub struct FaultConfig {
+    /// Seed of the fault dice.
+    pub seed: u64,
+    /// Share of requests that get a fault.
+    pub rate: f64,
+    /// The faults and their weights.
+    pub mix: Vec<(Fault, u32)>,
+    /// Throttle mode: 503 whenever more than this many requests are in flight.
+    pub throttle_above: Option<u32>,
+    /// Error bodies to imitate.
+    pub flavor: Flavor,
+    /// How long a stall lasts.
+    pub stall: Duration,
+    /// How much latency a latency fault adds.
+    pub latency: Duration,
+}
+
+impl FaultConfig {
+    /// No faults: a plain forwarding proxy.
+    pub fn none(flavor: Flavor) -> Self {
+        Self {
+            seed: 1,
+            rate: 0.0,
+            mix: Vec::new(),
+            throttle_above: None,
+            flavor,
+            stall: Duration::from_secs(10),
+            latency: Duration::from_millis(300),
+        }
+    }
+
+    /// The mixed faults of the resilience tests at `rate`.
+    pub fn mixed(flavor: Flavor, rate: f64, seed: u64) -> Self {
+        Self {
+            seed,
+            rate,
+            mix: vec![
+                (Fault::Throttle, 3),
+                (Fault::TooManyRequests, 2),
+                (Fault::ServerError, 2),
+                (Fault::ResetBefore, 2),
+                (Fault::ResetMidBody, 2),
+                (Fault::Stall, 1),
+                (Fault::Latency, 2),
+            ],
+            ..Self::none(flavor)
+        }
+    }
+}
+
+/// What the proxy did.
+#[derive(Default)]
+pub struct Stats {
+    /// Requests seen.
+    pub requests: AtomicU64,
+    /// Faults injected, with when.
+    pub faults: Mutex<Vec<(Instant, Fault)>>,
+    /// Bytes of request bodies forwarded upstream successfully.
+    pub bytes_up: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Stats {
+    /// How many faults of `kind` were injected.
+    pub fn count(&self, kind: Fault) -> usize {
+        self.faults
+            .lock()
+            .map(|f| f.iter().filter(|(_, k)| *k == kind).count())
+            .unwrap_or(0)
+    }
+
+    /// Every fault's time and kind.
+    pub fn timeline(&self) -> Vec<(Instant, Fault)> {
+        self.faults.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where to send requests, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// What it did.
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+struct Shared {
+    upstream: String,
+    config: FaultConfig,
+    rng: Mutex<StdRng>,
+    stats: Arc<Stats>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Decrements the in-flight count when the response is fully sent (or dropped).
+struct InFlight(Arc<Stats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `upstream` (e.g. `http://127.0.0.1:10000`).
+    pub async fn start(upstream: &str, config: FaultConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            config,
+            stats: stats.clone(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(shared.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, stats, task }
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+fn error_response(flavor: Flavor, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let xml = match flavor {
+        Flavor::S3 => format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>proxy</RequestId></Error>"
+        ),
+        Flavor::Azure => format!(
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        ),
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header("content-type", "application/xml");
+    if flavor == Flavor::Azure {
+        builder = builder.header("x-ms-error-code", code);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        builder = builder.header("retry-after", "1");
+    }
+    builder.body(full(xml)).expect("response")
+}
+
+fn throttled(flavor: Flavor) -> Response<Body> {
+    match flavor {
+        Flavor::S3 => error_response(flavor, StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate."),
+        Flavor::Azure => error_response(
+            flavor,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServerBusy",
+            "The server is currently unable to receive requests. Please retry your request.",
+        ),
+    }
+}
+
+fn choose(shared: &Shared) -> Option<Fault> {
+    let config = &shared.config;
+    let total: u32 = config.mix.iter().map(|(_, w)| w).sum();
+    if total == 0 || config.rate <= 0.0 {
+        return None;
+    }
+    let mut rng = shared.rng.lock().ok()?;
+    if rng.random::<f64>() >= config.rate {
+        return None;
+    }
+    let mut pick = rng.random_range(0..total);
+    for (fault, weight) in &config.mix {
+        if pick < *weight {
+            return Some(*fault);
+        }
+        pick -= weight;
+    }
+    None
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+    let stats = shared.stats.clone();
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let in_flight = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let guard = InFlight(stats.clone());
+    let flavor = shared.config.flavor;
+    let record = |fault: Fault| {
+        if let Ok(mut faults) = stats.faults.lock() {
+            faults.push((Instant::now(), fault));
+        }
+    };
+    let fault = match shared.config.throttle_above {
+        Some(limit) if in_flight > limit => Some(Fault::Throttle),
+        _ => choose(&shared),
+    };
+    if let Some(fault) = fault {
+        record(fault);
+    }
+    match fault {
+        Some(Fault::Throttle) => return Ok(throttled(flavor)),
+        Some(Fault::TooManyRequests) => {
+            return Ok(error_response(flavor, StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests."));
+        }
+        Some(Fault::ServerError) => {
+            return Ok(error_response(flavor, StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "We encountered an internal error. Please try again."));
+        }
+        Some(Fault::ResetBefore) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+        }
+        Some(Fault::Latency) => tokio::time::sleep(shared.config.latency).await,
+        _ => {}
+    }
+
+    // Forward.
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut upstream = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", shared.upstream));
+    for (name, value) in &parts.headers {
+        upstream = upstream.header(name, value);
+    }
+    let length = body.len() as u64;
+    let upstream = upstream.body(Full::new(body)).map_err(std::io::Error::other)?;
+    let response = shared.client.request(upstream).await.map_err(std::io::Error::other)?;
+    shared.stats.bytes_up.fetch_add(length, Ordering::SeqCst);
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+
+    let stall = shared.config.stall;
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = match fault {
+        Some(Fault::ResetMidBody) if body.len() > 1 => vec![
+            Ok(Frame::data(body.slice(..body.len() / 2))),
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset mid-body")),
+        ],
+        Some(Fault::ResetMidBody) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset after the store answered"));
+        }
+        Some(Fault::Stall) if body.len() > 1 => {
+            let half = body.len() / 2;
+            let (first, rest) = (body.slice(..half), body.slice(half..));
+            let stream = futures::stream::iter([Ok(Frame::data(first))]).chain(futures::stream::once(async move {
+                tokio::time::sleep(stall).await;
+                Ok(Frame::data(rest))
+            }));
+            let body = StreamBody::new(stream.map(move |frame| {
+                let _keep = &guard;
+                frame
+            }));
+            return Ok(Response::from_parts(parts, BodyExt::boxed(body)));
+        }
+        Some(Fault::Stall) => {
+            tokio::time::sleep(stall).await;
+            vec![Ok(Frame::data(body))]
+        }
+        _ => vec![Ok(Frame::data(body))],
+    };
+    let stream = futures::stream::iter(frames).map(move |frame| {
+        let _keep = &guard;
+        frame
+    });
+    Ok(Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream))))
+}

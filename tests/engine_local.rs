@@ -1,0 +1,388 @@
+//! The engine through its public API (commands in, events out) between local folders, with a
+//! destination that fails on demand: the scheduling rules an operator relies on — resuming a
+//! paused job, retrying failed objects after a job ended, a fresh retry budget on every run,
+//! one plan per route, chunks that cannot fit the memory budget, and re-planning after the
+//! destination lost an object.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blobway::engine::{
+    Command, ControllerConfig, Engine, EngineConfig, Event, RetryPolicy, StoreFactory,
+};
+use blobway::location::Location;
+use blobway::state::{JobId, JobOptions, JobState, StateDb};
+use blobway::store::local::LocalStore;
+use blobway::store::{
+    BlockRef, DestObject, ErrorClass, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
+    StagedBlock, StoreError, StoreResult,
+};
+use bytes::Bytes;
+
+const MIB: usize = 1 << 20;
+
+/// A local destination whose next `failures` uploads fail with `class`.
+struct FlakySink {
+    inner: LocalStore,
+    failures: Arc<AtomicU32>,
+    class: ErrorClass,
+}
+
+impl FlakySink {
+    fn trip(&self) -> StoreResult<()> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0
+            && self
+                .failures
+                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Err(StoreError::new(self.class, Some(500), "injected failure"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectSink for FlakySink {
+    fn limits(&self) -> SinkLimits {
+        self.inner.limits()
+    }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.inner.prepare().await
+    }
+    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+        self.trip()?;
+        self.inner.put_block(key, block, data).await
+    }
+    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
+        self.inner.staged_blocks(key).await
+    }
+    async fn commit(&self, key: &str, ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
+        self.inner.commit(key, ids, meta).await
+    }
+    async fn put_whole(
+        &self,
+        key: &str,
+        data: Bytes,
+        md5: [u8; 16],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        self.trip()?;
+        self.inner.put_whole(key, data, md5, meta).await
+    }
+    async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        self.inner.head(key).await
+    }
+    async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
+        self.inner.list_existing(prefix).await
+    }
+}
+
+struct Stores {
+    failures: Arc<AtomicU32>,
+    class: ErrorClass,
+}
+
+#[async_trait]
+impl StoreFactory for Stores {
+    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        Ok(Arc::new(LocalStore::new(&location.container)))
+    }
+    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        Ok(Arc::new(FlakySink {
+            inner: LocalStore::new(&location.container),
+            failures: self.failures.clone(),
+            class: self.class,
+        }))
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    state: PathBuf,
+    failures: Arc<AtomicU32>,
+}
+
+fn setup(files: &[(&str, usize)]) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("src");
+    for (i, (name, size)) in files.iter().enumerate() {
+        let data: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
+        std::fs::write(src.join(name), data).expect("write");
+    }
+    Setup {
+        state: dir.path().join("state.redb"),
+        src,
+        dst,
+        _dir: dir,
+        failures: Arc::new(AtomicU32::new(0)),
+    }
+}
+
+fn start(setup: &Setup, class: ErrorClass, max_memory: u64, exit_when_idle: bool) -> Engine {
+    let config = EngineConfig {
+        concurrency: ControllerConfig {
+            initial: 4,
+            ..ControllerConfig::default()
+        },
+        adaptive: false,
+        max_memory,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        },
+        exit_when_idle,
+    };
+    let db = StateDb::open(&setup.state).expect("state");
+    let stores = Arc::new(Stores {
+        failures: setup.failures.clone(),
+        class,
+    });
+    Engine::start(db, config, stores).expect("engine")
+}
+
+fn enqueue(setup: &Setup, chunk_size: u64) -> Command {
+    Command::Enqueue {
+        source: format!("{}/", setup.src.display()),
+        destination: format!("{}/", setup.dst.display()),
+        options: JobOptions { chunk_size },
+    }
+}
+
+/// Events until one matches, within 20 s.
+async fn until(engine: &mut Engine, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+    let wait = async {
+        loop {
+            match engine.events.recv().await {
+                Some(event) if matches(&event) => return event,
+                Some(_) => {}
+                None => panic!("the engine stopped before {what}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn finished(engine: &mut Engine) -> (JobId, JobState) {
+    match until(engine, "the job to finish", |e| {
+        matches!(e, Event::JobFinished { .. })
+    })
+    .await
+    {
+        Event::JobFinished { job, state, .. } => (job, state),
+        _ => unreachable!(),
+    }
+}
+
+async fn stop(engine: Engine) {
+    let _ = engine.handle.send(Command::Shutdown).await;
+    let Engine {
+        mut events, task, ..
+    } = engine;
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    task.await.expect("join").expect("engine");
+}
+
+fn same_files(a: &Path, b: &Path, names: &[&str]) {
+    for name in names {
+        assert_eq!(
+            std::fs::read(a.join(name)).expect("src"),
+            std::fs::read(b.join(name)).expect("dst"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_job_is_retried_from_the_tui_after_it_ended_and_each_run_gets_a_fresh_budget() {
+    let s = setup(&[("a.bin", 3 * MIB), ("b.bin", 100)]);
+    // Every attempt fails in the first run: the objects fail after 3 attempts each.
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let (job, state) = finished(&mut engine).await;
+    assert_eq!(state, JobState::Failed);
+
+    // The store recovers, except for one more hiccup: the retried chunks' attempt counts are
+    // already at the limit, yet one failure does not fail them again.
+    s.failures.store(1, Ordering::SeqCst);
+    engine
+        .handle
+        .send(Command::RetryFailed(job))
+        .await
+        .expect("send");
+    let (again, state) = finished(&mut engine).await;
+    assert_eq!((again, state), (job, JobState::Done));
+    same_files(&s.src, &s.dst, &["a.bin", "b.bin"]);
+    stop(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_a_named_paused_job_runs_it_to_the_end() {
+    let s = setup(&[("a.bin", 2 * MIB)]);
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let job = match until(&mut engine, "the plan", |e| {
+        matches!(e, Event::JobPlanned { .. })
+    })
+    .await
+    {
+        Event::JobPlanned { job, .. } => job,
+        _ => unreachable!(),
+    };
+    engine
+        .handle
+        .send(Command::Pause(Some(job)))
+        .await
+        .expect("send");
+    until(&mut engine, "the pause", |e| {
+        matches!(
+            e,
+            Event::JobStateChanged {
+                state: JobState::Paused,
+                ..
+            }
+        )
+    })
+    .await;
+    stop(engine).await;
+
+    // `blobway resume JOB`: the job is paused in the state file and named, so it runs.
+    s.failures.store(0, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, true);
+    engine
+        .handle
+        .send(Command::Load {
+            job: Some(job),
+            include_paused: true,
+        })
+        .await
+        .expect("send");
+    assert_eq!(finished(&mut engine).await, (job, JobState::Done));
+    same_files(&s.src, &s.dst, &["a.bin"]);
+    stop(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_route_queued_twice_is_planned_once() {
+    let s = setup(&[("a.bin", 1000)]);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let refused = until(&mut engine, "the refusal", |e| {
+        matches!(e, Event::PlanFailed { .. })
+    })
+    .await;
+    assert!(
+        format!("{refused:?}").contains("already being planned or running"),
+        "{refused:?}"
+    );
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_that_cannot_fit_the_memory_budget_fail_their_object_with_advice() {
+    let s = setup(&[("big.bin", 3 * MIB), ("small.bin", 1000)]);
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Auth, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, 2 * MIB as u64))
+        .await
+        .expect("send");
+    // An auth failure stops the job with everything still to do.
+    let (job, state) = finished(&mut engine).await;
+    assert_eq!(state, JobState::Failed);
+    stop(engine).await;
+
+    s.failures.store(0, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Auth, MIB as u64, true);
+    engine
+        .handle
+        .send(Command::Load {
+            job: None,
+            include_paused: false,
+        })
+        .await
+        .expect("send");
+    let failed = until(&mut engine, "the object to fail", |e| {
+        matches!(e, Event::FileFailed { .. })
+    })
+    .await;
+    assert!(
+        format!("{failed:?}").contains("do not fit in --max-memory"),
+        "{failed:?}"
+    );
+    let (again, state) = finished(&mut engine).await;
+    assert_eq!(
+        (again, state),
+        (job, JobState::Failed),
+        "the engine finishes instead of waiting"
+    );
+    same_files(&s.src, &s.dst, &["small.bin"]);
+    stop(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_lost_at_the_destination_is_planned_afresh_with_new_settings() {
+    let s = setup(&[("a.bin", 3 * MIB)]);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, true);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+
+    std::fs::remove_file(s.dst.join("a.bin")).expect("lose it");
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, true);
+    engine
+        .handle
+        .send(enqueue(&s, 2 * MIB as u64))
+        .await
+        .expect("send");
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+    same_files(&s.src, &s.dst, &["a.bin"]);
+    let db = StateDb::open(&s.state).expect("state");
+    let snapshot = db
+        .load_job(1)
+        .expect("the state file reads back")
+        .expect("job");
+    assert_eq!(
+        snapshot.files[0].2.len(),
+        2,
+        "two chunks of 2 MiB, no stale records"
+    );
+}
