@@ -16,6 +16,7 @@ use blobway::engine::{
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
 use blobway::state::{JobId, JobOptions, StateDb};
+use blobway::store::StoreSettings;
 use blobway::store::simulated::LinkSettings;
 use blobway::tui::app::AppOptions;
 
@@ -138,6 +139,27 @@ struct Tuning {
     /// Attempts per chunk before it is given up.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: u32,
+    /// Seconds a request may go without moving a byte before it is abandoned and retried
+    /// (uploads also get the time their bytes need at 1 MiB/s).
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds, value_name = "SECONDS")]
+    stall_timeout: f64,
+}
+
+impl Tuning {
+    fn stores(&self) -> Arc<DefaultStores> {
+        Arc::new(DefaultStores {
+            settings: StoreSettings {
+                stall_timeout: Duration::from_secs_f64(self.stall_timeout),
+            },
+        })
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('s').parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("`{text}` is not a number of seconds above 0 (e.g. 30)")),
+    }
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -201,7 +223,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 job: None,
                 include_paused: true,
             }];
-            run_tui(db, &cli.tuning, Arc::new(DefaultStores), options, start).await
+            run_tui(db, &cli.tuning, cli.tuning.stores(), options, start).await
         }
         Some(Commands::Jobs { json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
@@ -223,7 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 destination,
                 options: JobOptions { chunk_size },
             };
-            run_headless(db, &tuning, json, Arc::new(DefaultStores), command).await
+            run_headless(db, &tuning, json, tuning.stores(), command).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
@@ -239,7 +261,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 job,
                 include_paused: job.is_some(),
             };
-            run_headless(db, &tuning, json, Arc::new(DefaultStores), command).await
+            run_headless(db, &tuning, json, tuning.stores(), command).await
         }
         Some(Commands::Demo {
             dir,

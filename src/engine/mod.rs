@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::location::{Location, Scheme};
 use crate::state::{ErrorRecord, JobId, JobOptions, JobProgress, JobState, StateDb};
-use crate::store::{ObjectSink, ObjectSource, Page};
+use crate::store::{ObjectSink, ObjectSource, Page, StoreSettings};
 pub use control::{ControllerConfig, Decision};
 pub use plan::PlanSummary;
 pub use retry::RetryPolicy;
@@ -72,16 +72,20 @@ pub trait StoreFactory: Send + Sync {
 }
 
 /// Opens real stores from the environment's credentials.
-pub struct DefaultStores;
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultStores {
+    /// How the stores behave.
+    pub settings: StoreSettings,
+}
 
 #[async_trait]
 impl StoreFactory for DefaultStores {
     async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
-        crate::store::open_source(location).await
+        crate::store::open_source(location, self.settings).await
     }
 
     async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
-        crate::store::open_sink(location).await
+        crate::store::open_sink(location, self.settings).await
     }
 }
 

@@ -45,7 +45,7 @@ use futures::StreamExt;
 use super::azure_sas::{AccountSas, SasSource};
 use super::{
     BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, Page,
-    SinkLimits, StagedBlock, StoreError, StoreResult,
+    SinkLimits, StagedBlock, StoreError, StoreResult, StoreSettings,
 };
 
 /// The service version blobway speaks: recent, and accepted by Azurite 3.35.
@@ -283,7 +283,7 @@ pub struct AzureStore {
     container_url: Url,
     credential: Option<Arc<dyn TokenCredential>>,
     options: ClientOptions,
-    stall_timeout: Duration,
+    settings: StoreSettings,
 }
 
 impl std::fmt::Debug for AzureStore {
@@ -294,12 +294,16 @@ impl std::fmt::Debug for AzureStore {
 
 impl AzureStore {
     /// Connects to `container` with the account configured in the environment.
-    pub fn connect(container: &str) -> anyhow::Result<Self> {
-        Self::with_account(AzureAccount::from_env()?, container)
+    pub fn connect(container: &str, settings: StoreSettings) -> anyhow::Result<Self> {
+        Self::with_account(AzureAccount::from_env()?, container, settings)
     }
 
     /// Connects to `container` of `account`. Nothing is sent yet.
-    pub fn with_account(account: AzureAccount, container: &str) -> anyhow::Result<Self> {
+    pub fn with_account(
+        account: AzureAccount,
+        container: &str,
+        settings: StoreSettings,
+    ) -> anyhow::Result<Self> {
         let mut container_url = account.endpoint.clone();
         if !container.is_empty() {
             container_url
@@ -330,17 +334,13 @@ impl AzureStore {
             transport: Some(transport),
             ..Default::default()
         };
-        let stall_timeout = std::env::var("BLOBWAY_STALL_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map_or(super::s3::DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64);
         Ok(Self {
             container: container.to_string(),
             endpoint: account.endpoint,
             container_url,
             credential,
             options,
-            stall_timeout,
+            settings,
         })
     }
 
@@ -484,23 +484,36 @@ impl AzureStore {
         }
     }
 
-    fn stalled(&self, what: &str, key: &str) -> StoreError {
+    fn stalled(&self, what: &str, key: &str, waited: Duration) -> StoreError {
         StoreError::transient(format!(
             "{what} {} stalled: no answer for {:.0?}",
             self.target(key),
-            self.stall_timeout
+            waited
         ))
     }
 
+    /// Runs a call that sends no body, abandoning it after the stall timeout.
     async fn within<T>(
         &self,
         what: &str,
         key: &str,
         call: impl Future<Output = azure_core::Result<T>>,
     ) -> StoreResult<T> {
-        tokio::time::timeout(self.stall_timeout, call)
+        self.within_for(self.settings.stall_timeout, what, key, call)
             .await
-            .map_err(|_| self.stalled(what, key))?
+    }
+
+    /// Runs a call, abandoning it after `deadline`.
+    async fn within_for<T>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        key: &str,
+        call: impl Future<Output = azure_core::Result<T>>,
+    ) -> StoreResult<T> {
+        tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| self.stalled(what, key, deadline))?
             .map_err(|e| self.error(e, what, key))
     }
 }
@@ -544,7 +557,10 @@ impl ObjectSink for AzureStore {
             ..Default::default()
         };
         let call = client.stage_block(block.id.as_bytes(), len, data.into(), Some(options));
-        self.within("Put Block", key, call).await.map(|_| ())
+        let deadline = self.settings.upload_deadline(len);
+        self.within_for(deadline, "Put Block", key, call)
+            .await
+            .map(|_| ())
     }
 
     async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
@@ -596,7 +612,8 @@ impl ObjectSink for AzureStore {
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         let client = self.blob_client(key)?.block_blob_client();
-        let single = std::num::NonZero::new((data.len() as u64).max(1))
+        let len = data.len() as u64;
+        let single = std::num::NonZero::new(len.max(1))
             .ok_or_else(|| StoreError::new(ErrorClass::Invalid, None, "empty partition size"))?;
         let options = BlockBlobClientUploadOptions {
             metadata: to_metadata(meta),
@@ -608,7 +625,10 @@ impl ObjectSink for AzureStore {
             ..Default::default()
         };
         let call = client.upload(data.into(), Some(options));
-        self.within("Put Blob", key, call).await.map(|_| ())
+        let deadline = self.settings.upload_deadline(len);
+        self.within_for(deadline, "Put Blob", key, call)
+            .await
+            .map(|_| ())
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
@@ -790,8 +810,8 @@ impl ObjectSource for AzureStore {
         let mut body = response.body;
         let mut buf = BytesMut::with_capacity(expected);
         loop {
-            match tokio::time::timeout(self.stall_timeout, body.next()).await {
-                Err(_) => return Err(self.stalled("GET", key)),
+            match tokio::time::timeout(self.settings.stall_timeout, body.next()).await {
+                Err(_) => return Err(self.stalled("GET", key, self.settings.stall_timeout)),
                 Ok(None) => break,
                 Ok(Some(Ok(piece))) => buf.extend_from_slice(&piece),
                 Ok(Some(Err(e))) => return Err(self.error(e, "GET", key)),
@@ -866,7 +886,7 @@ mod tests {
             endpoint: Url::parse("http://127.0.0.1:10000/devstoreaccount1").expect("url"),
             auth: AzureAuth::Sas("sv=1&sig=2".into()),
         };
-        let store = AzureStore::with_account(account, "dest").expect("store");
+        let store = AzureStore::with_account(account, "dest", StoreSettings::default()).expect("store");
         let client = store.blob_client("dir/a b é.bin").expect("client");
         assert_eq!(
             client.url().as_str(),

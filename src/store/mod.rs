@@ -155,6 +155,33 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// How the stores of a run behave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoreSettings {
+    /// A request that moves no bytes for this long is abandoned (and retried).
+    pub stall_timeout: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The slowest upload rate not taken for a stall.
+    pub const MIN_UPLOAD_RATE: f64 = 1024.0 * 1024.0;
+
+    /// How long an upload of `bytes` may take before it counts as stalled: the stall timeout
+    /// plus the time the bytes need at [`Self::MIN_UPLOAD_RATE`] (an upload body cannot be
+    /// watched byte by byte through the SDK without copying it).
+    pub fn upload_deadline(&self, bytes: u64) -> Duration {
+        self.stall_timeout + Duration::from_secs_f64(bytes as f64 / Self::MIN_UPLOAD_RATE)
+    }
+}
+
 /// Shorthand for store results.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -301,10 +328,13 @@ pub trait ObjectSink: Send + Sync {
 }
 
 /// Opens the source store a location lives in.
-pub async fn open_source(location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
+pub async fn open_source(
+    location: &Location,
+    settings: StoreSettings,
+) -> anyhow::Result<Arc<dyn ObjectSource>> {
     Ok(match location.scheme {
-        Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container).await?),
-        Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container)?),
+        Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container, settings).await?),
+        Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container, settings)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
     })
 }
@@ -314,7 +344,7 @@ pub async fn list_containers(scheme: Scheme) -> StoreResult<Vec<String>> {
     match scheme {
         Scheme::S3 => s3::list_buckets().await,
         Scheme::Azure => {
-            let store = azure::AzureStore::connect("")
+            let store = azure::AzureStore::connect("", StoreSettings::default())
                 .map_err(|e| StoreError::new(ErrorClass::Auth, None, format!("{e:#}")))?;
             store.containers().await
         }
@@ -327,9 +357,12 @@ pub async fn list_containers(scheme: Scheme) -> StoreResult<Vec<String>> {
 }
 
 /// Opens the destination store a location lives in.
-pub async fn open_sink(location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
+pub async fn open_sink(
+    location: &Location,
+    settings: StoreSettings,
+) -> anyhow::Result<Arc<dyn ObjectSink>> {
     Ok(match location.scheme {
-        Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container)?),
+        Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container, settings)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
         Scheme::S3 => anyhow::bail!(
             "S3 as a destination is not supported yet; copy to az://container/path or a local \

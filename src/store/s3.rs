@@ -21,19 +21,18 @@ use bytes::{Bytes, BytesMut};
 
 use super::{ErrorClass, ObjectInfo, ObjectSource, Page, StoreError, StoreResult};
 
-/// How long a request may go without receiving a byte before it is abandoned and retried.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// One S3 bucket.
 #[derive(Clone, Debug)]
 pub struct S3Store {
     client: Client,
     bucket: String,
+    endpoint: String,
     stall_timeout: Duration,
 }
 
-/// Builds an S3 client from the SDK's default configuration chain.
-pub async fn client_from_env() -> Client {
+/// Builds an S3 client from the SDK's default configuration chain; returns it with the
+/// endpoint it talks to, for messages.
+pub async fn client_from_env() -> (Client, String) {
     if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
         crate::redact::register_secret(&secret);
     }
@@ -55,15 +54,23 @@ pub async fn client_from_env() -> Client {
     if shared.region().is_none() {
         config = config.region(Region::new("us-east-1"));
     }
-    if shared.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some() {
+    let custom = std::env::var("AWS_ENDPOINT_URL_S3")
+        .ok()
+        .or_else(|| shared.endpoint_url().map(str::to_string));
+    if custom.is_some() {
         config = config.force_path_style(true);
     }
-    Client::from_conf(config.build())
+    let region = shared
+        .region()
+        .map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
+    let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    (Client::from_conf(config.build()), endpoint)
 }
 
 /// The buckets the credentials can see.
 pub async fn list_buckets() -> StoreResult<Vec<String>> {
-    let store = S3Store::with_client(client_from_env().await, "");
+    let (client, endpoint) = client_from_env().await;
+    let store = S3Store::with_client(client, "", &endpoint, crate::store::StoreSettings::default());
     let out = store
         .client
         .list_buckets()
@@ -89,20 +96,23 @@ fn object_info(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
 
 impl S3Store {
     /// Connects to `bucket` with the default credential chain. Nothing is sent yet.
-    pub async fn connect(bucket: &str) -> anyhow::Result<Self> {
-        Ok(Self::with_client(client_from_env().await, bucket))
+    pub async fn connect(bucket: &str, settings: crate::store::StoreSettings) -> anyhow::Result<Self> {
+        let (client, endpoint) = client_from_env().await;
+        Ok(Self::with_client(client, bucket, &endpoint, settings))
     }
 
-    /// Wraps an existing client.
-    pub fn with_client(client: Client, bucket: &str) -> Self {
-        let stall_timeout = std::env::var("BLOBWAY_STALL_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map_or(DEFAULT_STALL_TIMEOUT, Duration::from_secs_f64);
+    /// Wraps an existing client talking to `endpoint`.
+    pub fn with_client(
+        client: Client,
+        bucket: &str,
+        endpoint: &str,
+        settings: crate::store::StoreSettings,
+    ) -> Self {
         Self {
             client,
             bucket: bucket.to_string(),
-            stall_timeout,
+            endpoint: endpoint.to_string(),
+            stall_timeout: settings.stall_timeout,
         }
     }
 
@@ -156,7 +166,8 @@ impl S3Store {
                 } else if d.is_io() || d.is_timeout() {
                     (
                         ErrorClass::Transient,
-                        "cannot reach the S3 endpoint; check AWS_ENDPOINT_URL and the network",
+                        "cannot reach the S3 endpoint; check AWS_ENDPOINT_URL, AWS_REGION and \
+                         the network",
                     )
                 } else {
                     (ErrorClass::Transient, "")
@@ -212,6 +223,10 @@ impl S3Store {
         }
         if !hint.is_empty() {
             message.push_str(&format!(" — {hint}"));
+        }
+        if status.is_none() {
+            // No answer at all: say where blobway was trying to go.
+            message.push_str(&format!(" (endpoint {})", self.endpoint));
         }
         StoreError::new(class, status, message).with_retry_after(retry_after)
     }

@@ -131,7 +131,7 @@ pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) 
 pub fn azure(container: &str) -> Arc<AzureStore> {
     let account =
         AzureAccount::from_connection_string(&azurite_connection_string()).expect("account");
-    Arc::new(AzureStore::with_account(account, container).expect("store"))
+    Arc::new(AzureStore::with_account(account, container, Default::default()).expect("store"))
 }
 
 /// Every committed blob under `prefix` with its bytes.
@@ -270,4 +270,53 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no RSS figure in: {}", result.stderr));
     (result, peak)
+}
+
+pub mod proxy;
+
+/// Azurite's connection string with its blob endpoint at `endpoint` (e.g. a proxy's URL).
+pub fn azurite_connection_string_at(endpoint: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT}",
+        endpoint.trim_end_matches('/')
+    )
+}
+
+/// Azurite's origin (scheme, host and port), for a proxy to forward to.
+pub fn azurite_origin() -> String {
+    let url = emulators().azurite;
+    url.trim_end_matches(&format!("/{AZURITE_ACCOUNT}")).to_string()
+}
+
+/// Writes `files` of pseudo-random bytes under a new temporary directory.
+pub fn local_files(files: &[(&str, usize)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (name, size)) in files.iter().enumerate() {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, random_bytes(*size, 1000 + i as u64)).expect("write");
+    }
+    dir
+}
+
+/// Fails when any of `secrets` appears in any of `places` (name, bytes).
+pub fn assert_no_secrets(places: &[(&str, &[u8])], secrets: &[&str]) {
+    for (place, bytes) in places {
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret ({}…) appears in {place}",
+                &secret[..4.min(secret.len())]
+            );
+        }
+    }
+}
+
+/// Runs a command on a blocking thread, so proxies in this process keep serving meanwhile.
+pub async fn run_async(mut cmd: Command) -> Run {
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("run")
 }

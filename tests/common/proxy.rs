@@ -153,6 +153,7 @@ struct Shared {
     rng: Mutex<StdRng>,
     stats: Arc<Stats>,
     client: Client<HttpConnector, Full<Bytes>>,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// Decrements the in-flight count when the response is fully sent (or dropped).
@@ -176,6 +177,7 @@ impl Proxy {
             config,
             stats: stats.clone(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -230,24 +232,25 @@ fn throttled(flavor: Flavor) -> Response<Body> {
     }
 }
 
+/// Whether this request gets a fault (the seeded dice), and which: the kinds take turns in
+/// proportion to their weights, so every kind shows up once a handful of faults were dealt.
 fn choose(shared: &Shared) -> Option<Fault> {
     let config = &shared.config;
-    let total: u32 = config.mix.iter().map(|(_, w)| w).sum();
-    if total == 0 || config.rate <= 0.0 {
+    let turns: Vec<Fault> = config
+        .mix
+        .iter()
+        .flat_map(|(fault, weight)| std::iter::repeat_n(*fault, *weight as usize))
+        .collect();
+    if turns.is_empty() || config.rate <= 0.0 {
         return None;
     }
     let mut rng = shared.rng.lock().ok()?;
     if rng.random::<f64>() >= config.rate {
         return None;
     }
-    let mut pick = rng.random_range(0..total);
-    for (fault, weight) in &config.mix {
-        if pick < *weight {
-            return Some(*fault);
-        }
-        pick -= weight;
-    }
-    None
+    let turn = shared.turn.fetch_add(1, Ordering::SeqCst);
+    // Spread each kind's turns over the cycle rather than bunching them.
+    Some(turns[(turn * 5) % turns.len()])
 }
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
@@ -290,8 +293,19 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let mut upstream = Request::builder()
         .method(parts.method.clone())
         .uri(format!("{}{path}", shared.upstream));
+    const HOP_BY_HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
     for (name, value) in &parts.headers {
-        upstream = upstream.header(name, value);
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            upstream = upstream.header(name, value);
+        }
     }
     let length = body.len() as u64;
     let upstream = upstream.body(Full::new(body)).map_err(std::io::Error::other)?;
