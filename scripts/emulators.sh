@@ -3,7 +3,8 @@
 # ports, and writes their coordinates to an env file. Meant to be sourced by test.sh/bench.sh:
 #
 #   source scripts/emulators.sh
-#   emulators_install            # Azurite (npm, pinned) and moto (PyPI, pinned, in a venv)
+#   emulators_install            # Azurite (npm, pinned), moto (PyPI, pinned, in a venv) and
+#                                # s3s-fs (crates.io, pinned; checks SigV4 signatures)
 #   emulators_start              # exports BLOBWAY_TEST_* and AWS_/AZURE_ variables
 #   emulators_stop               # stops what emulators_start started
 #
@@ -12,6 +13,7 @@
 
 AZURITE_VERSION=3.35.0
 MOTO_VERSION=5.2.5
+S3S_FS_VERSION=0.14.1
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${BLOBWAY_TOOLS:-$repo_root/.tools}"
@@ -48,6 +50,10 @@ emulators_install() {
     python3 -m venv "$tools/moto-venv" || return 1
     "$tools/moto-venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2 || return 1
   fi
+  if ! "$tools/s3s/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+    log "installing s3s-fs $S3S_FS_VERSION from crates.io (a few minutes, once)"
+    cargo install --quiet --root "$tools/s3s" "s3s-fs@$S3S_FS_VERSION" --features binary --locked >&2 || return 1
+  fi
 }
 
 emulators_start() {
@@ -64,15 +70,23 @@ emulators_start() {
   MOTO_PORT=$(free_port)
   "$tools/moto-venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$EMULATORS_DIR/moto.log" 2>&1 &
   MOTO_PID=$!
+  S3S_PORT=$(free_port)
+  mkdir -p "$EMULATORS_DIR/s3s-data"
+  "$tools/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$S3S_PORT" --access-key blobway-test \
+    --secret-key blobway-test-secret "$EMULATORS_DIR/s3s-data" >"$EMULATORS_DIR/s3s.log" 2>&1 &
+  S3S_PID=$!
   wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID" || return 1
   wait_for_port "$MOTO_PORT" moto "$MOTO_PID" || return 1
+  wait_for_port "$S3S_PORT" s3s "$S3S_PID" || return 1
+  export BLOBWAY_TEST_S3S="http://127.0.0.1:$S3S_PORT"
+  export BLOBWAY_TEST_S3S_DATA="$EMULATORS_DIR/s3s-data"
   export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
   export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
-  log "Azurite on $BLOBWAY_TEST_AZURITE (pid $AZURITE_PID), moto on $BLOBWAY_TEST_S3 (pid $MOTO_PID)"
+  log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S"
 }
 
 emulators_stop() {
-  for pid in ${AZURITE_PID:-} ${MOTO_PID:-}; do
+  for pid in ${AZURITE_PID:-} ${MOTO_PID:-} ${S3S_PID:-}; do
     kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
   if [ -n "${EMULATORS_DIR:-}" ]; then

@@ -158,7 +158,9 @@ impl Tuning {
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.trim_end_matches('s').parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
-        _ => Err(format!("`{text}` is not a number of seconds above 0 (e.g. 30)")),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds above 0 (e.g. 30)"
+        )),
     }
 }
 
@@ -432,7 +434,7 @@ fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGu
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(blobway::redact::RedactingWriter(writer))
         .with_ansi(false)
         .try_init()
         .ok()?;

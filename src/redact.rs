@@ -111,9 +111,52 @@ fn is_separator(b: u8) -> bool {
     )
 }
 
+/// A log writer that masks secrets in everything written through it — including what other
+/// crates log at debug level (request URLs, canonical requests) — before it reaches the file.
+#[derive(Clone)]
+pub struct RedactingWriter<M>(pub M);
+
+/// One write in progress through a [`RedactingWriter`].
+pub struct Redacting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a>
+    for RedactingWriter<M>
+{
+    type Writer = Redacting<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Redacting(self.0.make_writer())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_writer_masks_what_passes_through() {
+        use std::io::Write;
+        let mut out = Vec::new();
+        Redacting(&mut out)
+            .write_all(b"GET http://h/c/b?sv=1&sig=c2VjcmV0 failed\n")
+            .expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "GET http://h/c/b?sv=1&sig=REDACTED failed\n"
+        );
+    }
 
     #[test]
     fn masks_sas_signatures_in_urls() {

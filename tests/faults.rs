@@ -33,12 +33,19 @@ async fn a_fifth_of_all_requests_faulted_on_both_sides_and_every_object_arrives(
         objects.push((key, data));
     }
     let s3_proxy = Proxy::start(&emulators().s3, FaultConfig::mixed(Flavor::S3, 0.2, 11)).await;
-    let az_proxy = Proxy::start(&azurite_origin(), FaultConfig::mixed(Flavor::Azure, 0.2, 12)).await;
+    let az_proxy = Proxy::start(
+        &azurite_origin(),
+        FaultConfig::mixed(Flavor::Azure, 0.2, 12),
+    )
+    .await;
 
     let state = tempfile::tempdir().expect("state");
     let mut cmd = blobway(&state.path().join("s.redb"));
     cmd.env("AWS_ENDPOINT_URL", &s3_proxy.url)
-        .env("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string_at(&az_proxy.url))
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite_connection_string_at(&az_proxy.url),
+        )
         .args([
             "copy",
             &format!("s3://{bucket}/faulty/"),
@@ -58,15 +65,27 @@ async fn a_fifth_of_all_requests_faulted_on_both_sides_and_every_object_arrives(
         assert_eq!(md5_hex(&copied[key]), md5_hex(data), "{key}");
     }
     for (side, proxy) in [("S3", &s3_proxy), ("Azure", &az_proxy)] {
-        let requests = proxy.stats.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let requests = proxy
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst);
         let faults = proxy.stats.timeline().len();
         println!("{side}: {faults} faults in {requests} requests");
-        assert!(faults as f64 >= requests as f64 * 0.1, "{side}: faults were injected");
+        assert!(
+            faults as f64 >= requests as f64 * 0.1,
+            "{side}: faults were injected"
+        );
         for kind in [Fault::Throttle, Fault::ServerError, Fault::ResetBefore] {
-            assert!(proxy.stats.count(kind) > 0, "{side}: no {kind:?} was injected");
+            assert!(
+                proxy.stats.count(kind) > 0,
+                "{side}: no {kind:?} was injected"
+            );
         }
     }
-    assert!(!result.events_named("chunk_retry").is_empty(), "the faults were retried");
+    assert!(
+        !result.events_named("chunk_retry").is_empty(),
+        "the faults were retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,7 +100,10 @@ async fn a_store_throttling_above_six_requests_in_flight_is_met_by_the_controlle
 
     let state = tempfile::tempdir().expect("state");
     let mut child = blobway(&state.path().join("s.redb"))
-        .env("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string_at(&proxy.url))
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite_connection_string_at(&proxy.url),
+        )
         .args([
             "copy",
             &format!("{}/", source.path().display()),
@@ -100,9 +122,14 @@ async fn a_store_throttling_above_six_requests_in_flight_is_met_by_the_controlle
     let events: Arc<Mutex<Vec<(Duration, serde_json::Value)>>> = Arc::default();
     let sink = events.clone();
     let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                sink.lock().expect("events").push((started.elapsed(), event));
+                sink.lock()
+                    .expect("events")
+                    .push((started.elapsed(), event));
             }
         }
     });
@@ -132,8 +159,14 @@ async fn a_store_throttling_above_six_requests_in_flight_is_met_by_the_controlle
         }
     }
     let mean = weighted / (total - warm_up).as_secs_f64();
-    println!("mean concurrency limit after warm-up: {mean:.1} over {total:.1?}, {} changes", changes.len() - 1);
-    assert!((3.0..=8.0).contains(&mean), "mean limit {mean:.1} outside [3, 8]: {changes:?}");
+    println!(
+        "mean concurrency limit after warm-up: {mean:.1} over {total:.1?}, {} changes",
+        changes.len() - 1
+    );
+    assert!(
+        (3.0..=8.0).contains(&mean),
+        "mean limit {mean:.1} outside [3, 8]: {changes:?}"
+    );
 
     // Throttles per MiB delivered, first third against last third of the run.
     let per_mib = |from: Duration, to: Duration| {
@@ -157,7 +190,10 @@ async fn a_store_throttling_above_six_requests_in_flight_is_met_by_the_controlle
     let last = per_mib(total * 2 / 3, total);
     println!("503s per MiB: first third {first:.3}, last third {last:.3}");
     assert!(first > 0.0, "the store throttled at first");
-    assert!(last < first, "throttling fell over time: {first:.3} → {last:.3}");
+    assert!(
+        last < first,
+        "throttling fell over time: {first:.3} → {last:.3}"
+    );
 
     let copied = azure_contents(&container, "").await;
     assert_eq!(copied.len(), 8);
@@ -191,7 +227,10 @@ async fn stalled_requests_are_abandoned_and_retried() {
     let state = tempfile::tempdir().expect("state");
     let mut cmd = blobway(&state.path().join("s.redb"));
     cmd.env("AWS_ENDPOINT_URL", &s3_proxy.url)
-        .env("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string_at(&az_proxy.url))
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite_connection_string_at(&az_proxy.url),
+        )
         .args([
             "copy",
             &format!("s3://{bucket}/slow/"),
@@ -207,7 +246,12 @@ async fn stalled_requests_are_abandoned_and_retried() {
     let stalled = result
         .events_named("chunk_retry")
         .into_iter()
-        .filter(|e| e["error"]["message"].as_str().unwrap_or_default().contains("stalled"))
+        .filter(|e| {
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("stalled")
+        })
         .count();
     assert!(stalled > 0, "stalls were detected and retried");
     assert!(s3_proxy.stats.count(Fault::Stall) > 0 && az_proxy.stats.count(Fault::Stall) > 0);

@@ -36,17 +36,7 @@ pub fn chunk_size_for(
     limits: SinkLimits,
     max_memory: u64,
 ) -> Result<u64, String> {
-    if requested == 0 {
-        return Err("the chunk size must be at least 1 byte".into());
-    }
-    if requested > limits.max_block {
-        return Err(format!(
-            "a chunk size of {} is over the destination's largest block ({}); use at most {}",
-            human(requested),
-            human(limits.max_block),
-            human(limits.max_block)
-        ));
-    }
+    check_chunk_size(requested, limits)?;
     if size > limits.max_object() {
         return Err(format!(
             "the object is {} but the destination holds at most {} per object ({} blocks of {})",
@@ -73,6 +63,22 @@ pub fn chunk_size_for(
         ));
     }
     Ok(chunk)
+}
+
+/// Whether a requested chunk size can work with the destination at all.
+pub fn check_chunk_size(requested: u64, limits: SinkLimits) -> Result<(), String> {
+    if requested == 0 {
+        return Err("the chunk size must be at least 1 byte".into());
+    }
+    if requested > limits.max_block {
+        return Err(format!(
+            "a chunk size of {} is over the destination's largest block ({}); use at most {}",
+            human(requested),
+            human(limits.max_block),
+            human(limits.max_block)
+        ));
+    }
+    Ok(())
 }
 
 /// How many chunks an object of `size` has: at least one (an empty object is one empty put).
@@ -127,6 +133,8 @@ pub async fn plan_job(
     sink: &dyn ObjectSink,
 ) -> anyhow::Result<(JobRecord, PlanSummary)> {
     let (src, dst) = (req.source, req.destination);
+    check_chunk_size(req.options.chunk_size, sink.limits())
+        .map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
     let source_failed = |e: crate::store::StoreError| {
         let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
             " (to copy every object under it, end the location with `/`)"

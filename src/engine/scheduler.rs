@@ -699,6 +699,12 @@ impl Scheduler {
                 file.ready.clear();
                 file.commit_ready = false;
                 writes.push(Write::File(id, file.index, file.record.clone()));
+            }
+        }
+        // Objects that cannot be copied as things stand are reported with the job, so every
+        // summary names every failed object and why.
+        for file in &job.files {
+            if file.record.state == FileState::Failed {
                 announcements.push(After::Emit(failed_event(id, &file.record, file.index)));
             }
         }

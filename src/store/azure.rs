@@ -886,7 +886,8 @@ mod tests {
             endpoint: Url::parse("http://127.0.0.1:10000/devstoreaccount1").expect("url"),
             auth: AzureAuth::Sas("sv=1&sig=2".into()),
         };
-        let store = AzureStore::with_account(account, "dest", StoreSettings::default()).expect("store");
+        let store =
+            AzureStore::with_account(account, "dest", StoreSettings::default()).expect("store");
         let client = store.blob_client("dir/a b é.bin").expect("client");
         assert_eq!(
             client.url().as_str(),

@@ -70,7 +70,12 @@ pub async fn client_from_env() -> (Client, String) {
 /// The buckets the credentials can see.
 pub async fn list_buckets() -> StoreResult<Vec<String>> {
     let (client, endpoint) = client_from_env().await;
-    let store = S3Store::with_client(client, "", &endpoint, crate::store::StoreSettings::default());
+    let store = S3Store::with_client(
+        client,
+        "",
+        &endpoint,
+        crate::store::StoreSettings::default(),
+    );
     let out = store
         .client
         .list_buckets()
@@ -96,7 +101,10 @@ fn object_info(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
 
 impl S3Store {
     /// Connects to `bucket` with the default credential chain. Nothing is sent yet.
-    pub async fn connect(bucket: &str, settings: crate::store::StoreSettings) -> anyhow::Result<Self> {
+    pub async fn connect(
+        bucket: &str,
+        settings: crate::store::StoreSettings,
+    ) -> anyhow::Result<Self> {
         let (client, endpoint) = client_from_env().await;
         Ok(Self::with_client(client, bucket, &endpoint, settings))
     }

@@ -285,7 +285,8 @@ pub fn azurite_connection_string_at(endpoint: &str) -> String {
 /// Azurite's origin (scheme, host and port), for a proxy to forward to.
 pub fn azurite_origin() -> String {
     let url = emulators().azurite;
-    url.trim_end_matches(&format!("/{AZURITE_ACCOUNT}")).to_string()
+    url.trim_end_matches(&format!("/{AZURITE_ACCOUNT}"))
+        .to_string()
 }
 
 /// Writes `files` of pseudo-random bytes under a new temporary directory.

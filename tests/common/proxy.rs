@@ -168,7 +168,9 @@ impl Drop for InFlight {
 impl Proxy {
     /// Starts a proxy in front of `upstream` (e.g. `http://127.0.0.1:10000`).
     pub async fn start(upstream: &str, config: FaultConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
@@ -181,7 +183,9 @@ impl Proxy {
         });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(shared.clone(), request));
@@ -196,7 +200,9 @@ impl Proxy {
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn error_response(flavor: Flavor, status: StatusCode, code: &str, message: &str) -> Response<Body> {
@@ -222,7 +228,12 @@ fn error_response(flavor: Flavor, status: StatusCode, code: &str, message: &str)
 
 fn throttled(flavor: Flavor) -> Response<Body> {
     match flavor {
-        Flavor::S3 => error_response(flavor, StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate."),
+        Flavor::S3 => error_response(
+            flavor,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "Please reduce your request rate.",
+        ),
         Flavor::Azure => error_response(
             flavor,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -253,7 +264,10 @@ fn choose(shared: &Shared) -> Option<Fault> {
     Some(turns[(turn * 5) % turns.len()])
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
     let stats = shared.stats.clone();
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let in_flight = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -274,13 +288,26 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     match fault {
         Some(Fault::Throttle) => return Ok(throttled(flavor)),
         Some(Fault::TooManyRequests) => {
-            return Ok(error_response(flavor, StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests."));
+            return Ok(error_response(
+                flavor,
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests.",
+            ));
         }
         Some(Fault::ServerError) => {
-            return Ok(error_response(flavor, StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "We encountered an internal error. Please try again."));
+            return Ok(error_response(
+                flavor,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ));
         }
         Some(Fault::ResetBefore) => {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset",
+            ));
         }
         Some(Fault::Latency) => tokio::time::sleep(shared.config.latency).await,
         _ => {}
@@ -288,8 +315,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
 
     // Forward.
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut upstream = Request::builder()
         .method(parts.method.clone())
         .uri(format!("{}{path}", shared.upstream));
@@ -308,28 +343,46 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         }
     }
     let length = body.len() as u64;
-    let upstream = upstream.body(Full::new(body)).map_err(std::io::Error::other)?;
-    let response = shared.client.request(upstream).await.map_err(std::io::Error::other)?;
+    let upstream = upstream
+        .body(Full::new(body))
+        .map_err(std::io::Error::other)?;
+    let response = shared
+        .client
+        .request(upstream)
+        .await
+        .map_err(std::io::Error::other)?;
     shared.stats.bytes_up.fetch_add(length, Ordering::SeqCst);
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
 
     let stall = shared.config.stall;
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = match fault {
         Some(Fault::ResetMidBody) if body.len() > 1 => vec![
             Ok(Frame::data(body.slice(..body.len() / 2))),
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset mid-body")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset mid-body",
+            )),
         ],
         Some(Fault::ResetMidBody) => {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset after the store answered"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected reset after the store answered",
+            ));
         }
         Some(Fault::Stall) if body.len() > 1 => {
             let half = body.len() / 2;
             let (first, rest) = (body.slice(..half), body.slice(half..));
-            let stream = futures::stream::iter([Ok(Frame::data(first))]).chain(futures::stream::once(async move {
-                tokio::time::sleep(stall).await;
-                Ok(Frame::data(rest))
-            }));
+            let stream = futures::stream::iter([Ok(Frame::data(first))]).chain(
+                futures::stream::once(async move {
+                    tokio::time::sleep(stall).await;
+                    Ok(Frame::data(rest))
+                }),
+            );
             let body = StreamBody::new(stream.map(move |frame| {
                 let _keep = &guard;
                 frame
@@ -346,5 +399,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         let _keep = &guard;
         frame
     });
-    Ok(Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream))))
+    Ok(Response::from_parts(
+        parts,
+        BodyExt::boxed(StreamBody::new(stream)),
+    ))
 }

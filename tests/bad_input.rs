@@ -1,0 +1,302 @@
+//! Bad input gets a clear message that names the fix, a non-zero exit status, and loses
+//! nothing. One test per row of the README's table; each runs the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// Runs `args` with a fresh state file; returns the run and the state directory.
+fn copy(args: &[&str], env: &[(&str, &str)]) -> (Run, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state");
+    let mut cmd = blobway(&state.path().join("s.redb"));
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    (run(cmd.args(args)), state)
+}
+
+fn assert_fails(run: &Run, code: i32, message: &str) {
+    let all = format!("{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.code, code, "{all}");
+    assert!(all.contains(message), "expected `{message}` in:\n{all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_bucket() {
+    let (result, _) = copy(
+        &[
+            "copy",
+            "s3://no-such-bucket-blobway/x/",
+            "/tmp/blobway-never/",
+        ],
+        &[],
+    );
+    assert_fails(
+        &result,
+        2,
+        "the bucket does not exist; check the name and AWS_REGION",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_key() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    put(&s3, &bucket, "dir/present.bin", b"data").await;
+    let (result, _) = copy(
+        &["copy", &format!("s3://{bucket}/dir"), "/tmp/blobway-never/"],
+        &[],
+    );
+    assert_fails(&result, 2, "no such object; check the key");
+    assert_fails(&result, 2, "end the location with `/`");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_aws_credentials() {
+    let endpoint = std::env::var("BLOBWAY_TEST_S3S").expect("s3s-fs runs under scripts/test.sh");
+    let data = std::env::var("BLOBWAY_TEST_S3S_DATA").expect("s3s-fs data");
+    std::fs::create_dir_all(Path::new(&data).join("signed")).expect("bucket");
+    std::fs::write(
+        Path::new(&data).join("signed/file.bin"),
+        random_bytes(3000, 1),
+    )
+    .expect("object");
+    let target = tempfile::tempdir().expect("target");
+    let dest = format!("{}/", target.path().display());
+    let env = |secret: &'static str| {
+        [
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "blobway-test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ]
+    };
+    let wrong = env("not-the-secret");
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (result, _) = copy(&["copy", "s3://signed/", &dest], &wrong);
+    assert_fails(&result, 2, "the AWS credentials were rejected");
+    assert!(!format!("{}{}", result.stdout, result.stderr).contains("not-the-secret"));
+
+    // The same copy with the right secret works: the server really checks signatures.
+    let right = env("blobway-test-secret");
+    let right: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (result, _) = copy(&["copy", "s3://signed/", &dest], &right);
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    assert_eq!(
+        std::fs::read(target.path().join("file.bin")).expect("copied"),
+        random_bytes(3000, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_azure_key() {
+    let source = local_files(&[("a.bin", 1000)]);
+    let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
+    let cs = azurite_connection_string().replace(blobway::store::azure::AZURITE_KEY, wrong_key);
+    let (result, _) = copy(
+        &[
+            "copy",
+            &format!("{}/", source.path().display()),
+            &format!("az://{}/x/", unique("bad")),
+        ],
+        &[("AZURE_STORAGE_CONNECTION_STRING", &cs)],
+    );
+    assert_fails(&result, 2, "the Azure credentials were rejected");
+    assert!(!format!("{}{}", result.stdout, result.stderr).contains(wrong_key));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_s3_endpoint() {
+    let (result, _) = copy(
+        &["copy", "s3://some-bucket/x/", "/tmp/blobway-never/"],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+    );
+    assert_fails(&result, 2, "cannot reach the S3 endpoint");
+    assert_fails(&result, 2, "http://127.0.0.1:9");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_azure_endpoint() {
+    let source = local_files(&[("a.bin", 1000)]);
+    let (result, _) = copy(
+        &[
+            "copy",
+            &format!("{}/", source.path().display()),
+            "az://somewhere/x/",
+        ],
+        &[(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            &azurite_connection_string_at("http://127.0.0.1:9"),
+        )],
+    );
+    assert_fails(
+        &result,
+        2,
+        "cannot reach the Azure endpoint http://127.0.0.1:9",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_locations() {
+    for (source, message) in [
+        ("gs2://bucket/key", "unknown scheme `gs2://`"),
+        ("s3://Not_A_Bucket/key", "is not a valid S3 bucket name"),
+        ("file://relative/path", "needs an absolute path"),
+    ] {
+        let (result, _) = copy(&["copy", source, "az://container/x/"], &[]);
+        assert_fails(&result, 2, message);
+    }
+    let (result, _) = copy(&["copy", "/tmp/", "az://UPPER/x/"], &[]);
+    assert_fails(&result, 2, "is not a valid Azure container name");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunk_size_zero_or_over_the_store_maximum() {
+    let source = local_files(&[("a.bin", 1000)]);
+    let src = format!("{}/", source.path().display());
+    let target = tempfile::tempdir().expect("target");
+    let dst = format!("{}/", target.path().display());
+    let (result, _) = copy(&["copy", &src, &dst, "--chunk-size", "0"], &[]);
+    assert_fails(&result, 2, "--chunk-size must be at least 1 byte");
+    let (result, _) = copy(
+        &[
+            "copy",
+            &src,
+            &dst,
+            "--chunk-size",
+            "5000MiB",
+            "--max-memory",
+            "8GiB",
+        ],
+        &[],
+    );
+    assert_fails(
+        &result,
+        2,
+        "over the destination's largest block (3.91 GiB)",
+    );
+    let (result, _) = copy(&["copy", &src, &dst, "--chunk-size", "lots"], &[]);
+    assert_fails(&result, 2, "is not a size; write e.g. 64MiB");
+    assert!(
+        std::fs::read_dir(target.path())
+            .expect("dir")
+            .next()
+            .is_none(),
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_state_file() {
+    let state = tempfile::tempdir().expect("state");
+    let path = state.path().join("s.redb");
+    std::fs::write(&path, random_bytes(64 * 1024, 3)).expect("garbage");
+    let result = run(blobway(&path).args(["jobs"]));
+    assert_fails(&result, 3, "is damaged or not a blobway state file");
+    assert_fails(&result, 3, "move it aside");
+    assert_eq!(
+        std::fs::read(&path).expect("kept"),
+        random_bytes(64 * 1024, 3),
+        "the file is left as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_file_held_by_another_blobway() {
+    let state = tempfile::tempdir().expect("state");
+    let path = state.path().join("s.redb");
+    let _held = blobway::state::StateDb::open(&path).expect("hold it");
+    let source = local_files(&[("a.bin", 1000)]);
+    let result = run(blobway(&path).args([
+        "copy",
+        &format!("{}/", source.path().display()),
+        &format!("{}/out/", state.path().display()),
+    ]));
+    assert_fails(&result, 3, "is in use by another running blobway");
+}
+
+/// Runs a shell script in a private mount namespace where `dir` is a small tmpfs.
+fn with_small_disk(dir: &Path, size: &str, script: &str) -> Run {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size={size} tmpfs '{}' && {script}",
+            dir.display()
+        ));
+    let state = tempfile::tempdir().expect("state");
+    for (key, value) in blobway(&state.path().join("s.redb")).get_envs() {
+        if let Some(value) = value {
+            cmd.env(key, value);
+        }
+    }
+    run(&mut cmd)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_disk_full() {
+    let source = local_files(&[("big.bin", 20 * MIB), ("small.bin", 100)]);
+    let disk = tempfile::tempdir().expect("disk");
+    let state = tempfile::tempdir().expect("state");
+    let script = format!(
+        "'{}' --state '{}/s.redb' copy '{}/' '{}/out/' --chunk-size 1MiB; code=$?; \
+         ls -a '{}/out' > '{}/listing'; exit $code",
+        env!("CARGO_BIN_EXE_blobway"),
+        state.path().display(),
+        source.path().display(),
+        disk.path().display(),
+        disk.path().display(),
+        state.path().display(),
+    );
+    let result = with_small_disk(disk.path(), "8m", &script);
+    assert_fails(&result, 1, "the destination disk is full");
+    assert_fails(&result, 1, "blobway resume");
+    let listing = std::fs::read_to_string(state.path().join("listing")).expect("listing");
+    assert!(
+        !listing.contains("big.bin"),
+        "nothing half-written is visible: {listing}"
+    );
+    assert_eq!(
+        std::fs::metadata(source.path().join("big.bin"))
+            .expect("source")
+            .len(),
+        20 * MIB as u64
+    );
+    let jobs = run(blobway(&state.path().join("s.redb")).arg("jobs"));
+    assert!(
+        jobs.stdout.contains("FAILED"),
+        "the job is recorded, ready to resume: {}",
+        jobs.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn object_too_big_for_the_store() {
+    let disk = tempfile::tempdir().expect("disk");
+    let state = tempfile::tempdir().expect("state");
+    let script = format!(
+        "truncate -s 200T '{}/huge.bin' && echo tiny > '{}/tiny.txt' && \
+         '{}' --state '{}/s.redb' copy '{}/' '{}/out/'",
+        disk.path().display(),
+        disk.path().display(),
+        env!("CARGO_BIN_EXE_blobway"),
+        state.path().display(),
+        disk.path().display(),
+        state.path().display(),
+    );
+    let result = with_small_disk(disk.path(), "4m", &script);
+    assert_fails(
+        &result,
+        1,
+        "the object is 200 TiB but the destination holds at most",
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("out/tiny.txt"))
+            .expect("the other object is copied"),
+        "tiny\n"
+    );
+}
