@@ -87,7 +87,8 @@ emulators_start() {
 
 emulators_stop() {
   for pid in ${AZURITE_PID:-} ${MOTO_PID:-} ${S3S_PID:-}; do
-    kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true  # a server stopped by SIGTERM reports 143; that is expected
   done
   if [ -n "${EMULATORS_DIR:-}" ]; then
     if [ -n "${BLOBWAY_KEEP_EMULATOR_DATA:-}" ]; then
