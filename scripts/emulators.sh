@@ -63,8 +63,11 @@ emulators_start() {
   local data="$EMULATORS_DIR/azurite-data"
   mkdir -p "$data"
   AZURITE_PORT=$(free_port)
+  local storage=(--location "$data")
+  # Benchmarks keep Azurite's data in memory: disk speed is not what they measure.
+  if [ -n "${AZURITE_IN_MEMORY:-}" ]; then storage=(--inMemoryPersistence); fi
   "$tools/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" \
-    --location "$data" --skipApiVersionCheck --loose --disableTelemetry --silent \
+    "${storage[@]}" --skipApiVersionCheck --loose --disableTelemetry --silent \
     >"$EMULATORS_DIR/azurite.log" 2>&1 &
   AZURITE_PID=$!
   MOTO_PORT=$(free_port)
@@ -83,6 +86,20 @@ emulators_start() {
   export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
   export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
   log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S"
+}
+
+# Restarts Azurite on the same port with empty storage (benchmarks give every run a fresh one:
+# in memory, Azurite frees deleted data only when its collector comes round).
+azurite_restart() {
+  kill "$AZURITE_PID" 2>/dev/null || true
+  wait "$AZURITE_PID" 2>/dev/null || true
+  local storage=(--location "$EMULATORS_DIR/azurite-data")
+  if [ -n "${AZURITE_IN_MEMORY:-}" ]; then storage=(--inMemoryPersistence); fi
+  "$tools/azurite/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZURITE_PORT" \
+    "${storage[@]}" --skipApiVersionCheck --loose --disableTelemetry --silent \
+    >>"$EMULATORS_DIR/azurite.log" 2>&1 &
+  AZURITE_PID=$!
+  wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID"
 }
 
 emulators_stop() {

@@ -16,8 +16,8 @@ use blobway::engine::{
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
 use blobway::state::{JobId, JobOptions, StateDb};
-use blobway::store::StoreSettings;
 use blobway::store::simulated::LinkSettings;
+use blobway::store::{ChecksumKind, StoreSettings};
 use blobway::tui::app::AppOptions;
 
 const AFTER_HELP: &str = "\
@@ -74,7 +74,7 @@ enum Commands {
         json: bool,
         /// Chunk size; raised automatically per object to stay within the destination's
         /// block-count limit.
-        #[arg(long, default_value = "64MiB", value_parser = parse_size_arg, value_name = "SIZE")]
+        #[arg(long, default_value = "16MiB", value_parser = parse_size_arg, value_name = "SIZE")]
         chunk_size: u64,
     },
     /// List the jobs in the state file with their state and progress.
@@ -143,6 +143,10 @@ struct Tuning {
     /// (uploads also get the time their bytes need at 1 MiB/s).
     #[arg(long, default_value_t = 60.0, value_parser = parse_seconds, value_name = "SECONDS")]
     stall_timeout: f64,
+    /// The checksum every upload carries for the store to verify on arrival: crc64
+    /// (x-ms-content-crc64, cheap) or md5 (Content-MD5; Azurite verifies only this one).
+    #[arg(long, value_enum, default_value_t = ChecksumKind::Crc64)]
+    checksum: ChecksumKind,
 }
 
 impl Tuning {
@@ -219,7 +223,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let options = AppOptions {
                 browse_root: "s3://".into(),
                 local_destination: None,
-                chunk_size: 64 << 20,
+                chunk_size: 16 << 20,
             };
             let start = vec![Command::Load {
                 job: None,
@@ -359,6 +363,7 @@ fn engine_config(tuning: &Tuning) -> Result<EngineConfig, Failure> {
             max_attempts: tuning.max_attempts,
             ..RetryPolicy::default()
         },
+        checksum: tuning.checksum,
         exit_when_idle: true,
     })
 }

@@ -19,7 +19,7 @@ use blobway::location::Location;
 use blobway::state::{JobId, JobOptions, JobState, StateDb};
 use blobway::store::local::LocalStore;
 use blobway::store::{
-    BlockRef, DestObject, ErrorClass, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
+    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
     StagedBlock, StoreError, StoreResult,
 };
 use bytes::Bytes;
@@ -70,11 +70,11 @@ impl ObjectSink for FlakySink {
         &self,
         key: &str,
         data: Bytes,
-        md5: [u8; 16],
+        checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         self.trip()?;
-        self.inner.put_whole(key, data, md5, meta).await
+        self.inner.put_whole(key, data, checksum, meta).await
     }
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
         self.inner.head(key).await
@@ -141,6 +141,7 @@ fn start(setup: &Setup, class: ErrorClass, max_memory: u64, exit_when_idle: bool
             base: Duration::from_millis(1),
             cap: Duration::from_millis(5),
         },
+        checksum: Default::default(),
         exit_when_idle,
     };
     let db = StateDb::open(&setup.state).expect("state");

@@ -7,6 +7,7 @@
 //! The engine never imports the TUI.
 
 mod browse;
+pub mod buffers;
 pub mod control;
 pub mod gate;
 pub mod metrics;
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::location::{Location, Scheme};
 use crate::state::{ErrorRecord, JobId, JobOptions, JobProgress, JobState, StateDb};
-use crate::store::{ObjectSink, ObjectSource, Page, StoreSettings};
+use crate::store::{ChecksumKind, ObjectSink, ObjectSource, Page, StoreSettings};
 pub use control::{ControllerConfig, Decision};
 pub use plan::PlanSummary;
 pub use retry::RetryPolicy;
@@ -42,6 +43,8 @@ pub struct EngineConfig {
     pub max_memory: u64,
     /// Retry rules.
     pub retry: RetryPolicy,
+    /// The transactional checksum uploads carry.
+    pub checksum: ChecksumKind,
     /// Stop once every loaded job has finished and nothing is being planned (headless runs).
     pub exit_when_idle: bool,
 }
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             adaptive: true,
             max_memory: 1 << 30,
             retry: RetryPolicy::default(),
+            checksum: ChecksumKind::default(),
             exit_when_idle: true,
         }
     }

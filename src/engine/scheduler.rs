@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::buffers::BufferPool;
 use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
 use super::metrics::Metrics;
@@ -151,6 +152,8 @@ struct Scheduler {
     loading: usize,
     /// Enqueue commands waiting for the loaders.
     deferred: Vec<Command>,
+    /// Chunk buffers, reused.
+    buffers: Arc<BufferPool>,
 }
 
 /// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
@@ -171,6 +174,7 @@ pub(super) async fn run(
     let now = Instant::now();
     let controller = Controller::new(config.concurrency, config.adaptive, now);
     let gate = Gate::new(controller.limit(), config.max_memory);
+    let buffers = Arc::new(BufferPool::new(config.max_memory));
     let mut s = Scheduler {
         db,
         config,
@@ -196,6 +200,7 @@ pub(super) async fn run(
         planning: BTreeSet::new(),
         loading: 0,
         deferred: Vec::new(),
+        buffers,
     };
     s.read_history();
     let mut ticks = tokio::time::interval(TICK);
@@ -832,6 +837,8 @@ impl Scheduler {
             index,
             block_id: plan::block_id(&record.etag, record.size, record.chunk_size, index),
             whole,
+            checksum: self.config.checksum,
+            buffers: self.buffers.clone(),
         };
         let writes = vec![Write::Chunk(
             id,

@@ -1,7 +1,7 @@
 //! The data plane, one unit of work at a time, stateless: a chunk is one ranged read pinned to
-//! the planned version, checksummed (MD5 for the store to verify on arrival, CRC-64/NVME for the
-//! end-to-end record), and one block upload — or one whole-object put for an object that fits
-//! in a chunk. A commit checks the staged block list against the plan before the one atomic
+//! the planned version, checksummed (CRC-64/NVME for the end-to-end record and, by default, as
+//! the transactional checksum the store verifies on arrival; MD5 on request), and one block
+//! upload — or one whole-object put for an object that fits in a chunk. A commit checks the staged block list against the plan before the one atomic
 //! commit. Bytes live in memory only between the read and the upload.
 
 use std::ops::Range;
@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crc_fast::CrcAlgorithm;
-use md5::{Digest, Md5};
 
+use super::buffers::BufferPool;
 use crate::store::{
-    BlockRef, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
+    BlockRef, Checksum, ChecksumKind, ObjectMeta, ObjectSink, ObjectSource, StoreError,
+    StoreResult, meta_keys,
 };
 
 /// One chunk to move.
@@ -36,6 +37,10 @@ pub struct ChunkWork {
     pub block_id: String,
     /// For an object that is a single chunk: the metadata to put it with (as a whole).
     pub whole: Option<ObjectMeta>,
+    /// The transactional checksum the upload carries.
+    pub checksum: ChecksumKind,
+    /// Where the chunk's buffer comes from and goes back to.
+    pub buffers: Arc<BufferPool>,
 }
 
 /// What a moved chunk reports.
@@ -49,11 +54,19 @@ pub struct ChunkMoved {
 
 /// Reads, checksums and writes one chunk.
 pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
+    let expected = work.range.end - work.range.start;
+    let buffer = work.buffers.take(expected as usize);
     let data = work
         .source
-        .read_range(&work.key, &work.etag, work.range.clone())
+        .read_range(&work.key, &work.etag, work.range.clone(), buffer)
         .await?;
-    let expected = work.range.end - work.range.start;
+    let moved = send_chunk(work, data.clone(), expected).await;
+    work.buffers.give_back(data, expected as usize);
+    moved
+}
+
+/// Checks, checksums and uploads the bytes of one chunk.
+async fn send_chunk(work: &ChunkWork, data: Bytes, expected: u64) -> StoreResult<ChunkMoved> {
     if data.len() as u64 != expected {
         return Err(StoreError::transient(format!(
             "read {} bytes of `{}` where {expected} were planned",
@@ -61,21 +74,21 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
             work.key
         )));
     }
-    let (md5, crc64) = checksums(data.clone()).await?;
+    let (checksum, crc64) = checksums(data.clone(), work.checksum).await?;
     match &work.whole {
         Some(meta) => {
             let mut meta = meta.clone();
             meta.pairs
                 .insert(meta_keys::CRC64NVME.into(), format!("{crc64:016x}"));
             work.sink
-                .put_whole(&work.dest_key, data, md5, &meta)
+                .put_whole(&work.dest_key, data, checksum, &meta)
                 .await?;
         }
         None => {
             let block = BlockRef {
                 index: work.index,
                 id: &work.block_id,
-                md5,
+                checksum,
             };
             work.sink.put_block(&work.dest_key, block, data).await?;
         }
@@ -86,11 +99,16 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     })
 }
 
-/// MD5 and CRC-64/NVME of `data`, computed off the async threads.
-async fn checksums(data: Bytes) -> StoreResult<([u8; 16], u64)> {
+/// The transactional checksum of `kind` and the CRC-64/NVME of `data` (one pass when they are
+/// the same), computed off the async threads.
+async fn checksums(data: Bytes, kind: ChecksumKind) -> StoreResult<(Checksum, u64)> {
     tokio::task::spawn_blocking(move || {
-        let md5: [u8; 16] = Md5::digest(&data).into();
-        (md5, crc_fast::checksum(CrcAlgorithm::Crc64Nvme, &data))
+        let crc = crate::store::crc64(&data);
+        let transactional = match kind {
+            ChecksumKind::Crc64 => Checksum::Crc64(crc),
+            ChecksumKind::Md5 => Checksum::of(ChecksumKind::Md5, &data),
+        };
+        (transactional, crc)
     })
     .await
     .map_err(|e| StoreError::transient(format!("checksum task failed: {e}")))
@@ -223,6 +241,8 @@ mod tests {
                 index: i,
                 block_id: ids[i as usize].clone(),
                 whole: None,
+                checksum: ChecksumKind::Md5,
+                buffers: Arc::new(BufferPool::new(1 << 20)),
             };
             move_chunk(&work).await.expect("moved");
         }
@@ -244,6 +264,8 @@ mod tests {
             index: 1,
             block_id: ids[1].clone(),
             whole: None,
+            checksum: ChecksumKind::Md5,
+            buffers: Arc::new(BufferPool::new(1 << 20)),
         };
         move_chunk(&work).await.expect("moved");
         assert_eq!(
@@ -304,6 +326,8 @@ mod tests {
                 index: i,
                 block_id: id.clone(),
                 whole: None,
+                checksum: ChecksumKind::Md5,
+                buffers: Arc::new(BufferPool::new(1 << 20)),
             };
             move_chunk(&work).await.expect("moved");
         }

@@ -16,12 +16,11 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::{
-    BlockRef, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource, Page,
-    SinkLimits, StagedBlock, StoreError, StoreResult,
+    BlockRef, Checksum, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource,
+    Page, SinkLimits, StagedBlock, StoreError, StoreResult,
 };
 
 /// Name of the directory, inside the root, where blocks wait for their commit.
@@ -144,6 +143,22 @@ fn io_error(what: &str, path: &Path, err: io::Error) -> StoreError {
     }
 }
 
+/// Checks the bytes as a store checks a transactional checksum on arrival.
+fn check_arrival(checksum: &Checksum, data: &[u8]) -> StoreResult<()> {
+    if checksum.matches(data) {
+        return Ok(());
+    }
+    let code = match checksum {
+        Checksum::Crc64(_) => "Crc64Mismatch",
+        Checksum::Md5(_) => "Md5Mismatch",
+    };
+    Err(StoreError::new(
+        ErrorClass::Transient,
+        Some(400),
+        format!("{code}: the bytes do not match their checksum"),
+    ))
+}
+
 fn version_of(meta: &fs::Metadata) -> String {
     let nanos = meta
         .modified()
@@ -257,7 +272,13 @@ impl ObjectSource for LocalStore {
         .await
     }
 
-    async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
+    async fn read_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+        buffer: BytesMut,
+    ) -> StoreResult<Bytes> {
         let path = self.object_path(key)?;
         let (key, etag) = (key.to_string(), etag.to_string());
         blocking(move || {
@@ -278,7 +299,8 @@ impl ObjectSource for LocalStore {
             check(&file)?;
             let len = usize::try_from(range.end - range.start)
                 .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
-            let mut buf = BytesMut::zeroed(len);
+            let mut buf = buffer;
+            buf.resize(len, 0);
             file.read_exact_at(&mut buf, range.start)
                 .map_err(|e| io_error("cannot read", &path, e))?;
             check(&file)?;
@@ -332,13 +354,7 @@ impl ObjectSink for LocalStore {
     }
 
     async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
-        if Md5::digest(&data).as_slice() != block.md5 {
-            return Err(StoreError::new(
-                ErrorClass::Transient,
-                Some(400),
-                "Md5Mismatch: the block's bytes do not match its Content-MD5",
-            ));
-        }
+        check_arrival(&block.checksum, &data)?;
         let dir = self.staging_for(key);
         let target = dir.join(block.id);
         blocking(move || {
@@ -411,16 +427,10 @@ impl ObjectSink for LocalStore {
         &self,
         key: &str,
         data: Bytes,
-        md5: [u8; 16],
+        checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
-        if Md5::digest(&data).as_slice() != md5 {
-            return Err(StoreError::new(
-                ErrorClass::Transient,
-                Some(400),
-                "Md5Mismatch: the object's bytes do not match its Content-MD5",
-            ));
-        }
+        check_arrival(&checksum, &data)?;
         let target = self.object_path(key)?;
         let staging = self.root.join(STAGING_DIR);
         let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
@@ -467,8 +477,8 @@ impl ObjectSink for LocalStore {
 mod tests {
     use super::*;
 
-    fn md5(data: &[u8]) -> [u8; 16] {
-        Md5::digest(data).into()
+    fn crc(data: &[u8]) -> Checksum {
+        Checksum::of(crate::store::ChecksumKind::Crc64, data)
     }
 
     #[tokio::test]
@@ -481,7 +491,7 @@ mod tests {
             let block = BlockRef {
                 index: i as u32,
                 id,
-                md5: md5(data),
+                checksum: crc(data),
             };
             store
                 .put_block("out/x.txt", block, Bytes::copy_from_slice(data))
@@ -527,20 +537,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rejects_a_block_whose_md5_does_not_match() {
+    async fn rejects_a_block_whose_checksum_does_not_match() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStore::new(dir.path());
         let block = BlockRef {
             index: 0,
             id: "b-0",
-            md5: md5(b"other"),
+            checksum: crc(b"other"),
         };
         let err = store
             .put_block("k", block, Bytes::from_static(b"data"))
             .await
             .expect_err("mismatch");
         assert_eq!(err.class, ErrorClass::Transient);
-        assert!(err.message.contains("Md5Mismatch"));
+        assert!(err.message.contains("Crc64Mismatch"));
     }
 
     #[tokio::test]
@@ -551,12 +561,15 @@ mod tests {
         let listed = store.list("", false).await.expect("list");
         assert_eq!(listed.len(), 1);
         let etag = listed[0].etag.clone();
-        let got = store.read_range("a.bin", &etag, 2..5).await.expect("read");
+        let got = store
+            .read_range("a.bin", &etag, 2..5, BytesMut::new())
+            .await
+            .expect("read");
         assert_eq!(&got[..], b"234");
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(dir.path().join("a.bin"), b"01234567890").expect("rewrite");
         let err = store
-            .read_range("a.bin", &etag, 2..5)
+            .read_range("a.bin", &etag, 2..5, BytesMut::new())
             .await
             .expect_err("changed");
         assert_eq!(err.class, ErrorClass::SourceChanged);

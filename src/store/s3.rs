@@ -322,7 +322,13 @@ impl ObjectSource for S3Store {
         })
     }
 
-    async fn read_range(&self, key: &str, etag: &str, range: Range<u64>) -> StoreResult<Bytes> {
+    async fn read_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+        buffer: BytesMut,
+    ) -> StoreResult<Bytes> {
         if range.is_empty() {
             self.stat(key, Some(etag))
                 .await
@@ -344,7 +350,8 @@ impl ObjectSource for S3Store {
             .map_err(|_| self.stalled("GET", key))?
             .map_err(|e| self.error(e, "GET", key).on_read(key))?;
         let mut body = out.body;
-        let mut buf = BytesMut::with_capacity(expected);
+        let mut buf = buffer;
+        buf.reserve(expected);
         loop {
             match tokio::time::timeout(self.stall_timeout, body.next()).await {
                 Err(_) => return Err(self.stalled("GET", key)),

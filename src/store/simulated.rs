@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{
-    BlockRef, DestObject, ErrorClass, ObjectMeta, ObjectSink, SinkLimits, StagedBlock, StoreError,
-    StoreResult,
+    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, SinkLimits, StagedBlock,
+    StoreError, StoreResult,
 };
 
 /// How the link behaves.
@@ -124,11 +124,11 @@ impl ObjectSink for SimulatedLink {
         &self,
         key: &str,
         data: Bytes,
-        md5: [u8; 16],
+        checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         self.cross(data.len() as u64).await?;
-        self.inner.put_whole(key, data, md5, meta).await
+        self.inner.put_whole(key, data, checksum, meta).await
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {

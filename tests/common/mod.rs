@@ -142,7 +142,7 @@ pub async fn azure_contents(container: &str, prefix: &str) -> BTreeMap<String, V
     for key in existing.keys() {
         let info = store.list(key, true).await.expect("stat")[0].clone();
         let data = store
-            .read_range(key, &info.etag, 0..info.size)
+            .read_range(key, &info.etag, 0..info.size, bytes::BytesMut::new())
             .await
             .expect("read back");
         out.insert(key.clone(), data.to_vec());
@@ -237,7 +237,7 @@ pub async fn azure_md5(container: &str, key: &str) -> Option<String> {
     while offset < info.size {
         let end = (offset + (64 << 20)).min(info.size);
         let data = store
-            .read_range(key, &info.etag, offset..end)
+            .read_range(key, &info.etag, offset..end, bytes::BytesMut::new())
             .await
             .expect("read back");
         hasher.update(&data);

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of blobway and rclone, on the same emulators, in one run: s3s-fs (an
+# S3 server fast at ranged GETs) as the source, Azurite (in memory) as the destination.
+#
+#   scripts/bench.sh                      # 3 pairs of every scenario, table to stdout
+#   BENCH_PAIRS=5 scripts/bench.sh        # more pairs
+#   BENCH_SCENARIOS="a b" scripts/bench.sh
+#   BENCH_RESULTS=benches/RESULTS.md scripts/bench.sh   # also write the results file
+#
+# Scenarios: (a) one 1 GiB random object, (b) 1,000 objects of 64 KiB, (c) one 4 GiB object
+# with blobway's --max-memory 256MiB. Runs alternate (blobway, rclone with its best flags,
+# rclone with its defaults) so drift hits every tool alike. Every copy is verified by MD5 at the
+# destination. Installs what it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/emulators.sh
+
+pairs="${BENCH_PAIRS:-3}"
+scenarios="${BENCH_SCENARIOS:-a b c}"
+rclone_best=(--transfers 16 --azureblob-chunk-size 16M --azureblob-upload-concurrency 16 --s3-chunk-size 64M)
+
+emulators_install
+if ! command -v rclone >/dev/null; then
+  log "installing rclone from Debian"
+  apt-get install -y -q rclone >&2 || { apt-get update -q >&2 && apt-get install -y -q rclone >&2; }
+fi
+cargo build --release --quiet
+blobway="$PWD/target/release/blobway"
+
+export AZURITE_IN_MEMORY=1
+work="$(mktemp -d)"
+trap 'emulators_stop; rm -rf "$work"' EXIT
+emulators_start
+
+account=devstoreaccount1
+key='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+# An account SAS for rclone and curl (rclone reaches Azurite only through sas_url).
+sas="$(python3 - "$account" "$key" <<'PY'
+import base64, datetime, hashlib, hmac, sys, urllib.parse
+account, key = sys.argv[1], sys.argv[2]
+now = datetime.datetime.now(datetime.timezone.utc)
+fmt = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+st, se = fmt(now - datetime.timedelta(minutes=5)), fmt(now + datetime.timedelta(days=1))
+sts = "\n".join([account, "rwdlac", "b", "sco", st, se, "", "https,http", "2022-11-02", "", ""])
+sig = base64.b64encode(hmac.new(base64.b64decode(key), sts.encode(), hashlib.sha256).digest()).decode()
+print(f"sv=2022-11-02&ss=b&srt=sco&sp=rwdlac&st={st}&se={se}&spr=https,http&sig={urllib.parse.quote(sig, safe='')}")
+PY
+)"
+cat > "$work/rclone.conf" <<EOF
+[s3]
+type = s3
+provider = Other
+access_key_id = blobway-test
+secret_access_key = blobway-test-secret
+endpoint = $BLOBWAY_TEST_S3S
+force_path_style = true
+
+[az]
+type = azureblob
+sas_url = $BLOBWAY_TEST_AZURITE?$sas
+EOF
+rcl() { env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" "$@"; }
+
+# ---- data: written locally, uploaded through S3 so s3s-fs records the ETags ---------------
+declare -A gib=([a]=1 [b]=0.0610 [c]=4)
+make_data() {
+  local s=$1 dir="$work/data/$1"
+  mkdir -p "$dir"
+  case $s in
+    a) head -c $((1 << 30)) /dev/urandom > "$dir/one-gib.bin" ;;
+    b) for i in $(seq -w 1 1000); do head -c 65536 /dev/urandom > "$dir/small-$i.bin"; done ;;
+    c) head -c $((4 << 30)) /dev/urandom > "$dir/four-gib.bin" ;;
+  esac
+  (cd "$dir" && md5sum * | sort -k2) > "$work/expected-$s"
+  rcl mkdir "s3:bench-$s"
+  rcl copy "$dir" "s3:bench-$s" --transfers 16 --s3-chunk-size 64M
+  rm -rf "$dir"
+}
+for s in $scenarios; do log "preparing scenario $s"; make_data "$s"; done
+
+verify() { # scenario container
+  local s=$1 c=$2
+  cut -d' ' -f3 "$work/expected-$s" | xargs -P 8 -I{} sh -c \
+    "printf '%s  %s\n' \"\$(curl -sf '$BLOBWAY_TEST_AZURITE/$c/{}?$sas' | md5sum | cut -d' ' -f1)\" '{}'" \
+    | sort -k2 > "$work/got"
+  if ! cmp -s "$work/got" "$work/expected-$s"; then
+    log "VERIFY FAILED for $c"; diff "$work/got" "$work/expected-$s" | head >&2; return 1
+  fi
+}
+
+results="$work/results.tsv"
+: > "$results"
+measure() { # scenario tool container command...
+  local s=$1 tool=$2 c=$3; shift 3
+  azurite_restart
+  /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$@" >"$work/out" 2>&1 || {
+    log "$tool failed on scenario $s"; tail -20 "$work/out" >&2; return 1; }
+  verify "$s" "$c"
+  read -r wall user sys rss < "$work/time"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$s" "$tool" "$wall" "$(echo "$user + $sys" | bc)" "$rss" >> "$results"
+  log "$s $tool: ${wall}s wall, $(echo "$user + $sys" | bc)s CPU, $((rss / 1024)) MiB peak RSS"
+}
+
+run=0
+for pair in $(seq 1 "$pairs"); do
+  for s in $scenarios; do
+    run=$((run + 1))
+    memory=()
+    [ "$s" = c ] && memory=(--max-memory 256MiB)
+    measure "$s" blobway "bw$run" env AWS_ENDPOINT_URL="$BLOBWAY_TEST_S3S" AWS_ACCESS_KEY_ID=blobway-test \
+      AWS_SECRET_ACCESS_KEY=blobway-test-secret \
+      AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=$account;AccountKey=$key;BlobEndpoint=$BLOBWAY_TEST_AZURITE" \
+      "$blobway" --state "$work/state-$run.redb" copy "s3://bench-$s/" "az://bw$run/" "${memory[@]}"
+    measure "$s" rclone-best "rb$run" env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" \
+      copy "s3:bench-$s" "az:rb$run" "${rclone_best[@]}"
+    measure "$s" rclone-defaults "rd$run" env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" \
+      copy "s3:bench-$s" "az:rd$run"
+  done
+done
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+table="$(python3 - "$results" "$pairs" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+gib = {"a": 1.0, "b": 1000 * 65536 / 2**30, "c": 4.0}
+names = {"a": "(a) 1 GiB object", "b": "(b) 1,000 × 64 KiB", "c": "(c) 4 GiB, --max-memory 256MiB"}
+out = ["| scenario | tool | wall s median (min–max) | CPU s per GiB | peak RSS MiB |", "|---|---|---|---|---|"]
+summary = {}
+for s in "abc":
+    for tool in ("blobway", "rclone-best", "rclone-defaults"):
+        runs = [r for r in rows if r[0] == s and r[1] == tool]
+        if not runs:
+            continue
+        walls = [float(r[2]) for r in runs]
+        cpu = statistics.median(float(r[3]) for r in runs) / gib[s]
+        rss = max(int(r[4]) for r in runs) / 1024
+        summary[(s, tool)] = (statistics.median(walls), cpu, rss)
+        out.append(f"| {names[s]} | {tool} | {statistics.median(walls):.2f} ({min(walls):.2f}–{max(walls):.2f}) | {cpu:.2f} | {rss:.0f} |")
+out += ["", "| target | measured | met |", "|---|---|---|"]
+def ratio(s, i):
+    return summary[(s, "blobway")][i] / summary[(s, "rclone-best")][i]
+if ("a", "blobway") in summary:
+    r = ratio("a", 0); out.append(f"| (a) wall ≤ 0.9 × rclone-best | {r:.2f} × | {'yes' if r <= 0.9 else 'no'} |")
+    r = summary[("a", "blobway")][1] / summary[("a", "rclone-best")][1]
+    out.append(f"| (a) CPU per GiB ≤ 0.5 × rclone's | {r:.2f} × | {'yes' if r <= 0.5 else 'no'} |")
+if ("b", "blobway") in summary:
+    r = ratio("b", 0); out.append(f"| (b) wall ≤ 0.8 × rclone-best | {r:.2f} × | {'yes' if r <= 0.8 else 'no'} |")
+if ("c", "blobway") in summary:
+    rss = summary[("c", "blobway")][2]; out.append(f"| (c) peak RSS ≤ 320 MiB, byte-identical | {rss:.0f} MiB, verified | {'yes' if rss <= 320 else 'no'} |")
+print("\n".join(out))
+PY
+)"
+echo
+echo "Benchmark $(date -u +%Y-%m-%d), $machine, $pairs pairs"
+echo
+echo "$table"
+if [ -n "${BENCH_RESULTS:-}" ]; then
+  {
+    echo "# Benchmark results"
+    echo
+    echo "Produced by \`scripts/bench.sh\` on $(date -u +%Y-%m-%d): $machine. Source s3s-fs 0.14.1,"
+    echo "destination Azurite 3.35.0 (in memory), rclone $(rclone version | head -1 | awk '{print $2}'),"
+    echo "$pairs pairs, runs alternating blobway / rclone-best / rclone-defaults. rclone-best flags:"
+    echo "\`${rclone_best[*]}\`. Every copy verified by MD5 at the destination."
+    echo
+    echo "$table"
+  } > "$BENCH_RESULTS"
+  log "wrote $BENCH_RESULTS"
+fi
