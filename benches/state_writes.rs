@@ -20,9 +20,7 @@ fn setup(dir: &std::path::Path) -> StateDb {
         id: 1,
         source: "s3://bench/".into(),
         destination: "az://bench/".into(),
-        options: JobOptions {
-            chunk_size: 1 << 20,
-        },
+        options: JobOptions::with_chunk_size(1 << 20),
         state: JobState::Running,
         created_ms: 0,
         updated_ms: 0,
@@ -39,6 +37,8 @@ fn setup(dir: &std::path::Path) -> StateDb {
         commit_attempts: 0,
         error: None,
         note: None,
+        session: None,
+        meta: None,
     };
     let mut writes = vec![Write::Job(job), Write::File(1, 0, file)];
     writes.extend((0..CHUNKS).map(|i| Write::Chunk(1, 0, i, ChunkRecord::pending())));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::engine::StoreFactory;
 use crate::location::Location;
 use crate::store::simulated::{LinkSettings, SimulatedLink};
-use crate::store::{ObjectSink, ObjectSource, StoreSettings};
+use crate::store::{Access, ObjectSink, ObjectSource, StoreSettings};
 
 const MIB: u64 = 1 << 20;
 
@@ -116,12 +116,20 @@ pub struct DemoStores {
 
 #[async_trait::async_trait]
 impl StoreFactory for DemoStores {
-    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
-        crate::store::open_source(location, StoreSettings::default()).await
+    async fn source(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        crate::store::open_source(location, access, StoreSettings::default()).await
     }
 
-    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
-        let inner = crate::store::open_sink(location, StoreSettings::default()).await?;
+    async fn sink(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        let inner = crate::store::open_sink(location, access, StoreSettings::default()).await?;
         Ok(Arc::new(SimulatedLink::new(inner, self.link)))
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::engine::plan::Plan;
 use crate::engine::{Command, Engine, Event};
 use crate::size::human;
 use crate::state::{JobId, JobProgress, JobState};
@@ -179,6 +180,9 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                     Event::ChunkRetry { file, chunk, attempt, error, .. } => {
                         tracing::warn!(file, chunk, attempt, class = error.class.name(), "retrying: {}", error.message);
                     }
+                    Event::UploadRestarted { job, file, error } if output != Output::Json => {
+                        say(format!("job {job}: object {file}: {}", error.message));
+                    }
                     Event::FileFailed { job, key, error, .. } => {
                         report.failed.push(FailedObject { job: *job, key: key.clone(), error: error.message.clone() });
                         if output != Output::Json {
@@ -224,6 +228,58 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Prints what a dry run planned: each object with what would happen to it, then the totals.
+pub fn print_dry_run(source: &str, destination: &str, plan: &Plan, json: bool) {
+    let s = &plan.summary;
+    if json {
+        print_json(&serde_json::json!({
+            "event": "dry_run",
+            "source": source,
+            "destination": destination,
+            "summary": s,
+            "objects": plan.objects,
+        }));
+        return;
+    }
+    println!("plan {source} → {destination} (dry run: nothing is copied, created or recorded)");
+    if !plan.objects.is_empty() {
+        println!("  {:<6} {:>11} {:>7}  OBJECT", "ACTION", "SIZE", "CHUNKS");
+    }
+    for o in &plan.objects {
+        let (verb, why) = o.action.split_once(": ").unwrap_or((o.action.as_str(), ""));
+        let target = if o.dest_key == o.key {
+            o.key.clone()
+        } else {
+            format!("{} → {}", o.key, o.dest_key)
+        };
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!("  ({why})")
+        };
+        println!(
+            "  {:<6} {:>11} {:>7}  {target}{why}",
+            verb,
+            human(o.size),
+            o.chunks
+        );
+    }
+    println!(
+        "  {} objects ({}): {} to copy ({}) in {} chunks, about {} requests; {} already done, \
+         {} identical at the destination, {} cannot be copied, {} left out by filters",
+        s.files,
+        human(s.bytes),
+        s.to_copy,
+        human(s.to_copy_bytes),
+        s.chunks,
+        s.requests,
+        s.already_done,
+        s.identical,
+        s.rejected,
+        s.filtered
+    );
 }
 
 fn print_json<T: Serialize>(value: &T) {

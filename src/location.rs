@@ -1,5 +1,5 @@
 //! Locations as the operator writes them — `s3://bucket/key`, `az://container/path`,
-//! `file:///abs/path` or a plain path — parsed into one typed [`Location`], and the rule that
+//! `gs://bucket/path`, `file:///abs/path` or a plain path — parsed into one typed [`Location`], and the rule that
 //! maps a source key onto its destination key.
 //!
 //! A location whose path is empty or ends in `/` names a *prefix* (every object under it,
@@ -17,6 +17,8 @@ pub enum Scheme {
     S3,
     /// Azure Blob Storage (block blobs).
     Azure,
+    /// Google Cloud Storage (a destination only).
+    Gcs,
     /// A directory on this machine.
     Local,
 }
@@ -27,6 +29,7 @@ impl Scheme {
         match self {
             Scheme::S3 => "s3://",
             Scheme::Azure => "az://",
+            Scheme::Gcs => "gs://",
             Scheme::Local => "file://",
         }
     }
@@ -88,6 +91,15 @@ impl Location {
                 key: key.to_string(),
             });
         }
+        if let Some(rest) = input.strip_prefix("gs://") {
+            let (bucket, key) = split_container(input, rest)?;
+            validate_bucket(input, bucket)?;
+            return Ok(Self {
+                scheme: Scheme::Gcs,
+                container: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
         if let Some(rest) = input.strip_prefix("file://") {
             if !rest.starts_with('/') {
                 return Err(LocationError::new(
@@ -102,7 +114,7 @@ impl Location {
                 input,
                 format!(
                     "unknown scheme `{scheme}://`; use s3://bucket/key, az://container/path, \
-                     file:///path or a plain local path"
+                     gs://bucket/path, file:///path or a plain local path"
                 ),
             ));
         }

@@ -17,13 +17,14 @@ use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
 use blobway::state::{JobId, JobOptions, StateDb};
 use blobway::store::simulated::LinkSettings;
-use blobway::store::{ChecksumKind, StoreSettings};
+use blobway::store::{Access, ChecksumKind, StoreSettings};
 use blobway::tui::app::AppOptions;
 
 const AFTER_HELP: &str = "\
 Locations:
   s3://bucket/key        one S3 object          s3://bucket/prefix/   every object under it
   az://container/path    one Azure blob         az://container/dir/   a blob prefix
+  gs://bucket/path       one GCS object (destination only)
   /local/path, file:///abs/path                 a local file or directory
 
 Credentials come from the environment, as the AWS and Azure tools expect them:
@@ -32,6 +33,10 @@ Credentials come from the environment, as the AWS and Azure tools expect them:
   Azure: AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or
          AZURE_STORAGE_SAS_TOKEN, or an Entra ID login; AZURE_STORAGE_BLOB_ENDPOINT overrides
          the endpoint
+  GCS:   STORAGE_EMULATOR_HOST (an emulator, no credentials), or GOOGLE_OAUTH_ACCESS_TOKEN
+         (e.g. from `gcloud auth print-access-token`); new buckets go to GOOGLE_CLOUD_PROJECT
+  Two S3 accounts or servers in one route: --source-profile/--source-endpoint and
+         --dest-profile/--dest-endpoint name an AWS profile and endpoint per side
 
 Exit status:
   0  every object is committed and verified (or was already identical at the destination)
@@ -64,8 +69,28 @@ enum Commands {
     Copy {
         /// Source: s3://bucket/key, s3://bucket/prefix/, az://…, or a local path.
         source: String,
-        /// Destination: az://container/path, az://container/prefix/, or a local path.
-        destination: String,
+        /// Destination: az://container/path, s3://bucket/prefix/, gs://bucket/path, or a
+        /// local path. More destinations with --to.
+        destination: Option<String>,
+        /// One more destination (repeatable): the source is copied to each, as one job per
+        /// destination, so a destination that fails is retried by `blobway resume` without
+        /// copying again to those that succeeded. The source is read once per destination.
+        #[arg(long = "to", value_name = "DST")]
+        to: Vec<String>,
+        /// Copy only objects matching this glob (repeatable). Without `/` it matches base
+        /// names at any depth (`*.parquet`); with `/`, the path under the source prefix
+        /// (`logs/**/*.gz`; `*` stops at `/`, `**` crosses it).
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Leave out objects matching this glob (repeatable; wins over --include).
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Print the plan (objects, bytes, chunks, requests) and stop: nothing is copied,
+        /// nothing is created at the destination, nothing is recorded.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        access: AccessFlags,
         #[command(flatten)]
         tuning: Tuning,
         /// Print one JSON object per line (events, progress, a final summary) instead of a
@@ -118,6 +143,25 @@ enum Commands {
         #[command(flatten)]
         tuning: Tuning,
     },
+}
+
+/// Per-side AWS settings, for routes across two S3 accounts or servers.
+#[derive(Args, Debug, Clone, Default)]
+struct AccessFlags {
+    /// AWS profile for an s3:// source: its credentials and region (from ~/.aws/config and
+    /// ~/.aws/credentials) instead of the environment's.
+    #[arg(long, value_name = "NAME")]
+    source_profile: Option<String>,
+    /// S3 endpoint URL for an s3:// source, instead of AWS_ENDPOINT_URL(_S3) or the profile's
+    /// endpoint_url.
+    #[arg(long, value_name = "URL")]
+    source_endpoint: Option<String>,
+    /// AWS profile for s3:// destinations.
+    #[arg(long, value_name = "NAME")]
+    dest_profile: Option<String>,
+    /// S3 endpoint URL for s3:// destinations.
+    #[arg(long, value_name = "URL")]
+    dest_endpoint: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -239,19 +283,53 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Some(Commands::Copy {
             source,
             destination,
+            to,
             tuning,
             json,
             chunk_size,
+            include,
+            exclude,
+            dry_run,
+            access,
         }) => {
             check_tuning(&tuning, chunk_size)?;
-            blobway::location::parse_route(&source, &destination).map_err(bad_input)?;
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
-            let command = Command::Enqueue {
-                source,
-                destination,
-                options: JobOptions { chunk_size },
+            let destinations: Vec<String> = destination.into_iter().chain(to).collect();
+            if destinations.is_empty() {
+                return Err(bad_input(anyhow::anyhow!(
+                    "name a destination: `blobway copy SRC DST` (more with --to DST)"
+                )));
+            }
+            for destination in &destinations {
+                blobway::location::parse_route(&source, destination).map_err(bad_input)?;
+            }
+            blobway::engine::filter::Filter::new(&include, &exclude).map_err(bad_input)?;
+            let options = JobOptions {
+                chunk_size,
+                include,
+                exclude,
+                source_access: Access {
+                    profile: access.source_profile,
+                    endpoint: access.source_endpoint,
+                },
+                dest_access: Access {
+                    profile: access.dest_profile,
+                    endpoint: access.dest_endpoint,
+                },
             };
-            run_headless(db, &tuning, json, tuning.stores(), command).await
+            if dry_run {
+                return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)
+                    .await;
+            }
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let commands = destinations
+                .into_iter()
+                .map(|destination| Command::Enqueue {
+                    source: source.clone(),
+                    destination,
+                    options: options.clone(),
+                })
+                .collect();
+            run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
@@ -267,7 +345,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 job,
                 include_paused: job.is_some(),
             };
-            run_headless(db, &tuning, json, tuning.stores(), command).await
+            run_headless(db, &tuning, json, tuning.stores(), vec![command]).await
         }
         Some(Commands::Demo {
             dir,
@@ -288,9 +366,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let command = Command::Enqueue {
                 source: format!("{}/", layout.source.display()),
                 destination: format!("{}/", layout.destination.display()),
-                options: JobOptions {
-                    chunk_size: blobway::demo::DEMO_CHUNK_SIZE,
-                },
+                options: JobOptions::with_chunk_size(blobway::demo::DEMO_CHUNK_SIZE),
             };
             let stores = Arc::new(DemoStores {
                 link: LinkSettings {
@@ -301,7 +377,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             });
             let code = if headless {
-                run_headless(db, &tuning, json, stores, command).await?
+                run_headless(db, &tuning, json, stores, vec![command]).await?
             } else {
                 let options = AppOptions {
                     browse_root: format!("{}/", layout.source.display()),
@@ -397,12 +473,14 @@ async fn run_headless(
     tuning: &Tuning,
     json: bool,
     stores: Arc<dyn StoreFactory>,
-    command: Command,
+    commands: Vec<Command>,
 ) -> Result<ExitCode, Failure> {
     let config = engine_config(tuning)?;
     let _log = init_logging(&db);
     let engine = Engine::start(db, config, stores).map_err(state_failure)?;
-    engine.handle.send(command).await.map_err(state_failure)?;
+    for command in commands {
+        engine.handle.send(command).await.map_err(state_failure)?;
+    }
     let output = if json {
         Output::Json
     } else if std::io::stderr().is_terminal() {
@@ -423,6 +501,60 @@ async fn run_headless(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Plans each route and prints the plans; copies, creates and records nothing. The state file
+/// is read, when there is one, so objects done in an earlier run show as such.
+async fn dry_run_plans(
+    state_path: &std::path::Path,
+    tuning: &Tuning,
+    json: bool,
+    source: &str,
+    destinations: &[String],
+    options: JobOptions,
+) -> Result<ExitCode, Failure> {
+    let db = if state_path.exists() {
+        match StateDb::open(state_path) {
+            Ok(db) => Some(db),
+            Err(e) => {
+                eprintln!("note: {e}; the plan ignores earlier runs");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let stores = tuning.stores();
+    for destination in destinations {
+        let (src, dst) = blobway::location::parse_route(source, destination).map_err(bad_input)?;
+        let plan = async {
+            let source_store = stores.source(&src, &options.source_access).await?;
+            let sink = stores.sink(&dst, &options.dest_access).await?;
+            let request = blobway::engine::plan::PlanRequest {
+                new_job_id: 0,
+                source: &src,
+                destination: &dst,
+                options: options.clone(),
+                max_memory: tuning.max_memory,
+                retry: RetryPolicy {
+                    max_attempts: tuning.max_attempts,
+                    ..RetryPolicy::default()
+                },
+                dry_run: true,
+            };
+            blobway::engine::plan::plan_job(
+                db.as_ref(),
+                request,
+                source_store.as_ref(),
+                sink.as_ref(),
+            )
+            .await
+        }
+        .await
+        .map_err(bad_input)?;
+        headless::print_dry_run(&src.to_string(), &dst.to_string(), &plan, json);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The log file: `blobway.log` next to the state file.

@@ -59,16 +59,41 @@ async fn edge_sizes_and_awkward_keys_arrive_byte_identical() {
         assert_eq!(md5_hex(got), md5_hex(data), "{dest}");
     }
     // Nothing is left staged: every multi-block object was committed.
-    for key in [
-        "out/exactly-four-chunks.bin",
-        "out/four-chunks-plus-one.bin",
+    for (key, size) in [
+        ("exactly-four-chunks.bin", 4 * MIB),
+        ("four-chunks-plus-one.bin", 4 * MIB + 1),
     ] {
-        use blobway::store::ObjectSink;
-        let staged = azure(&container).staged_blocks(key).await.expect("staged");
-        assert!(
-            staged.is_empty(),
-            "{key} still has {} staged blocks",
-            staged.len()
+        use blobway::store::{ObjectSink, PlannedBlock, Upload};
+        let etag = s3
+            .head_object()
+            .bucket(&bucket)
+            .key(format!("in/{key}"))
+            .send()
+            .await
+            .expect("head source")
+            .e_tag
+            .expect("etag");
+        let chunks = size.div_ceil(MIB) as u32;
+        let blocks: Vec<PlannedBlock> = (0..chunks)
+            .map(|index| PlannedBlock {
+                index,
+                id: blobway::engine::plan::block_id(&etag, size as u64, MIB as u64, index),
+                size: (size - index as usize * MIB).min(MIB) as u64,
+            })
+            .collect();
+        let dest = format!("out/{key}");
+        let upload = Upload {
+            key: &dest,
+            session: None,
+        };
+        let missing = azure(&container)
+            .missing_blocks(upload, &blocks)
+            .await
+            .expect("block list");
+        assert_eq!(
+            missing.len(),
+            blocks.len(),
+            "{dest} still has uncommitted blocks staged"
         );
     }
 }

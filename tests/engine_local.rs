@@ -19,8 +19,8 @@ use blobway::location::Location;
 use blobway::state::{JobId, JobOptions, JobState, StateDb};
 use blobway::store::local::LocalStore;
 use blobway::store::{
-    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, ObjectSource, SinkLimits,
-    StagedBlock, StoreError, StoreResult,
+    Access, BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
+    PlannedBlock, SinkLimits, StoreError, StoreResult, Upload,
 };
 use bytes::Bytes;
 
@@ -56,15 +56,29 @@ impl ObjectSink for FlakySink {
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await
     }
-    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
         self.trip()?;
-        self.inner.put_block(key, block, data).await
+        self.inner.put_block(upload, block, data).await
     }
-    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
-        self.inner.staged_blocks(key).await
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        self.inner.missing_blocks(upload, blocks).await
     }
-    async fn commit(&self, key: &str, ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
-        self.inner.commit(key, ids, meta).await
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        self.inner.commit(upload, blocks, meta).await
     }
     async fn put_whole(
         &self,
@@ -91,10 +105,18 @@ struct Stores {
 
 #[async_trait]
 impl StoreFactory for Stores {
-    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
+    async fn source(
+        &self,
+        location: &Location,
+        _access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSource>> {
         Ok(Arc::new(LocalStore::new(&location.container)))
     }
-    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
+    async fn sink(
+        &self,
+        location: &Location,
+        _access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSink>> {
         Ok(Arc::new(FlakySink {
             inner: LocalStore::new(&location.container),
             failures: self.failures.clone(),
@@ -156,7 +178,7 @@ fn enqueue(setup: &Setup, chunk_size: u64) -> Command {
     Command::Enqueue {
         source: format!("{}/", setup.src.display()),
         destination: format!("{}/", setup.dst.display()),
-        options: JobOptions { chunk_size },
+        options: JobOptions::with_chunk_size(chunk_size),
     }
 }
 

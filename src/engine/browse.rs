@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Event, StoreFactory};
 use crate::location::{Location, Scheme};
-use crate::store::Page;
+use crate::store::{Access, Page};
 
 /// Lists `location` (one page from `token`) and sends the answer as an event.
 pub(super) fn spawn(
@@ -53,6 +53,6 @@ async fn list(
     } else {
         parsed
     };
-    let source = stores.source(&parsed).await?;
+    let source = stores.source(&parsed, &Access::default()).await?;
     Ok(source.list_page(&parsed.key, token).await?)
 }

@@ -9,6 +9,7 @@
 mod browse;
 pub mod buffers;
 pub mod control;
+pub mod filter;
 pub mod gate;
 pub mod metrics;
 mod model;
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::location::{Location, Scheme};
 use crate::state::{ErrorRecord, JobId, JobOptions, JobProgress, JobState, StateDb};
-use crate::store::{ChecksumKind, ObjectSink, ObjectSource, Page, StoreSettings};
+use crate::store::{Access, ChecksumKind, ObjectSink, ObjectSource, Page, StoreSettings};
 pub use control::{ControllerConfig, Decision};
 pub use plan::PlanSummary;
 pub use retry::RetryPolicy;
@@ -65,10 +66,18 @@ impl Default for EngineConfig {
 /// Opens the stores locations live in.
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
-    /// The store to read `location` from.
-    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>>;
-    /// The store to write `location` to.
-    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>>;
+    /// The store to read `location` from, with `access` (AWS profile, endpoint) for it.
+    async fn source(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSource>>;
+    /// The store to write `location` to, with `access` (AWS profile, endpoint) for it.
+    async fn sink(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSink>>;
     /// The buckets or containers of a cloud store, for browsing.
     async fn containers(&self, scheme: Scheme) -> anyhow::Result<Vec<String>> {
         Ok(crate::store::list_containers(scheme).await?)
@@ -84,12 +93,20 @@ pub struct DefaultStores {
 
 #[async_trait]
 impl StoreFactory for DefaultStores {
-    async fn source(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSource>> {
-        crate::store::open_source(location, self.settings).await
+    async fn source(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        crate::store::open_source(location, access, self.settings).await
     }
 
-    async fn sink(&self, location: &Location) -> anyhow::Result<Arc<dyn ObjectSink>> {
-        crate::store::open_sink(location, self.settings).await
+    async fn sink(
+        &self,
+        location: &Location,
+        access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        crate::store::open_sink(location, access, self.settings).await
     }
 }
 
@@ -249,6 +266,16 @@ pub enum Event {
         file: u32,
         /// The missing chunks.
         chunks: Vec<u32>,
+    },
+    /// The destination lost an object's upload session (expired or aborted): its upload
+    /// starts over with a new one.
+    UploadRestarted {
+        /// The job.
+        job: JobId,
+        /// The object's index.
+        file: u32,
+        /// What the destination said.
+        error: ErrorRecord,
     },
     /// An object is committed and verified.
     FileCommitted {

@@ -18,6 +18,20 @@ use crate::store::{ObjectSink, ObjectSource};
 /// result meant for an earlier one is recognised and dropped.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// Where the beginning of an object's upload stands: the source's metadata is read and the
+/// destination opens its session before any chunk of a multi-chunk object moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Begin {
+    /// Done, or not needed (an object of one chunk).
+    Done,
+    /// To do.
+    Needed,
+    /// A retry waits for its time.
+    Waiting,
+    /// In flight.
+    Running,
+}
+
 /// One object of a loaded job.
 pub(super) struct FileRun {
     pub(super) index: u32,
@@ -32,10 +46,25 @@ pub(super) struct FileRun {
     pub(super) commit_ready: bool,
     pub(super) queued: bool,
     pub(super) generation: u64,
+    pub(super) begin: Begin,
+    /// Attempts at beginning in this run.
+    pub(super) begin_round: u32,
+    /// The destination takes this object's chunks one after the other, in order.
+    pub(super) sequential: bool,
+    /// The upload session was lost: nothing new starts, and once nothing is in flight the
+    /// upload starts over.
+    pub(super) restart: bool,
+    /// Times the upload started over in this run.
+    pub(super) restarts: u32,
 }
 
 impl FileRun {
-    pub(super) fn new(index: u32, record: FileRecord, mut chunks: Vec<ChunkRecord>) -> Self {
+    pub(super) fn new(
+        index: u32,
+        record: FileRecord,
+        mut chunks: Vec<ChunkRecord>,
+        sequential: bool,
+    ) -> Self {
         let mut ready = VecDeque::new();
         let mut completed = 0;
         let active = matches!(
@@ -56,6 +85,11 @@ impl FileRun {
             && !record.is_single_put()
             && completed == record.chunk_count
             && ready.is_empty();
+        let begin = if active && !record.is_single_put() && record.meta.is_none() {
+            Begin::Needed
+        } else {
+            Begin::Done
+        };
         Self {
             index,
             record,
@@ -67,6 +101,11 @@ impl FileRun {
             commit_ready,
             queued: false,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            begin,
+            begin_round: 0,
+            sequential,
+            restart: false,
+            restarts: 0,
         }
     }
 
@@ -78,7 +117,63 @@ impl FileRun {
     }
 
     pub(super) fn has_work(&self) -> bool {
-        self.active() && (!self.ready.is_empty() || self.commit_ready)
+        self.active()
+            && !self.restart
+            && match self.begin {
+                Begin::Needed => true,
+                Begin::Done => !self.ready.is_empty() || self.commit_ready,
+                Begin::Waiting | Begin::Running => false,
+            }
+    }
+
+    /// The chunk to send next, if one may go now: the first ready one; for a destination that
+    /// takes chunks in order, the lowest ready one, and only once every chunk before it is
+    /// acknowledged and nothing else of the object is in flight.
+    pub(super) fn next_chunk(&self) -> Option<u32> {
+        if !self.sequential {
+            return self.ready.front().copied();
+        }
+        let lowest = self.ready.iter().copied().min()?;
+        let in_order = self.in_flight == 0
+            && self.chunks[..lowest as usize]
+                .iter()
+                .all(|c| c.state == ChunkState::Completed);
+        in_order.then_some(lowest)
+    }
+
+    /// Takes `chunk` off the ready queue.
+    pub(super) fn take_chunk(&mut self, chunk: u32) {
+        if let Some(at) = self.ready.iter().position(|c| *c == chunk) {
+            self.ready.remove(at);
+        }
+    }
+
+    /// The upload starts over with a new session: every chunk is sent again (their attempt
+    /// histories stay). Returns the writes that record it.
+    pub(super) fn start_over(&mut self, job: JobId) -> Vec<Write> {
+        let mut record = self.record.clone();
+        record.session = None;
+        record.meta = None;
+        record.commit_attempts = 0;
+        let mut chunks = std::mem::take(&mut self.chunks);
+        for chunk in &mut chunks {
+            chunk.state = ChunkState::Pending;
+        }
+        let restarts = self.restarts + 1;
+        *self = FileRun::new(self.index, record, chunks, self.sequential);
+        self.restarts = restarts;
+        self.all_writes(job)
+    }
+
+    fn all_writes(&self, job: JobId) -> Vec<Write> {
+        let mut writes = vec![Write::File(job, self.index, self.record.clone())];
+        writes.extend(
+            self.chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Write::Chunk(job, self.index, i as u32, c.clone())),
+        );
+        writes
     }
 
     pub(super) fn chunk_len(&self, chunk: u32) -> u64 {
@@ -137,15 +232,8 @@ impl FileRun {
         let mut record = self.record.clone();
         let mut chunks = std::mem::take(&mut self.chunks);
         plan::reopen(&mut record, &mut chunks);
-        *self = FileRun::new(self.index, record, chunks);
-        let mut writes = vec![Write::File(job, self.index, self.record.clone())];
-        writes.extend(
-            self.chunks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| Write::Chunk(job, self.index, i as u32, c.clone())),
-        );
-        writes
+        *self = FileRun::new(self.index, record, chunks, self.sequential);
+        self.all_writes(job)
     }
 }
 

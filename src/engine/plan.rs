@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
+use super::filter::Filter;
 use super::retry::RetryPolicy;
 use crate::location::Location;
 use crate::size::human;
@@ -15,7 +16,10 @@ use crate::state::{
     ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
     StateDb, Write, now_ms,
 };
-use crate::store::{DestObject, ObjectInfo, ObjectSink, ObjectSource, SinkLimits, meta_keys};
+use crate::store::{
+    DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits, Upload,
+    meta_keys,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -51,7 +55,9 @@ pub fn chunk_size_for(
     if chunk < needed {
         chunk = needed.div_ceil(MIB) * MIB;
     }
-    let chunk = chunk.min(limits.max_block);
+    // Every chunk but the last must be a whole number of the store's units.
+    let unit = limits.granularity.max(1);
+    let chunk = (chunk.div_ceil(unit) * unit).min(limits.max_block);
     if chunk.min(size) > max_memory {
         return Err(format!(
             "the object needs chunks of {} (at most {} blocks) but --max-memory is {}; raise \
@@ -86,6 +92,20 @@ pub fn chunk_count(size: u64, chunk_size: u64) -> u32 {
     u32::try_from(size.div_ceil(chunk_size).max(1)).unwrap_or(u32::MAX)
 }
 
+/// The blocks of a planned object, in order, with their deterministic IDs and sizes.
+pub fn planned_blocks(file: &FileRecord) -> Vec<PlannedBlock> {
+    (0..file.chunk_count)
+        .map(|index| {
+            let range = file.chunk_range(index);
+            PlannedBlock {
+                index,
+                id: block_id(&file.etag, file.size, file.chunk_size, index),
+                size: range.end - range.start,
+            }
+        })
+        .collect()
+}
+
 /// What a planning request needs.
 pub struct PlanRequest<'a> {
     /// The id for a new job (ignored when the route already has one).
@@ -100,6 +120,36 @@ pub struct PlanRequest<'a> {
     pub max_memory: u64,
     /// Retries for listing and preparing.
     pub retry: RetryPolicy,
+    /// Only look: prepare nothing at the destination and record nothing.
+    pub dry_run: bool,
+}
+
+/// One object of a plan, as a dry run shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedObject {
+    /// Source key.
+    pub key: String,
+    /// Destination key.
+    pub dest_key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u64,
+    /// Chunks still to send.
+    pub chunks: u64,
+    /// What happens to it: copy, skip (identical or done), or why it cannot be copied.
+    pub action: String,
+}
+
+/// A plan: the job as recorded, what it amounts to, and (for a dry run) each object.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The job.
+    pub job: JobRecord,
+    /// What it amounts to.
+    pub summary: PlanSummary,
+    /// Every listed object and what happens to it (dry runs only).
+    pub objects: Vec<PlannedObject>,
 }
 
 /// What a plan amounts to.
@@ -121,18 +171,26 @@ pub struct PlanSummary {
     pub identical: u64,
     /// Objects that cannot be copied at all (e.g. too large for the destination).
     pub rejected: u64,
+    /// Objects the include/exclude filters left out.
+    #[serde(default)]
+    pub filtered: u64,
+    /// Requests the copy will make, about (reads, uploads, begins, checks and commits).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// Lists, sizes and records a job. Re-planning a route that has a job resumes it: objects
-/// unchanged at the source keep their progress, changed ones are planned afresh, failed ones
-/// get another chance.
+/// unchanged at the source keep their progress, changed ones are planned afresh (their old
+/// upload sessions given up), failed ones get another chance. A dry run reads the state file
+/// (when there is one) but writes nothing anywhere.
 pub async fn plan_job(
-    db: &StateDb,
+    db: Option<&StateDb>,
     req: PlanRequest<'_>,
     source: &dyn ObjectSource,
     sink: &dyn ObjectSink,
-) -> anyhow::Result<(JobRecord, PlanSummary)> {
+) -> anyhow::Result<Plan> {
     let (src, dst) = (req.source, req.destination);
+    let filter = Filter::new(&req.options.include, &req.options.exclude)?;
     check_chunk_size(req.options.chunk_size, sink.limits())
         .map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
     let source_failed = |e: crate::store::StoreError| {
@@ -160,10 +218,12 @@ pub async fn plan_job(
                 .map_err(source_failed)?,
         )
     };
-    preflight
-        .run(|| sink.prepare())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot prepare the destination {dst}: {e}"))?;
+    if !req.dry_run {
+        preflight
+            .run(|| sink.prepare())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot prepare the destination {dst}: {e}"))?;
+    }
     let listing = match listing {
         Some(listing) => listing,
         None => req
@@ -172,24 +232,27 @@ pub async fn plan_job(
             .await
             .map_err(source_failed)?,
     };
-    let existing: BTreeMap<String, DestObject> = if dst.is_prefix() {
-        req.retry
-            .run(|| sink.list_existing(&dst.key))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot list the destination {dst}: {e}"))?
+    let existing = if dst.is_prefix() {
+        req.retry.run(|| sink.list_existing(&dst.key)).await
     } else {
         req.retry
             .run(|| sink.head(&dst.key))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot read the destination {dst}: {e}"))?
-            .map(|d| (dst.key.clone(), d))
-            .into_iter()
-            .collect()
+            .map(|d| d.map(|d| (dst.key.clone(), d)).into_iter().collect())
+    };
+    let existing: BTreeMap<String, DestObject> = match existing {
+        Ok(existing) => existing,
+        // A dry run prepares nothing: a container that does not exist yet holds nothing.
+        Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
+        Err(e) => anyhow::bail!("cannot read the destination {dst}: {e}"),
     };
 
     let (src_text, dst_text) = (src.to_string(), dst.to_string());
-    let previous = match db.job_for_route(&src_text, &dst_text)? {
-        Some(job) => db.load_job(job.id)?,
+    let previous = match db {
+        Some(db) => match db.job_for_route(&src_text, &dst_text)? {
+            Some(job) => db.load_job(job.id)?,
+            None => None,
+        },
         None => None,
     };
     let now = now_ms();
@@ -217,9 +280,16 @@ pub async fn plan_job(
     let mut next_index = old.values().map(|(i, _, _)| i + 1).max().unwrap_or(0);
     let mut writes = vec![Write::Job(job.clone())];
     let mut summary = PlanSummary::default();
+    let mut objects = Vec::new();
+    // Upload sessions of objects planned afresh, to give up.
+    let mut stale: Vec<(String, String)> = Vec::new();
     let limits = sink.limits();
 
     for object in listing {
+        if !filter.admits(src, &object.key) {
+            summary.filtered += 1;
+            continue;
+        }
         let dest_key = dst.destination_key(src, &object.key);
         let at_destination = existing.get(&dest_key);
         summary.files += 1;
@@ -228,7 +298,8 @@ pub async fn plan_job(
             Some((index, file, chunks)) if file.etag == object.etag && file.size == object.size => {
                 (index, file, chunks)
             }
-            Some((index, _, _)) => {
+            Some((index, old_file, _)) => {
+                stale.extend(session_of(&old_file));
                 writes.push(Write::RemoveFile(job.id, index));
                 let (file, chunks) = new_file(&object, dest_key, &req, limits);
                 (index, file, chunks)
@@ -243,6 +314,9 @@ pub async fn plan_job(
         let finished = matches!(file.state, FileState::Done | FileState::Skipped);
         if finished && at_destination.is_some_and(|d| d.size == file.size) {
             summary.already_done += 1;
+            if req.dry_run {
+                objects.push(planned_object(&file, 0, "skip: done in an earlier run"));
+            }
             continue;
         }
         if identical(at_destination, &object) {
@@ -252,22 +326,38 @@ pub async fn plan_job(
         } else if finished || (file.state == FileState::Failed && file.chunk_count == 0) {
             // Recorded as done but gone from the destination, or never plannable (settings
             // may have changed since): plan it afresh.
+            stale.extend(session_of(&file));
             writes.push(Write::RemoveFile(job.id, index));
             (file, chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
         } else if file.state == FileState::Failed {
             reopen(&mut file, &mut chunks);
         }
-        match file.state {
+        let remaining = chunks
+            .iter()
+            .filter(|c| c.state != ChunkState::Completed)
+            .count() as u64;
+        let action = match file.state {
             FileState::Transferring | FileState::Committing => {
                 summary.to_copy += 1;
                 summary.to_copy_bytes += object.size;
-                summary.chunks += chunks
-                    .iter()
-                    .filter(|c| c.state != ChunkState::Completed)
-                    .count() as u64;
+                summary.chunks += remaining;
+                summary.requests += if file.is_single_put() {
+                    2 // read, put
+                } else {
+                    // read and upload per chunk; begin, check and commit per object
+                    2 * remaining + 3
+                };
+                "copy".to_string()
             }
-            FileState::Failed => summary.rejected += 1,
-            FileState::Done | FileState::Skipped => {}
+            FileState::Failed => {
+                summary.rejected += 1;
+                let why = file.error.as_ref().map_or("", |e| e.message.as_str());
+                format!("cannot copy: {why}")
+            }
+            FileState::Done | FileState::Skipped => "skip: already identical".to_string(),
+        };
+        if req.dry_run {
+            objects.push(planned_object(&file, remaining, &action));
         }
         writes.push(Write::File(job.id, index, file));
         writes.extend(
@@ -281,14 +371,54 @@ pub async fn plan_job(
     // drop unfinished ones (there is nothing left to copy).
     for (index, file, _) in old.into_values() {
         if !matches!(file.state, FileState::Done | FileState::Skipped) {
+            stale.extend(session_of(&file));
             writes.push(Write::RemoveFile(job.id, index));
         }
     }
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || db.apply(&writes))
-        .await
-        .context("the planning task failed")??;
-    Ok((job, summary))
+    if req.dry_run {
+        return Ok(Plan {
+            job,
+            summary,
+            objects,
+        });
+    }
+    if let Some(db) = db {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.apply(&writes))
+            .await
+            .context("the planning task failed")??;
+    }
+    for (key, session) in stale {
+        let upload = Upload {
+            key: &key,
+            session: Some(&session),
+        };
+        if let Err(e) = sink.abort(upload).await {
+            tracing::warn!("could not give up the stale upload of {key}: {e}");
+        }
+    }
+    Ok(Plan {
+        job,
+        summary,
+        objects,
+    })
+}
+
+/// The upload session an object recorded, to give up: (destination key, session).
+fn session_of(file: &FileRecord) -> Option<(String, String)> {
+    let session = file.session.clone()?;
+    Some((file.dest_key.clone(), session))
+}
+
+fn planned_object(file: &FileRecord, chunks: u64, action: &str) -> PlannedObject {
+    PlannedObject {
+        key: file.key.clone(),
+        dest_key: file.dest_key.clone(),
+        size: file.size,
+        chunk_size: file.chunk_size,
+        chunks,
+        action: action.to_string(),
+    }
 }
 
 /// True when the destination holds exactly this source version, as recorded by blobway.
@@ -336,6 +466,8 @@ fn new_file(
             at_ms: now_ms(),
         }),
         note: None,
+        session: None,
+        meta: None,
     };
     (file, vec![ChunkRecord::pending(); chunk_count as usize])
 }
@@ -361,7 +493,9 @@ mod tests {
         max_block: 4000 * MIB,
         max_blocks: 50_000,
         min_block: 0,
+        granularity: 1,
         max_single_put: 5000 * MIB,
+        sequential: false,
     };
 
     #[test]

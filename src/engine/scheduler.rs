@@ -16,10 +16,12 @@ use super::buffers::BufferPool;
 use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
 use super::metrics::Metrics;
-use super::model::{FileRun, JobRun};
+use super::model::{Begin, FileRun, JobRun};
 use super::plan::{self, PlanRequest, PlanSummary};
 use super::snapshot::{self, JobView, Selection, Snapshot};
-use super::transfer::{self, ChunkMoved, ChunkWork, CommitOutcome, CommitWork};
+use super::transfer::{
+    self, BeginWork, Begun, ChunkMoved, ChunkWork, CommitOutcome, CommitWork, Target,
+};
 use super::{Command, EngineConfig, Event, StoreFactory};
 use crate::location::parse_route;
 use crate::redact::redact;
@@ -59,6 +61,12 @@ struct CommitTask {
     work: CommitWork,
 }
 
+struct BeginTask {
+    job: JobId,
+    pos: usize,
+    work: BeginWork,
+}
+
 /// A finished unit of work.
 enum Finished {
     Chunk {
@@ -74,6 +82,11 @@ enum Finished {
         job: JobId,
         pos: usize,
         result: StoreResult<CommitOutcome>,
+    },
+    Begin {
+        job: JobId,
+        pos: usize,
+        result: StoreResult<Begun>,
     },
 }
 
@@ -100,6 +113,8 @@ enum Ready {
     History(Vec<JobView>),
     /// A job that is not loaded, read for the view that selected it.
     Watched(JobSnapshot),
+    /// The uploads of a cancelled job were given up.
+    Aborted,
 }
 
 /// What a timer wakes.
@@ -107,6 +122,7 @@ enum Ready {
 enum Wake {
     Chunk(u32),
     Commit,
+    Begin,
 }
 
 /// A retry waiting for its time: when, which job, which object (position and generation).
@@ -210,7 +226,8 @@ pub(super) async fn run(
         if s.stopping.is_none() {
             s.dispatch();
         }
-        if s.done() {
+        // Commands already sent (the destinations of a fan-out) count as asked for.
+        if s.done() && commands.is_empty() {
             break Ok(());
         }
         let next_timer = s.timers.peek().map(|Reverse((at, ..))| *at);
@@ -360,6 +377,16 @@ impl Scheduler {
                     job.record.updated_ms = now_ms();
                     job.queue.clear();
                     let record = job.record.clone();
+                    let uploads: Vec<(String, String)> = job
+                        .files
+                        .iter()
+                        .filter(|f| !f.record.state.is_finished())
+                        .filter_map(|f| {
+                            let session = f.record.session.clone()?;
+                            Some((f.record.dest_key.clone(), session))
+                        })
+                        .collect();
+                    let sink = job.sink.clone();
                     self.persist(
                         vec![Write::Job(record)],
                         vec![After::Emit(Event::JobStateChanged {
@@ -367,6 +394,9 @@ impl Scheduler {
                             state: JobState::Cancelled,
                         })],
                     );
+                    if !uploads.is_empty() {
+                        self.abort_uploads(sink, uploads);
+                    }
                     self.check_finished(id);
                 }
             }
@@ -423,7 +453,8 @@ impl Scheduler {
         self.background += 1;
         tokio::spawn(async move {
             let result = async {
-                let (source_store, sink) = (stores.source(&src).await?, stores.sink(&dst).await?);
+                let source_store = stores.source(&src, &options.source_access).await?;
+                let sink = stores.sink(&dst, &options.dest_access).await?;
                 let request = PlanRequest {
                     new_job_id,
                     source: &src,
@@ -431,13 +462,14 @@ impl Scheduler {
                     options,
                     max_memory,
                     retry,
+                    dry_run: false,
                 };
-                let (job, summary) =
-                    plan::plan_job(&db, request, source_store.as_ref(), sink.as_ref()).await?;
-                let snapshot = load_snapshot(&db, job.id).await?;
+                let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
+                    .await?;
+                let snapshot = load_snapshot(&db, plan.job.id).await?;
                 anyhow::Ok(Ready::Job {
                     snapshot,
-                    summary: Some(summary),
+                    summary: Some(plan.summary),
                     source: source_store,
                     sink,
                     unpause: false,
@@ -490,7 +522,8 @@ impl Scheduler {
                 }
                 let result = async {
                     let (src, dst) = parse_route(&job.source, &job.destination)?;
-                    let (source, sink) = (stores.source(&src).await?, stores.sink(&dst).await?);
+                    let source = stores.source(&src, &job.options.source_access).await?;
+                    let sink = stores.sink(&dst, &job.options.dest_access).await?;
                     let snapshot = load_snapshot(&db, job.id).await?;
                     anyhow::Ok(Ready::Job {
                         snapshot,
@@ -587,6 +620,7 @@ impl Scheduler {
                 }
             }
             Ready::Watched(snapshot) => self.watched = Some(snapshot),
+            Ready::Aborted => self.background = self.background.saturating_sub(1),
             Ready::Failed {
                 source,
                 destination,
@@ -646,10 +680,11 @@ impl Scheduler {
             .await;
             return;
         }
+        let sequential = sink.limits().sequential;
         let files: Vec<FileRun> = snapshot
             .files
             .into_iter()
-            .map(|(index, file, chunks)| FileRun::new(index, file, chunks))
+            .map(|(index, file, chunks)| FileRun::new(index, file, chunks, sequential))
             .collect();
         let mut writes = Vec::new();
         let resumes = matches!(record.state, JobState::Failed | JobState::Queued)
@@ -777,6 +812,12 @@ impl Scheduler {
                     }
                     file.commit_ready = true;
                 }
+                Wake::Begin => {
+                    if file.begin != Begin::Waiting {
+                        continue;
+                    }
+                    file.begin = Begin::Needed;
+                }
             }
             job.enqueue_first(pos);
         }
@@ -793,13 +834,23 @@ impl Scheduler {
                     job.queue.pop_front();
                     continue;
                 }
-                if let Some(&chunk) = file.ready.front() {
+                if file.begin == Begin::Needed {
+                    if !self.gate.try_admit(0) {
+                        return;
+                    }
+                    self.claim_begin(id, pos);
+                } else if let Some(chunk) = file.next_chunk() {
                     let reserved = file.chunk_len(chunk);
                     if !self.gate.try_admit(reserved) {
                         return;
                     }
-                    file.ready.pop_front();
+                    file.take_chunk(chunk);
                     self.claim_chunk(id, pos, chunk, reserved);
+                } else if !file.ready.is_empty() {
+                    // Its next chunk waits for the one ahead of it; that one's result queues
+                    // the object again.
+                    file.queued = false;
+                    job.queue.pop_front();
                 } else {
                     if !self.gate.try_admit(0) {
                         return;
@@ -816,6 +867,7 @@ impl Scheduler {
         };
         job.in_flight += 1;
         let (source, sink) = (job.source.clone(), job.sink.clone());
+        let checksum = sink.checksum_kind(self.config.checksum);
         let file = &mut job.files[pos];
         file.in_flight += 1;
         let chunk = &mut file.chunks[index as usize];
@@ -829,15 +881,19 @@ impl Scheduler {
             .then(|| destination_meta(record, None));
         let work = ChunkWork {
             source,
-            sink,
+            target: Target {
+                sink,
+                key: record.dest_key.clone(),
+                session: record.session.clone(),
+            },
             key: record.key.clone(),
-            dest_key: record.dest_key.clone(),
             etag: record.etag.clone(),
             range: record.chunk_range(index),
             index,
+            last: index + 1 == record.chunk_count,
             block_id: plan::block_id(&record.etag, record.size, record.chunk_size, index),
             whole,
-            checksum: self.config.checksum,
+            checksum,
             buffers: self.buffers.clone(),
         };
         let writes = vec![Write::Chunk(
@@ -878,15 +934,7 @@ impl Scheduler {
         file.record.state = FileState::Committing;
         file.record.commit_attempts += 1;
         let record = &file.record;
-        let blocks = (0..record.chunk_count)
-            .map(|i| {
-                let range = record.chunk_range(i);
-                (
-                    plan::block_id(&record.etag, record.size, record.chunk_size, i),
-                    range.end - range.start,
-                )
-            })
-            .collect();
+        let blocks = plan::planned_blocks(record);
         let crcs: Option<Vec<(u64, u64)>> = file
             .chunks
             .iter()
@@ -896,15 +944,63 @@ impl Scheduler {
                 c.crc64.map(|crc| (crc, range.end - range.start))
             })
             .collect();
+        let blobway = destination_meta(record, crcs.map(transfer::combine_crc64));
         let work = CommitWork {
-            sink,
-            dest_key: record.dest_key.clone(),
+            target: Target {
+                sink,
+                key: record.dest_key.clone(),
+                session: record.session.clone(),
+            },
             blocks,
-            meta: destination_meta(record, crcs.map(transfer::combine_crc64)),
+            meta: transfer::with_blobway_pairs(record.meta.clone().unwrap_or_default(), &blobway),
         };
         let task = CommitTask { job: id, pos, work };
         let writes = vec![Write::File(id, file.index, file.record.clone())];
         self.persist(writes, vec![After::StartCommit(Box::new(task))]);
+    }
+
+    fn claim_begin(&mut self, id: JobId, pos: usize) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight += 1;
+        let (source, sink) = (job.source.clone(), job.sink.clone());
+        let file = &mut job.files[pos];
+        file.in_flight += 1;
+        file.begin = Begin::Running;
+        file.begin_round += 1;
+        let record = &file.record;
+        let work = BeginWork {
+            source,
+            target: Target {
+                sink,
+                key: record.dest_key.clone(),
+                session: None,
+            },
+            key: record.key.clone(),
+            etag: record.etag.clone(),
+            blobway: destination_meta(record, None),
+        };
+        // Nothing is claimed in the state file: a begin that is not recorded is done again.
+        self.start_begin(BeginTask { job: id, pos, work });
+    }
+
+    /// Gives up uploads that will not be committed, in the background.
+    fn abort_uploads(&mut self, sink: Arc<dyn ObjectSink>, uploads: Vec<(String, String)>) {
+        self.background += 1;
+        let tx = self.ready_tx.clone();
+        tokio::spawn(async move {
+            for (key, session) in uploads {
+                let upload = crate::store::Upload {
+                    key: &key,
+                    session: Some(&session),
+                };
+                if let Err(e) = sink.abort(upload).await {
+                    tracing::warn!("could not give up the upload of {key}: {e}");
+                }
+            }
+            let _ = tx.send(Ready::Aborted);
+        });
     }
 
     // ---- durable writes ---------------------------------------------------------------------
@@ -935,6 +1031,18 @@ impl Scheduler {
                 reserved: task.reserved,
                 started_ms,
                 latency_ms: start.elapsed().as_millis() as u64,
+                result,
+            });
+        });
+    }
+
+    fn start_begin(&self, task: BeginTask) {
+        let tx = self.finished_tx.clone();
+        tokio::spawn(async move {
+            let result = transfer::begin_upload(&task.work).await;
+            let _ = tx.send(Finished::Begin {
+                job: task.job,
+                pos: task.pos,
                 result,
             });
         });
@@ -975,6 +1083,11 @@ impl Scheduler {
                 self.commit_finished(job, pos, result);
                 self.check_finished(job);
             }
+            Finished::Begin { job, pos, result } => {
+                self.gate.release(0);
+                self.begin_finished(job, pos, result);
+                self.check_finished(job);
+            }
         }
     }
 
@@ -1002,6 +1115,7 @@ impl Scheduler {
         let mut writes = Vec::new();
         let mut after = Vec::new();
         let mut stop_job = None;
+        let mut lost = None;
         match result {
             Ok(moved) => {
                 let chunk = &mut file.chunks[index as usize];
@@ -1037,6 +1151,7 @@ impl Scheduler {
             Err(err) => {
                 let error = ErrorRecord::from_store(&err);
                 let active = file.active();
+                let may_restart = file.restarts < retry.max_attempts;
                 let chunk = &mut file.chunks[index as usize];
                 chunk.record_attempt(AttemptRecord {
                     started_ms,
@@ -1055,6 +1170,10 @@ impl Scheduler {
                         chunk: index,
                         error,
                     }));
+                } else if err.class == ErrorClass::UploadLost && active && may_restart {
+                    // The session is gone: the upload starts over once nothing is in flight.
+                    chunk.state = ChunkState::Pending;
+                    lost = Some(error.clone());
                 } else if retry.should_retry(&err, round) && active {
                     chunk.state = ChunkState::Pending;
                     let delay = retry.delay(round, err.retry_after);
@@ -1108,6 +1227,18 @@ impl Scheduler {
                 }
             }
         }
+        if let Some(error) = lost {
+            let file = &mut job.files[pos];
+            file.restart = true;
+            file.ready.clear();
+            file.commit_ready = false;
+            after.push(After::Emit(Event::UploadRestarted {
+                job: id,
+                file: file_index,
+                error,
+            }));
+        }
+        restart_when_idle(id, &mut job.files[pos], &mut writes);
         if job.files[pos].commit_ready {
             job.enqueue_first(pos);
         } else {
@@ -1115,6 +1246,76 @@ impl Scheduler {
         }
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
+        }
+        self.persist(writes, after);
+    }
+
+    fn begin_finished(&mut self, id: JobId, pos: usize, result: StoreResult<Begun>) {
+        let retry = self.config.retry;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight = job.in_flight.saturating_sub(1);
+        let sink = job.sink.clone();
+        let cancelled = job.record.state == JobState::Cancelled;
+        let Some(file) = job.files.get_mut(pos) else {
+            return;
+        };
+        file.in_flight = file.in_flight.saturating_sub(1);
+        let file_index = file.index;
+        let mut writes = Vec::new();
+        let mut after = Vec::new();
+        let mut stop_job = None;
+        let mut orphan = None;
+        match result {
+            Ok(begun) => {
+                if file.active() && file.begin == Begin::Running && !cancelled {
+                    file.record.meta = Some(begun.meta);
+                    file.record.session = begun.session;
+                    file.begin = Begin::Done;
+                    writes.push(Write::File(id, file_index, file.record.clone()));
+                } else if let Some(session) = begun.session {
+                    orphan = Some((file.record.dest_key.clone(), session));
+                }
+            }
+            Err(err) => {
+                file.begin = Begin::Needed;
+                if err.class.stops_job() {
+                    stop_job = Some(err.to_string());
+                } else if retry.should_retry(&err, file.begin_round) && file.active() {
+                    file.begin = Begin::Waiting;
+                    let delay = retry.delay(file.begin_round, err.retry_after);
+                    self.timers.push(Reverse((
+                        Instant::now() + delay,
+                        id,
+                        pos,
+                        file.generation,
+                        Wake::Begin,
+                    )));
+                } else if file.active() {
+                    let message = if err.class == ErrorClass::SourceChanged {
+                        err.message.clone()
+                    } else {
+                        format!("the upload could not begin: {}", err.message)
+                    };
+                    file.record.state = FileState::Failed;
+                    file.record.error = Some(ErrorRecord {
+                        message,
+                        ..ErrorRecord::from_store(&err)
+                    });
+                    file.ready.clear();
+                    file.commit_ready = false;
+                    writes.push(Write::File(id, file_index, file.record.clone()));
+                    after.push(After::Emit(failed_event(id, &file.record, file_index)));
+                }
+            }
+        }
+        job.enqueue_first(pos);
+        if let Some(reason) = stop_job {
+            stop(job, reason, &mut writes);
+        }
+        if let Some(upload) = orphan {
+            self.abort_uploads(sink, vec![upload]);
         }
         self.persist(writes, after);
     }
@@ -1172,6 +1373,16 @@ impl Scheduler {
                 file.record.error = Some(ErrorRecord::from_store(&err));
                 after.push(After::Emit(failed_event(id, &file.record, file_index)));
             }
+            Err(err)
+                if err.class == ErrorClass::UploadLost && file.restarts < retry.max_attempts =>
+            {
+                file.restart = true;
+                after.push(After::Emit(Event::UploadRestarted {
+                    job: id,
+                    file: file_index,
+                    error: ErrorRecord::from_store(&err),
+                }));
+            }
             Err(err) => {
                 if err.class.stops_job() {
                     file.commit_ready = true;
@@ -1189,6 +1400,7 @@ impl Scheduler {
             }
         }
         writes.push(Write::File(id, file_index, file.record.clone()));
+        restart_when_idle(id, file, &mut writes);
         job.enqueue_first(pos);
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
@@ -1392,6 +1604,14 @@ fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
         file.queued = false;
     }
     writes.push(Write::Job(job.record.clone()));
+}
+
+/// Starts an object's upload over once its session was lost and nothing of it is in flight.
+fn restart_when_idle(job: JobId, file: &mut FileRun, writes: &mut Vec<Write>) {
+    if file.restart && file.in_flight == 0 && file.active() {
+        tracing::info!(key = %file.record.key, "the upload session was lost; starting over");
+        writes.extend(file.start_over(job));
+    }
 }
 
 /// The metadata a committed object carries: its source version, size and (when known) its

@@ -1,20 +1,42 @@
-//! The data plane, one unit of work at a time, stateless: a chunk is one ranged read pinned to
-//! the planned version, checksummed (CRC-64/NVME for the end-to-end record and, by default, as
-//! the transactional checksum the store verifies on arrival; MD5 on request), and one block
-//! upload — or one whole-object put for an object that fits in a chunk. A commit checks the staged block list against the plan before the one atomic
-//! commit. Bytes live in memory only between the read and the upload.
+//! The data plane, one unit of work at a time, stateless: an upload begins (the source's
+//! metadata is read, pinned to the planned version, and the destination opens its session); a
+//! chunk is one ranged read pinned to the planned version, checksummed (CRC-64/NVME for the
+//! end-to-end record and, by default, as the transactional checksum the store verifies on
+//! arrival; MD5 on request), and one block upload — or one whole-object put for an object that
+//! fits in a chunk; a commit asks the destination which planned blocks it lacks and commits
+//! only when it lacks none. Bytes live in memory only between the read and the upload.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, ObjectMeta, ObjectSink, ObjectSource, StoreError,
-    StoreResult, meta_keys,
+    BlockRef, Checksum, ChecksumKind, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
+    PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
 };
+
+/// Where an object goes: the store, the key, and the upload session, if one was opened.
+#[derive(Clone)]
+pub struct Target {
+    /// The destination store.
+    pub sink: Arc<dyn ObjectSink>,
+    /// Destination key.
+    pub key: String,
+    /// The session the destination opened for this upload.
+    pub session: Option<String>,
+}
+
+impl Target {
+    fn upload(&self) -> Upload<'_> {
+        Upload {
+            key: &self.key,
+            session: self.session.as_deref(),
+        }
+    }
+}
 
 /// One chunk to move.
 #[derive(Clone)]
@@ -22,20 +44,21 @@ pub struct ChunkWork {
     /// Where from.
     pub source: Arc<dyn ObjectSource>,
     /// Where to.
-    pub sink: Arc<dyn ObjectSink>,
+    pub target: Target,
     /// Source key.
     pub key: String,
-    /// Destination key.
-    pub dest_key: String,
     /// The planned source version.
     pub etag: String,
     /// Bytes of the source object this chunk covers.
     pub range: Range<u64>,
     /// Chunk index.
     pub index: u32,
+    /// True for the object's last chunk.
+    pub last: bool,
     /// Deterministic block ID.
     pub block_id: String,
-    /// For an object that is a single chunk: the metadata to put it with (as a whole).
+    /// For an object that is a single chunk: blobway's metadata to put it with (the source's
+    /// own metadata, read with the bytes, is added).
     pub whole: Option<ObjectMeta>,
     /// The transactional checksum the upload carries.
     pub checksum: ChecksumKind,
@@ -56,17 +79,23 @@ pub struct ChunkMoved {
 pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     let expected = work.range.end - work.range.start;
     let buffer = work.buffers.take(expected as usize);
-    let data = work
+    let chunk = work
         .source
         .read_range(&work.key, &work.etag, work.range.clone(), buffer)
         .await?;
-    let moved = send_chunk(work, data.clone(), expected).await;
+    let data = chunk.data.clone();
+    let moved = send_chunk(work, chunk.data, chunk.meta, expected).await;
     work.buffers.give_back(data, expected as usize);
     moved
 }
 
 /// Checks, checksums and uploads the bytes of one chunk.
-async fn send_chunk(work: &ChunkWork, data: Bytes, expected: u64) -> StoreResult<ChunkMoved> {
+async fn send_chunk(
+    work: &ChunkWork,
+    data: Bytes,
+    source_meta: ObjectMeta,
+    expected: u64,
+) -> StoreResult<ChunkMoved> {
     if data.len() as u64 != expected {
         return Err(StoreError::transient(format!(
             "read {} bytes of `{}` where {expected} were planned",
@@ -76,12 +105,13 @@ async fn send_chunk(work: &ChunkWork, data: Bytes, expected: u64) -> StoreResult
     }
     let (checksum, crc64) = checksums(data.clone(), work.checksum).await?;
     match &work.whole {
-        Some(meta) => {
-            let mut meta = meta.clone();
+        Some(blobway) => {
+            let mut meta = with_blobway_pairs(source_meta, blobway);
             meta.pairs
                 .insert(meta_keys::CRC64NVME.into(), format!("{crc64:016x}"));
-            work.sink
-                .put_whole(&work.dest_key, data, checksum, &meta)
+            work.target
+                .sink
+                .put_whole(&work.target.key, data, checksum, &meta)
                 .await?;
         }
         None => {
@@ -89,14 +119,27 @@ async fn send_chunk(work: &ChunkWork, data: Bytes, expected: u64) -> StoreResult
                 index: work.index,
                 id: &work.block_id,
                 checksum,
+                offset: work.range.start,
+                last: work.last,
             };
-            work.sink.put_block(&work.dest_key, block, data).await?;
+            work.target
+                .sink
+                .put_block(work.target.upload(), block, data)
+                .await?;
         }
     }
     Ok(ChunkMoved {
         bytes: expected,
         crc64,
     })
+}
+
+/// The source's metadata (without `blobway_*` pairs an earlier copy left) with blobway's own.
+pub fn with_blobway_pairs(source: ObjectMeta, blobway: &ObjectMeta) -> ObjectMeta {
+    let mut meta = ObjectMeta::from_source(source);
+    meta.pairs
+        .extend(blobway.pairs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    meta
 }
 
 /// The transactional checksum of `kind` and the CRC-64/NVME of `data` (one pass when they are
@@ -126,15 +169,50 @@ pub fn combine_crc64(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
     crc
 }
 
+/// An upload to begin: the source's metadata is read (pinned to the planned version) and the
+/// destination opens its session with it.
+#[derive(Clone)]
+pub struct BeginWork {
+    /// Where from.
+    pub source: Arc<dyn ObjectSource>,
+    /// Where to.
+    pub target: Target,
+    /// Source key.
+    pub key: String,
+    /// The planned source version.
+    pub etag: String,
+    /// blobway's metadata pairs for the destination.
+    pub blobway: ObjectMeta,
+}
+
+/// An upload that began: the source's metadata and the session to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Begun {
+    /// The source's metadata.
+    pub meta: ObjectMeta,
+    /// The destination's session, if it keeps one.
+    pub session: Option<String>,
+}
+
+/// Begins an upload.
+pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
+    let chunk = work
+        .source
+        .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
+        .await?;
+    let meta = ObjectMeta::from_source(chunk.meta);
+    let full = with_blobway_pairs(meta.clone(), &work.blobway);
+    let session = work.target.sink.begin(&work.target.key, &full).await?;
+    Ok(Begun { meta, session })
+}
+
 /// One object whose chunks are all staged, ready for verify-then-commit.
 #[derive(Clone)]
 pub struct CommitWork {
     /// Where to.
-    pub sink: Arc<dyn ObjectSink>,
-    /// Destination key.
-    pub dest_key: String,
-    /// Every block in order: ID and size.
-    pub blocks: Vec<(String, u64)>,
+    pub target: Target,
+    /// Every block in order.
+    pub blocks: Vec<PlannedBlock>,
     /// Metadata to commit with.
     pub meta: ObjectMeta,
 }
@@ -148,38 +226,34 @@ pub enum CommitOutcome {
     Missing(Vec<u32>),
 }
 
-/// Lists the staged blocks, compares them with the plan (IDs and sizes), and commits only when
-/// every block is there.
+/// Asks the destination which planned blocks it lacks (IDs and sizes), and commits only when
+/// it lacks none.
 pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> {
-    let staged: std::collections::HashMap<String, u64> = work
+    let target = &work.target;
+    let missing = target
         .sink
-        .staged_blocks(&work.dest_key)
-        .await?
-        .into_iter()
-        .map(|b| (b.id, b.size))
-        .collect();
-    let missing: Vec<u32> = work
-        .blocks
-        .iter()
-        .enumerate()
-        .filter(|(_, (id, size))| staged.get(id) != Some(size))
-        .map(|(i, _)| i as u32)
-        .collect();
-    if !missing.is_empty() {
-        // A crash between the commit and its record leaves nothing staged: if the destination
-        // already holds this very version, committed by blobway, the commit happened.
-        let total: u64 = work.blocks.iter().map(|(_, size)| size).sum();
-        let committed = work.sink.head(&work.dest_key).await?.is_some_and(|d| {
+        .missing_blocks(target.upload(), &work.blocks)
+        .await;
+    let lost = matches!(&missing, Err(e) if e.class == ErrorClass::UploadLost);
+    if lost || missing.as_ref().is_ok_and(|m| !m.is_empty()) {
+        // A crash between the commit and its record leaves nothing staged (and no session):
+        // if the destination already holds this very version, committed by blobway, the
+        // commit happened.
+        let total: u64 = work.blocks.iter().map(|b| b.size).sum();
+        let committed = target.sink.head(&target.key).await?.is_some_and(|d| {
             d.size == total
                 && d.meta.get(meta_keys::SOURCE_ETAG) == work.meta.pairs.get(meta_keys::SOURCE_ETAG)
         });
         if committed {
             return Ok(CommitOutcome::Committed);
         }
-        return Ok(CommitOutcome::Missing(missing));
+        return missing.map(CommitOutcome::Missing);
     }
-    let ids: Vec<String> = work.blocks.iter().map(|(id, _)| id.clone()).collect();
-    work.sink.commit(&work.dest_key, &ids, &work.meta).await?;
+    missing?;
+    target
+        .sink
+        .commit(target.upload(), &work.blocks, &work.meta)
+        .await?;
     Ok(CommitOutcome::Committed)
 }
 
@@ -206,45 +280,70 @@ mod tests {
         );
     }
 
+    const SIZE: u64 = 10_000;
+    const CHUNK: u64 = 4_000;
+
+    fn target(sink: &Arc<dyn ObjectSink>) -> Target {
+        Target {
+            sink: sink.clone(),
+            key: "out/f.bin".into(),
+            session: None,
+        }
+    }
+
+    fn chunk_work(
+        source: &Arc<dyn ObjectSource>,
+        sink: &Arc<dyn ObjectSink>,
+        etag: &str,
+        ids: &[String],
+        i: u32,
+    ) -> ChunkWork {
+        let range = u64::from(i) * CHUNK..(u64::from(i + 1) * CHUNK).min(SIZE);
+        ChunkWork {
+            source: source.clone(),
+            target: target(sink),
+            key: "f.bin".into(),
+            etag: etag.to_string(),
+            last: range.end == SIZE,
+            range,
+            index: i,
+            block_id: ids[i as usize].clone(),
+            whole: None,
+            checksum: ChecksumKind::Md5,
+            buffers: Arc::new(BufferPool::new(1 << 20)),
+        }
+    }
+
     #[tokio::test]
     async fn moves_chunks_then_commits_only_when_all_are_staged() {
         let src = tempfile::tempdir().expect("src");
         let dst = tempfile::tempdir().expect("dst");
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..SIZE as u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(src.path().join("f.bin"), &data).expect("write");
         let source: Arc<dyn ObjectSource> = Arc::new(LocalStore::new(src.path()));
         let sink: Arc<dyn ObjectSink> = Arc::new(LocalStore::new(dst.path()));
         sink.prepare().await.expect("prepare");
         let etag = source.list("", false).await.expect("list")[0].etag.clone();
-        let chunk = 4_000u64;
         let ids: Vec<String> = (0..3)
-            .map(|i| crate::engine::plan::block_id(&etag, 10_000, chunk, i))
+            .map(|i| crate::engine::plan::block_id(&etag, SIZE, CHUNK, i))
             .collect();
         let commit = CommitWork {
-            sink: sink.clone(),
-            dest_key: "out/f.bin".into(),
+            target: target(&sink),
             blocks: ids
                 .iter()
                 .enumerate()
-                .map(|(i, id)| (id.clone(), (chunk).min(10_000 - i as u64 * chunk)))
+                .map(|(i, id)| PlannedBlock {
+                    index: i as u32,
+                    id: id.clone(),
+                    size: CHUNK.min(SIZE - i as u64 * CHUNK),
+                })
                 .collect(),
             meta: ObjectMeta::default(),
         };
         for i in [0u32, 2] {
-            let work = ChunkWork {
-                source: source.clone(),
-                sink: sink.clone(),
-                key: "f.bin".into(),
-                dest_key: "out/f.bin".into(),
-                etag: etag.clone(),
-                range: u64::from(i) * chunk..(u64::from(i + 1) * chunk).min(10_000),
-                index: i,
-                block_id: ids[i as usize].clone(),
-                whole: None,
-                checksum: ChecksumKind::Md5,
-                buffers: Arc::new(BufferPool::new(1 << 20)),
-            };
-            move_chunk(&work).await.expect("moved");
+            move_chunk(&chunk_work(&source, &sink, &etag, &ids, i))
+                .await
+                .expect("moved");
         }
         assert_eq!(
             verify_and_commit(&commit).await,
@@ -254,20 +353,9 @@ mod tests {
             !dst.path().join("out/f.bin").exists(),
             "nothing visible before the commit"
         );
-        let work = ChunkWork {
-            source: source.clone(),
-            sink: sink.clone(),
-            key: "f.bin".into(),
-            dest_key: "out/f.bin".into(),
-            etag: etag.clone(),
-            range: chunk..2 * chunk,
-            index: 1,
-            block_id: ids[1].clone(),
-            whole: None,
-            checksum: ChecksumKind::Md5,
-            buffers: Arc::new(BufferPool::new(1 << 20)),
-        };
-        move_chunk(&work).await.expect("moved");
+        move_chunk(&chunk_work(&source, &sink, &etag, &ids, 1))
+            .await
+            .expect("moved");
         assert_eq!(
             verify_and_commit(&commit).await,
             Ok(CommitOutcome::Committed)
@@ -289,10 +377,19 @@ mod tests {
             Ok(CommitOutcome::Missing(vec![0, 1, 2])),
             "the first commit carried no version, so it is not recognised"
         );
-        move_chunks_and_commit(&source, &sink, &etag, &ids, chunk, &recorded).await;
+        for i in 0..3 {
+            move_chunk(&chunk_work(&source, &sink, &etag, &ids, i))
+                .await
+                .expect("moved");
+        }
         assert_eq!(
             verify_and_commit(&recorded).await,
             Ok(CommitOutcome::Committed)
+        );
+        assert_eq!(
+            verify_and_commit(&recorded).await,
+            Ok(CommitOutcome::Committed),
+            "recognised after the fact"
         );
         let mut other_version = recorded.clone();
         other_version
@@ -303,37 +400,6 @@ mod tests {
             verify_and_commit(&other_version).await,
             Ok(CommitOutcome::Missing(vec![0, 1, 2])),
             "another version's commit does not count"
-        );
-    }
-
-    async fn move_chunks_and_commit(
-        source: &Arc<dyn ObjectSource>,
-        sink: &Arc<dyn ObjectSink>,
-        etag: &str,
-        ids: &[String],
-        chunk: u64,
-        commit: &CommitWork,
-    ) {
-        for (i, id) in ids.iter().enumerate() {
-            let i = i as u32;
-            let work = ChunkWork {
-                source: source.clone(),
-                sink: sink.clone(),
-                key: "f.bin".into(),
-                dest_key: commit.dest_key.clone(),
-                etag: etag.to_string(),
-                range: u64::from(i) * chunk..(u64::from(i + 1) * chunk).min(10_000),
-                index: i,
-                block_id: id.clone(),
-                whole: None,
-                checksum: ChecksumKind::Md5,
-                buffers: Arc::new(BufferPool::new(1 << 20)),
-            };
-            move_chunk(&work).await.expect("moved");
-        }
-        assert_eq!(
-            verify_and_commit(commit).await,
-            Ok(CommitOutcome::Committed)
         );
     }
 }

@@ -480,7 +480,7 @@ mod tests {
             id,
             source: "s3://b/p/".into(),
             destination: "az://c/p/".into(),
-            options: JobOptions { chunk_size: 8 },
+            options: JobOptions::with_chunk_size(8),
             state: JobState::Running,
             created_ms: 1,
             updated_ms: 1,
@@ -500,6 +500,8 @@ mod tests {
             commit_attempts: 0,
             error: None,
             note: None,
+            session: None,
+            meta: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ErrorClass, StoreError};
+use crate::store::{Access, ErrorClass, ObjectMeta, StoreError};
 
 /// Identifies a job in the state database.
 pub type JobId = u64;
@@ -213,6 +213,14 @@ pub struct FileRecord {
     pub error: Option<ErrorRecord>,
     /// Why it was skipped, or other operator-facing remarks.
     pub note: Option<String>,
+    /// The upload session the destination opened (S3: the multipart upload ID; GCS: the
+    /// resumable session URI), kept so a resumed job continues the same upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The source's metadata (content type, encoding, cache control, user pairs) as read when
+    /// the upload began, for the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ObjectMeta>,
 }
 
 impl FileRecord {
@@ -228,11 +236,46 @@ impl FileRecord {
     }
 }
 
-/// Settings a job was planned with.
+/// Settings a job was planned with; a resumed job keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobOptions {
     /// Requested chunk size (raised per object when a store limit requires it).
     pub chunk_size: u64,
+    /// Only objects matching one of these globs are copied (all when empty). A pattern
+    /// without `/` matches an object's base name; one with `/` its path under the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Objects matching one of these globs are left out (this wins over `include`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Which AWS profile and endpoint the source uses, when not the environment's.
+    #[serde(default)]
+    pub source_access: Access,
+    /// Which AWS profile and endpoint the destination uses, when not the environment's.
+    #[serde(default)]
+    pub dest_access: Access,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 16 << 20,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            source_access: Access::default(),
+            dest_access: Access::default(),
+        }
+    }
+}
+
+impl JobOptions {
+    /// Default options with this chunk size.
+    pub fn with_chunk_size(chunk_size: u64) -> Self {
+        Self {
+            chunk_size,
+            ..Self::default()
+        }
+    }
 }
 
 /// One copy job: a source location to a destination location.

@@ -80,7 +80,7 @@ mod tests {
                 id,
                 source: format!("s{id}"),
                 destination: "d".into(),
-                options: JobOptions { chunk_size: 1 },
+                options: JobOptions::with_chunk_size(1),
                 state: JobState::Queued,
                 created_ms: 0,
                 updated_ms: 0,

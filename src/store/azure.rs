@@ -44,8 +44,8 @@ use futures::StreamExt;
 
 use super::azure_sas::{AccountSas, SasSource};
 use super::{
-    BlockRef, Checksum, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource,
-    Page, SinkLimits, StagedBlock, StoreError, StoreResult, StoreSettings,
+    BlockRef, Checksum, Chunk, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink,
+    ObjectSource, Page, PlannedBlock, SinkLimits, StoreError, StoreResult, StoreSettings, Upload,
 };
 
 /// The service version blobway speaks: recent, and accepted by Azurite 3.35.
@@ -544,7 +544,9 @@ impl ObjectSink for AzureStore {
             max_block: 4000 << 20,
             max_blocks: 50_000,
             min_block: 0,
+            granularity: 1,
             max_single_put: 5000 << 20,
+            sequential: false,
         }
     }
 
@@ -560,7 +562,13 @@ impl ObjectSink for AzureStore {
         }
     }
 
-    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let key = upload.key;
         let client = self.blob_client(key)?.block_blob_client();
         let len = data.len() as u64;
         let options = BlockBlobClientStageBlockOptions {
@@ -581,34 +589,43 @@ impl ObjectSink for AzureStore {
             .map(|_| ())
     }
 
-    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        let key = upload.key;
         let client = self.blob_client(key)?.block_blob_client();
         let call = client.get_block_list(BlockListType::Uncommitted, None);
-        let response = match self.within("Get Block List", key, call).await {
-            Ok(response) => response,
-            Err(e) if e.class == ErrorClass::NotFound => return Ok(Vec::new()),
+        let staged: HashMap<Vec<u8>, u64> = match self.within("Get Block List", key, call).await {
+            Ok(response) => response
+                .into_model()
+                .map_err(|e| self.error(e, "read the block list of", key))?
+                .uncommitted_blocks
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|b| Some((b.name?, b.size.unwrap_or(0).max(0) as u64)))
+                .collect(),
+            Err(e) if e.class == ErrorClass::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
-        let list = response
-            .into_model()
-            .map_err(|e| self.error(e, "read the block list of", key))?;
-        Ok(list
-            .uncommitted_blocks
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|b| {
-                Some(StagedBlock {
-                    id: String::from_utf8(b.name?).ok()?,
-                    size: b.size.unwrap_or(0).max(0) as u64,
-                })
-            })
+        Ok(blocks
+            .iter()
+            .filter(|b| staged.get(b.id.as_bytes()) != Some(&b.size))
+            .map(|b| b.index)
             .collect())
     }
 
-    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let key = upload.key;
         let client = self.blob_client(key)?.block_blob_client();
         let list = BlockLookupList {
-            latest: Some(block_ids.iter().map(|id| id.as_bytes().to_vec()).collect()),
+            latest: Some(blocks.iter().map(|b| b.id.as_bytes().to_vec()).collect()),
             ..Default::default()
         };
         let content: RequestContent<BlockLookupList, _> = list
@@ -616,6 +633,9 @@ impl ObjectSink for AzureStore {
             .map_err(|e| self.error(e, "encode the block list of", key))?;
         let options = BlockBlobClientCommitBlockListOptions {
             metadata: to_metadata(meta),
+            blob_content_type: meta.content_type.clone(),
+            blob_content_encoding: meta.content_encoding.clone(),
+            blob_cache_control: meta.cache_control.clone(),
             ..Default::default()
         };
         let call = client.commit_block_list(content, Some(options));
@@ -635,6 +655,9 @@ impl ObjectSink for AzureStore {
             .ok_or_else(|| StoreError::new(ErrorClass::Invalid, None, "empty partition size"))?;
         let options = BlockBlobClientUploadOptions {
             metadata: to_metadata(meta),
+            blob_content_type: meta.content_type.clone(),
+            blob_content_encoding: meta.content_encoding.clone(),
+            blob_cache_control: meta.cache_control.clone(),
             partition_size: Some(single),
             parallel: std::num::NonZero::new(1),
             method_options: ClientMethodOptions {
@@ -804,7 +827,7 @@ impl ObjectSource for AzureStore {
         etag: &str,
         range: Range<u64>,
         buffer: BytesMut,
-    ) -> StoreResult<Bytes> {
+    ) -> StoreResult<Chunk> {
         let client = self.blob_client(key)?;
         let expected = (range.end - range.start) as usize;
         if expected == 0 {
@@ -814,11 +837,19 @@ impl ObjectSource for AzureStore {
                 .map_err(|e| e.on_read(key))?;
             let current = response.etag().ok().flatten().map(|e| e.to_string());
             let unquoted = |e: &str| e.trim_matches('"').to_string();
-            return if current.as_deref().map(unquoted) == Some(unquoted(etag)) {
-                Ok(Bytes::new())
-            } else {
-                Err(StoreError::source_changed(key))
+            if current.as_deref().map(unquoted) != Some(unquoted(etag)) {
+                return Err(StoreError::source_changed(key));
+            }
+            let meta = ObjectMeta {
+                content_type: response.content_type().ok().flatten(),
+                content_encoding: response.content_encoding().ok().flatten(),
+                cache_control: response.cache_control().ok().flatten(),
+                pairs: lowercase(response.metadata().unwrap_or_default()),
             };
+            return Ok(Chunk {
+                data: Bytes::new(),
+                meta,
+            });
         }
         let options = BlobClientDownloadOptions {
             range: Some(range.clone().into()),
@@ -831,6 +862,13 @@ impl ObjectSource for AzureStore {
             .within("GET", key, client.download(Some(options)))
             .await
             .map_err(|e| e.on_read(key))?;
+        let props = response.properties;
+        let meta = ObjectMeta {
+            content_type: props.content_type,
+            content_encoding: props.content_encoding,
+            cache_control: props.cache_control,
+            pairs: lowercase(props.metadata),
+        };
         let mut body = response.body;
         let mut buf = buffer;
         buf.reserve(expected);
@@ -849,8 +887,18 @@ impl ObjectSource for AzureStore {
                 buf.len()
             )));
         }
-        Ok(buf.freeze())
+        Ok(Chunk {
+            data: buf.freeze(),
+            meta,
+        })
     }
+}
+
+/// Metadata with lowercase keys (Azure preserves the case it was given).
+fn lowercase(meta: HashMap<String, String>) -> BTreeMap<String, String> {
+    meta.into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
 }
 
 #[cfg(test)]

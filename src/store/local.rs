@@ -19,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::{
-    BlockRef, Checksum, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink, ObjectSource,
-    Page, SinkLimits, StagedBlock, StoreError, StoreResult,
+    BlockRef, Checksum, Chunk, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink,
+    ObjectSource, Page, PlannedBlock, SinkLimits, StoreError, StoreResult, Upload,
 };
 
 /// Name of the directory, inside the root, where blocks wait for their commit.
@@ -75,13 +75,19 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot stat", &path, e)),
         };
-        let meta = fs::read(self.meta_path(key))
+        let meta = self.stored_meta(key, size).pairs;
+        Ok(Some(DestObject { size, meta }))
+    }
+
+    /// The metadata blobway recorded for `key`, when the sidecar still describes a file of
+    /// `size` bytes; empty otherwise.
+    fn stored_meta(&self, key: &str, size: u64) -> ObjectMeta {
+        fs::read(self.meta_path(key))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
             .filter(|sidecar| sidecar.size == size)
-            .map(|sidecar| sidecar.pairs)
-            .unwrap_or_default();
-        Ok(Some(DestObject { size, meta }))
+            .map(|sidecar| sidecar.meta)
+            .unwrap_or_default()
     }
 
     /// Records the metadata of an object just put in place.
@@ -91,7 +97,7 @@ impl LocalStore {
         fs::create_dir_all(&dir)?;
         let sidecar = Sidecar {
             size,
-            pairs: meta.pairs.clone(),
+            meta: meta.clone(),
         };
         let bytes = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
         write_atomically(&dir, &path, &[&bytes])
@@ -102,7 +108,7 @@ impl LocalStore {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sidecar {
     size: u64,
-    pairs: BTreeMap<String, String>,
+    meta: ObjectMeta,
 }
 
 fn key_hash(key: &str) -> String {
@@ -278,9 +284,9 @@ impl ObjectSource for LocalStore {
         etag: &str,
         range: Range<u64>,
         buffer: BytesMut,
-    ) -> StoreResult<Bytes> {
+    ) -> StoreResult<Chunk> {
         let path = self.object_path(key)?;
-        let (key, etag) = (key.to_string(), etag.to_string());
+        let (key, etag, store) = (key.to_string(), etag.to_string(), self.clone());
         blocking(move || {
             let file = fs::File::open(&path).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => StoreError::source_changed(&key),
@@ -304,7 +310,11 @@ impl ObjectSource for LocalStore {
             file.read_exact_at(&mut buf, range.start)
                 .map_err(|e| io_error("cannot read", &path, e))?;
             check(&file)?;
-            Ok(buf.freeze())
+            let size = file.metadata().map_or(0, |m| m.len());
+            Ok(Chunk {
+                data: buf.freeze(),
+                meta: store.stored_meta(&key, size),
+            })
         })
         .await
     }
@@ -337,7 +347,9 @@ impl ObjectSink for LocalStore {
             max_block: 4000 << 20,
             max_blocks: 50_000,
             min_block: 0,
+            granularity: 1,
             max_single_put: 5000 << 20,
+            sequential: false,
         }
     }
 
@@ -353,9 +365,14 @@ impl ObjectSink for LocalStore {
         .await
     }
 
-    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
         check_arrival(&block.checksum, &data)?;
-        let dir = self.staging_for(key);
+        let dir = self.staging_for(upload.key);
         let target = dir.join(block.id);
         blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
@@ -365,37 +382,33 @@ impl ObjectSink for LocalStore {
         .await
     }
 
-    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
-        let dir = self.staging_for(key);
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        let dir = self.staging_for(upload.key);
+        let blocks = blocks.to_vec();
         blocking(move || {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(io_error("cannot list", &dir, e)),
-            };
-            let mut blocks = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
-                let id = entry.file_name().to_string_lossy().into_owned();
-                if id.starts_with('.') {
-                    continue;
-                }
-                let size = entry
-                    .metadata()
-                    .map_err(|e| io_error("cannot stat", &entry.path(), e))?
-                    .len();
-                blocks.push(StagedBlock { id, size });
-            }
-            Ok(blocks)
+            Ok(blocks
+                .iter()
+                .filter(|b| fs::metadata(dir.join(&b.id)).map(|m| m.len()).ok() != Some(b.size))
+                .map(|b| b.index)
+                .collect())
         })
         .await
     }
 
-    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
-        let target = self.object_path(key)?;
-        let dir = self.staging_for(key);
-        let ids = block_ids.to_vec();
-        let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let target = self.object_path(upload.key)?;
+        let dir = self.staging_for(upload.key);
+        let ids: Vec<String> = blocks.iter().map(|b| b.id.clone()).collect();
+        let (store, key, meta) = (self.clone(), upload.key.to_string(), meta.clone());
         blocking(move || {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
@@ -486,35 +499,69 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalStore::new(dir.path());
         store.prepare().await.expect("prepare");
-        let ids = ["b-0".to_string(), "b-1".to_string()];
-        for (i, (id, data)) in ids.iter().zip([&b"hello "[..], b"world"]).enumerate() {
-            let block = BlockRef {
-                index: i as u32,
-                id,
-                checksum: crc(data),
-            };
+        let upload = Upload {
+            key: "out/x.txt",
+            session: None,
+        };
+        let planned = [
+            PlannedBlock {
+                index: 0,
+                id: "b-0".into(),
+                size: 6,
+            },
+            PlannedBlock {
+                index: 1,
+                id: "b-1".into(),
+                size: 5,
+            },
+        ];
+        assert_eq!(
             store
-                .put_block("out/x.txt", block, Bytes::copy_from_slice(data))
+                .missing_blocks(upload, &planned)
+                .await
+                .expect("missing"),
+            vec![0, 1]
+        );
+        let mut offset = 0;
+        for (block, data) in planned.iter().zip([&b"hello "[..], b"world"]) {
+            let block_ref = BlockRef {
+                index: block.index,
+                id: &block.id,
+                checksum: crc(data),
+                offset,
+                last: block.index == 1,
+            };
+            offset += data.len() as u64;
+            store
+                .put_block(upload, block_ref, Bytes::copy_from_slice(data))
                 .await
                 .expect("stage");
         }
         assert_eq!(store.head("out/x.txt").await.expect("head"), None);
-        let mut staged = store.staged_blocks("out/x.txt").await.expect("staged");
-        staged.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(
-            staged[0],
-            StagedBlock {
-                id: "b-0".into(),
-                size: 6
-            }
+            store
+                .missing_blocks(upload, &planned)
+                .await
+                .expect("missing"),
+            Vec::<u32>::new()
         );
-        let mut meta = ObjectMeta::default();
+        let mut wrong_size = planned.clone();
+        wrong_size[1].size = 6;
+        assert_eq!(
+            store
+                .missing_blocks(upload, &wrong_size)
+                .await
+                .expect("missing"),
+            vec![1],
+            "a block staged with another size does not count"
+        );
+        let mut meta = ObjectMeta {
+            content_type: Some("text/plain".into()),
+            ..ObjectMeta::default()
+        };
         meta.pairs
             .insert("blobway_source_etag".into(), "\"v1\"".into());
-        store
-            .commit("out/x.txt", &ids, &meta)
-            .await
-            .expect("commit");
+        store.commit(upload, &planned, &meta).await.expect("commit");
         let found = store
             .head("out/x.txt")
             .await
@@ -527,12 +574,25 @@ mod tests {
             fs::read(dir.path().join("out/x.txt")).expect("read"),
             b"hello world"
         );
-        assert!(
+        assert_eq!(
             store
-                .staged_blocks("out/x.txt")
+                .missing_blocks(upload, &planned)
                 .await
-                .expect("staged")
-                .is_empty()
+                .expect("missing"),
+            vec![0, 1],
+            "nothing stays staged after the commit"
+        );
+        let etag = store.list("out/x.txt", true).await.expect("stat")[0]
+            .etag
+            .clone();
+        let read = store
+            .read_range("out/x.txt", &etag, 0..0, BytesMut::new())
+            .await
+            .expect("metadata");
+        assert_eq!(
+            read.meta.content_type.as_deref(),
+            Some("text/plain"),
+            "the content type travels with the object"
         );
     }
 
@@ -544,9 +604,15 @@ mod tests {
             index: 0,
             id: "b-0",
             checksum: crc(b"other"),
+            offset: 0,
+            last: false,
+        };
+        let upload = Upload {
+            key: "k",
+            session: None,
         };
         let err = store
-            .put_block("k", block, Bytes::from_static(b"data"))
+            .put_block(upload, block, Bytes::from_static(b"data"))
             .await
             .expect_err("mismatch");
         assert_eq!(err.class, ErrorClass::Transient);
@@ -565,7 +631,7 @@ mod tests {
             .read_range("a.bin", &etag, 2..5, BytesMut::new())
             .await
             .expect("read");
-        assert_eq!(&got[..], b"234");
+        assert_eq!(&got.data[..], b"234");
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(dir.path().join("a.bin"), b"01234567890").expect("rewrite");
         let err = store

@@ -2,18 +2,25 @@
 //! stat, ranged read pinned to a version) and [`ObjectSink`] (stage a block, list what is
 //! staged, commit atomically, put a whole small object, look at what is there).
 //!
-//! One adapter per backend: [`s3`], [`azure`], [`local`]. Every failure is a [`StoreError`]
+//! One adapter per backend: [`s3`] (with its sink side in `s3_sink`), [`azure`], [`gcs`]
+//! (a destination only), [`local`]. Every failure is a [`StoreError`]
 //! with an [`ErrorClass`]; the class, not the text, decides what the engine does. This module
 //! knows nothing of the engine.
 
 pub mod azure;
 pub mod azure_sas;
+mod checksum;
+mod error;
+pub mod gcs;
 pub mod local;
 pub mod s3;
+mod s3_sink;
 pub mod simulated;
 
+pub use checksum::{Checksum, ChecksumKind, crc64};
+pub use error::{ErrorClass, StoreError, StoreResult};
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,137 +30,20 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::location::{Location, Scheme};
-use crate::redact::redact;
 
-/// What kind of failure a store reported, which decides what happens next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ErrorClass {
-    /// The store asked us to slow down (429, 503 SlowDown / ServerBusy): retry, and tell the
-    /// concurrency controller at once.
-    Throttled,
-    /// A passing fault (timeout, reset, 500, stalled or short body): retry with backoff.
-    Transient,
-    /// The source object is no longer the version that was planned (412): fail the file.
-    SourceChanged,
-    /// The bucket, container or object does not exist.
-    NotFound,
-    /// The credentials were rejected.
-    Auth,
-    /// The credentials are valid but not allowed to do this.
-    Permission,
-    /// The request can never succeed as made (bad name, too large, unsupported).
-    Invalid,
-    /// The destination ran out of space or quota.
-    Capacity,
+/// Which AWS credentials and endpoint one side of a route uses when it is not the
+/// environment's default — so `s3://a/ → s3://b/` can span two accounts or two servers.
+/// Names only, never secrets: the profile's keys stay in the AWS config files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Access {
+    /// An AWS profile (`~/.aws/config`, `~/.aws/credentials`): its credentials and region are
+    /// used instead of the environment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// An S3 endpoint URL used instead of `AWS_ENDPOINT_URL(_S3)` and the profile's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
-
-impl ErrorClass {
-    /// True for the classes worth another attempt.
-    pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorClass::Throttled | ErrorClass::Transient)
-    }
-
-    /// True for the classes that will fail every other request of the job too, so the job
-    /// stops at once instead of failing file by file.
-    pub fn stops_job(self) -> bool {
-        matches!(
-            self,
-            ErrorClass::Auth | ErrorClass::Permission | ErrorClass::Capacity
-        )
-    }
-
-    /// Upper-case name used in summaries and the state database.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorClass::Throttled => "THROTTLED",
-            ErrorClass::Transient => "TRANSIENT",
-            ErrorClass::SourceChanged => "SOURCE_CHANGED",
-            ErrorClass::NotFound => "NOT_FOUND",
-            ErrorClass::Auth => "AUTH",
-            ErrorClass::Permission => "PERMISSION",
-            ErrorClass::Invalid => "INVALID",
-            ErrorClass::Capacity => "CAPACITY",
-        }
-    }
-}
-
-/// A failure reported by a store, already stripped of secrets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreError {
-    /// What kind of failure this is.
-    pub class: ErrorClass,
-    /// The HTTP status, when the store answered.
-    pub status: Option<u16>,
-    /// What happened and, for fatal classes, how to fix it. Never contains secrets.
-    pub message: String,
-    /// How long the store asked us to wait before trying again.
-    #[serde(skip)]
-    pub retry_after: Option<Duration>,
-}
-
-impl StoreError {
-    /// Makes an error; the message is redacted here, once, for every store.
-    pub fn new(class: ErrorClass, status: Option<u16>, message: impl AsRef<str>) -> Self {
-        Self {
-            class,
-            status,
-            message: redact(message.as_ref()),
-            retry_after: None,
-        }
-    }
-
-    /// A transient failure without an HTTP status (connection reset, stall, short body).
-    pub fn transient(message: impl AsRef<str>) -> Self {
-        Self::new(ErrorClass::Transient, None, message)
-    }
-
-    /// Sets the delay the store asked for.
-    pub fn with_retry_after(mut self, delay: Option<Duration>) -> Self {
-        self.retry_after = delay;
-        self
-    }
-
-    /// The message of a planned object that changed under us.
-    pub fn source_changed(key: &str) -> Self {
-        Self::new(
-            ErrorClass::SourceChanged,
-            Some(412),
-            format!(
-                "source changed since planning: `{key}` no longer matches the version recorded \
-                 when the job was planned; run the same `blobway copy` again to copy the new \
-                 version"
-            ),
-        )
-    }
-
-    /// How a failed read of a planned object reads: gone (404) or no longer matching its
-    /// version (412) both mean the source changed since planning.
-    pub fn on_read(self, key: &str) -> Self {
-        match (self.class, self.status) {
-            (ErrorClass::SourceChanged, _) | (ErrorClass::NotFound, _) | (_, Some(412)) => {
-                Self::source_changed(key)
-            }
-            _ => self,
-        }
-    }
-
-    /// Prefixes the message with what was being done.
-    pub fn context(mut self, what: impl fmt::Display) -> Self {
-        self.message = redact(&format!("{what}: {}", self.message));
-        self
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Some(status) => write!(f, "{} (HTTP {status}): {}", self.class.name(), self.message),
-            None => write!(f, "{}: {}", self.class.name(), self.message),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// How the stores of a run behave.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -182,9 +72,6 @@ impl StoreSettings {
     }
 }
 
-/// Shorthand for store results.
-pub type StoreResult<T> = Result<T, StoreError>;
-
 /// One object as listed at the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
@@ -210,61 +97,25 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// One block the destination holds staged (uncommitted) for an object.
+/// One block of a planned object: its index, deterministic ID and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StagedBlock {
-    /// The block ID, as given to [`ObjectSink::put_block`].
+pub struct PlannedBlock {
+    /// Zero-based chunk index.
+    pub index: u32,
+    /// Deterministic block ID (ASCII, equal length for every block of an object).
     pub id: String,
-    /// Its size in bytes.
+    /// Size in bytes.
     pub size: u64,
 }
 
-/// Which transactional checksum uploads carry, for the store to check on arrival.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-pub enum ChecksumKind {
-    /// CRC-64/NVME (`x-ms-content-crc64`): cheap (tens of GB/s); Azure checks it.
-    #[default]
-    Crc64,
-    /// MD5 (`Content-MD5`): ~0.5 GB/s per core; Azure and Azurite check it.
-    Md5,
-}
-
-/// The transactional checksum of one upload's bytes.
+/// An upload in progress: the destination key and the session the store opened for it (S3:
+/// the multipart upload ID; GCS: the resumable session), if it needs one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Checksum {
-    /// CRC-64/NVME.
-    Crc64(u64),
-    /// MD5.
-    Md5([u8; 16]),
-}
-
-impl Checksum {
-    /// The checksum of `kind` over `data`.
-    pub fn of(kind: ChecksumKind, data: &[u8]) -> Self {
-        match kind {
-            ChecksumKind::Crc64 => Checksum::Crc64(crc64(data)),
-            ChecksumKind::Md5 => {
-                use md5::Digest;
-                Checksum::Md5(md5::Md5::digest(data).into())
-            }
-        }
-    }
-
-    /// True when `data` has this checksum.
-    pub fn matches(&self, data: &[u8]) -> bool {
-        match self {
-            Checksum::Crc64(crc) => crc64(data) == *crc,
-            Checksum::Md5(_) => Checksum::of(ChecksumKind::Md5, data) == *self,
-        }
-    }
-}
-
-/// CRC-64/NVME of `data`, the CRC Azure (`x-ms-content-crc64`, little-endian) and S3
-/// (`x-amz-checksum-crc64nvme`) use.
-pub fn crc64(data: &[u8]) -> u64 {
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
+pub struct Upload<'a> {
+    /// Destination key.
+    pub key: &'a str,
+    /// The session recorded when the upload began.
+    pub session: Option<&'a str>,
 }
 
 /// A block to stage: its index in the object, its deterministic ID and the checksum of its
@@ -277,18 +128,43 @@ pub struct BlockRef<'a> {
     pub id: &'a str,
     /// The transactional checksum of the block's bytes.
     pub checksum: Checksum,
+    /// The chunk's first byte in the object.
+    pub offset: u64,
+    /// True for the object's last chunk.
+    pub last: bool,
 }
 
-/// Metadata blobway writes with every committed object so that a later run can recognise an
-/// identical destination without reading it back.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An object's metadata: the standard headers a copy keeps, and key/value pairs — the
+/// source's user metadata, and the `blobway_*` pairs blobway writes with every committed
+/// object so a later run recognises an identical destination without reading it back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
-    /// Key/value pairs stored with the object (keys are lowercase identifiers).
+    /// Content-Type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Content-Encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    /// Cache-Control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// Key/value pairs (keys lowercase).
+    #[serde(default)]
     pub pairs: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    /// The source's metadata without the `blobway_*` pairs an earlier copy left in it.
+    pub fn from_source(mut meta: ObjectMeta) -> Self {
+        meta.pairs.retain(|k, _| !k.starts_with(meta_keys::PREFIX));
+        meta
+    }
 }
 
 /// Metadata keys blobway writes.
 pub mod meta_keys {
+    /// What every key blobway writes starts with.
+    pub const PREFIX: &str = "blobway_";
     /// The source ETag the object was copied from.
     pub const SOURCE_ETAG: &str = "blobway_source_etag";
     /// The object size in bytes.
@@ -302,11 +178,21 @@ pub mod meta_keys {
 pub struct DestObject {
     /// Size in bytes.
     pub size: u64,
-    /// Metadata stored with it.
+    /// Metadata pairs stored with it.
     pub meta: BTreeMap<String, String>,
 }
 
-/// The hard limits of a destination that the planner must respect.
+/// Bytes read from a source, with the object's metadata as the read reported it.
+#[derive(Clone, Debug, Default)]
+pub struct Chunk {
+    /// The bytes.
+    pub data: Bytes,
+    /// The object's metadata (empty when the store keeps none).
+    pub meta: ObjectMeta,
+}
+
+/// The hard limits and the upload protocol of a destination, which the planner and the
+/// scheduler respect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SinkLimits {
     /// Largest block (chunk) the store accepts.
@@ -315,8 +201,12 @@ pub struct SinkLimits {
     pub max_blocks: u64,
     /// Smallest block except the last one (S3 parts: 5 MiB); 0 when there is none.
     pub min_block: u64,
+    /// Every block but the last must be a multiple of this (GCS resumable: 256 KiB).
+    pub granularity: u64,
     /// Largest object a single whole-object put accepts.
     pub max_single_put: u64,
+    /// Blocks of one object must arrive one after the other, in order (GCS resumable).
+    pub sequential: bool,
 }
 
 impl SinkLimits {
@@ -335,14 +225,14 @@ pub trait ObjectSource: Send + Sync {
 
     /// Reads `range` of `key` into `buffer` (empty; reused from earlier chunks when it has the
     /// room), failing with [`ErrorClass::SourceChanged`] unless the object is still the version
-    /// `etag`. An empty range checks the version only.
+    /// `etag`. An empty range checks the version and reads the metadata only.
     async fn read_range(
         &self,
         key: &str,
         etag: &str,
         range: Range<u64>,
         buffer: BytesMut,
-    ) -> StoreResult<Bytes>;
+    ) -> StoreResult<Chunk>;
 
     /// One page of what lies directly under `prefix` (delimiter `/`), for browsing.
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page>;
@@ -351,20 +241,53 @@ pub trait ObjectSource: Send + Sync {
 /// A place objects are written to, block by block, made visible only by one commit.
 #[async_trait]
 pub trait ObjectSink: Send + Sync {
-    /// The store's hard limits.
+    /// The store's hard limits and protocol.
     fn limits(&self) -> SinkLimits;
+
+    /// The transactional checksum this store's uploads carry when `requested` is asked for
+    /// (a store that checks only another kind says which).
+    fn checksum_kind(&self, requested: ChecksumKind) -> ChecksumKind {
+        requested
+    }
 
     /// Makes sure the destination container exists and the credentials may write to it.
     async fn prepare(&self) -> StoreResult<()>;
 
-    /// Stages one block of `key`. Staging the same ID again overwrites it.
-    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()>;
+    /// Begins a multi-block upload of `key` carrying `meta`; returns the session to record,
+    /// when the store keeps one.
+    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        let _ = (key, meta);
+        Ok(None)
+    }
 
-    /// The blocks staged (uncommitted) for `key`.
-    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>>;
+    /// Stages one block. Staging the same block again overwrites it.
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()>;
 
-    /// Makes `key` visible, atomically, as the concatenation of `block_ids`.
-    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()>;
+    /// Which of `blocks` the store does not hold staged as planned (index and size).
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>>;
+
+    /// Makes the object visible, atomically, as the concatenation of `blocks`, with `meta`.
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()>;
+
+    /// Gives up an upload that will not be committed (a cancelled job).
+    async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
+        let _ = upload;
+        Ok(())
+    }
 
     /// Writes a whole (small) object in one request, verified by `checksum`.
     async fn put_whole(
@@ -385,12 +308,17 @@ pub trait ObjectSink: Send + Sync {
 /// Opens the source store a location lives in.
 pub async fn open_source(
     location: &Location,
+    access: &Access,
     settings: StoreSettings,
 ) -> anyhow::Result<Arc<dyn ObjectSource>> {
     Ok(match location.scheme {
-        Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container, settings).await?),
+        Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container, access, settings).await?),
         Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container, settings)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
+        Scheme::Gcs => anyhow::bail!(
+            "Google Cloud Storage is supported as a destination only; copy from s3://, az:// \
+             or a local path"
+        ),
     })
 }
 
@@ -408,20 +336,24 @@ pub async fn list_containers(scheme: Scheme) -> StoreResult<Vec<String>> {
             None,
             "a local path has no containers; browse a directory instead",
         )),
+        Scheme::Gcs => Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "Google Cloud Storage is a destination only; it cannot be browsed",
+        )),
     }
 }
 
 /// Opens the destination store a location lives in.
 pub async fn open_sink(
     location: &Location,
+    access: &Access,
     settings: StoreSettings,
 ) -> anyhow::Result<Arc<dyn ObjectSink>> {
     Ok(match location.scheme {
         Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container, settings)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
-        Scheme::S3 => anyhow::bail!(
-            "S3 as a destination is not supported yet; copy to az://container/path or a local \
-             path"
-        ),
+        Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container, access, settings).await?),
+        Scheme::Gcs => Arc::new(gcs::GcsStore::connect(&location.container, settings)?),
     })
 }

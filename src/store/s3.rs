@@ -1,5 +1,6 @@
-//! Amazon S3 (and S3-compatible servers) as a source: paginated listing, and ranged GETs
-//! pinned with If-Match to the ETag recorded at planning.
+//! Amazon S3 (and S3-compatible servers) as a source: the client, error classes, paginated
+//! listing, and ranged GETs pinned with If-Match to the ETag recorded at planning. (S3 as a
+//! destination lives in [`super::s3_sink`].)
 //!
 //! Credentials, region and endpoint come from the AWS SDK's default chain
 //! (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, `AWS_PROFILE`,
@@ -19,46 +20,69 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use bytes::{Bytes, BytesMut};
 
-use super::{ErrorClass, ObjectInfo, ObjectSource, Page, StoreError, StoreResult};
+use std::collections::BTreeMap;
+
+use super::{
+    Access, Chunk, ErrorClass, ObjectInfo, ObjectMeta, ObjectSource, Page, StoreError, StoreResult,
+};
 
 /// One S3 bucket.
 #[derive(Clone, Debug)]
 pub struct S3Store {
-    client: Client,
-    bucket: String,
+    pub(super) client: Client,
+    pub(super) bucket: String,
     endpoint: String,
-    stall_timeout: Duration,
+    pub(super) stall_timeout: Duration,
 }
 
-/// Builds an S3 client from the SDK's default configuration chain; returns it with the
-/// endpoint it talks to, for messages.
-pub async fn client_from_env() -> (Client, String) {
+/// Builds an S3 client from the SDK's default configuration chain, or from `access` where it
+/// names a profile (whose credentials and region are then used instead of the environment's)
+/// or an endpoint; returns it with the endpoint it talks to, for messages.
+pub async fn client_for(access: &Access) -> (Client, String) {
     if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
         crate::redact::register_secret(&secret);
     }
     if let Ok(token) = std::env::var("AWS_SESSION_TOKEN") {
         crate::redact::register_secret(&token);
     }
-    let shared = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .build(),
-        )
-        .load()
-        .await;
+        );
+    if let Some(profile) = &access.profile {
+        loader = loader
+            .profile_name(profile)
+            .credentials_provider(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(profile)
+                    .build(),
+            )
+            .region(
+                aws_config::profile::ProfileFileRegionProvider::builder()
+                    .profile_name(profile)
+                    .build(),
+            );
+    }
+    if let Some(endpoint) = &access.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     if shared.region().is_none() {
         config = config.region(Region::new("us-east-1"));
     }
-    let custom = std::env::var("AWS_ENDPOINT_URL_S3")
-        .ok()
+    let custom = access
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
         .or_else(|| shared.endpoint_url().map(str::to_string));
-    if custom.is_some() {
-        config = config.force_path_style(true);
+    if let Some(endpoint) = &custom {
+        config = config.endpoint_url(endpoint).force_path_style(true);
     }
     let region = shared
         .region()
@@ -69,7 +93,7 @@ pub async fn client_from_env() -> (Client, String) {
 
 /// The buckets the credentials can see.
 pub async fn list_buckets() -> StoreResult<Vec<String>> {
-    let (client, endpoint) = client_from_env().await;
+    let (client, endpoint) = client_for(&Access::default()).await;
     let store = S3Store::with_client(
         client,
         "",
@@ -89,6 +113,16 @@ pub async fn list_buckets() -> StoreResult<Vec<String>> {
         .collect())
 }
 
+/// User metadata with lowercase keys.
+pub(super) fn lowercase(
+    meta: Option<&std::collections::HashMap<String, String>>,
+) -> BTreeMap<String, String> {
+    meta.into_iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
 fn object_info(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
     let key = object.key()?;
     Some(ObjectInfo {
@@ -100,12 +134,14 @@ fn object_info(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
 }
 
 impl S3Store {
-    /// Connects to `bucket` with the default credential chain. Nothing is sent yet.
+    /// Connects to `bucket` with the default credential chain (or `access`). Nothing is sent
+    /// yet.
     pub async fn connect(
         bucket: &str,
+        access: &Access,
         settings: crate::store::StoreSettings,
     ) -> anyhow::Result<Self> {
-        let (client, endpoint) = client_from_env().await;
+        let (client, endpoint) = client_for(access).await;
         Ok(Self::with_client(client, bucket, &endpoint, settings))
     }
 
@@ -124,7 +160,7 @@ impl S3Store {
         }
     }
 
-    fn error<E>(
+    pub(super) fn error<E>(
         &self,
         err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
         what: &str,
@@ -184,6 +220,10 @@ impl S3Store {
             (_, Some(412)) => return StoreError::source_changed(key),
             (_, Some(429)) => (ErrorClass::Throttled, ""),
             (_, Some(503)) if code == "SlowDown" || code.is_empty() => (ErrorClass::Throttled, ""),
+            (_, Some(404)) if code == "NoSuchUpload" => (
+                ErrorClass::UploadLost,
+                "the multipart upload expired or was aborted; it starts over",
+            ),
             (_, Some(404)) => (
                 ErrorClass::NotFound,
                 match code.as_str() {
@@ -215,7 +255,8 @@ impl S3Store {
             ),
             (_, Some(403)) => (
                 ErrorClass::Permission,
-                "access denied; the credentials need s3:ListBucket and s3:GetObject on this bucket",
+                "access denied; a source bucket needs s3:ListBucket and s3:GetObject, a \
+                 destination bucket also s3:PutObject and s3:AbortMultipartUpload",
             ),
             (_, Some(400)) if code == "InvalidRange" => (ErrorClass::SourceChanged, ""),
             (_, Some(400 | 405 | 411 | 413 | 416)) => (ErrorClass::Invalid, ""),
@@ -239,7 +280,7 @@ impl S3Store {
         StoreError::new(class, status, message).with_retry_after(retry_after)
     }
 
-    async fn stat(&self, key: &str, etag: Option<&str>) -> StoreResult<ObjectInfo> {
+    async fn stat(&self, key: &str, etag: Option<&str>) -> StoreResult<(ObjectInfo, ObjectMeta)> {
         let mut head = self.client.head_object().bucket(&self.bucket).key(key);
         if let Some(etag) = etag {
             head = head.if_match(etag);
@@ -248,15 +289,22 @@ impl S3Store {
             .await
             .map_err(|_| self.stalled("HEAD", key))?
             .map_err(|e| self.error(e, "HEAD", key))?;
-        Ok(ObjectInfo {
+        let info = ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out.e_tag().unwrap_or_default().to_string(),
             modified: out.last_modified().map(|t| t.secs()),
-        })
+        };
+        let meta = ObjectMeta {
+            content_type: out.content_type().map(str::to_string),
+            content_encoding: out.content_encoding().map(str::to_string),
+            cache_control: out.cache_control().map(str::to_string),
+            pairs: lowercase(out.metadata()),
+        };
+        Ok((info, meta))
     }
 
-    fn stalled(&self, what: &str, key: &str) -> StoreError {
+    pub(super) fn stalled(&self, what: &str, key: &str) -> StoreError {
         StoreError::transient(format!(
             "{what} s3://{}/{key} stalled: no bytes for {:.0?}",
             self.bucket, self.stall_timeout
@@ -268,7 +316,7 @@ impl S3Store {
 impl ObjectSource for S3Store {
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
-            return Ok(vec![self.stat(prefix, None).await?]);
+            return Ok(vec![self.stat(prefix, None).await?.0]);
         }
         let mut pages = self
             .client
@@ -328,12 +376,16 @@ impl ObjectSource for S3Store {
         etag: &str,
         range: Range<u64>,
         buffer: BytesMut,
-    ) -> StoreResult<Bytes> {
+    ) -> StoreResult<Chunk> {
         if range.is_empty() {
-            self.stat(key, Some(etag))
+            let (_, meta) = self
+                .stat(key, Some(etag))
                 .await
                 .map_err(|e| e.on_read(key))?;
-            return Ok(Bytes::new());
+            return Ok(Chunk {
+                data: Bytes::new(),
+                meta,
+            });
         }
         let expected = usize::try_from(range.end - range.start)
             .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
@@ -349,6 +401,12 @@ impl ObjectSource for S3Store {
             .await
             .map_err(|_| self.stalled("GET", key))?
             .map_err(|e| self.error(e, "GET", key).on_read(key))?;
+        let meta = ObjectMeta {
+            content_type: out.content_type().map(str::to_string),
+            content_encoding: out.content_encoding().map(str::to_string),
+            cache_control: out.cache_control().map(str::to_string),
+            pairs: lowercase(out.metadata()),
+        };
         let mut body = out.body;
         let mut buf = buffer;
         buf.reserve(expected);
@@ -382,6 +440,9 @@ impl ObjectSource for S3Store {
                 buf.len()
             )));
         }
-        Ok(buf.freeze())
+        Ok(Chunk {
+            data: buf.freeze(),
+            meta,
+        })
     }
 }

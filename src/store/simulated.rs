@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{
-    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, SinkLimits, StagedBlock,
-    StoreError, StoreResult,
+    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, PlannedBlock, SinkLimits,
+    StoreError, StoreResult, Upload,
 };
 
 /// How the link behaves.
@@ -106,18 +106,40 @@ impl ObjectSink for SimulatedLink {
         self.inner.prepare().await
     }
 
-    async fn put_block(&self, key: &str, block: BlockRef<'_>, data: Bytes) -> StoreResult<()> {
+    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        self.inner.begin(key, meta).await
+    }
+
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
         self.cross(data.len() as u64).await?;
-        self.inner.put_block(key, block, data).await
+        self.inner.put_block(upload, block, data).await
     }
 
-    async fn staged_blocks(&self, key: &str) -> StoreResult<Vec<StagedBlock>> {
-        self.inner.staged_blocks(key).await
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        self.inner.missing_blocks(upload, blocks).await
     }
 
-    async fn commit(&self, key: &str, block_ids: &[String], meta: &ObjectMeta) -> StoreResult<()> {
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
         tokio::time::sleep(self.settings.latency).await;
-        self.inner.commit(key, block_ids, meta).await
+        self.inner.commit(upload, blocks, meta).await
+    }
+
+    async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
+        self.inner.abort(upload).await
     }
 
     async fn put_whole(

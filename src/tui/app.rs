@@ -716,9 +716,7 @@ impl App {
         let marked = std::mem::take(&mut self.browser.marked);
         let single = marked.len() == 1;
         let base = self.browser.location.clone();
-        let options = JobOptions {
-            chunk_size: self.options.chunk_size,
-        };
+        let options = JobOptions::with_chunk_size(self.options.chunk_size);
         let mut commands = Vec::new();
         for source in marked {
             let target = if single {
@@ -1054,9 +1052,7 @@ mod tests {
             vec![Command::Enqueue {
                 source: "s3://media/b.mov".into(),
                 destination: "az://media/b.mov".into(),
-                options: JobOptions {
-                    chunk_size: 8 << 20
-                },
+                options: JobOptions::with_chunk_size(8 << 20),
             }]
         );
         assert_eq!(app.screen, Screen::Jobs);

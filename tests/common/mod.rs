@@ -145,7 +145,7 @@ pub async fn azure_contents(container: &str, prefix: &str) -> BTreeMap<String, V
             .read_range(key, &info.etag, 0..info.size, bytes::BytesMut::new())
             .await
             .expect("read back");
-        out.insert(key.clone(), data.to_vec());
+        out.insert(key.clone(), data.data.to_vec());
     }
     out
 }
@@ -240,7 +240,7 @@ pub async fn azure_md5(container: &str, key: &str) -> Option<String> {
             .read_range(key, &info.etag, offset..end, bytes::BytesMut::new())
             .await
             .expect("read back");
-        hasher.update(&data);
+        hasher.update(&data.data);
         offset = end;
     }
     Some(

@@ -1,0 +1,392 @@
+//! Amazon S3 (and S3-compatible servers) as a destination, through multipart uploads: the
+//! upload begins with CreateMultipartUpload (carrying the object's metadata) and its upload ID
+//! is the session blobway records; each chunk is one UploadPart (part number = chunk index + 1,
+//! Content-MD5); ListParts tells which parts the upload holds, as Get Block List does for
+//! Azure; CompleteMultipartUpload makes the object visible at once. Objects of one chunk go up
+//! with one PutObject.
+//!
+//! S3 checks Content-MD5 on every server and emulator, while a CRC-64 part checksum must be
+//! announced when the upload begins and repeated at completion, which S3-compatible servers
+//! handle unevenly; so parts always carry MD5, whatever `--checksum` asks of Azure.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::s3::{S3Store, lowercase};
+use super::{
+    BlockRef, Checksum, ChecksumKind, DestObject, ErrorClass, ObjectMeta, ObjectSink, PlannedBlock,
+    SinkLimits, StoreError, StoreResult, Upload,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// S3's multipart limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000
+/// of them; a single PutObject takes up to 5 GiB.
+const LIMITS: SinkLimits = SinkLimits {
+    max_block: 5 * 1024 * MIB,
+    max_blocks: 10_000,
+    min_block: 5 * MIB,
+    granularity: 1,
+    max_single_put: 5 * 1024 * MIB,
+    sequential: false,
+};
+
+/// How many HEADs run at once when a destination listing needs every object's metadata.
+const HEAD_CONCURRENCY: usize = 16;
+
+impl S3Store {
+    fn upload_deadline(&self, bytes: u64) -> std::time::Duration {
+        super::StoreSettings {
+            stall_timeout: self.stall_timeout,
+        }
+        .upload_deadline(bytes)
+    }
+
+    fn session<'a>(&self, upload: Upload<'a>) -> StoreResult<&'a str> {
+        upload.session.ok_or_else(|| {
+            StoreError::new(
+                ErrorClass::UploadLost,
+                None,
+                format!(
+                    "no multipart upload was recorded for s3://{}/{}; it starts over",
+                    self.bucket, upload.key
+                ),
+            )
+        })
+    }
+
+    /// Every part the upload holds: part number → (size, ETag).
+    async fn parts(&self, key: &str, upload_id: &str) -> StoreResult<BTreeMap<i32, (u64, String)>> {
+        let mut parts = BTreeMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let call = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.clone())
+                .send();
+            let out = tokio::time::timeout(self.stall_timeout, call)
+                .await
+                .map_err(|_| self.stalled("ListParts", key))?
+                .map_err(|e| self.error(e, "ListParts", key))?;
+            for part in out.parts() {
+                if let Some(number) = part.part_number() {
+                    let size = part.size().unwrap_or(0).max(0) as u64;
+                    let etag = part.e_tag().unwrap_or_default().to_string();
+                    parts.insert(number, (size, etag));
+                }
+            }
+            match (out.is_truncated(), out.next_part_number_marker()) {
+                (Some(true), Some(next)) if marker.as_deref() != Some(next) => {
+                    marker = Some(next.to_string());
+                }
+                _ => break,
+            }
+        }
+        Ok(parts)
+    }
+
+    async fn head_object(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        let call = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
+        match tokio::time::timeout(self.stall_timeout, call)
+            .await
+            .map_err(|_| self.stalled("HEAD", key))?
+        {
+            Ok(out) => Ok(Some(DestObject {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                meta: lowercase(out.metadata()),
+            })),
+            Err(e) => {
+                let err = self.error(e, "HEAD", key);
+                if err.class == ErrorClass::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+fn part_number(index: u32) -> StoreResult<i32> {
+    i32::try_from(u64::from(index) + 1)
+        .ok()
+        .filter(|n| *n <= 10_000)
+        .ok_or_else(|| {
+            StoreError::new(
+                ErrorClass::Invalid,
+                None,
+                format!("chunk {index} is beyond S3's 10,000 parts"),
+            )
+        })
+}
+
+fn content_md5(checksum: Checksum, data: &[u8]) -> String {
+    let digest = match checksum {
+        Checksum::Md5(digest) => digest,
+        Checksum::Crc64(_) => match Checksum::of(ChecksumKind::Md5, data) {
+            Checksum::Md5(digest) => digest,
+            Checksum::Crc64(_) => unreachable!("an MD5 checksum is MD5"),
+        },
+    };
+    BASE64.encode(digest)
+}
+
+fn user_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
+    (!meta.pairs.is_empty()).then(|| {
+        meta.pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+#[async_trait]
+impl ObjectSink for S3Store {
+    fn limits(&self) -> SinkLimits {
+        LIMITS
+    }
+
+    fn checksum_kind(&self, _requested: ChecksumKind) -> ChecksumKind {
+        ChecksumKind::Md5
+    }
+
+    async fn prepare(&self) -> StoreResult<()> {
+        let head = self.client.head_bucket().bucket(&self.bucket).send();
+        let err = match tokio::time::timeout(self.stall_timeout, head)
+            .await
+            .map_err(|_| self.stalled("HEAD bucket", ""))?
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => self.error(e, "HEAD bucket", ""),
+        };
+        if err.class != ErrorClass::NotFound {
+            return Err(err);
+        }
+        let region = self.client.config().region().map(|r| r.to_string());
+        let mut create = self.client.create_bucket().bucket(&self.bucket);
+        if let Some(region) = region.filter(|r| r != "us-east-1") {
+            create = create.create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(region.as_str().into())
+                    .build(),
+            );
+        }
+        match tokio::time::timeout(self.stall_timeout, create.send())
+            .await
+            .map_err(|_| self.stalled("CreateBucket", ""))?
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.error(e, "CreateBucket", "");
+                // Created meanwhile by someone else, or already ours.
+                if err.status == Some(409) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        let call = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(meta.content_type.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_metadata(user_metadata(meta))
+            .send();
+        let out = tokio::time::timeout(self.stall_timeout, call)
+            .await
+            .map_err(|_| self.stalled("CreateMultipartUpload", key))?
+            .map_err(|e| self.error(e, "CreateMultipartUpload", key))?;
+        let id = out.upload_id().ok_or_else(|| {
+            StoreError::transient(format!(
+                "CreateMultipartUpload s3://{}/{key} answered without an upload ID",
+                self.bucket
+            ))
+        })?;
+        Ok(Some(id.to_string()))
+    }
+
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let upload_id = self.session(upload)?;
+        let len = data.len() as u64;
+        let md5 = content_md5(block.checksum, &data);
+        let call = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(upload.key)
+            .upload_id(upload_id)
+            .part_number(part_number(block.index)?)
+            .content_length(len as i64)
+            .content_md5(md5)
+            .body(ByteStream::from(data))
+            .send();
+        tokio::time::timeout(self.upload_deadline(len), call)
+            .await
+            .map_err(|_| self.stalled("UploadPart", upload.key))?
+            .map_err(|e| self.error(e, "UploadPart", upload.key))?;
+        Ok(())
+    }
+
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        let upload_id = self.session(upload)?;
+        let parts = self.parts(upload.key, upload_id).await?;
+        Ok(blocks
+            .iter()
+            .filter(|b| {
+                part_number(b.index)
+                    .ok()
+                    .and_then(|n| parts.get(&n))
+                    .is_none_or(|(size, _)| *size != b.size)
+            })
+            .map(|b| b.index)
+            .collect())
+    }
+
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        _meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        // The metadata went with CreateMultipartUpload; completion names every part with the
+        // ETag S3 gave it.
+        let upload_id = self.session(upload)?;
+        let listed = self.parts(upload.key, upload_id).await?;
+        let mut parts = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let number = part_number(block.index)?;
+            let etag = listed.get(&number).map(|(_, etag)| etag.clone());
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(etag.filter(|e| !e.is_empty()))
+                    .build(),
+            );
+        }
+        let call = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(upload.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send();
+        // S3 may take a while to assemble a large object.
+        let deadline = self.stall_timeout * 5;
+        tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| self.stalled("CompleteMultipartUpload", upload.key))?
+            .map_err(|e| self.error(e, "CompleteMultipartUpload", upload.key))?;
+        Ok(())
+    }
+
+    async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
+        let Some(upload_id) = upload.session else {
+            return Ok(());
+        };
+        let call = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(upload.key)
+            .upload_id(upload_id)
+            .send();
+        match tokio::time::timeout(self.stall_timeout, call)
+            .await
+            .map_err(|_| self.stalled("AbortMultipartUpload", upload.key))?
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.error(e, "AbortMultipartUpload", upload.key);
+                if matches!(err.class, ErrorClass::UploadLost | ErrorClass::NotFound) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn put_whole(
+        &self,
+        key: &str,
+        data: Bytes,
+        checksum: Checksum,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let len = data.len() as u64;
+        let md5 = content_md5(checksum, &data);
+        let call = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len as i64)
+            .content_md5(md5)
+            .set_content_type(meta.content_type.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_metadata(user_metadata(meta))
+            .body(ByteStream::from(data))
+            .send();
+        tokio::time::timeout(self.upload_deadline(len), call)
+            .await
+            .map_err(|_| self.stalled("PutObject", key))?
+            .map_err(|e| self.error(e, "PutObject", key))?;
+        Ok(())
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        self.head_object(key).await
+    }
+
+    async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
+        // A listing carries no user metadata: every object is looked at once (a few at a time).
+        let keys = super::ObjectSource::list(self, prefix, false).await?;
+        futures::stream::iter(keys)
+            .map(|object| async move {
+                let found = self.head_object(&object.key).await?;
+                Ok::<_, StoreError>(found.map(|d| (object.key, d)))
+            })
+            .buffer_unordered(HEAD_CONCURRENCY)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+            .await
+    }
+}
