@@ -3,8 +3,9 @@
 # ports, and writes their coordinates to an env file. Meant to be sourced by test.sh/bench.sh:
 #
 #   source scripts/emulators.sh
-#   emulators_install            # Azurite (npm, pinned), moto (PyPI, pinned, in a venv) and
-#                                # s3s-fs (crates.io, pinned; checks SigV4 signatures)
+#   emulators_install            # Azurite (npm, pinned), moto (PyPI, pinned, in a venv),
+#                                # s3s-fs (crates.io, pinned; checks SigV4 signatures) and
+#                                # gcp-storage-emulator (PyPI, pinned, in a venv)
 #   emulators_start              # exports BLOBWAY_TEST_* and AWS_/AZURE_ variables
 #   emulators_stop               # stops what emulators_start started
 #
@@ -14,6 +15,7 @@
 AZURITE_VERSION=3.35.0
 MOTO_VERSION=5.2.5
 S3S_FS_VERSION=0.14.1
+GCS_EMULATOR_VERSION=2026.7.19
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${BLOBWAY_TOOLS:-$repo_root/.tools}"
@@ -50,6 +52,12 @@ emulators_install() {
     python3 -m venv "$tools/moto-venv" || return 1
     "$tools/moto-venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2 || return 1
   fi
+  if [ ! -x "$tools/gcs-venv/bin/gcp-storage-emulator" ] \
+     || ! "$tools/gcs-venv/bin/pip" show gcp-storage-emulator 2>/dev/null | grep -q "^Version: $GCS_EMULATOR_VERSION$"; then
+    log "installing gcp-storage-emulator $GCS_EMULATOR_VERSION from PyPI"
+    python3 -m venv "$tools/gcs-venv" || return 1
+    "$tools/gcs-venv/bin/pip" install -q "gcp-storage-emulator==$GCS_EMULATOR_VERSION" >&2 || return 1
+  fi
   if ! "$tools/s3s/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
     log "installing s3s-fs $S3S_FS_VERSION from crates.io (a few minutes, once)"
     cargo install --quiet --root "$tools/s3s" "s3s-fs@$S3S_FS_VERSION" --features binary --locked >&2 || return 1
@@ -78,14 +86,20 @@ emulators_start() {
   "$tools/s3s/bin/s3s-fs" --host 127.0.0.1 --port "$S3S_PORT" --access-key blobway-test \
     --secret-key blobway-test-secret "$EMULATORS_DIR/s3s-data" >"$EMULATORS_DIR/s3s.log" 2>&1 &
   S3S_PID=$!
+  GCS_PORT=$(free_port)
+  "$tools/gcs-venv/bin/gcp-storage-emulator" start --host 127.0.0.1 --port "$GCS_PORT" --in-memory \
+    >"$EMULATORS_DIR/gcs.log" 2>&1 &
+  GCS_PID=$!
   wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID" || return 1
   wait_for_port "$MOTO_PORT" moto "$MOTO_PID" || return 1
   wait_for_port "$S3S_PORT" s3s "$S3S_PID" || return 1
+  wait_for_port "$GCS_PORT" gcs "$GCS_PID" || return 1
+  export BLOBWAY_TEST_GCS="http://127.0.0.1:$GCS_PORT"
   export BLOBWAY_TEST_S3S="http://127.0.0.1:$S3S_PORT"
   export BLOBWAY_TEST_S3S_DATA="$EMULATORS_DIR/s3s-data"
   export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
   export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
-  log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S"
+  log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S, GCS on $BLOBWAY_TEST_GCS"
 }
 
 # Restarts Azurite on the same port with empty storage (benchmarks give every run a fresh one:
@@ -103,7 +117,7 @@ azurite_restart() {
 }
 
 emulators_stop() {
-  for pid in ${AZURITE_PID:-} ${MOTO_PID:-} ${S3S_PID:-}; do
+  for pid in ${AZURITE_PID:-} ${MOTO_PID:-} ${S3S_PID:-} ${GCS_PID:-}; do
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true  # a server stopped by SIGTERM reports 143; that is expected
   done

@@ -1115,7 +1115,7 @@ impl Scheduler {
         let mut writes = Vec::new();
         let mut after = Vec::new();
         let mut stop_job = None;
-        let mut lost = None;
+        let mut lost = false;
         match result {
             Ok(moved) => {
                 let chunk = &mut file.chunks[index as usize];
@@ -1171,9 +1171,12 @@ impl Scheduler {
                         error,
                     }));
                 } else if err.class == ErrorClass::UploadLost && active && may_restart {
-                    // The session is gone: the upload starts over once nothing is in flight.
+                    // The session is gone: the upload was finished already (the last block
+                    // finalizes it on some stores, and a crash may have come before its
+                    // record) or it expired. A look at the destination tells which; the
+                    // upload starts over only when the object is not there.
                     chunk.state = ChunkState::Pending;
-                    lost = Some(error.clone());
+                    lost = true;
                 } else if retry.should_retry(&err, round) && active {
                     chunk.state = ChunkState::Pending;
                     let delay = retry.delay(round, err.retry_after);
@@ -1227,16 +1230,10 @@ impl Scheduler {
                 }
             }
         }
-        if let Some(error) = lost {
+        if lost {
             let file = &mut job.files[pos];
-            file.restart = true;
             file.ready.clear();
-            file.commit_ready = false;
-            after.push(After::Emit(Event::UploadRestarted {
-                job: id,
-                file: file_index,
-                error,
-            }));
+            file.commit_ready = true;
         }
         restart_when_idle(id, &mut job.files[pos], &mut writes);
         if job.files[pos].commit_ready {
@@ -1338,6 +1335,14 @@ impl Scheduler {
             Ok(CommitOutcome::Committed) => {
                 file.record.state = FileState::Done;
                 file.record.error = None;
+                // Found committed after its session was lost: every chunk arrived.
+                for (index, chunk) in file.chunks.iter_mut().enumerate() {
+                    if chunk.state != ChunkState::Completed {
+                        chunk.state = ChunkState::Completed;
+                        file.completed += 1;
+                        writes.push(Write::Chunk(id, file_index, index as u32, chunk.clone()));
+                    }
+                }
                 after.push(After::Emit(committed_event(id, &file.record, file_index)));
             }
             Ok(CommitOutcome::Missing(missing))

@@ -14,8 +14,8 @@ use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
-    PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
+    BlockRef, Checksum, ChecksumKind, ObjectMeta, ObjectSink, ObjectSource, PlannedBlock,
+    StoreError, StoreResult, Upload, meta_keys,
 };
 
 /// Where an object goes: the store, the key, and the upload session, if one was opened.
@@ -234,11 +234,11 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         .sink
         .missing_blocks(target.upload(), &work.blocks)
         .await;
-    let lost = matches!(&missing, Err(e) if e.class == ErrorClass::UploadLost);
-    if lost || missing.as_ref().is_ok_and(|m| !m.is_empty()) {
-        // A crash between the commit and its record leaves nothing staged (and no session):
-        // if the destination already holds this very version, committed by blobway, the
-        // commit happened.
+    if missing.as_ref().is_err() || missing.as_ref().is_ok_and(|m| !m.is_empty()) {
+        // A crash between the commit and its record leaves nothing staged and no session
+        // (S3 answers NoSuchUpload, some S3-compatible stores AccessDenied): if the
+        // destination already holds this very version, committed by blobway, the commit
+        // happened. Otherwise the original answer stands.
         let total: u64 = work.blocks.iter().map(|b| b.size).sum();
         let committed = target.sink.head(&target.key).await?.is_some_and(|d| {
             d.size == total

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -92,8 +92,17 @@ impl ObjectResource {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters, which stay as they are (some servers,
+/// the emulator among them, match bucket names before decoding).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a path segment or query value.
 fn encode(text: &str) -> String {
-    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(text, COMPONENT).to_string()
 }
 
 impl GcsStore {
@@ -672,6 +681,14 @@ fn resource(key: &str, meta: &ObjectMeta, crc32c: Option<u32>) -> serde_json::Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_keep_unreserved_characters_and_encode_the_rest() {
+        assert_eq!(
+            encode("gcs-0a.b_c~d/e f+ü"),
+            "gcs-0a.b_c~d%2Fe%20f%2B%C3%BC"
+        );
+    }
 
     #[test]
     fn the_resource_carries_headers_and_pairs() {

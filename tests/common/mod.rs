@@ -272,6 +272,7 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
     (result, peak)
 }
 
+pub mod crash;
 pub mod proxy;
 
 /// Azurite's connection string with its blob endpoint at `endpoint` (e.g. a proxy's URL).
@@ -320,4 +321,244 @@ pub async fn run_async(mut cmd: Command) -> Run {
     tokio::task::spawn_blocking(move || run(&mut cmd))
         .await
         .expect("run")
+}
+
+/// An environment variable `scripts/test.sh` exports; fails with the fix when it is missing.
+pub fn test_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which installs and starts the emulators")
+    })
+}
+
+/// s3s-fs's credentials (it checks SigV4 signatures, unlike moto).
+pub const S3S_ACCESS_KEY: &str = "blobway-test";
+/// s3s-fs's secret key.
+pub const S3S_SECRET_KEY: &str = "blobway-test-secret";
+
+/// An S3 client for s3s-fs, the second S3 endpoint.
+pub fn s3s_client() -> aws_sdk_s3::Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(S3S_ACCESS_KEY, S3S_SECRET_KEY, None, None, "tests");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(test_env("BLOBWAY_TEST_S3S"))
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// An AWS config and credentials file pair with one profile, as `~/.aws/config` and
+/// `~/.aws/credentials` would hold it; point AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE
+/// at them.
+pub struct AwsProfile {
+    dir: tempfile::TempDir,
+}
+
+impl AwsProfile {
+    /// Writes profile `name` with these keys, in us-east-1.
+    pub fn new(name: &str, access_key: &str, secret_key: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = Self { dir };
+        std::fs::write(
+            profile.config_file(),
+            format!("[profile {name}]\nregion = us-east-1\n"),
+        )
+        .expect("config");
+        profile.set_keys(name, access_key, secret_key);
+        profile
+    }
+
+    /// Rewrites the credentials of profile `name` (an operator fixing a wrong key).
+    pub fn set_keys(&self, name: &str, access_key: &str, secret_key: &str) {
+        std::fs::write(
+            self.credentials_file(),
+            format!(
+                "[{name}]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n"
+            ),
+        )
+        .expect("credentials");
+    }
+
+    /// The config file.
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// The credentials file.
+    pub fn credentials_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("credentials")
+    }
+
+    /// Points `cmd` at these files.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("AWS_CONFIG_FILE", self.config_file())
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.credentials_file());
+    }
+}
+
+/// Every object under `prefix` in an S3 bucket with its bytes (empty when the bucket does not
+/// exist yet).
+pub async fn s3_contents(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let Ok(page) = page else {
+            return out; // no bucket yet: nothing visible
+        };
+        for object in page.contents() {
+            let key = object.key().expect("key").to_string();
+            let body = client
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .expect("get")
+                .body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes();
+            out.insert(key, body.to_vec());
+        }
+    }
+    out
+}
+
+/// The GCS emulator's endpoint.
+pub fn gcs_endpoint() -> String {
+    test_env("BLOBWAY_TEST_GCS")
+}
+
+/// Percent-encodes a GCS object name for a URL path segment.
+pub fn gcs_encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The JSON resources of every object under `prefix` in a GCS bucket (empty when the bucket
+/// does not exist yet).
+pub async fn gcs_objects(bucket: &str, prefix: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/storage/v1/b/{bucket}/o?prefix={}",
+        gcs_endpoint(),
+        gcs_encode(prefix)
+    );
+    let response = reqwest::get(&url).await.expect("list GCS");
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Vec::new();
+    }
+    let listing: serde_json::Value = response.json().await.expect("listing JSON");
+    listing["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every object under `prefix` in a GCS bucket with its bytes.
+pub async fn gcs_contents(bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for object in gcs_objects(bucket, prefix).await {
+        let name = object["name"].as_str().expect("name").to_string();
+        let url = format!(
+            "{}/download/storage/v1/b/{bucket}/o/{}?alt=media",
+            gcs_endpoint(),
+            gcs_encode(&name)
+        );
+        let response = reqwest::get(&url).await.expect("download");
+        assert!(
+            response.status().is_success(),
+            "GET {name}: {}",
+            response.status()
+        );
+        out.insert(name, response.bytes().await.expect("body").to_vec());
+    }
+    out
+}
+
+/// Fails unless `got` holds exactly `expected` (compared by MD5, so a failure stays short).
+pub fn assert_same_objects(
+    place: &str,
+    got: &BTreeMap<String, Vec<u8>>,
+    expected: &BTreeMap<String, Vec<u8>>,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the objects in {place}"
+    );
+    for (key, data) in expected {
+        assert_eq!(md5_hex(&got[key]), md5_hex(data), "{place}: {key}");
+    }
+}
+
+/// Fails unless every object in `visible` is byte-identical to its source in `expected` (an
+/// interrupted copy may show fewer objects, never a partial or different one).
+pub fn assert_visible_are_complete(
+    place: &str,
+    visible: &BTreeMap<String, Vec<u8>>,
+    expected: &BTreeMap<String, Vec<u8>>,
+) {
+    for (key, data) in visible {
+        let source = expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{place}: unexpected object {key}"));
+        assert_eq!(
+            md5_hex(data),
+            md5_hex(source),
+            "{place}: {key} is visible but not identical"
+        );
+    }
+}
+
+/// Every committed file under a local directory with its bytes and metadata, read through
+/// blobway's local store (which leaves out its staging area).
+pub async fn local_objects(dir: &Path) -> BTreeMap<String, (Vec<u8>, blobway::store::ObjectMeta)> {
+    let store = blobway::store::local::LocalStore::new(dir);
+    let mut out = BTreeMap::new();
+    let Ok(listing) = store.list("", false).await else {
+        return out;
+    };
+    for info in listing {
+        let chunk = store
+            .read_range(&info.key, &info.etag, 0..info.size, bytes::BytesMut::new())
+            .await
+            .expect("read back");
+        out.insert(info.key.clone(), (chunk.data.to_vec(), chunk.meta));
+    }
+    out
+}
+
+/// Every committed file under a local directory with its bytes.
+pub async fn local_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    local_objects(dir)
+        .await
+        .into_iter()
+        .map(|(key, (data, _))| (key, data))
+        .collect()
+}
+
+/// One Azure blob's metadata, read through blobway's Azure adapter.
+pub async fn azure_meta(container: &str, key: &str) -> blobway::store::ObjectMeta {
+    let store = azure(container);
+    let info = store.list(key, true).await.expect("stat")[0].clone();
+    store
+        .read_range(key, &info.etag, 0..info.size.min(1), bytes::BytesMut::new())
+        .await
+        .expect("read")
+        .meta
 }

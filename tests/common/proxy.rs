@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub struct FaultConfig {
     pub stall: Duration,
     /// How much latency a latency fault adds.
     pub latency: Duration,
+    /// Only requests whose path and query contain this get faults (e.g. `partNumber=`).
+    pub only: Option<String>,
 }
 
 impl FaultConfig {
@@ -81,6 +83,7 @@ impl FaultConfig {
             flavor,
             stall: Duration::from_secs(10),
             latency: Duration::from_millis(300),
+            only: None,
         }
     }
 
@@ -136,6 +139,8 @@ pub struct Proxy {
     pub url: String,
     /// What it did.
     pub stats: Arc<Stats>,
+    /// Faults are dealt while this is true; clear it to heal the link at run time.
+    pub faulty: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -154,6 +159,7 @@ struct Shared {
     stats: Arc<Stats>,
     client: Client<HttpConnector, Full<Bytes>>,
     turn: std::sync::atomic::AtomicUsize,
+    faulty: Arc<AtomicBool>,
 }
 
 /// Decrements the in-flight count when the response is fully sent (or dropped).
@@ -173,6 +179,7 @@ impl Proxy {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let stats = Arc::new(Stats::default());
+        let faulty = Arc::new(AtomicBool::new(true));
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
             rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
@@ -180,6 +187,7 @@ impl Proxy {
             stats: stats.clone(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             turn: std::sync::atomic::AtomicUsize::new(0),
+            faulty: faulty.clone(),
         });
         let task = tokio::spawn(async move {
             loop {
@@ -195,7 +203,12 @@ impl Proxy {
                 });
             }
         });
-        Self { url, stats, task }
+        Self {
+            url,
+            stats,
+            faulty,
+            task,
+        }
     }
 }
 
@@ -278,7 +291,15 @@ async fn handle(
             faults.push((Instant::now(), fault));
         }
     };
+    let targeted = match &shared.config.only {
+        Some(only) => request
+            .uri()
+            .path_and_query()
+            .is_some_and(|p| p.as_str().contains(only.as_str())),
+        None => true,
+    };
     let fault = match shared.config.throttle_above {
+        _ if !targeted || !shared.faulty.load(Ordering::SeqCst) => None,
         Some(limit) if in_flight > limit => Some(Fault::Throttle),
         _ => choose(&shared),
     };

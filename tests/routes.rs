@@ -1,0 +1,579 @@
+//! Every route through the real binary against the emulators: S3 → S3 across two endpoints
+//! and credentials (moto → s3s-fs, multipart), S3 → GCS (resumable sessions), local → Azure,
+//! Azure → local, and S3 → {Azure, S3} fan-out. Each is SIGKILLed mid-copy and resumed, and
+//! ends byte-identical; metadata travels; a destination that fails is re-synced by `resume`
+//! without copying again to the one that succeeded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use aws_sdk_s3::primitives::ByteStream;
+use blobway::store::ObjectSink;
+use common::crash::kill_then_resume;
+use common::proxy::{Fault, FaultConfig, Flavor, Proxy};
+use common::*;
+use rand::SeedableRng;
+
+const MIB: usize = 1 << 20;
+
+/// The object every route carries metadata on.
+const META_KEY: &str = "data/meta.json";
+
+/// A seeded generator, printed so a failure can be replayed.
+fn rng(test: &str) -> rand::rngs::StdRng {
+    let seed: u64 = std::env::var("BLOBWAY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{test}: seed {seed} (set BLOBWAY_CRASH_SEED to replay)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Source objects under `data/`: one of `large` bytes, one just over a chunk boundary, small
+/// and empty ones, and the metadata carrier.
+fn objects(large: usize, chunk: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    out.insert("data/large.bin".to_string(), random_bytes(large, 1));
+    out.insert("data/over-a-chunk.bin".into(), random_bytes(chunk + 3, 2));
+    out.insert("data/deep/small.txt".into(), random_bytes(700, 3));
+    out.insert("data/empty".into(), Vec::new());
+    out.insert(META_KEY.into(), br#"{"hello":"metadata"}"#.to_vec());
+    out
+}
+
+/// Puts `objects` into a moto bucket, the metadata carrier with content-type,
+/// cache-control and one user key.
+async fn seed_s3(objects: &BTreeMap<String, Vec<u8>>) -> String {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    for (key, data) in objects {
+        if key == META_KEY {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .content_type("application/json")
+                .cache_control("max-age=60")
+                .metadata("owner", "data-platform")
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .expect("put with metadata");
+        } else {
+            put(&s3, &bucket, key, data).await;
+        }
+    }
+    bucket
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
+    let mut rng = rng("s3 → s3");
+    let sources = objects(30 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("dst");
+    // The destination's credentials come from a profile, as an operator keeps them in
+    // ~/.aws/credentials; the source's from the environment.
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        profile.apply(&mut cmd);
+        cmd
+    };
+    let s3s = s3s_client();
+    let crashes = kill_then_resume(
+        make,
+        &args(&[
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("s3://{dest_bucket}/data/"),
+            "--dest-profile",
+            "archive",
+            "--dest-endpoint",
+            &test_env("BLOBWAY_TEST_S3S"),
+            "--chunk-size",
+            "5MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ]),
+        &state,
+        2,
+        0..100,
+        &mut rng,
+        async |_| {
+            let visible = s3_contents(&s3s, &dest_bucket, "data/").await;
+            assert_visible_are_complete("the S3 destination", &visible, &sources);
+        },
+    )
+    .await;
+    assert!(crashes.kills >= 1, "no kill landed");
+    let copied = s3_contents(&s3s, &dest_bucket, "data/").await;
+    assert_same_objects("the S3 destination", &copied, &sources);
+
+    let head = s3s
+        .head_object()
+        .bucket(&dest_bucket)
+        .key(META_KEY)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(head.cache_control(), Some("max-age=60"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("owner"))
+            .map(String::as_str),
+        Some("data-platform")
+    );
+    // The large object arrived as a multipart upload: its parts are gone, nothing is left
+    // pending at the destination.
+    let pending = s3s
+        .list_multipart_uploads()
+        .bucket(&dest_bucket)
+        .send()
+        .await
+        .map(|r| r.uploads().len())
+        .unwrap_or(0);
+    assert_eq!(pending, 0, "multipart uploads left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_gcs_through_resumable_sessions_survives_sigkill() {
+    let mut rng = rng("s3 → gcs");
+    let sources = objects(12 * MIB, MIB);
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("gcs");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        cmd.env("STORAGE_EMULATOR_HOST", gcs_endpoint());
+        cmd
+    };
+    let crashes = kill_then_resume(
+        make,
+        &args(&[
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("gs://{dest_bucket}/data/"),
+            "--chunk-size",
+            "1MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ]),
+        &state,
+        2,
+        0..100,
+        &mut rng,
+        async |_| {
+            let visible = gcs_contents(&dest_bucket, "data/").await;
+            assert_visible_are_complete("the GCS destination", &visible, &sources);
+        },
+    )
+    .await;
+    assert!(crashes.kills >= 1, "no kill landed");
+    let copied = gcs_contents(&dest_bucket, "data/").await;
+    assert_same_objects("the GCS destination", &copied, &sources);
+
+    let resource = gcs_objects(&dest_bucket, META_KEY)
+        .await
+        .into_iter()
+        .find(|o| o["name"] == META_KEY)
+        .expect("metadata carrier");
+    assert_eq!(resource["contentType"], "application/json");
+    assert_eq!(resource["cacheControl"], "max-age=60");
+    assert_eq!(resource["metadata"]["owner"], "data-platform");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_to_azure_survives_sigkill() {
+    let mut rng = rng("local → azure");
+    let sources = objects(24 * MIB, MIB);
+    let dir = tempfile::tempdir().expect("source dir");
+    for (key, data) in &sources {
+        let path = dir.path().join(key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, data).expect("write");
+    }
+    let container = unique("dst");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let crashes = kill_then_resume(
+        || blobway(&state),
+        &args(&[
+            "copy",
+            &format!("{}/", dir.path().display()),
+            &format!("az://{container}/"),
+            "--chunk-size",
+            "1MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ]),
+        &state,
+        2,
+        0..100,
+        &mut rng,
+        async |_| {
+            let visible = azure_contents(&container, "").await;
+            assert_visible_are_complete("the Azure destination", &visible, &sources);
+        },
+    )
+    .await;
+    assert!(crashes.kills >= 1, "no kill landed");
+    assert_same_objects(
+        "the Azure destination",
+        &azure_contents(&container, "").await,
+        &sources,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_to_local_survives_sigkill_and_keeps_metadata() {
+    let mut rng = rng("azure → local");
+    let sources = objects(24 * MIB, MIB);
+    let container = unique("src");
+    let store = azure(&container);
+    store.prepare().await.expect("container");
+    for (key, data) in &sources {
+        let mut meta = blobway::store::ObjectMeta::default();
+        if key == META_KEY {
+            meta.content_type = Some("application/json".into());
+            meta.pairs.insert("owner".into(), "data-platform".into());
+        }
+        let checksum = blobway::store::Checksum::of(blobway::store::ChecksumKind::Md5, data);
+        store
+            .put_whole(key, bytes::Bytes::from(data.clone()), checksum, &meta)
+            .await
+            .expect("seed Azure");
+    }
+    let out = tempfile::tempdir().expect("destination dir");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let crashes = kill_then_resume(
+        || blobway(&state),
+        &args(&[
+            "copy",
+            &format!("az://{container}/"),
+            &format!("{}/", out.path().display()),
+            "--chunk-size",
+            "1MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ]),
+        &state,
+        2,
+        0..100,
+        &mut rng,
+        async |_| {
+            let visible = local_contents(out.path()).await;
+            assert_visible_are_complete("the local destination", &visible, &sources);
+        },
+    )
+    .await;
+    assert!(crashes.kills >= 1, "no kill landed");
+    let copied = local_objects(out.path()).await;
+    let contents = copied
+        .iter()
+        .map(|(k, (data, _))| (k.clone(), data.clone()))
+        .collect();
+    assert_same_objects("the local destination", &contents, &sources);
+    let meta = &copied[META_KEY].1;
+    assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        meta.pairs.get("owner").map(String::as_str),
+        Some("data-platform")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_to_azure_and_s3_survives_sigkill() {
+    let mut rng = rng("fan-out");
+    let sources = objects(30 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let container = unique("dst");
+    let dest_bucket = unique("dst");
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        profile.apply(&mut cmd);
+        cmd
+    };
+    let s3s = s3s_client();
+    let crashes = kill_then_resume(
+        make,
+        &args(&[
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            "--to",
+            &format!("az://{container}/data/"),
+            "--to",
+            &format!("s3://{dest_bucket}/data/"),
+            "--dest-profile",
+            "archive",
+            "--dest-endpoint",
+            &test_env("BLOBWAY_TEST_S3S"),
+            "--chunk-size",
+            "5MiB",
+            "--concurrency",
+            "3",
+            "--json",
+        ]),
+        &state,
+        2,
+        0..150,
+        &mut rng,
+        async |_| {
+            let on_azure = azure_contents(&container, "data/").await;
+            assert_visible_are_complete("the Azure destination", &on_azure, &sources);
+            let on_s3 = s3_contents(&s3s, &dest_bucket, "data/").await;
+            assert_visible_are_complete("the S3 destination", &on_s3, &sources);
+        },
+    )
+    .await;
+    assert!(crashes.kills >= 1, "no kill landed");
+    assert_same_objects(
+        "the Azure destination",
+        &azure_contents(&container, "data/").await,
+        &sources,
+    );
+    assert_same_objects(
+        "the S3 destination",
+        &s3_contents(&s3s, &dest_bucket, "data/").await,
+        &sources,
+    );
+    let meta = azure_meta(&container, META_KEY).await;
+    assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(meta.cache_control.as_deref(), Some("max-age=60"));
+    assert_eq!(
+        meta.pairs.get("owner").map(String::as_str),
+        Some("data-platform")
+    );
+    let jobs = run(make().args(["jobs", "--json"]));
+    let done = jobs
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|line| line["job"]["state"] == "DONE")
+        .count();
+    assert_eq!(done, 2, "both destinations done: {}", jobs.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_destination_is_resynced_by_resume_without_copying_again_to_the_other() {
+    let sources = objects(12 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let container = unique("dst");
+    let dest_bucket = unique("dst");
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    // The S3 destination answers every part upload with a server error until it is healed.
+    let broken = Proxy::start(
+        &test_env("BLOBWAY_TEST_S3S"),
+        FaultConfig {
+            rate: 1.0,
+            mix: vec![(Fault::ServerError, 1)],
+            only: Some("partNumber=".into()),
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        profile.apply(&mut cmd);
+        cmd
+    };
+    let mut first = make();
+    first.args([
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("az://{container}/data/"),
+        "--to",
+        &format!("s3://{dest_bucket}/data/"),
+        "--dest-profile",
+        "archive",
+        "--dest-endpoint",
+        &broken.url,
+        "--chunk-size",
+        "5MiB",
+        "--concurrency",
+        "2",
+        "--max-attempts",
+        "2",
+        "--json",
+    ]);
+    let first = run_async(first).await;
+    assert_ne!(first.code, 0, "a destination failed: {}", first.stdout);
+    assert!(broken.stats.count(Fault::ServerError) > 0);
+    assert_same_objects(
+        "the Azure destination",
+        &azure_contents(&container, "data/").await,
+        &sources,
+    );
+    let jobs: Vec<serde_json::Value> = run(make().args(["jobs", "--json"]))
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|line| line["job"].clone())
+        .collect();
+    let job_for = |scheme: &str| {
+        jobs.iter()
+            .find(|j| j["destination"].as_str().unwrap_or("").starts_with(scheme))
+            .unwrap_or_else(|| panic!("no {scheme} job in {jobs:?}"))
+            .clone()
+    };
+    let (azure_job, s3_job) = (job_for("az://"), job_for("s3://"));
+    assert_eq!(azure_job["state"], "DONE", "{azure_job}");
+    assert_eq!(s3_job["state"], "FAILED", "{s3_job}");
+    let visible = s3_contents(&s3s_client(), &dest_bucket, "data/").await;
+    assert!(
+        !visible.contains_key("data/large.bin"),
+        "a failed upload is not visible"
+    );
+
+    // The operator fixes the destination and resumes: only the failed job runs.
+    broken
+        .faulty
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let resume = run_async({
+        let mut cmd = make();
+        cmd.args(["resume", "--json"]);
+        cmd
+    })
+    .await;
+    assert_eq!(resume.code, 0, "{}\n{}", resume.stdout, resume.stderr);
+    let loaded: Vec<u64> = resume
+        .events_named("job_loaded")
+        .iter()
+        .filter_map(|e| e["job"].as_u64())
+        .collect();
+    assert_eq!(loaded, vec![s3_job["id"].as_u64().expect("id")]);
+    for event in resume.events_named("chunk_completed") {
+        assert_eq!(event["job"], s3_job["id"], "copied again: {event}");
+    }
+    assert_same_objects(
+        "the S3 destination",
+        &s3_contents(&s3s_client(), &dest_bucket, "data/").await,
+        &sources,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_choose_the_objects_and_a_dry_run_writes_nothing() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let all: BTreeMap<String, Vec<u8>> = [
+        ("in/a.parquet", 3 * MIB + 1),
+        ("in/b.csv", 100),
+        ("in/logs/x.gz", 2000),
+        ("in/logs/deep/y.gz", MIB),
+        ("in/tmp/z.parquet", 5000),
+        ("in/tmp/w.gz", 10),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (k, size))| (k.to_string(), random_bytes(*size, 50 + i as u64)))
+    .collect();
+    for (key, data) in &all {
+        put(&s3, &bucket, key, data).await;
+    }
+    let wanted: BTreeMap<String, Vec<u8>> = all
+        .iter()
+        .filter(|(k, _)| {
+            ["in/a.parquet", "in/logs/x.gz", "in/logs/deep/y.gz"].contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.replacen("in/", "out/", 1), v.clone()))
+        .collect();
+    let container = unique("dst");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let copy = |extra: &[&str]| {
+        let mut cmd: Command = blobway(&state);
+        cmd.args([
+            "copy",
+            &format!("s3://{bucket}/in/"),
+            &format!("az://{container}/out/"),
+            "--include",
+            "*.parquet",
+            "--include",
+            "logs/**/*.gz",
+            "--exclude",
+            "tmp/**",
+            "--chunk-size",
+            "1MiB",
+        ])
+        .args(extra);
+        cmd
+    };
+
+    // The plan, as JSON: the filtered objects, their bytes and chunks; nothing anywhere.
+    let dry = run(&mut copy(&["--dry-run", "--json"]));
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    let plan = &dry.events_named("dry_run")[0];
+    let planned: Vec<&str> = plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .map(|o| o["dest_key"].as_str().expect("dest_key"))
+        .collect();
+    assert_eq!(
+        planned,
+        wanted.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    let bytes: usize = wanted.values().map(Vec::len).sum();
+    let chunks: usize = wanted.values().map(|d| d.len().div_ceil(MIB).max(1)).sum();
+    assert_eq!(plan["summary"]["files"], 3);
+    assert_eq!(plan["summary"]["to_copy"], 3);
+    assert_eq!(plan["summary"]["to_copy_bytes"], bytes as u64);
+    assert_eq!(plan["summary"]["chunks"], chunks as u64);
+    assert_eq!(plan["summary"]["filtered"], 3);
+    assert!(plan["summary"]["requests"].as_u64().expect("requests") >= chunks as u64);
+    assert!(!state.exists(), "a dry run created the state file");
+    assert!(
+        !azure(&container)
+            .containers()
+            .await
+            .expect("containers")
+            .contains(&container),
+        "a dry run created the destination container"
+    );
+    // The same plan as a table for a person.
+    let table = run(&mut copy(&["--dry-run"]));
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("dry run"), "{}", table.stdout);
+    assert!(table.stdout.contains("logs/deep/y.gz"), "{}", table.stdout);
+    assert!(!table.stdout.contains("b.csv"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("3 left out by filters"),
+        "{}",
+        table.stdout
+    );
+
+    // The real copy moves exactly the filtered objects.
+    let real = run(&mut copy(&[]));
+    assert_eq!(real.code, 0, "{}\n{}", real.stdout, real.stderr);
+    assert_same_objects(
+        "the Azure destination",
+        &azure_contents(&container, "out/").await,
+        &wanted,
+    );
+    // A dry run now finds everything done.
+    let again = run(&mut copy(&["--dry-run", "--json"]));
+    let summary = &again.events_named("dry_run")[0]["summary"];
+    assert_eq!(summary["to_copy"], 0, "{summary}");
+    assert_eq!(summary["chunks"], 0, "{summary}");
+}
