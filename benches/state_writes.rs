@@ -25,6 +25,7 @@ fn setup(dir: &std::path::Path) -> StateDb {
         created_ms: 0,
         updated_ms: 0,
         error: None,
+        planned: true,
     };
     let file = FileRecord {
         key: "big.bin".into(),

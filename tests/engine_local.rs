@@ -1,14 +1,15 @@
 //! The engine through its public API (commands in, events out) between local folders, with a
 //! destination that fails on demand: the scheduling rules an operator relies on — resuming a
 //! paused job, retrying failed objects after a job ended, a fresh retry budget on every run,
-//! one plan per route, chunks that cannot fit the memory budget, and re-planning after the
-//! destination lost an object.
+//! one plan per route, chunks that cannot fit the memory budget, re-planning after the
+//! destination lost an object, blocks in order for a destination that demands it, and an
+//! upload started over when its session is lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,9 +99,141 @@ impl ObjectSink for FlakySink {
     }
 }
 
+/// A local destination with upload sessions, like S3 multipart or GCS resumable uploads:
+/// `begin` opens one, blocks go to it, and a session can be lost (expired, aborted by someone
+/// else). It may demand blocks in order, one at a time, as GCS does, and it logs every block
+/// it receives.
+#[derive(Default)]
+struct SessionSink {
+    inner: Option<LocalStore>,
+    sequential: bool,
+    /// Sessions alive, and how many were opened.
+    sessions: Mutex<(HashSet<String>, u32)>,
+    /// Put Blocks that find their session lost, from now on: the next N.
+    lose: AtomicU32,
+    /// (key, block index) in arrival order.
+    arrivals: Mutex<Vec<(String, u32)>>,
+    /// Put Blocks in flight per key now, and the most ever seen for one key.
+    in_flight: Mutex<(BTreeMap<String, u32>, u32)>,
+}
+
+impl SessionSink {
+    fn local(&self) -> &LocalStore {
+        self.inner.as_ref().expect("root")
+    }
+
+    fn check(&self, upload: Upload<'_>) -> StoreResult<()> {
+        let alive = upload
+            .session
+            .is_some_and(|s| self.sessions.lock().expect("lock").0.contains(s));
+        if alive {
+            Ok(())
+        } else {
+            Err(StoreError::new(
+                ErrorClass::UploadLost,
+                Some(404),
+                "no such upload",
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectSink for SessionSink {
+    fn limits(&self) -> SinkLimits {
+        SinkLimits {
+            sequential: self.sequential,
+            ..self.local().limits()
+        }
+    }
+    async fn prepare(&self) -> StoreResult<()> {
+        self.local().prepare().await
+    }
+    async fn begin(&self, _key: &str, _meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        let mut sessions = self.sessions.lock().expect("lock");
+        sessions.1 += 1;
+        let session = format!("session-{}", sessions.1);
+        sessions.0.insert(session.clone());
+        Ok(Some(session))
+    }
+    async fn put_block(
+        &self,
+        upload: Upload<'_>,
+        block: BlockRef<'_>,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let left = self.lose.load(Ordering::SeqCst);
+        if left > 0 && self.lose.fetch_sub(1, Ordering::SeqCst) == left {
+            if let Some(session) = upload.session {
+                self.sessions.lock().expect("lock").0.remove(session);
+            }
+        }
+        self.check(upload)?;
+        {
+            let mut flight = self.in_flight.lock().expect("lock");
+            let now = flight.0.entry(upload.key.to_string()).or_default();
+            *now += 1;
+            let now = *now;
+            flight.1 = flight.1.max(now);
+        }
+        self.arrivals
+            .lock()
+            .expect("lock")
+            .push((upload.key.to_string(), block.index));
+        // Long enough for a second block of the same object to overlap, were it allowed.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let result = self.local().put_block(upload, block, data).await;
+        *self
+            .in_flight
+            .lock()
+            .expect("lock")
+            .0
+            .get_mut(upload.key)
+            .expect("counted") -= 1;
+        result
+    }
+    async fn missing_blocks(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+    ) -> StoreResult<Vec<u32>> {
+        self.check(upload)?;
+        self.local().missing_blocks(upload, blocks).await
+    }
+    async fn commit(
+        &self,
+        upload: Upload<'_>,
+        blocks: &[PlannedBlock],
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        self.check(upload)?;
+        self.local().commit(upload, blocks, meta).await?;
+        if let Some(session) = upload.session {
+            self.sessions.lock().expect("lock").0.remove(session);
+        }
+        Ok(())
+    }
+    async fn put_whole(
+        &self,
+        key: &str,
+        data: Bytes,
+        checksum: Checksum,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        self.local().put_whole(key, data, checksum, meta).await
+    }
+    async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        self.local().head(key).await
+    }
+    async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
+        self.local().list_existing(prefix).await
+    }
+}
+
 struct Stores {
     failures: Arc<AtomicU32>,
     class: ErrorClass,
+    sessions: Option<Arc<SessionSink>>,
 }
 
 #[async_trait]
@@ -117,6 +250,9 @@ impl StoreFactory for Stores {
         location: &Location,
         _access: &Access,
     ) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        if let Some(sink) = &self.sessions {
+            return Ok(sink.clone());
+        }
         Ok(Arc::new(FlakySink {
             inner: LocalStore::new(&location.container),
             failures: self.failures.clone(),
@@ -151,6 +287,16 @@ fn setup(files: &[(&str, usize)]) -> Setup {
 }
 
 fn start(setup: &Setup, class: ErrorClass, max_memory: u64, exit_when_idle: bool) -> Engine {
+    start_with(setup, class, max_memory, exit_when_idle, None)
+}
+
+fn start_with(
+    setup: &Setup,
+    class: ErrorClass,
+    max_memory: u64,
+    exit_when_idle: bool,
+    sessions: Option<Arc<SessionSink>>,
+) -> Engine {
     let config = EngineConfig {
         concurrency: ControllerConfig {
             initial: 4,
@@ -170,6 +316,7 @@ fn start(setup: &Setup, class: ErrorClass, max_memory: u64, exit_when_idle: bool
     let stores = Arc::new(Stores {
         failures: setup.failures.clone(),
         class,
+        sessions,
     });
     Engine::start(db, config, stores).expect("engine")
 }
@@ -407,5 +554,86 @@ async fn an_object_lost_at_the_destination_is_planned_afresh_with_new_settings()
         snapshot.files[0].2.len(),
         2,
         "two chunks of 2 MiB, no stale records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_takes_blocks_in_order_gets_them_one_at_a_time_in_order() {
+    let s = setup(&[("a.bin", 5 * MIB + 7), ("b.bin", 3 * MIB), ("c.bin", 10)]);
+    let sink = Arc::new(SessionSink {
+        inner: Some(LocalStore::new(&s.dst)),
+        sequential: true,
+        ..Default::default()
+    });
+    let mut engine = start_with(
+        &s,
+        ErrorClass::Transient,
+        64 << 20,
+        true,
+        Some(sink.clone()),
+    );
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+    same_files(&s.src, &s.dst, &["a.bin", "b.bin", "c.bin"]);
+    assert_eq!(
+        sink.in_flight.lock().expect("lock").1,
+        1,
+        "never two blocks of one object at once"
+    );
+    let arrivals = sink.arrivals.lock().expect("lock").clone();
+    for (key, blocks) in [("a.bin", 6), ("b.bin", 3)] {
+        let order: Vec<u32> = arrivals
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(order, (0..blocks).collect::<Vec<u32>>(), "{key}");
+    }
+    // Both multi-block objects were in flight together: order is per object, not global.
+    let first_b = arrivals.iter().position(|(k, _)| k == "b.bin").expect("b");
+    let last_a = arrivals.iter().rposition(|(k, _)| k == "a.bin").expect("a");
+    assert!(
+        first_b < last_a,
+        "objects were sent one after the other: {arrivals:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_whose_session_is_lost_starts_over_and_completes() {
+    let s = setup(&[("a.bin", 4 * MIB)]);
+    let sink = Arc::new(SessionSink {
+        inner: Some(LocalStore::new(&s.dst)),
+        ..Default::default()
+    });
+    // The first block to arrive finds its session gone (and so do those in flight with it).
+    sink.lose.store(1, Ordering::SeqCst);
+    let mut engine = start_with(
+        &s,
+        ErrorClass::Transient,
+        64 << 20,
+        true,
+        Some(sink.clone()),
+    );
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    until(&mut engine, "the restart", |e| {
+        matches!(e, Event::UploadRestarted { .. })
+    })
+    .await;
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+    same_files(&s.src, &s.dst, &["a.bin"]);
+    assert_eq!(
+        sink.sessions.lock().expect("lock").1,
+        2,
+        "one session lost, one more opened"
     );
 }

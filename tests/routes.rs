@@ -577,3 +577,73 @@ async fn filters_choose_the_objects_and_a_dry_run_writes_nothing() {
     assert_eq!(summary["to_copy"], 0, "{summary}");
     assert_eq!(summary["chunks"], 0, "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_refused_at_planning_is_recorded_and_planned_by_resume() {
+    let sources = objects(6 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let container = unique("dst");
+    let dest_bucket = unique("dst");
+    // The archive profile holds a wrong secret: the S3 destination refuses the first request.
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, "not-the-secret");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        profile.apply(&mut cmd);
+        cmd
+    };
+    let first = run(make().args([
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("az://{container}/data/"),
+        "--to",
+        &format!("s3://{dest_bucket}/data/"),
+        "--dest-profile",
+        "archive",
+        "--dest-endpoint",
+        &test_env("BLOBWAY_TEST_S3S"),
+        "--chunk-size",
+        "5MiB",
+    ]));
+    assert_ne!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let all = format!("{}{}", first.stdout, first.stderr);
+    assert!(all.contains("blobway resume"), "{all}");
+    assert!(
+        !all.contains("not-the-secret"),
+        "the secret is not echoed: {all}"
+    );
+    assert_same_objects(
+        "the Azure destination",
+        &azure_contents(&container, "data/").await,
+        &sources,
+    );
+    let jobs: Vec<serde_json::Value> = run(make().args(["jobs", "--json"]))
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|line| line["job"].clone())
+        .collect();
+    let s3_job = jobs
+        .iter()
+        .find(|j| j["destination"].as_str().unwrap_or("").starts_with("s3://"))
+        .unwrap_or_else(|| panic!("the refused destination is recorded: {jobs:?}"))
+        .clone();
+    assert_eq!(s3_job["state"], "FAILED", "{s3_job}");
+    assert_eq!(s3_job["planned"], false, "{s3_job}");
+
+    // The operator fixes the key; resume plans and copies the S3 destination only.
+    profile.set_keys("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let resume = run(make().args(["resume", "--json"]));
+    assert_eq!(resume.code, 0, "{}\n{}", resume.stdout, resume.stderr);
+    let chunks = resume.events_named("chunk_completed");
+    assert!(!chunks.is_empty(), "{}", resume.stdout);
+    for event in chunks {
+        assert_eq!(event["job"], s3_job["id"], "copied again: {event}");
+    }
+    assert_same_objects(
+        "the S3 destination",
+        &s3_contents(&s3s_client(), &dest_bucket, "data/").await,
+        &sources,
+    );
+}

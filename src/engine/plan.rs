@@ -179,6 +179,12 @@ pub struct PlanSummary {
     pub requests: u64,
 }
 
+/// A plan that failed at the destination after the source was listed: the job is worth
+/// recording, so that `resume` tries the destination again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DestinationFailed(pub String);
+
 /// Lists, sizes and records a job. Re-planning a route that has a job resumes it: objects
 /// unchanged at the source keep their progress, changed ones are planned afresh (their old
 /// upload sessions given up), failed ones get another chance. A dry run reads the state file
@@ -222,7 +228,7 @@ pub async fn plan_job(
         preflight
             .run(|| sink.prepare())
             .await
-            .map_err(|e| anyhow::anyhow!("cannot prepare the destination {dst}: {e}"))?;
+            .map_err(|e| DestinationFailed(format!("cannot prepare the destination {dst}: {e}")))?;
     }
     let listing = match listing {
         Some(listing) => listing,
@@ -244,7 +250,9 @@ pub async fn plan_job(
         Ok(existing) => existing,
         // A dry run prepares nothing: a container that does not exist yet holds nothing.
         Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
-        Err(e) => anyhow::bail!("cannot read the destination {dst}: {e}"),
+        Err(e) => {
+            return Err(DestinationFailed(format!("cannot read the destination {dst}: {e}")).into());
+        }
     };
 
     let (src_text, dst_text) = (src.to_string(), dst.to_string());
@@ -267,8 +275,10 @@ pub async fn plan_job(
             created_ms: now,
             updated_ms: now,
             error: None,
+            planned: true,
         },
     };
+    job.planned = true;
     job.options = req.options.clone();
     job.state = JobState::Running;
     job.error = None;
@@ -546,6 +556,30 @@ mod tests {
                 .expect_err("memory")
                 .contains("--max-memory")
         );
+    }
+
+    #[test]
+    fn s3_parts_are_at_least_5_mib_and_at_most_10000() {
+        let s3 = crate::store::S3_SINK_LIMITS;
+        assert_eq!(chunk_size_for(100 * MIB, MIB, s3, 1 << 30), Ok(5 * MIB));
+        assert_eq!(chunk_size_for(100 * MIB, 8 * MIB, s3, 1 << 30), Ok(8 * MIB));
+        let size = 200 * 1024 * MIB; // 200 GiB in 16 MiB parts would be 12,800 parts
+        let chunk = chunk_size_for(size, 16 * MIB, s3, 1 << 30).expect("fits");
+        assert!(chunk_count(size, chunk) <= 10_000, "{chunk}");
+        assert_eq!(chunk % MIB, 0);
+    }
+
+    #[test]
+    fn gcs_chunks_are_whole_multiples_of_256_kib() {
+        let gcs = crate::store::gcs::LIMITS;
+        let unit = crate::store::gcs::GRANULARITY;
+        assert_eq!(chunk_size_for(10 * MIB, MIB, gcs, 1 << 30), Ok(MIB));
+        assert_eq!(
+            chunk_size_for(10 * MIB, MIB + 1, gcs, 1 << 30),
+            Ok(MIB + unit)
+        );
+        assert_eq!(chunk_size_for(10 * MIB, 1000, gcs, 1 << 30), Ok(unit));
+        assert!(gcs.sequential, "a resumable session takes bytes in order");
     }
 
     #[test]

@@ -115,6 +115,12 @@ enum Ready {
     Watched(JobSnapshot),
     /// The uploads of a cancelled job were given up.
     Aborted,
+    /// A recorded job that was never planned (its destination failed): plan it now.
+    Replan {
+        source: String,
+        destination: String,
+        options: crate::state::JobOptions,
+    },
 }
 
 /// What a timer wakes.
@@ -452,6 +458,7 @@ impl Scheduler {
         let (max_memory, retry) = (self.config.max_memory, self.config.retry);
         self.background += 1;
         tokio::spawn(async move {
+            let recorded_options = options.clone();
             let result = async {
                 let source_store = stores.source(&src, &options.source_access).await?;
                 let sink = stores.sink(&dst, &options.dest_access).await?;
@@ -476,12 +483,36 @@ impl Scheduler {
                 })
             }
             .await;
-            let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
-                source,
-                destination,
-                error: redact(&format!("{e:#}")),
-                ends: Ends::Plan(route),
-            }));
+            let ready = match result {
+                Ok(ready) => ready,
+                Err(e) => {
+                    let mut error = redact(&format!("{e:#}"));
+                    if e.downcast_ref::<plan::DestinationFailed>().is_some() {
+                        let job = UnplannedJob {
+                            id: new_job_id,
+                            source: src.to_string(),
+                            destination: dst.to_string(),
+                            options: recorded_options,
+                            error: error.clone(),
+                        };
+                        match record_unplanned(&db, job).await {
+                            Ok(Some(id)) => error.push_str(&format!(
+                                " (recorded as job {id}: `blobway resume` tries this \
+                                 destination again)"
+                            )),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("cannot record the failed plan: {e:#}"),
+                        }
+                    }
+                    Ready::Failed {
+                        source,
+                        destination,
+                        error,
+                        ends: Ends::Plan(route),
+                    }
+                }
+            };
+            let _ = tx.send(ready);
         });
     }
 
@@ -518,6 +549,14 @@ impl Scheduler {
                     || loaded.contains(&job.id)
                     || being_planned
                 {
+                    continue;
+                }
+                if !job.planned {
+                    let _ = tx.send(Ready::Replan {
+                        source: job.source.clone(),
+                        destination: job.destination.clone(),
+                        options: job.options.clone(),
+                    });
                     continue;
                 }
                 let result = async {
@@ -621,6 +660,11 @@ impl Scheduler {
             }
             Ready::Watched(snapshot) => self.watched = Some(snapshot),
             Ready::Aborted => self.background = self.background.saturating_sub(1),
+            Ready::Replan {
+                source,
+                destination,
+                options,
+            } => self.enqueue(source, destination, options),
             Ready::Failed {
                 source,
                 destination,
@@ -1609,6 +1653,48 @@ fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
         file.queued = false;
     }
     writes.push(Write::Job(job.record.clone()));
+}
+
+/// A job whose plan failed at the destination, to record for `resume`.
+struct UnplannedJob {
+    id: JobId,
+    source: String,
+    destination: String,
+    options: crate::state::JobOptions,
+    error: String,
+}
+
+/// Records a job whose destination failed before it could be planned, so `resume` plans it
+/// again; returns its ID. A route that already has a planned job keeps it as it is (its
+/// objects and progress stand); one still unplanned gets the new error.
+async fn record_unplanned(db: &StateDb, job: UnplannedJob) -> anyhow::Result<Option<JobId>> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = now_ms();
+        if let Some(mut existing) = db.job_for_route(&job.source, &job.destination)? {
+            if existing.planned {
+                return Ok(None);
+            }
+            existing.error = Some(job.error);
+            existing.updated_ms = now;
+            db.apply(&[Write::Job(existing.clone())])?;
+            return Ok(Some(existing.id));
+        }
+        let record = crate::state::JobRecord {
+            id: job.id,
+            source: job.source,
+            destination: job.destination,
+            options: job.options,
+            state: JobState::Failed,
+            created_ms: now,
+            updated_ms: now,
+            error: Some(job.error),
+            planned: false,
+        };
+        db.apply(&[Write::Job(record)])?;
+        Ok(Some(job.id))
+    })
+    .await?
 }
 
 /// Starts an object's upload over once its session was lost and nothing of it is in flight.

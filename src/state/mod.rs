@@ -485,6 +485,7 @@ mod tests {
             created_ms: 1,
             updated_ms: 1,
             error: None,
+            planned: true,
         }
     }
 

@@ -297,6 +297,14 @@ pub struct JobRecord {
     pub updated_ms: i64,
     /// Why the whole job stopped, if it did.
     pub error: Option<String>,
+    /// False while the job could not be planned yet (its destination failed before a single
+    /// object was listed for it): `resume` plans it then.
+    #[serde(default = "planned_by_default")]
+    pub planned: bool,
+}
+
+fn planned_by_default() -> bool {
+    true
 }
 
 /// Milliseconds since the Unix epoch, now.

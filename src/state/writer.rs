@@ -85,6 +85,7 @@ mod tests {
                 created_ms: 0,
                 updated_ms: 0,
                 error: None,
+                planned: true,
             };
             tx.send(WriteRequest {
                 writes: vec![Write::Job(job)],

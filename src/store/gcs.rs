@@ -33,7 +33,7 @@ const MIB: u64 = 1 << 20;
 /// Every chunk but the last must be a multiple of this.
 pub const GRANULARITY: u64 = 256 * 1024;
 
-const LIMITS: SinkLimits = SinkLimits {
+pub const LIMITS: SinkLimits = SinkLimits {
     max_block: 5 * 1024 * MIB,
     max_blocks: 100_000,
     min_block: GRANULARITY,

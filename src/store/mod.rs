@@ -15,6 +15,9 @@ pub mod gcs;
 pub mod local;
 pub mod s3;
 mod s3_sink;
+
+/// S3 multipart limits as a destination.
+pub use s3_sink::LIMITS as S3_SINK_LIMITS;
 pub mod simulated;
 
 pub use checksum::{Checksum, ChecksumKind, crc64};

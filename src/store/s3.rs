@@ -181,10 +181,13 @@ impl S3Store {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(Duration::from_secs_f64);
         let code = err.code().unwrap_or_default().to_string();
-        let detail = err
-            .message()
-            .map(str::to_string)
-            .unwrap_or_else(|| DisplayErrorContext(&err).to_string());
+        // An answer without a message (HEAD answers carry no body) says nothing more than its
+        // status; a failure without an answer is described by the whole error chain.
+        let detail = match (err.message(), &err) {
+            (Some(message), _) => message.to_string(),
+            (None, SdkError::ServiceError(_) | SdkError::ResponseError(_)) => String::new(),
+            (None, _) => DisplayErrorContext(&err).to_string(),
+        };
         let (class, hint) = match (&err, status) {
             (SdkError::ConstructionFailure(_), _) => {
                 let text = DisplayErrorContext(&err).to_string();
@@ -252,6 +255,13 @@ impl S3Store {
                 ErrorClass::Auth,
                 "the AWS credentials were rejected; check AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+            ),
+            (_, Some(403)) if code.is_empty() => (
+                ErrorClass::Permission,
+                "access denied, or the credentials were rejected (this answer carries no \
+                 reason); check the keys or profile, and that a source bucket allows \
+                 s3:ListBucket and s3:GetObject, a destination bucket also s3:PutObject and \
+                 s3:AbortMultipartUpload",
             ),
             (_, Some(403)) => (
                 ErrorClass::Permission,

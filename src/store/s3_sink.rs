@@ -29,7 +29,7 @@ const MIB: u64 = 1 << 20;
 
 /// S3's multipart limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000
 /// of them; a single PutObject takes up to 5 GiB.
-const LIMITS: SinkLimits = SinkLimits {
+pub const LIMITS: SinkLimits = SinkLimits {
     max_block: 5 * 1024 * MIB,
     max_blocks: 10_000,
     min_block: 5 * MIB,
