@@ -163,10 +163,14 @@ impl ObjectSink for SessionSink {
         data: Bytes,
     ) -> StoreResult<()> {
         let left = self.lose.load(Ordering::SeqCst);
-        if left > 0 && self.lose.fetch_sub(1, Ordering::SeqCst) == left {
-            if let Some(session) = upload.session {
-                self.sessions.lock().expect("lock").0.remove(session);
-            }
+        if left > 0
+            && self
+                .lose
+                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            && let Some(session) = upload.session
+        {
+            self.sessions.lock().expect("lock").0.remove(session);
         }
         self.check(upload)?;
         {

@@ -251,7 +251,9 @@ pub async fn plan_job(
         // A dry run prepares nothing: a container that does not exist yet holds nothing.
         Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
         Err(e) => {
-            return Err(DestinationFailed(format!("cannot read the destination {dst}: {e}")).into());
+            return Err(
+                DestinationFailed(format!("cannot read the destination {dst}: {e}")).into(),
+            );
         }
     };
 
