@@ -157,6 +157,13 @@ impl StateDb {
                 detail: other.to_string(),
             },
         })?;
+        // Only its owner may read it: it holds resumable-upload sessions (a GCS session URI
+        // lets its holder upload to that one object for a week).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         let state = Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -474,6 +481,17 @@ fn io_error(path: &Path, what: &'static str, io: &std::io::Error) -> StateError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn only_the_owner_may_read_the_state_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let _db = StateDb::open(&path).expect("open");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     fn job(id: JobId) -> JobRecord {
         JobRecord {
