@@ -23,6 +23,7 @@ const SECRET_NAMES: &[&str] = &[
     "client_secret",
     "password",
     "token",
+    "upload_id",
 ];
 
 const MASK: &str = "REDACTED";
@@ -179,6 +180,14 @@ mod tests {
             redact("failed with s3cr3t-value-42 inside"),
             "failed with REDACTED inside"
         );
+    }
+
+    #[test]
+    fn masks_gcs_resumable_session_ids() {
+        let url = "https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=ADPycdt-secret";
+        let shown = redact(url);
+        assert!(!shown.contains("ADPycdt-secret"), "{shown}");
+        assert!(shown.contains("upload_id=REDACTED"), "{shown}");
     }
 
     #[test]

@@ -144,6 +144,17 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
         .map(|r| r.uploads().len())
         .unwrap_or(0);
     assert_eq!(pending, 0, "multipart uploads left behind");
+    // The profile's secret reached neither the state file nor the log nor the output.
+    let state_bytes = std::fs::read(&state).expect("state file");
+    let log = std::fs::read(state_dir.path().join("blobway.log")).unwrap_or_default();
+    assert_no_secrets(
+        &[
+            ("the state file", &state_bytes),
+            ("the log", &log),
+            ("the output", crashes.resume.stdout.as_bytes()),
+        ],
+        &[S3S_SECRET_KEY],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

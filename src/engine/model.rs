@@ -56,6 +56,9 @@ pub(super) struct FileRun {
     pub(super) restart: bool,
     /// Times the upload started over in this run.
     pub(super) restarts: u32,
+    /// A chunk found the session gone: once nothing is in flight, the destination is asked
+    /// whether the object is there already (then it is done) before the upload starts over.
+    pub(super) check_session: bool,
 }
 
 impl FileRun {
@@ -106,6 +109,7 @@ impl FileRun {
             sequential,
             restart: false,
             restarts: 0,
+            check_session: false,
         }
     }
 

@@ -42,12 +42,19 @@ pub fn chunk_size_for(
 ) -> Result<u64, String> {
     check_chunk_size(requested, limits)?;
     if size > limits.max_object() {
+        let why = if limits.max_object() == limits.max_object_size {
+            "the store's cap".to_string()
+        } else {
+            format!(
+                "{} blocks of {}",
+                limits.max_blocks,
+                human(limits.max_block)
+            )
+        };
         return Err(format!(
-            "the object is {} but the destination holds at most {} per object ({} blocks of {})",
+            "the object is {} but the destination holds at most {} per object ({why})",
             human(size),
             human(limits.max_object()),
-            limits.max_blocks,
-            human(limits.max_block)
         ));
     }
     let mut chunk = requested.max(limits.min_block);
@@ -508,6 +515,7 @@ mod tests {
         granularity: 1,
         max_single_put: 5000 * MIB,
         sequential: false,
+        max_object_size: u64::MAX,
     };
 
     #[test]
@@ -582,6 +590,11 @@ mod tests {
         );
         assert_eq!(chunk_size_for(10 * MIB, 1000, gcs, 1 << 30), Ok(unit));
         assert!(gcs.sequential, "a resumable session takes bytes in order");
+        assert!(
+            chunk_size_for(6 << 40, 64 * MIB, gcs, 1 << 30)
+                .expect_err("over 5 TiB")
+                .contains("at most 5 TiB per object (the store's cap)")
+        );
     }
 
     #[test]

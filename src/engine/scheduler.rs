@@ -848,7 +848,16 @@ impl Scheduler {
                     if !waiting || file.ready.contains(&chunk) {
                         continue;
                     }
-                    file.ready.push_front(chunk);
+                    // A chunk of a session upload failing a second time: first ask the
+                    // destination how the upload stands (it may have been completed by a run
+                    // that died before recording it, or be gone); the answer puts back what
+                    // is missing.
+                    let round = file.round.get(chunk as usize).copied().unwrap_or(0);
+                    if round == 2 && file.record.session.is_some() && file.in_flight == 0 {
+                        file.commit_ready = true;
+                    } else {
+                        file.ready.push_front(chunk);
+                    }
                 }
                 Wake::Commit => {
                     if file.completed != file.record.chunk_count || !file.ready.is_empty() {
@@ -1160,6 +1169,7 @@ impl Scheduler {
         let mut after = Vec::new();
         let mut stop_job = None;
         let mut lost = false;
+        let mut orphan = None;
         match result {
             Ok(moved) => {
                 let chunk = &mut file.chunks[index as usize];
@@ -1260,6 +1270,14 @@ impl Scheduler {
                         file.record.error = Some(ErrorRecord { message, ..error });
                         file.ready.clear();
                         file.commit_ready = false;
+                        // A changed source can never finish this upload: give it up now
+                        // rather than leave its parts stored (and billed) at the destination.
+                        if err.class == ErrorClass::SourceChanged
+                            && let Some(session) = file.record.session.take()
+                        {
+                            file.record.meta = None;
+                            orphan = Some((file.record.dest_key.clone(), session));
+                        }
                         after.push(After::Emit(failed_event(id, &file.record, file_index)));
                     }
                 }
@@ -1274,9 +1292,13 @@ impl Scheduler {
                 }
             }
         }
+        let file = &mut job.files[pos];
         if lost {
-            let file = &mut job.files[pos];
             file.ready.clear();
+            file.check_session = true;
+        }
+        if file.check_session && file.in_flight == 0 && file.active() {
+            file.check_session = false;
             file.commit_ready = true;
         }
         restart_when_idle(id, &mut job.files[pos], &mut writes);
@@ -1287,6 +1309,10 @@ impl Scheduler {
         }
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
+        }
+        if let Some(upload) = orphan {
+            let sink = job.sink.clone();
+            self.abort_uploads(sink, vec![upload]);
         }
         self.persist(writes, after);
     }

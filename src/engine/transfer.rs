@@ -240,7 +240,13 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         // destination already holds this very version, committed by blobway, the commit
         // happened. Otherwise the original answer stands.
         let total: u64 = work.blocks.iter().map(|b| b.size).sum();
-        let committed = target.sink.head(&target.key).await?.is_some_and(|d| {
+        let found = match target.sink.head(&target.key).await {
+            Ok(found) => found,
+            // A destination that may not be looked at (write-only credentials) leaves the
+            // store's first answer standing.
+            Err(_) => return missing.map(CommitOutcome::Missing),
+        };
+        let committed = found.is_some_and(|d| {
             d.size == total
                 && d.meta.get(meta_keys::SOURCE_ETAG) == work.meta.pairs.get(meta_keys::SOURCE_ETAG)
         });

@@ -547,6 +547,7 @@ impl ObjectSink for AzureStore {
             granularity: 1,
             max_single_put: 5000 << 20,
             sequential: false,
+            max_object_size: u64::MAX,
         }
     }
 

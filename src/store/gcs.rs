@@ -40,6 +40,7 @@ pub const LIMITS: SinkLimits = SinkLimits {
     granularity: GRANULARITY,
     max_single_put: 5 * 1024 * MIB,
     sequential: true,
+    max_object_size: 5 << 40, // GCS caps an object at 5 TiB
 };
 
 /// One GCS bucket.
@@ -153,6 +154,12 @@ impl GcsStore {
         }
     }
 
+    /// A request to a resumable session: its URI is its authorization, so no token goes
+    /// with it.
+    fn session_request(&self, method: Method, session: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, session)
+    }
+
     fn object_url(&self, key: &str) -> String {
         format!(
             "{}/storage/v1/b/{}/o/{}",
@@ -192,6 +199,8 @@ impl GcsStore {
                 } else {
                     String::new()
                 };
+                // Without the URL: a session URI lets its holder write to the object.
+                let e = e.without_url();
                 Err(StoreError::transient(format!(
                     "{what} {} failed: {e}{hint}",
                     self.target(key)
@@ -291,7 +300,7 @@ impl GcsStore {
     /// Asks the session how much it holds.
     async fn progress(&self, key: &str, session: &str) -> StoreResult<Progress> {
         let request = self
-            .request(Method::PUT, session)
+            .session_request(Method::PUT, session)
             .header(reqwest::header::CONTENT_RANGE, "bytes */*")
             .header(reqwest::header::CONTENT_LENGTH, 0);
         let response = self
@@ -318,14 +327,14 @@ impl GcsStore {
         offset: u64,
         data: Bytes,
         total: Option<u64>,
-    ) -> StoreResult<Option<Progress>> {
+    ) -> StoreResult<Result<Progress, StoreError>> {
         let len = data.len() as u64;
         let range = match total {
             Some(total) => format!("bytes {offset}-{}/{total}", offset + len - 1),
             None => format!("bytes {offset}-{}/*", offset + len - 1),
         };
         let request = self
-            .request(Method::PUT, session)
+            .session_request(Method::PUT, session)
             .header(reqwest::header::CONTENT_RANGE, range)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(data);
@@ -338,12 +347,30 @@ impl GcsStore {
             )
             .await?;
         match response.status().as_u16() {
-            200 | 201 => Ok(Some(Progress::Complete)),
-            308 => Ok(Some(Progress::Holds(Self::held(&response)))),
+            200 | 201 => {
+                // The object is final: it must be exactly as long as planned.
+                let size = response
+                    .json::<ObjectResource>()
+                    .await
+                    .ok()
+                    .and_then(|o| o.size?.parse::<u64>().ok());
+                match (total, size) {
+                    (Some(total), Some(size)) if size != total => Err(StoreError::new(
+                        ErrorClass::UploadLost,
+                        None,
+                        format!(
+                            "{} was finalized with {size} bytes instead of {total}; it starts over",
+                            self.target(key)
+                        ),
+                    )),
+                    _ => Ok(Ok(Progress::Complete)),
+                }
+            }
+            308 => Ok(Ok(Progress::Holds(Self::held(&response)))),
             404 | 410 => Err(self.lost(key)),
-            // The server disagrees about where the upload stands (an earlier answer was lost):
-            // ask it.
-            400 | 416 => Ok(None),
+            // Either the server disagrees about where the upload stands (an earlier answer
+            // was lost) or the request is wrong: the caller asks where it stands to tell.
+            400 | 416 => Ok(Err(self.error(response, "upload to", key).await)),
             _ => Err(self.error(response, "upload to", key).await),
         }
     }
@@ -366,6 +393,11 @@ impl ObjectSink for GcsStore {
             )
             .await?;
         if response.status().is_success() {
+            return Ok(());
+        }
+        // Object-level roles (storage.objectAdmin) may not read the bucket itself: a 403 here
+        // leaves the objects' requests to tell whether access suffices.
+        if response.status() == StatusCode::FORBIDDEN {
             return Ok(());
         }
         if response.status() != StatusCode::NOT_FOUND {
@@ -436,8 +468,19 @@ impl ObjectSink for GcsStore {
             let piece = data.slice((offset - start) as usize..);
             let answer = self.put_range(key, session, offset, piece, total).await?;
             let progress = match answer {
-                Some(progress) => progress,
-                None => self.progress(key, session).await?,
+                Ok(progress) => progress,
+                Err(refused) => match self.progress(key, session).await? {
+                    // The session stands where this request started: the request itself was
+                    // wrong.
+                    Progress::Holds(held) if held == offset => {
+                        return Err(StoreError::new(
+                            ErrorClass::Invalid,
+                            refused.status,
+                            refused.message,
+                        ));
+                    }
+                    progress => progress,
+                },
             };
             match progress {
                 Progress::Complete if block.last => return Ok(()),
@@ -458,7 +501,7 @@ impl ObjectSink for GcsStore {
                     offset = end;
                     if let Some(total) = total {
                         let request = self
-                            .request(Method::PUT, session)
+                            .session_request(Method::PUT, session)
                             .header(reqwest::header::CONTENT_RANGE, format!("bytes */{total}"))
                             .header(reqwest::header::CONTENT_LENGTH, 0);
                         let response = self
@@ -500,12 +543,13 @@ impl ObjectSink for GcsStore {
             Progress::Complete => return Ok(Vec::new()),
             Progress::Holds(held) => held,
         };
+        let total: u64 = blocks.iter().map(|b| b.size).sum();
         let mut offset = 0;
         let mut missing = Vec::new();
         for block in blocks {
             offset += block.size;
             // The last block finalizes the object, so an unfinalized session lacks it.
-            if offset > held || offset == blocks.iter().map(|b| b.size).sum::<u64>() {
+            if offset > held || offset == total {
                 missing.push(block.index);
             }
         }
@@ -529,7 +573,7 @@ impl ObjectSink for GcsStore {
         // GCS answers 499 to a cancelled session; a session already gone is as good.
         let _ = self
             .send(
-                self.request(Method::DELETE, session),
+                self.session_request(Method::DELETE, session),
                 self.settings.stall_timeout,
                 "cancel upload of",
                 upload.key,
@@ -548,7 +592,8 @@ impl ObjectSink for GcsStore {
         let crc32c = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data) as u32;
         let json = serde_json::to_vec(&resource(key, meta, Some(crc32c)))
             .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
-        let boundary = "blobway-7c1e0f5a9d3b";
+        // A fresh random boundary, so no object's bytes can contain it by design.
+        let boundary = format!("blobway-{:032x}", rand::random::<u128>());
         let content_type = meta
             .content_type
             .as_deref()

@@ -350,6 +350,7 @@ impl ObjectSink for LocalStore {
             granularity: 1,
             max_single_put: 5000 << 20,
             sequential: false,
+            max_object_size: u64::MAX,
         }
     }
 

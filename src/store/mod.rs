@@ -210,12 +210,17 @@ pub struct SinkLimits {
     pub max_single_put: u64,
     /// Blocks of one object must arrive one after the other, in order (GCS resumable).
     pub sequential: bool,
+    /// The store's own cap on one object's size, below blocks × block size (GCS: 5 TiB);
+    /// `u64::MAX` when there is none.
+    pub max_object_size: u64,
 }
 
 impl SinkLimits {
     /// The largest object the store can hold.
     pub fn max_object(&self) -> u64 {
-        self.max_block.saturating_mul(self.max_blocks)
+        self.max_block
+            .saturating_mul(self.max_blocks)
+            .min(self.max_object_size)
     }
 }
 

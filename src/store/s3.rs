@@ -70,6 +70,18 @@ pub async fn client_for(access: &Access) -> (Client, String) {
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
+    if access.profile.is_some() {
+        // The profile's keys are as secret as the environment's: keep them out of every text.
+        use aws_sdk_s3::config::ProvideCredentials as _;
+        if let Some(provider) = shared.credentials_provider()
+            && let Ok(credentials) = provider.provide_credentials().await
+        {
+            crate::redact::register_secret(credentials.secret_access_key());
+            if let Some(token) = credentials.session_token() {
+                crate::redact::register_secret(token);
+            }
+        }
+    }
     let mut config = aws_sdk_s3::config::Builder::from(&shared)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);

@@ -36,6 +36,7 @@ pub const LIMITS: SinkLimits = SinkLimits {
     granularity: 1,
     max_single_put: 5 * 1024 * MIB,
     sequential: false,
+    max_object_size: u64::MAX,
 };
 
 /// How many HEADs run at once when a destination listing needs every object's metadata.
@@ -63,6 +64,37 @@ impl S3Store {
     }
 
     /// Every part the upload holds: part number → (size, ETag).
+    /// The error of a request naming an upload ID. Some S3-compatible servers (s3s-fs) answer
+    /// AccessDenied, not NoSuchUpload, for an upload that was completed or aborted; the
+    /// credentials already created that upload, so the upload is what is gone. (Were it
+    /// really a permission, starting over fails at CreateMultipartUpload with the same 403.)
+    fn upload_error<E>(
+        &self,
+        err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        what: &str,
+        key: &str,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        let refused_upload = err.code() == Some("AccessDenied");
+        let error = self.error(err, what, key);
+        if refused_upload {
+            StoreError::new(
+                ErrorClass::UploadLost,
+                error.status,
+                format!(
+                    "{what} s3://{}/{key}: the store refused the upload ID (completed, aborted \
+                     or expired); the upload is checked and starts over if needed",
+                    self.bucket
+                ),
+            )
+        } else {
+            error
+        }
+    }
+
     async fn parts(&self, key: &str, upload_id: &str) -> StoreResult<BTreeMap<i32, (u64, String)>> {
         let mut parts = BTreeMap::new();
         let mut marker: Option<String> = None;
@@ -78,7 +110,7 @@ impl S3Store {
             let out = tokio::time::timeout(self.stall_timeout, call)
                 .await
                 .map_err(|_| self.stalled("ListParts", key))?
-                .map_err(|e| self.error(e, "ListParts", key))?;
+                .map_err(|e| self.upload_error(e, "ListParts", key))?;
             for part in out.parts() {
                 if let Some(number) = part.part_number() {
                     let size = part.size().unwrap_or(0).max(0) as u64;
@@ -193,12 +225,23 @@ impl ObjectSink for S3Store {
         {
             Ok(_) => Ok(()),
             Err(e) => {
+                use aws_sdk_s3::error::ProvideErrorMetadata as _;
+                let code = e.code().map(str::to_string);
                 let err = self.error(e, "CreateBucket", "");
-                // Created meanwhile by someone else, or already ours.
-                if err.status == Some(409) {
-                    Ok(())
-                } else {
-                    Err(err)
+                match code.as_deref() {
+                    // Created meanwhile by this account.
+                    Some("BucketAlreadyOwnedByYou") => Ok(()),
+                    Some("BucketAlreadyExists") => Err(StoreError::new(
+                        ErrorClass::Permission,
+                        err.status,
+                        format!(
+                            "the bucket name {} is taken by another AWS account; choose another \
+                             destination bucket",
+                            self.bucket
+                        ),
+                    )),
+                    _ if err.status == Some(409) => Ok(()),
+                    _ => Err(err),
                 }
             }
         }
@@ -251,7 +294,7 @@ impl ObjectSink for S3Store {
         tokio::time::timeout(self.upload_deadline(len), call)
             .await
             .map_err(|_| self.stalled("UploadPart", upload.key))?
-            .map_err(|e| self.error(e, "UploadPart", upload.key))?;
+            .map_err(|e| self.upload_error(e, "UploadPart", upload.key))?;
         Ok(())
     }
 
@@ -312,7 +355,7 @@ impl ObjectSink for S3Store {
         tokio::time::timeout(deadline, call)
             .await
             .map_err(|_| self.stalled("CompleteMultipartUpload", upload.key))?
-            .map_err(|e| self.error(e, "CompleteMultipartUpload", upload.key))?;
+            .map_err(|e| self.upload_error(e, "CompleteMultipartUpload", upload.key))?;
         Ok(())
     }
 
@@ -333,7 +376,7 @@ impl ObjectSink for S3Store {
         {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = self.error(e, "AbortMultipartUpload", upload.key);
+                let err = self.upload_error(e, "AbortMultipartUpload", upload.key);
                 if matches!(err.class, ErrorClass::UploadLost | ErrorClass::NotFound) {
                     Ok(())
                 } else {
@@ -378,10 +421,22 @@ impl ObjectSink for S3Store {
 
     async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
         // A listing carries no user metadata: every object is looked at once (a few at a time).
+        // One that cannot be looked at (no permission, encrypted with a key blobway lacks)
+        // counts as unknown, with no metadata, so it is copied rather than failing the plan.
         let keys = super::ObjectSource::list(self, prefix, false).await?;
         futures::stream::iter(keys)
             .map(|object| async move {
-                let found = self.head_object(&object.key).await?;
+                let found = match self.head_object(&object.key).await {
+                    Ok(found) => found,
+                    Err(e) if e.class.is_retryable() || e.class.stops_job() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(key = %object.key, "cannot read the destination object's metadata: {e}");
+                        Some(DestObject {
+                            size: object.size,
+                            meta: BTreeMap::new(),
+                        })
+                    }
+                };
                 Ok::<_, StoreError>(found.map(|d| (object.key, d)))
             })
             .buffer_unordered(HEAD_CONCURRENCY)
