@@ -159,7 +159,8 @@ struct AccessFlags {
     /// AWS profile for s3:// destinations.
     #[arg(long, value_name = "NAME")]
     dest_profile: Option<String>,
-    /// S3 endpoint URL for s3:// destinations.
+    /// Endpoint URL for s3:// and gs:// destinations (for GCS: a private or restricted
+    /// Google endpoint; credentials still apply).
     #[arg(long, value_name = "URL")]
     dest_endpoint: Option<String>,
 }

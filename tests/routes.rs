@@ -658,3 +658,102 @@ async fn a_destination_refused_at_planning_is_recorded_and_planned_by_resume() {
         &sources,
     );
 }
+
+/// An OAuth token endpoint standing in for Google's: answers every request with `token` and
+/// counts the requests.
+async fn token_server(
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = format!(
+                        r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#
+                    );
+                    async move {
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(bytes::Bytes::from(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gcs_credentials_come_from_a_service_account_key_and_never_show() {
+    const TOKEN: &str = "ya29.blobway-test-token-7f3a9c";
+    let (token_uri, hits) = token_server(TOKEN).await;
+    let dir = tempfile::tempdir().expect("dir");
+    // A service-account key as Google issues it, with a throwaway RSA key and the token
+    // endpoint above.
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "blobway-test",
+        "private_key_id": "0123456789abcdef",
+        "private_key": include_str!("fixtures/throwaway-service-account-key.pem"),
+        "client_email": "blobway-test@blobway-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": token_uri,
+    });
+    let key_file = dir.path().join("key.json");
+    std::fs::write(&key_file, key.to_string()).expect("key file");
+    let source = local_files(&[("a.bin", 3 * MIB + 5), ("b.txt", 100)]);
+    let bucket = unique("gcs");
+    let state = dir.path().join("s.redb");
+    let result = run(blobway(&state)
+        .env_remove("STORAGE_EMULATOR_HOST")
+        .env_remove("GOOGLE_OAUTH_ACCESS_TOKEN")
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
+        .args([
+            "copy",
+            &format!("{}/", source.path().display()),
+            &format!("gs://{bucket}/in/"),
+            "--dest-endpoint",
+            &gcs_endpoint(),
+            "--chunk-size",
+            "1MiB",
+        ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    assert!(
+        hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the token came from the service account's token endpoint"
+    );
+    let expected: BTreeMap<String, Vec<u8>> = local_contents(source.path())
+        .await
+        .into_iter()
+        .map(|(k, v)| (format!("in/{k}"), v))
+        .collect();
+    assert_same_objects(
+        "the GCS destination",
+        &gcs_contents(&bucket, "in/").await,
+        &expected,
+    );
+    let log = std::fs::read(dir.path().join("blobway.log")).unwrap_or_default();
+    assert_no_secrets(
+        &[
+            ("the state file", &std::fs::read(&state).expect("state")),
+            ("the log", &log),
+            ("stdout", result.stdout.as_bytes()),
+            ("stderr", result.stderr.as_bytes()),
+        ],
+        &[TOKEN],
+    );
+}

@@ -8,11 +8,13 @@
 //!
 //! Endpoint and credentials: `STORAGE_EMULATOR_HOST` (e.g. `localhost:9023`) talks to an
 //! emulator without credentials, as Google's client libraries do; otherwise requests go to
-//! `https://storage.googleapis.com` with the OAuth access token in `GOOGLE_OAUTH_ACCESS_TOKEN`
-//! (e.g. from `gcloud auth print-access-token`). New buckets are created in
-//! `GOOGLE_CLOUD_PROJECT`.
+//! `https://storage.googleapis.com` with an OAuth token from Application Default Credentials
+//! (`GOOGLE_APPLICATION_CREDENTIALS`, `gcloud auth application-default login`, the metadata
+//! server, or the `gcloud` CLI), refreshed before it expires — or, when set, the fixed token in
+//! `GOOGLE_OAUTH_ACCESS_TOKEN`. New buckets are created in `GOOGLE_CLOUD_PROJECT`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,15 +46,29 @@ pub const LIMITS: SinkLimits = SinkLimits {
 };
 
 /// One GCS bucket.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GcsStore {
     http: reqwest::Client,
     base: String,
     bucket: String,
-    token: Option<String>,
+    auth: Auth,
     project: String,
     settings: StoreSettings,
 }
+
+/// How requests are authorized.
+#[derive(Clone)]
+enum Auth {
+    /// An emulator: no credentials.
+    None,
+    /// A fixed token from the environment.
+    Fixed(String),
+    /// Application Default Credentials: tokens fetched and refreshed by the provider.
+    Provider(Arc<dyn gcp_auth::TokenProvider>),
+}
+
+/// The OAuth scope blobway asks for: reading and writing objects and buckets.
+const SCOPES: &[&str] = &["https://www.googleapis.com/auth/devstorage.read_write"];
 
 /// How much of an upload session the server holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,31 +124,43 @@ fn encode(text: &str) -> String {
 
 impl GcsStore {
     /// Connects to `bucket` with the environment's endpoint and credentials. Nothing is sent
-    /// yet.
-    pub fn connect(bucket: &str, settings: StoreSettings) -> anyhow::Result<Self> {
+    /// to the bucket yet.
+    pub async fn connect(
+        bucket: &str,
+        access: &super::Access,
+        settings: StoreSettings,
+    ) -> anyhow::Result<Self> {
         let emulator = std::env::var("STORAGE_EMULATOR_HOST")
             .ok()
             .filter(|h| !h.is_empty());
         let token = std::env::var("GOOGLE_OAUTH_ACCESS_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
-        let base = match &emulator {
-            Some(host) if host.starts_with("http://") || host.starts_with("https://") => {
+        // An endpoint named for this side (a private or restricted Google endpoint, or a
+        // test server) is used with the usual credentials; an emulator needs none.
+        let base = match (&access.endpoint, &emulator) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(host)) if host.starts_with("http://") || host.starts_with("https://") => {
                 host.trim_end_matches('/').to_string()
             }
-            Some(host) => format!("http://{}", host.trim_end_matches('/')),
-            None => "https://storage.googleapis.com".to_string(),
+            (None, Some(host)) => format!("http://{}", host.trim_end_matches('/')),
+            (None, None) => "https://storage.googleapis.com".to_string(),
         };
-        if emulator.is_none() && token.is_none() {
-            anyhow::bail!(
-                "no Google Cloud Storage credentials: set GOOGLE_OAUTH_ACCESS_TOKEN (e.g. \
-                 `export GOOGLE_OAUTH_ACCESS_TOKEN=$(gcloud auth print-access-token)`), or \
-                 STORAGE_EMULATOR_HOST for an emulator"
-            );
-        }
-        if let Some(token) = &token {
-            crate::redact::register_secret(token);
-        }
+        let auth = match (&emulator, token) {
+            (Some(_), _) => Auth::None,
+            (None, Some(token)) => {
+                crate::redact::register_secret(&token);
+                Auth::Fixed(token)
+            }
+            (None, None) => Auth::Provider(gcp_auth::provider().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "no Google Cloud Storage credentials ({e}): set \
+                     GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud \
+                     auth application-default login`, or set GOOGLE_OAUTH_ACCESS_TOKEN; \
+                     STORAGE_EMULATOR_HOST for an emulator"
+                )
+            })?),
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;
@@ -140,18 +168,34 @@ impl GcsStore {
             http,
             base,
             bucket: bucket.to_string(),
-            token,
+            auth,
             project: std::env::var("GOOGLE_CLOUD_PROJECT").unwrap_or_else(|_| "blobway".into()),
             settings,
         })
     }
 
-    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+    /// A request to the JSON API, with a current token.
+    async fn request(&self, method: Method, url: &str) -> StoreResult<reqwest::RequestBuilder> {
         let request = self.http.request(method, url);
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        Ok(match &self.auth {
+            Auth::None => request,
+            Auth::Fixed(token) => request.bearer_auth(token),
+            Auth::Provider(provider) => {
+                let token = provider.token(SCOPES).await.map_err(|e| {
+                    StoreError::new(
+                        ErrorClass::Auth,
+                        None,
+                        format!(
+                            "cannot get a Google Cloud token: {e} — check \
+                             GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth \
+                             application-default login`"
+                        ),
+                    )
+                })?;
+                crate::redact::register_secret(token.as_str());
+                request.bearer_auth(token.as_str())
+            }
+        })
     }
 
     /// A request to a resumable session: its URI is its authorization, so no token goes
@@ -386,7 +430,7 @@ impl ObjectSink for GcsStore {
         let url = format!("{}/storage/v1/b/{}", self.base, encode(&self.bucket));
         let response = self
             .send(
-                self.request(Method::GET, &url),
+                self.request(Method::GET, &url).await?,
                 self.settings.stall_timeout,
                 "GET bucket",
                 "",
@@ -410,6 +454,7 @@ impl ObjectSink for GcsStore {
         );
         let request = self
             .request(Method::POST, &url)
+            .await?
             .json(&serde_json::json!({ "name": self.bucket }));
         let response = self
             .send(request, self.settings.stall_timeout, "create bucket", "")
@@ -429,6 +474,7 @@ impl ObjectSink for GcsStore {
         );
         let mut request = self
             .request(Method::POST, &url)
+            .await?
             .json(&resource(key, meta, None));
         if let Some(content_type) = &meta.content_type {
             request = request.header("X-Upload-Content-Type", content_type);
@@ -618,6 +664,7 @@ impl ObjectSink for GcsStore {
         let len = body.len() as u64;
         let request = self
             .request(Method::POST, &url)
+            .await?
             .header(
                 reqwest::header::CONTENT_TYPE,
                 format!("multipart/related; boundary={boundary}"),
@@ -641,7 +688,7 @@ impl ObjectSink for GcsStore {
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
         let response = self
             .send(
-                self.request(Method::GET, &self.object_url(key)),
+                self.request(Method::GET, &self.object_url(key)).await?,
                 self.settings.stall_timeout,
                 "GET",
                 key,
@@ -677,7 +724,7 @@ impl ObjectSink for GcsStore {
             }
             let response = self
                 .send(
-                    self.request(Method::GET, &url),
+                    self.request(Method::GET, &url).await?,
                     self.settings.stall_timeout,
                     "LIST",
                     prefix,

@@ -362,6 +362,8 @@ pub async fn open_sink(
         Scheme::Azure => Arc::new(azure::AzureStore::connect(&location.container, settings)?),
         Scheme::Local => Arc::new(local::LocalStore::new(&location.container)),
         Scheme::S3 => Arc::new(s3::S3Store::connect(&location.container, access, settings).await?),
-        Scheme::Gcs => Arc::new(gcs::GcsStore::connect(&location.container, settings)?),
+        Scheme::Gcs => {
+            Arc::new(gcs::GcsStore::connect(&location.container, access, settings).await?)
+        }
     })
 }
