@@ -144,6 +144,28 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
         .map(|r| r.uploads().len())
         .unwrap_or(0);
     assert_eq!(pending, 0, "multipart uploads left behind");
+    // A fresh state file finds every object identical at the destination (the S3 listing
+    // has no metadata: the planner looks at the objects of matching size).
+    let fresh = state_dir.path().join("fresh.redb");
+    let mut again = blobway(&fresh);
+    profile.apply(&mut again);
+    let again = run(again.args([
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("s3://{dest_bucket}/data/"),
+        "--dest-profile",
+        "archive",
+        "--dest-endpoint",
+        &test_env("BLOBWAY_TEST_S3S"),
+        "--chunk-size",
+        "5MiB",
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    let summary = &again.events_named("dry_run")[0]["summary"];
+    assert_eq!(summary["identical"], sources.len() as u64, "{summary}");
+    assert_eq!(summary["to_copy"], 0, "{summary}");
     // The profile's secret reached neither the state file nor the log nor the output.
     let state_bytes = std::fs::read(&state).expect("state file");
     let log = std::fs::read(state_dir.path().join("blobway.log")).unwrap_or_default();

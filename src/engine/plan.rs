@@ -17,8 +17,8 @@ use crate::state::{
     StateDb, Write, now_ms,
 };
 use crate::store::{
-    DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits, Upload,
-    meta_keys,
+    DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
+    StoreResult, Upload, meta_keys,
 };
 
 const MIB: u64 = 1 << 20;
@@ -186,6 +186,42 @@ pub struct PlanSummary {
     pub requests: u64,
 }
 
+/// How many destination objects are looked at (HEAD) at once while planning.
+const HEAD_CONCURRENCY: usize = 16;
+
+/// Fetches the metadata of the destination objects in `keys` (those whose size matches their
+/// source) into `existing`. One that cannot be looked at (no permission, a key blobway lacks)
+/// keeps no metadata, so it counts as different and is copied.
+async fn fill_metadata(
+    sink: &dyn ObjectSink,
+    retry: &RetryPolicy,
+    keys: Vec<String>,
+    existing: &mut BTreeMap<String, DestObject>,
+) {
+    use futures::StreamExt;
+    let found: Vec<(String, StoreResult<Option<DestObject>>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let found = retry.run(|| sink.head(&key)).await;
+            (key, found)
+        })
+        .buffer_unordered(HEAD_CONCURRENCY)
+        .collect()
+        .await;
+    for (key, found) in found {
+        match found {
+            Ok(Some(found)) => {
+                existing.insert(key, found);
+            }
+            Ok(None) => {
+                existing.remove(&key); // gone since the listing
+            }
+            Err(e) => {
+                tracing::warn!(%key, "cannot read the destination object's metadata: {e}");
+            }
+        }
+    }
+}
+
 /// A plan that failed at the destination after the source was listed: the job is worth
 /// recording, so that `resume` tries the destination again.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +289,7 @@ pub async fn plan_job(
             .await
             .map(|d| d.map(|d| (dst.key.clone(), d)).into_iter().collect())
     };
-    let existing: BTreeMap<String, DestObject> = match existing {
+    let mut existing: BTreeMap<String, DestObject> = match existing {
         Ok(existing) => existing,
         // A dry run prepares nothing: a container that does not exist yet holds nothing.
         Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
@@ -263,6 +299,16 @@ pub async fn plan_job(
             );
         }
     };
+    if !sink.listing_has_metadata() {
+        let candidates: Vec<String> = listing
+            .iter()
+            .filter(|o| filter.admits(src, &o.key))
+            .map(|o| (dst.destination_key(src, &o.key), o.size))
+            .filter(|(key, size)| existing.get(key).is_some_and(|d| d.size == *size))
+            .map(|(key, _)| key)
+            .collect();
+        fill_metadata(sink, &req.retry, candidates, &mut existing).await;
+    }
 
     let (src_text, dst_text) = (src.to_string(), dst.to_string());
     let previous = match db {

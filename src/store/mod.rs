@@ -258,6 +258,13 @@ pub trait ObjectSink: Send + Sync {
         requested
     }
 
+    /// Whether [`ObjectSink::list_existing`] returns each object's metadata. When it does not
+    /// (S3 listings carry none), the planner asks [`ObjectSink::head`] for the objects whose
+    /// size could make them identical.
+    fn listing_has_metadata(&self) -> bool {
+        true
+    }
+
     /// Makes sure the destination container exists and the credentials may write to it.
     async fn prepare(&self) -> StoreResult<()>;
 

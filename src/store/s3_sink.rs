@@ -17,7 +17,6 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 
 use super::s3::{S3Store, lowercase};
 use super::{
@@ -38,9 +37,6 @@ pub const LIMITS: SinkLimits = SinkLimits {
     sequential: false,
     max_object_size: u64::MAX,
 };
-
-/// How many HEADs run at once when a destination listing needs every object's metadata.
-const HEAD_CONCURRENCY: usize = 16;
 
 impl S3Store {
     fn upload_deadline(&self, bytes: u64) -> std::time::Duration {
@@ -196,6 +192,10 @@ impl ObjectSink for S3Store {
 
     fn checksum_kind(&self, _requested: ChecksumKind) -> ChecksumKind {
         ChecksumKind::Md5
+    }
+
+    fn listing_has_metadata(&self) -> bool {
+        false
     }
 
     async fn prepare(&self) -> StoreResult<()> {
@@ -420,28 +420,18 @@ impl ObjectSink for S3Store {
     }
 
     async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
-        // A listing carries no user metadata: every object is looked at once (a few at a time).
-        // One that cannot be looked at (no permission, encrypted with a key blobway lacks)
-        // counts as unknown, with no metadata, so it is copied rather than failing the plan.
-        let keys = super::ObjectSource::list(self, prefix, false).await?;
-        futures::stream::iter(keys)
-            .map(|object| async move {
-                let found = match self.head_object(&object.key).await {
-                    Ok(found) => found,
-                    Err(e) if e.class.is_retryable() || e.class.stops_job() => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(key = %object.key, "cannot read the destination object's metadata: {e}");
-                        Some(DestObject {
-                            size: object.size,
-                            meta: BTreeMap::new(),
-                        })
-                    }
+        // A listing carries sizes but no user metadata: the planner looks at the objects
+        // that may be identical (see `listing_has_metadata`).
+        Ok(super::ObjectSource::list(self, prefix, false)
+            .await?
+            .into_iter()
+            .map(|object| {
+                let found = DestObject {
+                    size: object.size,
+                    meta: BTreeMap::new(),
                 };
-                Ok::<_, StoreError>(found.map(|d| (object.key, d)))
+                (object.key, found)
             })
-            .buffer_unordered(HEAD_CONCURRENCY)
-            .try_filter_map(|found| async move { Ok(found) })
-            .try_collect()
-            .await
+            .collect())
     }
 }
