@@ -151,7 +151,12 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                                 ));
                             }
                             say(line);
-                            if summary.files == 0 {
+                            if summary.files == 0 && summary.filtered > 0 {
+                                say(format!(
+                                    "job {job}: nothing to copy: all {} objects at the source were left out by --include/--exclude",
+                                    summary.filtered
+                                ));
+                            } else if summary.files == 0 {
                                 say(format!("job {job}: nothing to copy: the source has no objects there"));
                             }
                         }
@@ -179,6 +184,9 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                     }
                     Event::ChunkRetry { file, chunk, attempt, error, .. } => {
                         tracing::warn!(file, chunk, attempt, class = error.class.name(), "retrying: {}", error.message);
+                    }
+                    Event::JobStateChanged { job, state: JobState::Cancelled } if output != Output::Json => {
+                        say(format!("job {job}: cancelled; its unfinished uploads were given up"));
                     }
                     Event::UploadRestarted { job, file, error } if output != Output::Json => {
                         say(format!("job {job}: object {file}: {}", error.message));
@@ -317,7 +325,7 @@ pub fn print_summary(report: &Report, output: Output) {
             job.state.name()
         );
         println!(
-            "  {} objects: {} copied, {} skipped (already identical), {} failed",
+            "  {} object(s): {} done (copied now or in an earlier run), {} skipped (already identical), {} failed",
             p.files_total, p.files_done, p.files_skipped, p.files_failed
         );
         if let Some(error) = &job.error {

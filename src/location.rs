@@ -118,6 +118,18 @@ impl Location {
                 ),
             ));
         }
+        // `az:/c/x` or `s3:bucket/x` is a mistyped scheme, not a folder named `az:`.
+        if let Some((scheme, _)) = input.split_once(':')
+            && ["s3", "az", "azure", "gs", "file"].contains(&scheme.to_ascii_lowercase().as_str())
+        {
+            return Err(LocationError::new(
+                input,
+                format!(
+                    "`{scheme}:` needs two slashes: {scheme}://…; for a local folder with that \
+                     name, write ./{input}"
+                ),
+            ));
+        }
         let path = Path::new(input);
         let absolute = if path.is_absolute() {
             path.to_path_buf()

@@ -15,7 +15,7 @@ use blobway::engine::{
 };
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
-use blobway::state::{JobId, JobOptions, StateDb};
+use blobway::state::{JobId, JobOptions, JobState, StateDb};
 use blobway::store::simulated::LinkSettings;
 use blobway::store::{Access, ChecksumKind, StoreSettings};
 use blobway::tui::app::AppOptions;
@@ -118,6 +118,16 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a job for good: its unfinished uploads are given up at the destination (S3
+    /// multipart uploads aborted, GCS sessions cancelled) and `resume` leaves it alone. Objects
+    /// already copied stay where they are.
+    Cancel {
+        /// The job to cancel (`blobway jobs` lists them).
+        job: JobId,
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy generated sample files between two local folders through the same engine, over a
     /// simulated link, and watch it in the terminal UI.
     Demo {
@@ -210,6 +220,18 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "`{text}` is not a number of seconds above 0 (e.g. 30)"
         )),
+    }
+}
+
+impl Tuning {
+    /// The defaults, for commands that move nothing.
+    fn parse_defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            tuning: Tuning,
+        }
+        <Defaults as clap::Parser>::parse_from(["blobway"]).tuning
     }
 }
 
@@ -347,6 +369,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 include_paused: job.is_some(),
             };
             run_headless(db, &tuning, json, tuning.stores(), vec![command]).await
+        }
+        Some(Commands::Cancel { job, json }) => {
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            if db.job(job).map_err(state_failure)?.is_none() {
+                return Err(bad_input(anyhow::anyhow!(
+                    "there is no job {job} in {}; `blobway jobs` lists them",
+                    state_path.display()
+                )));
+            }
+            let tuning = Tuning::parse_defaults();
+            run_headless(
+                db,
+                &tuning,
+                json,
+                tuning.stores(),
+                vec![Command::Cancel(job)],
+            )
+            .await
         }
         Some(Commands::Demo {
             dir,
@@ -598,14 +638,15 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
         } else {
             let objects = format!("{}/{}", p.files_done + p.files_skipped, p.files_total);
             let bytes = format!("{}/{}", human(p.bytes_done), human(p.bytes_total));
+            // This process holds the state file, so no other blobway is running the job: a
+            // job recorded RUNNING was interrupted.
+            let state = match job.state {
+                JobState::Running => "STOPPED",
+                other => other.name(),
+            };
             println!(
                 "{:>4}  {:<9}  {:>13}  {:>21}  {} → {}",
-                job.id,
-                job.state.name(),
-                objects,
-                bytes,
-                job.source,
-                job.destination
+                job.id, state, objects, bytes, job.source, job.destination
             );
             if let Some(error) = &job.error {
                 println!("      {error}");

@@ -147,6 +147,7 @@ async fn malformed_locations() {
         ("gs2://bucket/key", "unknown scheme `gs2://`"),
         ("s3://Not_A_Bucket/key", "is not a valid S3 bucket name"),
         ("file://relative/path", "needs an absolute path"),
+        ("az:/container/x/", "`az:` needs two slashes"),
     ] {
         let (result, _) = copy(&["copy", source, "az://container/x/"], &[]);
         assert_fails(&result, 2, message);
@@ -298,5 +299,39 @@ async fn object_too_big_for_the_store() {
         std::fs::read_to_string(state.path().join("out/tiny.txt"))
             .expect("the other object is copied"),
         "tiny\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_aws_profile() {
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let source = local_files(&[("a.bin", 1000)]);
+    let config = profile.config_file();
+    let credentials = profile.credentials_file();
+    let (result, state) = copy(
+        &[
+            "copy",
+            &format!("{}/", source.path().display()),
+            "s3://blobway-never/x/",
+            "--dest-profile",
+            "archiv",
+            "--dest-endpoint",
+            &test_env("BLOBWAY_TEST_S3S"),
+        ],
+        &[
+            ("AWS_CONFIG_FILE", config.to_str().expect("utf8")),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                credentials.to_str().expect("utf8"),
+            ),
+        ],
+    );
+    assert_fails(&result, 2, "the AWS profile `archiv` gives no credentials");
+    assert_fails(&result, 2, &config.display().to_string());
+    let jobs = run(blobway(&state.path().join("s.redb")).arg("jobs"));
+    assert!(
+        !jobs.stdout.contains("FAILED"),
+        "a wrong profile name is not recorded as a job: {}",
+        jobs.stdout
     );
 }

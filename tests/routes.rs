@@ -134,16 +134,16 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
             .map(String::as_str),
         Some("data-platform")
     );
-    // The large object arrived as a multipart upload: its parts are gone, nothing is left
-    // pending at the destination.
-    let pending = s3s
-        .list_multipart_uploads()
-        .bucket(&dest_bucket)
-        .send()
-        .await
-        .map(|r| r.uploads().len())
-        .unwrap_or(0);
-    assert_eq!(pending, 0, "multipart uploads left behind");
+    // The multi-part objects arrived through multipart uploads, every one of them completed:
+    // none is left pending at the destination.
+    let sessions = recorded_sessions(&state);
+    assert!(
+        !sessions.is_empty(),
+        "the multipart upload IDs are recorded"
+    );
+    for session in &sessions {
+        assert!(!s3s_upload_alive(session), "upload {session} left pending");
+    }
     // A fresh state file finds every object identical at the destination (the S3 listing
     // has no metadata: the planner looks at the objects of matching size).
     let fresh = state_dir.path().join("fresh.redb");
@@ -260,6 +260,9 @@ async fn local_to_azure_survives_sigkill() {
         async |_| {
             let visible = azure_contents(&container, "").await;
             assert_visible_are_complete("the Azure destination", &visible, &sources);
+            // The killed run's job reads as stopped, not as running.
+            let jobs = run(blobway(&state).arg("jobs"));
+            assert!(jobs.stdout.contains("STOPPED"), "{}", jobs.stdout);
         },
     )
     .await;
@@ -777,5 +780,78 @@ async fn gcs_credentials_come_from_a_service_account_key_and_never_show() {
             ("stderr", result.stderr.as_bytes()),
         ],
         &[TOKEN],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_failed_job_gives_up_its_multipart_uploads() {
+    let sources = objects(12 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("dst");
+    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let broken = Proxy::start(
+        &test_env("BLOBWAY_TEST_S3S"),
+        FaultConfig {
+            rate: 1.0,
+            mix: vec![(Fault::ServerError, 1)],
+            only: Some("partNumber=".into()),
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let make = || {
+        let mut cmd = blobway(&state);
+        profile.apply(&mut cmd);
+        cmd
+    };
+    let mut first = make();
+    first.args([
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("s3://{dest_bucket}/data/"),
+        "--dest-profile",
+        "archive",
+        "--dest-endpoint",
+        &broken.url,
+        "--chunk-size",
+        "5MiB",
+        "--max-attempts",
+        "1",
+    ]);
+    let first = run_async(first).await;
+    assert_ne!(first.code, 0, "{}", first.stdout);
+    let sessions = recorded_sessions(&state);
+    assert!(
+        !sessions.is_empty(),
+        "the failed objects' uploads are recorded"
+    );
+    for session in &sessions {
+        assert!(
+            s3s_upload_alive(session),
+            "upload {session} kept for a retry"
+        );
+    }
+
+    let cancel = run_async({
+        let mut cmd = make();
+        cmd.args(["cancel", "1"]);
+        cmd
+    })
+    .await;
+    assert_eq!(cancel.code, 0, "{}\n{}", cancel.stdout, cancel.stderr);
+    assert!(cancel.stdout.contains("cancelled") || cancel.stderr.contains("cancelled"));
+    for session in &sessions {
+        assert!(!s3s_upload_alive(session), "upload {session} still pending");
+    }
+    let jobs = run(make().arg("jobs"));
+    assert!(jobs.stdout.contains("CANCELLED"), "{}", jobs.stdout);
+    let resume = run(make().args(["resume", "--json"]));
+    assert_eq!(resume.code, 0, "{}", resume.stderr);
+    assert!(
+        resume.events_named("job_loaded").is_empty(),
+        "{}",
+        resume.stdout
     );
 }

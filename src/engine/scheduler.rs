@@ -115,6 +115,11 @@ enum Ready {
     Watched(JobSnapshot),
     /// The uploads of a cancelled job were given up.
     Aborted,
+    /// A job that was not loaded was cancelled (`Ok(false)`: it had ended already).
+    Cancelled {
+        job: JobId,
+        result: Result<bool, String>,
+    },
     /// A recorded job that was never planned (its destination failed): plan it now.
     Replan {
         source: String,
@@ -333,7 +338,10 @@ impl Scheduler {
     // ---- commands ------------------------------------------------------------------------
 
     fn on_command(&mut self, command: Command) {
-        if matches!(command, Command::Enqueue { .. } | Command::Load { .. }) {
+        if matches!(
+            command,
+            Command::Enqueue { .. } | Command::Load { .. } | Command::Cancel(_)
+        ) {
             self.asked = true;
         }
         match command {
@@ -404,6 +412,8 @@ impl Scheduler {
                         self.abort_uploads(sink, uploads);
                     }
                     self.check_finished(id);
+                } else if !self.jobs.contains_key(&id) {
+                    self.cancel_unloaded(id);
                 }
             }
             Command::Shutdown => {
@@ -584,6 +594,51 @@ impl Scheduler {
         });
     }
 
+    /// Cancels a job that is not loaded (ended, failed, or left by an earlier run): gives up
+    /// its objects' upload sessions at the destination, then records it CANCELLED.
+    fn cancel_unloaded(&mut self, id: JobId) {
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        self.background += 1;
+        tokio::spawn(async move {
+            let result = async {
+                let snapshot = load_snapshot(&db, id).await?;
+                let mut job = snapshot.job;
+                if matches!(job.state, JobState::Done | JobState::Cancelled) {
+                    return anyhow::Ok(false);
+                }
+                let uploads: Vec<(String, String)> = snapshot
+                    .files
+                    .iter()
+                    .filter(|(_, f, _)| !matches!(f.state, FileState::Done | FileState::Skipped))
+                    .filter_map(|(_, f, _)| Some((f.dest_key.clone(), f.session.clone()?)))
+                    .collect();
+                if !uploads.is_empty() {
+                    let (_, dst) = parse_route(&job.source, &job.destination)?;
+                    let sink = stores.sink(&dst, &job.options.dest_access).await?;
+                    for (key, session) in uploads {
+                        let upload = crate::store::Upload {
+                            key: &key,
+                            session: Some(&session),
+                        };
+                        if let Err(e) = sink.abort(upload).await {
+                            tracing::warn!("could not give up the upload of {key}: {e}");
+                        }
+                    }
+                }
+                job.state = JobState::Cancelled;
+                job.updated_ms = now_ms();
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || db.apply(&[Write::Job(job)])).await??;
+                Ok(true)
+            }
+            .await;
+            let _ = tx.send(Ready::Cancelled {
+                job: id,
+                result: result.map_err(|e| redact(&format!("{e:#}"))),
+            });
+        });
+    }
+
     fn set_paused(&mut self, only: Option<JobId>, paused: bool) {
         let ids: Vec<JobId> = self
             .jobs
@@ -665,6 +720,30 @@ impl Scheduler {
                 destination,
                 options,
             } => self.enqueue(source, destination, options),
+            Ready::Cancelled { job, result } => {
+                self.background = self.background.saturating_sub(1);
+                match result {
+                    Ok(true) => {
+                        if let Some(view) = self.history.get_mut(&job) {
+                            view.state = JobState::Cancelled;
+                        }
+                        self.emit(Event::JobStateChanged {
+                            job,
+                            state: JobState::Cancelled,
+                        })
+                        .await
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        self.emit(Event::PlanFailed {
+                            source: String::new(),
+                            destination: String::new(),
+                            error: format!("cannot cancel job {job}: {error}"),
+                        })
+                        .await
+                    }
+                }
+            }
             Ready::Failed {
                 source,
                 destination,

@@ -38,7 +38,7 @@ pub struct S3Store {
 /// Builds an S3 client from the SDK's default configuration chain, or from `access` where it
 /// names a profile (whose credentials and region are then used instead of the environment's)
 /// or an endpoint; returns it with the endpoint it talks to, for messages.
-pub async fn client_for(access: &Access) -> (Client, String) {
+pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String)> {
     if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
         crate::redact::register_secret(&secret);
     }
@@ -70,12 +70,21 @@ pub async fn client_for(access: &Access) -> (Client, String) {
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
-    if access.profile.is_some() {
-        // The profile's keys are as secret as the environment's: keep them out of every text.
+    if let Some(profile) = &access.profile {
+        // A profile that gives no credentials is named now, with where it was looked for; its
+        // keys are as secret as the environment's: kept out of every text.
         use aws_sdk_s3::config::ProvideCredentials as _;
-        if let Some(provider) = shared.credentials_provider()
-            && let Ok(credentials) = provider.provide_credentials().await
-        {
+        if let Some(provider) = shared.credentials_provider() {
+            let credentials = provider.provide_credentials().await.map_err(|e| {
+                let config =
+                    std::env::var("AWS_CONFIG_FILE").unwrap_or_else(|_| "~/.aws/config".into());
+                let keys = std::env::var("AWS_SHARED_CREDENTIALS_FILE")
+                    .unwrap_or_else(|_| "~/.aws/credentials".into());
+                anyhow::anyhow!(
+                    "the AWS profile `{profile}` gives no credentials ({e}); check that it is \
+                     defined in {config} or {keys}, and its keys"
+                )
+            })?;
             crate::redact::register_secret(credentials.secret_access_key());
             if let Some(token) = credentials.session_token() {
                 crate::redact::register_secret(token);
@@ -100,12 +109,14 @@ pub async fn client_for(access: &Access) -> (Client, String) {
         .region()
         .map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
     let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    (Client::from_conf(config.build()), endpoint)
+    Ok((Client::from_conf(config.build()), endpoint))
 }
 
 /// The buckets the credentials can see.
 pub async fn list_buckets() -> StoreResult<Vec<String>> {
-    let (client, endpoint) = client_for(&Access::default()).await;
+    let (client, endpoint) = client_for(&Access::default())
+        .await
+        .map_err(|e| StoreError::new(ErrorClass::Auth, None, format!("{e:#}")))?;
     let store = S3Store::with_client(
         client,
         "",
@@ -153,7 +164,7 @@ impl S3Store {
         access: &Access,
         settings: crate::store::StoreSettings,
     ) -> anyhow::Result<Self> {
-        let (client, endpoint) = client_for(access).await;
+        let (client, endpoint) = client_for(access).await?;
         Ok(Self::with_client(client, bucket, &endpoint, settings))
     }
 
@@ -225,8 +236,9 @@ impl S3Store {
                 } else if d.is_io() || d.is_timeout() {
                     (
                         ErrorClass::Transient,
-                        "cannot reach the S3 endpoint; check AWS_ENDPOINT_URL, AWS_REGION and \
-                         the network",
+                        "cannot reach the S3 endpoint; check it (AWS_ENDPOINT_URL, the \
+                         profile's endpoint_url, or --source-endpoint/--dest-endpoint), \
+                         AWS_REGION and the network",
                     )
                 } else {
                     (ErrorClass::Transient, "")

@@ -562,3 +562,22 @@ pub async fn azure_meta(container: &str, key: &str) -> blobway::store::ObjectMet
         .expect("read")
         .meta
 }
+
+/// Whether s3s-fs still holds the multipart upload `upload_id` (neither completed nor
+/// aborted): s3s-fs keeps one `.upload-<id>.json` per live upload in its data folder.
+pub fn s3s_upload_alive(upload_id: &str) -> bool {
+    Path::new(&test_env("BLOBWAY_TEST_S3S_DATA"))
+        .join(format!(".upload-{upload_id}.json"))
+        .exists()
+}
+
+/// The upload sessions recorded in a state file (no blobway may hold it open).
+pub fn recorded_sessions(state: &Path) -> Vec<String> {
+    let db = blobway::state::StateDb::open(state).expect("state file");
+    let mut out = Vec::new();
+    for job in db.jobs().expect("jobs") {
+        let snapshot = db.load_job(job.id).expect("load").expect("job");
+        out.extend(snapshot.files.into_iter().filter_map(|(_, f, _)| f.session));
+    }
+    out
+}
