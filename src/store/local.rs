@@ -90,6 +90,17 @@ impl LocalStore {
             .unwrap_or_default()
     }
 
+    /// The metadata a file carries as a source: what blobway stored with it, and otherwise a
+    /// content type guessed from its extension (`.json` → `application/json`), as other
+    /// upload tools do.
+    fn source_meta(&self, key: &str, size: u64) -> ObjectMeta {
+        let mut meta = self.stored_meta(key, size);
+        if meta.content_type.is_none() {
+            meta.content_type = mime_guess::from_path(key).first_raw().map(str::to_string);
+        }
+        meta
+    }
+
     /// Records the metadata of an object just put in place.
     fn write_meta(&self, key: &str, size: u64, meta: &ObjectMeta) -> io::Result<()> {
         let path = self.meta_path(key);
@@ -313,7 +324,7 @@ impl ObjectSource for LocalStore {
             let size = file.metadata().map_or(0, |m| m.len());
             Ok(Chunk {
                 data: buf.freeze(),
-                meta: store.stored_meta(&key, size),
+                meta: store.source_meta(&key, size),
             })
         })
         .await
@@ -490,6 +501,22 @@ impl ObjectSink for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_file_without_stored_metadata_gets_a_content_type_from_its_extension() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.json"), b"{}").expect("write");
+        std::fs::write(dir.path().join("b.unknownext"), b"x").expect("write");
+        let store = LocalStore::new(dir.path());
+        for (key, expected) in [("a.json", Some("application/json")), ("b.unknownext", None)] {
+            let info = store.list(key, true).await.expect("list")[0].clone();
+            let chunk = store
+                .read_range(key, &info.etag, 0..info.size, BytesMut::new())
+                .await
+                .expect("read");
+            assert_eq!(chunk.meta.content_type.as_deref(), expected, "{key}");
+        }
+    }
 
     fn crc(data: &[u8]) -> Checksum {
         Checksum::of(crate::store::ChecksumKind::Crc64, data)
