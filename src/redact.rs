@@ -40,6 +40,14 @@ pub fn register_secret(value: &str) {
     if value.len() < 6 {
         return;
     }
+    // Callers may register the same secret on every request (a refreshed token): a shared
+    // read answers that without taking the write lock.
+    if registry()
+        .read()
+        .is_ok_and(|secrets| secrets.iter().any(|s| s == value))
+    {
+        return;
+    }
     if let Ok(mut secrets) = registry().write()
         && !secrets.iter().any(|s| s == value)
     {

@@ -68,6 +68,26 @@ async fn seed_s3(objects: &BTreeMap<String, Vec<u8>>) -> String {
     bucket
 }
 
+/// The `archive` AWS profile, holding s3s-fs's keys: the second set of S3 credentials.
+fn archive_profile() -> AwsProfile {
+    AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY)
+}
+
+/// A proxy in front of s3s-fs that answers every part upload with a server error, until its
+/// `faulty` switch is cleared.
+async fn failing_part_uploads() -> Proxy {
+    Proxy::start(
+        &test_env("BLOBWAY_TEST_S3S"),
+        FaultConfig {
+            rate: 1.0,
+            mix: vec![(Fault::ServerError, 1)],
+            only: Some("partNumber=".into()),
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -80,14 +100,10 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
     let dest_bucket = unique("dst");
     // The destination's credentials come from a profile, as an operator keeps them in
     // ~/.aws/credentials; the source's from the environment.
-    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let profile = archive_profile();
     let state_dir = tempfile::tempdir().expect("state");
     let state = state_dir.path().join("s.redb");
-    let make = || {
-        let mut cmd = blobway(&state);
-        profile.apply(&mut cmd);
-        cmd
-    };
+    let make = || profile.blobway(&state);
     let s3s = s3s_client();
     let crashes = kill_then_resume(
         make,
@@ -147,9 +163,7 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
     // A fresh state file finds every object identical at the destination (the S3 listing
     // has no metadata: the planner looks at the objects of matching size).
     let fresh = state_dir.path().join("fresh.redb");
-    let mut again = blobway(&fresh);
-    profile.apply(&mut again);
-    let again = run(again.args([
+    let again = run(profile.blobway(&fresh).args([
         "copy",
         &format!("s3://{bucket}/data/"),
         &format!("s3://{dest_bucket}/data/"),
@@ -340,14 +354,10 @@ async fn fan_out_to_azure_and_s3_survives_sigkill() {
     let bucket = seed_s3(&sources).await;
     let container = unique("dst");
     let dest_bucket = unique("dst");
-    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
+    let profile = archive_profile();
     let state_dir = tempfile::tempdir().expect("state");
     let state = state_dir.path().join("s.redb");
-    let make = || {
-        let mut cmd = blobway(&state);
-        profile.apply(&mut cmd);
-        cmd
-    };
+    let make = || profile.blobway(&state);
     let s3s = s3s_client();
     let crashes = kill_then_resume(
         make,
@@ -398,14 +408,9 @@ async fn fan_out_to_azure_and_s3_survives_sigkill() {
         meta.pairs.get("owner").map(String::as_str),
         Some("data-platform")
     );
-    let jobs = run(make().args(["jobs", "--json"]));
-    let done = jobs
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|line| line["job"]["state"] == "DONE")
-        .count();
-    assert_eq!(done, 2, "both destinations done: {}", jobs.stdout);
+    let jobs = recorded_jobs(make());
+    let done = jobs.iter().filter(|job| job["state"] == "DONE").count();
+    assert_eq!(done, 2, "both destinations done: {jobs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -414,25 +419,11 @@ async fn a_failing_destination_is_resynced_by_resume_without_copying_again_to_th
     let bucket = seed_s3(&sources).await;
     let container = unique("dst");
     let dest_bucket = unique("dst");
-    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
-    // The S3 destination answers every part upload with a server error until it is healed.
-    let broken = Proxy::start(
-        &test_env("BLOBWAY_TEST_S3S"),
-        FaultConfig {
-            rate: 1.0,
-            mix: vec![(Fault::ServerError, 1)],
-            only: Some("partNumber=".into()),
-            ..FaultConfig::none(Flavor::S3)
-        },
-    )
-    .await;
+    let profile = archive_profile();
+    let broken = failing_part_uploads().await;
     let state_dir = tempfile::tempdir().expect("state");
     let state = state_dir.path().join("s.redb");
-    let make = || {
-        let mut cmd = blobway(&state);
-        profile.apply(&mut cmd);
-        cmd
-    };
+    let make = || profile.blobway(&state);
     let mut first = make();
     first.args([
         "copy",
@@ -460,12 +451,7 @@ async fn a_failing_destination_is_resynced_by_resume_without_copying_again_to_th
         &azure_contents(&container, "data/").await,
         &sources,
     );
-    let jobs: Vec<serde_json::Value> = run(make().args(["jobs", "--json"]))
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|line| line["job"].clone())
-        .collect();
+    let jobs = recorded_jobs(make());
     let job_for = |scheme: &str| {
         jobs.iter()
             .find(|j| j["destination"].as_str().unwrap_or("").starts_with(scheme))
@@ -624,11 +610,7 @@ async fn a_destination_refused_at_planning_is_recorded_and_planned_by_resume() {
     let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, "not-the-secret");
     let state_dir = tempfile::tempdir().expect("state");
     let state = state_dir.path().join("s.redb");
-    let make = || {
-        let mut cmd = blobway(&state);
-        profile.apply(&mut cmd);
-        cmd
-    };
+    let make = || profile.blobway(&state);
     let first = run(make().args([
         "copy",
         &format!("s3://{bucket}/data/"),
@@ -654,12 +636,7 @@ async fn a_destination_refused_at_planning_is_recorded_and_planned_by_resume() {
         &azure_contents(&container, "data/").await,
         &sources,
     );
-    let jobs: Vec<serde_json::Value> = run(make().args(["jobs", "--json"]))
-        .stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|line| line["job"].clone())
-        .collect();
+    let jobs = recorded_jobs(make());
     let s3_job = jobs
         .iter()
         .find(|j| j["destination"].as_str().unwrap_or("").starts_with("s3://"))
@@ -788,24 +765,11 @@ async fn cancelling_a_failed_job_gives_up_its_multipart_uploads() {
     let sources = objects(12 * MIB, 5 * MIB);
     let bucket = seed_s3(&sources).await;
     let dest_bucket = unique("dst");
-    let profile = AwsProfile::new("archive", S3S_ACCESS_KEY, S3S_SECRET_KEY);
-    let broken = Proxy::start(
-        &test_env("BLOBWAY_TEST_S3S"),
-        FaultConfig {
-            rate: 1.0,
-            mix: vec![(Fault::ServerError, 1)],
-            only: Some("partNumber=".into()),
-            ..FaultConfig::none(Flavor::S3)
-        },
-    )
-    .await;
+    let profile = archive_profile();
+    let broken = failing_part_uploads().await;
     let state_dir = tempfile::tempdir().expect("state");
     let state = state_dir.path().join("s.redb");
-    let make = || {
-        let mut cmd = blobway(&state);
-        profile.apply(&mut cmd);
-        cmd
-    };
+    let make = || profile.blobway(&state);
     let mut first = make();
     first.args([
         "copy",

@@ -18,7 +18,7 @@ use crate::state::{
 };
 use crate::store::{
     DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
-    StoreResult, Upload, meta_keys,
+    StoreResult, meta_keys,
 };
 
 const MIB: u64 = 1 << 20;
@@ -364,7 +364,7 @@ pub async fn plan_job(
                 (index, file, chunks)
             }
             Some((index, old_file, _)) => {
-                stale.extend(session_of(&old_file));
+                stale.extend(old_file.open_upload());
                 writes.push(Write::RemoveFile(job.id, index));
                 let (file, chunks) = new_file(&object, dest_key, &req, limits);
                 (index, file, chunks)
@@ -391,7 +391,7 @@ pub async fn plan_job(
         } else if finished || (file.state == FileState::Failed && file.chunk_count == 0) {
             // Recorded as done but gone from the destination, or never plannable (settings
             // may have changed since): plan it afresh.
-            stale.extend(session_of(&file));
+            stale.extend(file.open_upload());
             writes.push(Write::RemoveFile(job.id, index));
             (file, chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
         } else if file.state == FileState::Failed {
@@ -436,7 +436,7 @@ pub async fn plan_job(
     // drop unfinished ones (there is nothing left to copy).
     for (index, file, _) in old.into_values() {
         if !matches!(file.state, FileState::Done | FileState::Skipped) {
-            stale.extend(session_of(&file));
+            stale.extend(file.open_upload());
             writes.push(Write::RemoveFile(job.id, index));
         }
     }
@@ -453,26 +453,12 @@ pub async fn plan_job(
             .await
             .context("the planning task failed")??;
     }
-    for (key, session) in stale {
-        let upload = Upload {
-            key: &key,
-            session: Some(&session),
-        };
-        if let Err(e) = sink.abort(upload).await {
-            tracing::warn!("could not give up the stale upload of {key}: {e}");
-        }
-    }
+    super::transfer::give_up_uploads(sink, stale).await;
     Ok(Plan {
         job,
         summary,
         objects,
     })
-}
-
-/// The upload session an object recorded, to give up: (destination key, session).
-fn session_of(file: &FileRecord) -> Option<(String, String)> {
-    let session = file.session.clone()?;
-    Some((file.dest_key.clone(), session))
 }
 
 fn planned_object(file: &FileRecord, chunks: u64, action: &str) -> PlannedObject {

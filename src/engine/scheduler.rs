@@ -394,11 +394,7 @@ impl Scheduler {
                     let uploads: Vec<(String, String)> = job
                         .files
                         .iter()
-                        .filter(|f| !f.record.state.is_finished())
-                        .filter_map(|f| {
-                            let session = f.record.session.clone()?;
-                            Some((f.record.dest_key.clone(), session))
-                        })
+                        .filter_map(|f| f.record.open_upload())
                         .collect();
                     let sink = job.sink.clone();
                     self.persist(
@@ -498,12 +494,17 @@ impl Scheduler {
                 Err(e) => {
                     let mut error = redact(&format!("{e:#}"));
                     if e.downcast_ref::<plan::DestinationFailed>().is_some() {
-                        let job = UnplannedJob {
+                        let now = now_ms();
+                        let job = crate::state::JobRecord {
                             id: new_job_id,
                             source: src.to_string(),
                             destination: dst.to_string(),
                             options: recorded_options,
-                            error: error.clone(),
+                            state: JobState::Failed,
+                            created_ms: now,
+                            updated_ms: now,
+                            error: Some(error.clone()),
+                            planned: false,
                         };
                         match record_unplanned(&db, job).await {
                             Ok(Some(id)) => error.push_str(&format!(
@@ -609,21 +610,12 @@ impl Scheduler {
                 let uploads: Vec<(String, String)> = snapshot
                     .files
                     .iter()
-                    .filter(|(_, f, _)| !matches!(f.state, FileState::Done | FileState::Skipped))
-                    .filter_map(|(_, f, _)| Some((f.dest_key.clone(), f.session.clone()?)))
+                    .filter_map(|(_, f, _)| f.open_upload())
                     .collect();
                 if !uploads.is_empty() {
                     let (_, dst) = parse_route(&job.source, &job.destination)?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
-                    for (key, session) in uploads {
-                        let upload = crate::store::Upload {
-                            key: &key,
-                            session: Some(&session),
-                        };
-                        if let Err(e) = sink.abort(upload).await {
-                            tracing::warn!("could not give up the upload of {key}: {e}");
-                        }
-                    }
+                    transfer::give_up_uploads(sink.as_ref(), uploads).await;
                 }
                 job.state = JobState::Cancelled;
                 job.updated_ms = now_ms();
@@ -1122,15 +1114,7 @@ impl Scheduler {
         self.background += 1;
         let tx = self.ready_tx.clone();
         tokio::spawn(async move {
-            for (key, session) in uploads {
-                let upload = crate::store::Upload {
-                    key: &key,
-                    session: Some(&session),
-                };
-                if let Err(e) = sink.abort(upload).await {
-                    tracing::warn!("could not give up the upload of {key}: {e}");
-                }
-            }
+            transfer::give_up_uploads(sink.as_ref(), uploads).await;
             let _ = tx.send(Ready::Aborted);
         });
     }
@@ -1760,44 +1744,28 @@ fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
     writes.push(Write::Job(job.record.clone()));
 }
 
-/// A job whose plan failed at the destination, to record for `resume`.
-struct UnplannedJob {
-    id: JobId,
-    source: String,
-    destination: String,
-    options: crate::state::JobOptions,
-    error: String,
-}
-
-/// Records a job whose destination failed before it could be planned, so `resume` plans it
-/// again; returns its ID. A route that already has a planned job keeps it as it is (its
-/// objects and progress stand); one still unplanned gets the new error.
-async fn record_unplanned(db: &StateDb, job: UnplannedJob) -> anyhow::Result<Option<JobId>> {
+/// Records `job` (FAILED, unplanned: its destination failed before it could be planned) so
+/// `resume` plans it again; returns the ID it is recorded under. A route that already has a
+/// planned job keeps it as it is (its objects and progress stand); one still unplanned gets
+/// the new error.
+async fn record_unplanned(
+    db: &StateDb,
+    job: crate::state::JobRecord,
+) -> anyhow::Result<Option<JobId>> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
-        let now = now_ms();
-        if let Some(mut existing) = db.job_for_route(&job.source, &job.destination)? {
-            if existing.planned {
-                return Ok(None);
-            }
-            existing.error = Some(job.error);
-            existing.updated_ms = now;
-            db.apply(&[Write::Job(existing.clone())])?;
-            return Ok(Some(existing.id));
-        }
-        let record = crate::state::JobRecord {
-            id: job.id,
-            source: job.source,
-            destination: job.destination,
-            options: job.options,
-            state: JobState::Failed,
-            created_ms: now,
-            updated_ms: now,
-            error: Some(job.error),
-            planned: false,
+        let record = match db.job_for_route(&job.source, &job.destination)? {
+            Some(existing) if existing.planned => return Ok(None),
+            Some(existing) => crate::state::JobRecord {
+                error: job.error,
+                updated_ms: job.updated_ms,
+                ..existing
+            },
+            None => job,
         };
+        let id = record.id;
         db.apply(&[Write::Job(record)])?;
-        Ok(Some(job.id))
+        Ok(Some(id))
     })
     .await?
 }

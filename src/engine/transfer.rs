@@ -226,6 +226,20 @@ pub enum CommitOutcome {
     Missing(Vec<u32>),
 }
 
+/// Gives up upload sessions (destination key, session) at the destination; a failure is
+/// only logged (stores expire abandoned sessions in the end).
+pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String)>) {
+    for (key, session) in uploads {
+        let upload = crate::store::Upload {
+            key: &key,
+            session: Some(&session),
+        };
+        if let Err(e) = sink.abort(upload).await {
+            tracing::warn!("could not give up the upload of {key}: {e}");
+        }
+    }
+}
+
 /// Asks the destination which planned blocks it lacks (IDs and sizes), and commits only when
 /// it lacks none.
 pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> {
@@ -234,7 +248,7 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         .sink
         .missing_blocks(target.upload(), &work.blocks)
         .await;
-    if missing.as_ref().is_err() || missing.as_ref().is_ok_and(|m| !m.is_empty()) {
+    if !matches!(&missing, Ok(m) if m.is_empty()) {
         // A crash between the commit and its record leaves nothing staged and no session
         // (S3 answers NoSuchUpload, some S3-compatible stores AccessDenied): if the
         // destination already holds this very version, committed by blobway, the commit

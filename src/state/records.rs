@@ -224,6 +224,15 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// The upload session still open at the destination for this object, as (destination
+    /// key, session): none once the object is done (its upload was completed).
+    pub fn open_upload(&self) -> Option<(String, String)> {
+        if matches!(self.state, FileState::Done | FileState::Skipped) {
+            return None;
+        }
+        Some((self.dest_key.clone(), self.session.clone()?))
+    }
+
     /// True when the object goes up in one whole-object put instead of staged blocks.
     pub fn is_single_put(&self) -> bool {
         self.chunk_count == 1

@@ -301,17 +301,9 @@ impl GcsStore {
         StoreError::new(class, Some(status.as_u16()), message).with_retry_after(retry_after)
     }
 
+    /// The resumable session URI recorded for `upload`.
     fn session<'a>(&self, upload: Upload<'a>) -> StoreResult<&'a str> {
-        upload.session.ok_or_else(|| {
-            StoreError::new(
-                ErrorClass::UploadLost,
-                None,
-                format!(
-                    "no upload session was recorded for {}; it starts over",
-                    self.target(upload.key)
-                ),
-            )
-        })
+        upload.recorded_session(self.target(upload.key))
     }
 
     fn lost(&self, key: &str) -> StoreError {

@@ -121,6 +121,20 @@ pub struct Upload<'a> {
     pub session: Option<&'a str>,
 }
 
+impl<'a> Upload<'a> {
+    /// The recorded session, or the error that starts the upload over when none was recorded
+    /// (`target` names the object in it).
+    pub fn recorded_session(&self, target: impl std::fmt::Display) -> StoreResult<&'a str> {
+        self.session.ok_or_else(|| {
+            StoreError::new(
+                ErrorClass::UploadLost,
+                None,
+                format!("no upload session was recorded for {target}; it starts over"),
+            )
+        })
+    }
+}
+
 /// A block to stage: its index in the object, its deterministic ID and the checksum of its
 /// bytes, which the store checks on arrival.
 #[derive(Clone, Copy, Debug)]

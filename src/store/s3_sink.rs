@@ -46,20 +46,11 @@ impl S3Store {
         .upload_deadline(bytes)
     }
 
+    /// The multipart upload ID recorded for `upload`.
     fn session<'a>(&self, upload: Upload<'a>) -> StoreResult<&'a str> {
-        upload.session.ok_or_else(|| {
-            StoreError::new(
-                ErrorClass::UploadLost,
-                None,
-                format!(
-                    "no multipart upload was recorded for s3://{}/{}; it starts over",
-                    self.bucket, upload.key
-                ),
-            )
-        })
+        upload.recorded_session(format_args!("s3://{}/{}", self.bucket, upload.key))
     }
 
-    /// Every part the upload holds: part number → (size, ETag).
     /// The error of a request naming an upload ID. Some S3-compatible servers (s3s-fs) answer
     /// AccessDenied, not NoSuchUpload, for an upload that was completed or aborted; the
     /// credentials already created that upload, so the upload is what is gone. (Were it
@@ -91,6 +82,7 @@ impl S3Store {
         }
     }
 
+    /// Every part the upload holds: part number → (size, ETag).
     async fn parts(&self, key: &str, upload_id: &str) -> StoreResult<BTreeMap<i32, (u64, String)>> {
         let mut parts = BTreeMap::new();
         let mut marker: Option<String> = None;

@@ -23,14 +23,9 @@ pub struct Emulators {
 
 /// Reads the coordinates `scripts/test.sh` exports; fails with the fix when they are missing.
 pub fn emulators() -> Emulators {
-    let get = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which installs and starts the emulators")
-        })
-    };
     Emulators {
-        s3: get("BLOBWAY_TEST_S3"),
-        azurite: get("BLOBWAY_TEST_AZURITE"),
+        s3: test_env("BLOBWAY_TEST_S3"),
+        azurite: test_env("BLOBWAY_TEST_AZURITE"),
     }
 }
 
@@ -396,6 +391,23 @@ impl AwsProfile {
         cmd.env("AWS_CONFIG_FILE", self.config_file())
             .env("AWS_SHARED_CREDENTIALS_FILE", self.credentials_file());
     }
+
+    /// The real binary (see [`blobway`]) with these files.
+    pub fn blobway(&self, state: &Path) -> Command {
+        let mut cmd = blobway(state);
+        self.apply(&mut cmd);
+        cmd
+    }
+}
+
+/// The jobs `blobway jobs --json` lists, run as `cmd` (which names the state file).
+pub fn recorded_jobs(mut cmd: Command) -> Vec<serde_json::Value> {
+    run(cmd.args(["jobs", "--json"]))
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|line| line["job"].clone())
+        .collect()
 }
 
 /// Every object under `prefix` in an S3 bucket with its bytes (empty when the bucket does not
