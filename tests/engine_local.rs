@@ -217,6 +217,12 @@ impl ObjectSink for SessionSink {
         }
         Ok(())
     }
+    async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
+        if let Some(session) = upload.session {
+            self.sessions.lock().expect("lock").0.remove(session);
+        }
+        Ok(())
+    }
     async fn put_whole(
         &self,
         key: &str,
@@ -640,4 +646,49 @@ async fn an_upload_whose_session_is_lost_starts_over_and_completes() {
         2,
         "one session lost, one more opened"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_gives_up_its_upload_sessions() {
+    let s = setup(&[("a.bin", 64 * MIB), ("b.bin", 32 * MIB)]);
+    let sink = Arc::new(SessionSink {
+        inner: Some(LocalStore::new(&s.dst)),
+        ..Default::default()
+    });
+    let mut engine = start_with(
+        &s,
+        ErrorClass::Transient,
+        64 << 20,
+        false,
+        Some(sink.clone()),
+    );
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let job = match until(&mut engine, "a first block", |e| {
+        matches!(e, Event::ChunkCompleted { .. })
+    })
+    .await
+    {
+        Event::ChunkCompleted { job, .. } => job,
+        _ => unreachable!(),
+    };
+    engine
+        .handle
+        .send(Command::Cancel(job))
+        .await
+        .expect("send");
+    let (_, state) = finished(&mut engine).await;
+    assert_eq!(state, JobState::Cancelled);
+    stop(engine).await;
+    let sessions = sink.sessions.lock().expect("lock");
+    assert!(sessions.1 >= 1, "uploads had begun");
+    assert!(
+        sessions.0.is_empty(),
+        "sessions left open: {:?}",
+        sessions.0
+    );
+    assert!(!s.dst.join("a.bin").exists(), "nothing committed");
 }
