@@ -3,7 +3,7 @@
 //! run sends again, and finally lets `blobway resume` finish the work.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::ops::Range;
 use std::path::Path;
@@ -46,11 +46,13 @@ pub fn chunks(state: &Path) -> BTreeMap<ChunkKey, ChunkSeen> {
 
 /// Checks what a run sent again against what the earlier runs left interrupted: a chunk in
 /// flight at the kill, or one a killed run had taken back to pending (it was in flight at an
-/// earlier kill) and not sent yet. A completed chunk is never sent again. Returns how many
-/// chunks were sent again.
+/// earlier kill) and not sent yet. A completed chunk is sent again only when the destination
+/// itself reported it missing (`blocks_missing`, in `reported`: the engine trusts the store
+/// over its records). Returns how many interrupted chunks were sent again.
 pub fn check_resent(
     before: &BTreeMap<ChunkKey, ChunkSeen>,
     after: &BTreeMap<ChunkKey, ChunkSeen>,
+    reported: &HashSet<ChunkKey>,
 ) -> usize {
     let interrupted = |(state, attempts, _): &ChunkSeen| {
         *state == ChunkState::InProgress || (*state == ChunkState::Pending && *attempts > 0)
@@ -63,6 +65,9 @@ pub fn check_resent(
         };
         let (old_state, old_attempts, old_history) = old;
         if *old_attempts >= 1 && attempts > old_attempts {
+            if !interrupted(old) && reported.contains(key) {
+                continue;
+            }
             resent += 1;
             assert!(
                 interrupted(old),
@@ -75,6 +80,25 @@ pub fn check_resent(
         "{resent} chunks were sent again but only {in_flight} were interrupted at the kill"
     );
     resent
+}
+
+/// The chunks the destination reported missing in a run's JSON lines (`blocks_missing`).
+pub fn reported_missing<'a>(lines: impl Iterator<Item = &'a str>) -> HashSet<ChunkKey> {
+    let mut out = HashSet::new();
+    for line in lines.filter(|l| l.contains("\"blocks_missing\"")) {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(job), Some(file)) = (event["job"].as_u64(), event["file"].as_u64()) else {
+            continue;
+        };
+        for chunk in event["chunks"].as_array().into_iter().flatten() {
+            if let Some(chunk) = chunk.as_u64() {
+                out.insert((job, file as u32, chunk as u32));
+            }
+        }
+    }
+    out
 }
 
 /// What [`kill_then_resume`] saw.
@@ -104,6 +128,7 @@ pub async fn kill_then_resume(
     let mut before = chunks(state);
     let mut landed = 0;
     let mut resent = 0;
+    let mut reported = HashSet::new();
     while landed < kills {
         let mut child = make()
             .args(args)
@@ -114,6 +139,7 @@ pub async fn kill_then_resume(
         let stdout = child.stdout.take().expect("stdout");
         let (progress_tx, progress_rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
@@ -121,21 +147,23 @@ pub async fn kill_then_resume(
                 if line.contains("\"chunk_completed\"") {
                     let _ = progress_tx.send(());
                 }
+                lines.push(line);
             }
+            reported_missing(lines.iter().map(String::as_str))
         });
         // Kill only once this run has made progress, at a random moment after that.
         let progressed = progress_rx.recv_timeout(Duration::from_secs(60)).is_ok();
         std::thread::sleep(Duration::from_millis(rng.random_range(delay_ms.clone())));
         if child.try_wait().expect("poll").is_some() {
             let status = child.wait().expect("wait");
-            reader.join().expect("reader");
+            reported.extend(reader.join().expect("reader"));
             assert!(status.success(), "run ended early with {status}");
             break;
         }
         assert!(progressed, "the run made no progress within 60 s");
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
-        reader.join().expect("reader");
+        reported.extend(reader.join().expect("reader"));
         landed += 1;
 
         let after = chunks(state);
@@ -147,13 +175,14 @@ pub async fn kill_then_resume(
             "kill {landed}: {completed}/{} chunks completed",
             after.len()
         );
-        resent += check_resent(&before, &after);
+        resent += check_resent(&before, &after, &std::mem::take(&mut reported));
         after_kill(landed).await;
         before = after;
     }
     let resume = run(make().args(["resume", "--json"]));
     assert_eq!(resume.code, 0, "{}\n{}", resume.stdout, resume.stderr);
-    resent += check_resent(&before, &chunks(state));
+    reported.extend(reported_missing(resume.stdout.lines()));
+    resent += check_resent(&before, &chunks(state), &reported);
     Crashes {
         kills: landed,
         resent,
