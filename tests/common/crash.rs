@@ -47,8 +47,9 @@ pub fn chunks(state: &Path) -> BTreeMap<ChunkKey, ChunkSeen> {
 /// Checks what a run sent again against what the earlier runs left interrupted: a chunk in
 /// flight at the kill, or one a killed run had taken back to pending (it was in flight at an
 /// earlier kill) and not sent yet. A completed chunk is sent again only when the destination
-/// itself reported it missing (`blocks_missing`, in `reported`: the engine trusts the store
-/// over its records). Returns how many interrupted chunks were sent again.
+/// itself reported it missing (`blocks_missing`), or lost the whole upload (`upload_restarted`),
+/// both in `reported`: the engine trusts the store over its records. Returns how many
+/// interrupted chunks were sent again.
 pub fn check_resent(
     before: &BTreeMap<ChunkKey, ChunkSeen>,
     after: &BTreeMap<ChunkKey, ChunkSeen>,
@@ -65,7 +66,9 @@ pub fn check_resent(
         };
         let (old_state, old_attempts, old_history) = old;
         if *old_attempts >= 1 && attempts > old_attempts {
-            if !interrupted(old) && reported.contains(key) {
+            if !interrupted(old)
+                && (reported.contains(key) || reported.contains(&(key.0, key.1, u32::MAX)))
+            {
                 continue;
             }
             resent += 1;
@@ -82,16 +85,23 @@ pub fn check_resent(
     resent
 }
 
-/// The chunks the destination reported missing in a run's JSON lines (`blocks_missing`).
+/// The chunks the destination reported missing in a run's JSON lines: those a
+/// `blocks_missing` event names, and every chunk (index `u32::MAX`) of an object whose upload
+/// the destination lost (`upload_restarted`).
 pub fn reported_missing<'a>(lines: impl Iterator<Item = &'a str>) -> HashSet<ChunkKey> {
     let mut out = HashSet::new();
-    for line in lines.filter(|l| l.contains("\"blocks_missing\"")) {
+    for line in
+        lines.filter(|l| l.contains("\"blocks_missing\"") || l.contains("\"upload_restarted\""))
+    {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         let (Some(job), Some(file)) = (event["job"].as_u64(), event["file"].as_u64()) else {
             continue;
         };
+        if event["event"] == "upload_restarted" {
+            out.insert((job, file as u32, u32::MAX));
+        }
         for chunk in event["chunks"].as_array().into_iter().flatten() {
             if let Some(chunk) = chunk.as_u64() {
                 out.insert((job, file as u32, chunk as u32));
