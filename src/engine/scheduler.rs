@@ -1232,6 +1232,7 @@ impl Scheduler {
         let mut after = Vec::new();
         let mut stop_job = None;
         let mut lost = false;
+        let mut broken = None;
         let mut orphan = None;
         match result {
             Ok(moved) => {
@@ -1269,6 +1270,7 @@ impl Scheduler {
                 let error = ErrorRecord::from_store(&err);
                 let active = file.active();
                 let may_restart = file.restarts < retry.max_attempts;
+                let first_session = file.restarts == 0 && file.record.session.is_some();
                 let chunk = &mut file.chunks[index as usize];
                 chunk.record_attempt(AttemptRecord {
                     started_ms,
@@ -1312,6 +1314,12 @@ impl Scheduler {
                         delay_ms: delay.as_millis() as u64,
                         error,
                     }));
+                } else if active && first_session && err.class.is_retryable() {
+                    // Retries are spent on an upload session: the session itself may be
+                    // broken (a completion cut short on some S3-compatible servers). The
+                    // upload starts over once, with a fresh budget, before the object fails.
+                    chunk.state = ChunkState::Pending;
+                    broken = Some(error.clone());
                 } else {
                     chunk.state = ChunkState::Failed;
                     after.push(After::Emit(Event::ChunkFailed {
@@ -1356,6 +1364,16 @@ impl Scheduler {
             }
         }
         let file = &mut job.files[pos];
+        if let Some(error) = broken {
+            file.restart = true;
+            file.ready.clear();
+            file.commit_ready = false;
+            after.push(After::Emit(Event::UploadRestarted {
+                job: id,
+                file: file_index,
+                error,
+            }));
+        }
         if lost {
             file.ready.clear();
             file.check_session = true;
