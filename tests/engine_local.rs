@@ -115,11 +115,23 @@ struct SessionSink {
     arrivals: Mutex<Vec<(String, u32)>>,
     /// Put Blocks in flight per key now, and the most ever seen for one key.
     in_flight: Mutex<(BTreeMap<String, u32>, u32)>,
+    /// Commits and whole puts that answer success but make nothing visible: the next N.
+    lie: AtomicU32,
 }
 
 impl SessionSink {
     fn local(&self) -> &LocalStore {
         self.inner.as_ref().expect("root")
+    }
+
+    /// Whether this commit or whole put is one to lie about.
+    fn lies(&self) -> bool {
+        let left = self.lie.load(Ordering::SeqCst);
+        left > 0
+            && self
+                .lie
+                .compare_exchange(left, left - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
     }
 
     fn check(&self, upload: Upload<'_>) -> StoreResult<()> {
@@ -211,6 +223,9 @@ impl ObjectSink for SessionSink {
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         self.check(upload)?;
+        if self.lies() {
+            return Ok(());
+        }
         self.local().commit(upload, blocks, meta).await?;
         if let Some(session) = upload.session {
             self.sessions.lock().expect("lock").0.remove(session);
@@ -230,6 +245,9 @@ impl ObjectSink for SessionSink {
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
+        if self.lies() {
+            return Ok(());
+        }
         self.local().put_whole(key, data, checksum, meta).await
     }
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
@@ -691,4 +709,31 @@ async fn cancelling_a_running_job_gives_up_its_upload_sessions() {
         sessions.0
     );
     assert!(!s.dst.join("a.bin").exists(), "nothing committed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_is_done_only_once_the_destination_shows_it_after_the_commit() {
+    let s = setup(&[("a.bin", 3 * MIB), ("c.bin", 10)]);
+    let sink = Arc::new(SessionSink {
+        inner: Some(LocalStore::new(&s.dst)),
+        ..Default::default()
+    });
+    // The first commit and the first whole put answer success and make nothing visible.
+    sink.lie.store(2, Ordering::SeqCst);
+    let mut engine = start_with(
+        &s,
+        ErrorClass::Transient,
+        64 << 20,
+        true,
+        Some(sink.clone()),
+    );
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    assert_eq!(finished(&mut engine).await.1, JobState::Done);
+    stop(engine).await;
+    assert_eq!(sink.lie.load(Ordering::SeqCst), 0, "both lies were told");
+    same_files(&s.src, &s.dst, &["a.bin", "c.bin"]);
 }

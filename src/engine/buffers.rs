@@ -116,4 +116,22 @@ mod tests {
             pool.owned()
         );
     }
+    #[test]
+    fn kept_buffers_and_buffers_in_flight_together_stay_within_the_budget() {
+        // 16 chunks of 15 units finish and are kept; then 16 chunks of 16 units are in flight
+        // at once (what the gate admits under a budget of 256). Buffers kept for reuse that fit
+        // nothing must make room, not add to what is in flight.
+        let pool = BufferPool::new(256);
+        let small: Vec<BytesMut> = (0..16).map(|_| pool.take(15)).collect();
+        for buffer in small {
+            pool.give_back(buffer.freeze(), 15);
+        }
+        let big: Vec<BytesMut> = (0..16).map(|_| pool.take(16)).collect();
+        assert!(big.iter().all(|b| b.capacity() >= 16));
+        assert!(
+            pool.owned() <= 256,
+            "{} bytes of buffers under a budget of 256",
+            pool.owned()
+        );
+    }
 }

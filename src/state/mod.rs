@@ -484,6 +484,39 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
+    fn the_state_file_is_never_readable_by_others_not_even_while_it_is_created() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..20 {
+            let path = dir.path().join(format!("s{i}.redb"));
+            let stop = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut wider = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(meta) = std::fs::metadata(&path) {
+                            let mode = meta.permissions().mode() & 0o777;
+                            if mode & 0o077 != 0 {
+                                wider = Some(mode);
+                            }
+                        }
+                    }
+                    wider
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let db = StateDb::open(&path).expect("open");
+            stop.store(true, Ordering::Relaxed);
+            let wider = watcher.join().expect("watcher");
+            assert_eq!(wider, None, "{} was readable by others while created", path.display());
+            drop(db);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
     fn only_the_owner_may_read_the_state_file() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");

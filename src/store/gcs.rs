@@ -161,6 +161,26 @@ impl GcsStore {
                 )
             })?),
         };
+        Self::with_auth(base, bucket, auth, settings)
+    }
+
+    /// A store talking to an emulator at `base` (e.g. `http://127.0.0.1:9023`), without
+    /// credentials — what `STORAGE_EMULATOR_HOST` selects.
+    pub fn emulator(base: &str, bucket: &str, settings: StoreSettings) -> anyhow::Result<Self> {
+        Self::with_auth(
+            base.trim_end_matches('/').to_string(),
+            bucket,
+            Auth::None,
+            settings,
+        )
+    }
+
+    fn with_auth(
+        base: String,
+        bucket: &str,
+        auth: Auth,
+        settings: StoreSettings,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()?;

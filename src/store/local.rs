@@ -518,6 +518,32 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_same_size_rewrite_that_keeps_the_mtime_is_another_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"old bytes").expect("write");
+        let mtime = std::fs::metadata(&path).expect("stat").modified().expect("mtime");
+        let store = LocalStore::new(dir.path());
+        let before = store.list("a.bin", true).await.expect("list")[0].etag.clone();
+        // What `cp -p` or `rsync -t` do: new bytes of the same length, the old mtime kept.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"new bytes").expect("rewrite");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(mtime)
+            .expect("keep the mtime");
+        let after = store.list("a.bin", true).await.expect("list")[0].etag.clone();
+        assert_ne!(before, after, "the rewrite must be another version");
+        let read = store
+            .read_range("a.bin", &before, 0..9, BytesMut::new())
+            .await
+            .expect_err("pinned to the old version");
+        assert_eq!(read.class, ErrorClass::SourceChanged);
+    }
+
     fn crc(data: &[u8]) -> Checksum {
         Checksum::of(crate::store::ChecksumKind::Crc64, data)
     }
