@@ -52,6 +52,7 @@ emulators_install() {
     python3 -m venv "$tools/moto-venv" || return 1
     "$tools/moto-venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2 || return 1
   fi
+  moto_patch_list_parts || return 1
   if [ ! -x "$tools/gcs-venv/bin/gcp-storage-emulator" ] \
      || ! "$tools/gcs-venv/bin/pip" show gcp-storage-emulator 2>/dev/null | grep -q "^Version: $GCS_EMULATOR_VERSION$"; then
     log "installing gcp-storage-emulator $GCS_EMULATOR_VERSION from PyPI"
@@ -62,6 +63,26 @@ emulators_install() {
     log "installing s3s-fs $S3S_FS_VERSION from crates.io (a few minutes, once)"
     cargo install --quiet --root "$tools/s3s" "s3s-fs@$S3S_FS_VERSION" --features binary --locked >&2 || return 1
   fi
+}
+
+# moto 5.2 serializes ListParts under the root element <ListPartsResponse>; S3 (and every SDK
+# that checks the root, aws-sdk-s3 among them) uses <ListPartsResult>. Its generic serializer
+# takes the root from the "resultWrapper" entries of service-2.moto-extras.json.gz, which lists
+# none for ListParts: add it (idempotent). Without this, any S3 client in Rust fails every
+# ListParts against moto with "invalid XML root".
+moto_patch_list_parts() {
+  "$tools/moto-venv/bin/python" - <<'PY' >&2
+import glob, gzip, json, os, moto
+path = os.path.join(os.path.dirname(moto.__file__), "s3", "2006-03-01", "service-2.moto-extras.json.gz")
+with gzip.open(path, "rt") as f:
+    extras = json.load(f)
+ops = extras.setdefault("merge", {}).setdefault("operations", {})
+if ops.get("ListParts", {}).get("output", {}).get("resultWrapper") != "ListPartsResult":
+    ops["ListParts"] = {"output": {"resultWrapper": "ListPartsResult"}}
+    with gzip.open(path, "wt") as f:
+        json.dump(extras, f)
+    print("[emulators] patched moto: ListParts answers <ListPartsResult>")
+PY
 }
 
 emulators_start() {

@@ -52,7 +52,8 @@ fn buffers_kept_for_reuse_count_against_the_budget() {
         use std::io::Write as _;
         let mut big = std::fs::File::create(src.path().join("z-big.bin")).expect("create");
         for i in 0..64 {
-            big.write_all(&random_bytes(16 << 20, 100 + i)).expect("write");
+            big.write_all(&random_bytes(16 << 20, 100 + i))
+                .expect("write");
         }
     }
     let dst = tempfile::tempdir().expect("dst");

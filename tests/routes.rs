@@ -194,6 +194,48 @@ async fn s3_to_s3_across_two_endpoints_and_credentials_survives_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_with_moto_as_the_destination_survives_sigkill() {
+    // The second S3 implementation as a destination (s3s-fs is the first): moto's multipart
+    // answers, ListParts among them, must read as S3's.
+    let mut rng = rng("s3 → s3 (moto)");
+    let sources = objects(12 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("dst");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let s3 = s3_client();
+    let crashes = kill_then_resume(
+        || blobway(&state),
+        &args(&[
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("s3://{dest_bucket}/data/"),
+            "--chunk-size",
+            "5MiB",
+            "--concurrency",
+            "2",
+            "--json",
+        ]),
+        &state,
+        1,
+        0..100,
+        &mut rng,
+        async |_| {
+            let visible = s3_contents(&s3, &dest_bucket, "data/").await;
+            assert_visible_are_complete("moto", &visible, &sources);
+        },
+    )
+    .await;
+    assert_eq!(
+        crashes.resume.code, 0,
+        "{}\n{}",
+        crashes.resume.stdout, crashes.resume.stderr
+    );
+    let copied = s3_contents(&s3, &dest_bucket, "data/").await;
+    assert_same_objects("moto", &copied, &sources);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn s3_to_gcs_through_resumable_sessions_survives_sigkill() {
     let mut rng = rng("s3 → gcs");
     let sources = objects(12 * MIB, MIB);

@@ -56,8 +56,7 @@ async fn subjects() -> Vec<Subject> {
         Default::default(),
     ));
     let gcs: Arc<dyn ObjectSink> = Arc::new(
-        GcsStore::emulator(&gcs_endpoint(), &unique("contract"), Default::default())
-            .expect("gcs"),
+        GcsStore::emulator(&gcs_endpoint(), &unique("contract"), Default::default()).expect("gcs"),
     );
     let azurite: Arc<dyn ObjectSink> = azure(&unique("contract"));
     let subjects = vec![

@@ -1,7 +1,8 @@
 //! Chunk buffers, reused. A fresh 64 MiB buffer costs sixteen thousand page faults (and the
 //! kernel zeroing every page) the first time it is filled; a buffer handed back after its
-//! upload costs nothing the second time. The pool never holds more than the memory budget:
-//! buffers beyond it are freed, and a buffer still shared when its chunk finishes (the HTTP
+//! upload costs nothing the second time. Buffers in flight and buffers kept share the memory
+//! budget: a new buffer that would take the pool over it first frees kept ones, buffers
+//! handed back beyond it are freed, and a buffer still shared when its chunk finishes (the HTTP
 //! stack had not let go) is simply dropped.
 
 use std::sync::Mutex;
@@ -51,6 +52,15 @@ impl BufferPool {
         match best {
             Some(i) => inner.free.swap_remove(i),
             None => {
+                // Kept buffers too small for this chunk make room for it: buffers in flight
+                // (which the gate keeps within the budget) and kept ones share one budget.
+                inner.free.sort_unstable_by_key(BytesMut::capacity);
+                while inner.owned + len as u64 > self.budget {
+                    let Some(dropped) = inner.free.pop() else {
+                        break;
+                    };
+                    inner.owned = inner.owned.saturating_sub(dropped.capacity() as u64);
+                }
                 inner.owned += len as u64;
                 BytesMut::with_capacity(len)
             }

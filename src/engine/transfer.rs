@@ -3,8 +3,8 @@
 //! chunk is one ranged read pinned to the planned version, checksummed (CRC-64/NVME for the
 //! end-to-end record and, by default, as the transactional checksum the store verifies on
 //! arrival; MD5 on request), and one block upload — or one whole-object put for an object that
-//! fits in a chunk; a commit asks the destination which planned blocks it lacks and commits
-//! only when it lacks none. Bytes live in memory only between the read and the upload.
+//! fits in a chunk; a commit asks the destination which planned blocks it lacks, commits only
+//! when it lacks none, and reads the object back (size, source version) before it counts. Bytes live in memory only between the read and the upload.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, ObjectMeta, ObjectSink, ObjectSource, PlannedBlock,
-    StoreError, StoreResult, Upload, meta_keys,
+    BlockRef, Checksum, ChecksumKind, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
+    PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
 };
 
 /// Where an object goes: the store, the key, and the upload session, if one was opened.
@@ -109,10 +109,18 @@ async fn send_chunk(
             let mut meta = with_blobway_pairs(source_meta, blobway);
             meta.pairs
                 .insert(meta_keys::CRC64NVME.into(), format!("{crc64:016x}"));
+            let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
             work.target
                 .sink
                 .put_whole(&work.target.key, data, checksum, &meta)
                 .await?;
+            read_back(
+                work.target.sink.as_ref(),
+                &work.target.key,
+                expected,
+                source_etag.as_deref(),
+            )
+            .await?;
         }
         None => {
             let block = BlockRef {
@@ -274,7 +282,58 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         .sink
         .commit(target.upload(), &work.blocks, &work.meta)
         .await?;
+    let total: u64 = work.blocks.iter().map(|b| b.size).sum();
+    let source_etag = work.meta.pairs.get(meta_keys::SOURCE_ETAG);
+    read_back(
+        target.sink.as_ref(),
+        &target.key,
+        total,
+        source_etag.map(String::as_str),
+    )
+    .await?;
     Ok(CommitOutcome::Committed)
+}
+
+/// After a commit, before the object is recorded done: the destination must show it at its
+/// planned size and, where blobway recorded one, from the planned source version. Not visible
+/// is transient (the commit is tried again); another size or version means another writer
+/// replaced it, and the object fails with that reason. A destination the credentials may not
+/// look at (write-only) is taken at its word, with a warning.
+pub async fn read_back(
+    sink: &dyn ObjectSink,
+    key: &str,
+    size: u64,
+    source_etag: Option<&str>,
+) -> StoreResult<()> {
+    let found = match sink.head(key).await {
+        Ok(found) => found,
+        Err(e) if e.class == ErrorClass::Permission => {
+            tracing::warn!(%key, "cannot read the object back after its commit: {e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(found) = found else {
+        return Err(StoreError::transient(format!(
+            "`{key}` is not visible at the destination after its commit; it is committed again"
+        )));
+    };
+    let version = found.meta.get(meta_keys::SOURCE_ETAG).map(String::as_str);
+    if found.size == size && (source_etag.is_none() || version == source_etag) {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        ErrorClass::Invalid,
+        None,
+        format!(
+            "after its commit the destination holds `{key}` with {} bytes from source version \
+             {}, not {size} bytes from {}: another writer replaced it meanwhile; `blobway \
+             resume` copies it again",
+            found.size,
+            version.unwrap_or("(not recorded)"),
+            source_etag.unwrap_or("(not recorded)"),
+        ),
+    ))
 }
 
 #[cfg(test)]

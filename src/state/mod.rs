@@ -120,6 +120,30 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Opens (or creates) the redb file at `path` readable by its owner only, from its first byte:
+/// it holds resumable-upload sessions (a GCS session URI lets its holder upload to that one
+/// object for a week). A file made by an older blobway with a wider mode is narrowed.
+fn create_private(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?)
+    }
+    #[cfg(not(unix))]
+    {
+        let file = options.open(path)?;
+        redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?)
+    }
+}
+
 impl StateDb {
     /// The default location: `$BLOBWAY_STATE`, else `$XDG_DATA_HOME/blobway/state.redb`.
     pub fn default_path() -> PathBuf {
@@ -140,7 +164,7 @@ impl StateDb {
                 detail: e.to_string(),
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
+        let db = create_private(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StateError::AlreadyOpen(path.to_path_buf()),
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
                 if io.kind() == std::io::ErrorKind::InvalidData {
@@ -157,13 +181,6 @@ impl StateDb {
                 detail: other.to_string(),
             },
         })?;
-        // Only its owner may read it: it holds resumable-upload sessions (a GCS session URI
-        // lets its holder upload to that one object for a week).
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         let state = Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -510,7 +527,12 @@ mod tests {
             let db = StateDb::open(&path).expect("open");
             stop.store(true, Ordering::Relaxed);
             let wider = watcher.join().expect("watcher");
-            assert_eq!(wider, None, "{} was readable by others while created", path.display());
+            assert_eq!(
+                wider,
+                None,
+                "{} was readable by others while created",
+                path.display()
+            );
             drop(db);
         }
     }

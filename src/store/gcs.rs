@@ -75,8 +75,25 @@ const SCOPES: &[&str] = &["https://www.googleapis.com/auth/devstorage.read_write
 enum Progress {
     /// The first this many bytes.
     Holds(u64),
-    /// The object is finalized.
-    Complete,
+    /// The object is finalized, with the size the store reported (when it did).
+    Complete(Option<u64>),
+}
+
+/// The size in the object resource a finalizing answer carries, when it carries one.
+async fn final_size(response: reqwest::Response) -> Option<u64> {
+    response
+        .json::<ObjectResource>()
+        .await
+        .ok()
+        .and_then(|o| o.size?.parse::<u64>().ok())
+}
+
+/// Whether a finalized size (when known) is the planned total; the size found when it is not.
+fn final_size_matches(size: Option<u64>, total: u64) -> Result<(), u64> {
+    match size {
+        Some(size) if size != total => Err(size),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -368,11 +385,27 @@ impl GcsStore {
             )
             .await?;
         match response.status().as_u16() {
-            200 | 201 => Ok(Progress::Complete),
+            200 | 201 => Ok(Progress::Complete(final_size(response).await)),
             308 => Ok(Progress::Holds(Self::held(&response))),
             404 | 410 => Err(self.lost(key)),
             _ => Err(self.error(response, "upload status of", key).await),
         }
+    }
+
+    /// A finalized object must be exactly as long as planned: a session another writer (or an
+    /// earlier life of this upload) finalized at another size is lost, and the upload starts
+    /// over. A size the answer did not carry is checked by the engine's read-back after commit.
+    fn check_final_size(&self, key: &str, size: Option<u64>, total: u64) -> StoreResult<()> {
+        final_size_matches(size, total).map_err(|size| {
+            StoreError::new(
+                ErrorClass::UploadLost,
+                None,
+                format!(
+                    "{} was finalized with {size} bytes instead of {total}; it starts over",
+                    self.target(key)
+                ),
+            )
+        })
     }
 
     /// PUTs `data` as the bytes from `offset` on; `total` finalizes the object.
@@ -403,25 +436,7 @@ impl GcsStore {
             )
             .await?;
         match response.status().as_u16() {
-            200 | 201 => {
-                // The object is final: it must be exactly as long as planned.
-                let size = response
-                    .json::<ObjectResource>()
-                    .await
-                    .ok()
-                    .and_then(|o| o.size?.parse::<u64>().ok());
-                match (total, size) {
-                    (Some(total), Some(size)) if size != total => Err(StoreError::new(
-                        ErrorClass::UploadLost,
-                        None,
-                        format!(
-                            "{} was finalized with {size} bytes instead of {total}; it starts over",
-                            self.target(key)
-                        ),
-                    )),
-                    _ => Ok(Ok(Progress::Complete)),
-                }
-            }
+            200 | 201 => Ok(Ok(Progress::Complete(final_size(response).await))),
             308 => Ok(Ok(Progress::Holds(Self::held(&response)))),
             404 | 410 => Err(self.lost(key)),
             // Either the server disagrees about where the upload stands (an earlier answer
@@ -541,8 +556,10 @@ impl ObjectSink for GcsStore {
                 },
             };
             match progress {
-                Progress::Complete if block.last => return Ok(()),
-                Progress::Complete => {
+                Progress::Complete(size) if block.last => {
+                    return self.check_final_size(key, size, end);
+                }
+                Progress::Complete(_) => {
                     return Err(StoreError::new(
                         ErrorClass::UploadLost,
                         None,
@@ -566,7 +583,8 @@ impl ObjectSink for GcsStore {
                             .send(request, self.settings.stall_timeout, "finalize", key)
                             .await?;
                         if response.status().is_success() {
-                            return Ok(());
+                            let size = final_size(response).await;
+                            return self.check_final_size(key, size, total);
                         }
                         return Err(self.error(response, "finalize", key).await);
                     }
@@ -598,7 +616,11 @@ impl ObjectSink for GcsStore {
     ) -> StoreResult<Vec<u32>> {
         let session = self.session(upload)?;
         let held = match self.progress(upload.key, session).await? {
-            Progress::Complete => return Ok(Vec::new()),
+            Progress::Complete(size) => {
+                let total: u64 = blocks.iter().map(|b| b.size).sum();
+                self.check_final_size(upload.key, size, total)?;
+                return Ok(Vec::new());
+            }
             Progress::Holds(held) => held,
         };
         let total: u64 = blocks.iter().map(|b| b.size).sum();
@@ -656,24 +678,26 @@ impl ObjectSink for GcsStore {
             .content_type
             .as_deref()
             .unwrap_or("application/octet-stream");
-        let mut body = BytesMut::with_capacity(json.len() + data.len() + 256);
-        body.extend_from_slice(
+        let mut head = BytesMut::with_capacity(json.len() + 256);
+        head.extend_from_slice(
             format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n")
                 .as_bytes(),
         );
-        body.extend_from_slice(&json);
-        body.extend_from_slice(
+        head.extend_from_slice(&json);
+        head.extend_from_slice(
             format!("\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
         );
-        body.extend_from_slice(&data);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
         let url = format!(
             "{}/upload/storage/v1/b/{}/o?uploadType=multipart&name={}",
             self.base,
             encode(&self.bucket),
             encode(key)
         );
-        let len = body.len() as u64;
+        let len = (head.len() + data.len() + tail.len()) as u64;
+        // The object's bytes go out as they are, between the two parts of the envelope: the
+        // chunk buffer is never copied (the memory budget counts it once).
+        let parts: [Result<Bytes, std::io::Error>; 3] = [Ok(head.freeze()), Ok(data), Ok(tail)];
         let request = self
             .request(Method::POST, &url)
             .await?
@@ -681,7 +705,8 @@ impl ObjectSink for GcsStore {
                 reqwest::header::CONTENT_TYPE,
                 format!("multipart/related; boundary={boundary}"),
             )
-            .body(body.freeze());
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(parts)));
         let response = self
             .send(
                 request,
@@ -785,6 +810,27 @@ fn resource(key: &str, meta: &ObjectMeta, crc32c: Option<u32>) -> serde_json::Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_finalized_at_another_size_is_refused_on_every_path() {
+        assert_eq!(final_size_matches(Some(10), 10), Ok(()));
+        assert_eq!(final_size_matches(Some(5), 10), Err(5));
+        assert_eq!(
+            final_size_matches(None, 10),
+            Ok(()),
+            "unknown: the read-back after commit decides"
+        );
+        let store =
+            GcsStore::emulator("http://127.0.0.1:1", "b", StoreSettings::default()).expect("store");
+        let refused = store
+            .check_final_size("k", Some(5), 10)
+            .expect_err("wrong size");
+        assert_eq!(refused.class, ErrorClass::UploadLost);
+        assert!(
+            refused.message.contains("5 bytes instead of 10"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn names_keep_unreserved_characters_and_encode_the_rest() {

@@ -3,8 +3,9 @@
 //! `<root>/.blobway-staging/`, and a commit concatenates the blocks into a temporary file in
 //! the same filesystem and renames it into place, so an object is never visible half-written.
 //!
-//! The version token of a local file is its modification time and size; a ranged read checks
-//! it before and after reading, so a file rewritten mid-copy fails with "source changed".
+//! The version token of a local file is its modification time, size, change time and inode; a
+//! ranged read checks it before and after reading, so a file rewritten mid-copy fails with
+//! "source changed".
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -176,13 +177,19 @@ fn check_arrival(checksum: &Checksum, data: &[u8]) -> StoreResult<()> {
     ))
 }
 
+/// A local file's version token: modification time, size, status-change time and inode. The
+/// ctime moves on every write and cannot be set back (`cp -p` and `rsync -t` restore the mtime
+/// only), and a file replaced by a rename has another inode — so a same-size rewrite between a
+/// crash and a resume is never taken for the version whose blocks are staged.
 fn version_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
     let nanos = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    format!("\"{nanos:x}-{:x}\"", meta.len())
+    let ctime = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+    format!("\"{nanos:x}-{:x}-{ctime:x}-{:x}\"", meta.len(), meta.ino())
 }
 
 fn modified_secs(meta: &fs::Metadata) -> Option<i64> {
@@ -523,9 +530,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.bin");
         std::fs::write(&path, b"old bytes").expect("write");
-        let mtime = std::fs::metadata(&path).expect("stat").modified().expect("mtime");
+        let mtime = std::fs::metadata(&path)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
         let store = LocalStore::new(dir.path());
-        let before = store.list("a.bin", true).await.expect("list")[0].etag.clone();
+        let before = store.list("a.bin", true).await.expect("list")[0]
+            .etag
+            .clone();
         // What `cp -p` or `rsync -t` do: new bytes of the same length, the old mtime kept.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, b"new bytes").expect("rewrite");
@@ -535,7 +547,9 @@ mod tests {
             .expect("open")
             .set_modified(mtime)
             .expect("keep the mtime");
-        let after = store.list("a.bin", true).await.expect("list")[0].etag.clone();
+        let after = store.list("a.bin", true).await.expect("list")[0]
+            .etag
+            .clone();
         assert_ne!(before, after, "the rewrite must be another version");
         let read = store
             .read_range("a.bin", &before, 0..9, BytesMut::new())

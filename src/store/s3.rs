@@ -204,12 +204,12 @@ impl S3Store {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(Duration::from_secs_f64);
         let code = err.code().unwrap_or_default().to_string();
-        // An answer without a message (HEAD answers carry no body) says nothing more than its
-        // status; a failure without an answer is described by the whole error chain.
-        let detail = match (err.message(), &err) {
-            (Some(message), _) => message.to_string(),
-            (None, SdkError::ServiceError(_) | SdkError::ResponseError(_)) => String::new(),
-            (None, _) => DisplayErrorContext(&err).to_string(),
+        // The service's own message when it gave one; otherwise the SDK's reason, the whole
+        // error chain (an answer the SDK could not read says why here, e.g. "invalid XML
+        // root").
+        let detail = match err.message() {
+            Some(message) => message.to_string(),
+            None => DisplayErrorContext(&err).to_string(),
         };
         let (class, hint) = match (&err, status) {
             (SdkError::ConstructionFailure(_), _) => {
@@ -478,5 +478,47 @@ impl ObjectSource for S3Store {
             data: buf.freeze(),
             meta,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::operation::list_parts::ListPartsError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    #[test]
+    fn an_answer_the_sdk_could_not_read_is_explained_by_the_sdk_reason() {
+        let client = Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .build(),
+        );
+        let store = S3Store::with_client(client, "b", "http://127.0.0.1:1", Default::default());
+        // What moto 5.2 made the SDK say of its ListParts answer: a 200 without a code or a
+        // message, whose reason is only in the error chain.
+        let raw = HttpResponse::new(
+            200.try_into().expect("status"),
+            SdkBody::from("<ListPartsResponse/>"),
+        );
+        let err = SdkError::service_error(
+            ListPartsError::unhandled(
+                "invalid XML root: expected ListPartsResult but got ListPartsResponse",
+            ),
+            raw,
+        );
+        let error = store.error(err, "ListParts", "big.bin");
+        assert!(
+            error.message.contains("expected ListPartsResult"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("s3://b/big.bin"),
+            "{}",
+            error.message
+        );
     }
 }
