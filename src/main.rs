@@ -101,6 +101,18 @@ enum Commands {
         /// block-count limit.
         #[arg(long, default_value = "16MiB", value_parser = parse_size_arg, value_name = "SIZE")]
         chunk_size: u64,
+        /// Metadata the destination cannot hold (Azure names must be letters, digits and `_`;
+        /// S3 and Azure values ASCII): `rename` keeps each such pair as `rename_<name>` (value
+        /// percent-encoded) with `rename_key_<name>` holding the original name; `exclude`
+        /// leaves it out; `fail` fails the object. Decided before any byte of the object moves.
+        #[arg(long, value_enum, default_value_t, value_name = "WHAT")]
+        invalid_metadata: blobway::store::rules::InvalidMetadata,
+        /// An object the destination already holds (not copied by blobway from this very
+        /// version): `overwrite` replaces it (counted in the summary); `skip` leaves it;
+        /// `fail` fails that object. With skip/fail the commit itself is conditional, so a
+        /// writer that appears meanwhile is not clobbered either.
+        #[arg(long, value_enum, default_value_t, value_name = "WHAT")]
+        if_exists: blobway::store::rules::IfExists,
     },
     /// List the jobs in the state file with their state and progress.
     Jobs {
@@ -314,6 +326,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             exclude,
             dry_run,
             access,
+            invalid_metadata,
+            if_exists,
         }) => {
             check_tuning(&tuning, chunk_size)?;
             let destinations: Vec<String> = destination.into_iter().chain(to).collect();
@@ -338,6 +352,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     profile: access.dest_profile,
                     endpoint: access.dest_endpoint,
                 },
+                invalid_metadata,
+                if_exists,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)

@@ -84,7 +84,7 @@ async fn edge_sizes_and_awkward_keys_arrive_byte_identical() {
         let dest = format!("out/{key}");
         let upload = Upload {
             key: &dest,
-            session: None,
+            ..Default::default()
         };
         let missing = azure(&container)
             .missing_blocks(upload, &blocks)

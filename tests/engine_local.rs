@@ -83,13 +83,13 @@ impl ObjectSink for FlakySink {
     }
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         self.trip()?;
-        self.inner.put_whole(key, data, checksum, meta).await
+        self.inner.put_whole(upload, data, checksum, meta).await
     }
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
         self.inner.head(key).await
@@ -240,7 +240,7 @@ impl ObjectSink for SessionSink {
     }
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
@@ -248,7 +248,7 @@ impl ObjectSink for SessionSink {
         if self.lies() {
             return Ok(());
         }
-        self.local().put_whole(key, data, checksum, meta).await
+        self.local().put_whole(upload, data, checksum, meta).await
     }
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
         self.local().head(key).await

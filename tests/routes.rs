@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use aws_sdk_s3::primitives::ByteStream;
-use blobway::store::ObjectSink;
+use blobway::store::{ObjectSink, Upload};
 use common::crash::kill_then_resume;
 use common::proxy::{Fault, FaultConfig, Flavor, Proxy};
 use common::*;
@@ -345,7 +345,15 @@ async fn azure_to_local_survives_sigkill_and_keeps_metadata() {
         }
         let checksum = blobway::store::Checksum::of(blobway::store::ChecksumKind::Md5, data);
         store
-            .put_whole(key, bytes::Bytes::from(data.clone()), checksum, &meta)
+            .put_whole(
+                Upload {
+                    key,
+                    ..Default::default()
+                },
+                bytes::Bytes::from(data.clone()),
+                checksum,
+                &meta,
+            )
             .await
             .expect("seed Azure");
     }

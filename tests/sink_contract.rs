@@ -154,6 +154,7 @@ async fn a_session_finalized_at_another_size_is_never_taken_for_done() {
         let upload = Upload {
             key,
             session: session.as_deref(),
+            create_only: false,
         };
         // Another writer of the same session finalized it with 5 bytes; the plan has 10.
         let short = blocks(&[5]);

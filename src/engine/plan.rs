@@ -12,10 +12,12 @@ use super::filter::Filter;
 use super::retry::RetryPolicy;
 use crate::location::Location;
 use crate::size::human;
+use crate::state::names::{Claim, MemoryNames, NameClash, NameIndex};
 use crate::state::{
     ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
     StateDb, Write, now_ms,
 };
+use crate::store::rules::{DestName, IfExists, Naming};
 use crate::store::{
     DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
     StoreResult, meta_keys,
@@ -184,6 +186,16 @@ pub struct PlanSummary {
     /// Requests the copy will make, about (reads, uploads, begins, checks and commits).
     #[serde(default)]
     pub requests: u64,
+    /// Objects the destination already holds (not copied by blobway from this version) that
+    /// the copy replaces (`--if-exists overwrite`).
+    #[serde(default)]
+    pub replaced: u64,
+    /// Objects left as the destination holds them (`--if-exists skip`).
+    #[serde(default)]
+    pub existing_skipped: u64,
+    /// Zero-byte `dir/` markers a destination without such objects needs no copy of.
+    #[serde(default)]
+    pub folder_markers: u64,
 }
 
 /// How many destination objects are looked at (HEAD) at once while planning.
@@ -299,17 +311,8 @@ pub async fn plan_job(
             );
         }
     };
-    if !sink.listing_has_metadata() {
-        let candidates: Vec<String> = listing
-            .iter()
-            .filter(|o| filter.admits(src, &o.key))
-            .map(|o| (dst.destination_key(src, &o.key), o.size))
-            .filter(|(key, size)| existing.get(key).is_some_and(|d| d.size == *size))
-            .map(|(key, _)| key)
-            .collect();
-        fill_metadata(sink, &req.retry, candidates, &mut existing).await;
-    }
 
+    let mut summary_filtered = 0;
     let (src_text, dst_text) = (src.to_string(), dst.to_string());
     let previous = match db {
         Some(db) => match db.job_for_route(&src_text, &dst_text)? {
@@ -339,26 +342,95 @@ pub async fn plan_job(
     job.error = None;
     job.updated_ms = now;
 
+    // Every admitted object's exact destination name, and the names two keys would share.
+    let mut listing = listing;
+    listing.retain(|o| {
+        let admitted = filter.admits(src, &o.key);
+        if !admitted {
+            summary_filtered += 1;
+        }
+        admitted
+    });
+    let naming = sink.naming();
+    let named: Vec<DestName> = listing
+        .iter()
+        .map(|o| naming.destination_name(&dst.destination_key(src, &o.key), o.size))
+        .collect();
+    // A key the destination holds as it is claims its name before keys folded onto it
+    // (`k/x/a.txt` before `k/x/./a.txt`), whatever the listing order.
+    let as_is: Vec<bool> = listing
+        .iter()
+        .zip(&named)
+        .map(|(o, name)| matches!(name, DestName::Object(n) if *n == dst.destination_key(src, &o.key)))
+        .collect();
+    let clashes = claim_names(db, &req, job.id, naming, &listing, &named, &as_is)?;
+    if !sink.listing_has_metadata() {
+        let candidates: Vec<String> = listing
+            .iter()
+            .zip(&named)
+            .filter_map(|(o, name)| match name {
+                DestName::Object(key) => Some((key.clone(), o.size)),
+                _ => None,
+            })
+            .filter(|(key, size)| existing.get(key).is_some_and(|d| d.size == *size))
+            .map(|(key, _)| key)
+            .collect();
+        fill_metadata(sink, &req.retry, candidates, &mut existing).await;
+    }
+
     let mut old: HashMap<String, (u32, FileRecord, Vec<ChunkRecord>)> = previous
         .map(|s| s.files.into_iter().map(|f| (f.1.key.clone(), f)).collect())
         .unwrap_or_default();
     let mut next_index = old.values().map(|(i, _, _)| i + 1).max().unwrap_or(0);
     let mut writes = vec![Write::Job(job.clone())];
-    let mut summary = PlanSummary::default();
+    let mut summary = PlanSummary {
+        filtered: summary_filtered,
+        ..PlanSummary::default()
+    };
     let mut objects = Vec::new();
     // Upload sessions of objects planned afresh, to give up.
     let mut stale: Vec<(String, String)> = Vec::new();
     let limits = sink.limits();
 
-    for object in listing {
-        if !filter.admits(src, &object.key) {
-            summary.filtered += 1;
-            continue;
-        }
-        let dest_key = dst.destination_key(src, &object.key);
-        let at_destination = existing.get(&dest_key);
+    for ((object, name), clash) in listing.iter().zip(named).zip(clashes) {
         summary.files += 1;
         summary.bytes += object.size;
+        let dest_key = match &name {
+            DestName::Object(key) => key.clone(),
+            _ => dst.destination_key(src, &object.key),
+        };
+        if let Some((state, why)) = name_refusal(&object.key, &dest_key, &name, clash) {
+            // Refused names are decided afresh by every plan, never copied.
+            let index = match old.remove(&object.key) {
+                Some((index, old_file, _)) => {
+                    stale.extend(old_file.open_upload());
+                    writes.push(Write::RemoveFile(job.id, index));
+                    index
+                }
+                None => {
+                    next_index += 1;
+                    next_index - 1
+                }
+            };
+            let file = refused_file(object, dest_key, state, why);
+            let action = match state {
+                FileState::Skipped => {
+                    summary.folder_markers += 1;
+                    "skip: a folder marker".to_string()
+                }
+                _ => {
+                    summary.rejected += 1;
+                    let why = file.error.as_ref().map_or("", |e| e.message.as_str());
+                    format!("cannot copy: {why}")
+                }
+            };
+            if req.dry_run {
+                objects.push(planned_object(&file, 0, &action));
+            }
+            writes.push(Write::File(job.id, index, file));
+            continue;
+        }
+        let at_destination = existing.get(&dest_key);
         let (index, mut file, mut chunks) = match old.remove(&object.key) {
             Some((index, file, chunks)) if file.etag == object.etag && file.size == object.size => {
                 (index, file, chunks)
@@ -366,13 +438,13 @@ pub async fn plan_job(
             Some((index, old_file, _)) => {
                 stale.extend(old_file.open_upload());
                 writes.push(Write::RemoveFile(job.id, index));
-                let (file, chunks) = new_file(&object, dest_key, &req, limits);
+                let (file, chunks) = new_file(object, dest_key, &req, limits);
                 (index, file, chunks)
             }
             None => {
                 let index = next_index;
                 next_index += 1;
-                let (file, chunks) = new_file(&object, dest_key, &req, limits);
+                let (file, chunks) = new_file(object, dest_key, &req, limits);
                 (index, file, chunks)
             }
         };
@@ -384,7 +456,7 @@ pub async fn plan_job(
             }
             continue;
         }
-        if identical(at_destination, &object) {
+        if identical(at_destination, object) {
             file.state = FileState::Skipped;
             file.note = Some("already identical at the destination".into());
             summary.identical += 1;
@@ -393,9 +465,39 @@ pub async fn plan_job(
             // may have changed since): plan it afresh.
             stale.extend(file.open_upload());
             writes.push(Write::RemoveFile(job.id, index));
-            (file, chunks) = new_file(&object, file.dest_key.clone(), &req, limits);
+            (file, chunks) = new_file(object, file.dest_key.clone(), &req, limits);
         } else if file.state == FileState::Failed {
             reopen(&mut file, &mut chunks);
+        }
+        // Someone else's object under the name: replaced, left, or the object fails.
+        if at_destination.is_some()
+            && matches!(file.state, FileState::Transferring | FileState::Committing)
+        {
+            match req.options.if_exists {
+                IfExists::Overwrite => summary.replaced += 1,
+                IfExists::Skip => {
+                    stale.extend(file.open_upload());
+                    file.state = FileState::Skipped;
+                    file.note =
+                        Some("already at the destination; left as it is (--if-exists skip)".into());
+                    summary.existing_skipped += 1;
+                }
+                IfExists::Fail => {
+                    stale.extend(file.open_upload());
+                    file.state = FileState::Failed;
+                    file.error = Some(crate::state::ErrorRecord {
+                        class: ErrorClass::Exists,
+                        status: None,
+                        message: format!(
+                            "`{}` is already at the destination and was not copied from this \
+                             source version; --if-exists fail leaves it (overwrite replaces \
+                             it, skip leaves it without failing)",
+                            file.dest_key
+                        ),
+                        at_ms: now_ms(),
+                    });
+                }
+            }
         }
         let remaining = chunks
             .iter()
@@ -459,6 +561,111 @@ pub async fn plan_job(
         summary,
         objects,
     })
+}
+
+/// How many names are claimed in one state transaction.
+const NAME_BATCH: usize = 4096;
+
+/// Claims every object's destination name for its source key — keys the destination holds
+/// as they are first, then in listing order — in the state database (in memory for a dry
+/// run); for each object, the clash when another key holds the name first.
+fn claim_names(
+    db: Option<&StateDb>,
+    req: &PlanRequest<'_>,
+    job: JobId,
+    naming: Naming,
+    listing: &[ObjectInfo],
+    named: &[DestName],
+    as_is: &[bool],
+) -> anyhow::Result<Vec<Option<NameClash>>> {
+    let mut index = match db {
+        Some(db) if !req.dry_run => NameIndex::Db(db, job),
+        _ => NameIndex::Memory(MemoryNames::default()),
+    };
+    index.clear()?;
+    let mut clashes = vec![None; listing.len()];
+    let mut wanted: Vec<usize> = (0..listing.len())
+        .filter(|i| matches!(named[*i], DestName::Object(_)))
+        .collect();
+    wanted.sort_by_key(|i| !as_is[*i]);
+    for batch in wanted.chunks(NAME_BATCH) {
+        let claims: Vec<Claim<'_>> = batch
+            .iter()
+            .filter_map(|i| match &named[*i] {
+                DestName::Object(name) => Some(Claim {
+                    name,
+                    source: &listing[*i].key,
+                }),
+                _ => None,
+            })
+            .collect();
+        for (i, clash) in batch.iter().zip(index.claim(naming, &claims)?) {
+            clashes[*i] = clash;
+        }
+    }
+    Ok(clashes)
+}
+
+/// Why an object cannot be copied under its name, if it cannot: the state it is recorded in
+/// (skipped for a folder marker, failed otherwise) and the reason.
+fn name_refusal(
+    key: &str,
+    dest_key: &str,
+    name: &DestName,
+    clash: Option<NameClash>,
+) -> Option<(FileState, String)> {
+    match (name, clash) {
+        (DestName::Refused(why), _) => Some((
+            FileState::Failed,
+            format!(
+                "the destination cannot hold `{key}` as `{dest_key}`: {why}; exclude it \
+                 (--exclude) or rename it at the source"
+            ),
+        )),
+        (DestName::FolderMarker, _) => Some((
+            FileState::Skipped,
+            "a folder marker (`dir/`, no bytes): the destination's folders need no object"
+                .to_string(),
+        )),
+        (DestName::Object(_), Some(clash)) => Some((
+            FileState::Failed,
+            format!(
+                "{}; blobway never writes two objects to one name — exclude one (--exclude) \
+                 or rename it at the source",
+                clash.why
+            ),
+        )),
+        (DestName::Object(_), None) => None,
+    }
+}
+
+/// The record of an object that is not copied because of its name.
+fn refused_file(
+    object: &ObjectInfo,
+    dest_key: String,
+    state: FileState,
+    why: String,
+) -> FileRecord {
+    let failed = state == FileState::Failed;
+    FileRecord {
+        key: object.key.clone(),
+        dest_key,
+        size: object.size,
+        etag: object.etag.clone(),
+        chunk_size: 1,
+        chunk_count: 0,
+        state,
+        commit_attempts: 0,
+        error: failed.then(|| crate::state::ErrorRecord {
+            class: ErrorClass::Invalid,
+            status: None,
+            message: why.clone(),
+            at_ms: now_ms(),
+        }),
+        note: (!failed).then_some(why),
+        session: None,
+        meta: None,
+    }
 }
 
 fn planned_object(file: &FileRecord, chunks: u64, action: &str) -> PlannedObject {

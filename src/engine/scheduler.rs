@@ -30,6 +30,7 @@ use crate::state::{
     AttemptRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState,
     StateDb, Write, now_ms,
 };
+use crate::store::rules::IfExists;
 use crate::store::{
     ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
 };
@@ -1009,6 +1010,7 @@ impl Scheduler {
                 sink,
                 key: record.dest_key.clone(),
                 session: record.session.clone(),
+                create_only: job.record.options.if_exists.create_only(),
             },
             key: record.key.clone(),
             etag: record.etag.clone(),
@@ -1019,6 +1021,7 @@ impl Scheduler {
             whole,
             checksum,
             buffers: self.buffers.clone(),
+            invalid_metadata: job.record.options.invalid_metadata,
         };
         let writes = vec![Write::Chunk(
             id,
@@ -1074,9 +1077,12 @@ impl Scheduler {
                 sink,
                 key: record.dest_key.clone(),
                 session: record.session.clone(),
+                create_only: job.record.options.if_exists.create_only(),
             },
             blocks,
-            meta: transfer::with_blobway_pairs(record.meta.clone().unwrap_or_default(), &blobway),
+            source_meta: record.meta.clone().unwrap_or_default(),
+            blobway,
+            invalid_metadata: job.record.options.invalid_metadata,
         };
         let task = CommitTask { job: id, pos, work };
         let writes = vec![Write::File(id, file.index, file.record.clone())];
@@ -1100,10 +1106,12 @@ impl Scheduler {
                 sink,
                 key: record.dest_key.clone(),
                 session: None,
+                create_only: job.record.options.if_exists.create_only(),
             },
             key: record.key.clone(),
             etag: record.etag.clone(),
             blobway: destination_meta(record, None),
+            invalid_metadata: job.record.options.invalid_metadata,
         };
         // Nothing is claimed in the state file: a begin that is not recorded is done again.
         self.start_begin(BeginTask { job: id, pos, work });
@@ -1221,6 +1229,7 @@ impl Scheduler {
             return;
         };
         job.in_flight = job.in_flight.saturating_sub(1);
+        let if_exists = job.record.options.if_exists;
         let Some(file) = job.files.get_mut(pos) else {
             return;
         };
@@ -1328,7 +1337,9 @@ impl Scheduler {
                         chunk: index,
                         error: error.clone(),
                     }));
-                    if active {
+                    if active && leave_existing(&mut file.record, &err, if_exists) {
+                        file.ready.clear();
+                    } else if active {
                         let message = if err.class == ErrorClass::SourceChanged {
                             err.message.clone()
                         } else {
@@ -1474,6 +1485,7 @@ impl Scheduler {
             return;
         };
         job.in_flight = job.in_flight.saturating_sub(1);
+        let if_exists = job.record.options.if_exists;
         let Some(file) = job.files.get_mut(pos) else {
             return;
         };
@@ -1548,7 +1560,7 @@ impl Scheduler {
                     let at = Instant::now() + delay;
                     self.timers
                         .push(Reverse((at, id, pos, file.generation, Wake::Commit)));
-                } else {
+                } else if !leave_existing(&mut file.record, &err, if_exists) {
                     file.record.state = FileState::Failed;
                     file.record.error = Some(ErrorRecord::from_store(&err.context("commit")));
                     after.push(After::Emit(failed_event(id, &file.record, file_index)));
@@ -1845,4 +1857,19 @@ async fn load_snapshot(db: &StateDb, id: JobId) -> anyhow::Result<JobSnapshot> {
     tokio::task::spawn_blocking(move || db.load_job(id))
         .await??
         .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))
+}
+
+/// An object whose conditional commit found another object under its name: under
+/// `--if-exists skip` it is left as the destination holds it (recorded skipped, with the
+/// reason) and this returns true; otherwise it fails as any refusal does.
+fn leave_existing(record: &mut FileRecord, err: &StoreError, if_exists: IfExists) -> bool {
+    if err.class != ErrorClass::Exists || if_exists != IfExists::Skip {
+        return false;
+    }
+    record.state = FileState::Skipped;
+    record.note = Some(format!(
+        "already at the destination; left as it is (--if-exists skip): {}",
+        err.message
+    ));
+    true
 }

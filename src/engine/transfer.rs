@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
+use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
     BlockRef, Checksum, ChecksumKind, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
     PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
@@ -27,6 +28,8 @@ pub struct Target {
     pub key: String,
     /// The session the destination opened for this upload.
     pub session: Option<String>,
+    /// The commit must not replace an object already there (`--if-exists skip|fail`).
+    pub create_only: bool,
 }
 
 impl Target {
@@ -34,6 +37,7 @@ impl Target {
         Upload {
             key: &self.key,
             session: self.session.as_deref(),
+            create_only: self.create_only,
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct ChunkWork {
     pub checksum: ChecksumKind,
     /// Where the chunk's buffer comes from and goes back to.
     pub buffers: Arc<BufferPool>,
+    /// What happens to metadata the destination cannot hold (an object of one chunk).
+    pub invalid_metadata: InvalidMetadata,
 }
 
 /// What a moved chunk reports.
@@ -106,13 +112,14 @@ async fn send_chunk(
     let (checksum, crc64) = checksums(data.clone(), work.checksum).await?;
     match &work.whole {
         Some(blobway) => {
-            let mut meta = with_blobway_pairs(source_meta, blobway);
+            let mut meta =
+                meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             meta.pairs
                 .insert(meta_keys::CRC64NVME.into(), format!("{crc64:016x}"));
             let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
             work.target
                 .sink
-                .put_whole(&work.target.key, data, checksum, &meta)
+                .put_whole(work.target.upload(), data, checksum, &meta)
                 .await?;
             read_back(
                 work.target.sink.as_ref(),
@@ -142,12 +149,32 @@ async fn send_chunk(
     })
 }
 
-/// The source's metadata (without `blobway_*` pairs an earlier copy left) with blobway's own.
-pub fn with_blobway_pairs(source: ObjectMeta, blobway: &ObjectMeta) -> ObjectMeta {
+/// The metadata the destination will hold: the source's (without `blobway_*` pairs an earlier
+/// copy left) with blobway's own, every pair the destination cannot hold renamed, left out or
+/// refused as `policy` says ([`map_metadata`]). A refusal fails the object before any of its
+/// bytes reach the destination.
+pub fn meta_for_destination(
+    target: &Target,
+    source: ObjectMeta,
+    blobway: &ObjectMeta,
+    policy: InvalidMetadata,
+) -> StoreResult<ObjectMeta> {
     let mut meta = ObjectMeta::from_source(source);
     meta.pairs
         .extend(blobway.pairs.iter().map(|(k, v)| (k.clone(), v.clone())));
-    meta
+    let mapped = map_metadata(&meta.pairs, &target.sink.meta_rules(), policy).map_err(|why| {
+        StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            format!("`{}`: {why}", target.key),
+        )
+    })?;
+    if !mapped.renamed.is_empty() || !mapped.excluded.is_empty() {
+        tracing::debug!(key = %target.key, renamed = ?mapped.renamed, excluded = ?mapped.excluded,
+            "metadata the destination cannot hold as it is");
+    }
+    meta.pairs = mapped.pairs;
+    Ok(meta)
 }
 
 /// The transactional checksum of `kind` and the CRC-64/NVME of `data` (one pass when they are
@@ -191,6 +218,8 @@ pub struct BeginWork {
     pub etag: String,
     /// blobway's metadata pairs for the destination.
     pub blobway: ObjectMeta,
+    /// What happens to metadata the destination cannot hold.
+    pub invalid_metadata: InvalidMetadata,
 }
 
 /// An upload that began: the source's metadata and the session to record.
@@ -209,7 +238,12 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
         .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
         .await?;
     let meta = ObjectMeta::from_source(chunk.meta);
-    let full = with_blobway_pairs(meta.clone(), &work.blobway);
+    let full = meta_for_destination(
+        &work.target,
+        meta.clone(),
+        &work.blobway,
+        work.invalid_metadata,
+    )?;
     let session = work.target.sink.begin(&work.target.key, &full).await?;
     Ok(Begun { meta, session })
 }
@@ -221,8 +255,12 @@ pub struct CommitWork {
     pub target: Target,
     /// Every block in order.
     pub blocks: Vec<PlannedBlock>,
-    /// Metadata to commit with.
-    pub meta: ObjectMeta,
+    /// The source's metadata, as read when the upload began.
+    pub source_meta: ObjectMeta,
+    /// blobway's metadata pairs for the destination.
+    pub blobway: ObjectMeta,
+    /// What happens to metadata the destination cannot hold.
+    pub invalid_metadata: InvalidMetadata,
 }
 
 /// How a commit ended.
@@ -241,6 +279,7 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
         let upload = crate::store::Upload {
             key: &key,
             session: Some(&session),
+            create_only: false,
         };
         if let Err(e) = sink.abort(upload).await {
             tracing::warn!("could not give up the upload of {key}: {e}");
@@ -252,6 +291,12 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
 /// it lacks none.
 pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> {
     let target = &work.target;
+    let meta = meta_for_destination(
+        target,
+        work.source_meta.clone(),
+        &work.blobway,
+        work.invalid_metadata,
+    )?;
     let missing = target
         .sink
         .missing_blocks(target.upload(), &work.blocks)
@@ -270,7 +315,7 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         };
         let committed = found.is_some_and(|d| {
             d.size == total
-                && d.meta.get(meta_keys::SOURCE_ETAG) == work.meta.pairs.get(meta_keys::SOURCE_ETAG)
+                && d.meta.get(meta_keys::SOURCE_ETAG) == meta.pairs.get(meta_keys::SOURCE_ETAG)
         });
         if committed {
             return Ok(CommitOutcome::Committed);
@@ -280,10 +325,10 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
     missing?;
     target
         .sink
-        .commit(target.upload(), &work.blocks, &work.meta)
+        .commit(target.upload(), &work.blocks, &meta)
         .await?;
     let total: u64 = work.blocks.iter().map(|b| b.size).sum();
-    let source_etag = work.meta.pairs.get(meta_keys::SOURCE_ETAG);
+    let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG);
     read_back(
         target.sink.as_ref(),
         &target.key,
@@ -367,6 +412,7 @@ mod tests {
             sink: sink.clone(),
             key: "out/f.bin".into(),
             session: None,
+            create_only: false,
         }
     }
 
@@ -390,6 +436,7 @@ mod tests {
             whole: None,
             checksum: ChecksumKind::Md5,
             buffers: Arc::new(BufferPool::new(1 << 20)),
+            invalid_metadata: InvalidMetadata::Rename,
         }
     }
 
@@ -417,7 +464,9 @@ mod tests {
                     size: CHUNK.min(SIZE - i as u64 * CHUNK),
                 })
                 .collect(),
-            meta: ObjectMeta::default(),
+            source_meta: ObjectMeta::default(),
+            blobway: ObjectMeta::default(),
+            invalid_metadata: InvalidMetadata::Rename,
         };
         for i in [0u32, 2] {
             move_chunk(&chunk_work(&source, &sink, &etag, &ids, i))
@@ -448,7 +497,7 @@ mod tests {
         // nothing staged but recognises its own commit, and sends nothing again.
         let mut recorded = commit.clone();
         recorded
-            .meta
+            .blobway
             .pairs
             .insert(meta_keys::SOURCE_ETAG.into(), etag.clone());
         assert_eq!(
@@ -472,7 +521,7 @@ mod tests {
         );
         let mut other_version = recorded.clone();
         other_version
-            .meta
+            .blobway
             .pairs
             .insert(meta_keys::SOURCE_ETAG.into(), "\"other\"".into());
         assert_eq!(

@@ -7,6 +7,7 @@
 //! few hundred commits. Nothing secret is ever stored: records hold keys, sizes, ETags, states
 //! and redacted error texts only.
 
+pub mod names;
 pub mod records;
 pub mod writer;
 
@@ -241,6 +242,8 @@ impl StateDb {
             txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
             txn.open_table(FILES).map_err(|e| self.err("written", e))?;
             txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+            txn.open_table(names::NAMES)
+                .map_err(|e| self.err("written", e))?;
         }
         txn.commit().map_err(|e| self.err("written", e))
     }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::rules::{IfExists, InvalidMetadata};
 use crate::store::{Access, ErrorClass, ObjectMeta, StoreError};
 
 /// Identifies a job in the state database.
@@ -263,6 +264,12 @@ pub struct JobOptions {
     /// Which AWS profile and endpoint the destination uses, when not the environment's.
     #[serde(default)]
     pub dest_access: Access,
+    /// What happens to a metadata pair the destination cannot hold.
+    #[serde(default)]
+    pub invalid_metadata: InvalidMetadata,
+    /// What happens to an object the destination already holds under the same name.
+    #[serde(default)]
+    pub if_exists: IfExists,
 }
 
 impl Default for JobOptions {
@@ -273,6 +280,8 @@ impl Default for JobOptions {
             exclude: Vec::new(),
             source_access: Access::default(),
             dest_access: Access::default(),
+            invalid_metadata: InvalidMetadata::default(),
+            if_exists: IfExists::default(),
         }
     }
 }

@@ -453,6 +453,11 @@ impl AzureStore {
                     ),
                     (404, _) => (ErrorClass::NotFound, "no such blob"),
                     (409, "ContainerBeingDeleted") => (ErrorClass::Transient, ""),
+                    (409, "BlobAlreadyExists") => (
+                        ErrorClass::Exists,
+                        "the blob is already there and this copy may not replace it \
+                         (--if-exists skip|fail)",
+                    ),
                     (413, _) | (400, "RequestBodyTooLarge" | "BlockCountExceedsLimit") => (
                         ErrorClass::Invalid,
                         "the object exceeds Azure's block limits",
@@ -539,6 +544,14 @@ fn to_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
 
 #[async_trait]
 impl ObjectSink for AzureStore {
+    fn naming(&self) -> super::rules::Naming {
+        super::rules::Naming::Azure
+    }
+
+    fn meta_rules(&self) -> super::rules::MetaRules {
+        super::rules::MetaRules::AZURE
+    }
+
     fn limits(&self) -> SinkLimits {
         SinkLimits {
             max_block: 4000 << 20,
@@ -637,6 +650,7 @@ impl ObjectSink for AzureStore {
             blob_content_type: meta.content_type.clone(),
             blob_content_encoding: meta.content_encoding.clone(),
             blob_cache_control: meta.cache_control.clone(),
+            if_none_match: upload.create_only.then(|| "*".into()),
             ..Default::default()
         };
         let call = client.commit_block_list(content, Some(options));
@@ -645,11 +659,12 @@ impl ObjectSink for AzureStore {
 
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
+        let key = upload.key;
         let client = self.blob_client(key)?.block_blob_client();
         let len = data.len() as u64;
         let single = std::num::NonZero::new(len.max(1))
@@ -660,6 +675,7 @@ impl ObjectSink for AzureStore {
             blob_content_encoding: meta.content_encoding.clone(),
             blob_cache_control: meta.cache_control.clone(),
             partition_size: Some(single),
+            if_none_match: upload.create_only.then(|| "*".into()),
             parallel: std::num::NonZero::new(1),
             method_options: ClientMethodOptions {
                 context: Context::new().with_value(WholeBlobChecksum(checksum)),

@@ -31,6 +31,9 @@ pub enum ErrorClass {
     /// The destination no longer knows the upload session (expired or aborted): the object's
     /// upload starts over with a new one.
     UploadLost,
+    /// The destination already holds an object under this name and the commit was made on
+    /// condition that it does not (`--if-exists skip|fail`): 412 / 409 to `If-None-Match: *`.
+    Exists,
 }
 
 impl ErrorClass {
@@ -60,6 +63,7 @@ impl ErrorClass {
             ErrorClass::Invalid => "INVALID",
             ErrorClass::Capacity => "CAPACITY",
             ErrorClass::UploadLost => "UPLOAD_LOST",
+            ErrorClass::Exists => "EXISTS",
         }
     }
 }

@@ -453,6 +453,14 @@ impl ObjectSink for GcsStore {
         LIMITS
     }
 
+    fn naming(&self) -> super::rules::Naming {
+        super::rules::Naming::Gcs
+    }
+
+    fn meta_rules(&self) -> super::rules::MetaRules {
+        super::rules::MetaRules::GCS
+    }
+
     async fn prepare(&self) -> StoreResult<()> {
         let url = format!("{}/storage/v1/b/{}", self.base, encode(&self.bucket));
         let response = self
@@ -664,11 +672,12 @@ impl ObjectSink for GcsStore {
 
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         _checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
+        let key = upload.key;
         let crc32c = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &data) as u32;
         let json = serde_json::to_vec(&resource(key, meta, Some(crc32c)))
             .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
@@ -688,11 +697,17 @@ impl ObjectSink for GcsStore {
             format!("\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n").as_bytes(),
         );
         let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        // ifGenerationMatch=0: only if no live object has the name (--if-exists skip|fail).
         let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=multipart&name={}",
+            "{}/upload/storage/v1/b/{}/o?uploadType=multipart&name={}{}",
             self.base,
             encode(&self.bucket),
-            encode(key)
+            encode(key),
+            if upload.create_only {
+                "&ifGenerationMatch=0"
+            } else {
+                ""
+            }
         );
         let len = (head.len() + data.len() + tail.len()) as u64;
         // The object's bytes go out as they are, between the two parts of the envelope: the
@@ -717,6 +732,15 @@ impl ObjectSink for GcsStore {
             .await?;
         if response.status().is_success() {
             Ok(())
+        } else if upload.create_only && response.status() == StatusCode::PRECONDITION_FAILED {
+            Err(StoreError::new(
+                ErrorClass::Exists,
+                Some(412),
+                format!(
+                    "{} is already there and this copy may not replace it (--if-exists skip|fail)",
+                    self.target(key)
+                ),
+            ))
         } else {
             Err(self.error(response, "upload of", key).await)
         }

@@ -55,6 +55,23 @@ impl LocalStore {
         Ok(self.root.join(relative))
     }
 
+    /// Whether the filesystem under the root compares names case-insensitively (as macOS and
+    /// Windows volumes do): a probe file is created in the nearest existing folder and looked
+    /// for under its upper-case name.
+    fn case_insensitive(&self) -> bool {
+        let Some(dir) = self.root.ancestors().find(|p| p.is_dir()) else {
+            return false;
+        };
+        let probe = format!(".blobway-case-probe-{:016x}", rand::random::<u64>());
+        let path = dir.join(&probe);
+        if fs::write(&path, b"").is_err() {
+            return false;
+        }
+        let folded = dir.join(probe.to_uppercase()).exists();
+        let _ = fs::remove_file(&path);
+        folded
+    }
+
     fn staging_for(&self, key: &str) -> PathBuf {
         self.root.join(STAGING_DIR).join(key_hash(key))
     }
@@ -112,7 +129,7 @@ impl LocalStore {
             meta: meta.clone(),
         };
         let bytes = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
-        write_atomically(&dir, &path, &[&bytes])
+        write_atomically(&dir, &path, &[&bytes], false)
     }
 }
 
@@ -138,6 +155,11 @@ fn io_error(what: &str, path: &Path, err: io::Error) -> StoreError {
             ErrorClass::NotFound,
             None,
             format!("{what} {shown}: not found"),
+        ),
+        io::ErrorKind::AlreadyExists => StoreError::new(
+            ErrorClass::Exists,
+            None,
+            format!("{what} {shown}: a file is already there (--if-exists skip|fail)"),
         ),
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => StoreError::new(
             ErrorClass::Permission,
@@ -338,7 +360,23 @@ impl ObjectSource for LocalStore {
     }
 }
 
-fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+/// Moves a finished temporary file into place, atomically: replacing what is there, or, when
+/// `create_only`, failing with `AlreadyExists` if anything is (a hard link never replaces).
+fn place(tmp: &Path, target: &Path, create_only: bool) -> io::Result<()> {
+    if create_only {
+        fs::hard_link(tmp, target)?;
+        fs::remove_file(tmp)
+    } else {
+        fs::rename(tmp, target)
+    }
+}
+
+fn write_atomically(
+    dir: &Path,
+    target: &Path,
+    parts: &[&[u8]],
+    create_only: bool,
+) -> io::Result<()> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
@@ -350,7 +388,7 @@ fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()
             file.write_all(part)?;
         }
         file.sync_all()?;
-        fs::rename(&tmp, target)
+        place(&tmp, target, create_only)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -360,6 +398,12 @@ fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()
 
 #[async_trait]
 impl ObjectSink for LocalStore {
+    fn naming(&self) -> super::rules::Naming {
+        super::rules::Naming::Local {
+            case_insensitive: self.case_insensitive(),
+        }
+    }
+
     fn limits(&self) -> SinkLimits {
         SinkLimits {
             max_block: 4000 << 20,
@@ -395,7 +439,7 @@ impl ObjectSink for LocalStore {
         let target = dir.join(block.id);
         blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
-            write_atomically(&dir, &target, &[&data])
+            write_atomically(&dir, &target, &[&data], false)
                 .map_err(|e| io_error("cannot stage", &target, e))
         })
         .await
@@ -428,6 +472,7 @@ impl ObjectSink for LocalStore {
         let dir = self.staging_for(upload.key);
         let ids: Vec<String> = blocks.iter().map(|b| b.id.clone()).collect();
         let (store, key, meta) = (self.clone(), upload.key.to_string(), meta.clone());
+        let create_only = upload.create_only;
         blocking(move || {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
@@ -441,7 +486,7 @@ impl ObjectSink for LocalStore {
                     size += io::copy(&mut block, &mut out)?;
                 }
                 out.sync_all()?;
-                fs::rename(&tmp, &target)?;
+                place(&tmp, &target, create_only)?;
                 // After the object: a sidecar never vouches for bytes that are not there.
                 store.write_meta(&key, size, &meta)
             };
@@ -457,21 +502,23 @@ impl ObjectSink for LocalStore {
 
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
+        let key = upload.key;
         check_arrival(&checksum, &data)?;
         let target = self.object_path(key)?;
         let staging = self.root.join(STAGING_DIR);
         let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
+        let upload_create_only = upload.create_only;
         blocking(move || {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
             }
             fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
-            write_atomically(&staging, &target, &[&data])
+            write_atomically(&staging, &target, &[&data], upload_create_only)
                 .map_err(|e| io_error("cannot write", &target, e))?;
             store
                 .write_meta(&key, data.len() as u64, &meta)
@@ -570,6 +617,7 @@ mod tests {
         let upload = Upload {
             key: "out/x.txt",
             session: None,
+            create_only: false,
         };
         let planned = [
             PlannedBlock {
@@ -677,7 +725,7 @@ mod tests {
         };
         let upload = Upload {
             key: "k",
-            session: None,
+            ..Default::default()
         };
         let err = store
             .put_block(upload, block, Bytes::from_static(b"data"))

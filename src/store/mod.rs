@@ -13,6 +13,7 @@ mod checksum;
 mod error;
 pub mod gcs;
 pub mod local;
+pub mod rules;
 pub mod s3;
 mod s3_sink;
 
@@ -111,14 +112,18 @@ pub struct PlannedBlock {
     pub size: u64,
 }
 
-/// An upload in progress: the destination key and the session the store opened for it (S3:
-/// the multipart upload ID; GCS: the resumable session), if it needs one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An upload in progress: the destination key, the session the store opened for it (S3:
+/// the multipart upload ID; GCS: the resumable session), if it needs one, and whether its
+/// commit must refuse to replace an object already there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Upload<'a> {
     /// Destination key.
     pub key: &'a str,
     /// The session recorded when the upload began.
     pub session: Option<&'a str>,
+    /// The commit (or whole put) succeeds only if no object is there (`If-None-Match: *`,
+    /// GCS `ifGenerationMatch=0`); otherwise it fails with [`ErrorClass::Exists`].
+    pub create_only: bool,
 }
 
 impl<'a> Upload<'a> {
@@ -279,6 +284,16 @@ pub trait ObjectSink: Send + Sync {
         true
     }
 
+    /// How this store names objects: what a key becomes there and which names collide.
+    fn naming(&self) -> rules::Naming {
+        rules::Naming::S3
+    }
+
+    /// Which metadata this store accepts.
+    fn meta_rules(&self) -> rules::MetaRules {
+        rules::MetaRules::ANY
+    }
+
     /// Makes sure the destination container exists and the credentials may write to it.
     async fn prepare(&self) -> StoreResult<()>;
 
@@ -321,7 +336,7 @@ pub trait ObjectSink: Send + Sync {
     /// Writes a whole (small) object in one request, verified by `checksum`.
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,

@@ -143,6 +143,23 @@ impl S3Store {
     }
 }
 
+/// A conditional write refused with 412 (`If-None-Match: *`): the object is already there.
+fn exists_if_refused(upload: Upload<'_>, error: StoreError) -> StoreError {
+    if upload.create_only && error.status == Some(412) {
+        StoreError::new(
+            ErrorClass::Exists,
+            Some(412),
+            format!(
+                "`{}` is already at the destination and this copy may not replace it \
+                 (--if-exists skip|fail)",
+                upload.key
+            ),
+        )
+    } else {
+        error
+    }
+}
+
 fn part_number(index: u32) -> StoreResult<i32> {
     i32::try_from(u64::from(index) + 1)
         .ok()
@@ -184,6 +201,10 @@ impl ObjectSink for S3Store {
 
     fn checksum_kind(&self, _requested: ChecksumKind) -> ChecksumKind {
         ChecksumKind::Md5
+    }
+
+    fn meta_rules(&self) -> super::rules::MetaRules {
+        super::rules::MetaRules::S3
     }
 
     fn listing_has_metadata(&self) -> bool {
@@ -341,13 +362,19 @@ impl ObjectSink for S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_if_none_match(upload.create_only.then(|| "*".to_string()))
             .send();
         // S3 may take a while to assemble a large object.
         let deadline = self.stall_timeout * 5;
         tokio::time::timeout(deadline, call)
             .await
             .map_err(|_| self.stalled("CompleteMultipartUpload", upload.key))?
-            .map_err(|e| self.upload_error(e, "CompleteMultipartUpload", upload.key))?;
+            .map_err(|e| {
+                exists_if_refused(
+                    upload,
+                    self.upload_error(e, "CompleteMultipartUpload", upload.key),
+                )
+            })?;
         Ok(())
     }
 
@@ -380,11 +407,12 @@ impl ObjectSink for S3Store {
 
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
+        let key = upload.key;
         let len = data.len() as u64;
         let md5 = content_md5(checksum, &data);
         let call = self
@@ -399,11 +427,12 @@ impl ObjectSink for S3Store {
             .set_cache_control(meta.cache_control.clone())
             .set_metadata(user_metadata(meta))
             .body(ByteStream::from(data))
+            .set_if_none_match(upload.create_only.then(|| "*".to_string()))
             .send();
         tokio::time::timeout(self.upload_deadline(len), call)
             .await
             .map_err(|_| self.stalled("PutObject", key))?
-            .map_err(|e| self.error(e, "PutObject", key))?;
+            .map_err(|e| exists_if_refused(upload, self.error(e, "PutObject", key)))?;
         Ok(())
     }
 

@@ -102,6 +102,14 @@ impl ObjectSink for SimulatedLink {
         self.inner.limits()
     }
 
+    fn naming(&self) -> super::rules::Naming {
+        self.inner.naming()
+    }
+
+    fn meta_rules(&self) -> super::rules::MetaRules {
+        self.inner.meta_rules()
+    }
+
     async fn prepare(&self) -> StoreResult<()> {
         self.inner.prepare().await
     }
@@ -144,13 +152,13 @@ impl ObjectSink for SimulatedLink {
 
     async fn put_whole(
         &self,
-        key: &str,
+        upload: Upload<'_>,
         data: Bytes,
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         self.cross(data.len() as u64).await?;
-        self.inner.put_whole(key, data, checksum, meta).await
+        self.inner.put_whole(upload, data, checksum, meta).await
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<DestObject>> {
