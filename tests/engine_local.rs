@@ -161,7 +161,7 @@ impl ObjectSink for SessionSink {
     async fn prepare(&self) -> StoreResult<()> {
         self.local().prepare().await
     }
-    async fn begin(&self, _key: &str, _meta: &ObjectMeta) -> StoreResult<Option<String>> {
+    async fn begin(&self, _upload: Upload<'_>, _meta: &ObjectMeta) -> StoreResult<Option<String>> {
         let mut sessions = self.sessions.lock().expect("lock");
         sessions.1 += 1;
         let session = format!("session-{}", sessions.1);

@@ -449,7 +449,12 @@ pub async fn plan_job(
             }
         };
         let finished = matches!(file.state, FileState::Done | FileState::Skipped);
-        if finished && at_destination.is_some_and(|d| d.size == file.size) {
+        // Done, or skipped as identical, and still there. (An object left under --if-exists
+        // skip is decided again: the policy may have changed.)
+        if finished
+            && at_destination.is_some_and(|d| d.size == file.size)
+            && (file.state == FileState::Done || identical(at_destination, object))
+        {
             summary.already_done += 1;
             if req.dry_run {
                 objects.push(planned_object(&file, 0, "skip: done in an earlier run"));
@@ -520,6 +525,12 @@ pub async fn plan_job(
                 summary.rejected += 1;
                 let why = file.error.as_ref().map_or("", |e| e.message.as_str());
                 format!("cannot copy: {why}")
+            }
+            FileState::Skipped
+                if req.options.if_exists == IfExists::Skip
+                    && !identical(at_destination, object) =>
+            {
+                "skip: already at the destination (--if-exists skip)".to_string()
             }
             FileState::Done | FileState::Skipped => "skip: already identical".to_string(),
         };

@@ -1369,7 +1369,7 @@ impl Scheduler {
                     index,
                     file.chunks[index as usize].clone(),
                 ));
-                if file.record.state == FileState::Failed {
+                if matches!(file.record.state, FileState::Failed | FileState::Skipped) {
                     writes.push(Write::File(id, file_index, file.record.clone()));
                 }
             }
@@ -1494,6 +1494,7 @@ impl Scheduler {
         let mut writes = Vec::new();
         let mut after = Vec::new();
         let mut stop_job = None;
+        let mut abandoned = None;
         match result {
             Ok(CommitOutcome::Committed) => {
                 file.record.state = FileState::Done;
@@ -1560,7 +1561,13 @@ impl Scheduler {
                     let at = Instant::now() + delay;
                     self.timers
                         .push(Reverse((at, id, pos, file.generation, Wake::Commit)));
-                } else if !leave_existing(&mut file.record, &err, if_exists) {
+                } else if leave_existing(&mut file.record, &err, if_exists) {
+                    // The upload is not needed any more: give it up (billed parts otherwise).
+                    if let Some(session) = file.record.session.take() {
+                        file.record.meta = None;
+                        abandoned = Some((file.record.dest_key.clone(), session));
+                    }
+                } else {
                     file.record.state = FileState::Failed;
                     file.record.error = Some(ErrorRecord::from_store(&err.context("commit")));
                     after.push(After::Emit(failed_event(id, &file.record, file_index)));
@@ -1572,6 +1579,10 @@ impl Scheduler {
         job.enqueue_first(pos);
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
+        }
+        if let Some(upload) = abandoned {
+            let sink = job.sink.clone();
+            self.abort_uploads(sink, vec![upload]);
         }
         self.persist(writes, after);
     }
@@ -1866,6 +1877,8 @@ fn leave_existing(record: &mut FileRecord, err: &StoreError, if_exists: IfExists
     if err.class != ErrorClass::Exists || if_exists != IfExists::Skip {
         return false;
     }
+    tracing::info!(key = %record.key, dest = %record.dest_key,
+        "left as the destination holds it (--if-exists skip)");
     record.state = FileState::Skipped;
     record.note = Some(format!(
         "already at the destination; left as it is (--if-exists skip): {}",

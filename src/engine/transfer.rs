@@ -117,10 +117,19 @@ async fn send_chunk(
             meta.pairs
                 .insert(meta_keys::CRC64NVME.into(), format!("{crc64:016x}"));
             let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
-            work.target
+            let put = work
+                .target
                 .sink
                 .put_whole(work.target.upload(), data, checksum, &meta)
-                .await?;
+                .await;
+            own_write_if_refused(
+                put,
+                work.target.sink.as_ref(),
+                &work.target.key,
+                expected,
+                source_etag.as_deref(),
+            )
+            .await?;
             read_back(
                 work.target.sink.as_ref(),
                 &work.target.key,
@@ -162,6 +171,13 @@ pub fn meta_for_destination(
     let mut meta = ObjectMeta::from_source(source);
     meta.pairs
         .extend(blobway.pairs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Room for the whole-object CRC pair whether or not it is known yet, so the begin, a
+    // whole put and the commit all decide alike.
+    let placeholder = !meta.pairs.contains_key(meta_keys::CRC64NVME);
+    if placeholder {
+        meta.pairs
+            .insert(meta_keys::CRC64NVME.into(), format!("{:016x}", 0));
+    }
     let mapped = map_metadata(&meta.pairs, &target.sink.meta_rules(), policy).map_err(|why| {
         StoreError::new(
             ErrorClass::Invalid,
@@ -174,6 +190,9 @@ pub fn meta_for_destination(
             "metadata the destination cannot hold as it is");
     }
     meta.pairs = mapped.pairs;
+    if placeholder {
+        meta.pairs.remove(meta_keys::CRC64NVME);
+    }
     Ok(meta)
 }
 
@@ -244,7 +263,7 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
         &work.blobway,
         work.invalid_metadata,
     )?;
-    let session = work.target.sink.begin(&work.target.key, &full).await?;
+    let session = work.target.sink.begin(work.target.upload(), &full).await?;
     Ok(Begun { meta, session })
 }
 
@@ -291,12 +310,7 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
 /// it lacks none.
 pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> {
     let target = &work.target;
-    let meta = meta_for_destination(
-        target,
-        work.source_meta.clone(),
-        &work.blobway,
-        work.invalid_metadata,
-    )?;
+    let source_etag = work.blobway.pairs.get(meta_keys::SOURCE_ETAG);
     let missing = target
         .sink
         .missing_blocks(target.upload(), &work.blocks)
@@ -313,22 +327,33 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
             // store's first answer standing.
             Err(_) => return missing.map(CommitOutcome::Missing),
         };
-        let committed = found.is_some_and(|d| {
-            d.size == total
-                && d.meta.get(meta_keys::SOURCE_ETAG) == meta.pairs.get(meta_keys::SOURCE_ETAG)
-        });
+        let committed = found
+            .is_some_and(|d| d.size == total && d.meta.get(meta_keys::SOURCE_ETAG) == source_etag);
         if committed {
             return Ok(CommitOutcome::Committed);
         }
         return missing.map(CommitOutcome::Missing);
     }
     missing?;
-    target
+    let meta = meta_for_destination(
+        target,
+        work.source_meta.clone(),
+        &work.blobway,
+        work.invalid_metadata,
+    )?;
+    let total: u64 = work.blocks.iter().map(|b| b.size).sum();
+    let committed = target
         .sink
         .commit(target.upload(), &work.blocks, &meta)
-        .await?;
-    let total: u64 = work.blocks.iter().map(|b| b.size).sum();
-    let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG);
+        .await;
+    own_write_if_refused(
+        committed,
+        target.sink.as_ref(),
+        &target.key,
+        total,
+        source_etag.map(String::as_str),
+    )
+    .await?;
     read_back(
         target.sink.as_ref(),
         &target.key,
@@ -337,6 +362,28 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
     )
     .await?;
     Ok(CommitOutcome::Committed)
+}
+
+/// A conditional write refused because an object is there ([`ErrorClass::Exists`]) may have
+/// been refused by blobway's own earlier write of this very object (a retry after a timeout,
+/// or after a crash before the write was recorded): when the destination holds this size
+/// from this source version, the write is done; otherwise the refusal stands.
+async fn own_write_if_refused(
+    result: StoreResult<()>,
+    sink: &dyn ObjectSink,
+    key: &str,
+    size: u64,
+    source_etag: Option<&str>,
+) -> StoreResult<()> {
+    match result {
+        Err(e) if e.class == ErrorClass::Exists && source_etag.is_some() => {
+            match read_back(sink, key, size, source_etag).await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(e),
+            }
+        }
+        other => other,
+    }
 }
 
 /// After a commit, before the object is recorded done: the destination must show it at its

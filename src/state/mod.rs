@@ -133,8 +133,11 @@ fn create_private(path: &Path) -> Result<Database, redb::DatabaseError> {
         options.mode(0o600);
         let file = options.open(path)?;
         let mode = file.metadata()?.permissions().mode();
-        if mode & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        if mode & 0o077 != 0
+            && let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            // A filesystem without modes (vfat, CIFS) or a file of another owner: say so.
+            tracing::warn!(path = %path.display(), "cannot make the state file private: {e}");
         }
         redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?)
     }

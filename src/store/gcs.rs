@@ -439,6 +439,15 @@ impl GcsStore {
             200 | 201 => Ok(Ok(Progress::Complete(final_size(response).await))),
             308 => Ok(Ok(Progress::Holds(Self::held(&response)))),
             404 | 410 => Err(self.lost(key)),
+            // Only a session opened with ifGenerationMatch=0 is refused this way.
+            412 => Err(StoreError::new(
+                ErrorClass::Exists,
+                Some(412),
+                format!(
+                    "{} is already there and this copy may not replace it (--if-exists skip|fail)",
+                    self.target(key)
+                ),
+            )),
             // Either the server disagrees about where the upload stands (an earlier answer
             // was lost) or the request is wrong: the caller asks where it stands to tell.
             400 | 416 => Ok(Err(self.error(response, "upload to", key).await)),
@@ -500,12 +509,19 @@ impl ObjectSink for GcsStore {
         }
     }
 
-    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+    async fn begin(&self, upload: Upload<'_>, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        let key = upload.key;
+        // ifGenerationMatch=0: the session finalizes only if no live object has the name.
         let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=resumable&name={}",
+            "{}/upload/storage/v1/b/{}/o?uploadType=resumable&name={}{}",
             self.base,
             encode(&self.bucket),
-            encode(key)
+            encode(key),
+            if upload.create_only {
+                "&ifGenerationMatch=0"
+            } else {
+                ""
+            }
         );
         let mut request = self
             .request(Method::POST, &url)

@@ -55,13 +55,15 @@ impl LocalStore {
         Ok(self.root.join(relative))
     }
 
-    /// Whether the filesystem under the root compares names case-insensitively (as macOS and
-    /// Windows volumes do): a probe file is created in the nearest existing folder and looked
-    /// for under its upper-case name.
+    /// Whether the filesystem of the root compares names case-insensitively (as macOS and
+    /// Windows volumes do): a probe file is created in the root (when it exists; a root
+    /// blobway creates holds nothing yet to collide with) and looked for under its upper-case
+    /// name, then removed.
     fn case_insensitive(&self) -> bool {
-        let Some(dir) = self.root.ancestors().find(|p| p.is_dir()) else {
+        let dir = self.root.as_path();
+        if !dir.is_dir() {
             return false;
-        };
+        }
         let probe = format!(".blobway-case-probe-{:016x}", rand::random::<u64>());
         let path = dir.join(&probe);
         if fs::write(&path, b"").is_err() {
@@ -93,17 +95,18 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot stat", &path, e)),
         };
-        let meta = self.stored_meta(key, size).pairs;
+        let ino = fs::metadata(&path).map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
+        let meta = self.stored_meta(key, size, ino).pairs;
         Ok(Some(DestObject { size, meta }))
     }
 
-    /// The metadata blobway recorded for `key`, when the sidecar still describes a file of
-    /// `size` bytes; empty otherwise.
-    fn stored_meta(&self, key: &str, size: u64) -> ObjectMeta {
+    /// The metadata blobway recorded for `key`, when the sidecar still describes this very
+    /// file (`size` bytes, inode `ino`); empty otherwise.
+    fn stored_meta(&self, key: &str, size: u64, ino: u64) -> ObjectMeta {
         fs::read(self.meta_path(key))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
-            .filter(|sidecar| sidecar.size == size)
+            .filter(|sidecar| sidecar.size == size && sidecar.ino.is_none_or(|i| i == ino))
             .map(|sidecar| sidecar.meta)
             .unwrap_or_default()
     }
@@ -111,25 +114,62 @@ impl LocalStore {
     /// The metadata a file carries as a source: what blobway stored with it, and otherwise a
     /// content type guessed from its extension (`.json` → `application/json`), as other
     /// upload tools do.
-    fn source_meta(&self, key: &str, size: u64) -> ObjectMeta {
-        let mut meta = self.stored_meta(key, size);
+    fn source_meta(&self, key: &str, size: u64, ino: u64) -> ObjectMeta {
+        let mut meta = self.stored_meta(key, size, ino);
         if meta.content_type.is_none() {
             meta.content_type = mime_guess::from_path(key).first_raw().map(str::to_string);
         }
         meta
     }
 
-    /// Records the metadata of an object just put in place.
-    fn write_meta(&self, key: &str, size: u64, meta: &ObjectMeta) -> io::Result<()> {
+    /// Writes an object through a fresh temporary file in `dir`: the bytes (`write` returns
+    /// how many), synced; then the sidecar, naming the temporary file's inode; then the file
+    /// put in place. A crash at any point leaves the old object (which the new sidecar does
+    /// not vouch for: another inode) or the new one with its sidecar.
+    fn publish(
+        &self,
+        dir: &Path,
+        target: &Path,
+        key: &str,
+        meta: &ObjectMeta,
+        create_only: bool,
+        write: impl FnOnce(&mut fs::File) -> io::Result<u64>,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let result = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            let size = write(&mut file)?;
+            file.sync_all()?;
+            let ino = file.metadata()?.ino();
+            self.write_meta(key, size, ino, meta)?;
+            place(&tmp, target, create_only)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Records the metadata of the object that the file with inode `ino` is about to become.
+    fn write_meta(&self, key: &str, size: u64, ino: u64, meta: &ObjectMeta) -> io::Result<()> {
         let path = self.meta_path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
         let sidecar = Sidecar {
             size,
+            ino: Some(ino),
             meta: meta.clone(),
         };
         let bytes = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
-        write_atomically(&dir, &path, &[&bytes], false)
+        write_atomically(&dir, &path, &[&bytes])
     }
 }
 
@@ -137,6 +177,10 @@ impl LocalStore {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sidecar {
     size: u64,
+    /// The inode of the file it describes (a rename or a hard link keeps it), so a sidecar
+    /// written just before a crash never vouches for the file that was there before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ino: Option<u64>,
     meta: ObjectMeta,
 }
 
@@ -350,10 +394,12 @@ impl ObjectSource for LocalStore {
             file.read_exact_at(&mut buf, range.start)
                 .map_err(|e| io_error("cannot read", &path, e))?;
             check(&file)?;
-            let size = file.metadata().map_or(0, |m| m.len());
+            let (size, ino) = file.metadata().map_or((0, 0), |m| {
+                (m.len(), std::os::unix::fs::MetadataExt::ino(&m))
+            });
             Ok(Chunk {
                 data: buf.freeze(),
-                meta: store.source_meta(&key, size),
+                meta: store.source_meta(&key, size, ino),
             })
         })
         .await
@@ -362,21 +408,25 @@ impl ObjectSource for LocalStore {
 
 /// Moves a finished temporary file into place, atomically: replacing what is there, or, when
 /// `create_only`, failing with `AlreadyExists` if anything is (a hard link never replaces).
+/// A filesystem without hard links (vfat, some network mounts) gets a check then a rename,
+/// which a writer appearing in between can still race.
 fn place(tmp: &Path, target: &Path, create_only: bool) -> io::Result<()> {
-    if create_only {
-        fs::hard_link(tmp, target)?;
-        fs::remove_file(tmp)
-    } else {
-        fs::rename(tmp, target)
+    if !create_only {
+        return fs::rename(tmp, target);
+    }
+    match fs::hard_link(tmp, target) {
+        Ok(()) => {
+            // The object is in place; a temporary name left behind costs only space.
+            let _ = fs::remove_file(tmp);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if target.exists() => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+        Err(_) => fs::rename(tmp, target),
     }
 }
 
-fn write_atomically(
-    dir: &Path,
-    target: &Path,
-    parts: &[&[u8]],
-    create_only: bool,
-) -> io::Result<()> {
+fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
@@ -388,7 +438,7 @@ fn write_atomically(
             file.write_all(part)?;
         }
         file.sync_all()?;
-        place(&tmp, target, create_only)
+        fs::rename(&tmp, target)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -439,7 +489,7 @@ impl ObjectSink for LocalStore {
         let target = dir.join(block.id);
         blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
-            write_atomically(&dir, &target, &[&data], false)
+            write_atomically(&dir, &target, &[&data])
                 .map_err(|e| io_error("cannot stage", &target, e))
         })
         .await
@@ -477,23 +527,16 @@ impl ObjectSink for LocalStore {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
             }
-            let tmp = dir.join(".commit");
-            let assemble = || -> io::Result<()> {
-                let mut out = fs::File::create(&tmp)?;
-                let mut size = 0;
-                for id in &ids {
-                    let mut block = fs::File::open(dir.join(id))?;
-                    size += io::copy(&mut block, &mut out)?;
-                }
-                out.sync_all()?;
-                place(&tmp, &target, create_only)?;
-                // After the object: a sidecar never vouches for bytes that are not there.
-                store.write_meta(&key, size, &meta)
-            };
-            if let Err(e) = assemble() {
-                let _ = fs::remove_file(&tmp);
-                return Err(io_error("cannot commit", &target, e));
-            }
+            store
+                .publish(&dir, &target, &key, &meta, create_only, |out| {
+                    let mut size = 0;
+                    for id in &ids {
+                        let mut block = fs::File::open(dir.join(id))?;
+                        size += io::copy(&mut block, out)?;
+                    }
+                    Ok(size)
+                })
+                .map_err(|e| io_error("cannot commit", &target, e))?;
             let _ = fs::remove_dir_all(&dir);
             Ok(())
         })
@@ -518,10 +561,11 @@ impl ObjectSink for LocalStore {
                 fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
             }
             fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
-            write_atomically(&staging, &target, &[&data], upload_create_only)
-                .map_err(|e| io_error("cannot write", &target, e))?;
             store
-                .write_meta(&key, data.len() as u64, &meta)
+                .publish(&staging, &target, &key, &meta, upload_create_only, |out| {
+                    out.write_all(&data)?;
+                    Ok(data.len() as u64)
+                })
                 .map_err(|e| io_error("cannot write", &target, e))
         })
         .await

@@ -297,10 +297,11 @@ pub trait ObjectSink: Send + Sync {
     /// Makes sure the destination container exists and the credentials may write to it.
     async fn prepare(&self) -> StoreResult<()>;
 
-    /// Begins a multi-block upload of `key` carrying `meta`; returns the session to record,
-    /// when the store keeps one.
-    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
-        let _ = (key, meta);
+    /// Begins a multi-block upload of `upload.key` carrying `meta` (on condition that nothing
+    /// is there at its end, when `upload.create_only` and the condition belongs to the
+    /// session); returns the session to record, when the store keeps one.
+    async fn begin(&self, upload: Upload<'_>, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        let _ = (upload, meta);
         Ok(None)
     }
 

@@ -17,7 +17,8 @@ pub enum Naming {
     /// Azure Blob Storage: at most 1,024 characters; `.`/`..` segments are resolved by the URL
     /// layers; no control characters.
     Azure,
-    /// Amazon S3 (and S3-compatible stores): at most 1,024 bytes; keys are held as they are.
+    /// Amazon S3 (and S3-compatible stores): at most 1,024 bytes; empty and `.` segments
+    /// dropped, `..` resolved (file-backed S3 servers do it, or refuse such keys).
     S3,
     /// Google Cloud Storage: at most 1,024 bytes; no carriage return or line feed; not `.`
     /// or `..`; nothing under `.well-known/acme-challenge/`.
@@ -74,10 +75,23 @@ impl Naming {
                 DestName::Object(resolved)
             }
             Naming::S3 => {
-                if key.len() > 1024 {
+                // Amazon S3 holds any key, but S3-compatible servers backed by files (s3s-fs,
+                // MinIO) resolve `.`, `..` and empty segments, or refuse them: one rule,
+                // shown by the plan, instead of a name that depends on the server.
+                let marker = key.ends_with('/');
+                let Some(mut name) = resolve_segments(key) else {
+                    return DestName::Refused("a `..` segment that climbs above the bucket".into());
+                };
+                if name.is_empty() {
+                    return DestName::Refused("a key with no name in it".into());
+                }
+                if marker {
+                    name.push('/');
+                }
+                if name.len() > 1024 {
                     return DestName::Refused("a key over 1,024 bytes".into());
                 }
-                DestName::Object(key.to_string())
+                DestName::Object(name)
             }
             Naming::Gcs => {
                 if key.len() > 1024 {
@@ -154,6 +168,22 @@ impl Naming {
             _ => Vec::new(),
         }
     }
+}
+
+/// A `/`-separated name with its empty and `.` segments dropped and `..` segments resolved;
+/// `None` when a `..` climbs above the root.
+fn resolve_segments(name: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for segment in name.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            s => out.push(s),
+        }
+    }
+    Some(out.join("/"))
 }
 
 /// RFC 3986 "remove_dot_segments" over a `/`-separated name (what URL layers do to a path);
@@ -481,9 +511,16 @@ mod tests {
                 }
             }
         }
-        for key in ["k/x/./a.txt", "k//a.txt", "dir/", "é/ü.txt"] {
-            assert_eq!(Naming::S3.destination_name(key, 0), object(key), "{key}");
+        for (key, held) in [
+            ("k/x/./a.txt", "k/x/a.txt"),
+            ("k//a.txt", "k/a.txt"),
+            ("dir/", "dir/"),
+            ("é/ü.txt", "é/ü.txt"),
+            ("/lead", "lead"),
+        ] {
+            assert_eq!(Naming::S3.destination_name(key, 0), object(held), "{key}");
         }
+        assert!(refused(&Naming::S3.destination_name("../a", 1)));
         assert!(refused(&Naming::S3.destination_name(&"a".repeat(1025), 1)));
         assert!(refused(&Naming::Gcs.destination_name("a\nb", 1)));
         assert!(refused(&Naming::Gcs.destination_name("..", 1)));

@@ -260,7 +260,9 @@ impl ObjectSink for S3Store {
         }
     }
 
-    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+    async fn begin(&self, upload: Upload<'_>, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        // The condition of --if-exists skip|fail goes on CompleteMultipartUpload.
+        let key = upload.key;
         let call = self
             .client
             .create_multipart_upload()

@@ -114,8 +114,8 @@ impl ObjectSink for SimulatedLink {
         self.inner.prepare().await
     }
 
-    async fn begin(&self, key: &str, meta: &ObjectMeta) -> StoreResult<Option<String>> {
-        self.inner.begin(key, meta).await
+    async fn begin(&self, upload: Upload<'_>, meta: &ObjectMeta) -> StoreResult<Option<String>> {
+        self.inner.begin(upload, meta).await
     }
 
     async fn put_block(
