@@ -150,6 +150,7 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                                     summary.already_done, summary.identical
                                 ));
                             }
+                            line.push_str(&existing_words(summary));
                             say(line);
                             if summary.files == 0 && summary.filtered > 0 {
                                 say(format!(
@@ -288,6 +289,36 @@ pub fn print_dry_run(source: &str, destination: &str, plan: &Plan, json: bool) {
         s.rejected,
         s.filtered
     );
+    let existing = existing_words(s);
+    if !existing.is_empty() {
+        println!("  {}", existing.trim_start_matches(", "));
+    }
+    if s.metadata_changed + s.metadata_refused > 0 {
+        println!(
+            "  metadata: {} object(s) with pairs renamed or left out, {} refused \
+             (--invalid-metadata)",
+            s.metadata_changed, s.metadata_refused
+        );
+    }
+}
+
+/// What a plan does to objects already at the destination and to names it cannot hold, in
+/// words (empty when nothing).
+fn existing_words(s: &crate::engine::PlanSummary) -> String {
+    let mut out = String::new();
+    if s.replaced > 0 {
+        out.push_str(&format!(", {} existing object(s) replaced", s.replaced));
+    }
+    if s.existing_skipped > 0 {
+        out.push_str(&format!(
+            ", {} existing object(s) left as they are (--if-exists skip)",
+            s.existing_skipped
+        ));
+    }
+    if s.folder_markers > 0 {
+        out.push_str(&format!(", {} folder marker(s) skipped", s.folder_markers));
+    }
+    out
 }
 
 fn print_json<T: Serialize>(value: &T) {

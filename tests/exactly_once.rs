@@ -42,6 +42,35 @@ async fn hyphenated_s3_metadata_is_renamed_for_azure_and_kept_reversibly() {
     let container = unique("meta");
     let state = tempfile::tempdir().expect("state");
 
+    // The dry run reads each object's metadata and shows what Azure will hold of it.
+    let dry = copy(
+        &state.path().join("dry.redb"),
+        &format!("s3://{bucket}/m/"),
+        &format!("az://{container}/m/"),
+        &["--dry-run"],
+    );
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    let plan = &dry.events_named("dry_run")[0];
+    for object in plan["objects"].as_array().expect("objects") {
+        assert_eq!(
+            object["action"], "copy; metadata original-name → rename_original_name",
+            "{plan}"
+        );
+    }
+    assert_eq!(plan["summary"]["metadata_changed"], 2, "{plan}");
+    let dry_fail = copy(
+        &state.path().join("dry.redb"),
+        &format!("s3://{bucket}/m/"),
+        &format!("az://{container}/m/"),
+        &["--dry-run", "--invalid-metadata", "fail"],
+    );
+    assert_eq!(
+        dry_fail.events_named("dry_run")[0]["summary"]["metadata_refused"],
+        2,
+        "{}",
+        dry_fail.stdout
+    );
+
     // `fail` refuses both before any byte reaches Azure, naming the pair and the fix.
     let failed = copy(
         &state.path().join("fail.redb"),

@@ -17,7 +17,7 @@ use crate::state::{
     ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
     StateDb, Write, now_ms,
 };
-use crate::store::rules::{DestName, IfExists, Naming};
+use crate::store::rules::{DestName, IfExists, InvalidMetadata, Naming, map_metadata};
 use crate::store::{
     DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
     StoreResult, meta_keys,
@@ -196,6 +196,12 @@ pub struct PlanSummary {
     /// Zero-byte `dir/` markers a destination without such objects needs no copy of.
     #[serde(default)]
     pub folder_markers: u64,
+    /// Objects (of a dry run) with metadata the destination will hold renamed or left out.
+    #[serde(default)]
+    pub metadata_changed: u64,
+    /// Objects (of a dry run) whose metadata the destination cannot hold under the policy.
+    #[serde(default)]
+    pub metadata_refused: u64,
 }
 
 /// How many destination objects are looked at (HEAD) at once while planning.
@@ -388,6 +394,8 @@ pub async fn plan_job(
         ..PlanSummary::default()
     };
     let mut objects = Vec::new();
+    // Objects of a dry run to copy, whose metadata is looked at: (position, version).
+    let mut to_preview: Vec<(usize, String)> = Vec::new();
     // Upload sessions of objects planned afresh, to give up.
     let mut stale: Vec<(String, String)> = Vec::new();
     let limits = sink.limits();
@@ -535,6 +543,9 @@ pub async fn plan_job(
             FileState::Done | FileState::Skipped => "skip: already identical".to_string(),
         };
         if req.dry_run {
+            if action == "copy" {
+                to_preview.push((objects.len(), file.etag.clone()));
+            }
             objects.push(planned_object(&file, remaining, &action));
         }
         writes.push(Write::File(job.id, index, file));
@@ -554,6 +565,16 @@ pub async fn plan_job(
         }
     }
     if req.dry_run {
+        let policy = req.options.invalid_metadata;
+        preview_metadata(
+            source,
+            sink,
+            policy,
+            &mut objects,
+            &to_preview,
+            &mut summary,
+        )
+        .await;
         return Ok(Plan {
             job,
             summary,
@@ -572,6 +593,65 @@ pub async fn plan_job(
         summary,
         objects,
     })
+}
+
+/// For a dry run: reads the metadata of every object to copy (one metadata read each, 16 at a
+/// time — listings carry none) and says what the destination will hold of it, as the copy
+/// will decide it ([`map_metadata`]).
+async fn preview_metadata(
+    source: &dyn ObjectSource,
+    sink: &dyn ObjectSink,
+    policy: InvalidMetadata,
+    objects: &mut [PlannedObject],
+    to_preview: &[(usize, String)],
+    summary: &mut PlanSummary,
+) {
+    use futures::StreamExt;
+    let rules = sink.meta_rules();
+    let wanted: Vec<(usize, String, String)> = to_preview
+        .iter()
+        .map(|(at, etag)| (*at, objects[*at].key.clone(), etag.clone()))
+        .collect();
+    let found: Vec<(usize, StoreResult<crate::store::Chunk>)> = futures::stream::iter(wanted)
+        .map(|(at, key, etag)| async move {
+            let read = source
+                .read_range(&key, &etag, 0..0, bytes::BytesMut::new())
+                .await;
+            (at, read)
+        })
+        .buffer_unordered(HEAD_CONCURRENCY)
+        .collect()
+        .await;
+    for (at, read) in found {
+        let object = &mut objects[at];
+        let meta = match read {
+            Ok(chunk) => crate::store::ObjectMeta::from_source(chunk.meta),
+            Err(e) => {
+                tracing::warn!(key = %object.key, "cannot read the object's metadata: {e}");
+                continue;
+            }
+        };
+        match map_metadata(&meta.pairs, &rules, policy) {
+            Ok(mapped) if mapped.renamed.is_empty() && mapped.excluded.is_empty() => {}
+            Ok(mapped) => {
+                summary.metadata_changed += 1;
+                let renamed = mapped
+                    .renamed
+                    .iter()
+                    .map(|(from, to)| format!("{from} → {to}"));
+                let excluded = mapped
+                    .excluded
+                    .iter()
+                    .map(|name| format!("{name} left out"));
+                let changes: Vec<String> = renamed.chain(excluded).collect();
+                object.action = format!("copy; metadata {}", changes.join(", "));
+            }
+            Err(why) => {
+                summary.metadata_refused += 1;
+                object.action = format!("cannot copy: {why}");
+            }
+        }
+    }
 }
 
 /// How many names are claimed in one state transaction.
