@@ -389,4 +389,15 @@ mod tests {
         c.set_adaptive(true, Instant::now());
         assert!(c.adaptive());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn manual_mode_keeps_no_samples() {
+        // A multi-day copy at a manual limit observes millions of chunks: none is kept.
+        let mut c = controller();
+        c.set_manual(8);
+        for _ in 0..100_000 {
+            c.observe(Instant::now(), ok(10));
+        }
+        assert_eq!(c.samples.len(), 0, "samples kept in manual mode");
+    }
 }
