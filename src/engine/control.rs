@@ -158,6 +158,10 @@ impl Controller {
 
     /// Records one chunk's outcome; a throttling answer may cut the limit at once.
     pub fn observe(&mut self, now: Instant, outcome: Outcome) -> Option<Change> {
+        if !self.adaptive {
+            // Nothing judges them in manual mode: keep none (a multi-day copy sees millions).
+            return None;
+        }
         let mib = (outcome.bytes as f64 / f64::from(1u32 << 20)).max(1.0);
         self.samples.push_back(Sample {
             at: now,

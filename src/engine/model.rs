@@ -59,6 +59,11 @@ pub(super) struct FileRun {
     /// A chunk found the session gone: once nothing is in flight, the destination is asked
     /// whether the object is there already (then it is done) before the upload starts over.
     pub(super) check_session: bool,
+    /// The next verify-then-commit is a check a failing chunk asked for (not every chunk is
+    /// acknowledged): it spends no commit attempt, and its answer puts back what is missing.
+    pub(super) check: bool,
+    /// Attempts at such checks in this run; their retry budget.
+    pub(super) check_round: u32,
 }
 
 impl FileRun {
@@ -110,6 +115,8 @@ impl FileRun {
             restart: false,
             restarts: 0,
             check_session: false,
+            check: false,
+            check_round: 0,
         }
     }
 

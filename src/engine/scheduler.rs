@@ -926,13 +926,16 @@ impl Scheduler {
                     // is missing.
                     let round = file.round.get(chunk as usize).copied().unwrap_or(0);
                     if round == 2 && file.record.session.is_some() && file.in_flight == 0 {
+                        // The check's answer (what the store lacks) puts this chunk back.
+                        file.check = true;
                         file.commit_ready = true;
                     } else {
                         file.ready.push_front(chunk);
                     }
                 }
                 Wake::Commit => {
-                    if file.completed != file.record.chunk_count || !file.ready.is_empty() {
+                    let all_in = file.completed == file.record.chunk_count && file.ready.is_empty();
+                    if !(all_in || file.check) {
                         continue;
                     }
                     file.commit_ready = true;
@@ -964,6 +967,18 @@ impl Scheduler {
                         return;
                     }
                     self.claim_begin(id, pos);
+                } else if file.commit_ready {
+                    // A commit, or a check a failing chunk asked for, goes before any chunk;
+                    // it waits for what is in flight, whose result queues the object again.
+                    if file.in_flight > 0 {
+                        file.queued = false;
+                        job.queue.pop_front();
+                        continue;
+                    }
+                    if !self.gate.try_admit(0) {
+                        return;
+                    }
+                    self.claim_commit(id, pos);
                 } else if let Some(chunk) = file.next_chunk() {
                     let reserved = file.chunk_len(chunk);
                     if !self.gate.try_admit(reserved) {
@@ -971,16 +986,11 @@ impl Scheduler {
                     }
                     file.take_chunk(chunk);
                     self.claim_chunk(id, pos, chunk, reserved);
-                } else if !file.ready.is_empty() {
+                } else {
                     // Its next chunk waits for the one ahead of it; that one's result queues
                     // the object again.
                     file.queued = false;
                     job.queue.pop_front();
-                } else {
-                    if !self.gate.try_admit(0) {
-                        return;
-                    }
-                    self.claim_commit(id, pos);
                 }
             }
         }
@@ -1058,8 +1068,13 @@ impl Scheduler {
         let file = &mut job.files[pos];
         file.in_flight += 1;
         file.commit_ready = false;
-        file.record.state = FileState::Committing;
-        file.record.commit_attempts += 1;
+        if file.check {
+            // A check of a session whose chunks are not all acknowledged: no commit attempt.
+            file.check_round += 1;
+        } else {
+            file.record.state = FileState::Committing;
+            file.record.commit_attempts += 1;
+        }
         let record = &file.record;
         let blocks = plan::planned_blocks(record);
         let crcs: Option<Vec<(u64, u64)>> = file
@@ -1495,6 +1510,16 @@ impl Scheduler {
         let mut after = Vec::new();
         let mut stop_job = None;
         let mut abandoned = None;
+        // Was this a check a failing chunk asked for, rather than a commit?
+        let checked = file.check;
+        let attempts = if checked {
+            file.check_round
+        } else {
+            file.record.commit_attempts
+        };
+        if !matches!(&result, Err(e) if e.class.is_retryable()) {
+            file.check = false;
+        }
         match result {
             Ok(CommitOutcome::Committed) => {
                 file.record.state = FileState::Done;
@@ -1510,7 +1535,7 @@ impl Scheduler {
                 after.push(After::Emit(committed_event(id, &file.record, file_index)));
             }
             Ok(CommitOutcome::Missing(missing))
-                if file.record.commit_attempts < retry.max_attempts =>
+                if checked || file.record.commit_attempts < retry.max_attempts =>
             {
                 for &chunk in &missing {
                     let record = &mut file.chunks[chunk as usize];
@@ -1519,7 +1544,10 @@ impl Scheduler {
                     }
                     record.state = ChunkState::Pending;
                     writes.push(Write::Chunk(id, file_index, chunk, record.clone()));
-                    file.ready.push_back(chunk);
+                    // Chunks still waiting to go are queued once.
+                    if !file.ready.contains(&chunk) {
+                        file.ready.push_back(chunk);
+                    }
                 }
                 file.record.state = FileState::Transferring;
                 after.push(After::Emit(Event::BlocksMissing {
@@ -1556,8 +1584,9 @@ impl Scheduler {
                 if err.class.stops_job() {
                     file.commit_ready = true;
                     stop_job = Some(err.to_string());
-                } else if retry.should_retry(&err, file.record.commit_attempts) {
-                    let delay = retry.delay(file.record.commit_attempts, err.retry_after);
+                } else if retry.should_retry(&err, attempts) {
+                    // A check keeps asking for itself (`check` stays set) until it is answered.
+                    let delay = retry.delay(attempts, err.retry_after);
                     let at = Instant::now() + delay;
                     self.timers
                         .push(Reverse((at, id, pos, file.generation, Wake::Commit)));
