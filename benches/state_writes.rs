@@ -40,6 +40,7 @@ fn setup(dir: &std::path::Path) -> StateDb {
         note: None,
         session: None,
         meta: None,
+        begun_ms: None,
     };
     let mut writes = vec![Write::Job(job), Write::File(1, 0, file)];
     writes.extend((0..CHUNKS).map(|i| Write::Chunk(1, 0, i, ChunkRecord::pending())));

@@ -64,6 +64,10 @@ pub(super) struct FileRun {
     pub(super) check: bool,
     /// Attempts at such checks in this run; their retry budget.
     pub(super) check_round: u32,
+    /// A check in this life found the session alive (it listed what it holds).
+    pub(super) session_alive: bool,
+    /// A chunk of this life, out of retries in a live session, was given a fresh budget (once).
+    pub(super) second_wind: bool,
 }
 
 impl FileRun {
@@ -117,6 +121,8 @@ impl FileRun {
             check_session: false,
             check: false,
             check_round: 0,
+            session_alive: false,
+            second_wind: false,
         }
     }
 

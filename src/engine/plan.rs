@@ -756,6 +756,7 @@ fn refused_file(
         note: (!failed).then_some(why),
         session: None,
         meta: None,
+        begun_ms: None,
     }
 }
 
@@ -817,6 +818,7 @@ fn new_file(
         note: None,
         session: None,
         meta: None,
+        begun_ms: None,
     };
     (file, vec![ChunkRecord::pending(); chunk_count as usize])
 }

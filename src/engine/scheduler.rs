@@ -46,6 +46,7 @@ enum After {
     Emit(Event),
     StartChunk(Box<ChunkTask>),
     StartCommit(Box<CommitTask>),
+    StartBegin(Box<BeginTask>),
 }
 
 struct ChunkTask {
@@ -1114,6 +1115,15 @@ impl Scheduler {
         file.in_flight += 1;
         file.begin = Begin::Running;
         file.begin_round += 1;
+        // An earlier begin whose session was never recorded (a crash came between) may have
+        // left an upload at the store; this begin is recorded before it is sent.
+        let unrecorded_since_ms = file
+            .record
+            .session
+            .is_none()
+            .then_some(file.record.begun_ms)
+            .flatten();
+        file.record.begun_ms = Some(now_ms());
         let record = &file.record;
         let work = BeginWork {
             source,
@@ -1127,9 +1137,17 @@ impl Scheduler {
             etag: record.etag.clone(),
             blobway: destination_meta(record, None),
             invalid_metadata: job.record.options.invalid_metadata,
+            unrecorded_since_ms,
         };
-        // Nothing is claimed in the state file: a begin that is not recorded is done again.
-        self.start_begin(BeginTask { job: id, pos, work });
+        let writes = vec![Write::File(id, file.index, file.record.clone())];
+        self.persist(
+            writes,
+            vec![After::StartBegin(Box::new(BeginTask {
+                job: id,
+                pos,
+                work,
+            }))],
+        );
     }
 
     /// Gives up uploads that will not be committed, in the background.
@@ -1152,6 +1170,7 @@ impl Scheduler {
                 After::Emit(event) => self.emit(event).await,
                 After::StartChunk(task) => self.start_chunk(*task),
                 After::StartCommit(task) => self.start_commit(*task),
+                After::StartBegin(task) => self.start_begin(*task),
             }
         }
         Ok(())
@@ -1257,6 +1276,7 @@ impl Scheduler {
         let mut stop_job = None;
         let mut lost = false;
         let mut broken = None;
+        let mut fresh_budget = false;
         let mut orphan = None;
         match result {
             Ok(moved) => {
@@ -1295,6 +1315,7 @@ impl Scheduler {
                 let active = file.active();
                 let may_restart = file.restarts < retry.max_attempts;
                 let first_session = file.restarts == 0 && file.record.session.is_some();
+                let live_session = file.session_alive && !file.second_wind;
                 let chunk = &mut file.chunks[index as usize];
                 chunk.record_attempt(AttemptRecord {
                     started_ms,
@@ -1322,6 +1343,28 @@ impl Scheduler {
                     lost = true;
                 } else if retry.should_retry(&err, round) && active {
                     chunk.state = ChunkState::Pending;
+                    let delay = retry.delay(round, err.retry_after);
+                    self.timers.push(Reverse((
+                        Instant::now() + delay,
+                        id,
+                        pos,
+                        generation,
+                        Wake::Chunk(index),
+                    )));
+                    after.push(After::Emit(Event::ChunkRetry {
+                        job: id,
+                        file: file_index,
+                        chunk: index,
+                        attempt,
+                        delay_ms: delay.as_millis() as u64,
+                        error,
+                    }));
+                } else if active && live_session && err.class.is_retryable() {
+                    // The session answered a check a moment ago: this chunk is failing, not
+                    // the upload. It gets one fresh budget in the same session, and only it
+                    // is sent again.
+                    chunk.state = ChunkState::Pending;
+                    fresh_budget = true;
                     let delay = retry.delay(round, err.retry_after);
                     self.timers.push(Reverse((
                         Instant::now() + delay,
@@ -1390,6 +1433,12 @@ impl Scheduler {
             }
         }
         let file = &mut job.files[pos];
+        if fresh_budget {
+            file.second_wind = true;
+            if let Some(round) = file.round.get_mut(index as usize) {
+                *round = 0;
+            }
+        }
         if let Some(error) = broken {
             file.restart = true;
             file.ready.clear();
@@ -1408,7 +1457,7 @@ impl Scheduler {
             file.check_session = false;
             file.commit_ready = true;
         }
-        restart_when_idle(id, &mut job.files[pos], &mut writes);
+        let abandoned = restart_when_idle(id, &mut job.files[pos], &mut writes);
         if job.files[pos].commit_ready {
             job.enqueue_first(pos);
         } else {
@@ -1417,9 +1466,10 @@ impl Scheduler {
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
         }
-        if let Some(upload) = orphan {
+        let give_up: Vec<(String, String)> = orphan.into_iter().chain(abandoned).collect();
+        if !give_up.is_empty() {
             let sink = job.sink.clone();
-            self.abort_uploads(sink, vec![upload]);
+            self.abort_uploads(sink, give_up);
         }
         self.persist(writes, after);
     }
@@ -1537,6 +1587,10 @@ impl Scheduler {
             Ok(CommitOutcome::Missing(missing))
                 if checked || file.record.commit_attempts < retry.max_attempts =>
             {
+                if checked {
+                    // The session answered: what it lacks is sent again in it.
+                    file.session_alive = true;
+                }
                 for &chunk in &missing {
                     let record = &mut file.chunks[chunk as usize];
                     if record.state == ChunkState::Completed {
@@ -1604,14 +1658,15 @@ impl Scheduler {
             }
         }
         writes.push(Write::File(id, file_index, file.record.clone()));
-        restart_when_idle(id, file, &mut writes);
+        let restarted = restart_when_idle(id, file, &mut writes);
         job.enqueue_first(pos);
         if let Some(reason) = stop_job {
             stop(job, reason, &mut writes);
         }
-        if let Some(upload) = abandoned {
+        let give_up: Vec<(String, String)> = abandoned.into_iter().chain(restarted).collect();
+        if !give_up.is_empty() {
             let sink = job.sink.clone();
-            self.abort_uploads(sink, vec![upload]);
+            self.abort_uploads(sink, give_up);
         }
         self.persist(writes, after);
     }
@@ -1841,11 +1896,25 @@ async fn record_unplanned(
 }
 
 /// Starts an object's upload over once its session was lost and nothing of it is in flight.
-fn restart_when_idle(job: JobId, file: &mut FileRun, writes: &mut Vec<Write>) {
+/// Starts the upload over once nothing of it is in flight, if it must; returns the session
+/// it abandons (destination key, session), to give up at the store — best effort: a session
+/// the store only seemed to lose would keep its parts (and their bill) otherwise.
+fn restart_when_idle(
+    job: JobId,
+    file: &mut FileRun,
+    writes: &mut Vec<Write>,
+) -> Option<(String, String)> {
     if file.restart && file.in_flight == 0 && file.active() {
         tracing::info!(key = %file.record.key, "the upload session was lost; starting over");
+        let abandoned = file
+            .record
+            .session
+            .clone()
+            .map(|session| (file.record.dest_key.clone(), session));
         writes.extend(file.start_over(job));
+        return abandoned;
     }
+    None
 }
 
 /// The metadata a committed object carries: its source version, size and (when known) its

@@ -239,6 +239,9 @@ pub struct BeginWork {
     pub blobway: ObjectMeta,
     /// What happens to metadata the destination cannot hold.
     pub invalid_metadata: InvalidMetadata,
+    /// An earlier begin of this object whose session was never recorded (a crash came
+    /// between): uploads the store opened since then are looked for and given up first.
+    pub unrecorded_since_ms: Option<i64>,
 }
 
 /// An upload that began: the source's metadata and the session to record.
@@ -263,8 +266,32 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
         &work.blobway,
         work.invalid_metadata,
     )?;
+    if let Some(since) = work.unrecorded_since_ms {
+        give_up_unrecorded(work.target.sink.as_ref(), &work.target.key, since).await;
+    }
     let session = work.target.sink.begin(work.target.upload(), &full).await?;
     Ok(Begun { meta, session })
+}
+
+/// How far before an unrecorded begin an upload the store lists may have been opened and
+/// still be that begin's: the store's clock and this machine's may disagree.
+const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// Gives up the uploads of `key` the store opened since an earlier begin whose session was
+/// never recorded — best effort: a store that cannot list them (or refuses) is logged, and
+/// a lifecycle rule (`AbortIncompleteMultipartUpload`) stays the safety net.
+async fn give_up_unrecorded(sink: &dyn ObjectSink, key: &str, since_ms: i64) {
+    match sink.uploads_since(key, since_ms - CLOCK_SKEW_MS).await {
+        Ok(found) => {
+            if !found.is_empty() {
+                tracing::info!(%key, uploads = found.len(),
+                    "giving up uploads a crashed run opened but never recorded");
+            }
+            let uploads = found.into_iter().map(|s| (key.to_string(), s)).collect();
+            give_up_uploads(sink, uploads).await;
+        }
+        Err(e) => tracing::warn!(%key, "cannot look for uploads a crashed run left: {e}"),
+    }
 }
 
 /// One object whose chunks are all staged, ready for verify-then-commit.

@@ -582,6 +582,7 @@ mod tests {
             note: None,
             session: None,
             meta: None,
+            begun_ms: None,
         }
     }
 

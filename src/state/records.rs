@@ -222,6 +222,11 @@ pub struct FileRecord {
     /// the upload began, for the commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<ObjectMeta>,
+    /// When an upload was last begun (ms since the epoch), written before the request: a
+    /// crash before its session was recorded leaves a session the store may still hold,
+    /// which the next begin looks for and gives up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub begun_ms: Option<i64>,
 }
 
 impl FileRecord {

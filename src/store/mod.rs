@@ -328,6 +328,14 @@ pub trait ObjectSink: Send + Sync {
         meta: &ObjectMeta,
     ) -> StoreResult<()>;
 
+    /// Sessions of uploads of `key` begun at or after `since_ms` (ms since the epoch) that the
+    /// store still holds — found again after a crash came between opening one and recording
+    /// it. Empty where the store cannot list them.
+    async fn uploads_since(&self, key: &str, since_ms: i64) -> StoreResult<Vec<String>> {
+        let _ = (key, since_ms);
+        Ok(Vec::new())
+    }
+
     /// Gives up an upload that will not be committed (a cancelled job).
     async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
         let _ = upload;

@@ -380,6 +380,50 @@ impl ObjectSink for S3Store {
         Ok(())
     }
 
+    async fn uploads_since(&self, key: &str, since_ms: i64) -> StoreResult<Vec<String>> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let call = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send();
+            let out = tokio::time::timeout(self.stall_timeout, call)
+                .await
+                .map_err(|_| self.stalled("ListMultipartUploads", key))?
+                .map_err(|e| self.error(e, "ListMultipartUploads", key))?;
+            for upload in out.uploads() {
+                let initiated_ms = upload.initiated().map_or(i64::MAX, |t| {
+                    t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
+                });
+                if upload.key() == Some(key)
+                    && initiated_ms >= since_ms
+                    && let Some(id) = upload.upload_id()
+                {
+                    found.push(id.to_string());
+                }
+            }
+            match (
+                out.is_truncated(),
+                out.next_key_marker(),
+                out.next_upload_id_marker(),
+            ) {
+                (Some(true), Some(k), Some(u))
+                    if key_marker.as_deref() != Some(k) || id_marker.as_deref() != Some(u) =>
+                {
+                    key_marker = Some(k.to_string());
+                    id_marker = Some(u.to_string());
+                }
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
     async fn abort(&self, upload: Upload<'_>) -> StoreResult<()> {
         let Some(upload_id) = upload.session else {
             return Ok(());
