@@ -59,9 +59,11 @@ pub(super) struct FileRun {
     /// A chunk found the session gone: once nothing is in flight, the destination is asked
     /// whether the object is there already (then it is done) before the upload starts over.
     pub(super) check_session: bool,
-    /// The next verify-then-commit is a check a failing chunk asked for (not every chunk is
-    /// acknowledged): it spends no commit attempt, and its answer puts back what is missing.
-    pub(super) check: bool,
+    /// The next (or running) verify-then-commit is a check this chunk asked for by failing
+    /// twice (not every chunk is acknowledged): it spends no commit attempt, nothing else of
+    /// the object goes while it runs, and its answer puts back what is missing — and this
+    /// chunk in any case.
+    pub(super) check: Option<u32>,
     /// Attempts at such checks in this run; their retry budget.
     pub(super) check_round: u32,
     /// A check in this life found the session alive (it listed what it holds).
@@ -119,7 +121,7 @@ impl FileRun {
             restart: false,
             restarts: 0,
             check_session: false,
-            check: false,
+            check: None,
             check_round: 0,
             session_alive: false,
             second_wind: false,

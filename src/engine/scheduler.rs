@@ -928,7 +928,7 @@ impl Scheduler {
                     let round = file.round.get(chunk as usize).copied().unwrap_or(0);
                     if round == 2 && file.record.session.is_some() && file.in_flight == 0 {
                         // The check's answer (what the store lacks) puts this chunk back.
-                        file.check = true;
+                        file.check = Some(chunk);
                         file.commit_ready = true;
                     } else {
                         file.ready.push_front(chunk);
@@ -936,7 +936,7 @@ impl Scheduler {
                 }
                 Wake::Commit => {
                     let all_in = file.completed == file.record.chunk_count && file.ready.is_empty();
-                    if !(all_in || file.check) {
+                    if !(all_in || file.check.is_some()) {
                         continue;
                     }
                     file.commit_ready = true;
@@ -980,6 +980,11 @@ impl Scheduler {
                         return;
                     }
                     self.claim_commit(id, pos);
+                } else if file.check.is_some() {
+                    // A check runs or waits to be tried again: nothing else of the object goes
+                    // until it answers (its answer queues the object again).
+                    file.queued = false;
+                    job.queue.pop_front();
                 } else if let Some(chunk) = file.next_chunk() {
                     let reserved = file.chunk_len(chunk);
                     if !self.gate.try_admit(reserved) {
@@ -1069,7 +1074,7 @@ impl Scheduler {
         let file = &mut job.files[pos];
         file.in_flight += 1;
         file.commit_ready = false;
-        if file.check {
+        if file.check.is_some() {
             // A check of a session whose chunks are not all acknowledged: no commit attempt.
             file.check_round += 1;
         } else {
@@ -1341,30 +1346,14 @@ impl Scheduler {
                     // upload starts over only when the object is not there.
                     chunk.state = ChunkState::Pending;
                     lost = true;
-                } else if retry.should_retry(&err, round) && active {
+                } else if (retry.should_retry(&err, round) && active)
+                    || (active && live_session && err.class.is_retryable())
+                {
+                    // Out of retries in a session a check showed alive a moment ago: this
+                    // chunk is failing, not the upload. It gets one fresh budget in the same
+                    // session, and only it is sent again.
+                    fresh_budget = !retry.should_retry(&err, round);
                     chunk.state = ChunkState::Pending;
-                    let delay = retry.delay(round, err.retry_after);
-                    self.timers.push(Reverse((
-                        Instant::now() + delay,
-                        id,
-                        pos,
-                        generation,
-                        Wake::Chunk(index),
-                    )));
-                    after.push(After::Emit(Event::ChunkRetry {
-                        job: id,
-                        file: file_index,
-                        chunk: index,
-                        attempt,
-                        delay_ms: delay.as_millis() as u64,
-                        error,
-                    }));
-                } else if active && live_session && err.class.is_retryable() {
-                    // The session answered a check a moment ago: this chunk is failing, not
-                    // the upload. It gets one fresh budget in the same session, and only it
-                    // is sent again.
-                    chunk.state = ChunkState::Pending;
-                    fresh_budget = true;
                     let delay = retry.delay(round, err.retry_after);
                     self.timers.push(Reverse((
                         Instant::now() + delay,
@@ -1496,6 +1485,8 @@ impl Scheduler {
                 if file.active() && file.begin == Begin::Running && !cancelled {
                     file.record.meta = Some(begun.meta);
                     file.record.session = begun.session;
+                    // Recorded: nothing of this begin is left to look for after a crash.
+                    file.record.begun_ms = None;
                     file.begin = Begin::Done;
                     writes.push(Write::File(id, file_index, file.record.clone()));
                 } else if let Some(session) = begun.session {
@@ -1561,14 +1552,18 @@ impl Scheduler {
         let mut stop_job = None;
         let mut abandoned = None;
         // Was this a check a failing chunk asked for, rather than a commit?
-        let checked = file.check;
+        let asked_by = file.check;
+        let checked = asked_by.is_some();
         let attempts = if checked {
             file.check_round
         } else {
             file.record.commit_attempts
         };
         if !matches!(&result, Err(e) if e.class.is_retryable()) {
-            file.check = false;
+            file.check = None;
+        }
+        if checked && result.is_ok() {
+            file.check_round = 0;
         }
         match result {
             Ok(CommitOutcome::Committed) => {
@@ -1591,8 +1586,17 @@ impl Scheduler {
                     // The session answered: what it lacks is sent again in it.
                     file.session_alive = true;
                 }
-                for &chunk in &missing {
+                // Not every block is there: a commit asked for meanwhile (a stale timer) waits
+                // for the re-sends.
+                file.commit_ready = false;
+                // The chunk that asked for the check goes again even if the store holds it
+                // (its last answer was lost; sending it again overwrites the same block).
+                let asking = asked_by.filter(|c| !missing.contains(c));
+                for &chunk in missing.iter().chain(asking.iter()) {
                     let record = &mut file.chunks[chunk as usize];
+                    if record.state == ChunkState::InProgress {
+                        continue; // its own result decides
+                    }
                     if record.state == ChunkState::Completed {
                         file.completed -= 1;
                     }

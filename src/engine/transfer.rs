@@ -273,15 +273,17 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
     Ok(Begun { meta, session })
 }
 
-/// How far before an unrecorded begin an upload the store lists may have been opened and
-/// still be that begin's: the store's clock and this machine's may disagree.
-const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+/// How far from an unrecorded begin an upload the store lists may have been opened and still
+/// be that begin's: the store's clock and this machine's may disagree, and the request may
+/// have taken its time.
+const BEGIN_WINDOW_MS: i64 = 5 * 60 * 1000;
 
-/// Gives up the uploads of `key` the store opened since an earlier begin whose session was
-/// never recorded — best effort: a store that cannot list them (or refuses) is logged, and
+/// Gives up the uploads of `key` the store opened around an earlier begin whose session was
+/// never recorded (uploads long before or after it are somebody else's) — best effort: a store that cannot list them (or refuses) is logged, and
 /// a lifecycle rule (`AbortIncompleteMultipartUpload`) stays the safety net.
 async fn give_up_unrecorded(sink: &dyn ObjectSink, key: &str, since_ms: i64) {
-    match sink.uploads_since(key, since_ms - CLOCK_SKEW_MS).await {
+    let window = since_ms - BEGIN_WINDOW_MS..since_ms + BEGIN_WINDOW_MS;
+    match sink.uploads_between(key, window).await {
         Ok(found) => {
             if !found.is_empty() {
                 tracing::info!(%key, uploads = found.len(),

@@ -328,11 +328,15 @@ pub trait ObjectSink: Send + Sync {
         meta: &ObjectMeta,
     ) -> StoreResult<()>;
 
-    /// Sessions of uploads of `key` begun at or after `since_ms` (ms since the epoch) that the
-    /// store still holds — found again after a crash came between opening one and recording
-    /// it. Empty where the store cannot list them.
-    async fn uploads_since(&self, key: &str, since_ms: i64) -> StoreResult<Vec<String>> {
-        let _ = (key, since_ms);
+    /// Sessions of uploads of `key` the store still holds that were begun within `window`
+    /// (ms since the epoch) — found again after a crash came between opening one and
+    /// recording it. Empty where the store cannot list them.
+    async fn uploads_between(
+        &self,
+        key: &str,
+        window: std::ops::Range<i64>,
+    ) -> StoreResult<Vec<String>> {
+        let _ = (key, window);
         Ok(Vec::new())
     }
 

@@ -380,7 +380,11 @@ impl ObjectSink for S3Store {
         Ok(())
     }
 
-    async fn uploads_since(&self, key: &str, since_ms: i64) -> StoreResult<Vec<String>> {
+    async fn uploads_between(
+        &self,
+        key: &str,
+        window: std::ops::Range<i64>,
+    ) -> StoreResult<Vec<String>> {
         let mut found = Vec::new();
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
@@ -397,11 +401,12 @@ impl ObjectSink for S3Store {
                 .map_err(|_| self.stalled("ListMultipartUploads", key))?
                 .map_err(|e| self.error(e, "ListMultipartUploads", key))?;
             for upload in out.uploads() {
-                let initiated_ms = upload.initiated().map_or(i64::MAX, |t| {
-                    t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000)
-                });
+                // An upload without a time is nobody's to abort.
+                let initiated_ms = upload
+                    .initiated()
+                    .map(|t| t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000));
                 if upload.key() == Some(key)
-                    && initiated_ms >= since_ms
+                    && initiated_ms.is_some_and(|at| window.contains(&at))
                     && let Some(id) = upload.upload_id()
                 {
                     found.push(id.to_string());
