@@ -1,0 +1,382 @@
+//! Operator commands: enqueue, load, pause, resume, cancel, retry, concurrency and shutdown
+//! — each a change of the scheduler's own state, recorded before it is announced.
+
+use super::*;
+
+impl Scheduler {
+    pub(super) fn on_command(&mut self, command: Command) {
+        if matches!(
+            command,
+            Command::Enqueue { .. } | Command::Load { .. } | Command::Cancel(_)
+        ) {
+            self.asked = true;
+        }
+        match command {
+            Command::Enqueue {
+                source,
+                destination,
+                options,
+            } => self.enqueue(source, destination, options),
+            Command::Load {
+                job,
+                include_paused,
+            } => self.load(job, include_paused),
+            Command::Pause(job) => self.set_paused(job, true),
+            Command::Resume(job) => self.set_paused(job, false),
+            Command::SetConcurrency(limit) => {
+                let change = self.controller.set_manual(limit);
+                self.apply_change(change);
+            }
+            Command::SetAdaptive(adaptive) => {
+                self.controller.set_adaptive(adaptive, Instant::now());
+                let limit = self.controller.limit();
+                let mode = if adaptive { "adaptive" } else { "manual" };
+                self.apply_change(Change {
+                    limit,
+                    decision: crate::engine::control::Decision::Operator,
+                    reason: format!("switched to {mode} by the operator at {limit}"),
+                });
+            }
+            Command::Watch(selection) => self.watch(selection),
+            Command::Browse {
+                request,
+                location,
+                token,
+            } => crate::engine::browse::spawn(
+                self.stores.clone(),
+                self.events.clone(),
+                request,
+                location,
+                token,
+            ),
+            Command::RetryFailed(id) => self.retry_failed(id),
+            Command::Cancel(id) => {
+                if let Some(job) = self.jobs.get_mut(&id)
+                    && !job.record.state.is_finished()
+                {
+                    job.record.state = JobState::Cancelled;
+                    job.record.updated_ms = now_ms();
+                    job.queue.clear();
+                    let record = job.record.clone();
+                    let uploads: Vec<(String, String)> = job
+                        .files
+                        .iter()
+                        .filter_map(|f| f.record.open_upload())
+                        .collect();
+                    let sink = job.sink.clone();
+                    self.persist(
+                        vec![Write::Job(record)],
+                        vec![After::Emit(Event::JobStateChanged {
+                            job: id,
+                            state: JobState::Cancelled,
+                        })],
+                    );
+                    if !uploads.is_empty() {
+                        self.abort_uploads(sink, uploads);
+                    }
+                    self.check_finished(id);
+                } else if !self.jobs.contains_key(&id) {
+                    self.cancel_unloaded(id);
+                }
+            }
+            Command::Shutdown => {
+                self.stopping = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(super) fn enqueue(
+        &mut self,
+        source: String,
+        destination: String,
+        options: crate::state::JobOptions,
+    ) {
+        if self.loading > 0 {
+            self.deferred.push(Command::Enqueue {
+                source,
+                destination,
+                options,
+            });
+            return;
+        }
+        let (src, dst) = match parse_route(&source, &destination) {
+            Ok(route) => route,
+            Err(e) => {
+                self.background += 1;
+                let _ = self.ready_tx.send(Ready::Failed {
+                    source,
+                    destination,
+                    error: e.to_string(),
+                    ends: Ends::Refusal,
+                });
+                return;
+            }
+        };
+        let route = route_key(&src.to_string(), &dst.to_string());
+        let loaded = self
+            .jobs
+            .values()
+            .any(|j| route_key(&j.record.source, &j.record.destination) == route);
+        if loaded || self.planning.contains(&route) {
+            self.background += 1;
+            let _ = self.ready_tx.send(Ready::Failed {
+                source,
+                destination,
+                error: "a job for this route is already being planned or running; pause or \
+                        cancel it first"
+                    .into(),
+                ends: Ends::Refusal,
+            });
+            return;
+        }
+        self.planning.insert(route.clone());
+        let new_job_id = self.next_job_id;
+        self.next_job_id += 1;
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        let (max_memory, retry) = (self.config.max_memory, self.config.retry);
+        self.background += 1;
+        tokio::spawn(async move {
+            let recorded_options = options.clone();
+            let result = async {
+                let source_store = stores.source(&src, &options.source_access).await?;
+                let sink = stores.sink(&dst, &options.dest_access).await?;
+                let request = PlanRequest {
+                    new_job_id,
+                    source: &src,
+                    destination: &dst,
+                    options,
+                    max_memory,
+                    retry,
+                    dry_run: false,
+                };
+                let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
+                    .await?;
+                let snapshot = load_snapshot(&db, plan.job.id).await?;
+                anyhow::Ok(Ready::Job {
+                    snapshot,
+                    summary: Some(plan.summary),
+                    source: source_store,
+                    sink,
+                    unpause: false,
+                })
+            }
+            .await;
+            let ready = match result {
+                Ok(ready) => ready,
+                Err(e) => {
+                    let mut error = redact(&format!("{e:#}"));
+                    if e.downcast_ref::<plan::DestinationFailed>().is_some() {
+                        let now = now_ms();
+                        let job = crate::state::JobRecord {
+                            id: new_job_id,
+                            source: src.to_string(),
+                            destination: dst.to_string(),
+                            options: recorded_options,
+                            state: JobState::Failed,
+                            created_ms: now,
+                            updated_ms: now,
+                            error: Some(error.clone()),
+                            planned: false,
+                        };
+                        match record_unplanned(&db, job).await {
+                            Ok(Some(id)) => error.push_str(&format!(
+                                " (recorded as job {id}: `blobway resume` tries this \
+                                 destination again)"
+                            )),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("cannot record the failed plan: {e:#}"),
+                        }
+                    }
+                    Ready::Failed {
+                        source,
+                        destination,
+                        error,
+                        ends: Ends::Plan(route),
+                    }
+                }
+            };
+            let _ = tx.send(ready);
+        });
+    }
+
+    pub(super) fn load(&mut self, only: Option<JobId>, include_paused: bool) {
+        let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
+        let planning = self.planning.clone();
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        self.background += 1;
+        self.loading += 1;
+        tokio::spawn(async move {
+            let jobs = match db.jobs() {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    let _ = tx.send(Ready::Failed {
+                        source: String::new(),
+                        destination: String::new(),
+                        error: e.to_string(),
+                        ends: Ends::Nothing,
+                    });
+                    let _ = tx.send(Ready::LoaderDone);
+                    return;
+                }
+            };
+            for job in jobs {
+                let named = only == Some(job.id);
+                let wanted = match job.state {
+                    JobState::Done | JobState::Cancelled => named,
+                    JobState::Paused => named || include_paused,
+                    JobState::Queued | JobState::Running | JobState::Failed => true,
+                };
+                let being_planned = planning.contains(&route_key(&job.source, &job.destination));
+                if (only.is_some() && !named)
+                    || !wanted
+                    || loaded.contains(&job.id)
+                    || being_planned
+                {
+                    continue;
+                }
+                if !job.planned {
+                    let _ = tx.send(Ready::Replan {
+                        source: job.source.clone(),
+                        destination: job.destination.clone(),
+                        options: job.options.clone(),
+                    });
+                    continue;
+                }
+                let result = async {
+                    let (src, dst) = parse_route(&job.source, &job.destination)?;
+                    let source = stores.source(&src, &job.options.source_access).await?;
+                    let sink = stores.sink(&dst, &job.options.dest_access).await?;
+                    let snapshot = load_snapshot(&db, job.id).await?;
+                    anyhow::Ok(Ready::Job {
+                        snapshot,
+                        summary: None,
+                        source,
+                        sink,
+                        unpause: named,
+                    })
+                }
+                .await;
+                let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
+                    source: job.source.clone(),
+                    destination: job.destination.clone(),
+                    error: redact(&format!("{e:#}")),
+                    ends: Ends::Nothing,
+                }));
+            }
+            let _ = tx.send(Ready::LoaderDone);
+        });
+    }
+
+    /// Cancels a job that is not loaded (ended, failed, or left by an earlier run): gives up
+    /// its objects' upload sessions at the destination, then records it CANCELLED.
+    pub(super) fn cancel_unloaded(&mut self, id: JobId) {
+        let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        self.background += 1;
+        tokio::spawn(async move {
+            let result = async {
+                let snapshot = load_snapshot(&db, id).await?;
+                let mut job = snapshot.job;
+                if matches!(job.state, JobState::Done | JobState::Cancelled) {
+                    return anyhow::Ok(false);
+                }
+                let uploads: Vec<(String, String)> = snapshot
+                    .files
+                    .iter()
+                    .filter_map(|(_, f, _)| f.open_upload())
+                    .collect();
+                if !uploads.is_empty() {
+                    let (_, dst) = parse_route(&job.source, &job.destination)?;
+                    let sink = stores.sink(&dst, &job.options.dest_access).await?;
+                    transfer::give_up_uploads(sink.as_ref(), uploads).await;
+                }
+                job.state = JobState::Cancelled;
+                job.updated_ms = now_ms();
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || db.apply(&[Write::Job(job)])).await??;
+                Ok(true)
+            }
+            .await;
+            let _ = tx.send(Ready::Cancelled {
+                job: id,
+                result: result.map_err(|e| redact(&format!("{e:#}"))),
+            });
+        });
+    }
+
+    pub(super) fn set_paused(&mut self, only: Option<JobId>, paused: bool) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .keys()
+            .copied()
+            .filter(|id| only.is_none_or(|o| o == *id))
+            .collect();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let state = match (paused, job.record.state) {
+                (true, JobState::Running | JobState::Queued) => JobState::Paused,
+                (false, JobState::Paused) => JobState::Running,
+                _ => continue,
+            };
+            job.record.state = state;
+            job.record.updated_ms = now_ms();
+            let record = job.record.clone();
+            self.persist(
+                vec![Write::Job(record)],
+                vec![After::Emit(Event::JobStateChanged { job: id, state })],
+            );
+            self.check_finished(id);
+        }
+    }
+
+    pub(super) fn retry_failed(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            // A finished job is no longer loaded: loading it gives its failed objects another
+            // chance.
+            self.load(Some(id), true);
+            return;
+        };
+        let mut writes = Vec::new();
+        for pos in 0..job.files.len() {
+            let file = &mut job.files[pos];
+            // An object still finishing chunks of its failed round is left alone until they
+            // are back; reopening it under them would send them twice.
+            if file.record.state != FileState::Failed
+                || file.record.chunk_count == 0
+                || file.in_flight > 0
+            {
+                continue;
+            }
+            writes.extend(file.reopen(id));
+            job.enqueue(pos);
+        }
+        if job.record.state == JobState::Failed {
+            job.record.state = JobState::Running;
+            job.record.error = None;
+        }
+        writes.push(Write::Job(job.record.clone()));
+        self.persist(writes, Vec::new());
+    }
+}
+
+/// Stops a job after a fatal error (credentials, permissions, full disk): nothing new starts,
+/// work in flight finishes, and the job is recorded FAILED with the reason.
+pub(super) fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
+    if job.record.state == JobState::Failed {
+        return;
+    }
+    job.record.state = JobState::Failed;
+    job.record.error = Some(reason);
+    job.record.updated_ms = now_ms();
+    job.queue.clear();
+    for file in &mut job.files {
+        file.queued = false;
+    }
+    writes.push(Write::Job(job.record.clone()));
+}
+
+/// One string per route, to recognise a route however it was written.
+pub(super) fn route_key(source: &str, destination: &str) -> String {
+    format!("{source}\n{destination}")
+}

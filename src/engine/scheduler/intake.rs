@@ -1,0 +1,237 @@
+//! Intake: planning a route and loading a recorded job, on their own tasks, and taking their
+//! results in (unplanned destinations recorded so `resume` tries them again).
+
+use super::*;
+
+impl Scheduler {
+    pub(super) async fn on_ready(&mut self, ready: Ready) {
+        match ready {
+            Ready::LoaderDone => {
+                self.background = self.background.saturating_sub(1);
+                self.loading = self.loading.saturating_sub(1);
+                if self.loading == 0 {
+                    for command in std::mem::take(&mut self.deferred) {
+                        self.on_command(command);
+                    }
+                }
+            }
+            Ready::History(views) => {
+                for view in views {
+                    self.history.entry(view.id).or_insert(view);
+                }
+            }
+            Ready::Watched(snapshot) => self.watched = Some(snapshot),
+            Ready::Aborted => self.background = self.background.saturating_sub(1),
+            Ready::Replan {
+                source,
+                destination,
+                options,
+            } => self.enqueue(source, destination, options),
+            Ready::Cancelled { job, result } => {
+                self.background = self.background.saturating_sub(1);
+                match result {
+                    Ok(true) => {
+                        if let Some(view) = self.history.get_mut(&job) {
+                            view.state = JobState::Cancelled;
+                        }
+                        self.emit(Event::JobStateChanged {
+                            job,
+                            state: JobState::Cancelled,
+                        })
+                        .await
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        self.emit(Event::PlanFailed {
+                            source: String::new(),
+                            destination: String::new(),
+                            error: format!("cannot cancel job {job}: {error}"),
+                        })
+                        .await
+                    }
+                }
+            }
+            Ready::Failed {
+                source,
+                destination,
+                error,
+                ends,
+            } => {
+                match ends {
+                    Ends::Plan(route) => {
+                        self.planning.remove(&route);
+                        self.background = self.background.saturating_sub(1);
+                    }
+                    Ends::Refusal => self.background = self.background.saturating_sub(1),
+                    Ends::Nothing => {}
+                }
+                self.emit(Event::PlanFailed {
+                    source,
+                    destination,
+                    error,
+                })
+                .await;
+            }
+            Ready::Job {
+                snapshot,
+                summary,
+                source,
+                sink,
+                unpause,
+            } => {
+                if summary.is_some() {
+                    let route = route_key(&snapshot.job.source, &snapshot.job.destination);
+                    self.planning.remove(&route);
+                    self.background = self.background.saturating_sub(1);
+                }
+                self.install(snapshot, summary, source, sink, unpause).await;
+            }
+        }
+    }
+
+    pub(super) async fn install(
+        &mut self,
+        snapshot: JobSnapshot,
+        summary: Option<PlanSummary>,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+        unpause: bool,
+    ) {
+        let mut record = snapshot.job;
+        let id = record.id;
+        self.next_job_id = self.next_job_id.max(id + 1);
+        if self.jobs.contains_key(&id) {
+            // Loaded twice (e.g. queued again while loading): the running copy stays.
+            self.emit(Event::PlanFailed {
+                source: record.source,
+                destination: record.destination,
+                error: format!("job {id} is already running"),
+            })
+            .await;
+            return;
+        }
+        let sequential = sink.limits().sequential;
+        let files: Vec<FileRun> = snapshot
+            .files
+            .into_iter()
+            .map(|(index, file, chunks)| FileRun::new(index, file, chunks, sequential))
+            .collect();
+        let mut writes = Vec::new();
+        let resumes = matches!(record.state, JobState::Failed | JobState::Queued)
+            || (unpause && record.state == JobState::Paused);
+        if resumes {
+            record.state = JobState::Running;
+            record.error = None;
+            writes.push(Write::Job(record.clone()));
+        }
+        let mut job = JobRun {
+            record,
+            source,
+            sink,
+            files,
+            queue: VecDeque::new(),
+            in_flight: 0,
+        };
+        if summary.is_none() {
+            // Loading a failed job: failed objects get another chance, except those whose
+            // source changed (only a new `copy` can plan the new version).
+            for file in &mut job.files {
+                let changed = file
+                    .record
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.class == ErrorClass::SourceChanged);
+                if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
+                {
+                    writes.extend(file.reopen(id));
+                }
+            }
+        }
+        // A chunk that can never fit the memory budget would wait forever: say so instead.
+        let budget = self.gate.budget();
+        let mut announcements = Vec::new();
+        for file in &mut job.files {
+            let largest = file.record.chunk_size.min(file.record.size);
+            if file.active() && largest > budget {
+                file.record.state = FileState::Failed;
+                file.record.error = Some(ErrorRecord {
+                    class: ErrorClass::Invalid,
+                    status: None,
+                    message: format!(
+                        "its chunks of {} do not fit in --max-memory {}; run again with \
+                         --max-memory {} or more",
+                        crate::size::human(largest),
+                        crate::size::human(budget),
+                        crate::size::human(largest)
+                    ),
+                    at_ms: now_ms(),
+                });
+                file.ready.clear();
+                file.commit_ready = false;
+                writes.push(Write::File(id, file.index, file.record.clone()));
+            }
+        }
+        // Objects that cannot be copied as things stand are reported with the job, so every
+        // summary names every failed object and why.
+        for file in &job.files {
+            if file.record.state == FileState::Failed {
+                announcements.push(After::Emit(failed_event(id, &file.record, file.index)));
+            }
+        }
+        for pos in 0..job.files.len() {
+            job.enqueue(pos);
+        }
+        let event = match summary {
+            Some(summary) => Event::JobPlanned {
+                job: id,
+                source: job.record.source.clone(),
+                destination: job.record.destination.clone(),
+                summary,
+            },
+            None => Event::JobLoaded {
+                job: id,
+                source: job.record.source.clone(),
+                destination: job.record.destination.clone(),
+                state: job.record.state,
+                progress: job.progress(),
+            },
+        };
+        self.jobs.insert(id, job);
+        announcements.insert(0, After::Emit(event));
+        self.persist(writes, announcements);
+        self.check_finished(id);
+    }
+}
+
+/// Records `job` (FAILED, unplanned: its destination failed before it could be planned) so
+/// `resume` plans it again; returns the ID it is recorded under. A route that already has a
+/// planned job keeps it as it is (its objects and progress stand); one still unplanned gets
+/// the new error.
+pub(super) async fn record_unplanned(
+    db: &StateDb,
+    job: crate::state::JobRecord,
+) -> anyhow::Result<Option<JobId>> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let record = match db.job_for_route(&job.source, &job.destination)? {
+            Some(existing) if existing.planned => return Ok(None),
+            Some(existing) => crate::state::JobRecord {
+                error: job.error,
+                updated_ms: job.updated_ms,
+                ..existing
+            },
+            None => job,
+        };
+        let id = record.id;
+        db.apply(&[Write::Job(record)])?;
+        Ok(Some(id))
+    })
+    .await?
+}
+
+pub(super) async fn load_snapshot(db: &StateDb, id: JobId) -> anyhow::Result<JobSnapshot> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.load_job(id))
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))
+}

@@ -1,0 +1,354 @@
+//! The scheduler task: the single owner of the loaded jobs, their in-memory chunk states and the
+//! gate. It claims work, hands each claim to the state writer, starts the work only once the
+//! claim is durable, and records each outcome the same way before announcing it. Planning,
+//! loading and the data plane run on their own tasks and report back by message; nothing here
+//! waits on the network.
+//!
+//! This module holds the task's state and its loop; the rest is split by concern:
+//! [`commands`] (what the operator asks), [`intake`] (planning and loading), [`dispatch`]
+//! (timers, the gate, durable claims, starting work), [`outcomes`] (what a finished unit of
+//! work means for its object) and [`observe`] (controller ticks, metrics, snapshots).
+
+mod commands;
+mod dispatch;
+mod intake;
+mod observe;
+mod outcomes;
+
+use commands::{route_key, stop};
+use intake::{load_snapshot, record_unplanned};
+use outcomes::failed_event;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::buffers::BufferPool;
+use super::control::{Change, Controller, Outcome};
+use super::gate::Gate;
+use super::metrics::Metrics;
+use super::model::{Begin, FileRun, JobRun};
+use super::plan::{self, PlanRequest, PlanSummary};
+use super::snapshot::{self, JobView, Selection, Snapshot};
+use super::transfer::{
+    self, BeginWork, Begun, ChunkMoved, ChunkWork, CommitOutcome, CommitWork, Target,
+};
+use super::{Command, EngineConfig, Event, StoreFactory};
+use crate::location::parse_route;
+use crate::redact::redact;
+use crate::state::writer::{self, Committed, WriteRequest};
+use crate::state::{
+    AttemptRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState,
+    StateDb, Write, now_ms,
+};
+use crate::store::rules::IfExists;
+use crate::store::{
+    ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
+};
+
+/// How long a shutdown waits for work in flight before leaving it to the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How often the controller is consulted and a snapshot is published.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What to do once a batch of writes is durable.
+enum After {
+    Emit(Event),
+    StartChunk(Box<ChunkTask>),
+    StartCommit(Box<CommitTask>),
+    StartBegin(Box<BeginTask>),
+}
+
+struct ChunkTask {
+    job: JobId,
+    pos: usize,
+    chunk: u32,
+    reserved: u64,
+    work: ChunkWork,
+}
+
+struct CommitTask {
+    job: JobId,
+    pos: usize,
+    work: CommitWork,
+}
+
+struct BeginTask {
+    job: JobId,
+    pos: usize,
+    work: BeginWork,
+}
+
+/// A finished unit of work.
+enum Finished {
+    Chunk {
+        job: JobId,
+        pos: usize,
+        chunk: u32,
+        reserved: u64,
+        started_ms: i64,
+        latency_ms: u64,
+        result: StoreResult<ChunkMoved>,
+    },
+    Commit {
+        job: JobId,
+        pos: usize,
+        result: StoreResult<CommitOutcome>,
+    },
+    Begin {
+        job: JobId,
+        pos: usize,
+        result: StoreResult<Begun>,
+    },
+}
+
+/// A job ready to run, from planning or loading.
+enum Ready {
+    Job {
+        snapshot: JobSnapshot,
+        summary: Option<PlanSummary>,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+        /// The operator named this paused job to resume it.
+        unpause: bool,
+    },
+    Failed {
+        source: String,
+        destination: String,
+        error: String,
+        /// How this failure ends background work.
+        ends: Ends,
+    },
+    /// The loader went through every job.
+    LoaderDone,
+    /// Summaries of the jobs in the state file, read at start.
+    History(Vec<JobView>),
+    /// A job that is not loaded, read for the view that selected it.
+    Watched(JobSnapshot),
+    /// The uploads of a cancelled job were given up.
+    Aborted,
+    /// A job that was not loaded was cancelled (`Ok(false)`: it had ended already).
+    Cancelled {
+        job: JobId,
+        result: Result<bool, String>,
+    },
+    /// A recorded job that was never planned (its destination failed): plan it now.
+    Replan {
+        source: String,
+        destination: String,
+        options: crate::state::JobOptions,
+    },
+}
+
+/// What a timer wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    Chunk(u32),
+    Commit,
+    Begin,
+}
+
+/// A retry waiting for its time: when, which job, which object (position and generation).
+type Timer = (Instant, JobId, usize, u64, Wake);
+
+/// What a failed plan or load ends.
+#[derive(Debug)]
+enum Ends {
+    /// A planning task for this route.
+    Plan(String),
+    /// A route refused before any task started.
+    Refusal,
+    /// Nothing: the loader goes on.
+    Nothing,
+}
+
+struct Scheduler {
+    db: StateDb,
+    config: EngineConfig,
+    stores: Arc<dyn StoreFactory>,
+    events: mpsc::Sender<Event>,
+    writes: Option<mpsc::UnboundedSender<WriteRequest<Vec<After>>>>,
+    unacknowledged: usize,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    ready_tx: mpsc::UnboundedSender<Ready>,
+    background: usize,
+    jobs: BTreeMap<JobId, JobRun>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    gate: Gate,
+    next_job_id: JobId,
+    stopping: Option<Instant>,
+    controller: Controller,
+    metrics: Metrics,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    selection: Selection,
+    watched: Option<JobSnapshot>,
+    history: BTreeMap<JobId, JobView>,
+    /// Set once a job was asked for: an idle engine exits (headless) only after that.
+    asked: bool,
+    /// Routes being planned right now.
+    planning: BTreeSet<String>,
+    /// Loaders running; planning waits for them, so a job is never planned and loaded at once.
+    loading: usize,
+    /// Enqueue commands waiting for the loaders.
+    deferred: Vec<Command>,
+    /// Chunk buffers, reused.
+    buffers: Arc<BufferPool>,
+}
+
+/// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
+pub(super) async fn run(
+    db: StateDb,
+    config: EngineConfig,
+    stores: Arc<dyn StoreFactory>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+) -> anyhow::Result<()> {
+    let (writes_tx, writes_rx) = mpsc::unbounded_channel();
+    let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
+    let writer = writer::spawn(db.clone(), unbounded_bridge(writes_rx), committed_tx);
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let next_job_id = db.next_job_id()?;
+    let now = Instant::now();
+    let controller = Controller::new(config.concurrency, config.adaptive, now);
+    let gate = Gate::new(controller.limit(), config.max_memory);
+    let buffers = Arc::new(BufferPool::new(config.max_memory));
+    let mut s = Scheduler {
+        db,
+        config,
+        stores,
+        events,
+        writes: Some(writes_tx),
+        unacknowledged: 0,
+        finished_tx,
+        ready_tx,
+        background: 0,
+        jobs: BTreeMap::new(),
+        timers: BinaryHeap::new(),
+        gate,
+        next_job_id,
+        stopping: None,
+        controller,
+        metrics: Metrics::new(now),
+        snapshots,
+        selection: Selection::default(),
+        watched: None,
+        history: BTreeMap::new(),
+        asked: false,
+        planning: BTreeSet::new(),
+        loading: 0,
+        deferred: Vec::new(),
+        buffers,
+    };
+    s.read_history();
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut commands_open = true;
+    let result = loop {
+        if s.stopping.is_none() {
+            s.dispatch();
+        }
+        // Commands already sent (the destinations of a fan-out) count as asked for.
+        if s.done() && commands.is_empty() {
+            break Ok(());
+        }
+        let next_timer = s.timers.peek().map(|Reverse((at, ..))| *at);
+        let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
+        tokio::select! {
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => s.on_command(command),
+                None => commands_open = false,
+            },
+            Some(finished) = finished_rx.recv() => s.on_finished(finished),
+            Some(ready) = ready_rx.recv() => s.on_ready(ready).await,
+            Some(committed) = committed_rx.recv() => {
+                if let Err(e) = s.on_committed(committed).await {
+                    break Err(e);
+                }
+            }
+            _ = sleep_until(next_timer), if next_timer.is_some() => {}
+            _ = ticks.tick() => s.on_tick().await,
+            _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
+        }
+    };
+    // Let the writer finish what is queued, then stop it.
+    s.writes = None;
+    while s.unacknowledged > 0 {
+        match committed_rx.recv().await {
+            Some(Ok(tags)) => {
+                s.unacknowledged -= tags.len();
+                for after in tags.into_iter().flatten() {
+                    if let After::Emit(event) = after {
+                        let _ = s.events.send(event).await;
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    if let Err(e) = &result {
+        let _ = s
+            .events
+            .send(Event::Fatal {
+                error: redact(&format!("{e:#}")),
+            })
+            .await;
+    }
+    result
+}
+
+/// The writer thread takes a bounded receiver; the scheduler must never wait on it, so an
+/// unbounded channel feeds it through a small forwarding task.
+fn unbounded_bridge<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<WriteRequest<T>>,
+) -> mpsc::Receiver<WriteRequest<T>> {
+    let (tx, bounded) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(request) = rx.recv().await {
+            if tx.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    bounded
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Scheduler {
+    fn done(&self) -> bool {
+        if self.unacknowledged > 0 || self.background > 0 {
+            return false;
+        }
+        let in_flight: u32 = self.jobs.values().map(|j| j.in_flight).sum();
+        if self.stopping.is_some() {
+            return in_flight == 0;
+        }
+        self.config.exit_when_idle && self.asked && self.jobs.is_empty()
+    }
+
+    /// Hands writes to the writer; `after` runs once they are durable.
+    fn persist(&mut self, writes: Vec<Write>, after: Vec<After>) {
+        if let Some(tx) = &self.writes
+            && tx.send(WriteRequest { writes, tag: after }).is_ok()
+        {
+            self.unacknowledged += 1;
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        let _ = self.events.send(event).await;
+    }
+}
