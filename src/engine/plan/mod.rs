@@ -1,7 +1,17 @@
 //! Planning a job before any byte moves: list the source, size the chunks within the
 //! destination's limits, derive deterministic block IDs, look at what the destination already
 //! holds, merge with what an earlier run of the same route recorded, and write it all to the
-//! state database.
+//! state database. Sizing and block IDs live in [`sizing`], destination names in [`names`],
+//! what is read of metadata in [`metadata`].
+
+mod metadata;
+mod names;
+mod sizing;
+
+pub use sizing::{block_id, check_chunk_size, chunk_count, chunk_size_for, planned_blocks};
+
+use metadata::{fill_metadata, preview_metadata};
+use names::{claim_names, name_refusal, refused_file};
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,98 +32,6 @@ use crate::store::{
     DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
     StoreResult, meta_keys,
 };
-
-const MIB: u64 = 1 << 20;
-
-/// The block ID of chunk `index` of the object version (`etag`, `size`) cut into `chunk_size`
-/// chunks: fixed length, ASCII, and different for any other version or chunk size, so blocks of
-/// two versions can never mix.
-pub fn block_id(etag: &str, size: u64, chunk_size: u64, index: u32) -> String {
-    let digest = Sha256::digest(format!("{etag}\n{size}\n{chunk_size}").as_bytes());
-    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("bw1-{version}-{index:010}")
-}
-
-/// The chunk size for an object of `size` bytes: the requested size, raised (to a whole MiB)
-/// when the object would otherwise need more blocks than the store allows.
-pub fn chunk_size_for(
-    size: u64,
-    requested: u64,
-    limits: SinkLimits,
-    max_memory: u64,
-) -> Result<u64, String> {
-    check_chunk_size(requested, limits)?;
-    if size > limits.max_object() {
-        let why = if limits.max_object() == limits.max_object_size {
-            "the store's cap".to_string()
-        } else {
-            format!(
-                "{} blocks of {}",
-                limits.max_blocks,
-                human(limits.max_block)
-            )
-        };
-        return Err(format!(
-            "the object is {} but the destination holds at most {} per object ({why})",
-            human(size),
-            human(limits.max_object()),
-        ));
-    }
-    let mut chunk = requested.max(limits.min_block);
-    let needed = size.div_ceil(limits.max_blocks);
-    if chunk < needed {
-        chunk = needed.div_ceil(MIB) * MIB;
-    }
-    // Every chunk but the last must be a whole number of the store's units.
-    let unit = limits.granularity.max(1);
-    let chunk = (chunk.div_ceil(unit) * unit).min(limits.max_block);
-    if chunk.min(size) > max_memory {
-        return Err(format!(
-            "the object needs chunks of {} (at most {} blocks) but --max-memory is {}; raise \
-             --max-memory to at least {}",
-            human(chunk),
-            limits.max_blocks,
-            human(max_memory),
-            human(chunk)
-        ));
-    }
-    Ok(chunk)
-}
-
-/// Whether a requested chunk size can work with the destination at all.
-pub fn check_chunk_size(requested: u64, limits: SinkLimits) -> Result<(), String> {
-    if requested == 0 {
-        return Err("the chunk size must be at least 1 byte".into());
-    }
-    if requested > limits.max_block {
-        return Err(format!(
-            "a chunk size of {} is over the destination's largest block ({}); use at most {}",
-            human(requested),
-            human(limits.max_block),
-            human(limits.max_block)
-        ));
-    }
-    Ok(())
-}
-
-/// How many chunks an object of `size` has: at least one (an empty object is one empty put).
-pub fn chunk_count(size: u64, chunk_size: u64) -> u32 {
-    u32::try_from(size.div_ceil(chunk_size).max(1)).unwrap_or(u32::MAX)
-}
-
-/// The blocks of a planned object, in order, with their deterministic IDs and sizes.
-pub fn planned_blocks(file: &FileRecord) -> Vec<PlannedBlock> {
-    (0..file.chunk_count)
-        .map(|index| {
-            let range = file.chunk_range(index);
-            PlannedBlock {
-                index,
-                id: block_id(&file.etag, file.size, file.chunk_size, index),
-                size: range.end - range.start,
-            }
-        })
-        .collect()
-}
 
 /// What a planning request needs.
 pub struct PlanRequest<'a> {
@@ -202,42 +120,6 @@ pub struct PlanSummary {
     /// Objects (of a dry run) whose metadata the destination cannot hold under the policy.
     #[serde(default)]
     pub metadata_refused: u64,
-}
-
-/// How many destination objects are looked at (HEAD) at once while planning.
-const HEAD_CONCURRENCY: usize = 16;
-
-/// Fetches the metadata of the destination objects in `keys` (those whose size matches their
-/// source) into `existing`. One that cannot be looked at (no permission, a key blobway lacks)
-/// keeps no metadata, so it counts as different and is copied.
-async fn fill_metadata(
-    sink: &dyn ObjectSink,
-    retry: &RetryPolicy,
-    keys: Vec<String>,
-    existing: &mut BTreeMap<String, DestObject>,
-) {
-    use futures::StreamExt;
-    let found: Vec<(String, StoreResult<Option<DestObject>>)> = futures::stream::iter(keys)
-        .map(|key| async move {
-            let found = retry.run(|| sink.head(&key)).await;
-            (key, found)
-        })
-        .buffer_unordered(HEAD_CONCURRENCY)
-        .collect()
-        .await;
-    for (key, found) in found {
-        match found {
-            Ok(Some(found)) => {
-                existing.insert(key, found);
-            }
-            Ok(None) => {
-                existing.remove(&key); // gone since the listing
-            }
-            Err(e) => {
-                tracing::warn!(%key, "cannot read the destination object's metadata: {e}");
-            }
-        }
-    }
 }
 
 /// A plan that failed at the destination after the source was listed: the job is worth
@@ -595,171 +477,6 @@ pub async fn plan_job(
     })
 }
 
-/// For a dry run: reads the metadata of every object to copy (one metadata read each, 16 at a
-/// time — listings carry none) and says what the destination will hold of it, as the copy
-/// will decide it ([`map_metadata`]).
-async fn preview_metadata(
-    source: &dyn ObjectSource,
-    sink: &dyn ObjectSink,
-    policy: InvalidMetadata,
-    objects: &mut [PlannedObject],
-    to_preview: &[(usize, String)],
-    summary: &mut PlanSummary,
-) {
-    use futures::StreamExt;
-    let rules = sink.meta_rules();
-    let wanted: Vec<(usize, String, String)> = to_preview
-        .iter()
-        .map(|(at, etag)| (*at, objects[*at].key.clone(), etag.clone()))
-        .collect();
-    let found: Vec<(usize, StoreResult<crate::store::Chunk>)> = futures::stream::iter(wanted)
-        .map(|(at, key, etag)| async move {
-            let read = source
-                .read_range(&key, &etag, 0..0, bytes::BytesMut::new())
-                .await;
-            (at, read)
-        })
-        .buffer_unordered(HEAD_CONCURRENCY)
-        .collect()
-        .await;
-    for (at, read) in found {
-        let object = &mut objects[at];
-        let meta = match read {
-            Ok(chunk) => crate::store::ObjectMeta::from_source(chunk.meta),
-            Err(e) => {
-                tracing::warn!(key = %object.key, "cannot read the object's metadata: {e}");
-                continue;
-            }
-        };
-        match map_metadata(&meta.pairs, &rules, policy) {
-            Ok(mapped) if mapped.renamed.is_empty() && mapped.excluded.is_empty() => {}
-            Ok(mapped) => {
-                summary.metadata_changed += 1;
-                let renamed = mapped
-                    .renamed
-                    .iter()
-                    .map(|(from, to)| format!("{from} → {to}"));
-                let excluded = mapped
-                    .excluded
-                    .iter()
-                    .map(|name| format!("{name} left out"));
-                let changes: Vec<String> = renamed.chain(excluded).collect();
-                object.action = format!("copy; metadata {}", changes.join(", "));
-            }
-            Err(why) => {
-                summary.metadata_refused += 1;
-                object.action = format!("cannot copy: {why}");
-            }
-        }
-    }
-}
-
-/// How many names are claimed in one state transaction.
-const NAME_BATCH: usize = 4096;
-
-/// Claims every object's destination name for its source key — keys the destination holds
-/// as they are first, then in listing order — in the state database (in memory for a dry
-/// run); for each object, the clash when another key holds the name first.
-fn claim_names(
-    db: Option<&StateDb>,
-    req: &PlanRequest<'_>,
-    job: JobId,
-    naming: Naming,
-    listing: &[ObjectInfo],
-    named: &[DestName],
-    as_is: &[bool],
-) -> anyhow::Result<Vec<Option<NameClash>>> {
-    let mut index = match db {
-        Some(db) if !req.dry_run => NameIndex::Db(db, job),
-        _ => NameIndex::Memory(MemoryNames::default()),
-    };
-    index.clear()?;
-    let mut clashes = vec![None; listing.len()];
-    let mut wanted: Vec<usize> = (0..listing.len())
-        .filter(|i| matches!(named[*i], DestName::Object(_)))
-        .collect();
-    wanted.sort_by_key(|i| !as_is[*i]);
-    for batch in wanted.chunks(NAME_BATCH) {
-        let claims: Vec<Claim<'_>> = batch
-            .iter()
-            .filter_map(|i| match &named[*i] {
-                DestName::Object(name) => Some(Claim {
-                    name,
-                    source: &listing[*i].key,
-                }),
-                _ => None,
-            })
-            .collect();
-        for (i, clash) in batch.iter().zip(index.claim(naming, &claims)?) {
-            clashes[*i] = clash;
-        }
-    }
-    Ok(clashes)
-}
-
-/// Why an object cannot be copied under its name, if it cannot: the state it is recorded in
-/// (skipped for a folder marker, failed otherwise) and the reason.
-fn name_refusal(
-    key: &str,
-    dest_key: &str,
-    name: &DestName,
-    clash: Option<NameClash>,
-) -> Option<(FileState, String)> {
-    match (name, clash) {
-        (DestName::Refused(why), _) => Some((
-            FileState::Failed,
-            format!(
-                "the destination cannot hold `{key}` as `{dest_key}`: {why}; exclude it \
-                 (--exclude) or rename it at the source"
-            ),
-        )),
-        (DestName::FolderMarker, _) => Some((
-            FileState::Skipped,
-            "a folder marker (`dir/`, no bytes): the destination's folders need no object"
-                .to_string(),
-        )),
-        (DestName::Object(_), Some(clash)) => Some((
-            FileState::Failed,
-            format!(
-                "{}; blobway never writes two objects to one name — exclude one (--exclude) \
-                 or rename it at the source",
-                clash.why
-            ),
-        )),
-        (DestName::Object(_), None) => None,
-    }
-}
-
-/// The record of an object that is not copied because of its name.
-fn refused_file(
-    object: &ObjectInfo,
-    dest_key: String,
-    state: FileState,
-    why: String,
-) -> FileRecord {
-    let failed = state == FileState::Failed;
-    FileRecord {
-        key: object.key.clone(),
-        dest_key,
-        size: object.size,
-        etag: object.etag.clone(),
-        chunk_size: 1,
-        chunk_count: 0,
-        state,
-        commit_attempts: 0,
-        error: failed.then(|| crate::state::ErrorRecord {
-            class: ErrorClass::Invalid,
-            status: None,
-            message: why.clone(),
-            at_ms: now_ms(),
-        }),
-        note: (!failed).then_some(why),
-        session: None,
-        meta: None,
-        begun_ms: None,
-    }
-}
-
 fn planned_object(file: &FileRecord, chunks: u64, action: &str) -> PlannedObject {
     PlannedObject {
         key: file.key.clone(),
@@ -834,106 +551,4 @@ pub fn reopen(file: &mut FileRecord, chunks: &mut [ChunkRecord]) {
     file.state = FileState::Transferring;
     file.error = None;
     file.commit_attempts = 0;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const AZURE: SinkLimits = SinkLimits {
-        max_block: 4000 * MIB,
-        max_blocks: 50_000,
-        min_block: 0,
-        granularity: 1,
-        max_single_put: 5000 * MIB,
-        sequential: false,
-        max_object_size: u64::MAX,
-    };
-
-    #[test]
-    fn block_ids_are_fixed_length_and_bound_to_the_version() {
-        let a = block_id("\"e1\"", 100, 10, 0);
-        let b = block_id("\"e1\"", 100, 10, 9_999_999);
-        let c = block_id("\"e2\"", 100, 10, 0);
-        let d = block_id("\"e1\"", 100, 20, 0);
-        assert_eq!(a.len(), b.len());
-        assert!(a.len() <= 64);
-        assert_ne!(a, c, "another source version");
-        assert_ne!(a, d, "another chunk size");
-        assert_eq!(a, block_id("\"e1\"", 100, 10, 0), "deterministic");
-    }
-
-    #[test]
-    fn chunk_size_is_raised_to_stay_within_the_block_count() {
-        let one_tib = 1u64 << 40;
-        assert_eq!(
-            chunk_size_for(one_tib, 64 * MIB, AZURE, 1 << 30),
-            Ok(64 * MIB)
-        );
-        let size = 5 * one_tib;
-        let chunk = chunk_size_for(size, 64 * MIB, AZURE, 1 << 30).expect("fits");
-        assert!(chunk_count(size, chunk) <= 50_000);
-        assert_eq!(chunk % MIB, 0);
-    }
-
-    #[test]
-    fn impossible_sizes_are_explained() {
-        assert!(
-            chunk_size_for(10, 0, AZURE, 1 << 30)
-                .expect_err("zero")
-                .contains("at least 1 byte")
-        );
-        assert!(
-            chunk_size_for(10, 5000 * MIB, AZURE, 1 << 40)
-                .expect_err("too big")
-                .contains("largest block")
-        );
-        assert!(
-            chunk_size_for(200_000 * 4000 * MIB, 64 * MIB, AZURE, 1 << 40)
-                .expect_err("object too big")
-                .contains("at most")
-        );
-        assert!(
-            chunk_size_for(50_000 * 300 * MIB, 64 * MIB, AZURE, 256 * MIB)
-                .expect_err("memory")
-                .contains("--max-memory")
-        );
-    }
-
-    #[test]
-    fn s3_parts_are_at_least_5_mib_and_at_most_10000() {
-        let s3 = crate::store::S3_SINK_LIMITS;
-        assert_eq!(chunk_size_for(100 * MIB, MIB, s3, 1 << 30), Ok(5 * MIB));
-        assert_eq!(chunk_size_for(100 * MIB, 8 * MIB, s3, 1 << 30), Ok(8 * MIB));
-        let size = 200 * 1024 * MIB; // 200 GiB in 16 MiB parts would be 12,800 parts
-        let chunk = chunk_size_for(size, 16 * MIB, s3, 1 << 30).expect("fits");
-        assert!(chunk_count(size, chunk) <= 10_000, "{chunk}");
-        assert_eq!(chunk % MIB, 0);
-    }
-
-    #[test]
-    fn gcs_chunks_are_whole_multiples_of_256_kib() {
-        let gcs = crate::store::gcs::LIMITS;
-        let unit = crate::store::gcs::GRANULARITY;
-        assert_eq!(chunk_size_for(10 * MIB, MIB, gcs, 1 << 30), Ok(MIB));
-        assert_eq!(
-            chunk_size_for(10 * MIB, MIB + 1, gcs, 1 << 30),
-            Ok(MIB + unit)
-        );
-        assert_eq!(chunk_size_for(10 * MIB, 1000, gcs, 1 << 30), Ok(unit));
-        assert!(gcs.sequential, "a resumable session takes bytes in order");
-        assert!(
-            chunk_size_for(6 << 40, 64 * MIB, gcs, 1 << 30)
-                .expect_err("over 5 TiB")
-                .contains("at most 5 TiB per object (the store's cap)")
-        );
-    }
-
-    #[test]
-    fn counts_chunks_with_one_for_empty_objects() {
-        assert_eq!(chunk_count(0, 8), 1);
-        assert_eq!(chunk_count(8, 8), 1);
-        assert_eq!(chunk_count(9, 8), 2);
-        assert_eq!(chunk_count(16, 8), 2);
-    }
 }
