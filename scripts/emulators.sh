@@ -54,7 +54,7 @@ emulators_install() {
   fi
   moto_patch_list_parts || return 1
   if [ ! -x "$tools/gcs-venv/bin/gcp-storage-emulator" ] \
-     || ! "$tools/gcs-venv/bin/pip" show gcp-storage-emulator 2>/dev/null | grep -q "^Version: $GCS_EMULATOR_VERSION$"; then
+     || ! "$tools/gcs-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('gcp-storage-emulator') != '$GCS_EMULATOR_VERSION')" 2>/dev/null; then
     log "installing gcp-storage-emulator $GCS_EMULATOR_VERSION from PyPI"
     python3 -m venv "$tools/gcs-venv" || return 1
     "$tools/gcs-venv/bin/pip" install -q "gcp-storage-emulator==$GCS_EMULATOR_VERSION" >&2 || return 1
