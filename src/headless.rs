@@ -192,7 +192,7 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                     Event::UploadRestarted { job, file, error } if output != Output::Json => {
                         say(format!("job {job}: object {file}: {}", error.message));
                     }
-                    Event::FileFailed { job, key, error, .. } => {
+                    Event::ObjectFailed { job, key, error, .. } => {
                         report.failed.push(FailedObject { job: *job, key: key.clone(), error: error.message.clone() });
                         if output != Output::Json {
                             say(format!("failed: {key}: {}", error.message));

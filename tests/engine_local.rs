@@ -619,7 +619,7 @@ async fn chunks_that_cannot_fit_the_memory_budget_fail_their_object_with_advice(
         .await
         .expect("send");
     let failed = until(&mut engine, "the object to fail", |e| {
-        matches!(e, Event::FileFailed { .. })
+        matches!(e, Event::ObjectFailed { .. })
     })
     .await;
     assert!(

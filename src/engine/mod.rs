@@ -277,8 +277,9 @@ pub enum Event {
         /// What the destination said.
         error: ErrorRecord,
     },
-    /// An object is committed and verified.
-    FileCommitted {
+    /// An object is committed and verified. (JSON: `file_committed`, the name scripts know.)
+    #[serde(rename = "file_committed")]
+    ObjectCommitted {
         /// The job.
         job: JobId,
         /// The object's index.
@@ -290,8 +291,9 @@ pub enum Event {
         /// Its size.
         bytes: u64,
     },
-    /// An object failed; nothing of it is visible at the destination.
-    FileFailed {
+    /// An object failed; nothing of it is visible at the destination. (JSON: `file_failed`.)
+    #[serde(rename = "file_failed")]
+    ObjectFailed {
         /// The job.
         job: JobId,
         /// The object's index.

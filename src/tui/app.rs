@@ -766,7 +766,7 @@ impl App {
             Event::JobFinished { job, state, .. } => {
                 self.notice(format!("job {job}: {}", state.name()))
             }
-            Event::FileFailed { key, error, .. } => {
+            Event::ObjectFailed { key, error, .. } => {
                 self.notice(format!("failed: {key}: {}", error.message))
             }
             Event::JobStateChanged { job, state } => {

@@ -529,7 +529,7 @@ pub(super) fn restart_when_idle(
 }
 
 pub(super) fn committed_event(job: JobId, record: &FileRecord, file: u32) -> Event {
-    Event::FileCommitted {
+    Event::ObjectCommitted {
         job,
         file,
         key: record.key.clone(),
@@ -539,7 +539,7 @@ pub(super) fn committed_event(job: JobId, record: &FileRecord, file: u32) -> Eve
 }
 
 pub(super) fn failed_event(job: JobId, record: &FileRecord, file: u32) -> Event {
-    Event::FileFailed {
+    Event::ObjectFailed {
         job,
         file,
         key: record.key.clone(),
