@@ -1,7 +1,8 @@
 //! Exactly once, under the name the plan shows, with the metadata the destination can hold —
 //! on the main route (moto → Azurite) with the data real buckets hold: hyphenated metadata,
 //! keys with `./` that a URL layer folds onto another key, and objects already at the
-//! destination that blobway did not write.
+//! destination that blobway did not write. (That every sink's conditional write refuses an
+//! object already there is in `sink_contract.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -224,37 +225,4 @@ async fn objects_already_at_the_destination_are_replaced_left_or_refused_as_aske
         contents.get("e/x.txt").map(Vec::as_slice),
         Some(&b"NEW"[..])
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_conditional_commit_refuses_an_object_that_appeared_after_planning() {
-    // The contract every sink keeps for --if-exists skip|fail: a commit made on condition
-    // that nothing is there fails with the Exists class when something is.
-    use blobway::store::{Checksum, ChecksumKind, ErrorClass, ObjectSink, Upload};
-    let container = unique("cond");
-    let store = azure(&container);
-    store.prepare().await.expect("container");
-    let dir = tempfile::tempdir().expect("dir");
-    let local = blobway::store::local::LocalStore::new(dir.path());
-    local.prepare().await.expect("prepare");
-    let sinks: Vec<(&str, &dyn ObjectSink)> = vec![("azurite", store.as_ref()), ("local", &local)];
-    let meta = blobway::store::ObjectMeta::default();
-    for (name, sink) in sinks {
-        let put = |create_only| {
-            sink.put_whole(
-                Upload {
-                    key: "c/x.txt",
-                    session: None,
-                    create_only,
-                },
-                bytes::Bytes::from_static(b"x"),
-                Checksum::of(ChecksumKind::Md5, b"x"),
-                &meta,
-            )
-        };
-        put(true).await.expect("nothing there yet");
-        let refused = put(true).await.expect_err("something is there now");
-        assert_eq!(refused.class, ErrorClass::Exists, "{name}: {refused}");
-        put(false).await.expect("an unconditional put replaces");
-    }
 }

@@ -122,15 +122,8 @@ async fn send_chunk(
                 .sink
                 .put_whole(work.target.upload(), data, checksum, &meta)
                 .await;
-            own_write_if_refused(
+            confirm_write(
                 put,
-                work.target.sink.as_ref(),
-                &work.target.key,
-                expected,
-                source_etag.as_deref(),
-            )
-            .await?;
-            read_back(
                 work.target.sink.as_ref(),
                 &work.target.key,
                 expected,
@@ -375,15 +368,8 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         .sink
         .commit(target.upload(), &work.blocks, &meta)
         .await;
-    own_write_if_refused(
+    confirm_write(
         committed,
-        target.sink.as_ref(),
-        &target.key,
-        total,
-        source_etag.map(String::as_str),
-    )
-    .await?;
-    read_back(
         target.sink.as_ref(),
         &target.key,
         total,
@@ -393,25 +379,25 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
     Ok(CommitOutcome::Committed)
 }
 
-/// A conditional write refused because an object is there ([`ErrorClass::Exists`]) may have
-/// been refused by blobway's own earlier write of this very object (a retry after a timeout,
-/// or after a crash before the write was recorded): when the destination holds this size
-/// from this source version, the write is done; otherwise the refusal stands.
-async fn own_write_if_refused(
-    result: StoreResult<()>,
+/// What a commit or whole put answered, confirmed by reading the object back once
+/// ([`read_back`]). A conditional write refused because an object is there
+/// ([`ErrorClass::Exists`]) may have been refused by blobway's own earlier write of this very
+/// object (a retry after a timeout, or after a crash before the write was recorded): when the
+/// destination holds this size from this source version, the write is done; otherwise the
+/// refusal stands.
+async fn confirm_write(
+    answer: StoreResult<()>,
     sink: &dyn ObjectSink,
     key: &str,
     size: u64,
     source_etag: Option<&str>,
 ) -> StoreResult<()> {
-    match result {
+    match answer {
+        Ok(()) => read_back(sink, key, size, source_etag).await,
         Err(e) if e.class == ErrorClass::Exists && source_etag.is_some() => {
-            match read_back(sink, key, size, source_etag).await {
-                Ok(()) => Ok(()),
-                Err(_) => Err(e),
-            }
+            read_back(sink, key, size, source_etag).await.map_err(|_| e)
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 

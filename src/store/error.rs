@@ -104,6 +104,18 @@ impl StoreError {
         self
     }
 
+    /// A conditional write (`--if-exists skip|fail`) refused because an object is there.
+    pub fn exists(target: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorClass::Exists,
+            Some(412),
+            format!(
+                "{target} is already at the destination and this copy may not replace it \
+                 (--if-exists skip|fail)"
+            ),
+        )
+    }
+
     /// The message of a planned object that changed under us.
     pub fn source_changed(key: &str) -> Self {
         Self::new(

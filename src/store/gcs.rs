@@ -440,14 +440,7 @@ impl GcsStore {
             308 => Ok(Ok(Progress::Holds(Self::held(&response)))),
             404 | 410 => Err(self.lost(key)),
             // Only a session opened with ifGenerationMatch=0 is refused this way.
-            412 => Err(StoreError::new(
-                ErrorClass::Exists,
-                Some(412),
-                format!(
-                    "{} is already there and this copy may not replace it (--if-exists skip|fail)",
-                    self.target(key)
-                ),
-            )),
+            412 => Err(StoreError::exists(self.target(key))),
             // Either the server disagrees about where the upload stands (an earlier answer
             // was lost) or the request is wrong: the caller asks where it stands to tell.
             400 | 416 => Ok(Err(self.error(response, "upload to", key).await)),
@@ -749,14 +742,7 @@ impl ObjectSink for GcsStore {
         if response.status().is_success() {
             Ok(())
         } else if upload.create_only && response.status() == StatusCode::PRECONDITION_FAILED {
-            Err(StoreError::new(
-                ErrorClass::Exists,
-                Some(412),
-                format!(
-                    "{} is already there and this copy may not replace it (--if-exists skip|fail)",
-                    self.target(key)
-                ),
-            ))
+            Err(StoreError::exists(self.target(key)))
         } else {
             Err(self.error(response, "upload of", key).await)
         }

@@ -120,23 +120,19 @@ impl Naming {
                         "a name ending in `/` that holds {size} bytes (a file cannot be named as a folder)"
                     ));
                 }
-                let mut segments = Vec::new();
-                for segment in key.split('/') {
-                    match segment {
-                        "" | "." => {}
-                        ".." => return DestName::Refused("a `..` segment".into()),
-                        s if s.len() > 255 => {
-                            return DestName::Refused(
-                                "a path segment over 255 bytes (the filesystem's limit)".into(),
-                            );
-                        }
-                        s => segments.push(s),
-                    }
+                // A `..` would leave the folder (or fold one key onto another): refused.
+                if key.split('/').any(|s| s == "..") {
+                    return DestName::Refused("a `..` segment".into());
                 }
-                if segments.is_empty() {
-                    return DestName::Refused("a name with no file name in it".into());
+                if key.split('/').any(|s| s.len() > 255) {
+                    return DestName::Refused(
+                        "a path segment over 255 bytes (the filesystem's limit)".into(),
+                    );
                 }
-                DestName::Object(segments.join("/"))
+                match resolve_segments(key) {
+                    Some(name) if !name.is_empty() => DestName::Object(name),
+                    _ => DestName::Refused("a name with no file name in it".into()),
+                }
             }
         }
     }

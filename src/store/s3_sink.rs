@@ -146,15 +146,7 @@ impl S3Store {
 /// A conditional write refused with 412 (`If-None-Match: *`): the object is already there.
 fn exists_if_refused(upload: Upload<'_>, error: StoreError) -> StoreError {
     if upload.create_only && error.status == Some(412) {
-        StoreError::new(
-            ErrorClass::Exists,
-            Some(412),
-            format!(
-                "`{}` is already at the destination and this copy may not replace it \
-                 (--if-exists skip|fail)",
-                upload.key
-            ),
-        )
+        StoreError::exists(format_args!("`{}`", upload.key))
     } else {
         error
     }
