@@ -13,6 +13,7 @@ pub mod filter;
 pub mod gate;
 pub mod metrics;
 mod model;
+mod object;
 pub mod plan;
 pub mod retry;
 mod scheduler;

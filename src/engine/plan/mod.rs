@@ -122,11 +122,27 @@ pub struct PlanSummary {
     pub metadata_refused: u64,
 }
 
-/// A plan that failed at the destination after the source was listed: the job is worth
-/// recording, so that `resume` tries the destination again.
+/// Why a plan failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DestinationFailed(pub String);
+pub enum PlanError {
+    /// The options cannot work: a filter that does not parse, a chunk size the destination
+    /// refuses.
+    #[error("{0}")]
+    Options(String),
+    /// The source could not be listed.
+    #[error("{0}")]
+    Source(String),
+    /// The destination failed after the source was listed: the job is worth recording, so
+    /// that `resume` tries the destination again.
+    #[error("{0}")]
+    Destination(String),
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Anything else: a store that cannot be opened, a planning task that died.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
 
 /// Lists, sizes and records a job. Re-planning a route that has a job resumes it: objects
 /// unchanged at the source keep their progress, changed ones are planned afresh (their old
@@ -137,18 +153,19 @@ pub async fn plan_job(
     req: PlanRequest<'_>,
     source: &dyn ObjectSource,
     sink: &dyn ObjectSink,
-) -> anyhow::Result<Plan> {
+) -> Result<Plan, PlanError> {
     let (src, dst) = (req.source, req.destination);
-    let filter = Filter::new(&req.options.include, &req.options.exclude)?;
+    let filter = Filter::new(&req.options.include, &req.options.exclude)
+        .map_err(|e| PlanError::Options(format!("{e:#}")))?;
     check_chunk_size(req.options.chunk_size, sink.limits())
-        .map_err(|e| anyhow::anyhow!("--chunk-size: {e}"))?;
+        .map_err(|e| PlanError::Options(format!("--chunk-size: {e}")))?;
     let source_failed = |e: crate::store::StoreError| {
         let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
             " (to copy every object under it, end the location with `/`)"
         } else {
             ""
         };
-        anyhow::anyhow!("cannot list the source {src}: {e}{hint}")
+        PlanError::Source(format!("cannot list the source {src}: {e}{hint}"))
     };
     // Fail fast: one cheap request to each side first, with few retries, so a wrong endpoint,
     // bucket or credential is reported in seconds rather than after a long backoff.
@@ -168,10 +185,9 @@ pub async fn plan_job(
         )
     };
     if !req.dry_run {
-        preflight
-            .run(|| sink.prepare())
-            .await
-            .map_err(|e| DestinationFailed(format!("cannot prepare the destination {dst}: {e}")))?;
+        preflight.run(|| sink.prepare()).await.map_err(|e| {
+            PlanError::Destination(format!("cannot prepare the destination {dst}: {e}"))
+        })?;
     }
     let listing = match listing {
         Some(listing) => listing,
@@ -194,9 +210,9 @@ pub async fn plan_job(
         // A dry run prepares nothing: a container that does not exist yet holds nothing.
         Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
         Err(e) => {
-            return Err(
-                DestinationFailed(format!("cannot read the destination {dst}: {e}")).into(),
-            );
+            return Err(PlanError::Destination(format!(
+                "cannot read the destination {dst}: {e}"
+            )));
         }
     };
 

@@ -102,12 +102,11 @@ impl Scheduler {
         let (src, dst) = match parse_route(&source, &destination) {
             Ok(route) => route,
             Err(e) => {
-                self.background += 1;
                 let _ = self.ready_tx.send(Ready::Failed {
                     source,
                     destination,
                     error: e.to_string(),
-                    ends: Ends::Refusal,
+                    ends: Ends::Nothing,
                 });
                 return;
             }
@@ -118,14 +117,13 @@ impl Scheduler {
             .values()
             .any(|j| route_key(&j.record.source, &j.record.destination) == route);
         if loaded || self.planning.contains(&route) {
-            self.background += 1;
             let _ = self.ready_tx.send(Ready::Failed {
                 source,
                 destination,
                 error: "a job for this route is already being planned or running; pause or \
                         cancel it first"
                     .into(),
-                ends: Ends::Refusal,
+                ends: Ends::Nothing,
             });
             return;
         }
@@ -134,8 +132,7 @@ impl Scheduler {
         self.next_job_id += 1;
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         let (max_memory, retry) = (self.config.max_memory, self.config.retry);
-        self.background += 1;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let recorded_options = options.clone();
             let result = async {
                 let source_store = stores.source(&src, &options.source_access).await?;
@@ -152,7 +149,7 @@ impl Scheduler {
                 let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
                     .await?;
                 let snapshot = load_snapshot(&db, plan.job.id).await?;
-                anyhow::Ok(Ready::Job {
+                Ok::<_, plan::PlanError>(Ready::Job {
                     snapshot,
                     summary: Some(plan.summary),
                     source: source_store,
@@ -164,8 +161,8 @@ impl Scheduler {
             let ready = match result {
                 Ok(ready) => ready,
                 Err(e) => {
-                    let mut error = redact(&format!("{e:#}"));
-                    if e.downcast_ref::<plan::DestinationFailed>().is_some() {
+                    let mut error = redact(&e.to_string());
+                    if let plan::PlanError::Destination(_) = e {
                         let now = now_ms();
                         let job = crate::state::JobRecord {
                             id: new_job_id,
@@ -203,9 +200,8 @@ impl Scheduler {
         let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
         let planning = self.planning.clone();
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
-        self.background += 1;
         self.loading += 1;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let jobs = match db.jobs() {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -271,8 +267,7 @@ impl Scheduler {
     /// its objects' upload sessions at the destination, then records it CANCELLED.
     pub(super) fn cancel_unloaded(&mut self, id: JobId) {
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
-        self.background += 1;
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let result = async {
                 let snapshot = load_snapshot(&db, id).await?;
                 let mut job = snapshot.job;
@@ -339,16 +334,16 @@ impl Scheduler {
         };
         let mut writes = Vec::new();
         for pos in 0..job.files.len() {
-            let file = &mut job.files[pos];
+            let object = &mut job.files[pos];
             // An object still finishing chunks of its failed round is left alone until they
             // are back; reopening it under them would send them twice.
-            if file.record.state != FileState::Failed
-                || file.record.chunk_count == 0
-                || file.in_flight > 0
+            if object.record.state != FileState::Failed
+                || object.record.chunk_count == 0
+                || object.in_flight > 0
             {
                 continue;
             }
-            writes.extend(file.reopen(id));
+            writes.extend(object.reopen());
             job.enqueue(pos);
         }
         if job.record.state == JobState::Failed {
@@ -369,10 +364,7 @@ pub(super) fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
     job.record.state = JobState::Failed;
     job.record.error = Some(reason);
     job.record.updated_ms = now_ms();
-    job.queue.clear();
-    for file in &mut job.files {
-        file.queued = false;
-    }
+    job.clear_queue();
     writes.push(Write::Job(job.record.clone()));
 }
 

@@ -7,7 +7,6 @@ impl Scheduler {
     pub(super) async fn on_ready(&mut self, ready: Ready) {
         match ready {
             Ready::LoaderDone => {
-                self.background = self.background.saturating_sub(1);
                 self.loading = self.loading.saturating_sub(1);
                 if self.loading == 0 {
                     for command in std::mem::take(&mut self.deferred) {
@@ -21,49 +20,40 @@ impl Scheduler {
                 }
             }
             Ready::Watched(snapshot) => self.watched = Some(snapshot),
-            Ready::Aborted => self.background = self.background.saturating_sub(1),
             Ready::Replan {
                 source,
                 destination,
                 options,
             } => self.enqueue(source, destination, options),
-            Ready::Cancelled { job, result } => {
-                self.background = self.background.saturating_sub(1);
-                match result {
-                    Ok(true) => {
-                        if let Some(view) = self.history.get_mut(&job) {
-                            view.state = JobState::Cancelled;
-                        }
-                        self.emit(Event::JobStateChanged {
-                            job,
-                            state: JobState::Cancelled,
-                        })
-                        .await
+            Ready::Cancelled { job, result } => match result {
+                Ok(true) => {
+                    if let Some(view) = self.history.get_mut(&job) {
+                        view.state = JobState::Cancelled;
                     }
-                    Ok(false) => {}
-                    Err(error) => {
-                        self.emit(Event::PlanFailed {
-                            source: String::new(),
-                            destination: String::new(),
-                            error: format!("cannot cancel job {job}: {error}"),
-                        })
-                        .await
-                    }
+                    self.emit(Event::JobStateChanged {
+                        job,
+                        state: JobState::Cancelled,
+                    })
+                    .await
                 }
-            }
+                Ok(false) => {}
+                Err(error) => {
+                    self.emit(Event::PlanFailed {
+                        source: String::new(),
+                        destination: String::new(),
+                        error: format!("cannot cancel job {job}: {error}"),
+                    })
+                    .await
+                }
+            },
             Ready::Failed {
                 source,
                 destination,
                 error,
                 ends,
             } => {
-                match ends {
-                    Ends::Plan(route) => {
-                        self.planning.remove(&route);
-                        self.background = self.background.saturating_sub(1);
-                    }
-                    Ends::Refusal => self.background = self.background.saturating_sub(1),
-                    Ends::Nothing => {}
+                if let Ends::Plan(route) = ends {
+                    self.planning.remove(&route);
                 }
                 self.emit(Event::PlanFailed {
                     source,
@@ -82,7 +72,6 @@ impl Scheduler {
                 if summary.is_some() {
                     let route = route_key(&snapshot.job.source, &snapshot.job.destination);
                     self.planning.remove(&route);
-                    self.background = self.background.saturating_sub(1);
                 }
                 self.install(snapshot, summary, source, sink, unpause).await;
             }
@@ -111,10 +100,10 @@ impl Scheduler {
             return;
         }
         let sequential = sink.limits().sequential;
-        let files: Vec<FileRun> = snapshot
+        let files: Vec<ObjectRun> = snapshot
             .files
             .into_iter()
-            .map(|(index, file, chunks)| FileRun::new(index, file, chunks, sequential))
+            .map(|(index, file, chunks)| ObjectRun::load(id, index, file, chunks, sequential))
             .collect();
         let mut writes = Vec::new();
         let resumes = matches!(record.state, JobState::Failed | JobState::Queued)
@@ -128,6 +117,7 @@ impl Scheduler {
             record,
             source,
             sink,
+            queued: vec![false; files.len()],
             files,
             queue: VecDeque::new(),
             in_flight: 0,
@@ -143,18 +133,24 @@ impl Scheduler {
                     .is_some_and(|e| e.class == ErrorClass::SourceChanged);
                 if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
                 {
-                    writes.extend(file.reopen(id));
+                    writes.extend(file.reopen());
                 }
             }
         }
+        // Objects that cannot be copied as things stand are reported with the job, so every
+        // summary names every failed object and why.
+        let mut announcements: Vec<After> = job
+            .files
+            .iter()
+            .filter(|f| f.record.state == FileState::Failed)
+            .map(|f| After::Emit(failed_event(id, &f.record, f.index)))
+            .collect();
         // A chunk that can never fit the memory budget would wait forever: say so instead.
         let budget = self.gate.budget();
-        let mut announcements = Vec::new();
-        for file in &mut job.files {
-            let largest = file.record.chunk_size.min(file.record.size);
-            if file.active() && largest > budget {
-                file.record.state = FileState::Failed;
-                file.record.error = Some(ErrorRecord {
+        for object in &mut job.files {
+            let largest = object.record.chunk_size.min(object.record.size);
+            if object.active() && largest > budget {
+                let error = ErrorRecord {
                     class: ErrorClass::Invalid,
                     status: None,
                     message: format!(
@@ -165,17 +161,11 @@ impl Scheduler {
                         crate::size::human(largest)
                     ),
                     at_ms: now_ms(),
-                });
-                file.ready.clear();
-                file.commit_ready = false;
-                writes.push(Write::File(id, file.index, file.record.clone()));
-            }
-        }
-        // Objects that cannot be copied as things stand are reported with the job, so every
-        // summary names every failed object and why.
-        for file in &job.files {
-            if file.record.state == FileState::Failed {
-                announcements.push(After::Emit(failed_event(id, &file.record, file.index)));
+                };
+                let mut step = Step::default();
+                object.fail(error, &mut step);
+                writes.extend(step.writes);
+                announcements.extend(step.events.into_iter().map(After::Emit));
             }
         }
         for pos in 0..job.files.len() {

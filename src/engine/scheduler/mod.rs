@@ -14,24 +14,26 @@ mod dispatch;
 mod intake;
 mod observe;
 mod outcomes;
+mod timers;
 
 use commands::{route_key, stop};
 use intake::{load_snapshot, record_unplanned};
 use outcomes::failed_event;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::buffers::BufferPool;
 use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
 use super::metrics::Metrics;
-use super::model::{Begin, FileRun, JobRun};
+use super::model::JobRun;
+use super::object::{ObjectRun, Rules, Step, Timing, Wake, Work};
 use super::plan::{self, PlanRequest, PlanSummary};
 use super::snapshot::{self, JobView, Selection, Snapshot};
 use super::transfer::{
@@ -42,13 +44,10 @@ use crate::location::parse_route;
 use crate::redact::redact;
 use crate::state::writer::{self, Committed, WriteRequest};
 use crate::state::{
-    AttemptRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState,
-    StateDb, Write, now_ms,
+    ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState, StateDb, Write, now_ms,
 };
-use crate::store::rules::IfExists;
-use crate::store::{
-    ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreError, StoreResult, meta_keys,
-};
+use crate::store::{ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreResult, meta_keys};
+use timers::Timers;
 
 /// How long a shutdown waits for work in flight before leaving it to the next start.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -91,8 +90,7 @@ enum Finished {
         pos: usize,
         chunk: u32,
         reserved: u64,
-        started_ms: i64,
-        latency_ms: u64,
+        timing: Timing,
         result: StoreResult<ChunkMoved>,
     },
     Commit {
@@ -130,8 +128,6 @@ enum Ready {
     History(Vec<JobView>),
     /// A job that is not loaded, read for the view that selected it.
     Watched(JobSnapshot),
-    /// The uploads of a cancelled job were given up.
-    Aborted,
     /// A job that was not loaded was cancelled (`Ok(false)`: it had ended already).
     Cancelled {
         job: JobId,
@@ -145,25 +141,12 @@ enum Ready {
     },
 }
 
-/// What a timer wakes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Wake {
-    Chunk(u32),
-    Commit,
-    Begin,
-}
-
-/// A retry waiting for its time: when, which job, which object (position and generation).
-type Timer = (Instant, JobId, usize, u64, Wake);
-
 /// What a failed plan or load ends.
 #[derive(Debug)]
 enum Ends {
     /// A planning task for this route.
     Plan(String),
-    /// A route refused before any task started.
-    Refusal,
-    /// Nothing: the loader goes on.
+    /// Nothing: a route refused before any task started, or the loader goes on.
     Nothing,
 }
 
@@ -174,11 +157,13 @@ struct Scheduler {
     events: mpsc::Sender<Event>,
     writes: Option<mpsc::UnboundedSender<WriteRequest<Vec<After>>>>,
     unacknowledged: usize,
-    finished_tx: mpsc::UnboundedSender<Finished>,
+    /// Begins, chunks and commits in flight; each reports how it finished.
+    work: JoinSet<Finished>,
     ready_tx: mpsc::UnboundedSender<Ready>,
-    background: usize,
+    /// Planning, loading, cancelling and giving up uploads; they report through `ready_tx`.
+    background: JoinSet<()>,
     jobs: BTreeMap<JobId, JobRun>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    timers: Timers,
     gate: Gate,
     next_job_id: JobId,
     stopping: Option<Instant>,
@@ -212,7 +197,6 @@ pub(super) async fn run(
     let (writes_tx, writes_rx) = mpsc::unbounded_channel();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
     let writer = writer::spawn(db.clone(), unbounded_bridge(writes_rx), committed_tx);
-    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let next_job_id = db.next_job_id()?;
     let now = Instant::now();
@@ -226,11 +210,11 @@ pub(super) async fn run(
         events,
         writes: Some(writes_tx),
         unacknowledged: 0,
-        finished_tx,
+        work: JoinSet::new(),
         ready_tx,
-        background: 0,
+        background: JoinSet::new(),
         jobs: BTreeMap::new(),
-        timers: BinaryHeap::new(),
+        timers: Timers::default(),
         gate,
         next_job_id,
         stopping: None,
@@ -255,17 +239,25 @@ pub(super) async fn run(
             s.dispatch();
         }
         // Commands already sent (the destinations of a fan-out) count as asked for.
-        if s.done() && commands.is_empty() {
+        if s.done() && commands.is_empty() && ready_rx.is_empty() {
             break Ok(());
         }
-        let next_timer = s.timers.peek().map(|Reverse((at, ..))| *at);
+        let next_timer = s.timers.next();
         let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
         tokio::select! {
             command = commands.recv(), if commands_open => match command {
                 Some(command) => s.on_command(command),
                 None => commands_open = false,
             },
-            Some(finished) = finished_rx.recv() => s.on_finished(finished),
+            Some(finished) = s.work.join_next(), if !s.work.is_empty() => match finished {
+                Ok(finished) => s.on_finished(finished),
+                Err(e) => break Err(anyhow::anyhow!("a transfer task died: {e}")),
+            },
+            Some(ended) = s.background.join_next(), if !s.background.is_empty() => {
+                if let Err(e) = ended {
+                    tracing::error!("a background task died: {e}");
+                }
+            }
             Some(ready) = ready_rx.recv() => s.on_ready(ready).await,
             Some(committed) = committed_rx.recv() => {
                 if let Err(e) = s.on_committed(committed).await {
@@ -329,7 +321,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 impl Scheduler {
     fn done(&self) -> bool {
-        if self.unacknowledged > 0 || self.background > 0 {
+        if self.unacknowledged > 0 || !self.background.is_empty() {
             return false;
         }
         let in_flight: u32 = self.jobs.values().map(|j| j.in_flight).sum();

@@ -1,0 +1,524 @@
+//! Property tests of the object state machine: random sequences of outcomes — success,
+//! transient and throttled errors, lost answers, lost sessions, blocks the store drops,
+//! refusals, job-stopping errors, crashes and restarts at any point — played against a model
+//! store that takes blocks in any order (Azure, S3) or in order only (GCS), asserting after
+//! every step that
+//! - the object is never stranded: it has ended, or has work to start, in flight or timed;
+//! - it is DONE only once the store holds it committed (commit and read-back succeeded);
+//! - a chunk acknowledged in the current session is sent again only when the store reported
+//!   it missing (a chunk in flight at a crash was never acknowledged);
+//! - what the state file holds is what the object holds (nothing changes unrecorded);
+//! - a store that takes blocks in order never gets one out of order;
+//!
+//! and that, once the faults stop, every object ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::engine::transfer::{Begun, ChunkMoved, CommitOutcome};
+use crate::state::{ChunkRecord, FileRecord};
+use crate::store::{ErrorClass, ObjectMeta, StoreError, StoreResult};
+
+/// What the next answer does.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    None,
+    /// 503 / timeout: nothing happened.
+    Transient,
+    /// 429: nothing happened.
+    Throttled,
+    /// The store did it, but the answer was lost (a timeout after the fact).
+    AnswerLost,
+    /// The store forgot the upload session before answering.
+    SessionLost,
+    /// The store dropped the blocks it had staged (any-order stores only).
+    BlocksDropped,
+    /// A refusal that can never succeed (the object fails).
+    Refused,
+    /// Credentials revoked: the job stops; the operator resumes it later.
+    StopsJob,
+    /// The process dies here; what was in flight may or may not have reached the store.
+    Crash,
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        6 => Just(Fault::None),
+        3 => Just(Fault::Transient),
+        1 => Just(Fault::Throttled),
+        2 => Just(Fault::AnswerLost),
+        1 => Just(Fault::SessionLost),
+        1 => Just(Fault::BlocksDropped),
+        1 => Just(Fault::Refused),
+        1 => Just(Fault::StopsJob),
+        1 => Just(Fault::Crash),
+    ]
+}
+
+/// The destination as a store sees it.
+#[derive(Default)]
+struct Store {
+    sequential: bool,
+    chunks: u32,
+    /// Open sessions and the blocks each holds (in-order stores: blocks 0..n).
+    sessions: BTreeMap<String, BTreeSet<u32>>,
+    opened: u32,
+    /// The object is visible, complete.
+    committed: bool,
+}
+
+impl Store {
+    fn error(class: ErrorClass) -> StoreError {
+        StoreError::new(class, None, format!("{class:?} (model)"))
+    }
+
+    /// Applies `fault` before the request reaches the store.
+    fn before(&mut self, fault: Fault, session: Option<&str>) -> Option<StoreError> {
+        match fault {
+            Fault::Transient => Some(Self::error(ErrorClass::Transient)),
+            Fault::Throttled => Some(Self::error(ErrorClass::Throttled)),
+            Fault::Refused => Some(Self::error(ErrorClass::Invalid)),
+            Fault::StopsJob => Some(Self::error(ErrorClass::Permission)),
+            Fault::SessionLost => {
+                if let Some(s) = session {
+                    self.sessions.remove(s);
+                }
+                None
+            }
+            Fault::BlocksDropped if !self.sequential => {
+                if let Some(blocks) = session.and_then(|s| self.sessions.get_mut(s)) {
+                    blocks.clear();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer the client gets: a lost answer turns success into a timeout.
+    fn after<T>(fault: Fault, result: StoreResult<T>) -> StoreResult<T> {
+        match (fault, result) {
+            (Fault::AnswerLost, Ok(_)) => Err(Self::error(ErrorClass::Transient)),
+            (_, result) => result,
+        }
+    }
+
+    fn begin(&mut self, fault: Fault) -> StoreResult<Begun> {
+        if let Some(err) = self.before(fault, None) {
+            return Err(err);
+        }
+        self.opened += 1;
+        let session = format!("s{}", self.opened);
+        self.sessions.insert(session.clone(), BTreeSet::new());
+        Store::after(
+            fault,
+            Ok(Begun {
+                meta: ObjectMeta::default(),
+                session: Some(session),
+            }),
+        )
+    }
+
+    fn put(&mut self, fault: Fault, session: Option<&str>, index: u32) -> StoreResult<ChunkMoved> {
+        if let Some(err) = self.before(fault, session) {
+            return Err(err);
+        }
+        let moved = ChunkMoved {
+            bytes: 1,
+            crc64: u64::from(index),
+        };
+        let Some(session) = session else {
+            // A whole-object put: it is its own commit, read back before it answers.
+            self.committed = true;
+            return Store::after(fault, Ok(moved));
+        };
+        let Some(blocks) = self.sessions.get_mut(session) else {
+            return Err(Self::error(ErrorClass::UploadLost));
+        };
+        if self.sequential {
+            let held = blocks.len() as u32;
+            assert!(index <= held, "block {index} sent before block {held}");
+            blocks.insert(index);
+            if blocks.len() as u32 == self.chunks {
+                // The last block finalizes the object.
+                self.sessions.remove(session);
+                self.committed = true;
+            }
+        } else {
+            blocks.insert(index);
+        }
+        Store::after(fault, Ok(moved))
+    }
+
+    /// Verify, then commit if every block is staged (`transfer::verify_and_commit`).
+    fn commit(&mut self, fault: Fault, session: Option<&str>) -> StoreResult<CommitOutcome> {
+        if let Some(err) = self.before(fault, session) {
+            return Err(err);
+        }
+        let held = session.and_then(|s| self.sessions.get(s)).cloned();
+        let Some(blocks) = held else {
+            return if self.committed {
+                Ok(CommitOutcome::Committed)
+            } else {
+                Err(Self::error(ErrorClass::UploadLost))
+            };
+        };
+        let mut missing: Vec<u32> = (0..self.chunks).filter(|i| !blocks.contains(i)).collect();
+        if self.sequential && !missing.is_empty() {
+            // An unfinalized in-order session lacks at least its last block.
+            missing = (blocks.len() as u32..self.chunks).collect();
+        }
+        if !missing.is_empty() {
+            return Store::after(fault, Ok(CommitOutcome::Missing(missing)));
+        }
+        if let Some(s) = session {
+            self.sessions.remove(s);
+        }
+        self.committed = true;
+        Store::after(fault, Ok(CommitOutcome::Committed))
+    }
+}
+
+/// One run of one object: the object, its records as the state file holds them, the work in
+/// flight, the timers set, and the store.
+struct World {
+    object: ObjectRun,
+    file: FileRecord,
+    chunks: Vec<ChunkRecord>,
+    flying: Vec<(Work, Option<String>)>,
+    timers: Vec<(u64, Wake)>,
+    store: Store,
+    rules: Rules,
+    /// The job was stopped by a fatal error: nothing starts until it is resumed.
+    stopped: bool,
+    /// Chunks acknowledged in the current session and not reported missing since.
+    acknowledged: BTreeSet<u32>,
+    sequential: bool,
+}
+
+impl World {
+    fn new(chunk_count: u32, sequential: bool) -> Self {
+        let file = FileRecord {
+            key: "k".into(),
+            dest_key: "k".into(),
+            size: u64::from(chunk_count),
+            etag: "e".into(),
+            chunk_size: 1,
+            chunk_count,
+            state: FileState::Transferring,
+            commit_attempts: 0,
+            error: None,
+            note: None,
+            session: None,
+            meta: None,
+            begun_ms: None,
+        };
+        let chunks = vec![ChunkRecord::pending(); chunk_count as usize];
+        let object = ObjectRun::load(1, 0, file.clone(), chunks.clone(), sequential);
+        World {
+            object,
+            file,
+            chunks,
+            flying: Vec::new(),
+            timers: Vec::new(),
+            store: Store {
+                sequential,
+                chunks: chunk_count,
+                ..Store::default()
+            },
+            rules: Rules {
+                retry: RetryPolicy {
+                    max_attempts: 3,
+                    base: Duration::ZERO,
+                    cap: Duration::ZERO,
+                },
+                if_exists: IfExists::Overwrite,
+            },
+            stopped: false,
+            acknowledged: BTreeSet::new(),
+            sequential,
+        }
+    }
+
+    /// Applies a step as the scheduler does: its writes reach the state file, its timers are
+    /// set; a fatal error stops the job.
+    fn apply(&mut self, step: Step) {
+        for write in step.writes {
+            match write {
+                Write::File(_, _, record) => self.file = record,
+                Write::Chunk(_, _, index, record) => self.chunks[index as usize] = record,
+                other => panic!("an object wrote {other:?}"),
+            }
+        }
+        let generation = self.object.generation;
+        self.timers
+            .extend(step.timers.into_iter().map(|(_, wake)| (generation, wake)));
+        if step.stop_job.is_some() {
+            self.stopped = true;
+        }
+        for event in &step.events {
+            if let Event::BlocksMissing { chunks, .. } = event {
+                for chunk in chunks {
+                    self.acknowledged.remove(chunk);
+                }
+            }
+        }
+    }
+
+    fn check(&self) {
+        let object = &self.object;
+        assert_eq!(self.file, object.record, "the state file lags the object");
+        // A chunk recorded in flight that is not (the process died under it) is pending.
+        let recorded: Vec<ChunkRecord> = (0..self.chunks.len())
+            .map(|i| {
+                let mut chunk = self.chunks[i].clone();
+                let flying = self.flying.iter().any(|(w, _)| *w == Work::Chunk(i as u32));
+                if chunk.state == ChunkState::InProgress && !flying {
+                    chunk.state = ChunkState::Pending;
+                }
+                chunk
+            })
+            .collect();
+        assert_eq!(recorded, object.chunks, "the state file lags the chunks");
+        assert_eq!(object.in_flight as usize, self.flying.len());
+        if object.record.state == FileState::Done {
+            assert!(
+                self.store.committed,
+                "DONE before the store holds the object"
+            );
+        }
+        let timed = self
+            .timers
+            .iter()
+            .any(|(generation, _)| *generation == object.generation);
+        let stranded = object.active()
+            && !self.stopped
+            && object.next_work().is_none()
+            && self.flying.is_empty()
+            && !timed;
+        assert!(
+            !stranded,
+            "stranded in {:?}: {:?}",
+            object.phase,
+            self.summary()
+        );
+        if self.sequential {
+            assert!(
+                object.in_flight <= 1,
+                "an in-order store got two chunks at once"
+            );
+        }
+    }
+
+    fn summary(&self) -> String {
+        let states: Vec<_> = self.object.chunks.iter().map(|c| c.state).collect();
+        format!(
+            "chunks {states:?}, ready {:?}, waiting {:?}, rounds {:?}",
+            self.object.ready, self.object.waiting, self.object.round
+        )
+    }
+
+    /// Starts the work the object offers.
+    fn dispatch(&mut self) {
+        let work = self.object.next_work().expect("offered");
+        if let Work::Chunk(index) = work {
+            assert!(
+                !self.acknowledged.contains(&index),
+                "chunk {index} sent again though acknowledged and never reported missing"
+            );
+        }
+        let step = self.object.claim(work, 0);
+        self.apply(step);
+        self.flying.push((work, self.object.record.session.clone()));
+    }
+
+    /// Answers the work in flight at `at`.
+    fn answer(&mut self, at: usize, fault: Fault) {
+        let (work, session) = self.flying.remove(at);
+        let session = session.as_deref();
+        let step = match work {
+            Work::Begin => {
+                let result = self.store.begin(fault);
+                if matches!(result, Ok(Begun { .. })) {
+                    // A new session holds nothing.
+                    self.acknowledged.clear();
+                }
+                self.object.on_begin(result, true, &self.rules)
+            }
+            Work::Chunk(index) => {
+                let result = self.store.put(fault, session, index);
+                if result.is_ok() {
+                    self.acknowledged.insert(index);
+                }
+                let timing = Timing {
+                    started_ms: 0,
+                    latency_ms: 1,
+                };
+                self.object.on_chunk(index, timing, result, &self.rules)
+            }
+            Work::Commit => {
+                let result = self.store.commit(fault, session);
+                self.object.on_commit(result, &self.rules)
+            }
+        };
+        self.apply(step);
+    }
+
+    fn fire(&mut self, at: usize) {
+        let (generation, wake) = self.timers.remove(at);
+        let step = self.object.on_wake(generation, wake);
+        self.apply(step);
+    }
+
+    /// The process dies: work in flight reaches the store or not (`reached`), every answer
+    /// and timer is lost, and the next run loads the object from the state file. The same
+    /// for a job stopped by a fatal error, resumed once its work in flight is back.
+    fn restart(&mut self, reached: bool) {
+        for (work, session) in std::mem::take(&mut self.flying) {
+            if reached {
+                let fault = Fault::AnswerLost;
+                let _ = match work {
+                    Work::Begin => self.store.begin(fault).map(|_| ()),
+                    Work::Chunk(index) => {
+                        self.store.put(fault, session.as_deref(), index).map(|_| ())
+                    }
+                    Work::Commit => self.store.commit(fault, session.as_deref()).map(|_| ()),
+                };
+            }
+        }
+        self.timers.clear();
+        self.stopped = false;
+        self.object = ObjectRun::load(
+            1,
+            0,
+            self.file.clone(),
+            self.chunks.clone(),
+            self.sequential,
+        );
+        // The chunks the state file does not show acknowledged are sent again; those it does
+        // are not.
+        let completed: BTreeSet<u32> = (0..self.chunks.len() as u32)
+            .filter(|i| self.chunks[*i as usize].state == ChunkState::Completed)
+            .collect();
+        self.acknowledged.retain(|i| completed.contains(i));
+    }
+
+    /// One move chosen by `pick` among what can happen now, its answer shaped by `fault`.
+    fn step(&mut self, pick: usize, fault: Fault) {
+        if let Fault::Crash = fault {
+            return self.restart(pick.is_multiple_of(2));
+        }
+        if self.stopped && self.flying.is_empty() {
+            return self.restart(false);
+        }
+        let can_dispatch = !self.stopped && self.object.next_work().is_some();
+        let moves = usize::from(can_dispatch) + self.flying.len() + self.timers.len();
+        if moves == 0 {
+            return;
+        }
+        let mut pick = pick % moves;
+        if can_dispatch {
+            if pick == 0 {
+                return self.dispatch();
+            }
+            pick -= 1;
+        }
+        if pick < self.flying.len() {
+            return self.answer(pick, fault);
+        }
+        self.fire(pick - self.flying.len());
+    }
+
+    /// Once the faults stop: everything is answered well until the object ends.
+    fn finish(&mut self) {
+        for _ in 0..10_000 {
+            if !self.object.active() {
+                return;
+            }
+            if self.stopped && self.flying.is_empty() {
+                self.restart(false);
+            } else if !self.stopped && self.object.next_work().is_some() {
+                self.dispatch();
+            } else if !self.flying.is_empty() {
+                self.answer(0, Fault::None);
+            } else if !self.timers.is_empty() {
+                self.fire(0);
+            }
+            self.check();
+        }
+        panic!("never ended: {:?} {}", self.object.phase, self.summary());
+    }
+}
+
+fn play(chunks: u32, sequential: bool, script: &[(usize, Fault)]) {
+    let mut world = World::new(chunks, sequential);
+    world.check();
+    for &(pick, fault) in script {
+        world.step(pick, fault);
+        world.check();
+    }
+    world.finish();
+    if world.object.record.state == FileState::Done {
+        assert!(world.store.committed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 6_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn an_object_on_an_any_order_store_is_never_stranded_and_done_only_when_committed(
+        chunks in 1u32..6,
+        script in prop::collection::vec((any::<usize>(), fault()), 0..80),
+    ) {
+        play(chunks, false, &script);
+    }
+
+    #[test]
+    fn an_object_on_an_in_order_store_is_never_stranded_and_done_only_when_committed(
+        chunks in 1u32..6,
+        script in prop::collection::vec((any::<usize>(), fault()), 0..80),
+    ) {
+        play(chunks, true, &script);
+    }
+}
+
+#[test]
+fn a_chunk_failing_twice_alone_asks_for_a_check_and_goes_again_after_it() {
+    let mut world = World::new(3, true);
+    // Chunk 0 fails twice; its second wake asks the destination how the upload stands.
+    world.dispatch(); // begin
+    world.answer(0, Fault::None);
+    for _ in 0..2 {
+        world.dispatch();
+        world.answer(0, Fault::Transient);
+        world.fire(0);
+    }
+    assert!(matches!(
+        world.object.phase,
+        Phase::Checking {
+            asked_by: Some(0),
+            turn: Turn::Due
+        }
+    ));
+    world.dispatch();
+    world.answer(0, Fault::None);
+    assert_eq!(world.object.next_work(), Some(Work::Chunk(0)));
+    world.finish();
+    assert_eq!(world.object.record.state, FileState::Done);
+    assert_eq!(
+        world.object.check_round, 0,
+        "an answered check resets its budget"
+    );
+    assert_eq!(
+        world.file.commit_attempts, 1,
+        "a check spends no commit attempt: only the last commit counts"
+    );
+}
