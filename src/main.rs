@@ -140,6 +140,16 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Report every object of JOB that is not done — key, size, state, error class, HTTP
+    /// status, message, attempts, last attempt — as CSV (a table for a spreadsheet) or JSON
+    /// (with the job's totals).
+    Report {
+        /// The job (`blobway jobs` lists them).
+        job: JobId,
+        /// csv or json.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
     /// Copy generated sample files between two local folders through the same engine, over a
     /// simulated link, and watch it in the terminal UI.
     Demo {
@@ -165,6 +175,13 @@ enum Commands {
         #[command(flatten)]
         tuning: Tuning,
     },
+}
+
+/// How `blobway report` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ReportFormat {
+    Csv,
+    Json,
 }
 
 /// Per-side AWS settings, for routes across two S3 accounts or servers.
@@ -313,6 +330,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Some(Commands::Jobs { json }) => {
             let db = StateDb::open(&state_path).map_err(state_failure)?;
             list_jobs(&db, json).map_err(state_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Report { job, format }) => {
+            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let Some(snapshot) = db.load_job(job).map_err(state_failure)? else {
+                return Err(bad_input(anyhow::anyhow!(
+                    "there is no job {job} in {}; `blobway jobs` lists them",
+                    state_path.display()
+                )));
+            };
+            let report = blobway::state::report::Report::of(&snapshot);
+            match format {
+                ReportFormat::Csv => print!("{}", report.to_csv().map_err(state_failure)?),
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(state_failure)?
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Commands::Copy {

@@ -45,6 +45,13 @@ impl JobRun {
         self.queue.push_front(pos);
     }
 
+    /// Queues every object that has work and is not queued yet.
+    pub(super) fn enqueue_all(&mut self) {
+        for pos in 0..self.files.len() {
+            self.enqueue(pos);
+        }
+    }
+
     /// Takes the object at the head of the queue off it.
     pub(super) fn dequeue_front(&mut self) {
         if let Some(pos) = self.queue.pop_front() {

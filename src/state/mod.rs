@@ -9,6 +9,7 @@
 
 pub mod names;
 pub mod records;
+pub mod report;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

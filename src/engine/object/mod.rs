@@ -372,6 +372,8 @@ impl ObjectRun {
     /// parts (and their bill) otherwise.
     fn start_over(&mut self, step: &mut Step) {
         tracing::info!(key = %self.record.key, "the upload session was lost; starting over");
+        // Timers set in this step belong to the life that ends here.
+        step.timers.clear();
         if let Some(session) = self.record.session.take() {
             step.abort.push((self.record.dest_key.clone(), session));
         }

@@ -104,9 +104,20 @@ impl ObjectRun {
             // The session is gone: the upload was finished already (the last block finalizes
             // it on some stores, and a crash may have come before its record) or it expired.
             // A look at the destination tells which; the upload starts over only when the
-            // object is not there.
+            // object is not there. A store that calls gone a session a check of this life
+            // found alive is not asked again (it could go on contradicting itself forever):
+            // the upload starts over, within its budget of restarts.
             self.chunks[index as usize].state = ChunkState::Pending;
-            self.drain(Then::Check(None));
+            if self.session_alive {
+                self.drain(Then::StartOver);
+                step.events.push(Event::UploadRestarted {
+                    job: self.job,
+                    file: self.index,
+                    error: error.clone(),
+                });
+            } else {
+                self.drain(Then::Check(None));
+            }
         } else if active && (retry.should_retry(&err, round) || second_wind) {
             if second_wind {
                 self.second_wind = true;

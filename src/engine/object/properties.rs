@@ -34,10 +34,16 @@ enum Fault {
     AnswerLost,
     /// The store forgot the upload session before answering.
     SessionLost,
+    /// The store calls the session gone but keeps it (an eventually consistent server).
+    Contradicts,
     /// The store dropped the blocks it had staged (any-order stores only).
     BlocksDropped,
     /// A refusal that can never succeed (the object fails).
     Refused,
+    /// The source changed since planning (the object fails and its upload is given up).
+    SourceChanged,
+    /// Another writer's object holds the name (a conditional write is refused).
+    Exists,
     /// Credentials revoked: the job stops; the operator resumes it later.
     StopsJob,
     /// The process dies here; what was in flight may or may not have reached the store.
@@ -46,22 +52,31 @@ enum Fault {
 
 fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
-        6 => Just(Fault::None),
-        3 => Just(Fault::Transient),
-        1 => Just(Fault::Throttled),
-        2 => Just(Fault::AnswerLost),
-        1 => Just(Fault::SessionLost),
-        1 => Just(Fault::BlocksDropped),
+        12 => Just(Fault::None),
+        6 => Just(Fault::Transient),
+        2 => Just(Fault::Throttled),
+        4 => Just(Fault::AnswerLost),
+        2 => Just(Fault::SessionLost),
+        2 => Just(Fault::Contradicts),
+        2 => Just(Fault::BlocksDropped),
         1 => Just(Fault::Refused),
-        1 => Just(Fault::StopsJob),
-        1 => Just(Fault::Crash),
+        1 => Just(Fault::SourceChanged),
+        1 => Just(Fault::Exists),
+        2 => Just(Fault::StopsJob),
+        2 => Just(Fault::Crash),
     ]
 }
+
+/// The key under which a store without sessions (Azure) stages an object's blocks.
+const STAGED: &str = "";
 
 /// The destination as a store sees it.
 #[derive(Default)]
 struct Store {
     sequential: bool,
+    /// The store opens an upload session per object (S3, GCS); without (Azure), blocks are
+    /// staged on the object's name.
+    sessions_kept: bool,
     chunks: u32,
     /// Open sessions and the blocks each holds (in-order stores: blocks 0..n).
     sessions: BTreeMap<String, BTreeSet<u32>>,
@@ -81,6 +96,7 @@ impl Store {
             Fault::Transient => Some(Self::error(ErrorClass::Transient)),
             Fault::Throttled => Some(Self::error(ErrorClass::Throttled)),
             Fault::Refused => Some(Self::error(ErrorClass::Invalid)),
+            Fault::SourceChanged => Some(Self::error(ErrorClass::SourceChanged)),
             Fault::StopsJob => Some(Self::error(ErrorClass::Permission)),
             Fault::SessionLost => {
                 if let Some(s) = session {
@@ -110,6 +126,16 @@ impl Store {
         if let Some(err) = self.before(fault, None) {
             return Err(err);
         }
+        if !self.sessions_kept {
+            self.sessions.entry(STAGED.into()).or_default();
+            return Store::after(
+                fault,
+                Ok(Begun {
+                    meta: ObjectMeta::default(),
+                    session: None,
+                }),
+            );
+        }
         self.opened += 1;
         let session = format!("s{}", self.opened);
         self.sessions.insert(session.clone(), BTreeSet::new());
@@ -130,13 +156,25 @@ impl Store {
             bytes: 1,
             crc64: u64::from(index),
         };
-        let Some(session) = session else {
+        if self.chunks == 1 {
             // A whole-object put: it is its own commit, read back before it answers.
+            if let Fault::Exists = fault {
+                return Err(Self::error(ErrorClass::Exists));
+            }
             self.committed = true;
             return Store::after(fault, Ok(moved));
-        };
-        let Some(blocks) = self.sessions.get_mut(session) else {
-            return Err(Self::error(ErrorClass::UploadLost));
+        }
+        let blocks = if self.sessions_kept {
+            if let Fault::Contradicts = fault {
+                return Err(Self::error(ErrorClass::UploadLost));
+            }
+            let Some(blocks) = session.and_then(|s| self.sessions.get_mut(s)) else {
+                return Err(Self::error(ErrorClass::UploadLost));
+            };
+            blocks
+        } else {
+            // Blocks are staged on the object's name, whenever they come.
+            self.sessions.entry(STAGED.into()).or_default()
         };
         if self.sequential {
             let held = blocks.len() as u32;
@@ -144,7 +182,7 @@ impl Store {
             blocks.insert(index);
             if blocks.len() as u32 == self.chunks {
                 // The last block finalizes the object.
-                self.sessions.remove(session);
+                self.sessions.remove(session.unwrap_or(STAGED));
                 self.committed = true;
             }
         } else {
@@ -155,30 +193,46 @@ impl Store {
 
     /// Verify, then commit if every block is staged (`transfer::verify_and_commit`).
     fn commit(&mut self, fault: Fault, session: Option<&str>) -> StoreResult<CommitOutcome> {
-        if let Some(err) = self.before(fault, session) {
+        let session = session.unwrap_or(STAGED);
+        if let Some(err) = self.before(fault, Some(session)) {
             return Err(err);
         }
-        let held = session.and_then(|s| self.sessions.get(s)).cloned();
-        let Some(blocks) = held else {
-            return if self.committed {
-                Ok(CommitOutcome::Committed)
-            } else {
-                Err(Self::error(ErrorClass::UploadLost))
-            };
+        let held = match self.sessions.get(session) {
+            Some(blocks) => Some(blocks.clone()),
+            None if !self.sessions_kept => Some(BTreeSet::new()),
+            None => None,
         };
-        let mut missing: Vec<u32> = (0..self.chunks).filter(|i| !blocks.contains(i)).collect();
-        if self.sequential && !missing.is_empty() {
-            // An unfinalized in-order session lacks at least its last block.
-            missing = (blocks.len() as u32..self.chunks).collect();
+        let missing = held.as_ref().map(|blocks| {
+            let missing: Vec<u32> = (0..self.chunks).filter(|i| !blocks.contains(i)).collect();
+            if self.sequential && !missing.is_empty() {
+                // An unfinalized in-order session lacks at least its last block.
+                (blocks.len() as u32..self.chunks).collect()
+            } else {
+                missing
+            }
+        });
+        match missing {
+            // As `verify_and_commit` does: when anything is missing or the session is gone,
+            // an object of this very version already there means the commit happened.
+            _ if self.committed && missing.as_ref().is_none_or(|m| !m.is_empty()) => {
+                Ok(CommitOutcome::Committed)
+            }
+            None => Err(Self::error(ErrorClass::UploadLost)),
+            Some(missing) if !missing.is_empty() => {
+                Store::after(fault, Ok(CommitOutcome::Missing(missing)))
+            }
+            Some(_) if matches!(fault, Fault::Exists) => Err(Self::error(ErrorClass::Exists)),
+            Some(_) => {
+                self.sessions.remove(session);
+                self.committed = true;
+                Store::after(fault, Ok(CommitOutcome::Committed))
+            }
         }
-        if !missing.is_empty() {
-            return Store::after(fault, Ok(CommitOutcome::Missing(missing)));
-        }
-        if let Some(s) = session {
-            self.sessions.remove(s);
-        }
-        self.committed = true;
-        Store::after(fault, Ok(CommitOutcome::Committed))
+    }
+
+    /// Gives up an upload.
+    fn abort(&mut self, session: &str) {
+        self.sessions.remove(session);
     }
 }
 
@@ -200,7 +254,7 @@ struct World {
 }
 
 impl World {
-    fn new(chunk_count: u32, sequential: bool) -> Self {
+    fn new(chunk_count: u32, sequential: bool, sessions_kept: bool, if_exists: IfExists) -> Self {
         let file = FileRecord {
             key: "k".into(),
             dest_key: "k".into(),
@@ -226,6 +280,7 @@ impl World {
             timers: Vec::new(),
             store: Store {
                 sequential,
+                sessions_kept,
                 chunks: chunk_count,
                 ..Store::default()
             },
@@ -235,7 +290,7 @@ impl World {
                     base: Duration::ZERO,
                     cap: Duration::ZERO,
                 },
-                if_exists: IfExists::Overwrite,
+                if_exists,
             },
             stopped: false,
             acknowledged: BTreeSet::new(),
@@ -258,6 +313,14 @@ impl World {
             .extend(step.timers.into_iter().map(|(_, wake)| (generation, wake)));
         if step.stop_job.is_some() {
             self.stopped = true;
+        }
+        for (_, session) in &step.abort {
+            assert_ne!(
+                Some(session),
+                self.object.record.session.as_ref(),
+                "gave up the session the object still uploads to"
+            );
+            self.store.abort(session);
         }
         for event in &step.events {
             if let Event::BlocksMissing { chunks, .. } = event {
@@ -453,8 +516,29 @@ impl World {
     }
 }
 
-fn play(chunks: u32, sequential: bool, script: &[(usize, Fault)]) {
-    let mut world = World::new(chunks, sequential);
+/// The stores modelled.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Blocks in any order within an upload session (S3).
+    Sessions,
+    /// Blocks in any order staged on the object's name (Azure).
+    NoSessions,
+    /// Blocks in order within a session whose last block finalizes the object (GCS).
+    InOrder,
+}
+
+fn play(chunks: u32, kind: Kind, skip: bool, script: &[(usize, Fault)]) {
+    let if_exists = if skip {
+        IfExists::Skip
+    } else {
+        IfExists::Overwrite
+    };
+    let (sequential, sessions) = match kind {
+        Kind::Sessions => (false, true),
+        Kind::NoSessions => (false, false),
+        Kind::InOrder => (true, true),
+    };
+    let mut world = World::new(chunks, sequential, sessions, if_exists);
     world.check();
     for &(pick, fault) in script {
         world.step(pick, fault);
@@ -476,23 +560,27 @@ proptest! {
     #[test]
     fn an_object_on_an_any_order_store_is_never_stranded_and_done_only_when_committed(
         chunks in 1u32..6,
+        sessions in any::<bool>(),
+        skip in any::<bool>(),
         script in prop::collection::vec((any::<usize>(), fault()), 0..80),
     ) {
-        play(chunks, false, &script);
+        let kind = if sessions { Kind::Sessions } else { Kind::NoSessions };
+        play(chunks, kind, skip, &script);
     }
 
     #[test]
     fn an_object_on_an_in_order_store_is_never_stranded_and_done_only_when_committed(
         chunks in 1u32..6,
+        skip in any::<bool>(),
         script in prop::collection::vec((any::<usize>(), fault()), 0..80),
     ) {
-        play(chunks, true, &script);
+        play(chunks, Kind::InOrder, skip, &script);
     }
 }
 
 #[test]
 fn a_chunk_failing_twice_alone_asks_for_a_check_and_goes_again_after_it() {
-    let mut world = World::new(3, true);
+    let mut world = World::new(3, true, true, IfExists::Overwrite);
     // Chunk 0 fails twice; its second wake asks the destination how the upload stands.
     world.dispatch(); // begin
     world.answer(0, Fault::None);
@@ -520,5 +608,33 @@ fn a_chunk_failing_twice_alone_asks_for_a_check_and_goes_again_after_it() {
     assert_eq!(
         world.file.commit_attempts, 1,
         "a check spends no commit attempt: only the last commit counts"
+    );
+}
+
+#[test]
+fn a_store_that_keeps_calling_a_live_session_gone_cannot_hold_an_object_forever() {
+    let mut world = World::new(3, false, true, IfExists::Overwrite);
+    for _ in 0..500 {
+        if !world.object.active() {
+            break;
+        }
+        if world.object.next_work().is_some() {
+            world.dispatch();
+        } else if let Some((work, _)) = world.flying.first() {
+            // Every chunk is told the session is gone; checks find it alive.
+            let fault = match work {
+                Work::Chunk(_) => Fault::Contradicts,
+                _ => Fault::None,
+            };
+            world.answer(0, fault);
+        } else {
+            world.fire(0);
+        }
+        world.check();
+    }
+    assert_eq!(world.object.record.state, FileState::Failed);
+    assert_eq!(
+        world.object.restarts, world.rules.retry.max_attempts,
+        "it started over within its budget, then failed"
     );
 }

@@ -56,24 +56,23 @@ impl Scheduler {
                 {
                     job.record.state = JobState::Cancelled;
                     job.record.updated_ms = now_ms();
-                    job.queue.clear();
+                    job.clear_queue();
                     let record = job.record.clone();
                     let uploads: Vec<(String, String)> = job
                         .files
                         .iter()
                         .filter_map(|f| f.record.open_upload())
                         .collect();
-                    let sink = job.sink.clone();
-                    self.persist(
-                        vec![Write::Job(record)],
-                        vec![After::Emit(Event::JobStateChanged {
-                            job: id,
-                            state: JobState::Cancelled,
-                        })],
-                    );
+                    let mut after = vec![After::Emit(Event::JobStateChanged {
+                        job: id,
+                        state: JobState::Cancelled,
+                    })];
+                    // Given up once the cancellation is durable: a crash before it resumes
+                    // the job with its sessions intact.
                     if !uploads.is_empty() {
-                        self.abort_uploads(sink, uploads);
+                        after.push(After::Abort(job.sink.clone(), uploads));
                     }
+                    self.persist(vec![Write::Job(record)], after);
                     self.check_finished(id);
                 } else if !self.jobs.contains_key(&id) {
                     self.cancel_unloaded(id);
@@ -316,6 +315,7 @@ impl Scheduler {
             };
             job.record.state = state;
             job.record.updated_ms = now_ms();
+            job.enqueue_all();
             let record = job.record.clone();
             self.persist(
                 vec![Write::Job(record)],
@@ -344,8 +344,9 @@ impl Scheduler {
                 continue;
             }
             writes.extend(object.reopen());
-            job.enqueue(pos);
         }
+        // A job stopped by a fatal error emptied its queue: every object with work goes back.
+        job.enqueue_all();
         if job.record.state == JobState::Failed {
             job.record.state = JobState::Running;
             job.record.error = None;

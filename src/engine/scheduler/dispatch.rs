@@ -125,11 +125,7 @@ impl Scheduler {
     }
 
     /// Gives up uploads that will not be committed, in the background.
-    pub(super) fn abort_uploads(
-        &mut self,
-        sink: Arc<dyn ObjectSink>,
-        uploads: Vec<(String, String)>,
-    ) {
+    fn abort_uploads(&mut self, sink: Arc<dyn ObjectSink>, uploads: Vec<(String, String)>) {
         self.background.spawn(async move {
             transfer::give_up_uploads(sink.as_ref(), uploads).await;
         });
@@ -147,6 +143,7 @@ impl Scheduler {
                 After::StartChunk(task) => self.start_chunk(*task),
                 After::StartCommit(task) => self.start_commit(*task),
                 After::StartBegin(task) => self.start_begin(*task),
+                After::Abort(sink, uploads) => self.abort_uploads(sink, uploads),
             }
         }
         Ok(())

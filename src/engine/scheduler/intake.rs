@@ -168,9 +168,7 @@ impl Scheduler {
                 announcements.extend(step.events.into_iter().map(After::Emit));
             }
         }
-        for pos in 0..job.files.len() {
-            job.enqueue(pos);
-        }
+        job.enqueue_all();
         let event = match summary {
             Some(summary) => Event::JobPlanned {
                 job: id,

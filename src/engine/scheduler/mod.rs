@@ -61,6 +61,8 @@ enum After {
     StartChunk(Box<ChunkTask>),
     StartCommit(Box<CommitTask>),
     StartBegin(Box<BeginTask>),
+    /// Give up these uploads (destination key, session) at the store, best effort.
+    Abort(Arc<dyn ObjectSink>, Vec<(String, String)>),
 }
 
 struct ChunkTask {

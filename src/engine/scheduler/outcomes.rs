@@ -35,7 +35,12 @@ impl Scheduler {
     /// What each transition of an object asks, applied: its timers set, the uploads it
     /// leaves given up, the job stopped if the error was fatal, the object queued again if it
     /// has work, and its records written before its events are announced.
-    fn apply(&mut self, id: JobId, pos: usize, step: Step) {
+    ///
+    /// An object under way (`first`: after its begin, check, commit or a retry's timer — or
+    /// whenever a begin, check or commit is due) goes ahead of objects not begun yet, so a
+    /// job does not open every object's session before any chunk moves. Uploads are given up
+    /// only once the writes that drop them are durable.
+    fn apply(&mut self, id: JobId, pos: usize, step: Step, first: bool) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -45,7 +50,7 @@ impl Scheduler {
             self.timers
                 .set(now + delay, id, pos, object.generation, wake);
         }
-        if object.urgent() {
+        if first || object.urgent() {
             job.enqueue_first(pos);
         } else {
             job.enqueue(pos);
@@ -54,11 +59,10 @@ impl Scheduler {
         if let Some(reason) = step.stop_job {
             stop(job, reason, &mut writes);
         }
+        let mut after: Vec<After> = step.events.into_iter().map(After::Emit).collect();
         if !step.abort.is_empty() {
-            let sink = job.sink.clone();
-            self.abort_uploads(sink, step.abort);
+            after.push(After::Abort(job.sink.clone(), step.abort));
         }
-        let after = step.events.into_iter().map(After::Emit).collect();
         self.persist(writes, after);
     }
 
@@ -86,7 +90,7 @@ impl Scheduler {
             return;
         };
         let step = object.on_chunk(index, timing, result, &rules);
-        self.apply(id, pos, step);
+        self.apply(id, pos, step, false);
     }
 
     fn begin_finished(&mut self, id: JobId, pos: usize, result: StoreResult<Begun>) {
@@ -94,7 +98,7 @@ impl Scheduler {
             return;
         };
         let step = object.on_begin(result, wanted, &rules);
-        self.apply(id, pos, step);
+        self.apply(id, pos, step, true);
     }
 
     fn commit_finished(&mut self, id: JobId, pos: usize, result: StoreResult<CommitOutcome>) {
@@ -102,7 +106,7 @@ impl Scheduler {
             return;
         };
         let step = object.on_commit(result, &rules);
-        self.apply(id, pos, step);
+        self.apply(id, pos, step, true);
     }
 
     /// A timer went off: its object is woken (a timer of an earlier life does nothing).
@@ -111,11 +115,7 @@ impl Scheduler {
             return;
         };
         let step = object.on_wake(generation, wake);
-        self.apply(id, pos, step);
-        // A retry finishes an object already under way: it goes first.
-        if let Some(job) = self.jobs.get_mut(&id) {
-            job.enqueue_first(pos);
-        }
+        self.apply(id, pos, step, true);
     }
 
     /// Finishes a job once nothing of it is in flight and nothing is left to do (or it was
