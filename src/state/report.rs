@@ -229,7 +229,10 @@ mod tests {
         let report = Report::of(&snapshot());
         let text = report.to_csv().expect("csv");
         let mut reader = csv::Reader::from_reader(text.as_bytes());
-        assert_eq!(reader.headers().expect("header").iter().collect::<Vec<_>>(), HEADER);
+        assert_eq!(
+            reader.headers().expect("header").iter().collect::<Vec<_>>(),
+            HEADER
+        );
         let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[0][0], "a,b.bin");
