@@ -42,6 +42,7 @@
 //! 6. Bounded memory: chunk buffers in flight never exceed the budget.
 //! 7. No secrets at rest: nothing secret reaches the database, logs, screen or errors.
 
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod headless;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use blobway::daemon::api;
+use blobway::daemon::client::Client;
 use blobway::demo::DemoStores;
 use blobway::engine::{
     Command, ControllerConfig, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory,
@@ -19,6 +21,7 @@ use blobway::state::{JobId, JobOptions, JobState, StateDb};
 use blobway::store::simulated::LinkSettings;
 use blobway::store::{Access, ChecksumKind, StoreSettings};
 use blobway::tui::app::AppOptions;
+use hyper::Method;
 
 const AFTER_HELP: &str = "\
 Locations:
@@ -97,6 +100,10 @@ enum Commands {
         /// progress bar.
         #[arg(long)]
         json: bool,
+        /// Hand the copy to the daemon (started in the background if none runs) and print its
+        /// job ID at once; `blobway jobs` and the TUI follow it.
+        #[arg(long, conflicts_with = "dry_run")]
+        detach: bool,
         /// Chunk size; raised automatically per object to stay within the destination's
         /// block-count limit.
         #[arg(long, default_value = "16MiB", value_parser = parse_size_arg, value_name = "SIZE")]
@@ -140,6 +147,41 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Run the engine as a service in the foreground, owning the state file: unfinished jobs
+    /// resume, and every other command (the TUI, copy, jobs, pause, …) talks to it through a
+    /// private Unix socket derived from the state file. SIGTERM or SIGINT stop it (work in
+    /// flight gets a moment; the rest resumes on the next start). See assets/blobway.service.
+    Serve {
+        /// Also serve the HTTP API on this address (loopback only), e.g. 127.0.0.1:7878. Every
+        /// request needs `Authorization: Bearer <token>`: BLOBWAY_TOKEN, or a token generated
+        /// into a file next to the state file (its path is printed).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// Started in the background by another command: leave its session.
+        #[arg(long, hide = true)]
+        detached: bool,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Pause a job (or every job with --all) in the running daemon: no new chunk starts;
+    /// chunks in flight finish. `blobway resume JOB` continues it.
+    Pause {
+        /// The job.
+        job: Option<JobId>,
+        /// Every job.
+        #[arg(long, conflicts_with = "job")]
+        all: bool,
+    },
+    /// Set the running daemon's concurrency: a fixed number of chunks in flight, or `auto`
+    /// for the adaptive controller.
+    SetConcurrency {
+        /// A number from 1 to 4096, or `auto`.
+        #[arg(value_name = "N|auto")]
+        value: String,
+    },
+    /// Stop the daemon serving the state file (work in flight gets a moment; the rest
+    /// resumes when it starts again).
+    Stop,
     /// Report every object of JOB that is not done — key, size, state, error class, HTTP
     /// status, message, attempts, last attempt — as CSV (a table for a spreadsheet) or JSON
     /// (with the job's totals).
@@ -315,7 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
     match cli.command {
         None => {
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let db = open_unserved(&state_path).await?;
             let options = AppOptions {
                 browse_root: "s3://".into(),
                 local_destination: None,
@@ -328,11 +370,124 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_tui(db, &cli.tuning, cli.tuning.stores(), options, start).await
         }
         Some(Commands::Jobs { json }) => {
+            if let Some(client) = daemon(&state_path).await? {
+                let page: serde_json::Value = client
+                    .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
+                    .await
+                    .and_then(|a| a.json())
+                    .map_err(state_failure)?;
+                let views: Vec<blobway::engine::snapshot::JobView> =
+                    serde_json::from_value(page["jobs"].clone()).map_err(state_failure)?;
+                print_jobs(&state_path, views, json, false);
+                return Ok(ExitCode::SUCCESS);
+            }
             let db = StateDb::open(&state_path).map_err(state_failure)?;
             list_jobs(&db, json).map_err(state_failure)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Commands::Serve {
+            listen,
+            detached,
+            tuning,
+        }) => {
+            let db_path = state_path.clone();
+            let _log = init_logging_at(&db_path);
+            blobway::daemon::serve(blobway::daemon::ServeOptions {
+                state: state_path,
+                listen,
+                config: engine_config(&tuning)?,
+                stores: tuning.stores(),
+                detached,
+            })
+            .await
+            .map_err(state_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Pause { job, all }) => {
+            let client = require_daemon(&state_path).await?;
+            let ids = match (job, all) {
+                (Some(id), _) => vec![id],
+                (None, true) => client_job_ids(&client).await?,
+                (None, false) => {
+                    return Err(bad_input(anyhow::anyhow!(
+                        "name the job to pause (`blobway jobs` lists them), or --all"
+                    )));
+                }
+            };
+            for id in ids {
+                client
+                    .request(Method::POST, &format!("/v1/jobs/{id}/pause"), None::<&()>)
+                    .await
+                    .and_then(|a| a.ok())
+                    .map_err(bad_input)?;
+                println!("job {id}: paused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::SetConcurrency { value }) => {
+            let asked = match value.as_str() {
+                "auto" => api::Concurrency::Auto { auto: true },
+                n => match n.parse::<u32>() {
+                    Ok(limit) if (1..=4096).contains(&limit) => api::Concurrency::Fixed { limit },
+                    _ => {
+                        return Err(bad_input(anyhow::anyhow!(
+                            "`{value}` is neither a number from 1 to 4096 nor `auto`"
+                        )));
+                    }
+                },
+            };
+            let client = require_daemon(&state_path).await?;
+            client
+                .request(Method::PUT, "/v1/concurrency", Some(&asked))
+                .await
+                .and_then(|a| a.ok())
+                .map_err(bad_input)?;
+            println!("concurrency: {value}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Stop) => {
+            let Some(client) = daemon(&state_path).await? else {
+                println!("no daemon serves {}", state_path.display());
+                return Ok(ExitCode::SUCCESS);
+            };
+            client
+                .request(Method::POST, "/v1/stop", None::<&()>)
+                .await
+                .and_then(|a| a.ok())
+                .map_err(state_failure)?;
+            // Gone once its socket no longer answers.
+            for _ in 0..300 {
+                if daemon(&state_path).await.ok().flatten().is_none() {
+                    println!("stopped");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(state_failure(anyhow::anyhow!(
+                "the daemon is still stopping"
+            )))
+        }
         Some(Commands::Report { job, format }) => {
+            if let Some(client) = daemon(&state_path).await? {
+                let format = match format {
+                    ReportFormat::Csv => "csv",
+                    ReportFormat::Json => "json",
+                };
+                let answer = client
+                    .request(
+                        Method::GET,
+                        &format!("/v1/jobs/{job}/report?format={format}"),
+                        None::<&()>,
+                    )
+                    .await
+                    .map_err(state_failure)?;
+                answer.ok().map_err(bad_input)?;
+                print!("{}", String::from_utf8_lossy(&answer.body));
+                if format == "json" {
+                    println!();
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let db = StateDb::open(&state_path).map_err(state_failure)?;
             let Some(snapshot) = db.load_job(job).map_err(state_failure)? else {
                 return Err(bad_input(anyhow::anyhow!(
@@ -363,6 +518,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             access,
             invalid_metadata,
             if_exists,
+            detach,
         }) => {
             check_tuning(&tuning, chunk_size)?;
             let destinations: Vec<String> = destination.into_iter().chain(to).collect();
@@ -394,7 +550,31 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)
                     .await;
             }
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            if detach {
+                let client = Client::find_or_start(&state_path, &[])
+                    .await
+                    .map_err(state_failure)?;
+                let new = api::NewJobs {
+                    source,
+                    destinations,
+                    options: Some(options),
+                };
+                let accepted: Vec<api::Accepted> = client
+                    .request(Method::POST, "/v1/jobs", Some(&new))
+                    .await
+                    .map_err(state_failure)?
+                    .json()
+                    .map_err(bad_input)?;
+                for job in accepted {
+                    if json {
+                        println!("{}", serde_json::to_string(&job).unwrap_or_default());
+                    } else {
+                        println!("job {}: {} → {}", job.job, job.source, job.destination);
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let db = open_unserved(&state_path).await?;
             let commands = destinations
                 .into_iter()
                 .map(|destination| Command::Enqueue {
@@ -406,7 +586,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            if let (Some(client), Some(id)) = (daemon(&state_path).await?, job) {
+                client
+                    .request(Method::POST, &format!("/v1/jobs/{id}/resume"), None::<&()>)
+                    .await
+                    .and_then(|a| a.ok())
+                    .map_err(bad_input)?;
+                println!("job {id}: resumed");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let db = open_unserved(&state_path).await?;
             if let Some(id) = job
                 && db.job(id).map_err(state_failure)?.is_none()
             {
@@ -422,6 +611,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), vec![command]).await
         }
         Some(Commands::Cancel { job, json }) => {
+            if let Some(client) = daemon(&state_path).await? {
+                client
+                    .request(Method::POST, &format!("/v1/jobs/{job}/cancel"), None::<&()>)
+                    .await
+                    .and_then(|a| a.ok())
+                    .map_err(bad_input)?;
+                println!("job {job}: cancelled");
+                return Ok(ExitCode::SUCCESS);
+            }
             let db = StateDb::open(&state_path).map_err(state_failure)?;
             if db.job(job).map_err(state_failure)?.is_none() {
                 return Err(bad_input(anyhow::anyhow!(
@@ -656,7 +854,12 @@ fn log_path(db: &StateDb) -> Option<PathBuf> {
 
 /// Sends logs to the log file; returns the guard that flushes it.
 fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let path = log_path(db)?;
+    init_logging_at(db.path())
+}
+
+/// Sends logs to `blobway.log` next to `state`.
+fn init_logging_at(state: &std::path::Path) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let path = state.parent()?.join("blobway.log");
     let appender = tracing_appender::rolling::never(path.parent()?, "blobway.log");
     let (writer, guard) = tracing_appender::non_blocking(appender);
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLOBWAY_LOG")
@@ -671,10 +874,36 @@ fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGu
 }
 
 fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
-    let jobs = db.jobs()?;
+    let mut views = Vec::new();
+    for job in db.jobs()? {
+        views.push(blobway::engine::snapshot::JobView {
+            progress: db.progress(job.id)?,
+            id: job.id,
+            source: job.source,
+            destination: job.destination,
+            state: job.state,
+            rate: 0.0,
+            eta_secs: None,
+            error: job.error,
+        });
+    }
+    // This process holds the state file, so no other blobway is running the jobs: a job
+    // recorded RUNNING was interrupted.
+    print_jobs(db.path(), views, json, true);
+    Ok(())
+}
+
+/// Prints jobs as a table or JSON lines; `stopped` shows RUNNING as STOPPED (nothing runs
+/// them).
+fn print_jobs(
+    state: &std::path::Path,
+    jobs: Vec<blobway::engine::snapshot::JobView>,
+    json: bool,
+    stopped: bool,
+) {
     if jobs.is_empty() && !json {
-        println!("no jobs in {}", db.path().display());
-        return Ok(());
+        println!("no jobs in {}", state.display());
+        return;
     }
     if !json {
         println!(
@@ -683,26 +912,68 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
         );
     }
     for job in jobs {
-        let p = db.progress(job.id)?;
+        let p = job.progress;
         if json {
             println!("{}", serde_json::json!({ "job": job, "progress": p }));
-        } else {
-            let objects = format!("{}/{}", p.files_done + p.files_skipped, p.files_total);
-            let bytes = format!("{}/{}", human(p.bytes_done), human(p.bytes_total));
-            // This process holds the state file, so no other blobway is running the job: a
-            // job recorded RUNNING was interrupted.
-            let state = match job.state {
-                JobState::Running => "STOPPED",
-                other => other.name(),
-            };
-            println!(
-                "{:>4}  {:<9}  {:>13}  {:>21}  {} → {}",
-                job.id, state, objects, bytes, job.source, job.destination
-            );
-            if let Some(error) = &job.error {
-                println!("      {error}");
-            }
+            continue;
+        }
+        let objects = format!("{}/{}", p.files_done + p.files_skipped, p.files_total);
+        let bytes = format!("{}/{}", human(p.bytes_done), human(p.bytes_total));
+        let state = match job.state {
+            JobState::Running if stopped => "STOPPED",
+            other => other.name(),
+        };
+        println!(
+            "{:>4}  {:<9}  {:>13}  {:>21}  {} → {}",
+            job.id, state, objects, bytes, job.source, job.destination
+        );
+        if let Some(error) = &job.error {
+            println!("      {error}");
         }
     }
-    Ok(())
+}
+
+/// The daemon serving `state`, if one runs.
+async fn daemon(state: &std::path::Path) -> Result<Option<Client>, Failure> {
+    Client::find(state).await.map_err(state_failure)
+}
+
+/// The daemon serving `state`; a command that needs one says how to start it.
+async fn require_daemon(state: &std::path::Path) -> Result<Client, Failure> {
+    daemon(state).await?.ok_or_else(|| {
+        bad_input(anyhow::anyhow!(
+            "no daemon serves {}: start one with `blobway serve` (or `blobway copy --detach`)",
+            state.display()
+        ))
+    })
+}
+
+/// The IDs of the daemon's unfinished jobs.
+async fn client_job_ids(client: &Client) -> Result<Vec<JobId>, Failure> {
+    let page: serde_json::Value = client
+        .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
+        .await
+        .and_then(|a| a.json())
+        .map_err(state_failure)?;
+    let views: Vec<blobway::engine::snapshot::JobView> =
+        serde_json::from_value(page["jobs"].clone()).map_err(state_failure)?;
+    Ok(views
+        .into_iter()
+        .filter(|v| !v.state.is_finished())
+        .map(|v| v.id)
+        .collect())
+}
+
+/// Opens the state file for an engine in this process; a daemon serving it is named, with
+/// what to do instead.
+async fn open_unserved(state: &std::path::Path) -> Result<StateDb, Failure> {
+    if let Some(client) = daemon(state).await? {
+        let pid = client.version().await.map(|v| v.pid).unwrap_or_default();
+        return Err(state_failure(anyhow::anyhow!(
+            "the daemon (pid {pid}) serves {}: hand it work with `blobway copy --detach`, \
+             watch it with `blobway jobs`, or stop it with `blobway stop`",
+            state.display()
+        )));
+    }
+    StateDb::open(state).map_err(state_failure)
 }

@@ -32,7 +32,7 @@ use crate::store::{Access, ChecksumKind, ObjectSink, ObjectSource, Page, StoreSe
 pub use control::{ControllerConfig, Decision};
 pub use plan::PlanSummary;
 pub use retry::RetryPolicy;
-pub use snapshot::{Selection, Snapshot};
+pub use snapshot::{LOCAL_VIEWER, Selection, Snapshot, ViewerId};
 
 /// Settings of one engine run.
 #[derive(Clone, Debug)]
@@ -140,8 +140,15 @@ pub enum Command {
     SetConcurrency(u32),
     /// Switch between the adaptive controller and a manual limit.
     SetAdaptive(bool),
-    /// Tell the engine what the view looks at, so snapshots carry its details.
-    Watch(Selection),
+    /// Tell the engine what a view looks at, so snapshots carry its details (an empty
+    /// selection forgets the viewer). The in-process view is [`LOCAL_VIEWER`]; the daemon
+    /// gives every attached client its own.
+    Watch {
+        /// Whose view.
+        viewer: ViewerId,
+        /// What it looks at.
+        selection: Selection,
+    },
     /// List one level of a location (`s3://` or `az://` alone lists buckets or containers);
     /// answered by [`Event::Listing`].
     Browse {
@@ -166,6 +173,16 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A route was accepted and is being planned under this job ID (a route that has a job
+    /// keeps its ID); [`Event::JobPlanned`] or [`Event::PlanFailed`] follows.
+    JobQueued {
+        /// The job.
+        job: JobId,
+        /// Source location.
+        source: String,
+        /// Destination location.
+        destination: String,
+    },
     /// A job was planned (or re-planned) and starts.
     JobPlanned {
         /// The job.

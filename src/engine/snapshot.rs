@@ -3,11 +3,19 @@
 //! job's objects, one object's chunks, one chunk's history). Plain, serialisable data, built
 //! by the scheduler a few times a second and published on a `watch` channel.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Series;
 use super::plan;
 use crate::state::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobState};
+
+/// Who looks: every view has its own selection and gets its own details.
+pub type ViewerId = u64;
+
+/// The view of the process the engine runs in (the in-process TUI).
+pub const LOCAL_VIEWER: ViewerId = 0;
 
 /// What a view is looking at; the snapshot carries details for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +53,35 @@ pub struct Snapshot {
     pub file_chunks: Option<FileChunks>,
     /// The selected chunk.
     pub chunk_detail: Option<ChunkDetail>,
+    /// The details other viewers than [`LOCAL_VIEWER`] asked for; [`Snapshot::for_viewer`]
+    /// gives each its own in the fields above.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub viewers: BTreeMap<ViewerId, ViewDetails>,
+}
+
+/// The details one viewer's selection asks for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewDetails {
+    pub job_detail: Option<JobDetail>,
+    pub file_chunks: Option<FileChunks>,
+    pub chunk_detail: Option<ChunkDetail>,
 }
 
 impl Snapshot {
+    /// The snapshot as `viewer` sees it: its own details in place, nobody else's.
+    pub fn for_viewer(&self, viewer: ViewerId) -> Snapshot {
+        let details = self.viewers.get(&viewer).cloned().unwrap_or_default();
+        Snapshot {
+            job_detail: details.job_detail,
+            file_chunks: details.file_chunks,
+            chunk_detail: details.chunk_detail,
+            viewers: BTreeMap::new(),
+            jobs: self.jobs.clone(),
+            series: self.series.clone(),
+            ..*self
+        }
+    }
+
     /// True when nothing is running: every unfinished job is paused (and there is one).
     pub fn paused(&self) -> bool {
         let mut unfinished = self
@@ -239,7 +273,7 @@ pub fn details<'a>(
     job: JobId,
     files: impl Iterator<Item = (u32, &'a FileRecord, &'a [ChunkRecord])>,
     selection: Selection,
-) -> (Option<JobDetail>, Option<FileChunks>, Option<ChunkDetail>) {
+) -> ViewDetails {
     let mut views = Vec::new();
     let (mut chunks_out, mut detail_out) = (None, None);
     for (index, record, chunks) in files {
@@ -251,9 +285,9 @@ pub fn details<'a>(
             }
         }
     }
-    (
-        Some(JobDetail { job, files: views }),
-        chunks_out,
-        detail_out,
-    )
+    ViewDetails {
+        job_detail: Some(JobDetail { job, files: views }),
+        file_chunks: chunks_out,
+        chunk_detail: detail_out,
+    }
 }

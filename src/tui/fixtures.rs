@@ -213,6 +213,7 @@ pub fn snapshot(chunks: u32) -> Snapshot {
             job(4, JobState::Failed, 0, 50 * MIB, 0.0),
         ],
         series: series(),
+        viewers: Default::default(),
         job_detail: Some(JobDetail { job: 1, files }),
         file_chunks: Some(FileChunks {
             job: 1,

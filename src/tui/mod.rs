@@ -74,7 +74,11 @@ async fn event_loop(
             }
         }
         let selection = app.selection();
-        if watching != Some(selection) && handle.try_send(Command::Watch(selection)) {
+        let watch = Command::Watch {
+            viewer: crate::engine::LOCAL_VIEWER,
+            selection,
+        };
+        if watching != Some(selection) && handle.try_send(watch) {
             watching = Some(selection);
         }
         if app.quit {

@@ -37,7 +37,7 @@ impl Scheduler {
                     reason: format!("switched to {mode} by the operator at {limit}"),
                 });
             }
-            Command::Watch(selection) => self.watch(selection),
+            Command::Watch { viewer, selection } => self.watch(viewer, selection),
             Command::Browse {
                 request,
                 location,
@@ -129,6 +129,19 @@ impl Scheduler {
         self.planning.insert(route.clone());
         let new_job_id = self.next_job_id;
         self.next_job_id += 1;
+        // A route that has a job keeps its ID (planning resumes it).
+        let (src_text, dst_text) = (src.to_string(), dst.to_string());
+        let job = match self.db.job_for_route(&src_text, &dst_text) {
+            Ok(Some(existing)) => existing.id,
+            _ => new_job_id,
+        };
+        let queued = Event::JobQueued {
+            job,
+            source: src_text,
+            destination: dst_text,
+        };
+        // Announced in order with what follows (through the writer, like every event).
+        self.persist(Vec::new(), vec![After::Emit(queued)]);
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         let (max_memory, retry) = (self.config.max_memory, self.config.retry);
         self.background.spawn(async move {

@@ -19,7 +19,12 @@ impl Scheduler {
                     self.history.entry(view.id).or_insert(view);
                 }
             }
-            Ready::Watched(snapshot) => self.watched = Some(snapshot),
+            Ready::Watched(snapshot) => {
+                let id = snapshot.job.id;
+                if self.selections.values().any(|s| s.job == Some(id)) {
+                    self.watched.insert(id, snapshot);
+                }
+            }
             Ready::Replan {
                 source,
                 destination,

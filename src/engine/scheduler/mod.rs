@@ -35,7 +35,7 @@ use super::metrics::Metrics;
 use super::model::JobRun;
 use super::object::{ObjectRun, Rules, Step, Timing, Wake, Work};
 use super::plan::{self, PlanRequest, PlanSummary};
-use super::snapshot::{self, JobView, Selection, Snapshot};
+use super::snapshot::{self, JobView, LOCAL_VIEWER, Selection, Snapshot, ViewDetails, ViewerId};
 use super::transfer::{
     self, BeginWork, Begun, ChunkMoved, ChunkWork, CommitOutcome, CommitWork, Target,
 };
@@ -172,8 +172,10 @@ struct Scheduler {
     controller: Controller,
     metrics: Metrics,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    selection: Selection,
-    watched: Option<JobSnapshot>,
+    /// What each view looks at.
+    selections: BTreeMap<ViewerId, Selection>,
+    /// Jobs not loaded that a view looks at, read from the state file.
+    watched: BTreeMap<JobId, JobSnapshot>,
     history: BTreeMap<JobId, JobView>,
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
@@ -223,8 +225,8 @@ pub(super) async fn run(
         controller,
         metrics: Metrics::new(now),
         snapshots,
-        selection: Selection::default(),
-        watched: None,
+        selections: BTreeMap::new(),
+        watched: BTreeMap::new(),
         history: BTreeMap::new(),
         asked: false,
         planning: BTreeSet::new(),

@@ -70,25 +70,12 @@ impl Scheduler {
                 v.with_rate(rate)
             })
             .collect();
-        let selection = self.selection;
-        let (job_detail, file_chunks, chunk_detail) = match selection.job {
-            Some(id) => match (self.jobs.get(&id), &self.watched) {
-                (Some(job), _) => snapshot::details(
-                    id,
-                    job.files
-                        .iter()
-                        .map(|f| (f.index, &f.record, f.chunks.as_slice())),
-                    selection,
-                ),
-                (None, Some(watched)) if watched.job.id == id => snapshot::details(
-                    id,
-                    watched.files.iter().map(|(i, f, c)| (*i, f, c.as_slice())),
-                    selection,
-                ),
-                _ => (None, None, None),
-            },
-            None => (None, None, None),
-        };
+        let mut viewers: BTreeMap<ViewerId, ViewDetails> = self
+            .selections
+            .iter()
+            .map(|(viewer, selection)| (*viewer, self.details(*selection)))
+            .collect();
+        let local = viewers.remove(&LOCAL_VIEWER).unwrap_or_default();
         Snapshot {
             limit: self.gate.limit(),
             adaptive: self.controller.adaptive(),
@@ -98,18 +85,47 @@ impl Scheduler {
             rate,
             jobs,
             series: self.metrics.series(),
-            job_detail,
-            file_chunks,
-            chunk_detail,
+            job_detail: local.job_detail,
+            file_chunks: local.file_chunks,
+            chunk_detail: local.chunk_detail,
+            viewers,
         }
     }
 
-    /// Follows what a view looks at; a job that is not loaded is read from the state file.
-    pub(super) fn watch(&mut self, selection: Selection) {
-        self.selection = selection;
+    /// The details `selection` asks for, from a loaded job or one read for a view.
+    fn details(&self, selection: Selection) -> ViewDetails {
+        let Some(id) = selection.job else {
+            return ViewDetails::default();
+        };
+        match (self.jobs.get(&id), self.watched.get(&id)) {
+            (Some(job), _) => snapshot::details(
+                id,
+                job.files
+                    .iter()
+                    .map(|f| (f.index, &f.record, f.chunks.as_slice())),
+                selection,
+            ),
+            (None, Some(watched)) => snapshot::details(
+                id,
+                watched.files.iter().map(|(i, f, c)| (*i, f, c.as_slice())),
+                selection,
+            ),
+            _ => ViewDetails::default(),
+        }
+    }
+
+    /// Follows what a view looks at (an empty selection forgets the viewer); a job that is
+    /// not loaded is read from the state file, and kept while someone looks at it.
+    pub(super) fn watch(&mut self, viewer: ViewerId, selection: Selection) {
+        if selection == Selection::default() {
+            self.selections.remove(&viewer);
+        } else {
+            self.selections.insert(viewer, selection);
+        }
+        let looked_at: BTreeSet<JobId> = self.selections.values().filter_map(|s| s.job).collect();
+        self.watched.retain(|id, _| looked_at.contains(id));
         let Some(id) = selection.job else { return };
-        let cached = self.watched.as_ref().is_some_and(|w| w.job.id == id);
-        if self.jobs.contains_key(&id) || cached {
+        if self.jobs.contains_key(&id) || self.watched.contains_key(&id) {
             return;
         }
         let (db, tx) = (self.db.clone(), self.ready_tx.clone());

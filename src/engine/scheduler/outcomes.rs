@@ -157,8 +157,8 @@ impl Scheduler {
         self.timers.forget_job(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.history.insert(id, job.view());
-            if self.selection.job == Some(id) {
-                self.watched = Some(job.into_snapshot());
+            if self.selections.values().any(|s| s.job == Some(id)) {
+                self.watched.insert(id, job.into_snapshot());
             }
         }
         self.persist(vec![Write::Job(record)], vec![After::Emit(event)]);

@@ -1,0 +1,259 @@
+//! The daemon (`blobway serve`): the engine as a service that outlives any terminal. It owns
+//! the state file, resumes the unfinished jobs, and serves one HTTP API ([`api`]) on a private
+//! Unix socket derived from the state file ([`socket`]) and, if asked, on TCP with a bearer
+//! token. The [`hub`] hands the engine's events to every attached client without ever making
+//! the engine wait; [`metrics`] turns them into Prometheus text; [`client`] is the other end,
+//! used by every command that finds a daemon running.
+//!
+//! SIGTERM, SIGINT and `POST /v1/stop` stop it: no new work is admitted, event streams end,
+//! work in flight gets a moment and the rest returns to pending, and it exits 0.
+
+pub mod api;
+pub mod client;
+pub mod hub;
+pub mod metrics;
+pub mod socket;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::engine::{Command, Engine, EngineConfig, StoreFactory};
+use crate::state::StateDb;
+use api::{Channel, Shared};
+
+/// How long a stopping daemon waits for the engine before it exits anyway.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+
+/// How `blobway serve` runs.
+pub struct ServeOptions {
+    /// The state file it owns.
+    pub state: PathBuf,
+    /// Also serve the API on this TCP address (bearer token required).
+    pub listen: Option<SocketAddr>,
+    /// The engine's settings.
+    pub config: EngineConfig,
+    /// The stores it opens.
+    pub stores: Arc<dyn StoreFactory>,
+    /// Started by a command in the background: leave the starter's session (no controlling
+    /// terminal, so a closed terminal's SIGHUP never reaches it).
+    pub detached: bool,
+}
+
+/// Runs the daemon in the foreground until it is stopped.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    if options.detached {
+        let _ = nix::unistd::setsid();
+    }
+    let socket_path = socket::socket_path(&options.state);
+    if let Ok(running) = client::Client::at(&socket_path).version().await {
+        anyhow::bail!(
+            "blobway serve (pid {}) already serves {}; its socket is {}",
+            running.pid,
+            running.state,
+            socket_path.display()
+        );
+    }
+    let db = StateDb::open(&options.state)?;
+    let unix = socket::bind(&socket_path)
+        .await
+        .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+    let tcp = match options.listen {
+        Some(addr) => Some(listen_tcp(addr, &options.state).await?),
+        None => None,
+    };
+    let config = EngineConfig {
+        exit_when_idle: false,
+        ..options.config
+    };
+    let engine = Engine::start(db.clone(), config, options.stores)?;
+    let Engine {
+        handle,
+        mut events,
+        snapshots,
+        task,
+    } = engine;
+    handle
+        .send(Command::Load {
+            job: None,
+            include_paused: true,
+        })
+        .await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Shared {
+        engine: handle.clone(),
+        db,
+        hub: Arc::new(hub::Hub::new(hub::CLIENT_QUEUE)),
+        metrics: Arc::new(metrics::Metrics::new()),
+        snapshots,
+        stopping: stop_rx.clone(),
+        stop: Arc::new(stop_tx),
+    };
+    // The one reader of the engine's events: counted, logged, handed on without waiting.
+    let (hub, counters) = (shared.hub.clone(), shared.metrics.clone());
+    let fan_out = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            counters.observe(&event);
+            log_event(&event);
+            hub.publish(&event);
+        }
+    });
+    tracing::info!(socket = %socket_path.display(), "serving {}", shared.db.path().display());
+    eprintln!("blobway serve: socket {}", socket_path.display());
+    let unix_server = axum::serve(
+        socket::CheckedUnix(unix),
+        api::router(shared.clone(), Channel::Socket, None),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let tcp_server = tcp.map(|(listener, token)| {
+        axum::serve(
+            listener,
+            api::router(shared.clone(), Channel::Tcp, Some(Arc::new(token))),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+    });
+    let stop = shared.stop.clone();
+    let signals = tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!("{signal}: stopping");
+        let _ = stop.send(true);
+    });
+    let servers = async {
+        match tcp_server {
+            Some(tcp) => {
+                let (a, b) = tokio::join!(unix_server, tcp);
+                a.and(b)
+            }
+            None => unix_server.await,
+        }
+    };
+    let served = servers.await;
+    signals.abort();
+    // Stopping: nothing new starts; work in flight gets its moment; the rest is pending.
+    let _ = handle.send(Command::Shutdown).await;
+    let engine_result = tokio::time::timeout(STOP_WAIT, task).await;
+    fan_out.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    served.context("the API server failed")?;
+    match engine_result {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Ok(()), // in-flight work is left to the next start, as after a crash
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Binds TCP. Beyond loopback, TLS is required (not built in yet: bind to loopback and put a
+/// TLS proxy in front). The token comes from `BLOBWAY_TOKEN`, or is generated into a file
+/// only the user can read, next to the state file, whose path is printed.
+async fn listen_tcp(
+    addr: SocketAddr,
+    state: &Path,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {addr}: listening beyond loopback needs TLS, which this blobway does not \
+             offer yet; listen on 127.0.0.1 and put a TLS proxy in front"
+        );
+    }
+    let token = match std::env::var("BLOBWAY_TOKEN") {
+        Ok(token) if !token.is_empty() => token,
+        _ => {
+            let path = state.with_extension("token");
+            let token = read_or_make_token(&path)?;
+            eprintln!("blobway serve: the API token is in {}", path.display());
+            token
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!(
+        "blobway serve: http://{} (bearer token required)",
+        listener.local_addr()?
+    );
+    Ok((listener, token))
+}
+
+/// The token in `path`, made (32 random bytes, hex) with mode 0600 if there is none.
+fn read_or_make_token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(token) = std::fs::read_to_string(path) {
+        let token = token.trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// The audit trail's share of the engine's events: job lifecycle and failed objects.
+fn log_event(event: &crate::engine::Event) {
+    use crate::engine::Event;
+    match event {
+        Event::JobQueued {
+            job,
+            source,
+            destination,
+        } => tracing::info!(job, "job queued: {source} → {destination}"),
+        Event::JobPlanned { job, summary, .. } => {
+            tracing::info!(job, objects = summary.files, "job planned")
+        }
+        Event::JobStateChanged { job, state } => {
+            tracing::info!(job, "job {}", state.name())
+        }
+        Event::JobFinished { job, state, .. } => {
+            tracing::info!(job, "job finished: {}", state.name())
+        }
+        Event::ObjectFailed {
+            job, key, error, ..
+        } => {
+            tracing::info!(
+                job,
+                key,
+                class = error.class.name(),
+                "object failed: {}",
+                error.message
+            )
+        }
+        Event::PlanFailed {
+            source,
+            destination,
+            error,
+        } => tracing::info!("plan failed: {source} → {destination}: {error}"),
+        _ => {}
+    }
+}
