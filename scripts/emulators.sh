@@ -14,6 +14,7 @@
 
 AZURITE_VERSION=3.35.0
 MOTO_VERSION=5.2.5
+PROMETHEUS_CLIENT_VERSION=0.26.0
 S3S_FS_VERSION=0.14.1
 GCS_EMULATOR_VERSION=2026.7.19
 
@@ -53,6 +54,11 @@ emulators_install() {
     "$tools/moto-venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2 || return 1
   fi
   moto_patch_list_parts || return 1
+  # The metrics test parses /metrics with the Prometheus project's own Python parser.
+  if ! "$tools/moto-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+    log "installing prometheus-client $PROMETHEUS_CLIENT_VERSION from PyPI"
+    "$tools/moto-venv/bin/pip" install -q "prometheus-client==$PROMETHEUS_CLIENT_VERSION" >&2 || return 1
+  fi
   if [ ! -x "$tools/gcs-venv/bin/gcp-storage-emulator" ] \
      || ! "$tools/gcs-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('gcp-storage-emulator') != '$GCS_EMULATOR_VERSION')" 2>/dev/null; then
     log "installing gcp-storage-emulator $GCS_EMULATOR_VERSION from PyPI"
@@ -120,6 +126,7 @@ emulators_start() {
   export BLOBWAY_TEST_S3S_DATA="$EMULATORS_DIR/s3s-data"
   export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
   export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
+  export BLOBWAY_TEST_PYTHON="$tools/moto-venv/bin/python"
   log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S, GCS on $BLOBWAY_TEST_GCS"
 }
 

@@ -100,8 +100,9 @@ enum Commands {
         /// progress bar.
         #[arg(long)]
         json: bool,
-        /// Hand the copy to the daemon (started in the background if none runs) and print its
-        /// job ID at once; `blobway jobs` and the TUI follow it.
+        /// Hand the copy to the daemon (started in the background if none runs, with this
+        /// command's tuning flags) and print its job ID at once; `blobway jobs` and the TUI
+        /// follow it.
         #[arg(long, conflicts_with = "dry_run")]
         detach: bool,
         /// Chunk size; raised automatically per object to stay within the destination's
@@ -276,6 +277,27 @@ struct Tuning {
 }
 
 impl Tuning {
+    /// The flags that ask for these settings, for a daemon a command starts.
+    fn as_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--min-concurrency={}", self.min_concurrency),
+            format!("--max-concurrency={}", self.max_concurrency),
+            format!("--max-memory={}", self.max_memory),
+            format!("--max-attempts={}", self.max_attempts),
+            format!("--stall-timeout={}", self.stall_timeout),
+            format!(
+                "--checksum={}",
+                clap::ValueEnum::to_possible_value(&self.checksum)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            ),
+        ];
+        if let Some(fixed) = self.concurrency {
+            args.push(format!("--concurrency={fixed}"));
+        }
+        args
+    }
+
     fn stores(&self) -> Arc<DefaultStores> {
         Arc::new(DefaultStores {
             settings: StoreSettings {
@@ -551,7 +573,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     .await;
             }
             if detach {
-                let client = Client::find_or_start(&state_path, &[])
+                let client = Client::find_or_start(&state_path, &tuning.as_args())
                     .await
                     .map_err(state_failure)?;
                 let new = api::NewJobs {

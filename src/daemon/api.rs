@@ -21,7 +21,7 @@ use super::hub::{Attached, Hub};
 use super::metrics::Metrics;
 use crate::engine::{Command, EngineHandle, Event, Selection, Snapshot, ViewerId};
 use crate::state::report::Report;
-use crate::state::{JobId, JobOptions, StateDb};
+use crate::state::{JobId, JobOptions, JobState, StateDb};
 
 /// The protocol's version: a client and a daemon that differ say so instead of misreading
 /// each other.
@@ -215,9 +215,24 @@ async fn create_jobs(
     if let Err(e) = crate::engine::filter::Filter::new(&options.include, &options.exclude) {
         return failure(StatusCode::BAD_REQUEST, format!("{e:#}"));
     }
+    // A route whose job is under way (running, paused, queued — also one being loaded as the
+    // daemon starts) is answered with that job: asking twice starts nothing twice.
+    let mut accepted = Vec::new();
+    let mut asked = Vec::new();
+    for ((source, destination), given) in routes.iter().zip(&new.destinations) {
+        match s.db.job_for_route(source, destination) {
+            Ok(Some(job)) if !job.state.is_finished() && job.state != JobState::Failed => accepted
+                .push(Accepted {
+                    job: job.id,
+                    source: source.clone(),
+                    destination: destination.clone(),
+                }),
+            _ => asked.push(((source.clone(), destination.clone()), given.clone())),
+        }
+    }
     // Listen before asking, so the engine's answer cannot be missed.
     let mut answers = s.hub.attach();
-    for destination in &new.destinations {
+    for (_, destination) in &asked {
         audit(channel, &format!("copy {} → {destination}", new.source));
         let command = Command::Enqueue {
             source: new.source.clone(),
@@ -229,10 +244,14 @@ async fn create_jobs(
             return failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
         }
     }
-    let accepted = accept(&mut answers, &routes).await;
+    let routes: Vec<(String, String)> = asked.into_iter().map(|(route, _)| route).collect();
+    let answered = accept(&mut answers, &routes).await;
     s.hub.detach(answers.id);
-    match accepted {
-        Ok(jobs) => (StatusCode::ACCEPTED, Json(jobs)).into_response(),
+    match answered {
+        Ok(jobs) => {
+            accepted.extend(jobs);
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
         Err(e) => failure(StatusCode::BAD_REQUEST, e),
     }
 }

@@ -63,6 +63,16 @@ impl Metrics {
                 .expect("registered once");
             c
         };
+        let errors = counters(
+            "blobway_errors_total",
+            "Failed attempts, by error class.",
+            "class",
+        );
+        let decisions = counters(
+            "blobway_controller_decisions_total",
+            "Changes of the concurrency limit, by reason.",
+            "decision",
+        );
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "blobway_chunk_latency_seconds",
@@ -76,7 +86,27 @@ impl Metrics {
         registry
             .register(Box::new(latency.clone()))
             .expect("registered once");
+        // Every family shows from the first scrape, at zero.
+        for class in [
+            ErrorClass::Throttled,
+            ErrorClass::Transient,
+            ErrorClass::SourceChanged,
+            ErrorClass::NotFound,
+            ErrorClass::Auth,
+            ErrorClass::Permission,
+            ErrorClass::Invalid,
+            ErrorClass::Capacity,
+            ErrorClass::UploadLost,
+            ErrorClass::Exists,
+        ] {
+            errors.with_label_values(&[class.name()]);
+        }
+        for decision in ["throttle_cut", "error_cut", "increase", "operator"] {
+            decisions.with_label_values(&[decision]);
+        }
         Metrics {
+            errors,
+            decisions,
             objects: gauges(
                 "blobway_objects",
                 "Objects of the jobs known, by state (done, skipped, failed, pending).",
@@ -115,20 +145,12 @@ impl Metrics {
                 "Bytes of chunks acknowledged by the destination.",
             ),
             latency,
-            errors: counters(
-                "blobway_errors_total",
-                "Failed attempts, by error class.",
-                "class",
-            ),
+
             throttles: counter(
                 "blobway_throttles_total",
                 "Answers asking to slow down (429, 503 SlowDown/ServerBusy).",
             ),
-            decisions: counters(
-                "blobway_controller_decisions_total",
-                "Changes of the concurrency limit, by reason.",
-                "decision",
-            ),
+
             registry,
         }
     }

@@ -115,7 +115,7 @@ impl Scheduler {
             .jobs
             .values()
             .any(|j| route_key(&j.record.source, &j.record.destination) == route);
-        if loaded || self.planning.contains(&route) {
+        if loaded || self.planning.contains_key(&route) {
             let _ = self.ready_tx.send(Ready::Failed {
                 source,
                 destination,
@@ -126,7 +126,6 @@ impl Scheduler {
             });
             return;
         }
-        self.planning.insert(route.clone());
         let new_job_id = self.next_job_id;
         self.next_job_id += 1;
         // A route that has a job keeps its ID (planning resumes it).
@@ -135,6 +134,20 @@ impl Scheduler {
             Ok(Some(existing)) => existing.id,
             _ => new_job_id,
         };
+        // Shown QUEUED while it is planned.
+        self.planning.insert(
+            route.clone(),
+            JobView {
+                id: job,
+                source: src_text.clone(),
+                destination: dst_text.clone(),
+                state: JobState::Queued,
+                progress: Default::default(),
+                rate: 0.0,
+                eta_secs: None,
+                error: None,
+            },
+        );
         let queued = Event::JobQueued {
             job,
             source: src_text,
@@ -210,7 +223,7 @@ impl Scheduler {
 
     pub(super) fn load(&mut self, only: Option<JobId>, include_paused: bool) {
         let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
-        let planning = self.planning.clone();
+        let planning: BTreeSet<String> = self.planning.keys().cloned().collect();
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         self.loading += 1;
         self.background.spawn(async move {

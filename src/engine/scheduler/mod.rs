@@ -180,7 +180,7 @@ struct Scheduler {
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
     /// Routes being planned right now.
-    planning: BTreeSet<String>,
+    planning: BTreeMap<String, JobView>,
     /// Loaders running; planning waits for them, so a job is never planned and loaded at once.
     loading: usize,
     /// Enqueue commands waiting for the loaders.
@@ -229,7 +229,7 @@ pub(super) async fn run(
         watched: BTreeMap::new(),
         history: BTreeMap::new(),
         asked: false,
-        planning: BTreeSet::new(),
+        planning: BTreeMap::new(),
         loading: 0,
         deferred: Vec::new(),
         buffers,
@@ -250,7 +250,10 @@ pub(super) async fn run(
         let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
         tokio::select! {
             command = commands.recv(), if commands_open => match command {
-                Some(command) => s.on_command(command),
+                Some(command) => {
+                    s.on_command(command);
+                    s.publish();
+                }
                 None => commands_open = false,
             },
             Some(finished) = s.work.join_next(), if !s.work.is_empty() => match finished {

@@ -51,8 +51,14 @@ impl Scheduler {
         }
         self.metrics
             .roll(now, self.gate.limit(), self.gate.in_flight());
+        self.publish();
+    }
+
+    /// Publishes a snapshot now, if anyone reads them (every tick, and right after an
+    /// operator's command, so what was asked shows at once).
+    pub(super) fn publish(&mut self) {
         if self.snapshots.receiver_count() > 0 {
-            let snapshot = self.snapshot(now);
+            let snapshot = self.snapshot(Instant::now());
             self.snapshots.send_replace(Arc::new(snapshot));
         }
     }
@@ -60,6 +66,9 @@ impl Scheduler {
     pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
         let (rate, per_job) = self.metrics.rates(now);
         let mut jobs = self.history.clone();
+        for view in self.planning.values() {
+            jobs.insert(view.id, view.clone());
+        }
         for (id, job) in &self.jobs {
             jobs.insert(*id, job.view());
         }

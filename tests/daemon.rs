@@ -1,0 +1,595 @@
+//! The daemon (`blobway serve`) as operators and programs use it: the HTTP API with its
+//! token, every endpoint and every refusal; commands that find it (or start it) through its
+//! socket; SIGTERM, kill -9 and a hung-up terminal in the middle of a copy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::proxy::{Fault, FaultConfig, Flavor, Proxy};
+use common::*;
+
+const TOKEN: &str = "tok-3f1c9a0be7d24c55a8e1f0d2c4b6a987";
+
+/// A daemon this test started (`serve --listen 127.0.0.1:0`), killed when dropped.
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    fn start(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = blobway(state);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("BLOBWAY_TOKEN", TOKEN)
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the daemon printed its address");
+            if let Some(at) = line.find("http://") {
+                break line[at..].split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Daemon { child, url }
+    }
+
+    fn api(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.api()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.api()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn job(&self, id: u64) -> serde_json::Value {
+        self.get(&format!("/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until job `id` is in `state`.
+    async fn wait_for(&self, id: u64, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job(id).await;
+            if job["state"] == state {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never {state}: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Stops whatever daemon serves `state` when dropped (one a command started in the
+/// background).
+struct StopOnDrop(PathBuf);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = run(blobway(&self.0).arg("stop"));
+    }
+}
+
+fn same_tree(a: &Path, b: &Path, names: &[&str]) {
+    for name in names {
+        let left = std::fs::read(a.join(name)).unwrap();
+        let right = std::fs::read(b.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(left == right, "{name} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_every_endpoint_and_refuses_what_it_must() {
+    let names = ["a.bin", "sub/b.bin", "ünï code.txt", "empty"];
+    let source = local_files(&[
+        (names[0], 3 << 20),
+        (names[1], 700_000),
+        (names[2], 10),
+        (names[3], 0),
+    ]);
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let daemon = Daemon::start(&state, &[], &[]);
+    let api = daemon.api();
+
+    // The token guards every endpoint, /metrics included.
+    for path in ["/v1/jobs", "/metrics", "/v1/version"] {
+        let none = api
+            .get(format!("{}{path}", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        let wrong = api
+            .get(format!("{}{path}", daemon.url))
+            .bearer_auth("tok-wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+
+    // Bad input: the CLI's words, with the right status.
+    let bad = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"source": "az:/x", "destinations": ["/tmp/y/"]}),
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let cli = run(blobway(&state_dir.path().join("other.redb")).args(["copy", "az:/x", "/tmp/y/"]));
+    let message = bad.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cli.stderr.contains(&message),
+        "API: {message}\nCLI: {}",
+        cli.stderr
+    );
+    let huge = "x".repeat((1 << 20) + 1);
+    let too_big = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"source": huge, "destinations": ["/tmp/y/"]}),
+        )
+        .await;
+    assert_eq!(too_big.status(), 413);
+    assert_eq!(daemon.get("/v1/jobs/77").await.status(), 404);
+    assert_eq!(
+        daemon
+            .post("/v1/jobs/77/pause", serde_json::json!({}))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(daemon.get("/v1/jobs/77/report").await.status(), 404);
+
+    // A copy, handed over and followed.
+    let created = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({
+                "source": format!("{}/", source.path().display()),
+                "destinations": [format!("{}/", destination.path().display())],
+                "options": {"chunk_size": 1 << 20},
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 202);
+    let accepted: Vec<serde_json::Value> = created.json().await.unwrap();
+    let id = accepted[0]["job"].as_u64().unwrap();
+    let job = daemon.wait_for(id, "DONE").await;
+    assert_eq!(job["progress"]["files_done"], 4);
+    same_tree(source.path(), destination.path(), &names);
+
+    let page: serde_json::Value = daemon
+        .get("/v1/jobs?offset=0&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["jobs"][0]["id"], id);
+    let empty: serde_json::Value = daemon.get("/v1/jobs?offset=1").await.json().await.unwrap();
+    assert_eq!(empty["jobs"].as_array().unwrap().len(), 0);
+
+    for action in ["pause", "resume", "retry-failed"] {
+        let answer = daemon
+            .post(&format!("/v1/jobs/{id}/{action}"), serde_json::json!({}))
+            .await;
+        assert_eq!(answer.status(), 202, "{action}");
+    }
+    assert_eq!(
+        daemon
+            .post(&format!("/v1/jobs/{id}/explode"), serde_json::json!({}))
+            .await
+            .status(),
+        404
+    );
+    let report: serde_json::Value = daemon
+        .get(&format!("/v1/jobs/{id}/report?format=json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["totals"]["files_done"], 4);
+    let csv = daemon
+        .get(&format!("/v1/jobs/{id}/report?format=csv"))
+        .await;
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.text()
+            .await
+            .unwrap()
+            .starts_with("key,dest_key,size,state")
+    );
+
+    let put = |body: serde_json::Value| {
+        api.put(format!("{}/v1/concurrency", daemon.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        put(serde_json::json!({"limit": 3})).await.unwrap().status(),
+        202
+    );
+    assert_eq!(
+        put(serde_json::json!({"limit": 0})).await.unwrap().status(),
+        400
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("blobway_concurrency_limit 3"), "{metrics}");
+    assert!(metrics.contains("blobway_concurrency_adaptive 0"));
+    assert_eq!(
+        put(serde_json::json!({"auto": true}))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    // /metrics, read by the Prometheus project's own parser.
+    let python = test_env("BLOBWAY_TEST_PYTHON");
+    let parsed = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\n\
+             names = sorted(f.name for f in p(sys.stdin.read()))\nprint(' '.join(names))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(metrics.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let families = String::from_utf8_lossy(&parsed.stdout).to_string();
+    for family in [
+        "blobway_objects",
+        "blobway_bytes",
+        "blobway_chunks_in_flight",
+        "blobway_concurrency_limit",
+        "blobway_throughput_bytes_per_second",
+        "blobway_chunk_latency_seconds",
+        "blobway_errors",
+        "blobway_throttles",
+        "blobway_controller_decisions",
+        "blobway_clients",
+        "blobway_client_resyncs",
+        "blobway_transferred_bytes",
+    ] {
+        assert!(
+            families.split(' ').any(|f| f.trim() == family),
+            "{family} not in {families}"
+        );
+    }
+
+    // The event stream: a hello, then events; it ends when the daemon stops, and the daemon
+    // does not wait for it.
+    let mut stream = api
+        .get(format!("{}/v1/events", daemon.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let first = String::from_utf8_lossy(&stream.chunk().await.unwrap().unwrap()).to_string();
+    assert!(first.contains("event: hello"), "{first}");
+    let stopped = daemon.post("/v1/stop", serde_json::json!({})).await;
+    assert_eq!(stopped.status(), 202);
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ended with the daemon");
+
+    // The token is in no log and not in the state file.
+    let mut daemon = daemon;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = daemon.child.wait().unwrap();
+        (status, daemon)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{:?}", status.0);
+    let log = std::fs::read(state_dir.path().join("blobway.log")).unwrap_or_default();
+    let db = std::fs::read(&state).unwrap();
+    assert_no_secrets(&[("the log", &log), ("the state file", &db)], &[TOKEN]);
+    assert!(
+        String::from_utf8_lossy(&log).contains("operator: stop the daemon"),
+        "the audit trail names the stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_file_is_refused_and_names_the_first() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let first = Daemon::start(&state, &[], &[]);
+    let pid = first.child.id();
+    let second = run_async({
+        let mut cmd = blobway(&state);
+        cmd.arg("serve");
+        cmd
+    })
+    .await;
+    assert_eq!(second.code, 3, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already serves") && second.stderr.contains(&pid.to_string()),
+        "{}",
+        second.stderr
+    );
+    // An in-process engine is refused too, with what to do instead.
+    let tui_like = run(blobway(&state).args(["resume"]));
+    assert_eq!(tui_like.code, 3);
+    assert!(
+        tui_like.stderr.contains("blobway stop"),
+        "{}",
+        tui_like.stderr
+    );
+    drop(first);
+}
+
+/// A slow S3 source: every request to moto waits 150 ms in a proxy.
+async fn slow_source(objects: usize) -> (Proxy, String, Vec<(String, Vec<u8>)>) {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let mut data = Vec::new();
+    for i in 0..objects {
+        let key = format!("slow/o-{i:02}.bin");
+        let bytes = random_bytes(300_000 + i * 1000, 70 + i as u64);
+        put(&s3, &bucket, &key, &bytes).await;
+        data.push((key, bytes));
+    }
+    let proxy = Proxy::start(
+        &emulators().s3,
+        FaultConfig {
+            rate: 1.0,
+            mix: vec![(Fault::Latency, 1)],
+            latency: Duration::from_millis(150),
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await;
+    (proxy, bucket, data)
+}
+
+fn same_objects(destination: &Path, data: &[(String, Vec<u8>)]) {
+    for (key, bytes) in data {
+        let name = key.trim_start_matches("slow/");
+        let copied =
+            std::fs::read(destination.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(&copied == bytes, "{name} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_copy_stops_promptly_and_the_copy_resumes_to_identical_bytes() {
+    let (proxy, bucket, data) = slow_source(30).await;
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let mut daemon = Daemon::start(
+        &state,
+        &["--concurrency", "2"],
+        &[("AWS_ENDPOINT_URL", proxy.url.as_str())],
+    );
+    let created = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({
+                "source": format!("s3://{bucket}/slow/"),
+                "destinations": [format!("{}/", destination.path().display())],
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 202);
+    daemon.wait_for(1, "RUNNING").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let job = daemon.job(1).await;
+    assert!(
+        job["progress"]["files_done"].as_u64().unwrap() < 30,
+        "still copying: {job}"
+    );
+
+    let at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        at.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        at.elapsed()
+    );
+
+    let mut resume = blobway(&state);
+    resume.env("AWS_ENDPOINT_URL", &proxy.url).arg("resume");
+    let resumed = run_async(resume).await;
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    same_objects(destination.path(), &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_find_or_start_the_daemon_and_a_killed_daemon_is_started_again() {
+    let (proxy, bucket, data) = slow_source(24).await;
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let _stop = StopOnDrop(state.clone());
+    let copy = |extra: &[&str]| {
+        let mut cmd = blobway(&state);
+        cmd.env("AWS_ENDPOINT_URL", &proxy.url)
+            .args([
+                "copy",
+                "--detach",
+                "--concurrency",
+                "2",
+                &format!("s3://{bucket}/slow/"),
+                &format!("{}/", destination.path().display()),
+            ])
+            .args(extra);
+        cmd
+    };
+    // Started from a shell session that then hangs up: the daemon lives on.
+    let mut shell = std::process::Command::new("setsid");
+    let copy_line = {
+        let cmd = copy(&[]);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect();
+        format!(
+            "{} {} ; sleep 30",
+            cmd.get_program().to_string_lossy(),
+            args.join(" ")
+        )
+    };
+    let envs: Vec<(String, String)> = copy(&[])
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_string_lossy().into(), v?.to_string_lossy().into())))
+        .collect();
+    shell
+        .args(["bash", "-c", &copy_line])
+        .envs(envs)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut session = shell.spawn().expect("setsid bash");
+    let mut out = BufReader::new(session.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("job 1:"), "{line}");
+    // The session ends: SIGHUP to every process of its group.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(session.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let _ = session.wait();
+
+    let jobs = run(blobway(&state).arg("jobs"));
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    // The daemon lives on: it shows the job (QUEUED while planned), and runs it.
+    assert!(
+        jobs.stdout.contains("QUEUED") || jobs.stdout.contains("RUNNING"),
+        "{}",
+        jobs.stdout
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run(blobway(&state).arg("jobs")).stdout.contains("RUNNING") {
+        assert!(Instant::now() < deadline, "never RUNNING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused = run(blobway(&state).args(["pause", "1"]));
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    let retuned = run(blobway(&state).args(["set-concurrency", "3"]));
+    assert_eq!(retuned.code, 0, "{}", retuned.stderr);
+    let bad = run(blobway(&state).args(["set-concurrency", "lots"]));
+    assert_eq!(bad.code, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let jobs = run(blobway(&state).args(["jobs", "--json"]));
+    assert!(jobs.stdout.contains("\"PAUSED\""), "{}", jobs.stdout);
+    let resumed = run(blobway(&state).args(["resume", "1"]));
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+
+    // kill -9: the next command starts a daemon again, which finishes the job.
+    let pid = daemon_pid(&state).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = run_async(copy(&[])).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_ne!(daemon_pid(&state).await, pid, "a new daemon");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let jobs = run(blobway(&state).args(["jobs", "--json"]));
+        if jobs.stdout.contains("\"DONE\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", jobs.stdout);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    same_objects(destination.path(), &data);
+    let report = run(blobway(&state).args(["report", "1", "--format", "json"]));
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    assert!(
+        report.stdout.contains("\"files_done\": 24") || report.stdout.contains("\"files_done\":24"),
+        "{}",
+        report.stdout
+    );
+    let stop = run(blobway(&state).arg("stop"));
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    assert!(stop.stdout.contains("stopped"));
+}
+
+/// The pid of the daemon serving `state`, from its socket.
+async fn daemon_pid(state: &Path) -> u32 {
+    let socket = blobway::daemon::socket::socket_path(state);
+    blobway::daemon::client::Client::at(&socket)
+        .version()
+        .await
+        .unwrap()
+        .pid
+}
