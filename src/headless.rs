@@ -205,6 +205,7 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
                         });
                     }
                     Event::Fatal { error } => report.fatal = Some(error.clone()),
+                    Event::Notice { message } if output != Output::Json => say(message.clone()),
                     _ => {}
                 }
                 if let Some(bar) = &bar {

@@ -379,6 +379,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
     match cli.command {
         None => {
+            if let Some(client) = daemon(&state_path).await? {
+                // Attached: `q` detaches; the daemon keeps the jobs running.
+                let engine = blobway::daemon::attach::attach(client);
+                let options = AppOptions {
+                    browse_root: "s3://".into(),
+                    local_destination: None,
+                    chunk_size: 16 << 20,
+                };
+                blobway::tui::run(engine, options, Vec::new())
+                    .await
+                    .map_err(state_failure)?;
+                eprintln!("detached; the daemon keeps running (`blobway stop` stops it)");
+                return Ok(ExitCode::SUCCESS);
+            }
             let db = open_unserved(&state_path).await?;
             let options = AppOptions {
                 browse_root: "s3://".into(),
@@ -898,8 +912,17 @@ fn init_logging_at(state: &std::path::Path) -> Option<tracing_appender::non_bloc
 fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
     let mut views = Vec::new();
     for job in db.jobs()? {
+        let progress = db.progress(job.id)?;
+        if json {
+            // The whole record (options, planned) from the state file.
+            println!(
+                "{}",
+                serde_json::json!({ "job": job, "progress": progress })
+            );
+            continue;
+        }
         views.push(blobway::engine::snapshot::JobView {
-            progress: db.progress(job.id)?,
+            progress,
             id: job.id,
             source: job.source,
             destination: job.destination,
@@ -909,9 +932,11 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
             error: job.error,
         });
     }
-    // This process holds the state file, so no other blobway is running the jobs: a job
-    // recorded RUNNING was interrupted.
-    print_jobs(db.path(), views, json, true);
+    if !json {
+        // This process holds the state file, so no other blobway is running the jobs: a job
+        // recorded RUNNING was interrupted.
+        print_jobs(db.path(), views, false, true);
+    }
     Ok(())
 }
 

@@ -593,3 +593,93 @@ async fn daemon_pid(state: &Path) -> u32 {
         .unwrap()
         .pid
 }
+
+/// The status bar: the last line with something on it.
+fn status_line(screen: &str) -> &str {
+    screen
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+}
+
+/// The binary as a shell command in a terminal, on `state`, echoing its exit status.
+fn tui_command(state: &Path) -> String {
+    format!(
+        "env BLOBWAY_STATE='{}' '{}'; echo BLOBWAY-EXIT-$?; sleep 30",
+        state.display(),
+        env!("CARGO_BIN_EXE_blobway")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_terminals_attach_to_one_daemon_and_see_each_others_commands() {
+    use common::tmux::Tmux;
+    let (proxy, bucket, data) = slow_source(80).await;
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let env = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
+    let daemon = Daemon::start(&state, &["--concurrency", "1"], &env);
+    let created = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({
+                "source": format!("s3://{bucket}/slow/"),
+                "destinations": [format!("{}/", destination.path().display())],
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 202);
+    daemon.wait_for(1, "RUNNING").await;
+    let running = |s: &str| s.contains("RUNNING") && s.contains("s3://");
+    let wait = Duration::from_secs(20);
+
+    // A terminal attaches, shows the job running, and is killed.
+    let first = Tmux::start(&tui_command(&state), 140, 40);
+    first.wait_for("the job, running", wait, running);
+    drop(first);
+    let before = daemon.job(1).await["progress"]["bytes_done"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = daemon.job(1).await["progress"]["bytes_done"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before, "the copy goes on without its terminal");
+
+    // Two more attach; what one asks, both show.
+    let second = Tmux::start(&tui_command(&state), 140, 40);
+    let third = Tmux::start(&tui_command(&state), 140, 40);
+    second.wait_for("the job, running", wait, running);
+    third.wait_for("the job, running", wait, running);
+    second.send("P");
+    third.wait_for("PAUSED in the other terminal", wait, |s| {
+        status_line(s).contains("PAUSED")
+    });
+    assert_eq!(daemon.job(1).await["state"], "PAUSED");
+    third.send("R");
+    second.wait_for("RUNNING again in the first", wait, |s| {
+        status_line(s).contains("RUNNING")
+    });
+
+    // The daemon dies; the terminals say so, and attach to the next one.
+    let mut daemon = daemon;
+    daemon.child.kill().unwrap();
+    let _ = daemon.child.wait();
+    second.wait_for("reconnecting", wait, |s| s.contains("reconnecting"));
+    let daemon = Daemon::start(&state, &["--concurrency", "4"], &env);
+    second.wait_for("reconnected", wait, |s| s.contains("reconnected"));
+    third.wait_for("reconnected", wait, |s| s.contains("reconnected"));
+    daemon.wait_for(1, "DONE").await;
+    same_objects(destination.path(), &data);
+
+    // `q` detaches: the daemon stays.
+    second.send("q");
+    let screen = second.wait_for("the terminal to detach", wait, |s| {
+        s.contains("BLOBWAY-EXIT-")
+    });
+    assert!(screen.contains("BLOBWAY-EXIT-0"), "{screen}");
+    assert!(screen.contains("detached"), "{screen}");
+    assert_eq!(daemon.get("/v1/version").await.status(), 200);
+}

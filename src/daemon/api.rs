@@ -75,6 +75,7 @@ pub fn router(shared: Shared, channel: Channel, token: Option<Arc<String>>) -> R
         .route("/v1/jobs/{id}/{action}", post(act))
         .route("/v1/concurrency", put(concurrency))
         .route("/v1/watch", post(watch_selection))
+        .route("/v1/command", post(command))
         .route("/v1/events", get(events))
         .route("/v1/stop", post(stop))
         .route("/metrics", get(metrics))
@@ -492,6 +493,29 @@ impl Drop for Streaming {
             viewer: self.attached.id,
             selection: Selection::default(),
         });
+    }
+}
+
+/// `POST /v1/command`: any engine command, as an attached view sends them (`Shutdown` is
+/// refused: `POST /v1/stop` stops the daemon).
+async fn command(
+    State(s): State<Shared>,
+    axum::Extension(channel): axum::Extension<Channel>,
+    Json(command): Json<Command>,
+) -> Response {
+    match &command {
+        Command::Shutdown => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "a view detaches by closing its stream; `POST /v1/stop` stops the daemon",
+            );
+        }
+        Command::Watch { .. } | Command::Browse { .. } => {}
+        other => audit(channel, &format!("{other:?}")),
+    }
+    match s.engine.send(command).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"),
     }
 }
 

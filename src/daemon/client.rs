@@ -113,6 +113,11 @@ impl Client {
         }
     }
 
+    /// The socket it talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub async fn version(&self) -> anyhow::Result<Version> {
         self.request(Method::GET, "/v1/version", None::<&()>)
             .await?

@@ -9,6 +9,7 @@
 //! work in flight gets a moment and the rest returns to pending, and it exits 0.
 
 pub mod api;
+pub mod attach;
 pub mod client;
 pub mod hub;
 pub mod metrics;

@@ -352,6 +352,12 @@ pub enum Event {
         /// The page, or why it could not be listed.
         page: Result<Page, String>,
     },
+    /// Something the operator should know that is not about a job (e.g. an attached view
+    /// lost its daemon and is reconnecting).
+    Notice {
+        /// What happened.
+        message: String,
+    },
     /// The engine cannot go on (the state database cannot be written).
     Fatal {
         /// Why, and how to fix it.
@@ -366,6 +372,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// A handle that sends into `commands` (an engine elsewhere, reached through a bridge).
+    pub fn new(commands: mpsc::Sender<Command>) -> Self {
+        Self { commands }
+    }
+
     /// Sends a command, waiting for room in the channel.
     pub async fn send(&self, command: Command) -> anyhow::Result<()> {
         self.commands

@@ -776,6 +776,7 @@ impl App {
                 self.notice(format!("concurrency {reason}"))
             }
             Event::Fatal { error } => self.notice(format!("engine stopped: {error}")),
+            Event::Notice { message } => self.notice(message),
             _ => {}
         }
         Vec::new()

@@ -269,6 +269,7 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
 
 pub mod crash;
 pub mod proxy;
+pub mod tmux;
 
 /// Azurite's connection string with its blob endpoint at `endpoint` (e.g. a proxy's URL).
 pub fn azurite_connection_string_at(endpoint: &str) -> String {
