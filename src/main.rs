@@ -590,9 +590,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 let client = Client::find_or_start(&state_path, &tuning.as_args())
                     .await
                     .map_err(state_failure)?;
+                // Sent as parsed here: a relative local path means this shell's folder, not
+                // the daemon's.
+                let mut routes = Vec::new();
+                for destination in &destinations {
+                    let (src, dst) =
+                        blobway::location::parse_route(&source, destination).map_err(bad_input)?;
+                    routes.push((src.to_string(), dst.to_string()));
+                }
                 let new = api::NewJobs {
-                    source,
-                    destinations,
+                    source: routes[0].0.clone(),
+                    destinations: routes.into_iter().map(|(_, dst)| dst).collect(),
                     options: Some(options),
                 };
                 let accepted: Vec<api::Accepted> = client

@@ -179,6 +179,15 @@ async fn the_api_serves_every_endpoint_and_refuses_what_it_must() {
         )
         .await;
     assert_eq!(too_big.status(), 413);
+    let relative = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"source": "data/", "destinations": ["/tmp/y/"]}),
+        )
+        .await;
+    assert_eq!(relative.status(), 400);
+    let message = relative.json::<serde_json::Value>().await.unwrap()["error"].to_string();
+    assert!(message.contains("relative path"), "{message}");
     assert_eq!(daemon.get("/v1/jobs/77").await.status(), 404);
     assert_eq!(
         daemon

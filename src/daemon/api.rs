@@ -171,9 +171,23 @@ fn unknown(id: JobId) -> Response {
 
 async fn job(State(s): State<Shared>, Path(id): Path<JobId>) -> Response {
     let snapshot = s.snapshots.borrow().clone();
-    match snapshot.jobs.iter().find(|j| j.id == id) {
-        Some(view) => Json(view).into_response(),
-        None => unknown(id),
+    if let Some(view) = snapshot.jobs.iter().find(|j| j.id == id) {
+        return Json(view).into_response();
+    }
+    // Recorded but not among the engine's (e.g. a destination refused at planning).
+    match s.db.job(id) {
+        Ok(Some(job)) => Json(crate::engine::snapshot::JobView {
+            progress: s.db.progress(id).unwrap_or_default(),
+            id,
+            source: job.source,
+            destination: job.destination,
+            state: job.state,
+            rate: 0.0,
+            eta_secs: None,
+            error: job.error,
+        })
+        .into_response(),
+        _ => unknown(id),
     }
 }
 
@@ -210,65 +224,109 @@ async fn create_jobs(
             Err(e) => return failure(StatusCode::BAD_REQUEST, e.to_string()),
         }
     }
+    // The daemon runs in a folder of its own: a relative local path would name another place.
+    for given in std::iter::once(&new.source).chain(&new.destinations) {
+        let local = crate::location::Location::parse(given)
+            .is_ok_and(|l| l.scheme == crate::location::Scheme::Local);
+        if local && !given.starts_with('/') && !given.starts_with("file://") {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{given}` is a relative path; the daemon runs in another folder, so give \
+                     local paths from the root (/…)"
+                ),
+            );
+        }
+    }
     let options = new
         .options
         .unwrap_or_else(|| JobOptions::with_chunk_size(16 << 20));
     if let Err(e) = crate::engine::filter::Filter::new(&options.include, &options.exclude) {
         return failure(StatusCode::BAD_REQUEST, format!("{e:#}"));
     }
-    // A route whose job is under way (running, paused, queued — also one being loaded as the
-    // daemon starts) is answered with that job: asking twice starts nothing twice.
+    // A route whose job is under way (running, paused, queued) is answered with that job:
+    // asking twice starts nothing twice.
     let mut accepted = Vec::new();
     let mut asked = Vec::new();
-    for ((source, destination), given) in routes.iter().zip(&new.destinations) {
-        match s.db.job_for_route(source, destination) {
-            Ok(Some(job)) if !job.state.is_finished() && job.state != JobState::Failed => accepted
-                .push(Accepted {
-                    job: job.id,
-                    source: source.clone(),
-                    destination: destination.clone(),
-                }),
-            _ => asked.push(((source.clone(), destination.clone()), given.clone())),
+    for (source, destination) in routes {
+        match under_way(&s, &source, &destination) {
+            Some(job) => accepted.push(Accepted {
+                job,
+                source,
+                destination,
+            }),
+            None => asked.push((source, destination)),
         }
     }
     // Listen before asking, so the engine's answer cannot be missed.
-    let mut answers = s.hub.attach();
-    for (_, destination) in &asked {
-        audit(channel, &format!("copy {} → {destination}", new.source));
+    let mut answers = Listening(s.hub.attach(), s.hub.clone());
+    for (source, destination) in &asked {
+        audit(channel, &format!("copy {source} → {destination}"));
         let command = Command::Enqueue {
-            source: new.source.clone(),
+            source: source.clone(),
             destination: destination.clone(),
             options: options.clone(),
         };
         if s.engine.send(command).await.is_err() {
-            s.hub.detach(answers.id);
             return failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
         }
     }
-    let routes: Vec<(String, String)> = asked.into_iter().map(|(route, _)| route).collect();
-    let answered = accept(&mut answers, &routes).await;
-    s.hub.detach(answers.id);
-    match answered {
+    match accept(&s, &mut answers.0, &asked).await {
         Ok(jobs) => {
             accepted.extend(jobs);
             (StatusCode::ACCEPTED, Json(accepted)).into_response()
         }
-        Err(e) => failure(StatusCode::BAD_REQUEST, e),
+        Err((status, e)) => failure(status, e),
     }
 }
 
-/// Waits for the engine to accept (or refuse) each route.
+/// An attachment to the hub for one request's answers, let go however the request ends.
+struct Listening(Attached, Arc<Hub>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.1.detach(self.0.id);
+    }
+}
+
+/// The job a route runs as, if it is under way (recorded unfinished, or loaded and not
+/// finished — a failed job the daemon is loading again counts).
+fn under_way(s: &Shared, source: &str, destination: &str) -> Option<JobId> {
+    let job = s.db.job_for_route(source, destination).ok()??;
+    let loaded = s
+        .snapshots
+        .borrow()
+        .jobs
+        .iter()
+        .any(|j| j.id == job.id && !j.state.is_finished() && j.state != JobState::Failed);
+    let recorded = !job.state.is_finished() && job.state != JobState::Failed;
+    (loaded || recorded).then_some(job.id)
+}
+
+/// Waits for the engine to accept (or refuse) each route. A route it refuses because its job
+/// is already running (loaded meanwhile, e.g. as the daemon starts) is answered with that job.
 async fn accept(
+    s: &Shared,
     answers: &mut Attached,
     routes: &[(String, String)],
-) -> Result<Vec<Accepted>, String> {
+) -> Result<Vec<Accepted>, (StatusCode, String)> {
     let mut accepted = Vec::new();
     let deadline = tokio::time::Instant::now() + ACCEPT_WAIT;
     while accepted.len() < routes.len() {
         let event = tokio::time::timeout_at(deadline, answers.events.recv())
             .await
-            .map_err(|_| "the engine did not answer in time".to_string())?
-            .ok_or("the engine has stopped")?;
+            .map_err(|_| {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the engine did not answer in time; `GET /v1/jobs` shows whether the job \
+                     was queued"
+                        .to_string(),
+                )
+            })?
+            .ok_or((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine has stopped".to_string(),
+            ))?;
         match event {
             Event::JobQueued {
                 job,
@@ -285,11 +343,15 @@ async fn accept(
                 source,
                 destination,
                 error,
-            } if routes
-                .iter()
-                .any(|(s, d)| (s, d) == (&source, &destination) || destination.is_empty()) =>
-            {
-                return Err(error);
+            } if routes.contains(&(source.clone(), destination.clone())) => {
+                match under_way(s, &source, &destination) {
+                    Some(job) => accepted.push(Accepted {
+                        job,
+                        source,
+                        destination,
+                    }),
+                    None => return Err((StatusCode::BAD_REQUEST, error)),
+                }
             }
             _ => {}
         }
@@ -489,9 +551,13 @@ impl Drop for Streaming {
     fn drop(&mut self) {
         self.shared.hub.detach(self.attached.id);
         // Its view is forgotten with it.
-        let _ = self.shared.engine.try_send(Command::Watch {
-            viewer: self.attached.id,
-            selection: Selection::default(),
+        let (engine, viewer) = (self.shared.engine.clone(), self.attached.id);
+        tokio::spawn(async move {
+            let forget = Command::Watch {
+                viewer,
+                selection: Selection::default(),
+            };
+            let _ = engine.send(forget).await;
         });
     }
 }

@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Client;
@@ -92,7 +91,8 @@ async fn bridge(
                     }
                     None => break true,
                 },
-                command = commands.recv() => match command {
+                // Commands wait for the daemon's hello, which names this viewer.
+                command = commands.recv(), if viewer.is_some() => match command {
                     None | Some(Command::Shutdown) => return Ok(()),
                     Some(command) => {
                         if let Command::Watch { selection: s, .. } = &command {
@@ -110,6 +110,7 @@ async fn bridge(
         if lost {
             viewer = None;
             notice(&events, "the daemon went away; reconnecting…").await;
+            tokio::time::sleep(RECONNECT_EVERY).await;
         }
     }
 }
@@ -169,7 +170,7 @@ struct SseStream {
 }
 
 async fn open_stream(client: &Client) -> anyhow::Result<SseStream> {
-    let stream = UnixStream::connect(client.socket()).await?;
+    let stream = super::socket::connect(client.socket()).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);

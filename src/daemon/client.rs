@@ -12,7 +12,6 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixStream;
 
 use super::api::{PROTOCOL, Version};
 
@@ -97,17 +96,23 @@ impl Client {
             .stderr(std::process::Stdio::null());
         let mut child = command.spawn().context("cannot start the daemon")?;
         let deadline = tokio::time::Instant::now() + START_WAIT;
+        let mut exited = None;
         loop {
+            // Another command may have started one at the same moment (ours then exits,
+            // finding the state file taken): whichever answers serves.
             if let Some(client) = Client::find(state).await? {
                 return Ok(client);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                anyhow::bail!(
-                    "the daemon exited at once ({status}); run `blobway serve` to see why"
-                );
+            if exited.is_none() {
+                exited = child.try_wait().ok().flatten();
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("the daemon did not answer within {START_WAIT:?}");
+                match exited {
+                    Some(status) => anyhow::bail!(
+                        "the daemon exited ({status}); run `blobway serve` to see why"
+                    ),
+                    None => anyhow::bail!("the daemon did not answer within {START_WAIT:?}"),
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -131,7 +136,7 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<Answer> {
-        let stream = UnixStream::connect(&self.socket)
+        let stream = super::socket::connect(&self.socket)
             .await
             .with_context(|| format!("cannot reach the daemon at {}", self.socket.display()))?;
         let (mut sender, connection) =

@@ -83,7 +83,7 @@ impl Hub {
         let mut clients = self.lock();
         clients.retain(|_, client| {
             if client.lagging.load(Ordering::Acquire) {
-                return true;
+                return !client.events.is_closed();
             }
             match client.events.try_send(event.clone()) {
                 Ok(()) => true,

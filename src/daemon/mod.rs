@@ -30,6 +30,12 @@ use api::{Channel, Shared};
 /// How long a stopping daemon waits for the engine before it exits anyway.
 const STOP_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a stopping daemon waits for its connections to close.
+const CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// The shortest bearer token accepted from `BLOBWAY_TOKEN`.
+const MIN_TOKEN: usize = 16;
+
 /// How `blobway serve` runs.
 pub struct ServeOptions {
     /// The state file it owns.
@@ -122,6 +128,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let signal = wait_for_signal().await;
         tracing::info!("{signal}: stopping");
         let _ = stop.send(true);
+        // A second signal does not wait for anything.
+        let signal = wait_for_signal().await;
+        tracing::warn!("{signal} again: exiting at once");
+        std::process::exit(130);
+    });
+    // The moment the daemon is asked to stop, the engine admits nothing new.
+    let engine = handle.clone();
+    let mut asked = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = asked.wait_for(|s| *s).await;
+        let _ = engine.send(Command::Shutdown).await;
     });
     let servers = async {
         match tcp_server {
@@ -132,11 +149,31 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             None => unix_server.await,
         }
     };
-    let served = servers.await;
+    // Connections that will not close (a client that stops reading, a request that never
+    // ends) get a few seconds, then are dropped; an engine that ends stops the daemon.
+    let grace = async {
+        stopped(stop_rx.clone()).await;
+        tokio::time::sleep(CONNECTION_GRACE).await;
+    };
+    tokio::pin!(servers, grace);
+    let mut task = task;
+    let mut engine_result = None;
+    let served = loop {
+        tokio::select! {
+            served = &mut servers => break served,
+            _ = &mut grace => break Ok(()),
+            ended = &mut task, if engine_result.is_none() => {
+                tracing::error!("the engine stopped; the daemon stops with it");
+                engine_result = Some(ended);
+                let _ = shared.stop.send(true);
+            }
+        }
+    };
+    let engine_result = match engine_result {
+        Some(ended) => Ok(ended),
+        None => tokio::time::timeout(STOP_WAIT, task).await,
+    };
     signals.abort();
-    // Stopping: nothing new starts; work in flight gets its moment; the rest is pending.
-    let _ = handle.send(Command::Shutdown).await;
-    let engine_result = tokio::time::timeout(STOP_WAIT, task).await;
     fan_out.abort();
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
@@ -180,7 +217,12 @@ async fn listen_tcp(
         );
     }
     let token = match std::env::var("BLOBWAY_TOKEN") {
-        Ok(token) if !token.is_empty() => token,
+        Ok(token) if token.len() >= MIN_TOKEN => token,
+        Ok(token) if !token.is_empty() => anyhow::bail!(
+            "BLOBWAY_TOKEN has {} characters; use at least {MIN_TOKEN} (e.g. `openssl rand -hex \
+             32`)",
+            token.len()
+        ),
         _ => {
             let path = state.with_extension("token");
             let token = read_or_make_token(&path)?;
@@ -201,7 +243,15 @@ async fn listen_tcp(
 /// The token in `path`, made (32 random bytes, hex) with mode 0600 if there is none.
 fn read_or_make_token(path: &Path) -> anyhow::Result<String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    if let Ok(meta) = std::fs::metadata(path)
+        && (meta.mode() & 0o077 != 0 || meta.uid() != nix::unistd::getuid().as_raw())
+    {
+        anyhow::bail!(
+            "the token file {} must be yours and readable by you alone (chmod 600)",
+            path.display()
+        );
+    }
     if let Ok(token) = std::fs::read_to_string(path) {
         let token = token.trim().to_string();
         if !token.is_empty() {

@@ -14,10 +14,52 @@ use tokio::net::{UnixListener, UnixStream};
 /// `$XDG_RUNTIME_DIR` (or the temporary folder), where `<hash>` names the state file's
 /// absolute path — always short enough for `sun_path` (108 bytes).
 pub fn socket_path(state: &Path) -> PathBuf {
-    let absolute = std::path::absolute(state).unwrap_or_else(|_| state.to_path_buf());
+    let absolute = canonical(state);
     let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     socket_dir().join(format!("{name}.sock"))
+}
+
+/// `state` as one spelling of it: symbolic links and `..` resolved (its folder's, when the file
+/// does not exist yet), so every command finds the same daemon however it names the file.
+fn canonical(state: &Path) -> PathBuf {
+    if let Ok(path) = std::fs::canonicalize(state) {
+        return path;
+    }
+    let absolute = std::path::absolute(state).unwrap_or_else(|_| state.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(name))
+            .unwrap_or(absolute),
+        _ => absolute,
+    }
+}
+
+/// Connects to the daemon at `path` — only if the socket's folder is the user's own and closed
+/// to others, and the process answering is the user's (or root's): a socket someone else
+/// planted at a predictable path learns nothing.
+pub async fn connect(path: &Path) -> io::Result<UnixStream> {
+    if let Some(dir) = path.parent() {
+        let meta = std::fs::symlink_metadata(dir)?;
+        let me = nix::unistd::getuid().as_raw();
+        if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is not a folder of yours closed to others; not trusting the socket in it",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let stream = UnixStream::connect(path).await?;
+    if !peer_allowed(&stream) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is served by another user", path.display()),
+        ));
+    }
+    Ok(stream)
 }
 
 /// The folder of the user's daemon sockets.

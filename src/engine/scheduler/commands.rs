@@ -116,9 +116,10 @@ impl Scheduler {
             .values()
             .any(|j| route_key(&j.record.source, &j.record.destination) == route);
         if loaded || self.planning.contains_key(&route) {
+            // Named as recorded, so a caller can tell which of its routes this is.
             let _ = self.ready_tx.send(Ready::Failed {
-                source,
-                destination,
+                source: src.to_string(),
+                destination: dst.to_string(),
                 error: "a job for this route is already being planned or running; pause or \
                         cancel it first"
                     .into(),
