@@ -93,6 +93,21 @@ struct ProgressLine {
 
 /// Follows the engine until it stops, showing progress; Ctrl-C asks it to stop gracefully.
 pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
+    follow_saying(
+        engine,
+        output,
+        "interrupted: letting chunks in flight finish (the rest returns to pending)…",
+    )
+    .await
+}
+
+/// [`follow`], saying `on_interrupt` when Ctrl-C is pressed (a copy followed through a daemon
+/// only stops following).
+pub async fn follow_saying(
+    engine: Engine,
+    output: Output,
+    on_interrupt: &str,
+) -> anyhow::Result<Report> {
     let Engine {
         handle,
         mut events,
@@ -223,7 +238,7 @@ pub async fn follow(engine: Engine, output: Output) -> anyhow::Result<Report> {
             }
             _ = &mut interrupt, if !report.interrupted => {
                 report.interrupted = true;
-                say("interrupted: letting chunks in flight finish (the rest returns to pending)…".into());
+                say(on_interrupt.into());
                 let _ = handle.send(Command::Shutdown).await;
             }
         }

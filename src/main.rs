@@ -590,25 +590,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 let client = Client::find_or_start(&state_path, &tuning.as_args())
                     .await
                     .map_err(state_failure)?;
-                // Sent as parsed here: a relative local path means this shell's folder, not
-                // the daemon's.
-                let mut routes = Vec::new();
-                for destination in &destinations {
-                    let (src, dst) =
-                        blobway::location::parse_route(&source, destination).map_err(bad_input)?;
-                    routes.push((src.to_string(), dst.to_string()));
-                }
-                let new = api::NewJobs {
-                    source: routes[0].0.clone(),
-                    destinations: routes.into_iter().map(|(_, dst)| dst).collect(),
-                    options: Some(options),
-                };
-                let accepted: Vec<api::Accepted> = client
-                    .request(Method::POST, "/v1/jobs", Some(&new))
-                    .await
-                    .map_err(state_failure)?
-                    .json()
-                    .map_err(bad_input)?;
+                let accepted = submit(&client, &source, &destinations, options).await?;
                 for job in accepted {
                     if json {
                         println!("{}", serde_json::to_string(&job).unwrap_or_default());
@@ -617,6 +599,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     }
                 }
                 return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(client) = daemon(&state_path).await? {
+                return follow_in_daemon(client, &source, &destinations, options, json).await;
             }
             let db = open_unserved(&state_path).await?;
             let commands = destinations
@@ -630,13 +615,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
-            if let (Some(client), Some(id)) = (daemon(&state_path).await?, job) {
-                client
-                    .request(Method::POST, &format!("/v1/jobs/{id}/resume"), None::<&()>)
-                    .await
-                    .and_then(|a| a.ok())
-                    .map_err(bad_input)?;
-                println!("job {id}: resumed");
+            if let Some(client) = daemon(&state_path).await? {
+                let ids = match job {
+                    Some(id) => vec![id],
+                    None => client_job_ids(&client).await?,
+                };
+                for id in ids {
+                    client
+                        .request(Method::POST, &format!("/v1/jobs/{id}/resume"), None::<&()>)
+                        .await
+                        .and_then(|a| a.ok())
+                        .map_err(bad_input)?;
+                    println!("job {id}: resumed");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let db = open_unserved(&state_path).await?;
@@ -696,7 +687,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             eprintln!("preparing sample files in {} …", layout.source.display());
             layout.prepare(!keep).map_err(bad_input)?;
             let state = cli.state.unwrap_or_else(|| layout.state.clone());
-            let db = StateDb::open(&state).map_err(state_failure)?;
+            let db = open_unserved(&state).await?;
             let command = Command::Enqueue {
                 source: format!("{}/", layout.source.display()),
                 destination: format!("{}/", layout.destination.display()),
@@ -815,18 +806,28 @@ async fn run_headless(
     for command in commands {
         engine.handle.send(command).await.map_err(state_failure)?;
     }
-    let output = if json {
+    let output = output_for(json);
+    let report = headless::follow(engine, output)
+        .await
+        .map_err(state_failure)?;
+    headless::print_summary(&report, output);
+    Ok(exit_code(&report))
+}
+
+/// How headless progress is shown.
+fn output_for(json: bool) -> Output {
+    if json {
         Output::Json
     } else if std::io::stderr().is_terminal() {
         Output::Terminal
     } else {
         Output::Plain
-    };
-    let report = headless::follow(engine, output)
-        .await
-        .map_err(state_failure)?;
-    headless::print_summary(&report, output);
-    Ok(if report.succeeded() {
+    }
+}
+
+/// The exit status a finished run reports (see `--help`).
+fn exit_code(report: &headless::Report) -> ExitCode {
+    if report.succeeded() {
         ExitCode::SUCCESS
     } else if report.fatal.is_some() {
         ExitCode::from(3)
@@ -834,7 +835,73 @@ async fn run_headless(
         ExitCode::from(2)
     } else {
         ExitCode::from(1)
-    })
+    }
+}
+
+/// Hands routes to the daemon; returns the jobs they run as. Local paths go absolute: a
+/// relative one means this shell's folder, not the daemon's.
+async fn submit(
+    client: &Client,
+    source: &str,
+    destinations: &[String],
+    options: JobOptions,
+) -> Result<Vec<api::Accepted>, Failure> {
+    let mut routes = Vec::new();
+    for destination in destinations {
+        let (src, dst) = blobway::location::parse_route(source, destination).map_err(bad_input)?;
+        routes.push((src.to_string(), dst.to_string()));
+    }
+    let new = api::NewJobs {
+        source: routes[0].0.clone(),
+        destinations: routes.into_iter().map(|(_, dst)| dst).collect(),
+        options: Some(options),
+    };
+    client
+        .request(Method::POST, "/v1/jobs", Some(&new))
+        .await
+        .map_err(state_failure)?
+        .json()
+        .map_err(bad_input)
+}
+
+/// Runs a copy in the daemon and follows it here until its jobs finish; Ctrl-C stops only
+/// the following.
+async fn follow_in_daemon(
+    client: Client,
+    source: &str,
+    destinations: &[String],
+    options: JobOptions,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let mut engine = blobway::daemon::attach::attach(client.clone());
+    // Listening before asking, so no event of the new jobs is missed.
+    let connected = tokio::time::timeout(Duration::from_secs(10), engine.snapshots.changed());
+    if !matches!(connected.await, Ok(Ok(()))) {
+        return Err(state_failure(anyhow::anyhow!(
+            "the daemon serving this state file does not answer its event stream"
+        )));
+    }
+    let accepted = submit(&client, source, destinations, options).await?;
+    let output = output_for(json);
+    if output != Output::Json {
+        for job in &accepted {
+            eprintln!(
+                "job {}: {} → {} (run by the daemon; Ctrl-C stops following, not copying)",
+                job.job, job.source, job.destination
+            );
+        }
+    }
+    let engine = blobway::daemon::attach::follow(engine, &accepted);
+    let report = headless::follow_saying(
+        engine,
+        output,
+        "stopped following; the daemon keeps copying (`blobway jobs` shows it, `blobway pause \
+         JOB` pauses it)",
+    )
+    .await
+    .map_err(state_failure)?;
+    headless::print_summary(&report, output);
+    Ok(exit_code(&report))
 }
 
 /// Plans each route and prints the plans; copies, creates and records nothing. The state file

@@ -383,8 +383,10 @@ async fn a_second_daemon_on_the_same_state_file_is_refused_and_names_the_first()
         second.stderr
     );
     // An in-process engine is refused too, with what to do instead.
-    let tui_like = run(blobway(&state).args(["resume"]));
-    assert_eq!(tui_like.code, 3);
+    let tui_like = run(blobway(&state)
+        .args(["demo", "--headless", "--dir"])
+        .arg(state_dir.path().join("demo")));
+    assert_eq!(tui_like.code, 3, "{}", tui_like.stderr);
     assert!(
         tui_like.stderr.contains("blobway stop"),
         "{}",
@@ -691,4 +693,76 @@ async fn several_terminals_attach_to_one_daemon_and_see_each_others_commands() {
     assert!(screen.contains("BLOBWAY-EXIT-0"), "{screen}");
     assert!(screen.contains("detached"), "{screen}");
     assert_eq!(daemon.get("/v1/version").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_run_while_a_daemon_serves_is_handed_to_it_and_followed_until_done() {
+    let parent = tempfile::tempdir().unwrap();
+    let names = ["one.bin", "deep/two.bin"];
+    std::fs::create_dir_all(parent.path().join("src/deep")).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(
+            parent.path().join("src").join(name),
+            random_bytes(900_000, 40 + i as u64),
+        )
+        .unwrap();
+    }
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let daemon = Daemon::start(&state, &[], &[]);
+    // A relative source means this shell's folder, wherever the daemon runs.
+    let mut copy = blobway(&state);
+    copy.current_dir(parent.path())
+        .args(["copy", "src/"])
+        .arg(format!("{}/", destination.path().display()))
+        .args(["--chunk-size", "256KiB", "--json"]);
+    let followed = run_async(copy).await;
+    assert_eq!(followed.code, 0, "{}\n{}", followed.stdout, followed.stderr);
+    let finished = followed.events_named("job_finished");
+    assert_eq!(finished.len(), 1, "{}", followed.stdout);
+    assert_eq!(finished[0]["state"], "DONE");
+    assert!(!followed.events_named("chunk_completed").is_empty());
+    same_tree(&parent.path().join("src"), destination.path(), &names);
+    assert_eq!(
+        daemon.get("/v1/version").await.status(),
+        200,
+        "the daemon stays"
+    );
+
+    // Ctrl-C stops following, not copying.
+    let (proxy, bucket, data) = slow_source(30).await;
+    let slow_destination = tempfile::tempdir().unwrap();
+    drop(daemon);
+    let daemon = Daemon::start(
+        &state,
+        &["--concurrency", "2"],
+        &[("AWS_ENDPOINT_URL", proxy.url.as_str())],
+    );
+    let mut copy = blobway(&state);
+    copy.args(["copy", &format!("s3://{bucket}/slow/")])
+        .arg(format!("{}/", slow_destination.path().display()))
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = copy.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("chunk_completed"));
+    assert!(started.is_some(), "the copy is followed");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stopped following"), "{stderr}");
+    let job = daemon.wait_for(2, "DONE").await;
+    assert_eq!(job["progress"]["files_done"], 30);
+    same_objects(slow_destination.path(), &data);
 }

@@ -496,6 +496,7 @@ async fn events(
         attached,
         snapshots: q.snapshots,
         hello: Some(hello),
+        sent_first: false,
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         let event = st.next().await?;
@@ -509,6 +510,7 @@ struct Streaming {
     attached: Attached,
     snapshots: bool,
     hello: Option<serde_json::Value>,
+    sent_first: bool,
 }
 
 impl Streaming {
@@ -516,6 +518,11 @@ impl Streaming {
         use std::sync::atomic::Ordering;
         if let Some(hello) = self.hello.take() {
             return Some(SseEvent::default().event("hello").data(hello.to_string()));
+        }
+        if self.snapshots && !self.sent_first {
+            // Where things stand, before anything changes.
+            self.sent_first = true;
+            return Some(SseEvent::default().event("snapshot").data(self.snapshot()));
         }
         loop {
             if *self.shared.stopping.borrow() {

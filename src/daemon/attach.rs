@@ -6,6 +6,7 @@
 //!
 //! `Command::Shutdown` from the attached side means "detach": the daemon keeps running.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,10 @@ use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 
+use super::api::Accepted;
 use super::client::Client;
 use crate::engine::{Command, Engine, EngineHandle, Event, Snapshot, ViewerId};
+use crate::state::JobId;
 
 /// How often a lost daemon is looked for again.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
@@ -32,6 +35,57 @@ pub fn attach(client: Client) -> Engine {
         events: events_rx,
         snapshots: snapshots_rx,
         task,
+    }
+}
+
+/// Follows `jobs` on an attached engine: only their events, and the events end once each
+/// has finished (or failed to plan); then the bridge detaches. For `copy` run while a daemon
+/// serves the state file.
+pub fn follow(engine: Engine, jobs: &[Accepted]) -> Engine {
+    let Engine {
+        handle,
+        mut events,
+        snapshots,
+        task,
+    } = engine;
+    let mut open: BTreeMap<JobId, (String, String)> = jobs
+        .iter()
+        .map(|a| (a.job, (a.source.clone(), a.destination.clone())))
+        .collect();
+    let (tx, rx) = mpsc::channel(8192);
+    let bridge = handle.clone();
+    let follower = tokio::spawn(async move {
+        while !open.is_empty() {
+            let Some(event) = events.recv().await else {
+                break;
+            };
+            let mine = match &event {
+                Event::JobFinished { job, .. } => open.remove(job).is_some(),
+                Event::PlanFailed {
+                    source,
+                    destination,
+                    ..
+                } => {
+                    let before = open.len();
+                    open.retain(|_, (s, d)| {
+                        (s.as_str(), d.as_str()) != (source.as_str(), destination.as_str())
+                    });
+                    open.len() < before
+                }
+                other => other.job().is_none_or(|job| open.contains_key(&job)),
+            };
+            if mine && tx.send(event).await.is_err() {
+                break;
+            }
+        }
+        let _ = bridge.send(Command::Shutdown).await;
+        task.await?
+    });
+    Engine {
+        handle,
+        events: rx,
+        snapshots,
+        task: follower,
     }
 }
 

@@ -366,6 +366,32 @@ pub enum Event {
 }
 
 /// Sends commands to a running engine.
+impl Event {
+    /// The job the event is about, if it is about one.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            Event::JobQueued { job, .. }
+            | Event::JobPlanned { job, .. }
+            | Event::JobLoaded { job, .. }
+            | Event::JobStateChanged { job, .. }
+            | Event::ChunkStarted { job, .. }
+            | Event::ChunkCompleted { job, .. }
+            | Event::ChunkRetry { job, .. }
+            | Event::ChunkFailed { job, .. }
+            | Event::BlocksMissing { job, .. }
+            | Event::UploadRestarted { job, .. }
+            | Event::ObjectCommitted { job, .. }
+            | Event::ObjectFailed { job, .. }
+            | Event::JobFinished { job, .. } => Some(*job),
+            Event::PlanFailed { .. }
+            | Event::ConcurrencyChanged { .. }
+            | Event::Listing { .. }
+            | Event::Notice { .. }
+            | Event::Fatal { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
