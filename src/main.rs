@@ -58,6 +58,12 @@ struct Cli {
     #[arg(long, global = true, env = "BLOBWAY_STATE", value_name = "FILE")]
     state: Option<PathBuf>,
 
+    /// Run the engine in this process, as a script may want, instead of in the daemon of the
+    /// state file (which the TUI, copy and resume otherwise use, starting one in the
+    /// background when none runs, so the work outlives the terminal).
+    #[arg(long, global = true, env = "BLOBWAY_NO_DAEMON", value_parser = clap::builder::BoolishValueParser::new())]
+    no_daemon: bool,
+
     #[command(flatten)]
     tuning: Tuning,
 
@@ -158,7 +164,8 @@ enum Commands {
         /// into a file next to the state file (its path is printed).
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<std::net::SocketAddr>,
-        /// Started in the background by another command: leave its session.
+        /// Started in the background by another command: leave its session, and stop once
+        /// idle for a minute.
         #[arg(long, hide = true)]
         detached: bool,
         #[command(flatten)]
@@ -379,7 +386,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
     match cli.command {
         None => {
-            if let Some(client) = daemon(&state_path).await? {
+            // --no-daemon starts none, but uses one that runs (the state file is its).
+            let client = match cli.no_daemon {
+                true => daemon(&state_path).await?,
+                false => Some(
+                    Client::find_or_start(&state_path, &cli.tuning.as_args())
+                        .await
+                        .map_err(state_failure)?,
+                ),
+            };
+            if let Some(client) = client {
                 // Attached: `q` detaches; the daemon keeps the jobs running.
                 let engine = blobway::daemon::attach::attach(client);
                 let options = AppOptions {
@@ -600,7 +616,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            if let Some(client) = daemon(&state_path).await? {
+            // --no-daemon starts none, but uses one that runs (the state file is its).
+            let client = match cli.no_daemon {
+                true => daemon(&state_path).await?,
+                false => Some(
+                    Client::find_or_start(&state_path, &tuning.as_args())
+                        .await
+                        .map_err(state_failure)?,
+                ),
+            };
+            if let Some(client) = client {
                 return follow_in_daemon(client, &source, &destinations, options, json).await;
             }
             let db = open_unserved(&state_path).await?;
@@ -615,20 +640,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
-            if let Some(client) = daemon(&state_path).await? {
-                let ids = match job {
-                    Some(id) => vec![id],
-                    None => client_job_ids(&client).await?,
-                };
-                for id in ids {
-                    client
-                        .request(Method::POST, &format!("/v1/jobs/{id}/resume"), None::<&()>)
+            // --no-daemon starts none, but uses one that runs (the state file is its).
+            let client = match cli.no_daemon {
+                true => daemon(&state_path).await?,
+                false => Some(
+                    Client::find_or_start(&state_path, &tuning.as_args())
                         .await
-                        .and_then(|a| a.ok())
-                        .map_err(bad_input)?;
-                    println!("job {id}: resumed");
-                }
-                return Ok(ExitCode::SUCCESS);
+                        .map_err(state_failure)?,
+                ),
+            };
+            if let Some(client) = client {
+                return resume_in_daemon(client, job, json).await;
             }
             let db = open_unserved(&state_path).await?;
             if let Some(id) = job
@@ -864,6 +886,95 @@ async fn submit(
         .map_err(bad_input)
 }
 
+/// Asks the daemon to continue `job` (or every unfinished job) and follows them here until
+/// they finish.
+async fn resume_in_daemon(
+    client: Client,
+    job: Option<JobId>,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let mut engine = blobway::daemon::attach::attach(client.clone());
+    connected(&mut engine).await?;
+    let views: serde_json::Value = client
+        .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
+        .await
+        .and_then(|a| a.json())
+        .map_err(state_failure)?;
+    let views: Vec<blobway::engine::snapshot::JobView> =
+        serde_json::from_value(views["jobs"].clone()).map_err(state_failure)?;
+    let wanted: Vec<_> = views
+        .into_iter()
+        .filter(|v| match job {
+            Some(id) => v.id == id,
+            None => !v.state.is_finished() || v.state == JobState::Failed,
+        })
+        .collect();
+    if let Some(id) = job
+        && wanted.is_empty()
+    {
+        return Err(bad_input(anyhow::anyhow!(
+            "there is no job {id}; `blobway jobs` lists them"
+        )));
+    }
+    let mut accepted = Vec::new();
+    for view in wanted {
+        client
+            .request(
+                Method::POST,
+                &format!("/v1/jobs/{}/resume", view.id),
+                None::<&()>,
+            )
+            .await
+            .and_then(|a| a.ok())
+            .map_err(bad_input)?;
+        accepted.push(api::Accepted {
+            job: view.id,
+            source: view.source,
+            destination: view.destination,
+        });
+    }
+    follow_accepted(engine, &accepted, json).await
+}
+
+/// Waits until an attached engine hears the daemon, so nothing it says next is missed.
+async fn connected(engine: &mut blobway::engine::Engine) -> Result<(), Failure> {
+    let heard = tokio::time::timeout(Duration::from_secs(10), engine.snapshots.changed());
+    match heard.await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(state_failure(anyhow::anyhow!(
+            "the daemon serving this state file does not answer its event stream"
+        ))),
+    }
+}
+
+/// Follows jobs the daemon runs until they finish; Ctrl-C stops only the following.
+async fn follow_accepted(
+    engine: blobway::engine::Engine,
+    accepted: &[api::Accepted],
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let output = output_for(json);
+    if output != Output::Json {
+        for job in accepted {
+            eprintln!(
+                "job {}: {} → {} (run by the daemon; Ctrl-C stops following, not copying)",
+                job.job, job.source, job.destination
+            );
+        }
+    }
+    let engine = blobway::daemon::attach::follow(engine, accepted);
+    let report = headless::follow_saying(
+        engine,
+        output,
+        "stopped following; the daemon keeps copying (`blobway jobs` shows it, `blobway pause \
+         JOB` pauses it)",
+    )
+    .await
+    .map_err(state_failure)?;
+    headless::print_summary(&report, output);
+    Ok(exit_code(&report))
+}
+
 /// Runs a copy in the daemon and follows it here until its jobs finish; Ctrl-C stops only
 /// the following.
 async fn follow_in_daemon(
@@ -875,33 +986,9 @@ async fn follow_in_daemon(
 ) -> Result<ExitCode, Failure> {
     let mut engine = blobway::daemon::attach::attach(client.clone());
     // Listening before asking, so no event of the new jobs is missed.
-    let connected = tokio::time::timeout(Duration::from_secs(10), engine.snapshots.changed());
-    if !matches!(connected.await, Ok(Ok(()))) {
-        return Err(state_failure(anyhow::anyhow!(
-            "the daemon serving this state file does not answer its event stream"
-        )));
-    }
+    connected(&mut engine).await?;
     let accepted = submit(&client, source, destinations, options).await?;
-    let output = output_for(json);
-    if output != Output::Json {
-        for job in &accepted {
-            eprintln!(
-                "job {}: {} → {} (run by the daemon; Ctrl-C stops following, not copying)",
-                job.job, job.source, job.destination
-            );
-        }
-    }
-    let engine = blobway::daemon::attach::follow(engine, &accepted);
-    let report = headless::follow_saying(
-        engine,
-        output,
-        "stopped following; the daemon keeps copying (`blobway jobs` shows it, `blobway pause \
-         JOB` pauses it)",
-    )
-    .await
-    .map_err(state_failure)?;
-    headless::print_summary(&report, output);
-    Ok(exit_code(&report))
+    follow_accepted(engine, &accepted, json).await
 }
 
 /// Plans each route and prints the plans; copies, creates and records nothing. The state file

@@ -244,7 +244,7 @@ async fn destination_disk_full() {
     let disk = tempfile::tempdir().expect("disk");
     let state = tempfile::tempdir().expect("state");
     let script = format!(
-        "'{}' --state '{}/s.redb' copy '{}/' '{}/out/' --chunk-size 1MiB; code=$?; \
+        "'{}' --no-daemon --state '{}/s.redb' copy '{}/' '{}/out/' --chunk-size 1MiB; code=$?; \
          ls -a '{}/out' > '{}/listing'; exit $code",
         env!("CARGO_BIN_EXE_blobway"),
         state.path().display(),
@@ -281,7 +281,7 @@ async fn object_too_big_for_the_store() {
     let state = tempfile::tempdir().expect("state");
     let script = format!(
         "truncate -s 200T '{}/huge.bin' && echo tiny > '{}/tiny.txt' && \
-         '{}' --state '{}/s.redb' copy '{}/' '{}/out/'",
+         '{}' --no-daemon --state '{}/s.redb' copy '{}/' '{}/out/'",
         disk.path().display(),
         disk.path().display(),
         env!("CARGO_BIN_EXE_blobway"),

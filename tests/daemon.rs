@@ -559,8 +559,26 @@ async fn commands_find_or_start_the_daemon_and_a_killed_daemon_is_started_again(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let jobs = run(blobway(&state).args(["jobs", "--json"]));
     assert!(jobs.stdout.contains("\"PAUSED\""), "{}", jobs.stdout);
-    let resumed = run(blobway(&state).args(["resume", "1"]));
-    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    // `resume` follows the job until it is done, across the daemon's death below.
+    let mut resumed = blobway(&state)
+        .args(["resume", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let resumed_out = resumed.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(resumed_out).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // It follows the job before the daemon dies.
+    let mut followed = vec![
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("following"),
+    ];
 
     // kill -9: the next command starts a daemon again, which finishes the job.
     let pid = daemon_pid(&state).await;
@@ -583,6 +601,21 @@ async fn commands_find_or_start_the_daemon_and_a_killed_daemon_is_started_again(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     same_objects(destination.path(), &data);
+    let resumed = tokio::task::spawn_blocking(move || resumed.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    // Every line, up to the end of its output.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        followed.push(line);
+    }
+    let stdout = followed.join("\n");
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("reconnecting"),
+        "the follower says it: {stdout}"
+    );
+    assert!(stdout.contains("job_finished"), "{stdout}");
     let report = run(blobway(&state).args(["report", "1", "--format", "json"]));
     assert_eq!(report.code, 0, "{}", report.stderr);
     assert!(
@@ -713,7 +746,8 @@ async fn a_copy_run_while_a_daemon_serves_is_handed_to_it_and_followed_until_don
     let daemon = Daemon::start(&state, &[], &[]);
     // A relative source means this shell's folder, wherever the daemon runs.
     let mut copy = blobway(&state);
-    copy.current_dir(parent.path())
+    copy.env_remove("BLOBWAY_NO_DAEMON")
+        .current_dir(parent.path())
         .args(["copy", "src/"])
         .arg(format!("{}/", destination.path().display()))
         .args(["--chunk-size", "256KiB", "--json"]);
@@ -740,7 +774,8 @@ async fn a_copy_run_while_a_daemon_serves_is_handed_to_it_and_followed_until_don
         &[("AWS_ENDPOINT_URL", proxy.url.as_str())],
     );
     let mut copy = blobway(&state);
-    copy.args(["copy", &format!("s3://{bucket}/slow/")])
+    copy.env_remove("BLOBWAY_NO_DAEMON")
+        .args(["copy", &format!("s3://{bucket}/slow/")])
         .arg(format!("{}/", slow_destination.path().display()))
         .arg("--json")
         .stdout(Stdio::piped())
@@ -765,4 +800,38 @@ async fn a_copy_run_while_a_daemon_serves_is_handed_to_it_and_followed_until_don
     let job = daemon.wait_for(2, "DONE").await;
     assert_eq!(job["progress"]["files_done"], 30);
     same_objects(slow_destination.path(), &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_starts_a_daemon_when_none_runs_which_stops_once_idle() {
+    let source = local_files(&[("a.bin", 2 << 20), ("b/c.txt", 100)]);
+    let destination = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let _stop = StopOnDrop(state.clone());
+    let mut copy = blobway(&state);
+    copy.env_remove("BLOBWAY_NO_DAEMON")
+        .env("BLOBWAY_IDLE_EXIT_SECS", "3")
+        .args(["copy", &format!("{}/", source.path().display())])
+        .arg(format!("{}/", destination.path().display()))
+        .arg("--json");
+    let copied = run_async(copy).await;
+    assert_eq!(copied.code, 0, "{}\n{}", copied.stdout, copied.stderr);
+    assert_eq!(copied.events_named("job_finished")[0]["state"], "DONE");
+    same_tree(source.path(), destination.path(), &["a.bin", "b/c.txt"]);
+    let pid = daemon_pid(&state).await;
+    assert_ne!(pid, std::process::id());
+    // Nothing to do, nobody attached: it stops by itself.
+    let socket = blobway::daemon::socket::socket_path(&state);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blobway::daemon::client::Client::at(&socket)
+        .version()
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "the idle daemon never stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs = run(blobway(&state).args(["jobs", "--json"]));
+    assert!(jobs.stdout.contains("\"DONE\""), "{}", jobs.stdout);
 }

@@ -33,6 +33,10 @@ const STOP_WAIT: Duration = Duration::from_secs(20);
 /// How long a stopping daemon waits for its connections to close.
 const CONNECTION_GRACE: Duration = Duration::from_secs(5);
 
+/// A daemon a command started stops once it has had no unfinished job and no attached client
+/// for this long (one started with `blobway serve` runs until it is stopped).
+const IDLE_EXIT: Duration = Duration::from_secs(60);
+
 /// The shortest bearer token accepted from `BLOBWAY_TOKEN`.
 const MIN_TOKEN: usize = 16;
 
@@ -123,6 +127,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
     });
+    if options.detached {
+        tokio::spawn(exit_when_idle(shared.clone()));
+    }
     let stop = shared.stop.clone();
     let signals = tokio::spawn(async move {
         let signal = wait_for_signal().await;
@@ -182,6 +189,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Ok(()), // in-flight work is left to the next start, as after a crash
+    }
+}
+
+/// Stops the daemon once nothing is left to do and nobody watches, for [`IDLE_EXIT`].
+async fn exit_when_idle(shared: Shared) {
+    // BLOBWAY_IDLE_EXIT_SECS shortens or lengthens the wait (scripts, tests).
+    let idle_exit = std::env::var("BLOBWAY_IDLE_EXIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(IDLE_EXIT);
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let busy = shared
+            .snapshots
+            .borrow()
+            .jobs
+            .iter()
+            .any(|j| !j.state.is_finished());
+        if busy || shared.hub.clients() > 0 {
+            idle_since = tokio::time::Instant::now();
+        } else if idle_since.elapsed() >= idle_exit {
+            tracing::info!("nothing to do and nobody attached for {idle_exit:?}: stopping");
+            let _ = shared.stop.send(true);
+            return;
+        }
     }
 }
 

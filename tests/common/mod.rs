@@ -171,7 +171,9 @@ pub fn md5_hex(data: &[u8]) -> String {
 pub fn blobway(state: &Path) -> Command {
     let e = emulators();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blobway"));
+    // In-process engines, as scripts run them; tests/daemon.rs covers the daemon path.
     cmd.env("BLOBWAY_STATE", state)
+        .env("BLOBWAY_NO_DAEMON", "1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
