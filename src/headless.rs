@@ -89,6 +89,22 @@ struct ProgressLine {
     bytes_done: u64,
     bytes_total: u64,
     bytes_per_sec: u64,
+    /// Seconds left at the rate so far.
+    eta_secs: Option<u64>,
+}
+
+/// Now, as RFC 3339 UTC to the second.
+fn now_rfc3339() -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// Seconds left for `left` bytes at `rate` bytes per second.
+fn eta(left: u64, rate: u64) -> Option<u64> {
+    (rate > 0).then(|| left / rate)
 }
 
 /// Follows the engine until it stops, showing progress; Ctrl-C asks it to stop gracefully.
@@ -231,8 +247,15 @@ pub async fn follow_saying(
             _ = tick.tick() => {
                 let rate = (report.bytes_moved as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
                 match output {
-                    Output::Json => print_json(&ProgressLine { event: "progress", bytes_done: done, bytes_total: total, bytes_per_sec: rate }),
-                    Output::Plain if total > 0 => eprintln!("{} of {} ({}/s)", human(done), human(total), human(rate)),
+                    Output::Json => print_json(&ProgressLine { event: "progress", bytes_done: done, bytes_total: total, bytes_per_sec: rate, eta_secs: eta(total.saturating_sub(done), rate) }),
+                    Output::Plain if total > 0 => {
+                        // Not a terminal (a log, a pipe): each line says when, and how long is left.
+                        let left = match eta(total.saturating_sub(done), rate) {
+                            Some(secs) => format!("ETA {}", humantime(secs)),
+                            None => "ETA unknown".into(),
+                        };
+                        eprintln!("{} {} of {} ({}/s), {left}", now_rfc3339(), human(done), human(total), human(rate))
+                    }
                     _ => {}
                 }
             }
@@ -337,8 +360,17 @@ fn existing_words(s: &crate::engine::PlanSummary) -> String {
     out
 }
 
+/// One JSON line, stamped with the time (`ts`, RFC 3339 UTC) for logs and audits.
 fn print_json<T: Serialize>(value: &T) {
-    if let Ok(line) = serde_json::to_string(value) {
+    let Ok(mut value) = serde_json::to_value(value) else {
+        return;
+    };
+    if let Some(object) = value.as_object_mut() {
+        object
+            .entry("ts")
+            .or_insert_with(|| serde_json::Value::String(now_rfc3339()));
+    }
+    if let Ok(line) = serde_json::to_string(&value) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -400,5 +432,35 @@ pub fn print_summary(report: &Report, output: Output) {
     }
     if report.interrupted {
         println!("interrupted: run `blobway resume` (or the same copy again) to continue");
+    }
+}
+
+/// A duration in seconds as `1h02m`, `3m05s` or `12s`.
+fn humantime(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_as_an_operator_says_it() {
+        assert_eq!(eta(1000, 0), None);
+        assert_eq!(eta(1000, 10), Some(100));
+        assert_eq!(humantime(12), "12s");
+        assert_eq!(humantime(185), "3m05s");
+        assert_eq!(humantime(3720), "1h02m");
+    }
+
+    #[test]
+    fn stamps_are_rfc3339_utc() {
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), 20, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
     }
 }

@@ -756,7 +756,20 @@ async fn a_copy_run_while_a_daemon_serves_is_handed_to_it_and_followed_until_don
     let finished = followed.events_named("job_finished");
     assert_eq!(finished.len(), 1, "{}", followed.stdout);
     assert_eq!(finished[0]["state"], "DONE");
-    assert!(!followed.events_named("chunk_completed").is_empty());
+    let chunks = followed.events_named("chunk_completed");
+    assert!(!chunks.is_empty());
+    // Every line says when; chunk events name their object.
+    assert!(
+        followed
+            .events()
+            .iter()
+            .all(|e| e["ts"].as_str().is_some_and(|t| t.ends_with('Z')))
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["key"].as_str().is_some_and(|k| names.contains(&k)))
+    );
     same_tree(&parent.path().join("src"), destination.path(), &names);
     assert_eq!(
         daemon.get("/v1/version").await.status(),
@@ -834,4 +847,64 @@ async fn copy_starts_a_daemon_when_none_runs_which_stops_once_idle() {
     }
     let jobs = run(blobway(&state).args(["jobs", "--json"]));
     assert!(jobs.stdout.contains("\"DONE\""), "{}", jobs.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_concurrency_choice_survives_a_restart() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let limit_of = |metrics: &str| -> (String, String) {
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(String::from))
+                .unwrap_or_default()
+        };
+        (
+            value("blobway_concurrency_limit"),
+            value("blobway_concurrency_adaptive"),
+        )
+    };
+    let set = |daemon: &Daemon, body: serde_json::Value| {
+        daemon
+            .api()
+            .put(format!("{}/v1/concurrency", daemon.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    let daemon = Daemon::start(&state, &[], &[]);
+    assert_eq!(
+        set(&daemon, serde_json::json!({"limit": 7}))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(daemon); // killed
+    let daemon = Daemon::start(&state, &[], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        limit_of(&metrics),
+        ("7".into(), "0".into()),
+        "kept across the restart"
+    );
+    assert_eq!(
+        set(&daemon, serde_json::json!({"auto": true}))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(daemon);
+    let daemon = Daemon::start(&state, &[], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(limit_of(&metrics).1, "1", "adaptive again");
+    drop(daemon);
+    // A --concurrency of the run itself wins over what was recorded.
+    let daemon = Daemon::start(&state, &["--concurrency", "3"], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(limit_of(&metrics), ("3".into(), "0".into()));
 }

@@ -239,6 +239,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe(&Event::ChunkCompleted {
             job: 1,
+            key: "k".into(),
             file: 0,
             chunk: 0,
             bytes: 1000,
@@ -252,6 +253,7 @@ mod tests {
         };
         metrics.observe(&Event::ChunkRetry {
             job: 1,
+            key: "k".into(),
             file: 0,
             chunk: 1,
             attempt: 1,

@@ -94,6 +94,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             include_paused: true,
         })
         .await?;
+    // Serve once the engine has published where it stands.
+    let mut first = snapshots.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(5), first.changed()).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Shared {
         engine: handle.clone(),

@@ -113,7 +113,39 @@ pub struct Controller {
     best: Option<(f64, Instant)>,
 }
 
+/// The concurrency the operator last chose, kept in the state file so a restarted engine
+/// (a daemon after a reboot) keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChosenConcurrency {
+    /// The limit when manual.
+    pub limit: u32,
+    /// True when the adaptive controller decides.
+    pub adaptive: bool,
+}
+
+impl ChosenConcurrency {
+    /// The name it is recorded under.
+    pub const SETTING: &'static str = "concurrency";
+}
+
 impl Controller {
+    /// What the operator's choice is, to record.
+    pub fn chosen(&self) -> ChosenConcurrency {
+        ChosenConcurrency {
+            limit: self.limit,
+            adaptive: self.adaptive,
+        }
+    }
+
+    /// Takes up a choice recorded in an earlier run.
+    pub fn restore(&mut self, chosen: ChosenConcurrency, now: Instant) {
+        if chosen.adaptive {
+            self.set_adaptive(true, now);
+        } else {
+            self.set_manual(chosen.limit);
+        }
+    }
+
     /// A controller starting at `config.initial`, adaptive or fixed.
     pub fn new(config: ControllerConfig, adaptive: bool, now: Instant) -> Self {
         let limit = config.initial.clamp(config.min.max(1), config.max.max(1));

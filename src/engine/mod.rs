@@ -227,6 +227,8 @@ pub enum Event {
     ChunkStarted {
         /// The job.
         job: JobId,
+        /// The object's key at the source (so a log line names what it is about).
+        key: String,
         /// The object's index in the job.
         file: u32,
         /// The chunk's index in the object.
@@ -240,6 +242,8 @@ pub enum Event {
     ChunkCompleted {
         /// The job.
         job: JobId,
+        /// The object's key at the source (so a log line names what it is about).
+        key: String,
         /// The object's index.
         file: u32,
         /// The chunk's index.
@@ -253,6 +257,8 @@ pub enum Event {
     ChunkRetry {
         /// The job.
         job: JobId,
+        /// The object's key at the source (so a log line names what it is about).
+        key: String,
         /// The object's index.
         file: u32,
         /// The chunk's index.
@@ -268,6 +274,8 @@ pub enum Event {
     ChunkFailed {
         /// The job.
         job: JobId,
+        /// The object's key at the source (so a log line names what it is about).
+        key: String,
         /// The object's index.
         file: u32,
         /// The chunk's index.

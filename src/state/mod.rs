@@ -83,6 +83,8 @@ pub enum Write {
     Chunk(JobId, u32, u32, ChunkRecord),
     /// Remove a file and its chunks.
     RemoveFile(JobId, u32),
+    /// Record an engine-wide setting the operator chose (name, JSON value).
+    Setting(&'static str, String),
 }
 
 /// Counts that summarise a job.
@@ -269,8 +271,13 @@ impl StateDb {
             let mut routes = txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
             let mut files = txn.open_table(FILES).map_err(|e| self.err("written", e))?;
             let mut chunks = txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
             for write in writes {
                 match write {
+                    Write::Setting(name, value) => {
+                        meta.insert(format!("setting.{name}").as_str(), value.as_str())
+                            .map_err(|e| self.err("written", e))?;
+                    }
                     Write::Job(job) => {
                         jobs.insert(job.id, encode(job).as_slice())
                             .map_err(|e| self.err("written", e))?;
@@ -303,6 +310,17 @@ impl StateDb {
     }
 
     /// A new job id, never used before in this database.
+    /// An engine-wide setting the operator chose, as recorded (JSON), if any.
+    pub fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+        let value = meta
+            .get(format!("setting.{name}").as_str())
+            .map_err(|e| self.err("read", e))?
+            .map(|v| v.value().to_string());
+        Ok(value)
+    }
+
     pub fn next_job_id(&self) -> Result<JobId, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;

@@ -255,6 +255,7 @@ impl ObjectRun {
                 step.writes.push(self.chunk_write(index));
                 step.events.push(Event::ChunkStarted {
                     job: self.job,
+                    key: self.record.key.clone(),
                     file: self.index,
                     chunk: index,
                     attempt,

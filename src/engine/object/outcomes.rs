@@ -48,6 +48,7 @@ impl ObjectRun {
         step.writes.push(self.chunk_write(index));
         step.events.push(Event::ChunkCompleted {
             job: self.job,
+            key: self.record.key.clone(),
             file: self.index,
             chunk: index,
             bytes: moved.bytes,
@@ -88,6 +89,7 @@ impl ObjectRun {
             && !retry.should_retry(&err, round);
         let chunk_failed = Event::ChunkFailed {
             job: self.job,
+            key: self.record.key.clone(),
             file: self.index,
             chunk: index,
             error: error.clone(),
@@ -129,6 +131,7 @@ impl ObjectRun {
             step.timers.push((delay, Wake::Chunk(index)));
             step.events.push(Event::ChunkRetry {
                 job: self.job,
+                key: self.record.key.clone(),
                 file: self.index,
                 chunk: index,
                 attempt,

@@ -204,7 +204,14 @@ pub(super) async fn run(
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let next_job_id = db.next_job_id()?;
     let now = Instant::now();
-    let controller = Controller::new(config.concurrency, config.adaptive, now);
+    let mut controller = Controller::new(config.concurrency, config.adaptive, now);
+    // Without a --concurrency of this run, the operator's last choice stands.
+    if config.adaptive
+        && let Ok(Some(recorded)) = db.setting(super::control::ChosenConcurrency::SETTING)
+        && let Ok(chosen) = serde_json::from_str(&recorded)
+    {
+        controller.restore(chosen, now);
+    }
     let gate = Gate::new(controller.limit(), config.max_memory);
     let buffers = Arc::new(BufferPool::new(config.max_memory));
     let mut s = Scheduler {

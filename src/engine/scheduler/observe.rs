@@ -2,6 +2,7 @@
 //! read.
 
 use super::*;
+use crate::engine::control::ChosenConcurrency;
 
 impl Scheduler {
     /// Feeds a chunk's outcome to the controller and the metrics.
@@ -33,6 +34,14 @@ impl Scheduler {
 
     pub(super) fn apply_change(&mut self, change: Change) {
         self.gate.set_limit(change.limit);
+        // The operator's choices outlive the process; the controller's own moves do not.
+        let mut writes = Vec::new();
+        if change.decision == crate::engine::control::Decision::Operator {
+            let chosen = self.controller.chosen();
+            if let Ok(value) = serde_json::to_string(&chosen) {
+                writes.push(Write::Setting(ChosenConcurrency::SETTING, value));
+            }
+        }
         self.metrics.decision(Instant::now(), change.decision);
         tracing::info!(limit = change.limit, "concurrency: {}", change.reason);
         let event = Event::ConcurrencyChanged {
@@ -41,7 +50,7 @@ impl Scheduler {
             decision: change.decision,
             reason: change.reason,
         };
-        self.persist(Vec::new(), vec![After::Emit(event)]);
+        self.persist(writes, vec![After::Emit(event)]);
     }
 
     pub(super) async fn on_tick(&mut self) {
