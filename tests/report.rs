@@ -41,6 +41,7 @@ async fn the_report_names_every_failed_object_with_its_class_status_and_attempts
             rate: 1.0,
             mix: vec![(Fault::ServerError, 1)],
             only: Some("comp=block".into()),
+            read_body_first: true,
             ..FaultConfig::none(Flavor::Azure)
         },
     )

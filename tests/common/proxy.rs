@@ -70,6 +70,9 @@ pub struct FaultConfig {
     pub latency: Duration,
     /// Only requests whose path and query contain this get faults (e.g. `partNumber=`).
     pub only: Option<String>,
+    /// Read the whole request body before answering an error (otherwise the answer may race
+    /// the upload and the client sees a broken connection instead).
+    pub read_body_first: bool,
 }
 
 impl FaultConfig {
@@ -84,6 +87,7 @@ impl FaultConfig {
             stall: Duration::from_secs(10),
             latency: Duration::from_millis(300),
             only: None,
+            read_body_first: false,
         }
     }
 
@@ -305,6 +309,32 @@ async fn handle(
     };
     if let Some(fault) = fault {
         record(fault);
+    }
+    // A store that answers an error after reading the whole request (as Azure and S3 do for
+    // a 500 on an upload): the client then reads the answer instead of a broken connection.
+    if shared.config.read_body_first
+        && matches!(
+            fault,
+            Some(Fault::Throttle | Fault::TooManyRequests | Fault::ServerError)
+        )
+    {
+        let (_, body) = request.into_parts();
+        let _ = body.collect().await;
+        return Ok(match fault {
+            Some(Fault::Throttle) => throttled(flavor),
+            Some(Fault::TooManyRequests) => error_response(
+                flavor,
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests.",
+            ),
+            _ => error_response(
+                flavor,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ),
+        });
     }
     match fault {
         Some(Fault::Throttle) => return Ok(throttled(flavor)),
