@@ -47,26 +47,38 @@ pub struct Shared {
     pub stop: Arc<watch::Sender<bool>>,
 }
 
-/// Which listener a request came in on, for the audit trail.
+/// Which listener a request came in on, and who sent it, for the audit trail.
 #[derive(Clone, Copy, Debug)]
 pub enum Channel {
-    /// The Unix socket (same user or root, checked by `SO_PEERCRED`).
-    Socket,
+    /// The Unix socket (same user or root, checked by `SO_PEERCRED`), from this user.
+    Socket { uid: Option<u32> },
     /// TCP, with the bearer token.
     Tcp,
 }
 
 impl Channel {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Channel::Socket => "socket",
-            Channel::Tcp => "tcp (bearer token)",
+            Channel::Socket { uid: Some(uid) } => format!("socket (uid {uid})"),
+            Channel::Socket { uid: None } => "socket".into(),
+            Channel::Tcp => "tcp (bearer token)".into(),
         }
     }
 }
 
-/// The service, as `channel` serves it; `token` guards TCP.
-pub fn router(shared: Shared, channel: Channel, token: Option<Arc<String>>) -> Router {
+/// Marks a request from the socket with the uid of the process that sent it.
+async fn stamp_peer(
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<super::socket::PeerUid>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut().insert(Channel::Socket { uid: peer.0 });
+    next.run(req).await
+}
+
+/// The service: on the socket without `token` (who connects is checked there), on TCP with
+/// it.
+pub fn router(shared: Shared, token: Option<Arc<String>>) -> Router {
     let routes = Router::new()
         .route("/v1/version", get(version))
         .route("/v1/jobs", get(list_jobs).post(create_jobs))
@@ -80,13 +92,14 @@ pub fn router(shared: Shared, channel: Channel, token: Option<Arc<String>>) -> R
         .route("/v1/stop", post(stop))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::Extension(channel))
         .with_state(shared);
     match token {
-        Some(token) => routes.layer(middleware::from_fn(move |req, next| {
-            require_token(token.clone(), req, next)
-        })),
-        None => routes,
+        Some(token) => routes
+            .layer(axum::Extension(Channel::Tcp))
+            .layer(middleware::from_fn(move |req, next| {
+                require_token(token.clone(), req, next)
+            })),
+        None => routes.layer(middleware::from_fn(stamp_peer)),
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Command, Engine, EngineConfig, StoreFactory};
 use crate::state::StateDb;
-use api::{Channel, Shared};
+use api::Shared;
 
 /// How long a stopping daemon waits for the engine before it exits anyway.
 const STOP_WAIT: Duration = Duration::from_secs(20);
@@ -120,15 +120,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     eprintln!("blobway serve: socket {}", socket_path.display());
     let unix_server = axum::serve(
         socket::CheckedUnix(unix),
-        api::router(shared.clone(), Channel::Socket, None),
+        api::router(shared.clone(), None).into_make_service_with_connect_info::<socket::PeerUid>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let tcp_server = tcp.map(|(listener, token)| {
-        axum::serve(
-            listener,
-            api::router(shared.clone(), Channel::Tcp, Some(Arc::new(token))),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        axum::serve(listener, api::router(shared.clone(), Some(Arc::new(token))))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
     });
     if options.detached {
         tokio::spawn(exit_when_idle(shared.clone()));

@@ -126,6 +126,18 @@ pub fn peer_allowed(stream: &UnixStream) -> bool {
         .is_ok_and(|cred| cred.uid() == me || cred.uid() == 0)
 }
 
+/// The uid of the process at the other end of a socket connection, for the audit trail.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerUid(pub Option<u32>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CheckedUnix>>
+    for PeerUid
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CheckedUnix>) -> Self {
+        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
 /// The Unix listener the API is served on: connections from other users are closed at once.
 pub struct CheckedUnix(pub UnixListener);
 
