@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use blobway::daemon::api;
 use blobway::daemon::client::Client;
 use blobway::demo::DemoStores;
+use blobway::engine::snapshot::JobView;
 use blobway::engine::{
     Command, ControllerConfig, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory,
 };
@@ -386,15 +387,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
     match cli.command {
         None => {
-            // --no-daemon starts none, but uses one that runs (the state file is its).
-            let client = match cli.no_daemon {
-                true => daemon(&state_path).await?,
-                false => Some(
-                    Client::find_or_start(&state_path, &cli.tuning.as_args())
-                        .await
-                        .map_err(state_failure)?,
-                ),
-            };
+            let client = daemon_for_work(&state_path, cli.no_daemon, &cli.tuning).await?;
             if let Some(client) = client {
                 // Attached: `q` detaches; the daemon keeps the jobs running.
                 let engine = blobway::daemon::attach::attach(client);
@@ -423,13 +416,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Some(Commands::Jobs { json }) => {
             if let Some(client) = daemon(&state_path).await? {
-                let page: serde_json::Value = client
-                    .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
-                    .await
-                    .and_then(|a| a.json())
-                    .map_err(state_failure)?;
-                let views: Vec<blobway::engine::snapshot::JobView> =
-                    serde_json::from_value(page["jobs"].clone()).map_err(state_failure)?;
+                let views = daemon_jobs(&client).await?;
                 print_jobs(&state_path, views, json, false);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -616,15 +603,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            // --no-daemon starts none, but uses one that runs (the state file is its).
-            let client = match cli.no_daemon {
-                true => daemon(&state_path).await?,
-                false => Some(
-                    Client::find_or_start(&state_path, &tuning.as_args())
-                        .await
-                        .map_err(state_failure)?,
-                ),
-            };
+            let client = daemon_for_work(&state_path, cli.no_daemon, &tuning).await?;
             if let Some(client) = client {
                 return follow_in_daemon(client, &source, &destinations, options, json).await;
             }
@@ -640,15 +619,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
-            // --no-daemon starts none, but uses one that runs (the state file is its).
-            let client = match cli.no_daemon {
-                true => daemon(&state_path).await?,
-                false => Some(
-                    Client::find_or_start(&state_path, &tuning.as_args())
-                        .await
-                        .map_err(state_failure)?,
-                ),
-            };
+            let client = daemon_for_work(&state_path, cli.no_daemon, &tuning).await?;
             if let Some(client) = client {
                 return resume_in_daemon(client, job, json).await;
             }
@@ -895,13 +866,7 @@ async fn resume_in_daemon(
 ) -> Result<ExitCode, Failure> {
     let mut engine = blobway::daemon::attach::attach(client.clone());
     connected(&mut engine).await?;
-    let views: serde_json::Value = client
-        .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
-        .await
-        .and_then(|a| a.json())
-        .map_err(state_failure)?;
-    let views: Vec<blobway::engine::snapshot::JobView> =
-        serde_json::from_value(views["jobs"].clone()).map_err(state_failure)?;
+    let views = daemon_jobs(&client).await?;
     let wanted: Vec<_> = views
         .into_iter()
         .filter(|v| match job {
@@ -1083,16 +1048,7 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
             );
             continue;
         }
-        views.push(blobway::engine::snapshot::JobView {
-            progress,
-            id: job.id,
-            source: job.source,
-            destination: job.destination,
-            state: job.state,
-            rate: 0.0,
-            eta_secs: None,
-            error: job.error,
-        });
+        views.push(JobView::recorded(job, progress));
     }
     if !json {
         // This process holds the state file, so no other blobway is running the jobs: a job
@@ -1104,12 +1060,7 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
 
 /// Prints jobs as a table or JSON lines; `stopped` shows RUNNING as STOPPED (nothing runs
 /// them).
-fn print_jobs(
-    state: &std::path::Path,
-    jobs: Vec<blobway::engine::snapshot::JobView>,
-    json: bool,
-    stopped: bool,
-) {
+fn print_jobs(state: &std::path::Path, jobs: Vec<JobView>, json: bool, stopped: bool) {
     if jobs.is_empty() && !json {
         println!("no jobs in {}", state.display());
         return;
@@ -1142,6 +1093,33 @@ fn print_jobs(
     }
 }
 
+/// The daemon a command that runs work uses: the one serving `state`, started in the
+/// background (with `tuning`) when none runs — unless `--no-daemon`, which starts none but
+/// still uses one that runs (the state file is its).
+async fn daemon_for_work(
+    state: &std::path::Path,
+    no_daemon: bool,
+    tuning: &Tuning,
+) -> Result<Option<Client>, Failure> {
+    if no_daemon {
+        return daemon(state).await;
+    }
+    Client::find_or_start(state, &tuning.as_args())
+        .await
+        .map(Some)
+        .map_err(state_failure)
+}
+
+/// Every job the daemon knows (up to a thousand).
+async fn daemon_jobs(client: &Client) -> Result<Vec<JobView>, Failure> {
+    let page: serde_json::Value = client
+        .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
+        .await
+        .and_then(|a| a.json())
+        .map_err(state_failure)?;
+    serde_json::from_value(page["jobs"].clone()).map_err(state_failure)
+}
+
 /// The daemon serving `state`, if one runs.
 async fn daemon(state: &std::path::Path) -> Result<Option<Client>, Failure> {
     Client::find(state).await.map_err(state_failure)
@@ -1159,13 +1137,7 @@ async fn require_daemon(state: &std::path::Path) -> Result<Client, Failure> {
 
 /// The IDs of the daemon's unfinished jobs.
 async fn client_job_ids(client: &Client) -> Result<Vec<JobId>, Failure> {
-    let page: serde_json::Value = client
-        .request(Method::GET, "/v1/jobs?limit=1000", None::<&()>)
-        .await
-        .and_then(|a| a.json())
-        .map_err(state_failure)?;
-    let views: Vec<blobway::engine::snapshot::JobView> =
-        serde_json::from_value(page["jobs"].clone()).map_err(state_failure)?;
+    let views = daemon_jobs(client).await?;
     Ok(views
         .into_iter()
         .filter(|v| !v.state.is_finished())

@@ -647,15 +647,6 @@ async fn daemon_pid(state: &Path) -> u32 {
         .pid
 }
 
-/// The status bar: the last line with something on it.
-fn status_line(screen: &str) -> &str {
-    screen
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-}
-
 /// The binary as a shell command in a terminal, on `state`, echoing its exit status.
 fn tui_command(state: &Path) -> String {
     format!(
@@ -667,7 +658,7 @@ fn tui_command(state: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_terminals_attach_to_one_daemon_and_see_each_others_commands() {
-    use common::tmux::Tmux;
+    use common::tmux::{Tmux, status_line};
     let (proxy, bucket, data) = slow_source(80).await;
     let destination = tempfile::tempdir().unwrap();
     let state_dir = tempfile::tempdir().unwrap();

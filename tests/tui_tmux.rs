@@ -9,15 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::tmux::Tmux;
-
-fn status_line(screen: &str) -> &str {
-    screen
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-}
+use common::tmux::{Tmux, status_line};
 
 /// Bytes completed, read from the job detail header ("12.00 MiB/376.21 MiB").
 fn completed_bytes(screen: &str) -> f64 {

@@ -189,17 +189,10 @@ async fn job(State(s): State<Shared>, Path(id): Path<JobId>) -> Response {
     }
     // Recorded but not among the engine's (e.g. a destination refused at planning).
     match s.db.job(id) {
-        Ok(Some(job)) => Json(crate::engine::snapshot::JobView {
-            progress: s.db.progress(id).unwrap_or_default(),
-            id,
-            source: job.source,
-            destination: job.destination,
-            state: job.state,
-            rate: 0.0,
-            eta_secs: None,
-            error: job.error,
-        })
-        .into_response(),
+        Ok(Some(job)) => {
+            let progress = s.db.progress(id).unwrap_or_default();
+            Json(crate::engine::snapshot::JobView::recorded(job, progress)).into_response()
+        }
         _ => unknown(id),
     }
 }

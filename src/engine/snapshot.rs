@@ -115,6 +115,20 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// A job as its record and counts in the state file show it (nothing moving).
+    pub fn recorded(job: crate::state::JobRecord, progress: JobProgress) -> Self {
+        JobView {
+            id: job.id,
+            source: job.source,
+            destination: job.destination,
+            state: job.state,
+            progress,
+            rate: 0.0,
+            eta_secs: None,
+            error: job.error,
+        }
+    }
+
     /// Fills in the estimated time left from `rate`.
     pub fn with_rate(mut self, rate: f64) -> Self {
         self.rate = rate;

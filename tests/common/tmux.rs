@@ -70,3 +70,12 @@ impl Drop for Tmux {
             .status();
     }
 }
+
+/// The status bar: the last line with something on it.
+pub fn status_line(screen: &str) -> &str {
+    screen
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+}

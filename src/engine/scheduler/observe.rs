@@ -161,15 +161,9 @@ impl Scheduler {
             let Ok(jobs) = db.jobs() else { return };
             let views = jobs
                 .into_iter()
-                .map(|job| JobView {
-                    progress: db.progress(job.id).unwrap_or_default(),
-                    id: job.id,
-                    source: job.source,
-                    destination: job.destination,
-                    state: job.state,
-                    rate: 0.0,
-                    eta_secs: None,
-                    error: job.error,
+                .map(|job| {
+                    let progress = db.progress(job.id).unwrap_or_default();
+                    JobView::recorded(job, progress)
                 })
                 .collect();
             let _ = tx.send(Ready::History(views));
