@@ -23,6 +23,7 @@ fn main() {
             browse_root: "s3://".into(),
             local_destination: None,
             chunk_size: 64 << 20,
+            attached: false,
         });
         app.on_snapshot(Arc::new(snapshot(chunks)));
         for code in [KeyCode::Enter, KeyCode::Down, KeyCode::Down, KeyCode::Tab] {

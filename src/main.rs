@@ -2,7 +2,7 @@
 //! hands its events to the headless consumer. Exit statuses are documented in `--help`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,11 +160,18 @@ enum Commands {
     /// private Unix socket derived from the state file. SIGTERM or SIGINT stop it (work in
     /// flight gets a moment; the rest resumes on the next start). See assets/blobway.service.
     Serve {
-        /// Also serve the HTTP API on this address (loopback only), e.g. 127.0.0.1:7878. Every
-        /// request needs `Authorization: Bearer <token>`: BLOBWAY_TOKEN, or a token generated
-        /// into a file next to the state file (its path is printed).
+        /// Also serve the HTTP API on this address, e.g. 127.0.0.1:7878 (beyond loopback only
+        /// with --tls-cert and --tls-key). Every request needs `Authorization: Bearer <token>`:
+        /// BLOBWAY_TOKEN, or a token generated into a file next to the state file (its path is
+        /// printed).
         #[arg(long, value_name = "HOST:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Serve --listen over TLS with this certificate chain (PEM, leaf first).
+        #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Started in the background by another command: leave its session, and stop once
         /// idle for a minute.
         #[arg(long, hide = true)]
@@ -390,16 +397,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let client = daemon_for_work(&state_path, cli.no_daemon, &cli.tuning).await?;
             if let Some(client) = client {
                 // Attached: `q` detaches; the daemon keeps the jobs running.
-                let engine = blobway::daemon::attach::attach(client);
+                let engine = blobway::daemon::attach::attach(client.clone());
                 let options = AppOptions {
                     browse_root: "s3://".into(),
                     local_destination: None,
                     chunk_size: 16 << 20,
+                    attached: true,
                 };
-                blobway::tui::run(engine, options, Vec::new())
+                let exit = blobway::tui::run(engine, options, Vec::new())
                     .await
                     .map_err(state_failure)?;
-                eprintln!("detached; the daemon keeps running (`blobway stop` stops it)");
+                if exit == blobway::tui::Exit::Stop {
+                    stop_daemon(&state_path, &client).await?;
+                    eprintln!("the daemon stopped; `blobway resume` (or any command) goes on");
+                } else {
+                    eprintln!(
+                        "detached; the daemon keeps running (`Q` or `blobway stop` stops it)"
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let db = open_unserved(&state_path).await?;
@@ -407,6 +422,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 browse_root: "s3://".into(),
                 local_destination: None,
                 chunk_size: 16 << 20,
+                attached: false,
             };
             let start = vec![Command::Load {
                 job: None,
@@ -426,6 +442,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Some(Commands::Serve {
             listen,
+            tls_cert,
+            tls_key,
             detached,
             tuning,
         }) => {
@@ -434,6 +452,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             blobway::daemon::serve(blobway::daemon::ServeOptions {
                 state: state_path,
                 listen,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| blobway::daemon::tls::TlsFiles { cert, key }),
                 config: engine_config(&tuning)?,
                 stores: tuning.stores(),
                 detached,
@@ -489,22 +510,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("no daemon serves {}", state_path.display());
                 return Ok(ExitCode::SUCCESS);
             };
-            client
-                .request(Method::POST, "/v1/stop", None::<&()>)
-                .await
-                .and_then(|a| a.ok())
-                .map_err(state_failure)?;
-            // Gone once its socket no longer answers.
-            for _ in 0..300 {
-                if daemon(&state_path).await.ok().flatten().is_none() {
-                    println!("stopped");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(state_failure(anyhow::anyhow!(
-                "the daemon is still stopping"
-            )))
+            stop_daemon(&state_path, &client).await?;
+            println!("stopped");
+            Ok(ExitCode::SUCCESS)
         }
         Some(Commands::Report { job, format }) => {
             if let Some(client) = daemon(&state_path).await? {
@@ -584,6 +592,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
                 invalid_metadata,
                 if_exists,
+                checksum: Some(tuning.checksum),
+                max_attempts: Some(tuning.max_attempts),
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)
@@ -701,6 +711,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     browse_root: format!("{}/", layout.source.display()),
                     local_destination: Some(layout.destination.display().to_string()),
                     chunk_size: blobway::demo::DEMO_CHUNK_SIZE,
+                    attached: false,
                 };
                 run_tui(db, &tuning, stores, options, vec![command]).await?
             };
@@ -783,6 +794,24 @@ async fn run_tui(
     }
     result.map_err(state_failure)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon to stop and waits until its socket no longer answers.
+async fn stop_daemon(state_path: &Path, client: &Client) -> Result<(), Failure> {
+    client
+        .request(Method::POST, "/v1/stop", None::<&()>)
+        .await
+        .and_then(|a| a.ok())
+        .map_err(state_failure)?;
+    for _ in 0..300 {
+        if daemon(state_path).await.ok().flatten().is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(state_failure(anyhow::anyhow!(
+        "the daemon is still stopping (its log says why)"
+    )))
 }
 
 /// Runs an engine until its work is done, showing progress without a UI.

@@ -44,7 +44,7 @@ impl Daemon {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("the daemon printed its address");
-            if let Some(at) = line.find("http://") {
+            if let Some(at) = line.find("http://").or_else(|| line.find("https://")) {
                 break line[at..].split_whitespace().next().unwrap().to_string();
             }
         };
@@ -395,6 +395,92 @@ async fn a_second_daemon_on_the_same_state_file_is_refused_and_names_the_first()
     drop(first);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_api_and_files_that_do_not_load_stop_serve_with_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let state = dir.path().join("s.redb");
+    let tls = |cert: &Path, key: &Path| {
+        vec![
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+        ]
+    };
+
+    // Files that do not load: named, with why, and nothing is started.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    for (args, words) in [
+        (
+            tls(&dir.path().join("missing.pem"), &key),
+            "missing.pem: cannot read",
+        ),
+        (tls(&garbage, &key), "no certificate"),
+        (tls(&cert, &garbage), "no private key"),
+    ] {
+        let out = run_async({
+            let mut cmd = blobway(&state);
+            cmd.args(["serve", "--listen", "127.0.0.1:0"]).args(&args);
+            cmd
+        })
+        .await;
+        assert_ne!(out.code, 0, "{args:?}");
+        assert!(out.stderr.contains(words), "{args:?}: {}", out.stderr);
+        assert!(!state.exists(), "the state file is not even opened");
+    }
+    // Beyond loopback, TLS is required.
+    let out = run_async({
+        let mut cmd = blobway(&state);
+        cmd.args(["serve", "--listen", "0.0.0.0:0"]);
+        cmd
+    })
+    .await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("--tls-cert"), "{}", out.stderr);
+
+    // With TLS: https with the token, and nothing in clear text.
+    let daemon = Daemon::start(
+        &state,
+        &tls(&cert, &key)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(daemon.url.starts_with("https://"), "{}", daemon.url);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(made.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = daemon.url.replace("127.0.0.1", "localhost");
+    let version = client
+        .get(format!("{url}/v1/version"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(version.status(), 200);
+    let without = client.get(format!("{url}/v1/jobs")).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+    let clear = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/version",
+            daemon.url.replace("https://", "http://")
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await;
+    assert!(
+        clear.map(|r| !r.status().is_success()).unwrap_or(true),
+        "no answer in clear text"
+    );
+}
+
 /// A slow S3 source: every request to moto waits 150 ms in a proxy.
 async fn slow_source(objects: usize) -> (Proxy, String, Vec<(String, Vec<u8>)>) {
     let s3 = s3_client();
@@ -726,6 +812,22 @@ async fn several_terminals_attach_to_one_daemon_and_see_each_others_commands() {
     assert!(screen.contains("BLOBWAY-EXIT-0"), "{screen}");
     assert!(screen.contains("detached"), "{screen}");
     assert_eq!(daemon.get("/v1/version").await.status(), 200);
+
+    // `Q` stops the daemon, once confirmed.
+    third.send("Q");
+    third.wait_for("the stop confirmation", wait, |s| {
+        s.contains("Stop the daemon?")
+    });
+    third.send("y");
+    let screen = third.wait_for("the daemon to stop", wait, |s| s.contains("BLOBWAY-EXIT-"));
+    assert!(screen.contains("BLOBWAY-EXIT-0"), "{screen}");
+    assert!(screen.contains("the daemon stopped"), "{screen}");
+    let mut daemon = daemon;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the daemon never exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

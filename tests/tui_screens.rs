@@ -30,6 +30,7 @@ fn new_app() -> App {
         browse_root: "s3://".into(),
         local_destination: None,
         chunk_size: 64 * MIB,
+        attached: true,
     });
     assert!(matches!(commands.as_slice(), [Command::Browse { .. }]));
     app.on_event(Event::JobPlanned {
@@ -200,5 +201,20 @@ fn cancel_confirmation_and_paused_status() {
     app.handle_key(key('x'));
     let terminal = draw(&mut app, 120, 20);
     assert!(terminal.backend().to_string().contains("PAUSED"));
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
+fn stop_confirmation_when_attached_to_a_daemon() {
+    let mut app = new_app();
+    app.on_snapshot(Arc::new(snapshot(640)));
+    app.handle_key(key('Q'));
+    let terminal = draw(&mut app, 120, 20);
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("Stop the daemon?"), "{screen}");
+    assert!(
+        screen.contains("detach"),
+        "the hint says q detaches: {screen}"
+    );
     insta::assert_snapshot!(terminal.backend());
 }

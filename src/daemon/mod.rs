@@ -1,7 +1,7 @@
 //! The daemon (`blobway serve`): the engine as a service that outlives any terminal. It owns
 //! the state file, resumes the unfinished jobs, and serves one HTTP API ([`api`]) on a private
 //! Unix socket derived from the state file ([`socket`]) and, if asked, on TCP with a bearer
-//! token. The [`hub`] hands the engine's events to every attached client without ever making
+//! token (and TLS, [`tls`], required beyond loopback). The [`hub`] hands the engine's events to every attached client without ever making
 //! the engine wait; [`metrics`] turns them into Prometheus text; [`client`] is the other end,
 //! used by every command that finds a daemon running.
 //!
@@ -14,9 +14,12 @@ pub mod client;
 pub mod hub;
 pub mod metrics;
 pub mod socket;
+pub mod tls;
 
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +49,8 @@ pub struct ServeOptions {
     pub state: PathBuf,
     /// Also serve the API on this TCP address (bearer token required).
     pub listen: Option<SocketAddr>,
+    /// Serve TCP over TLS with this certificate and key (required beyond loopback).
+    pub tls: Option<tls::TlsFiles>,
     /// The engine's settings.
     pub config: EngineConfig,
     /// The stores it opens.
@@ -69,12 +74,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             socket_path.display()
         );
     }
+    // Everything an operator may have mistyped is checked before the state file is opened.
+    let acceptor = options.tls.as_ref().map(tls::load).transpose()?;
     let db = StateDb::open(&options.state)?;
     let unix = socket::bind(&socket_path)
         .await
         .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
     let tcp = match options.listen {
-        Some(addr) => Some(listen_tcp(addr, &options.state).await?),
+        Some(addr) => Some(listen_tcp(addr, &options.state, acceptor).await?),
         None => None,
     };
     let config = EngineConfig {
@@ -123,9 +130,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         api::router(shared.clone(), None).into_make_service_with_connect_info::<socket::PeerUid>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let tcp_server = tcp.map(|(listener, token)| {
-        axum::serve(listener, api::router(shared.clone(), Some(Arc::new(token))))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
+    let tcp_server = tcp.map(|(listener, token)| -> Served {
+        let router = api::router(shared.clone(), Some(Arc::new(token)));
+        let stopping = stopped(stop_rx.clone());
+        match listener {
+            TcpListening::Plain(listener) => Box::pin(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopping)
+                    .into_future(),
+            ),
+            TcpListening::Tls(listener) => Box::pin(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopping)
+                    .into_future(),
+            ),
+        }
     });
     if options.detached {
         tokio::spawn(exit_when_idle(shared.clone()));
@@ -237,17 +256,27 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// Binds TCP. Beyond loopback, TLS is required (not built in yet: bind to loopback and put a
-/// TLS proxy in front). The token comes from `BLOBWAY_TOKEN`, or is generated into a file
-/// only the user can read, next to the state file, whose path is printed.
+/// A server running until it is stopped.
+type Served = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+/// The TCP listener, with or without TLS.
+enum TcpListening {
+    Plain(tokio::net::TcpListener),
+    Tls(tls::TlsListener),
+}
+
+/// Binds TCP. Beyond loopback, TLS is required: a bearer token in clear text is anyone's on
+/// the path. The token comes from `BLOBWAY_TOKEN`, or is generated into a file only the user
+/// can read, next to the state file, whose path is printed.
 async fn listen_tcp(
     addr: SocketAddr,
     state: &Path,
-) -> anyhow::Result<(tokio::net::TcpListener, String)> {
-    if !addr.ip().is_loopback() {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<(TcpListening, String)> {
+    if !addr.ip().is_loopback() && tls.is_none() {
         anyhow::bail!(
-            "--listen {addr}: listening beyond loopback needs TLS, which this blobway does not \
-             offer yet; listen on 127.0.0.1 and put a TLS proxy in front"
+            "--listen {addr}: listening beyond loopback needs TLS; pass --tls-cert FILE and \
+             --tls-key FILE (PEM), or listen on 127.0.0.1"
         );
     }
     let token = match std::env::var("BLOBWAY_TOKEN") {
@@ -267,11 +296,18 @@ async fn listen_tcp(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!(
-        "blobway serve: http://{} (bearer token required)",
-        listener.local_addr()?
-    );
-    Ok((listener, token))
+    let local = listener.local_addr()?;
+    let listening = match tls {
+        Some(acceptor) => {
+            eprintln!("blobway serve: https://{local} (bearer token required)");
+            TcpListening::Tls(tls::TlsListener::new(listener, acceptor)?)
+        }
+        None => {
+            eprintln!("blobway serve: http://{local} (bearer token required)");
+            TcpListening::Plain(listener)
+        }
+    };
+    Ok((listening, token))
 }
 
 /// The token in `path`, made (32 random bytes, hex) with mode 0600 if there is none.

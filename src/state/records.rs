@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::RetryPolicy;
 use crate::store::rules::{IfExists, InvalidMetadata};
-use crate::store::{Access, ErrorClass, ObjectMeta, StoreError};
+use crate::store::{Access, ChecksumKind, ErrorClass, ObjectMeta, StoreError};
 
 /// Identifies a job in the state database.
 pub type JobId = u64;
@@ -275,6 +276,13 @@ pub struct JobOptions {
     /// What happens to an object the destination already holds under the same name.
     #[serde(default)]
     pub if_exists: IfExists,
+    /// The checksum this job's uploads carry; the engine's when not chosen (jobs recorded
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<ChecksumKind>,
+    /// Attempts per chunk before it is given up; the engine's when not chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
 }
 
 impl Default for JobOptions {
@@ -287,6 +295,8 @@ impl Default for JobOptions {
             dest_access: Access::default(),
             invalid_metadata: InvalidMetadata::default(),
             if_exists: IfExists::default(),
+            checksum: None,
+            max_attempts: None,
         }
     }
 }
@@ -297,6 +307,19 @@ impl JobOptions {
         Self {
             chunk_size,
             ..Self::default()
+        }
+    }
+
+    /// The checksum this job's uploads carry: its own, else the engine's.
+    pub fn checksum_or(&self, engine: ChecksumKind) -> ChecksumKind {
+        self.checksum.unwrap_or(engine)
+    }
+
+    /// The retry rules of this job: the engine's, with the job's own attempt limit.
+    pub fn retry_or(&self, engine: RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(engine.max_attempts),
+            ..engine
         }
     }
 }

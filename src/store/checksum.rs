@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
 )]
+#[serde(rename_all = "lowercase")]
 pub enum ChecksumKind {
     /// CRC-64/NVME (`x-ms-content-crc64`): cheap (tens of GB/s); Azure checks it.
     #[default]

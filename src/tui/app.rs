@@ -51,6 +51,8 @@ pub enum Popup {
     GoTo(Input),
     /// Asks before cancelling a job.
     ConfirmCancel(JobId),
+    /// Asks before stopping the daemon (or the in-process engine).
+    ConfirmStop,
 }
 
 /// One entry of a browser listing.
@@ -179,6 +181,8 @@ pub struct AppOptions {
     pub local_destination: Option<String>,
     /// Chunk size of the jobs queued from the browser.
     pub chunk_size: u64,
+    /// True when the engine runs in a daemon: quitting only detaches.
+    pub attached: bool,
 }
 
 /// Everything the TUI shows and remembers.
@@ -201,6 +205,8 @@ pub struct App {
     pub heatmap: HeatMapGeometry,
     /// Set when the operator asked to quit.
     pub quit: bool,
+    /// Set when the operator confirmed stopping the engine (the daemon, when attached).
+    pub stop: bool,
     options: AppOptions,
     next_request: u64,
 }
@@ -224,6 +230,7 @@ impl App {
             notices: VecDeque::new(),
             heatmap: HeatMapGeometry::default(),
             quit: false,
+            stop: false,
             options,
             next_request: 0,
         };
@@ -305,7 +312,13 @@ impl App {
                 self.notice(format!("job {job}: cancelling"));
                 return vec![Command::Cancel(job)];
             }
-            (Some(Popup::ConfirmCancel(_)), _) => {
+            (Some(Popup::ConfirmStop), Key::Char('y')) => {
+                self.popup = None;
+                self.quit = true;
+                self.stop = true;
+                return vec![Command::Shutdown];
+            }
+            (Some(Popup::ConfirmCancel(_) | Popup::ConfirmStop), _) => {
                 self.popup = None;
                 return Vec::new();
             }
@@ -359,12 +372,21 @@ impl App {
         }
     }
 
+    /// True when the engine runs in a daemon: `q` only detaches.
+    pub fn attached(&self) -> bool {
+        self.options.attached
+    }
+
     /// Applies an action.
     pub fn update(&mut self, action: Action) -> Vec<Command> {
         match action {
             Action::Quit => {
                 self.quit = true;
                 vec![Command::Shutdown]
+            }
+            Action::StopAll => {
+                self.popup = Some(Popup::ConfirmStop);
+                Vec::new()
             }
             Action::Help => {
                 self.popup = match self.popup {
@@ -839,6 +861,7 @@ mod tests {
             browse_root: "s3://".into(),
             local_destination: None,
             chunk_size: 8 << 20,
+            attached: true,
         });
         assert!(
             matches!(commands[0], Command::Browse { .. }),
@@ -879,6 +902,25 @@ mod tests {
         assert!(app.popup.is_none());
         app.handle_key(key('x'));
         assert_eq!(app.handle_key(key('y')), vec![Command::Cancel(1)]);
+    }
+
+    #[test]
+    fn stopping_the_daemon_asks_first_and_detaching_does_not_stop_it() {
+        let mut app = app();
+        assert!(app.handle_key(key('Q')).is_empty());
+        assert!(matches!(app.popup, Some(Popup::ConfirmStop)));
+        assert!(
+            app.handle_key(key('n')).is_empty(),
+            "anything but y keeps it"
+        );
+        assert!(!app.quit && !app.stop);
+        app.handle_key(key('Q'));
+        assert_eq!(app.handle_key(key('y')), vec![Command::Shutdown]);
+        assert!(app.quit && app.stop);
+
+        let mut app = self::app();
+        app.handle_key(key('q'));
+        assert!(app.quit && !app.stop, "q only detaches");
     }
 
     #[test]

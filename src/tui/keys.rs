@@ -7,8 +7,11 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 /// Everything a key can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
-    /// Leave blobway (chunks in flight finish or return to pending).
+    /// Leave blobway (chunks in flight finish or return to pending); attached to a daemon,
+    /// only detach.
     Quit,
+    /// Stop the daemon (or the in-process engine) and leave; asks first.
+    StopAll,
     /// Show or hide the key help.
     Help,
     /// Close the popup or go back one screen.
@@ -203,7 +206,13 @@ pub const BINDINGS: &[Binding] = &[
         Global,
         &[Key::Char('q')],
         Action::Quit,
-        "quit (chunks in flight finish or return to pending; nothing is lost)",
+        "quit; with a daemon only detach (its jobs keep running)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('Q')],
+        Action::StopAll,
+        "stop the daemon and its jobs, and quit (asks first; nothing is lost)",
     ),
     bind(
         Global,

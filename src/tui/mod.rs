@@ -30,9 +30,18 @@ const FPS: u64 = 30;
 /// How long quitting waits for the engine to settle.
 const QUIT_WAIT: Duration = Duration::from_secs(4);
 
+/// How the operator left the TUI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `q`: quit (attached to a daemon: detach; its jobs keep running).
+    Quit,
+    /// `Q`, confirmed: stop the daemon too.
+    Stop,
+}
+
 /// Runs the TUI over `engine` until the operator quits; `start` is sent first (e.g. load the
 /// unfinished jobs, or queue the demo). The terminal is restored on return, error or panic.
-pub async fn run(engine: Engine, options: AppOptions, start: Vec<Command>) -> anyhow::Result<()> {
+pub async fn run(engine: Engine, options: AppOptions, start: Vec<Command>) -> anyhow::Result<Exit> {
     let (mut app, initial) = App::new(options);
     let mut terminal = ratatui::init();
     let result = event_loop(
@@ -43,7 +52,8 @@ pub async fn run(engine: Engine, options: AppOptions, start: Vec<Command>) -> an
     )
     .await;
     ratatui::restore();
-    result
+    result?;
+    Ok(if app.stop { Exit::Stop } else { Exit::Quit })
 }
 
 async fn event_loop(

@@ -157,7 +157,8 @@ impl Scheduler {
         // Announced in order with what follows (through the writer, like every event).
         self.persist(Vec::new(), vec![After::Emit(queued)]);
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
-        let (max_memory, retry) = (self.config.max_memory, self.config.retry);
+        let max_memory = self.config.max_memory;
+        let retry = options.retry_or(self.config.retry);
         self.background.spawn(async move {
             let recorded_options = options.clone();
             let result = async {

@@ -68,7 +68,7 @@ impl Scheduler {
                 reserved,
                 work: ChunkWork {
                     source,
-                    checksum: sink.checksum_kind(self.config.checksum),
+                    checksum: sink.checksum_kind(options.checksum_or(self.config.checksum)),
                     target,
                     key: record.key.clone(),
                     etag: record.etag.clone(),

@@ -71,7 +71,7 @@ impl Scheduler {
         let job = self.jobs.get_mut(&id)?;
         job.in_flight = job.in_flight.saturating_sub(1);
         let rules = Rules {
-            retry: self.config.retry,
+            retry: job.record.options.retry_or(self.config.retry),
             if_exists: job.record.options.if_exists,
         };
         let wanted = job.record.state != JobState::Cancelled;

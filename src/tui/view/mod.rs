@@ -85,7 +85,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         Span::styled("?", theme::key()),
         Span::raw(" help  "),
         Span::styled("q", theme::key()),
-        Span::raw(" quit "),
+        Span::raw(if app.attached() { " detach " } else { " quit " }),
     ]);
     let hint_width = hint.width() as u16;
     let [left, right] =

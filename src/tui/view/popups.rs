@@ -1,10 +1,10 @@
 //! Windows over the screen: the key help (built from the binding table), the chunk inspector,
-//! the text prompts and the cancel confirmation.
+//! the text prompts and the cancel and stop confirmations.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, Cell, Clear, Padding, Paragraph, Row, Table, Wrap};
 use tui_input::Input;
 
 use crate::size::human;
@@ -36,28 +36,52 @@ pub(super) fn draw(frame: &mut Frame, app: &App) {
             input,
             "s3://bucket/prefix/, az://container/, s3:// or a local directory   Enter go   Esc cancel",
         ),
-        Some(Popup::ConfirmCancel(job)) => {
-            let area = frame
-                .area()
-                .centered(Constraint::Length(56), Constraint::Length(5));
-            frame.render_widget(Clear, area);
-            let text = vec![
-                Line::from(format!(" Cancel job {job}? Nothing more is sent for it.")),
-                Line::from(vec![
-                    Span::raw(" "),
-                    Span::styled("y", theme::key()),
-                    Span::raw(" cancel the job    "),
-                    Span::styled("any other key", theme::key()),
-                    Span::raw(" keep it"),
-                ]),
-            ];
-            frame.render_widget(
-                Paragraph::new(text)
-                    .block(Block::bordered().title(Span::styled(" Cancel ", theme::error()))),
-                area,
-            );
-        }
+        Some(Popup::ConfirmCancel(job)) => confirm(
+            frame,
+            " Cancel ",
+            &format!(" Cancel job {job}? Nothing more is sent for it."),
+            ("cancel the job", "keep it"),
+        ),
+        Some(Popup::ConfirmStop) if app.attached() => confirm(
+            frame,
+            " Stop the daemon ",
+            " Stop the daemon? Its jobs wait until a blobway command starts it again; chunks in flight finish or return to pending.",
+            ("stop it", "keep it running"),
+        ),
+        Some(Popup::ConfirmStop) => confirm(
+            frame,
+            " Stop ",
+            " Stop and quit? Chunks in flight finish or return to pending; `blobway resume` goes on.",
+            ("stop", "stay"),
+        ),
     }
+}
+
+/// Asks a yes-or-no question: `y` does the first of `answers`, any other key the second.
+fn confirm(frame: &mut Frame, title: &str, question: &str, answers: (&str, &str)) {
+    const WIDTH: u16 = 60;
+    let text = vec![
+        Line::from(question.trim().to_string()),
+        Line::from(vec![
+            Span::styled("y", theme::key()),
+            Span::raw(format!(" {}    ", answers.0)),
+            Span::styled("any other key", theme::key()),
+            Span::raw(format!(" {}", answers.1)),
+        ]),
+    ];
+    let paragraph = Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .block(
+            Block::bordered()
+                .padding(Padding::horizontal(1))
+                .title(Span::styled(title.to_string(), theme::error())),
+        );
+    let rows = paragraph.line_count(WIDTH) as u16;
+    let area = frame
+        .area()
+        .centered(Constraint::Length(WIDTH), Constraint::Length(rows));
+    frame.render_widget(Clear, area);
+    frame.render_widget(paragraph, area);
 }
 
 fn help(frame: &mut Frame) {
