@@ -516,6 +516,51 @@ async fn a_failed_job_is_retried_from_the_tui_after_it_ended_and_each_run_gets_a
     stop(engine).await;
 }
 
+/// Failed attempts a job of one small object makes against a store that always fails, with
+/// the job's own attempt limit (the engine's is 3); and the limit the state file kept.
+async fn attempts_spent(max_attempts: Option<u32>) -> (u32, Option<u32>) {
+    let s = setup(&[("a.bin", 100)]);
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, true);
+    let options = JobOptions {
+        max_attempts,
+        ..JobOptions::with_chunk_size(MIB as u64)
+    };
+    engine
+        .handle
+        .send(Command::Enqueue {
+            source: format!("{}/", s.src.display()),
+            destination: format!("{}/", s.dst.display()),
+            options,
+        })
+        .await
+        .expect("send");
+    let (job, state) = finished(&mut engine).await;
+    assert_eq!(state, JobState::Failed);
+    stop(engine).await;
+    let kept = StateDb::open(&s.state)
+        .expect("state")
+        .job(job)
+        .expect("read")
+        .expect("the job")
+        .options
+        .max_attempts;
+    (1000 - s.failures.load(Ordering::SeqCst), kept)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_own_attempt_limit_is_kept_with_it_and_obeyed() {
+    let (engines, kept) = attempts_spent(None).await;
+    assert_eq!(kept, None);
+    let (fewer, kept) = attempts_spent(Some(1)).await;
+    assert_eq!(kept, Some(1), "the state file keeps the job's limit");
+    let (more, _) = attempts_spent(Some(6)).await;
+    assert!(
+        fewer < engines && engines < more,
+        "attempts follow the job's limit: 1 → {fewer}, the engine's 3 → {engines}, 6 → {more}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resuming_a_named_paused_job_runs_it_to_the_end() {
     let s = setup(&[("a.bin", 2 * MIB)]);
