@@ -2,7 +2,7 @@
 //! hands its events to the headless consumer. Exit statuses are documented in `--help`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,17 +278,19 @@ struct Tuning {
     /// Most bytes of chunk buffers in memory at once.
     #[arg(long, default_value = "1GiB", value_parser = parse_size_arg, value_name = "SIZE")]
     max_memory: u64,
-    /// Attempts per chunk before it is given up.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    max_attempts: u32,
+    /// Attempts per chunk before it is given up [default: 10]. A job keeps the value it was
+    /// copied with.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: Option<u32>,
     /// Seconds a request may go without moving a byte before it is abandoned and retried
     /// (uploads also get the time their bytes need at 1 MiB/s).
     #[arg(long, default_value_t = 60.0, value_parser = parse_seconds, value_name = "SECONDS")]
     stall_timeout: f64,
     /// The checksum every upload carries for the store to verify on arrival: crc64
-    /// (x-ms-content-crc64, cheap) or md5 (Content-MD5; Azurite verifies only this one).
-    #[arg(long, value_enum, default_value_t = ChecksumKind::Crc64)]
-    checksum: ChecksumKind,
+    /// (x-ms-content-crc64, cheap) or md5 (Content-MD5; Azurite verifies only this one)
+    /// [default: crc64]. A job keeps the value it was copied with.
+    #[arg(long, value_enum)]
+    checksum: Option<ChecksumKind>,
 }
 
 impl Tuning {
@@ -298,19 +300,31 @@ impl Tuning {
             format!("--min-concurrency={}", self.min_concurrency),
             format!("--max-concurrency={}", self.max_concurrency),
             format!("--max-memory={}", self.max_memory),
-            format!("--max-attempts={}", self.max_attempts),
             format!("--stall-timeout={}", self.stall_timeout),
-            format!(
-                "--checksum={}",
-                clap::ValueEnum::to_possible_value(&self.checksum)
-                    .map(|v| v.get_name().to_string())
-                    .unwrap_or_default()
-            ),
         ];
+        if let Some(attempts) = self.max_attempts {
+            args.push(format!("--max-attempts={attempts}"));
+        }
+        if let Some(name) = self
+            .checksum
+            .and_then(|c| clap::ValueEnum::to_possible_value(&c))
+        {
+            args.push(format!("--checksum={}", name.get_name()));
+        }
         if let Some(fixed) = self.concurrency {
             args.push(format!("--concurrency={fixed}"));
         }
         args
+    }
+
+    /// Retry rules with the asked attempt limit.
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self
+                .max_attempts
+                .unwrap_or(RetryPolicy::default().max_attempts),
+            ..RetryPolicy::default()
+        }
     }
 
     fn stores(&self) -> Arc<DefaultStores> {
@@ -408,7 +422,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     .await
                     .map_err(state_failure)?;
                 if exit == blobway::tui::Exit::Stop {
-                    stop_daemon(&state_path, &client).await?;
+                    stop_daemon(&client).await?;
                     eprintln!("the daemon stopped; `blobway resume` (or any command) goes on");
                 } else {
                     eprintln!(
@@ -510,7 +524,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("no daemon serves {}", state_path.display());
                 return Ok(ExitCode::SUCCESS);
             };
-            stop_daemon(&state_path, &client).await?;
+            stop_daemon(&client).await?;
             println!("stopped");
             Ok(ExitCode::SUCCESS)
         }
@@ -592,8 +606,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
                 invalid_metadata,
                 if_exists,
-                checksum: Some(tuning.checksum),
-                max_attempts: Some(tuning.max_attempts),
+                checksum: tuning.checksum,
+                max_attempts: tuning.max_attempts,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)
@@ -764,11 +778,8 @@ fn engine_config(tuning: &Tuning) -> Result<EngineConfig, Failure> {
         concurrency,
         adaptive: tuning.concurrency.is_none(),
         max_memory: tuning.max_memory,
-        retry: RetryPolicy {
-            max_attempts: tuning.max_attempts,
-            ..RetryPolicy::default()
-        },
-        checksum: tuning.checksum,
+        retry: tuning.retry(),
+        checksum: tuning.checksum.unwrap_or_default(),
         exit_when_idle: true,
     })
 }
@@ -796,15 +807,30 @@ async fn run_tui(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks the daemon to stop and waits until its socket no longer answers.
-async fn stop_daemon(state_path: &Path, client: &Client) -> Result<(), Failure> {
+/// Asks the daemon to stop and waits until its process is gone (and with it its hold on the
+/// state file, so the next command can open it).
+async fn stop_daemon(client: &Client) -> Result<(), Failure> {
+    let pid = client.version().await.map_err(state_failure)?.pid;
     client
         .request(Method::POST, "/v1/stop", None::<&()>)
         .await
         .and_then(|a| a.ok())
         .map_err(state_failure)?;
-    for _ in 0..300 {
-        if daemon(state_path).await.ok().flatten().is_none() {
+    // Gone, or a zombie its parent has not reaped yet (it holds nothing any more).
+    let gone = || {
+        let exited = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+            == Err(nix::errno::Errno::ESRCH);
+        exited
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    after_name.split_whitespace().next().map(|s| s == "Z")
+                })
+                .unwrap_or(false)
+    };
+    for _ in 0..600 {
+        if gone() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1018,10 +1044,7 @@ async fn dry_run_plans(
                 destination: &dst,
                 options: options.clone(),
                 max_memory: tuning.max_memory,
-                retry: RetryPolicy {
-                    max_attempts: tuning.max_attempts,
-                    ..RetryPolicy::default()
-                },
+                retry: tuning.retry(),
                 dry_run: true,
             };
             blobway::engine::plan::plan_job(
@@ -1130,13 +1153,30 @@ async fn daemon_for_work(
     no_daemon: bool,
     tuning: &Tuning,
 ) -> Result<Option<Client>, Failure> {
-    if no_daemon {
-        return daemon(state).await;
+    let Some(running) = daemon(state).await? else {
+        if no_daemon {
+            return Ok(None);
+        }
+        // A daemon this command starts takes its tuning flags.
+        return Client::find_or_start(state, &tuning.as_args())
+            .await
+            .map(Some)
+            .map_err(state_failure);
+    };
+    // One already running keeps its own, except a concurrency asked for now.
+    if let Some(limit) = tuning.concurrency {
+        running
+            .request(
+                Method::PUT,
+                "/v1/concurrency",
+                Some(&serde_json::json!({ "limit": limit })),
+            )
+            .await
+            .and_then(|a| a.ok())
+            .map_err(state_failure)?;
+        eprintln!("the running daemon now keeps {limit} in flight");
     }
-    Client::find_or_start(state, &tuning.as_args())
-        .await
-        .map(Some)
-        .map_err(state_failure)
+    Ok(Some(running))
 }
 
 /// Every job the daemon knows (up to a thousand).

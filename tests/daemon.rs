@@ -654,6 +654,26 @@ async fn commands_find_or_start_the_daemon_and_a_killed_daemon_is_started_again(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let jobs = run(blobway(&state).args(["jobs", "--json"]));
     assert!(jobs.stdout.contains("\"PAUSED\""), "{}", jobs.stdout);
+    // Copying the paused route again goes on with its job (as without a daemon); the
+    // concurrency asked for now is the running daemon's.
+    let again = run_async(copy(&[])).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.starts_with("job 1:"), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("now keeps 2 in flight"),
+        "{}",
+        again.stderr
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run(blobway(&state).arg("jobs")).stdout.contains("RUNNING") {
+        assert!(
+            Instant::now() < deadline,
+            "copying again never resumed the job"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paused = run(blobway(&state).args(["pause", "1"]));
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
     // `resume` follows the job until it is done, across the daemon's death below.
     let mut resumed = blobway(&state)
         .args(["resume", "1", "--json"])

@@ -410,6 +410,19 @@ fn start_with(
     exit_when_idle: bool,
     sessions: Option<Arc<SessionSink>>,
 ) -> Engine {
+    let db = StateDb::open(&setup.state).expect("state");
+    start_on(db, setup, class, max_memory, exit_when_idle, sessions)
+}
+
+/// An engine on `db` (which the test may read too).
+fn start_on(
+    db: StateDb,
+    setup: &Setup,
+    class: ErrorClass,
+    max_memory: u64,
+    exit_when_idle: bool,
+    sessions: Option<Arc<SessionSink>>,
+) -> Engine {
     let config = EngineConfig {
         concurrency: ControllerConfig {
             initial: 4,
@@ -425,7 +438,6 @@ fn start_with(
         checksum: Default::default(),
         exit_when_idle,
     };
-    let db = StateDb::open(&setup.state).expect("state");
     let stores = Arc::new(Stores {
         failures: setup.failures.clone(),
         class,
@@ -559,6 +571,75 @@ async fn a_jobs_own_attempt_limit_is_kept_with_it_and_obeyed() {
         fewer < engines && engines < more,
         "attempts follow the job's limit: 1 → {fewer}, the engine's 3 → {engines}, 6 → {more}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_is_recorded_before_its_job_is_announced_and_a_refused_one_is_forgotten() {
+    let s = setup(&[("a.bin", 100)]);
+    let db = StateDb::open(&s.state).expect("state");
+    let mut engine = start_on(db.clone(), &s, ErrorClass::Transient, 64 << 20, false, None);
+    let (src, dst) = (
+        format!("{}/", s.src.display()),
+        format!("{}/", s.dst.display()),
+    );
+    let route = |source: &str, options: JobOptions| Command::Enqueue {
+        source: source.to_string(),
+        destination: dst.clone(),
+        options,
+    };
+    let queued = |e: &Event| matches!(e, Event::JobQueued { .. });
+    let failed = |e: &Event| matches!(e, Event::PlanFailed { .. });
+
+    // A filter that does not parse: announced, then refused and forgotten.
+    let bad_filter = JobOptions {
+        include: vec!["[".into()],
+        ..JobOptions::with_chunk_size(MIB as u64)
+    };
+    engine
+        .handle
+        .send(route(&src, bad_filter))
+        .await
+        .expect("send");
+    let Event::JobQueued { job, .. } = until(&mut engine, "queued", queued).await else {
+        unreachable!()
+    };
+    let recorded = db.job(job).expect("read").expect("recorded when announced");
+    assert!(!recorded.planned);
+    until(&mut engine, "refused", failed).await;
+    assert!(
+        db.job(job).expect("read").is_none(),
+        "the refused route is forgotten"
+    );
+
+    // A source that cannot be listed: kept, FAILED, for `resume` to try again.
+    let missing = format!("{}/", s.src.join("missing").display());
+    let options = JobOptions::with_chunk_size(MIB as u64);
+    engine
+        .handle
+        .send(route(&missing, options.clone()))
+        .await
+        .expect("send");
+    let Event::JobQueued { job, .. } = until(&mut engine, "queued", queued).await else {
+        unreachable!()
+    };
+    until(&mut engine, "the source refused", failed).await;
+    let kept = db.job(job).expect("read").expect("kept");
+    assert_eq!((kept.state, kept.planned), (JobState::Failed, false));
+    assert!(kept.error.is_some());
+
+    // A good route runs under the ID it was announced with.
+    engine
+        .handle
+        .send(route(&src, options))
+        .await
+        .expect("send");
+    let Event::JobQueued { job, .. } = until(&mut engine, "queued", queued).await else {
+        unreachable!()
+    };
+    assert!(db.job(job).expect("read").is_some());
+    let (done, state) = finished(&mut engine).await;
+    assert_eq!((done, state), (job, JobState::Done));
+    stop(engine).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

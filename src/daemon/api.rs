@@ -172,7 +172,9 @@ async fn list_jobs(State(s): State<Shared>, Query(page): Query<Page>) -> Respons
 }
 
 fn known(s: &Shared, id: JobId) -> bool {
-    s.snapshots.borrow().jobs.iter().any(|j| j.id == id) || matches!(s.db.job(id), Ok(Some(_)))
+    // The snapshot is let go before the state file is read: the engine waits for no reader.
+    let loaded = s.snapshots.borrow().jobs.iter().any(|j| j.id == id);
+    loaded || matches!(s.db.job(id), Ok(Some(_)))
 }
 
 fn unknown(id: JobId) -> Response {
@@ -250,17 +252,44 @@ async fn create_jobs(
     if let Err(e) = crate::engine::filter::Filter::new(&options.include, &options.exclude) {
         return failure(StatusCode::BAD_REQUEST, format!("{e:#}"));
     }
+    if let Some(attempts) = options.max_attempts
+        && !(1..=1000).contains(&attempts)
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            format!("max_attempts {attempts} is outside 1..=1000"),
+        );
+    }
     // A route whose job is under way (running, paused, queued) is answered with that job:
     // asking twice starts nothing twice.
     let mut accepted = Vec::new();
     let mut asked = Vec::new();
     for (source, destination) in routes {
         match under_way(&s, &source, &destination) {
-            Some(job) => accepted.push(Accepted {
-                job,
-                source,
-                destination,
-            }),
+            Some(job) => {
+                // Copying a paused route again means: go on (as it did without a daemon).
+                let paused =
+                    s.db.job(job)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.state == JobState::Paused);
+                if paused {
+                    audit(channel, &format!("resume job {job} (copied again)"));
+                    for command in resume(job) {
+                        if s.engine.send(command).await.is_err() {
+                            return failure(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the engine has stopped",
+                            );
+                        }
+                    }
+                }
+                accepted.push(Accepted {
+                    job,
+                    source,
+                    destination,
+                })
+            }
             None => asked.push((source, destination)),
         }
     }
@@ -370,14 +399,11 @@ async fn act(
     axum::Extension(channel): axum::Extension<Channel>,
     Path((id, action)): Path<(JobId, String)>,
 ) -> Response {
-    let command = match action.as_str() {
-        "pause" => Command::Pause(Some(id)),
-        "resume" => Command::Load {
-            job: Some(id),
-            include_paused: true,
-        },
-        "cancel" => Command::Cancel(id),
-        "retry-failed" => Command::RetryFailed(id),
+    let commands = match action.as_str() {
+        "pause" => vec![Command::Pause(Some(id))],
+        "resume" => resume(id),
+        "cancel" => vec![Command::Cancel(id)],
+        "retry-failed" => vec![Command::RetryFailed(id)],
         other => {
             return failure(
                 StatusCode::NOT_FOUND,
@@ -389,14 +415,24 @@ async fn act(
         return unknown(id);
     }
     audit(channel, &format!("{action} job {id}"));
-    if action == "resume" {
-        // A loaded paused job resumes; one not loaded is loaded (and resumed).
-        let _ = s.engine.send(Command::Resume(Some(id))).await;
+    for command in commands {
+        if s.engine.send(command).await.is_err() {
+            return failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped");
+        }
     }
-    match s.engine.send(command).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"),
-    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// What resuming a job asks of the engine: a loaded paused job resumes; one not loaded is
+/// loaded (and resumed).
+fn resume(job: JobId) -> Vec<Command> {
+    vec![
+        Command::Resume(Some(job)),
+        Command::Load {
+            job: Some(job),
+            include_paused: true,
+        },
+    ]
 }
 
 /// `PUT /v1/concurrency`: a fixed limit, or `"auto"`.
@@ -555,7 +591,8 @@ impl Streaming {
     }
 
     fn snapshot(&self) -> String {
-        let snapshot = self.shared.snapshots.borrow().for_viewer(self.attached.id);
+        let latest = self.shared.snapshots.borrow().clone();
+        let snapshot = latest.for_viewer(self.attached.id);
         serde_json::to_string(&snapshot).unwrap_or_default()
     }
 }

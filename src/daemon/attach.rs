@@ -6,9 +6,9 @@
 //!
 //! `Command::Shutdown` from the attached side means "detach": the daemon keeps running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Empty};
@@ -38,9 +38,15 @@ pub fn attach(client: Client) -> Engine {
     }
 }
 
+/// How long a followed job may show as finished in snapshots before its missing
+/// `JobFinished` (dropped while the client lagged, or sent while it was reconnecting) is
+/// taken as read.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+
 /// Follows `jobs` on an attached engine: only their events, and the events end once each
 /// has finished (or failed to plan); then the bridge detaches. For `copy` run while a daemon
-/// serves the state file.
+/// serves the state file. A job whose end was missed (a resync, a reconnect) is ended from
+/// the snapshots, once it has been seen under way and then finished for [`FINISH_GRACE`].
 pub fn follow(engine: Engine, jobs: &[Accepted]) -> Engine {
     let Engine {
         handle,
@@ -54,30 +60,75 @@ pub fn follow(engine: Engine, jobs: &[Accepted]) -> Engine {
         .collect();
     let (tx, rx) = mpsc::channel(8192);
     let bridge = handle.clone();
+    let mut watching = snapshots.clone();
     let follower = tokio::spawn(async move {
+        let mut under_way: BTreeSet<JobId> = BTreeSet::new();
+        let mut seen_finished: BTreeMap<JobId, (Instant, Event)> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut snapshots_open = true;
         while !open.is_empty() {
-            let Some(event) = events.recv().await else {
-                break;
-            };
-            let mine = match &event {
-                Event::JobFinished { job, .. } => open.remove(job).is_some(),
-                Event::PlanFailed {
-                    source,
-                    destination,
-                    ..
-                } => {
-                    let before = open.len();
-                    open.retain(|_, (s, d)| {
-                        (s.as_str(), d.as_str()) != (source.as_str(), destination.as_str())
-                    });
-                    open.len() < before
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    let mine = match &event {
+                        Event::JobFinished { job, .. } => open.remove(job).is_some(),
+                        Event::PlanFailed {
+                            source,
+                            destination,
+                            ..
+                        } => {
+                            let before = open.len();
+                            open.retain(|_, (s, d)| {
+                                (s.as_str(), d.as_str()) != (source.as_str(), destination.as_str())
+                            });
+                            open.len() < before
+                        }
+                        other => other.job().is_none_or(|job| open.contains_key(&job)),
+                    };
+                    if mine && tx.send(event).await.is_err() {
+                        break;
+                    }
                 }
-                other => other.job().is_none_or(|job| open.contains_key(&job)),
-            };
-            if mine && tx.send(event).await.is_err() {
-                break;
+                changed = watching.changed(), if snapshots_open => {
+                    if changed.is_err() {
+                        snapshots_open = false;
+                        continue;
+                    }
+                    let latest = watching.borrow_and_update().clone();
+                    for view in latest.jobs.iter().filter(|v| open.contains_key(&v.id)) {
+                        if !view.state.is_finished() {
+                            under_way.insert(view.id);
+                            seen_finished.remove(&view.id);
+                        } else if under_way.contains(&view.id) {
+                            seen_finished.entry(view.id).or_insert_with(|| {
+                                (Instant::now(), Event::JobFinished {
+                                    job: view.id,
+                                    state: view.state,
+                                    progress: view.progress,
+                                    error: view.error.clone(),
+                                })
+                            });
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let due: Vec<JobId> = seen_finished
+                        .iter()
+                        .filter(|(_, (at, _))| at.elapsed() >= FINISH_GRACE)
+                        .map(|(job, _)| *job)
+                        .collect();
+                    for job in due {
+                        if let Some((_, finished)) = seen_finished.remove(&job)
+                            && open.remove(&job).is_some()
+                            && tx.send(finished).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
             }
         }
+        drop(events);
         let _ = bridge.send(Command::Shutdown).await;
         task.await?
     });

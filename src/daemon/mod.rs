@@ -293,6 +293,8 @@ async fn listen_tcp(
             token
         }
     };
+    // Whatever text might carry it (an error quoting a request) shows it redacted.
+    crate::redact::register_secret(&token);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -324,8 +326,16 @@ fn read_or_make_token(path: &Path) -> anyhow::Result<String> {
     }
     if let Ok(token) = std::fs::read_to_string(path) {
         let token = token.trim().to_string();
-        if !token.is_empty() {
+        if token.len() >= MIN_TOKEN {
             return Ok(token);
+        }
+        if !token.is_empty() {
+            anyhow::bail!(
+                "the token file {} holds {} characters; use at least {MIN_TOKEN}, or delete it \
+                 and a new token is made",
+                path.display(),
+                token.len()
+            );
         }
     }
     let bytes: [u8; 32] = rand::random();

@@ -23,6 +23,9 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Handshakes finished but not yet taken by the server.
 const READY: usize = 64;
 
+/// Handshakes under way at once.
+const HANDSHAKES: usize = 128;
+
 /// Where the certificate chain and private key are (PEM).
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -80,20 +83,37 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     })
 }
 
-/// A TCP listener whose connections are handed on once their TLS handshake succeeded.
+/// A TCP listener whose connections are handed on once their TLS handshake succeeded. The
+/// accept loop ends (and the port is let go) when the listener is dropped.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
 
 impl TlsListener {
-    /// Accepts on `tcp` in the background, each handshake in its own task.
+    /// Accepts on `tcp` in the background, each handshake in its own task (at most
+    /// [`HANDSHAKES`] at once: silent clients cannot use up the file descriptors).
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY);
-        tokio::spawn(async move {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+        let accepting = tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
+                let accepted = tokio::select! {
+                    accepted = tcp.accept() => accepted,
+                    _ = tx.closed() => return,
+                };
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         tracing::warn!("cannot accept on {local}: {e}");
@@ -101,11 +121,9 @@ impl TlsListener {
                         continue;
                     }
                 };
-                if tx.is_closed() {
-                    return;
-                }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
@@ -116,7 +134,11 @@ impl TlsListener {
                 });
             }
         });
-        Ok(Self { ready, local })
+        Ok(Self {
+            ready,
+            local,
+            accepting,
+        })
     }
 }
 
@@ -160,7 +182,8 @@ mod tests {
     }
 
     fn generated() -> (String, String) {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("test setup");
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("test setup");
         (made.cert.pem(), made.signing_key.serialize_pem())
     }
 

@@ -83,6 +83,9 @@ pub enum Write {
     Chunk(JobId, u32, u32, ChunkRecord),
     /// Remove a file and its chunks.
     RemoveFile(JobId, u32),
+    /// Remove a job that was recorded when it was queued but never planned (its route was
+    /// refused before anything was listed); a planned job is never removed.
+    RemoveUnplannedJob(JobId),
     /// Record an engine-wide setting the operator chose (name, JSON value).
     Setting(&'static str, String),
 }
@@ -295,6 +298,26 @@ impl StateDb {
                             .insert((*job, *file, *index), encode(chunk).as_slice())
                             .map_err(|e| self.err("written", e))?;
                     }
+                    Write::RemoveUnplannedJob(id) => {
+                        let record = jobs
+                            .get(*id)
+                            .map_err(|e| self.err("read", e))?
+                            .map(|v| self.decode::<JobRecord>(v.value()))
+                            .transpose()?;
+                        if let Some(record) = record.filter(|r| !r.planned) {
+                            jobs.remove(*id).map_err(|e| self.err("written", e))?;
+                            let route = route_key(&record.source, &record.destination);
+                            let owned = routes
+                                .get(route.as_str())
+                                .map_err(|e| self.err("read", e))?
+                                .is_some_and(|v| v.value() == *id);
+                            if owned {
+                                routes
+                                    .remove(route.as_str())
+                                    .map_err(|e| self.err("written", e))?;
+                            }
+                        }
+                    }
                     Write::RemoveFile(job, index) => {
                         files
                             .remove((*job, *index))
@@ -309,7 +332,6 @@ impl StateDb {
         txn.commit().map_err(|e| self.err("written", e))
     }
 
-    /// A new job id, never used before in this database.
     /// An engine-wide setting the operator chose, as recorded (JSON), if any.
     pub fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
@@ -321,6 +343,7 @@ impl StateDb {
         Ok(value)
     }
 
+    /// A new job id, never used before in this database.
     pub fn next_job_id(&self) -> Result<JobId, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;

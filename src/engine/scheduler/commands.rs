@@ -131,10 +131,28 @@ impl Scheduler {
         self.next_job_id += 1;
         // A route that has a job keeps its ID (planning resumes it).
         let (src_text, dst_text) = (src.to_string(), dst.to_string());
-        let job = match self.db.job_for_route(&src_text, &dst_text) {
-            Ok(Some(existing)) => existing.id,
-            _ => new_job_id,
-        };
+        let existing = self.db.job_for_route(&src_text, &dst_text).ok().flatten();
+        let job = existing.as_ref().map_or(new_job_id, |e| e.id);
+        // A new route is recorded (QUEUED, unplanned) before its ID is announced, so the ID
+        // a caller was given survives a crash or stop during a long listing: the next start
+        // plans it again. Recorded by the planning task itself, before it plans, so the
+        // record can never land after the plan's own.
+        let mut first_record = None;
+        if existing.is_none() {
+            let now = now_ms();
+            first_record = Some(crate::state::JobRecord {
+                id: new_job_id,
+                source: src_text.clone(),
+                destination: dst_text.clone(),
+                options: options.clone(),
+                state: JobState::Queued,
+                created_ms: now,
+                updated_ms: now,
+                error: None,
+                planned: false,
+            });
+        }
+        let recorded_now = existing.is_none();
         // Shown QUEUED while it is planned.
         self.planning.insert(
             route.clone(),
@@ -154,12 +172,31 @@ impl Scheduler {
             source: src_text,
             destination: dst_text,
         };
-        // Announced in order with what follows (through the writer, like every event).
-        self.persist(Vec::new(), vec![After::Emit(queued)]);
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         let max_memory = self.config.max_memory;
         let retry = options.retry_or(self.config.retry);
         self.background.spawn(async move {
+            if let Some(record) = first_record {
+                let db = db.clone();
+                let recorded =
+                    tokio::task::spawn_blocking(move || db.apply(&[Write::Job(record)])).await;
+                let failure = match recorded {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(format!("recording the job failed: {e}")),
+                };
+                if let Some(error) = failure {
+                    let _ = tx.send(Ready::Failed {
+                        source,
+                        destination,
+                        error,
+                        ends: Ends::Plan(route),
+                    });
+                    return;
+                }
+            }
+            // Announced once recorded, before anything planning reports.
+            let _ = tx.send(Ready::Queued(queued));
             let recorded_options = options.clone();
             let result = async {
                 let source_store = stores.source(&src, &options.source_access).await?;
@@ -189,27 +226,42 @@ impl Scheduler {
                 Ok(ready) => ready,
                 Err(e) => {
                     let mut error = redact(&e.to_string());
-                    if let plan::PlanError::Destination(_) = e {
-                        let now = now_ms();
-                        let job = crate::state::JobRecord {
-                            id: new_job_id,
-                            source: src.to_string(),
-                            destination: dst.to_string(),
-                            options: recorded_options,
-                            state: JobState::Failed,
-                            created_ms: now,
-                            updated_ms: now,
-                            error: Some(error.clone()),
-                            planned: false,
-                        };
-                        match record_unplanned(&db, job).await {
-                            Ok(Some(id)) => error.push_str(&format!(
-                                " (recorded as job {id}: `blobway resume` tries this \
-                                 destination again)"
-                            )),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!("cannot record the failed plan: {e:#}"),
+                    match e {
+                        // A store that failed is worth another try: kept, FAILED.
+                        plan::PlanError::Destination(_) | plan::PlanError::Source(_) => {
+                            let now = now_ms();
+                            let job = crate::state::JobRecord {
+                                id: new_job_id,
+                                source: src.to_string(),
+                                destination: dst.to_string(),
+                                options: recorded_options,
+                                state: JobState::Failed,
+                                created_ms: now,
+                                updated_ms: now,
+                                error: Some(error.clone()),
+                                planned: false,
+                            };
+                            match record_unplanned(&db, job).await {
+                                Ok(Some(id)) => error.push_str(&format!(
+                                    " (recorded as job {id}: `blobway resume` tries again)"
+                                )),
+                                Ok(None) => {}
+                                Err(e) => tracing::warn!("cannot record the failed plan: {e:#}"),
+                            }
                         }
+                        // Options or access that cannot work (a wrong profile, a filter that
+                        // does not parse) are the caller's to fix: the route recorded when it
+                        // was queued is forgotten.
+                        _ if recorded_now => {
+                            let forget = [Write::RemoveUnplannedJob(new_job_id)];
+                            let db = db.clone();
+                            let forgotten =
+                                tokio::task::spawn_blocking(move || db.apply(&forget)).await;
+                            if !matches!(forgotten, Ok(Ok(()))) {
+                                tracing::warn!("cannot forget the refused job {new_job_id}");
+                            }
+                        }
+                        _ => {}
                     }
                     Ready::Failed {
                         source,

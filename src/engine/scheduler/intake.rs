@@ -6,6 +6,7 @@ use super::*;
 impl Scheduler {
     pub(super) async fn on_ready(&mut self, ready: Ready) {
         match ready {
+            Ready::Queued(event) => self.persist(Vec::new(), vec![After::Emit(event)]),
             Ready::LoaderDone => {
                 self.loading = self.loading.saturating_sub(1);
                 if self.loading == 0 {
@@ -196,7 +197,8 @@ impl Scheduler {
     }
 }
 
-/// Records `job` (FAILED, unplanned: its destination failed before it could be planned) so
+/// Records `job` (FAILED, unplanned: its source or destination failed before it could be
+/// planned) so
 /// `resume` plans it again; returns the ID it is recorded under. A route that already has a
 /// planned job keeps it as it is (its objects and progress stand); one still unplanned gets
 /// the new error.
@@ -209,6 +211,7 @@ pub(super) async fn record_unplanned(
         let record = match db.job_for_route(&job.source, &job.destination)? {
             Some(existing) if existing.planned => return Ok(None),
             Some(existing) => crate::state::JobRecord {
+                state: job.state,
                 error: job.error,
                 updated_ms: job.updated_ms,
                 ..existing

@@ -124,6 +124,9 @@ enum Ready {
         /// How this failure ends background work.
         ends: Ends,
     },
+    /// A route's job is recorded: announce it (in order with what follows, through the
+    /// writer, like every event).
+    Queued(Event),
     /// The loader went through every job.
     LoaderDone,
     /// Summaries of the jobs in the state file, read at start.

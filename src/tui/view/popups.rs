@@ -69,13 +69,11 @@ fn confirm(frame: &mut Frame, title: &str, question: &str, answers: (&str, &str)
             Span::raw(format!(" {}", answers.1)),
         ]),
     ];
-    let paragraph = Paragraph::new(text)
-        .wrap(Wrap { trim: true })
-        .block(
-            Block::bordered()
-                .padding(Padding::horizontal(1))
-                .title(Span::styled(title.to_string(), theme::error())),
-        );
+    let paragraph = Paragraph::new(text).wrap(Wrap { trim: true }).block(
+        Block::bordered()
+            .padding(Padding::horizontal(1))
+            .title(Span::styled(title.to_string(), theme::error())),
+    );
     let rows = paragraph.line_count(WIDTH) as u16;
     let area = frame
         .area()
