@@ -614,9 +614,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     .await;
             }
             if detach {
-                let client = Client::find_or_start(&state_path, &tuning.as_args())
-                    .await
-                    .map_err(state_failure)?;
+                let client = daemon_for_work(&state_path, false, &tuning)
+                    .await?
+                    .ok_or_else(|| state_failure(anyhow::anyhow!("no daemon could be started")))?;
                 let accepted = submit(&client, &source, &destinations, options).await?;
                 for job in accepted {
                     if json {
