@@ -145,6 +145,35 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Compare a source and a destination object by object: missing, extra, size, the source
+    /// version blobway recorded with each copy, and with --download every byte. Prints one
+    /// line per object in the manner of `rclone check --combined` (`=` identical, `-` missing
+    /// at the destination, `+` extra there, `*` different, `!` not compared) with how it was
+    /// verified, then a summary. Exits 0 only when everything matches (1: differences;
+    /// 2: could not check). Writes nothing anywhere.
+    Check {
+        /// The source location.
+        source: String,
+        /// The destination location.
+        destination: String,
+        /// Also read both sides and compare the bytes of every object of the same size.
+        #[arg(long)]
+        download: bool,
+        /// Objects compared at once with --download.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+        checkers: u32,
+        /// Compare only names matching this glob (repeatable; as in `copy`).
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Leave out names matching this glob (repeatable).
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        #[command(flatten)]
+        access: AccessFlags,
+        /// Print one JSON object per object, then one with the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job for good: its unfinished uploads are given up at the destination (S3
     /// multipart uploads aborted, GCS sessions cancelled) and `resume` leaves it alone. Objects
     /// already copied stay where they are.
@@ -662,6 +691,36 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             run_headless(db, &tuning, json, tuning.stores(), vec![command]).await
         }
+        Some(Commands::Check {
+            source,
+            destination,
+            download,
+            checkers,
+            include,
+            exclude,
+            access,
+            json,
+        }) => {
+            let (src, dst) =
+                blobway::location::parse_route(&source, &destination).map_err(bad_input)?;
+            let request = blobway::engine::check::CheckRequest {
+                source: src,
+                destination: dst,
+                source_access: Access {
+                    profile: access.source_profile,
+                    endpoint: access.source_endpoint,
+                },
+                dest_access: Access {
+                    profile: access.dest_profile,
+                    endpoint: access.dest_endpoint,
+                },
+                include,
+                exclude,
+                download,
+                checkers: checkers as usize,
+            };
+            run_check(&request, json).await
+        }
         Some(Commands::Cancel { job, json }) => {
             if let Some(client) = daemon(&state_path).await? {
                 client
@@ -805,6 +864,35 @@ async fn run_tui(
     }
     result.map_err(state_failure)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `blobway check`: one line per object as it is judged, then the summary.
+async fn run_check(
+    request: &blobway::engine::check::CheckRequest,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let stores = DefaultStores::default();
+    let summary = blobway::engine::check::check(&stores, request, |verdict| {
+        if json {
+            println!("{}", serde_json::to_string(verdict).unwrap_or_default());
+        } else {
+            println!("{}", verdict.line());
+        }
+    })
+    .await
+    .map_err(bad_input)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "summary": summary, "all_match": summary.all_match() })
+        );
+    }
+    eprintln!("check: {}", summary.sentence());
+    Ok(if summary.all_match() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Asks the daemon to stop and waits until its process is gone (and with it its hold on the

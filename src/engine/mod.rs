@@ -8,6 +8,7 @@
 
 mod browse;
 pub mod buffers;
+pub mod check;
 pub mod control;
 pub mod filter;
 pub mod gate;

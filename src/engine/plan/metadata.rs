@@ -9,7 +9,7 @@ pub(super) const HEAD_CONCURRENCY: usize = 16;
 /// Fetches the metadata of the destination objects in `keys` (those whose size matches their
 /// source) into `existing`. One that cannot be looked at (no permission, a key blobway lacks)
 /// keeps no metadata, so it counts as different and is copied.
-pub(super) async fn fill_metadata(
+pub(crate) async fn fill_metadata(
     sink: &dyn ObjectSink,
     retry: &RetryPolicy,
     keys: Vec<String>,

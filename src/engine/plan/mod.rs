@@ -10,7 +10,8 @@ mod sizing;
 
 pub use sizing::{block_id, check_chunk_size, chunk_count, chunk_size_for, planned_blocks};
 
-use metadata::{fill_metadata, preview_metadata};
+pub(crate) use metadata::fill_metadata;
+use metadata::preview_metadata;
 use names::{claim_names, name_refusal, refused_file};
 
 use std::collections::{BTreeMap, HashMap};
