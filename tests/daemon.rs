@@ -481,6 +481,69 @@ async fn tls_serves_the_api_and_files_that_do_not_load_stop_serve_with_their_nam
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_never_holds_up_the_copy_and_is_resynced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("s.redb");
+    let source = work.path().join("src");
+    for i in 0..6000 {
+        let dir = source.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), [(i % 251) as u8]).unwrap();
+    }
+    let daemon = Daemon::start(&state, &[], &[]);
+    // A watcher on the socket that reads nothing: the socket's buffer fills (Unix sockets do
+    // not grow theirs), then the daemon's queue for this client.
+    let socket = blobway::daemon::socket::socket_path(&state);
+    let mut silent = blobway::daemon::socket::connect(&socket).await.unwrap();
+    silent
+        .write_all(b"GET /v1/events?snapshots=true HTTP/1.1\r\nHost: blobway\r\n\r\n")
+        .await
+        .unwrap();
+    let created = daemon
+        .post(
+            "/v1/jobs",
+            serde_json::json!({
+                "source": format!("{}/", source.display()),
+                "destinations": [format!("{}/", work.path().join("dst").display())],
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 202);
+    // The copy runs to the end while the watcher reads nothing.
+    let done = daemon.wait_for(1, "DONE").await;
+    assert_eq!(done["progress"]["files_done"], 6000, "{done}");
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("blobway_clients 1"),
+        "the watcher is still attached:\n{metrics}"
+    );
+
+    // Once it reads again, it is told it missed events and given the picture afresh.
+    let mut seen = Vec::new();
+    let resynced = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = silent.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream ended before a resync");
+            seen.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&seen).contains("event: resync") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resynced.is_ok(), "no resync after {} bytes", seen.len());
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    let resyncs: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("blobway_client_resyncs "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(resyncs >= 1.0, "{metrics}");
+}
+
 /// A slow S3 source: every request to moto waits 150 ms in a proxy.
 async fn slow_source(objects: usize) -> (Proxy, String, Vec<(String, Vec<u8>)>) {
     let s3 = s3_client();
