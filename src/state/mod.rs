@@ -7,11 +7,13 @@
 //! few hundred commits. Nothing secret is ever stored: records hold keys, sizes, ETags, states
 //! and redacted error texts only.
 
+pub mod counts;
 pub mod names;
 pub mod records;
 pub mod report;
 pub mod writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +23,8 @@ use serde::de::DeserializeOwned;
 
 pub use records::*;
 
-const SCHEMA_VERSION: &str = "1";
+/// The schema this blobway writes. Version 1 (no job counters) is upgraded on open.
+const SCHEMA_VERSION: &str = "2";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
@@ -228,6 +231,7 @@ impl StateDb {
 
     fn init_schema(&self) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        let mut upgrade = false;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
             let found = meta
@@ -240,6 +244,7 @@ impl StateDb {
                         .map_err(|e| self.err("written", e))?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) if v == "1" => upgrade = true,
                 Some(found) => {
                     return Err(StateError::Schema {
                         path: self.path.clone(),
@@ -247,11 +252,45 @@ impl StateDb {
                     });
                 }
             }
+            txn.open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
             txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
             txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
             txn.open_table(FILES).map_err(|e| self.err("written", e))?;
             txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
             txn.open_table(names::NAMES)
+                .map_err(|e| self.err("written", e))?;
+        }
+        txn.commit().map_err(|e| self.err("written", e))?;
+        if upgrade {
+            self.count_every_job()?;
+        }
+        Ok(())
+    }
+
+    /// Upgrades a version 1 file: every job's counters, counted once from its records, and
+    /// the schema version, in one transaction.
+    fn count_every_job(&self) -> Result<(), StateError> {
+        let mut counted = Vec::new();
+        for job in self.jobs()? {
+            if let Some(snapshot) = self.load_job(job.id)? {
+                let progress =
+                    progress_of(snapshot.files.iter().map(|(_, f, c)| (f, c.as_slice())));
+                counted.push((job.id, progress));
+            }
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        {
+            let mut counts = txn
+                .open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            for (id, progress) in counted {
+                counts
+                    .insert(id, encode(&progress).as_slice())
+                    .map_err(|e| self.err("written", e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            meta.insert("schema", SCHEMA_VERSION)
                 .map_err(|e| self.err("written", e))?;
         }
         txn.commit().map_err(|e| self.err("written", e))
@@ -275,6 +314,10 @@ impl StateDb {
             let mut files = txn.open_table(FILES).map_err(|e| self.err("written", e))?;
             let mut chunks = txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            let mut counts = txn
+                .open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            let mut deltas: BTreeMap<JobId, counts::Delta> = BTreeMap::new();
             for write in writes {
                 match write {
                     Write::Setting(name, value) => {
@@ -289,14 +332,35 @@ impl StateDb {
                             .map_err(|e| self.err("written", e))?;
                     }
                     Write::File(job, index, file) => {
+                        let delta = deltas.entry(*job).or_default();
+                        if let Some(before) = self.file_in(&files, *job, *index)? {
+                            delta.add(&self.share_in(&chunks, *job, *index, &before)?, -1);
+                        }
                         files
                             .insert((*job, *index), encode(file).as_slice())
                             .map_err(|e| self.err("written", e))?;
+                        delta.add(&self.share_in(&chunks, *job, *index, file)?, 1);
                     }
                     Write::Chunk(job, file, index, chunk) => {
-                        chunks
+                        // Counted here only while its object's record is there and under way;
+                        // otherwise the object's own write counts its chunks.
+                        let owner = self
+                            .file_in(&files, *job, *file)?
+                            .filter(counts::chunks_count);
+                        let old = chunks
                             .insert((*job, *file, *index), encode(chunk).as_slice())
-                            .map_err(|e| self.err("written", e))?;
+                            .map_err(|e| self.err("written", e))?
+                            .map(|v| self.decode::<ChunkRecord>(v.value()))
+                            .transpose()?;
+                        if let Some(owner) = owner {
+                            let before =
+                                old.map_or(0, |old| counts::chunk_bytes(&owner, *index, &old));
+                            let after = counts::chunk_bytes(&owner, *index, chunk);
+                            deltas
+                                .entry(*job)
+                                .or_default()
+                                .add_bytes_done(i128::from(after) - i128::from(before));
+                        }
                     }
                     Write::RemoveUnplannedJob(id) => {
                         let record = jobs
@@ -306,6 +370,8 @@ impl StateDb {
                             .transpose()?;
                         if let Some(record) = record.filter(|r| !r.planned) {
                             jobs.remove(*id).map_err(|e| self.err("written", e))?;
+                            counts.remove(*id).map_err(|e| self.err("written", e))?;
+                            deltas.remove(id);
                             let route = route_key(&record.source, &record.destination);
                             let owned = routes
                                 .get(route.as_str())
@@ -319,6 +385,10 @@ impl StateDb {
                         }
                     }
                     Write::RemoveFile(job, index) => {
+                        if let Some(before) = self.file_in(&files, *job, *index)? {
+                            let share = self.share_in(&chunks, *job, *index, &before)?;
+                            deltas.entry(*job).or_default().add(&share, -1);
+                        }
                         files
                             .remove((*job, *index))
                             .map_err(|e| self.err("written", e))?;
@@ -328,8 +398,52 @@ impl StateDb {
                     }
                 }
             }
+            counts::commit(&mut counts, &deltas).map_err(|e| self.count_err(e))?;
         }
         txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// The record of object `index` of `job` in `files`, if there is one.
+    fn file_in<T: ReadableTable<(u64, u32), &'static [u8]>>(
+        &self,
+        files: &T,
+        job: JobId,
+        index: u32,
+    ) -> Result<Option<FileRecord>, StateError> {
+        files
+            .get((job, index))
+            .map_err(|e| self.err("read", e))?
+            .map(|v| self.decode(v.value()))
+            .transpose()
+    }
+
+    /// What object `index` of `job` adds to the job's counters, its chunks read from `chunks`.
+    fn share_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+        &self,
+        chunks: &T,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<JobProgress, StateError> {
+        let mut failed = None;
+        let share = counts::share(file, || {
+            counts::completed_bytes(chunks, job, index, file, |bytes| self.decode(bytes))
+                .unwrap_or_else(|e| {
+                    failed = Some(e);
+                    0
+                })
+        });
+        match failed {
+            Some(e) => Err(self.count_err(e)),
+            None => Ok(share),
+        }
+    }
+
+    fn count_err(&self, e: counts::CountError) -> StateError {
+        match e {
+            counts::CountError::Storage(e) => self.err("read", e),
+            counts::CountError::State(e) => e,
+        }
     }
 
     /// An engine-wide setting the operator chose, as recorded (JSON), if any.
@@ -457,12 +571,14 @@ impl StateDb {
 
     /// Counts files and bytes of a job.
     pub fn progress(&self, id: JobId) -> Result<JobProgress, StateError> {
-        let Some(snapshot) = self.load_job(id)? else {
-            return Ok(JobProgress::default());
-        };
-        Ok(progress_of(
-            snapshot.files.iter().map(|(_, f, c)| (f, c.as_slice())),
-        ))
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let counts = txn
+            .open_table(counts::COUNTS)
+            .map_err(|e| self.err("read", e))?;
+        match counts.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => self.decode(value.value()),
+            None => Ok(JobProgress::default()),
+        }
     }
 
     /// Returns every IN_PROGRESS chunk to PENDING: after a crash nobody is working on them.
@@ -487,38 +603,23 @@ impl StateDb {
     }
 }
 
-/// Counts files and bytes over a job's objects and their chunks.
+/// Counts files and bytes over a job's objects and their chunks (what the recorded counters
+/// hold, computed afresh).
 pub fn progress_of<'a>(
     files: impl Iterator<Item = (&'a FileRecord, &'a [ChunkRecord])>,
 ) -> JobProgress {
-    let mut p = JobProgress::default();
+    let mut total = counts::Delta::default();
     for (file, chunks) in files {
-        p.files_total += 1;
-        match file.state {
-            FileState::Skipped => {
-                p.files_skipped += 1;
-                continue;
-            }
-            FileState::Done => p.files_done += 1,
-            FileState::Failed => p.files_failed += 1,
-            FileState::Transferring | FileState::Committing => {}
-        }
-        p.bytes_total += file.size;
-        if file.state == FileState::Done {
-            p.bytes_done += file.size;
-        } else {
-            p.bytes_done += chunks
+        let share = counts::share(file, || {
+            chunks
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.state == ChunkState::Completed)
-                .map(|(i, _)| {
-                    let r = file.chunk_range(i as u32);
-                    r.end - r.start
-                })
-                .sum::<u64>();
-        }
+                .map(|(i, c)| counts::chunk_bytes(file, i as u32, c))
+                .sum()
+        });
+        total.add(&share, 1);
     }
-    p
+    total.applied_to(JobProgress::default())
 }
 
 fn route_key(source: &str, destination: &str) -> String {
@@ -659,6 +760,184 @@ mod tests {
         db.apply(&[Write::RemoveFile(1, 0)]).expect("remove");
         assert!(db.load_job(1).expect("load").expect("job").files.is_empty());
         assert_eq!(db.chunk(1, 0, 1).expect("chunk"), None);
+    }
+
+    /// One random change to a small job of three objects (two jobs share the file).
+    #[derive(Clone, Debug)]
+    enum Change {
+        File {
+            job: u64,
+            index: u32,
+            chunks: u32,
+            state: u8,
+        },
+        Chunk {
+            job: u64,
+            index: u32,
+            chunk: u32,
+            state: u8,
+        },
+        Remove {
+            job: u64,
+            index: u32,
+        },
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1..3u64, 0..3u32, 1..4u32, 0..5u8).prop_map(|(job, index, chunks, state)| {
+                Change::File {
+                    job,
+                    index,
+                    chunks,
+                    state,
+                }
+            }),
+            (1..3u64, 0..3u32, 0..4u32, 0..4u8).prop_map(|(job, index, chunk, state)| {
+                Change::Chunk {
+                    job,
+                    index,
+                    chunk,
+                    state,
+                }
+            }),
+            (1..3u64, 0..3u32).prop_map(|(job, index)| Change::Remove { job, index }),
+        ]
+    }
+
+    fn write_of(change: &Change) -> Write {
+        const FILES: [FileState; 5] = [
+            FileState::Transferring,
+            FileState::Committing,
+            FileState::Done,
+            FileState::Skipped,
+            FileState::Failed,
+        ];
+        const CHUNKS: [ChunkState; 4] = [
+            ChunkState::Pending,
+            ChunkState::InProgress,
+            ChunkState::Completed,
+            ChunkState::Failed,
+        ];
+        match *change {
+            Change::File {
+                job,
+                index,
+                chunks,
+                state,
+            } => {
+                let mut record = file(chunks);
+                record.state = FILES[state as usize];
+                Write::File(job, index, record)
+            }
+            Change::Chunk {
+                job,
+                index,
+                chunk,
+                state,
+            } => {
+                let mut record = ChunkRecord::pending();
+                record.state = CHUNKS[state as usize];
+                Write::Chunk(job, index, chunk, record)
+            }
+            Change::Remove { job, index } => Write::RemoveFile(job, index),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever is written, in whatever order and batches, each job's recorded counters
+        /// are what counting its records afresh gives.
+        #[test]
+        fn recorded_counters_always_equal_a_fresh_count(
+            batches in proptest::collection::vec(proptest::collection::vec(change(), 1..6), 1..25),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+            db.apply(&[Write::Job(job(1)), Write::Job(job(2))]).expect("jobs");
+            for batch in &batches {
+                let writes: Vec<Write> = batch.iter().map(write_of).collect();
+                db.apply(&writes).expect("apply");
+                for id in [1, 2] {
+                    // A fresh count over what is recorded (chunks with no object, or beyond
+                    // its count, are no part of it).
+                    let txn = db.db.begin_read().expect("read");
+                    let files = txn.open_table(FILES).expect("files");
+                    let chunks = txn.open_table(CHUNKS).expect("chunks");
+                    let mut expected = counts::Delta::default();
+                    for entry in files.range((id, 0)..=(id, u32::MAX)).expect("range") {
+                        let (key, value) = entry.expect("entry");
+                        let (_, index) = key.value();
+                        let record: FileRecord = db.decode(value.value()).expect("file");
+                        let share = counts::share(&record, || {
+                            chunks
+                                .range((id, index, 0)..=(id, index, u32::MAX))
+                                .expect("chunks")
+                                .map(|e| {
+                                    let (k, v) = e.expect("chunk");
+                                    let chunk: ChunkRecord = db.decode(v.value()).expect("chunk");
+                                    counts::chunk_bytes(&record, k.value().2, &chunk)
+                                })
+                                .sum()
+                        });
+                        expected.add(&share, 1);
+                    }
+                    let expected = expected.applied_to(JobProgress::default());
+                    proptest::prop_assert_eq!(db.progress(id).expect("progress"), expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_with_its_counters_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = StateDb::open(&path).expect("open");
+            let mut done = file(2);
+            done.state = FileState::Done;
+            let mut completed = ChunkRecord::pending();
+            completed.state = ChunkState::Completed;
+            db.apply(&[
+                Write::Job(job(1)),
+                Write::File(1, 0, done),
+                Write::Chunk(1, 0, 0, completed.clone()),
+                Write::Chunk(1, 0, 1, completed.clone()),
+                Write::File(1, 1, file(3)),
+                Write::Chunk(1, 1, 0, completed),
+                Write::Chunk(1, 1, 1, ChunkRecord::pending()),
+                Write::Chunk(1, 1, 2, ChunkRecord::pending()),
+            ])
+            .expect("apply");
+            // As blobway 1 left it: no counters.
+            let txn = db.db.begin_write().expect("write");
+            {
+                let mut counts = txn.open_table(counts::COUNTS).expect("counts");
+                counts.remove(1).expect("remove");
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert("schema", "1").expect("schema");
+            }
+            txn.commit().expect("commit");
+        }
+        let db = StateDb::open(&path).expect("upgraded");
+        let p = db.progress(1).expect("progress");
+        assert_eq!(
+            (p.files_total, p.files_done, p.bytes_total, p.bytes_done),
+            (2, 1, 34, 21)
+        );
+        {
+            let txn = db.db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", "3")
+                .expect("schema");
+            txn.commit().expect("commit");
+        }
+        drop(db);
+        let err = StateDb::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("upgrade blobway"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! A job's counters (objects and bytes by state), kept in the state database and changed by
+//! every write that touches one of its objects, so reading them never walks the job: `jobs`,
+//! the job list and the API answer in O(jobs) however many objects a job has.
+//!
+//! What an object adds to its job's counters is [`share`], a pure function of its record and
+//! the bytes of its completed chunks; a write adds the difference between the object's share
+//! after and before it. The chunks of an object are read only when its own record changes
+//! while it is under way (a begin, a commit, a failure), never on a chunk's write.
+
+use redb::{ReadableTable, Table, TableDefinition};
+
+use super::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress};
+
+/// Each job's counters (JSON [`JobProgress`]).
+pub(super) const COUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("job_counts");
+
+/// What one object adds to its job's counters; `completed` is the bytes of its completed
+/// chunks (asked for only while the object is under way).
+pub fn share(file: &FileRecord, completed: impl FnOnce() -> u64) -> JobProgress {
+    let mut p = JobProgress {
+        files_total: 1,
+        ..JobProgress::default()
+    };
+    match file.state {
+        FileState::Skipped => {
+            p.files_skipped = 1;
+            return p;
+        }
+        FileState::Done => p.files_done = 1,
+        FileState::Failed => p.files_failed = 1,
+        FileState::Transferring | FileState::Committing => {}
+    }
+    p.bytes_total = file.size;
+    p.bytes_done = if file.state == FileState::Done {
+        file.size
+    } else {
+        completed()
+    };
+    p
+}
+
+/// True while an object's chunks count towards its job's bytes done (it is neither done nor
+/// skipped).
+pub fn chunks_count(file: &FileRecord) -> bool {
+    !matches!(file.state, FileState::Done | FileState::Skipped)
+}
+
+/// The bytes chunk `index` adds to its object's bytes done in `chunk`'s state.
+pub fn chunk_bytes(file: &FileRecord, index: u32, chunk: &ChunkRecord) -> u64 {
+    if chunk.state == ChunkState::Completed {
+        // A chunk beyond the object's end (left by an older plan) holds no bytes of it.
+        let range = file.chunk_range(index);
+        range.end.saturating_sub(range.start)
+    } else {
+        0
+    }
+}
+
+/// A change to a job's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Delta([i128; 6]);
+
+impl Delta {
+    fn fields(p: &JobProgress) -> [u64; 6] {
+        [
+            p.files_total,
+            p.files_done,
+            p.files_skipped,
+            p.files_failed,
+            p.bytes_total,
+            p.bytes_done,
+        ]
+    }
+
+    /// Adds `p` (or takes it away, with `sign` -1).
+    pub(super) fn add(&mut self, p: &JobProgress, sign: i128) {
+        for (total, value) in self.0.iter_mut().zip(Self::fields(p)) {
+            *total += sign * i128::from(value);
+        }
+    }
+
+    /// Adds bytes done.
+    pub(super) fn add_bytes_done(&mut self, bytes: i128) {
+        self.0[5] += bytes;
+    }
+
+    /// `p` changed by this delta (never below zero).
+    pub(super) fn applied_to(&self, p: JobProgress) -> JobProgress {
+        let mut out = Self::fields(&p);
+        for (value, change) in out.iter_mut().zip(self.0) {
+            *value = (i128::from(*value) + change).clamp(0, i128::from(u64::MAX)) as u64;
+        }
+        let [
+            files_total,
+            files_done,
+            files_skipped,
+            files_failed,
+            bytes_total,
+            bytes_done,
+        ] = out;
+        JobProgress {
+            files_total,
+            files_done,
+            files_skipped,
+            files_failed,
+            bytes_total,
+            bytes_done,
+        }
+    }
+}
+
+/// Bytes of the completed chunks of object `index` of `job`, as the table holds them now.
+pub(super) fn completed_bytes<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+    chunks: &T,
+    job: JobId,
+    index: u32,
+    file: &FileRecord,
+    decode: impl Fn(&[u8]) -> Result<ChunkRecord, super::StateError>,
+) -> Result<u64, CountError> {
+    let mut bytes = 0;
+    for entry in chunks.range((job, index, 0)..=(job, index, u32::MAX))? {
+        let (key, value) = entry?;
+        let (_, _, chunk) = key.value();
+        bytes += chunk_bytes(file, chunk, &decode(value.value())?);
+    }
+    Ok(bytes)
+}
+
+/// Adds each job's delta to its recorded counters.
+pub(super) fn commit(
+    counts: &mut Table<u64, &[u8]>,
+    deltas: &std::collections::BTreeMap<JobId, Delta>,
+) -> Result<(), CountError> {
+    for (job, delta) in deltas {
+        let before: JobProgress = match counts.get(*job)? {
+            Some(value) => serde_json::from_slice(value.value()).unwrap_or_default(),
+            None => JobProgress::default(),
+        };
+        let after = delta.applied_to(before);
+        counts.insert(
+            *job,
+            serde_json::to_vec(&after).unwrap_or_default().as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Why the counters could not be read or written.
+#[derive(Debug)]
+pub(super) enum CountError {
+    Storage(redb::StorageError),
+    State(super::StateError),
+}
+
+impl From<redb::StorageError> for CountError {
+    fn from(e: redb::StorageError) -> Self {
+        CountError::Storage(e)
+    }
+}
+
+impl From<super::StateError> for CountError {
+    fn from(e: super::StateError) -> Self {
+        CountError::State(e)
+    }
+}
