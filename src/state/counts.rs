@@ -88,7 +88,12 @@ impl Delta {
     pub(super) fn applied_to(&self, p: JobProgress) -> JobProgress {
         let mut out = Self::fields(&p);
         for (value, change) in out.iter_mut().zip(self.0) {
-            *value = (i128::from(*value) + change).clamp(0, i128::from(u64::MAX)) as u64;
+            let changed = i128::from(*value) + change;
+            if changed < 0 {
+                // Never with records written through `apply`; said, not hidden, if it happens.
+                tracing::warn!("a job counter would fall below zero ({changed}); kept at 0");
+            }
+            *value = changed.clamp(0, i128::from(u64::MAX)) as u64;
         }
         let [
             files_total,
@@ -133,7 +138,9 @@ pub(super) fn commit(
 ) -> Result<(), CountError> {
     for (job, delta) in deltas {
         let before: JobProgress = match counts.get(*job)? {
-            Some(value) => serde_json::from_slice(value.value()).unwrap_or_default(),
+            Some(value) => serde_json::from_slice(value.value()).map_err(|e| {
+                CountError::Decode(format!("job {job}'s counters do not decode: {e}"))
+            })?,
             None => JobProgress::default(),
         };
         let after = delta.applied_to(before);
@@ -150,6 +157,7 @@ pub(super) fn commit(
 pub(super) enum CountError {
     Storage(redb::StorageError),
     State(super::StateError),
+    Decode(String),
 }
 
 impl From<redb::StorageError> for CountError {
