@@ -27,6 +27,10 @@ use super::{
 /// Name of the directory, inside the root, where blocks wait for their commit.
 pub const STAGING_DIR: &str = ".blobway-staging";
 
+/// The extended attribute a committed local object carries its metadata in (a [`Sidecar`],
+/// JSON): part of the file's inode, so it is put in place, renamed and synced with the file.
+const META_XATTR: &str = "user.blobway.meta";
+
 /// A directory used as an object store.
 #[derive(Clone, Debug)]
 pub struct LocalStore {
@@ -89,24 +93,28 @@ impl LocalStore {
     /// with when the sidecar still describes a file of that size.
     fn describe(&self, key: &str) -> StoreResult<Option<DestObject>> {
         let path = self.object_path(key)?;
-        let size = match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => meta.len(),
+        let (size, ino) = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta)),
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot stat", &path, e)),
         };
-        let ino = fs::metadata(&path).map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
-        let meta = self.stored_meta(key, size, ino).pairs;
+        let meta = self.stored_meta(key, &path, size, ino).pairs;
         Ok(Some(DestObject { size, meta }))
     }
 
-    /// The metadata blobway recorded for `key`, when the sidecar still describes this very
-    /// file (`size` bytes, inode `ino`); empty otherwise.
-    fn stored_meta(&self, key: &str, size: u64, ino: u64) -> ObjectMeta {
-        fs::read(self.meta_path(key))
+    /// The metadata blobway recorded for the file of `key` at `path` (`size` bytes, inode
+    /// `ino`): from its extended attribute, else from a sidecar that still describes this very
+    /// file; empty otherwise.
+    fn stored_meta(&self, key: &str, path: &Path, size: u64, ino: u64) -> ObjectMeta {
+        let described =
+            |sidecar: &Sidecar| sidecar.size == size && sidecar.ino.is_none_or(|i| i == ino);
+        xattr::get(path, META_XATTR)
             .ok()
+            .flatten()
+            .or_else(|| fs::read(self.meta_path(key)).ok())
             .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
-            .filter(|sidecar| sidecar.size == size && sidecar.ino.is_none_or(|i| i == ino))
+            .filter(described)
             .map(|sidecar| sidecar.meta)
             .unwrap_or_default()
     }
@@ -114,8 +122,8 @@ impl LocalStore {
     /// The metadata a file carries as a source: what blobway stored with it, and otherwise a
     /// content type guessed from its extension (`.json` → `application/json`), as other
     /// upload tools do.
-    fn source_meta(&self, key: &str, size: u64, ino: u64) -> ObjectMeta {
-        let mut meta = self.stored_meta(key, size, ino);
+    fn source_meta(&self, key: &str, path: &Path, size: u64, ino: u64) -> ObjectMeta {
+        let mut meta = self.stored_meta(key, path, size, ino);
         if meta.content_type.is_none() {
             meta.content_type = mime_guess::from_path(key).first_raw().map(str::to_string);
         }
@@ -147,9 +155,20 @@ impl LocalStore {
                 .create_new(true)
                 .open(&tmp)?;
             let size = write(&mut file)?;
-            file.sync_all()?;
             let ino = file.metadata()?.ino();
-            self.write_meta(key, size, ino, meta)?;
+            let sidecar = Sidecar {
+                size,
+                ino: Some(ino),
+                meta: meta.clone(),
+            };
+            let described = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
+            // In the file itself, synced with its bytes; a file system without extended
+            // attributes (or metadata too large for them) gets the sidecar.
+            let in_file = xattr::FileExt::set_xattr(&file, META_XATTR, &described).is_ok();
+            file.sync_all()?;
+            if !in_file {
+                self.write_meta(key, &described)?;
+            }
             place(&tmp, target, create_only)
         })();
         if result.is_err() {
@@ -158,18 +177,13 @@ impl LocalStore {
         result
     }
 
-    /// Records the metadata of the object that the file with inode `ino` is about to become.
-    fn write_meta(&self, key: &str, size: u64, ino: u64, meta: &ObjectMeta) -> io::Result<()> {
+    /// Records `described` (a [`Sidecar`] naming the inode of the file about to be put in
+    /// place) in the sidecar of `key`.
+    fn write_meta(&self, key: &str, described: &[u8]) -> io::Result<()> {
         let path = self.meta_path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
-        let sidecar = Sidecar {
-            size,
-            ino: Some(ino),
-            meta: meta.clone(),
-        };
-        let bytes = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
-        write_atomically(&dir, &path, &[&bytes])
+        write_atomically(&dir, &path, &[described])
     }
 }
 
@@ -399,7 +413,7 @@ impl ObjectSource for LocalStore {
             });
             Ok(Chunk {
                 data: buf.freeze(),
-                meta: store.source_meta(&key, size, ino),
+                meta: store.source_meta(&key, &path, size, ino),
             })
         })
         .await
@@ -614,6 +628,56 @@ mod tests {
                 .expect("read");
             assert_eq!(chunk.meta.content_type.as_deref(), expected, "{key}");
         }
+    }
+
+    #[tokio::test]
+    async fn committed_metadata_travels_in_the_file_and_older_sidecars_are_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let meta = ObjectMeta {
+            content_type: Some("text/plain".into()),
+            pairs: BTreeMap::from([("blobway_source_etag".into(), "\"v1\"".into())]),
+            ..ObjectMeta::default()
+        };
+        let data = Bytes::from_static(b"hello");
+        let checksum = Checksum::of(super::super::ChecksumKind::Crc64, &data);
+        let upload = Upload {
+            key: "a/b.txt",
+            ..Upload::default()
+        };
+        store
+            .put_whole(upload, data, checksum, &meta)
+            .await
+            .expect("put");
+        let path = dir.path().join("a/b.txt");
+        let in_file = xattr::get(&path, META_XATTR).expect("xattr");
+        if in_file.is_some() {
+            assert!(
+                !store.meta_path("a/b.txt").exists(),
+                "no sidecar when the file carries it"
+            );
+        }
+        let found = store.head("a/b.txt").await.expect("head").expect("there");
+        assert_eq!(found.meta, meta.pairs);
+
+        // Rewritten in place by another tool: the attribute no longer describes it.
+        std::fs::write(&path, b"other bytes").expect("rewrite");
+        let found = store.head("a/b.txt").await.expect("head").expect("there");
+        assert!(found.meta.is_empty(), "{:?}", found.meta);
+
+        // Copied by an older blobway: a sidecar naming the file's inode.
+        let old = dir.path().join("old.txt");
+        std::fs::write(&old, b"old").expect("write");
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&old).expect("stat"));
+        let described = serde_json::to_vec(&Sidecar {
+            size: 3,
+            ino: Some(ino),
+            meta: meta.clone(),
+        })
+        .expect("json");
+        store.write_meta("old.txt", &described).expect("sidecar");
+        let found = store.head("old.txt").await.expect("head").expect("there");
+        assert_eq!(found.meta, meta.pairs);
     }
 
     #[tokio::test]
