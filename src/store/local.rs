@@ -90,25 +90,31 @@ impl LocalStore {
     }
 
     /// What the destination holds under `key`: its size, and the metadata blobway committed it
-    /// with when the sidecar still describes a file of that size.
+    /// with when that still describes this very file.
     fn describe(&self, key: &str) -> StoreResult<Option<DestObject>> {
         let path = self.object_path(key)?;
-        let (size, ino) = match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => (meta.len(), std::os::unix::fs::MetadataExt::ino(&meta)),
+        let stat = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => FileStat::of(&meta),
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot stat", &path, e)),
         };
-        let meta = self.stored_meta(key, &path, size, ino).pairs;
-        Ok(Some(DestObject { size, meta }))
+        let meta = self.stored_meta(key, &path, stat).pairs;
+        Ok(Some(DestObject {
+            size: stat.size,
+            meta,
+        }))
     }
 
-    /// The metadata blobway recorded for the file of `key` at `path` (`size` bytes, inode
-    /// `ino`): from its extended attribute, else from a sidecar that still describes this very
-    /// file; empty otherwise.
-    fn stored_meta(&self, key: &str, path: &Path, size: u64, ino: u64) -> ObjectMeta {
-        let described =
-            |sidecar: &Sidecar| sidecar.size == size && sidecar.ino.is_none_or(|i| i == ino);
+    /// The metadata blobway recorded for the file of `key` at `path` (as `stat` found it):
+    /// from its extended attribute, else from a sidecar — only while it still describes this
+    /// very file (size, inode and, where recorded, modification time); empty otherwise.
+    fn stored_meta(&self, key: &str, path: &Path, stat: FileStat) -> ObjectMeta {
+        let described = |sidecar: &Sidecar| {
+            sidecar.size == stat.size
+                && sidecar.ino.is_none_or(|i| i == stat.ino)
+                && sidecar.mtime_ns.is_none_or(|t| t == stat.mtime_ns)
+        };
         xattr::get(path, META_XATTR)
             .ok()
             .flatten()
@@ -122,8 +128,8 @@ impl LocalStore {
     /// The metadata a file carries as a source: what blobway stored with it, and otherwise a
     /// content type guessed from its extension (`.json` → `application/json`), as other
     /// upload tools do.
-    fn source_meta(&self, key: &str, path: &Path, size: u64, ino: u64) -> ObjectMeta {
-        let mut meta = self.stored_meta(key, path, size, ino);
+    fn source_meta(&self, key: &str, path: &Path, stat: FileStat) -> ObjectMeta {
+        let mut meta = self.stored_meta(key, path, stat);
         if meta.content_type.is_none() {
             meta.content_type = mime_guess::from_path(key).first_raw().map(str::to_string);
         }
@@ -131,9 +137,11 @@ impl LocalStore {
     }
 
     /// Writes an object through a fresh temporary file in `dir`: the bytes (`write` returns
-    /// how many), synced; then the sidecar, naming the temporary file's inode; then the file
-    /// put in place. A crash at any point leaves the old object (which the new sidecar does
-    /// not vouch for: another inode) or the new one with its sidecar.
+    /// how many) and the metadata (in an extended attribute naming the file's size, inode and
+    /// modification time; in a sidecar where attributes are not available), synced; then the
+    /// file put in place and its folder synced, so the object is durable when this returns. A
+    /// crash at any point leaves the old object (which new metadata never vouches for: another
+    /// inode) or the new one with its metadata.
     fn publish(
         &self,
         dir: &Path,
@@ -143,7 +151,6 @@ impl LocalStore {
         create_only: bool,
         write: impl FnOnce(&mut fs::File) -> io::Result<u64>,
     ) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let tmp = dir.join(format!(
             ".tmp-{}-{:016x}",
             std::process::id(),
@@ -155,10 +162,12 @@ impl LocalStore {
                 .create_new(true)
                 .open(&tmp)?;
             let size = write(&mut file)?;
-            let ino = file.metadata()?.ino();
+            let stat = FileStat::of(&file.metadata()?);
+            debug_assert_eq!(stat.size, size);
             let sidecar = Sidecar {
                 size,
-                ino: Some(ino),
+                ino: Some(stat.ino),
+                mtime_ns: Some(stat.mtime_ns),
                 meta: meta.clone(),
             };
             let described = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
@@ -169,7 +178,20 @@ impl LocalStore {
             if !in_file {
                 self.write_meta(key, &described)?;
             }
-            place(&tmp, target, create_only)
+            place(&tmp, target, create_only)?;
+            if in_file {
+                // A sidecar an older copy left must never vouch for a later file that gets
+                // its freed inode.
+                match fs::remove_file(self.meta_path(key)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            // The rename is durable before the object is recorded done.
+            if let Some(parent) = target.parent() {
+                fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -187,7 +209,8 @@ impl LocalStore {
     }
 }
 
-/// The metadata of a committed local object, kept beside the staging area.
+/// The metadata of a committed local object: in its extended attribute, or in a sidecar
+/// beside the staging area.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sidecar {
     size: u64,
@@ -195,7 +218,30 @@ struct Sidecar {
     /// written just before a crash never vouches for the file that was there before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ino: Option<u64>,
+    /// The file's modification time (ns) once written: an edit in place at the same size
+    /// (same inode, same attribute) changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtime_ns: Option<i128>,
     meta: ObjectMeta,
+}
+
+/// What identifies one version of a file: size, inode and modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStat {
+    size: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl FileStat {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            size: meta.len(),
+            ino: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 fn key_hash(key: &str) -> String {
@@ -408,12 +454,12 @@ impl ObjectSource for LocalStore {
             file.read_exact_at(&mut buf, range.start)
                 .map_err(|e| io_error("cannot read", &path, e))?;
             check(&file)?;
-            let (size, ino) = file.metadata().map_or((0, 0), |m| {
-                (m.len(), std::os::unix::fs::MetadataExt::ino(&m))
-            });
+            let stat = file
+                .metadata()
+                .map_err(|e| io_error("cannot stat", &path, e))?;
             Ok(Chunk {
                 data: buf.freeze(),
-                meta: store.source_meta(&key, &path, size, ino),
+                meta: store.source_meta(&key, &path, FileStat::of(&stat)),
             })
         })
         .await
@@ -665,19 +711,55 @@ mod tests {
         let found = store.head("a/b.txt").await.expect("head").expect("there");
         assert!(found.meta.is_empty(), "{:?}", found.meta);
 
-        // Copied by an older blobway: a sidecar naming the file's inode.
+        // Edited in place at the same size (same inode, same attribute): not vouched for.
+        let copy = |key: &'static str| {
+            let store = store.clone();
+            let meta = meta.clone();
+            async move {
+                let data = Bytes::from_static(b"12345");
+                let checksum = Checksum::of(super::super::ChecksumKind::Crc64, &data);
+                let upload = Upload {
+                    key,
+                    ..Upload::default()
+                };
+                store
+                    .put_whole(upload, data, checksum, &meta)
+                    .await
+                    .expect("put");
+            }
+        };
+        copy("same.txt").await;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("same.txt"))
+            .and_then(|mut f| f.write_all(b"54321"))
+            .expect("edit");
+        let found = store.head("same.txt").await.expect("head").expect("there");
+        assert!(found.meta.is_empty(), "{:?}", found.meta);
+
+        // Copied by an older blobway: a sidecar naming the file's inode is still read, and
+        // removed once the object is copied again (it must not vouch for a later file).
         let old = dir.path().join("old.txt");
         std::fs::write(&old, b"old").expect("write");
         let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&old).expect("stat"));
         let described = serde_json::to_vec(&Sidecar {
             size: 3,
             ino: Some(ino),
+            mtime_ns: None,
             meta: meta.clone(),
         })
         .expect("json");
         store.write_meta("old.txt", &described).expect("sidecar");
         let found = store.head("old.txt").await.expect("head").expect("there");
         assert_eq!(found.meta, meta.pairs);
+        copy("old.txt").await;
+        if xattr::get(&old, META_XATTR).expect("xattr").is_some() {
+            assert!(
+                !store.meta_path("old.txt").exists(),
+                "the old sidecar is gone"
+            );
+        }
     }
 
     #[tokio::test]
