@@ -8,15 +8,18 @@
 #   BENCH_RESULTS=benches/RESULTS.md scripts/bench.sh   # also write the results file
 #
 # Scenarios: (a) one 1 GiB random object, (b) 1,000 objects of 64 KiB, (c) one 4 GiB object
-# with blobway's --max-memory 256MiB. Runs alternate (blobway, rclone with its best flags,
-# rclone with its defaults) so drift hits every tool alike. Every copy is verified by MD5 at the
-# destination. Installs what it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io).
+# with blobway's --max-memory 256MiB — S3 (s3s-fs) → Azurite; (e) 200,000 local files of 1–6
+# bytes → a local folder (blobway, rclone); (f) 10,000 local files of 64 KiB → Azurite
+# (blobway, rclone, AzCopy); and (d), the engine alone on 1,000,000 synthetic objects
+# (`cargo bench --bench scale`, its own table). Runs alternate tools so drift hits every tool
+# alike. Every copy is verified (MD5 at Azurite; file by file for local folders). Installs what
+# it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io), AzCopy (npm) for (f).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 pairs="${BENCH_PAIRS:-3}"
-scenarios="${BENCH_SCENARIOS:-a b c}"
+scenarios="${BENCH_SCENARIOS:-a b c d e f}"
 rclone_best=(--transfers 16 --azureblob-chunk-size 16M --azureblob-upload-concurrency 16 --s3-chunk-size 64M)
 
 emulators_install
@@ -26,6 +29,18 @@ if ! command -v rclone >/dev/null; then
 fi
 cargo build --release --quiet
 blobway="$PWD/target/release/blobway"
+azcopy=""
+if [[ " $scenarios " == *" f "* ]]; then
+  if [ ! -x "$tools/azcopy/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64" ]; then
+    log "installing AzCopy 10.32.2 from npm"
+    mkdir -p "$tools/azcopy"
+    (cd "$tools/azcopy" && npm install --silent --no-audit --no-fund @azure-tools/azcopy-linux@10.32.2 >&2)
+    dpkg -s libsecret-1-0 >/dev/null 2>&1 || apt-get install -y -q libsecret-1-0 >&2 \
+      || { apt-get update -q >&2 && apt-get install -y -q libsecret-1-0 >&2; }
+  fi
+  azcopy="$tools/azcopy/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64"
+  chmod +x "$azcopy"
+fi
 
 export AZURITE_IN_MEMORY=1
 work="$(mktemp -d)"
@@ -76,7 +91,32 @@ make_data() {
   rcl copy "$dir" "s3:bench-$s" --transfers 16 --s3-chunk-size 64M
   rm -rf "$dir"
 }
-for s in $scenarios; do log "preparing scenario $s"; make_data "$s"; done
+# (e) and (f): local files, made once.
+make_local() { # scenario
+  local dir="$work/data/$1"
+  mkdir -p "$dir"
+  case $1 in
+    e) python3 - "$dir" <<'PY'
+import os, sys
+root = sys.argv[1]
+for i in range(200_000):
+    d = os.path.join(root, f"d{i % 200:03d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"object-{i:07d}.txt"), "wb") as f:
+        f.write(bytes([65 + i % 26]) * (1 + i % 6))
+PY
+    ;;
+    f) for i in $(seq -w 1 10000); do head -c 65536 /dev/urandom > "$dir/small-$i.bin"; done
+       (cd "$dir" && md5sum * | sort -k2) > "$work/expected-f" ;;
+  esac
+}
+for s in $scenarios; do
+  log "preparing scenario $s"
+  case $s in
+    a|b|c) make_data "$s" ;;
+    e|f) make_local "$s" ;;
+  esac
+done
 
 verify() { # scenario container
   local s=$1 c=$2
@@ -90,6 +130,24 @@ verify() { # scenario container
 
 results="$work/results.tsv"
 : > "$results"
+# Local → local: every file arrived with its bytes (blobway's staging folder aside).
+verify_local() { # destination
+  if ! diff -rq --exclude=.blobway-staging "$work/data/e" "$1" >"$work/diff" 2>&1; then
+    log "VERIFY FAILED for $1"; head "$work/diff" >&2; return 1
+  fi
+}
+measure_local() { # tool destination command...
+  local tool=$1 dst=$2; shift 2
+  rm -rf "$dst"
+  sync
+  /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$@" >"$work/out" 2>&1 || {
+    log "$tool failed on scenario e"; tail -20 "$work/out" >&2; return 1; }
+  verify_local "$dst"
+  read -r wall user sys rss < "$work/time"
+  printf '%s\t%s\t%s\t%s\t%s\n' e "$tool" "$wall" "$(echo "$user + $sys" | bc)" "$rss" >> "$results"
+  log "e $tool: ${wall}s wall, $(echo "$user + $sys" | bc)s CPU, $((rss / 1024)) MiB peak RSS"
+  rm -rf "$dst"
+}
 measure() { # scenario tool container command...
   local s=$1 tool=$2 c=$3; shift 3
   azurite_restart
@@ -105,6 +163,25 @@ run=0
 for pair in $(seq 1 "$pairs"); do
   for s in $scenarios; do
     run=$((run + 1))
+    case $s in
+      d) continue ;;
+      e)
+        measure_local blobway "$work/out-e" "$blobway" --no-daemon --state "$work/state-$run.redb" \
+          copy "$work/data/e/" "$work/out-e/"
+        measure_local rclone-best "$work/out-e" rclone copy "$work/data/e" "$work/out-e" \
+          --transfers 16 --checkers 16
+        continue ;;
+      f)
+        local_blob=(env AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=$account;AccountKey=$key;BlobEndpoint=$BLOBWAY_TEST_AZURITE")
+        measure f blobway "bw$run" "${local_blob[@]}" "$blobway" --no-daemon \
+          --state "$work/state-$run.redb" copy "$work/data/f/" "az://bw$run/"
+        measure f rclone-best "rb$run" env -u AWS_CA_BUNDLE rclone --config "$work/rclone.conf" \
+          copy "$work/data/f" "az:rb$run" "${rclone_best[@]}"
+        measure f azcopy "ac$run" sh -c "curl -sf -X PUT '$BLOBWAY_TEST_AZURITE/ac$run?restype=container&$sas' >/dev/null && \
+          AZCOPY_LOG_LOCATION='$work/azlog' AZCOPY_JOB_PLAN_LOCATION='$work/azplan' \
+          '$azcopy' copy '$work/data/f/*' '$BLOBWAY_TEST_AZURITE/ac$run?$sas' --from-to LocalBlob"
+        continue ;;
+    esac
     memory=()
     [ "$s" = c ] && memory=(--max-memory 256MiB)
     measure "$s" blobway "bw$run" env AWS_ENDPOINT_URL="$BLOBWAY_TEST_S3S" AWS_ACCESS_KEY_ID=blobway-test \
@@ -122,12 +199,13 @@ machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 table="$(python3 - "$results" "$pairs" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
-gib = {"a": 1.0, "b": 1000 * 65536 / 2**30, "c": 4.0}
-names = {"a": "(a) 1 GiB object", "b": "(b) 1,000 × 64 KiB", "c": "(c) 4 GiB, --max-memory 256MiB"}
+gib = {"a": 1.0, "b": 1000 * 65536 / 2**30, "c": 4.0, "e": 200_000 * 3.5 / 2**30, "f": 10_000 * 65536 / 2**30}
+names = {"a": "(a) 1 GiB object", "b": "(b) 1,000 × 64 KiB", "c": "(c) 4 GiB, --max-memory 256MiB",
+         "e": "(e) 200,000 local files → local", "f": "(f) 10,000 × 64 KiB local → Azurite"}
 out = ["| scenario | tool | wall s median (min–max) | CPU s per GiB | peak RSS MiB |", "|---|---|---|---|---|"]
 summary = {}
-for s in "abc":
-    for tool in ("blobway", "rclone-best", "rclone-defaults"):
+for s in "abcef":
+    for tool in ("blobway", "rclone-best", "rclone-defaults", "azcopy"):
         runs = [r for r in rows if r[0] == s and r[1] == tool]
         if not runs:
             continue
@@ -145,15 +223,28 @@ if ("a", "blobway") in summary:
     out.append(f"| (a) CPU per GiB ≤ 0.5 × rclone's | {r:.2f} × | {'yes' if r <= 0.5 else 'no'} |")
 if ("b", "blobway") in summary:
     r = ratio("b", 0); out.append(f"| (b) wall ≤ 0.8 × rclone-best | {r:.2f} × | {'yes' if r <= 0.8 else 'no'} |")
+if ("e", "blobway") in summary:
+    r = ratio("e", 0); out.append(f"| (e) wall ≤ 1.0 × rclone | {r:.2f} × | {'yes' if r <= 1.0 else 'no'} |")
+if ("f", "blobway") in summary:
+    r = ratio("f", 0); out.append(f"| (f) wall ≤ 0.8 × rclone | {r:.2f} × | {'yes' if r <= 0.8 else 'no'} |")
+    if ("f", "azcopy") in summary:
+        r = summary[("f", "blobway")][0] / summary[("f", "azcopy")][0]
+        out.append(f"| (f) wall ≤ 1.0 × AzCopy | {r:.2f} × | {'yes' if r <= 1.0 else 'no'} |")
 if ("c", "blobway") in summary:
     rss = summary[("c", "blobway")][2]; out.append(f"| (c) peak RSS ≤ 320 MiB, byte-identical | {rss:.0f} MiB, verified | {'yes' if rss <= 320 else 'no'} |")
 print("\n".join(out))
 PY
 )"
+scale=""
+if [[ " $scenarios " == *" d "* ]]; then
+  log "scenario d: the engine alone on 1,000,000 synthetic objects"
+  scale="$(BENCH_OBJECTS=1000000 cargo bench --quiet --bench scale 2>/dev/null | grep '^|')"
+fi
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $machine, $pairs pairs"
 echo
 echo "$table"
+[ -n "$scale" ] && { echo; echo "(d) the engine alone (cargo bench --bench scale):"; echo; echo "$scale"; }
 if [ -n "${BENCH_RESULTS:-}" ]; then
   {
     echo "# Benchmark results"
@@ -164,6 +255,12 @@ if [ -n "${BENCH_RESULTS:-}" ]; then
     echo "\`${rclone_best[*]}\`. Every copy verified by MD5 at the destination."
     echo
     echo "$table"
+    if [ -n "$scale" ]; then
+      echo
+      echo "## (d) The engine alone on 1,000,000 synthetic objects (\`cargo bench --bench scale\`)"
+      echo
+      echo "$scale"
+    fi
   } > "$BENCH_RESULTS"
   log "wrote $BENCH_RESULTS"
 fi
