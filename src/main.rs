@@ -291,6 +291,24 @@ struct AccessFlags {
     dest_endpoint: Option<String>,
 }
 
+impl AccessFlags {
+    /// The source side's profile and endpoint.
+    fn source(&self) -> Access {
+        Access {
+            profile: self.source_profile.clone(),
+            endpoint: self.source_endpoint.clone(),
+        }
+    }
+
+    /// The destination side's profile and endpoint.
+    fn destination(&self) -> Access {
+        Access {
+            profile: self.dest_profile.clone(),
+            endpoint: self.dest_endpoint.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct Tuning {
     /// Fix the number of chunks (and small objects, and commits) in flight. Without it an
@@ -625,14 +643,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 chunk_size,
                 include,
                 exclude,
-                source_access: Access {
-                    profile: access.source_profile,
-                    endpoint: access.source_endpoint,
-                },
-                dest_access: Access {
-                    profile: access.dest_profile,
-                    endpoint: access.dest_endpoint,
-                },
+                source_access: access.source(),
+                dest_access: access.destination(),
                 invalid_metadata,
                 if_exists,
                 checksum: tuning.checksum,
@@ -706,14 +718,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let request = blobway::engine::check::CheckRequest {
                 source: src,
                 destination: dst,
-                source_access: Access {
-                    profile: access.source_profile,
-                    endpoint: access.source_endpoint,
-                },
-                dest_access: Access {
-                    profile: access.dest_profile,
-                    endpoint: access.dest_endpoint,
-                },
+                source_access: access.source(),
+                dest_access: access.destination(),
                 include,
                 exclude,
                 download,
