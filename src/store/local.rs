@@ -187,9 +187,13 @@ impl LocalStore {
                     _ => {}
                 }
             }
-            // The rename is durable before the object is recorded done.
+            // The rename is durable before the object is recorded done (a file system that
+            // cannot sync a folder, EINVAL, has nothing more to offer).
             if let Some(parent) = target.parent() {
-                fs::File::open(parent)?.sync_all()?;
+                match fs::File::open(parent).and_then(|dir| dir.sync_all()) {
+                    Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e),
+                    _ => {}
+                }
             }
             Ok(())
         })();
