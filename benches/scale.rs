@@ -80,15 +80,7 @@ struct Null {
 #[async_trait]
 impl ObjectSink for Null {
     fn limits(&self) -> SinkLimits {
-        SinkLimits {
-            max_block: 4000 << 20,
-            max_blocks: 50_000,
-            min_block: 0,
-            granularity: 1,
-            max_single_put: 5000 << 20,
-            sequential: false,
-            max_object_size: u64::MAX,
-        }
+        blobway::store::azure::LIMITS
     }
 
     async fn prepare(&self) -> StoreResult<()> {

@@ -199,14 +199,20 @@ impl Location {
     /// object copied to a prefix keeps its base name; a single object copied to a key takes
     /// that key.
     pub fn destination_key(&self, source: &Location, source_key: &str) -> String {
-        if source.is_prefix() {
-            let rest = source_key.strip_prefix(&source.key).unwrap_or(source_key);
-            format!("{}{}", self.key, rest)
-        } else if self.is_prefix() {
-            let base = source_key.rsplit('/').next().unwrap_or(source_key);
-            format!("{}{}", self.key, base)
+        if source.is_prefix() || self.is_prefix() {
+            format!("{}{}", self.key, source.path_of(source_key))
         } else {
             self.key.clone()
+        }
+    }
+
+    /// The path of `key`, listed under this location: its remainder under a prefix, or its
+    /// base name when the location names the object itself.
+    pub fn path_of<'k>(&self, key: &'k str) -> &'k str {
+        if self.is_prefix() {
+            key.strip_prefix(&self.key).unwrap_or(key)
+        } else {
+            key.rsplit('/').next().unwrap_or(key)
         }
     }
 }

@@ -82,6 +82,20 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Hands the daemon a copy of `source` to `destination` (both locations as text); it is
+    /// accepted (202) and its job ID returned.
+    async fn copy(&self, source: String, destination: String) -> u64 {
+        let created = self
+            .post(
+                "/v1/jobs",
+                serde_json::json!({ "source": source, "destinations": [destination] }),
+            )
+            .await;
+        assert_eq!(created.status(), 202);
+        let accepted: Vec<serde_json::Value> = created.json().await.unwrap();
+        accepted[0]["job"].as_u64().unwrap()
+    }
+
     /// Waits until job `id` is in `state`.
     async fn wait_for(&self, id: u64, state: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -501,16 +515,12 @@ async fn a_client_that_reads_nothing_never_holds_up_the_copy_and_is_resynced() {
         .write_all(b"GET /v1/events?snapshots=true HTTP/1.1\r\nHost: blobway\r\n\r\n")
         .await
         .unwrap();
-    let created = daemon
-        .post(
-            "/v1/jobs",
-            serde_json::json!({
-                "source": format!("{}/", source.display()),
-                "destinations": [format!("{}/", work.path().join("dst").display())],
-            }),
+    daemon
+        .copy(
+            format!("{}/", source.display()),
+            format!("{}/", work.path().join("dst").display()),
         )
         .await;
-    assert_eq!(created.status(), 202);
     // The copy runs to the end while the watcher reads nothing.
     let done = daemon.wait_for(1, "DONE").await;
     assert_eq!(done["progress"]["files_done"], 6000, "{done}");
@@ -588,16 +598,12 @@ async fn sigterm_mid_copy_stops_promptly_and_the_copy_resumes_to_identical_bytes
         &["--concurrency", "2"],
         &[("AWS_ENDPOINT_URL", proxy.url.as_str())],
     );
-    let created = daemon
-        .post(
-            "/v1/jobs",
-            serde_json::json!({
-                "source": format!("s3://{bucket}/slow/"),
-                "destinations": [format!("{}/", destination.path().display())],
-            }),
+    daemon
+        .copy(
+            format!("s3://{bucket}/slow/"),
+            format!("{}/", destination.path().display()),
         )
         .await;
-    assert_eq!(created.status(), 202);
     daemon.wait_for(1, "RUNNING").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let job = daemon.job(1).await;
@@ -834,16 +840,12 @@ async fn several_terminals_attach_to_one_daemon_and_see_each_others_commands() {
     let state = state_dir.path().join("s.redb");
     let env = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
     let daemon = Daemon::start(&state, &["--concurrency", "1"], &env);
-    let created = daemon
-        .post(
-            "/v1/jobs",
-            serde_json::json!({
-                "source": format!("s3://{bucket}/slow/"),
-                "destinations": [format!("{}/", destination.path().display())],
-            }),
+    daemon
+        .copy(
+            format!("s3://{bucket}/slow/"),
+            format!("{}/", destination.path().display()),
         )
         .await;
-    assert_eq!(created.status(), 202);
     daemon.wait_for(1, "RUNNING").await;
     let running = |s: &str| s.contains("RUNNING") && s.contains("s3://");
     let wait = Duration::from_secs(20);

@@ -266,14 +266,10 @@ async fn create_jobs(
     let mut asked = Vec::new();
     for (source, destination) in routes {
         match under_way(&s, &source, &destination) {
-            Some(job) => {
+            Some(record) => {
+                let job = record.id;
                 // Copying a paused route again means: go on (as it did without a daemon).
-                let paused =
-                    s.db.job(job)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|r| r.state == JobState::Paused);
-                if paused {
+                if record.state == JobState::Paused {
                     audit(channel, &format!("resume job {job} (copied again)"));
                     for command in resume(job) {
                         if s.engine.send(command).await.is_err() {
@@ -324,18 +320,17 @@ impl Drop for Listening {
     }
 }
 
-/// The job a route runs as, if it is under way (recorded unfinished, or loaded and not
-/// finished — a failed job the daemon is loading again counts).
-fn under_way(s: &Shared, source: &str, destination: &str) -> Option<JobId> {
+/// The recorded job a route runs as, if it is under way (recorded unfinished, or loaded and
+/// not finished — a failed job the daemon is loading again counts).
+fn under_way(s: &Shared, source: &str, destination: &str) -> Option<crate::state::JobRecord> {
     let job = s.db.job_for_route(source, destination).ok()??;
     let loaded = s
         .snapshots
         .borrow()
         .jobs
         .iter()
-        .any(|j| j.id == job.id && !j.state.is_finished() && j.state != JobState::Failed);
-    let recorded = !job.state.is_finished() && job.state != JobState::Failed;
-    (loaded || recorded).then_some(job.id)
+        .any(|j| j.id == job.id && !j.state.is_finished());
+    (loaded || !job.state.is_finished()).then_some(job)
 }
 
 /// Waits for the engine to accept (or refuse) each route. A route it refuses because its job
@@ -380,8 +375,8 @@ async fn accept(
                 error,
             } if routes.contains(&(source.clone(), destination.clone())) => {
                 match under_way(s, &source, &destination) {
-                    Some(job) => accepted.push(Accepted {
-                        job,
+                    Some(record) => accepted.push(Accepted {
+                        job: record.id,
                         source,
                         destination,
                     }),

@@ -52,11 +52,7 @@ impl Filter {
 
     /// True when the object `key`, listed under `source`, is taken.
     pub fn admits(&self, source: &Location, key: &str) -> bool {
-        let path = if source.is_prefix() {
-            key.strip_prefix(&source.key).unwrap_or(key)
-        } else {
-            key.rsplit('/').next().unwrap_or(key)
-        };
+        let path = source.path_of(key);
         let name = path.rsplit('/').next().unwrap_or(path);
         let matches =
             |names: &GlobSet, paths: &GlobSet| names.is_match(name) || paths.is_match(path);

@@ -277,6 +277,18 @@ impl Policy for BlobwayPolicy {
     }
 }
 
+/// Azure block blob limits: blocks up to 4000 MiB, 50,000 of them per blob, and one Put Blob
+/// up to 5000 MiB.
+pub const LIMITS: SinkLimits = SinkLimits {
+    max_block: 4000 << 20,
+    max_blocks: 50_000,
+    min_block: 0,
+    granularity: 1,
+    max_single_put: 5000 << 20,
+    sequential: false,
+    max_object_size: u64::MAX,
+};
+
 /// One Azure container, used as destination (and as source for reads and listings).
 #[derive(Clone)]
 pub struct AzureStore {
@@ -553,15 +565,7 @@ impl ObjectSink for AzureStore {
     }
 
     fn limits(&self) -> SinkLimits {
-        SinkLimits {
-            max_block: 4000 << 20,
-            max_blocks: 50_000,
-            min_block: 0,
-            granularity: 1,
-            max_single_put: 5000 << 20,
-            sequential: false,
-            max_object_size: u64::MAX,
-        }
+        LIMITS
     }
 
     async fn prepare(&self) -> StoreResult<()> {

@@ -518,16 +518,9 @@ impl ObjectSink for LocalStore {
         }
     }
 
+    /// Azure's, so a local run plans its objects as the main route does.
     fn limits(&self) -> SinkLimits {
-        SinkLimits {
-            max_block: 4000 << 20,
-            max_blocks: 50_000,
-            min_block: 0,
-            granularity: 1,
-            max_single_put: 5000 << 20,
-            sequential: false,
-            max_object_size: u64::MAX,
-        }
+        super::azure::LIMITS
     }
 
     async fn prepare(&self) -> StoreResult<()> {

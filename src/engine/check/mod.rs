@@ -197,7 +197,7 @@ pub async fn check(
         if !filter.admits(src, &object.key) {
             continue;
         }
-        let path = relative(src, &object.key);
+        let path = src.path_of(&object.key).to_string();
         match naming.destination_name(&dst.destination_key(src, &object.key), object.size) {
             DestName::Object(name) => {
                 if let Some(first) = by_name.get(&name) {
@@ -283,14 +283,6 @@ async fn open_destination_reader(
         })
 }
 
-fn relative(location: &Location, key: &str) -> String {
-    if location.is_prefix() {
-        key.strip_prefix(&location.key).unwrap_or(key).to_string()
-    } else {
-        key.rsplit('/').next().unwrap_or(key).to_string()
-    }
-}
-
 fn error(path: String, detail: String) -> Verdict {
     Verdict {
         path,
@@ -311,7 +303,7 @@ async fn decide(
 ) -> Verdict {
     let (path, listed) = match &pair {
         Pair::SourceOnly(s) => (s.path.clone(), judge(Some(&s.object), None)),
-        Pair::DestOnly(d) => (relative(dst, &name), judge(None, Some(d))),
+        Pair::DestOnly(d) => (dst.path_of(&name).to_string(), judge(None, Some(d))),
         Pair::Both(s, d) => (s.path.clone(), judge(Some(&s.object), Some(d))),
     };
     let verdict = |result, verified, detail: Option<String>| Verdict {
