@@ -152,7 +152,6 @@ impl Scheduler {
                 planned: false,
             });
         }
-        let recorded_now = existing.is_none();
         // Shown QUEUED while it is planned.
         self.planning.insert(
             route.clone(),
@@ -250,18 +249,17 @@ impl Scheduler {
                             }
                         }
                         // Options or access that cannot work (a wrong profile, a filter that
-                        // does not parse) are the caller's to fix: the route recorded when it
-                        // was queued is forgotten.
-                        _ if recorded_now => {
-                            let forget = [Write::RemoveUnplannedJob(new_job_id)];
+                        // does not parse) are the caller's to fix: the route's record, if it
+                        // was never planned (queued now, or before a crash), is forgotten.
+                        _ => {
+                            let forget = [Write::RemoveUnplannedJob(job)];
                             let db = db.clone();
                             let forgotten =
                                 tokio::task::spawn_blocking(move || db.apply(&forget)).await;
                             if !matches!(forgotten, Ok(Ok(()))) {
-                                tracing::warn!("cannot forget the refused job {new_job_id}");
+                                tracing::warn!("cannot forget the refused job {job}");
                             }
                         }
-                        _ => {}
                     }
                     Ready::Failed {
                         source,

@@ -30,7 +30,17 @@ impl Scheduler {
                 source,
                 destination,
                 options,
-            } => self.enqueue(source, destination, options),
+            } => {
+                // Two loaders (the daemon's start and a named resume) may both find it.
+                let route = route_key(&source, &destination);
+                let loaded = self
+                    .jobs
+                    .values()
+                    .any(|j| route_key(&j.record.source, &j.record.destination) == route);
+                if !loaded && !self.planning.contains_key(&route) {
+                    self.enqueue(source, destination, options);
+                }
+            }
             Ready::Cancelled { job, result } => match result {
                 Ok(true) => {
                     if let Some(view) = self.history.get_mut(&job) {
@@ -95,8 +105,15 @@ impl Scheduler {
         let mut record = snapshot.job;
         let id = record.id;
         self.next_job_id = self.next_job_id.max(id + 1);
+        if self.jobs.contains_key(&id) && summary.is_none() {
+            // Loaded twice (the daemon's start and a named resume racing): the loaded copy
+            // stays, and does what the second load was asked for.
+            if unpause {
+                self.set_paused(Some(id), false);
+            }
+            return;
+        }
         if self.jobs.contains_key(&id) {
-            // Loaded twice (e.g. queued again while loading): the running copy stays.
             self.emit(Event::PlanFailed {
                 source: record.source,
                 destination: record.destination,
