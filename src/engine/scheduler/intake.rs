@@ -71,12 +71,13 @@ impl Scheduler {
                 if let Ends::Plan(route) = ends {
                     self.planning.remove(&route);
                 }
-                self.emit(Event::PlanFailed {
+                // Through the writer, so it never overtakes the route's JobQueued.
+                let failed = Event::PlanFailed {
                     source,
                     destination,
                     error,
-                })
-                .await;
+                };
+                self.persist(Vec::new(), vec![After::Emit(failed)]);
             }
             Ready::Job {
                 snapshot,
