@@ -1100,3 +1100,39 @@ async fn a_chunk_whose_answers_were_lost_is_not_stranded_by_its_check() {
     assert_eq!(run_to_the_end(&s, sink.clone()).await, JobState::Done);
     same_files(&s.src, &s.dst, &["a.bin"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_many_objects_is_worked_through_a_bounded_window() {
+    let names: Vec<String> = (0..1500).map(|i| format!("f{i:05}.txt")).collect();
+    let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 3)).collect();
+    let s = setup(&files);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let (_, state) = finished(&mut engine).await;
+    assert_eq!(state, JobState::Done);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    same_files(&s.src, &s.dst, &refs);
+    // The windows never held more than the concurrency asks for (4 slots: the smallest
+    // window, 64 objects), not the job's 1,500.
+    // Once it is done, nothing is held.
+    let peak = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (peak, now) = {
+                let snapshot = engine.snapshots.borrow_and_update();
+                (snapshot.objects_held_peak, snapshot.objects_held)
+            };
+            if peak > 0 && now == 0 {
+                return peak;
+            }
+            engine.snapshots.changed().await.expect("snapshots");
+        }
+    })
+    .await
+    .expect("a snapshot after the job, holding nothing");
+    assert!((1..=64).contains(&peak), "held at most {peak} objects");
+    stop(engine).await;
+}

@@ -19,6 +19,7 @@ pub struct Metrics {
     bytes: IntGaugeVec,
     in_flight: IntGauge,
     bytes_in_flight: IntGauge,
+    objects_held: IntGauge,
     memory_budget: IntGauge,
     limit: IntGauge,
     adaptive: IntGauge,
@@ -125,6 +126,10 @@ impl Metrics {
                 "blobway_memory_in_flight_bytes",
                 "Chunk buffer bytes in flight.",
             ),
+            objects_held: gauge(
+                "blobway_objects_held",
+                "Objects held in memory by the running jobs' windows.",
+            ),
             memory_budget: gauge("blobway_memory_budget_bytes", "The memory budget."),
             limit: gauge("blobway_concurrency_limit", "The concurrency limit."),
             adaptive: gauge(
@@ -210,6 +215,7 @@ impl Metrics {
             .set(p.bytes_total.saturating_sub(p.bytes_done) as i64);
         self.in_flight.set(i64::from(snapshot.in_flight));
         self.bytes_in_flight.set(snapshot.bytes_in_flight as i64);
+        self.objects_held.set(snapshot.objects_held as i64);
         self.memory_budget.set(snapshot.memory_budget as i64);
         self.limit.set(i64::from(snapshot.limit));
         self.adaptive.set(i64::from(snapshot.adaptive));

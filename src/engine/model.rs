@@ -1,90 +1,173 @@
-//! The scheduler's in-memory model of a loaded job: its objects (each an
-//! [`ObjectRun`](super::object::ObjectRun)), the queue of objects with work, and the count of
-//! work in flight. Owned by the scheduler task alone; mirrored to the state database through
-//! the writer.
+//! The scheduler's in-memory model of a loaded job: a bounded window of its objects under way
+//! (each an [`ObjectRun`](super::object::ObjectRun)), refilled from the state database by a
+//! cursor over its index of objects under way, the queue of objects with work, and the count
+//! of work in flight. Owned by the scheduler task alone; mirrored to the state database
+//! through the writer.
+//!
+//! The window's one invariant: an object outside it has no write waiting for the state
+//! database. Objects enter it from the database and leave it only once their last write is
+//! durable, so a read of the database is never older than the scheduler's own view of an
+//! object it does not hold.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::object::ObjectRun;
 use super::snapshot::JobView;
-use crate::state::{JobProgress, JobRecord, JobSnapshot, progress_of};
+use crate::state::{JobProgress, JobRecord};
 use crate::store::{ObjectSink, ObjectSource};
+
+/// Objects a window holds for each unit of concurrency (so the queue never runs dry while a
+/// refill is read), and its bounds.
+const OBJECTS_PER_SLOT: usize = 4;
+const MIN_OBJECTS: usize = 64;
+const MAX_OBJECTS: usize = 4096;
+
+/// Chunk records a window holds at most before it stops reading more objects (one object is
+/// always read, however many chunks it has).
+pub(super) const MAX_CHUNKS: usize = 16_384;
 
 /// A loaded job.
 pub(super) struct JobRun {
     pub(super) record: JobRecord,
     pub(super) source: Arc<dyn ObjectSource>,
     pub(super) sink: Arc<dyn ObjectSink>,
-    pub(super) files: Vec<ObjectRun>,
+    /// The window: the objects under way held in memory, by index.
+    pub(super) files: BTreeMap<u32, ObjectRun>,
+    /// Chunk records held by the window.
+    pub(super) chunks_held: usize,
     /// Objects with work, in the order they get it; `queued` says who is in it.
-    pub(super) queue: VecDeque<usize>,
-    pub(super) queued: Vec<bool>,
+    pub(super) queue: VecDeque<u32>,
+    pub(super) queued: HashSet<u32>,
     pub(super) in_flight: u32,
+    /// The next read of objects under way starts after this index.
+    pub(super) cursor: Option<u32>,
+    /// No object under way was left beyond the cursor at the last read.
+    pub(super) exhausted: bool,
+    /// Reopens of failed objects on their way to the state file: the cursor starts over once
+    /// each is durable.
+    pub(super) rewinding: u32,
+    /// The job's counters as last read from the state file.
+    pub(super) progress: JobProgress,
 }
 
 impl JobRun {
+    pub(super) fn new(
+        record: JobRecord,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+        progress: JobProgress,
+    ) -> Self {
+        Self {
+            record,
+            source,
+            sink,
+            files: BTreeMap::new(),
+            chunks_held: 0,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            in_flight: 0,
+            cursor: None,
+            exhausted: false,
+            rewinding: 0,
+            progress,
+        }
+    }
+
+    /// How many objects to read into the window now (zero when it holds enough, or nothing
+    /// more is under way), for a concurrency `limit`.
+    pub(super) fn wants(&self, limit: u32) -> usize {
+        if self.exhausted || self.chunks_held >= MAX_CHUNKS / 2 {
+            return 0;
+        }
+        let target = (limit as usize * OBJECTS_PER_SLOT).clamp(MIN_OBJECTS, MAX_OBJECTS);
+        if self.files.len() >= target / 2 {
+            return 0;
+        }
+        target - self.files.len()
+    }
+
+    /// Takes an object read from the state file into the window (one already held is left).
+    pub(super) fn hold(&mut self, object: ObjectRun) -> bool {
+        if self.files.contains_key(&object.index) {
+            return false;
+        }
+        self.chunks_held += object.chunks.len();
+        self.files.insert(object.index, object);
+        true
+    }
+
+    /// Lets an ended object go from the window: its last write in life `generation` is
+    /// durable (an object reopened since lives on).
+    pub(super) fn release(&mut self, file: u32, generation: u64) {
+        let ended = self
+            .files
+            .get(&file)
+            .is_some_and(|o| !o.active() && o.in_flight == 0 && o.generation == generation);
+        if ended && let Some(object) = self.files.remove(&file) {
+            self.chunks_held = self.chunks_held.saturating_sub(object.chunks.len());
+            if self.queued.remove(&file) {
+                self.queue.retain(|f| *f != file);
+            }
+        }
+    }
+
+    /// Starts the cursor over (failed objects were reopened behind it).
+    pub(super) fn rewind(&mut self) {
+        self.rewinding = self.rewinding.saturating_sub(1);
+        self.cursor = None;
+        self.exhausted = false;
+    }
+
+    /// True when nothing of the job is left: the window is empty and no object under way is
+    /// left in the state file.
+    pub(super) fn drained(&self) -> bool {
+        self.files.is_empty() && self.exhausted && self.rewinding == 0
+    }
+
     /// Queues an object that has work, behind the others.
-    pub(super) fn enqueue(&mut self, pos: usize) {
-        if !self.queued[pos] && self.files[pos].next_work().is_some() {
-            self.queued[pos] = true;
-            self.queue.push_back(pos);
+    pub(super) fn enqueue(&mut self, file: u32) {
+        let has_work = self
+            .files
+            .get(&file)
+            .is_some_and(|o| o.next_work().is_some());
+        if has_work && self.queued.insert(file) {
+            self.queue.push_back(file);
         }
     }
 
     /// Queues an object ahead of the others: its commit, a retry or a re-send finishes an
     /// object that is already under way.
-    pub(super) fn enqueue_first(&mut self, pos: usize) {
-        if self.files[pos].next_work().is_none() {
+    pub(super) fn enqueue_first(&mut self, file: u32) {
+        let has_work = self.files.get(&file).is_some_and(|o| o.next_work().is_some());
+        if !has_work {
             return;
         }
-        if self.queued[pos] {
-            self.queue.retain(|p| *p != pos);
+        if !self.queued.insert(file) {
+            self.queue.retain(|f| *f != file);
         }
-        self.queued[pos] = true;
-        self.queue.push_front(pos);
+        self.queue.push_front(file);
     }
 
     /// Queues every object that has work and is not queued yet.
     pub(super) fn enqueue_all(&mut self) {
-        for pos in 0..self.files.len() {
-            self.enqueue(pos);
+        let files: Vec<u32> = self.files.keys().copied().collect();
+        for file in files {
+            self.enqueue(file);
         }
     }
 
     /// Takes the object at the head of the queue off it.
     pub(super) fn dequeue_front(&mut self) {
-        if let Some(pos) = self.queue.pop_front() {
-            self.queued[pos] = false;
+        if let Some(file) = self.queue.pop_front() {
+            self.queued.remove(&file);
         }
     }
 
     /// Takes every object off the queue (the job stopped).
     pub(super) fn clear_queue(&mut self) {
         self.queue.clear();
-        self.queued.fill(false);
-    }
-
-    pub(super) fn progress(&self) -> JobProgress {
-        progress_of(self.files.iter().map(|f| (&f.record, f.chunks.as_slice())))
-    }
-
-    pub(super) fn all_finished(&self) -> bool {
-        self.files.iter().all(|f| f.record.state.is_finished())
-    }
-}
-
-impl JobRun {
-    /// The job's records, for a view that keeps looking at it after it is unloaded.
-    pub(super) fn into_snapshot(self) -> JobSnapshot {
-        JobSnapshot {
-            job: self.record,
-            files: self
-                .files
-                .into_iter()
-                .map(|f| (f.index, f.record, f.chunks))
-                .collect(),
-        }
+        self.queued.clear();
     }
 
     /// The job as a view shows it.
@@ -94,7 +177,7 @@ impl JobRun {
             source: self.record.source.clone(),
             destination: self.record.destination.clone(),
             state: self.record.state,
-            progress: self.progress(),
+            progress: self.progress,
             rate: 0.0,
             eta_secs: None,
             error: self.record.error.clone(),

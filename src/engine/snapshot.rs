@@ -11,6 +11,10 @@ use super::metrics::Series;
 use super::plan;
 use crate::state::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobState};
 
+/// The objects of a job a view lists: the first ones by index, with those under way drawn
+/// over them. (Paging through a job of millions is the views' next step.)
+pub const LISTED_OBJECTS: usize = 5_000;
+
 /// Who looks: every view has its own selection and gets its own details.
 pub type ViewerId = u64;
 
@@ -41,6 +45,12 @@ pub struct Snapshot {
     pub bytes_in_flight: u64,
     /// The memory budget.
     pub memory_budget: u64,
+    /// Objects held in memory (the loaded jobs' windows), now and at most since the start:
+    /// bounded by the concurrency, not by the size of the jobs.
+    #[serde(default)]
+    pub objects_held: u64,
+    #[serde(default)]
+    pub objects_held_peak: u64,
     /// Bytes per second over the last seconds.
     pub rate: f64,
     /// Every job known, oldest first.

@@ -8,6 +8,7 @@
 //! and redacted error texts only.
 
 pub mod counts;
+pub mod index;
 pub mod names;
 pub mod records;
 pub mod report;
@@ -23,8 +24,9 @@ use serde::de::DeserializeOwned;
 
 pub use records::*;
 
-/// The schema this blobway writes. Version 1 (no job counters) is upgraded on open.
-const SCHEMA_VERSION: &str = "2";
+/// The schema this blobway writes. Version 1 (no job counters) and version 2 (no index of
+/// objects by state) are upgraded on open.
+const SCHEMA_VERSION: &str = "3";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
@@ -91,6 +93,15 @@ pub enum Write {
     RemoveUnplannedJob(JobId),
     /// Record an engine-wide setting the operator chose (name, JSON value).
     Setting(&'static str, String),
+    /// Give the failed objects of a job that `rule` admits another chance (see
+    /// [`index::reopen`]), except those in `keep` (the scheduler holds them and decides
+    /// itself). Read and written in the batch's own transaction, so it sees every write
+    /// queued before it.
+    ReopenFailed {
+        job: JobId,
+        keep: Vec<u32>,
+        rule: index::Reopen,
+    },
 }
 
 /// Counts that summarise a job.
@@ -117,6 +128,17 @@ pub struct JobSnapshot {
     pub job: JobRecord,
     /// Its files in index order, each with its chunks.
     pub files: Vec<(u32, FileRecord, Vec<ChunkRecord>)>,
+}
+
+/// The next objects under way of a job, read for the scheduler's window.
+#[derive(Debug, Default)]
+pub struct UnderWay {
+    /// Each object's index, record and chunks, ascending.
+    pub objects: Vec<(u32, FileRecord, Vec<ChunkRecord>)>,
+    /// The last index looked at (held or returned): where the next read starts after.
+    pub last: Option<u32>,
+    /// True when no object under way was left after `last` at the time of the read.
+    pub exhausted: bool,
 }
 
 /// Handle to the state database; cheap to clone.
@@ -242,7 +264,7 @@ impl StateDb {
 
     fn init_schema(&self) -> Result<(), StateError> {
         let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
-        let mut upgrade = false;
+        let mut upgrade = None;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
             let found = meta
@@ -255,7 +277,7 @@ impl StateDb {
                         .map_err(|e| self.err("written", e))?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) if v == "1" => upgrade = true,
+                Some(v) if v == "1" || v == "2" => upgrade = Some(v),
                 Some(found) => {
                     return Err(StateError::Schema {
                         path: self.path.clone(),
@@ -265,6 +287,8 @@ impl StateDb {
             }
             txn.open_table(counts::COUNTS)
                 .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::STATES)
+                .map_err(|e| self.err("written", e))?;
             txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
             txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
             txn.open_table(FILES).map_err(|e| self.err("written", e))?;
@@ -273,16 +297,17 @@ impl StateDb {
                 .map_err(|e| self.err("written", e))?;
         }
         txn.commit().map_err(|e| self.err("written", e))?;
-        if upgrade {
-            self.count_every_job()?;
+        if let Some(from) = upgrade {
+            self.upgrade(from == "1")?;
         }
         Ok(())
     }
 
-    /// Upgrades a version 1 file: every job's counters, counted once from its records (read
-    /// as they are, one object at a time), and the schema version, in one transaction.
-    fn count_every_job(&self) -> Result<(), StateError> {
-        tracing::info!(path = %self.path.display(), "upgrading the state file: counting each job once");
+    /// Upgrades an older file: every object entered in the index by state and, from version
+    /// 1, every job's counters counted once from its records (read as they are, one object at
+    /// a time), and the schema version, in one transaction.
+    fn upgrade(&self, count: bool) -> Result<(), StateError> {
+        tracing::info!(path = %self.path.display(), "upgrading the state file: indexing each job's objects once");
         let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
         {
             let ids: Vec<JobId> = self.jobs()?.into_iter().map(|j| j.id).collect();
@@ -290,6 +315,9 @@ impl StateDb {
             let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
             let mut counts = txn
                 .open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            let mut states = txn
+                .open_table(index::STATES)
                 .map_err(|e| self.err("written", e))?;
             for id in ids {
                 let mut total = counts::Delta::default();
@@ -299,12 +327,20 @@ impl StateDb {
                 {
                     let (key, value) = entry.map_err(|e| self.err("read", e))?;
                     let file: FileRecord = self.decode(value.value())?;
-                    total.add(&self.share_in(&chunks, id, key.value().1, &file)?, 1);
+                    let index = key.value().1;
+                    states
+                        .insert((id, index::code(file.state), index), ())
+                        .map_err(|e| self.err("written", e))?;
+                    if count {
+                        total.add(&self.share_in(&chunks, id, index, &file)?, 1);
+                    }
                 }
-                let progress = total.applied_to(JobProgress::default());
-                counts
-                    .insert(id, encode(&progress).as_slice())
-                    .map_err(|e| self.err("written", e))?;
+                if count {
+                    let progress = total.applied_to(JobProgress::default());
+                    counts
+                        .insert(id, encode(&progress).as_slice())
+                        .map_err(|e| self.err("written", e))?;
+                }
             }
             let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
             meta.insert("schema", SCHEMA_VERSION)
@@ -334,12 +370,60 @@ impl StateDb {
             let mut counts = txn
                 .open_table(counts::COUNTS)
                 .map_err(|e| self.err("written", e))?;
+            let mut states = txn
+                .open_table(index::STATES)
+                .map_err(|e| self.err("written", e))?;
             let mut deltas: BTreeMap<JobId, counts::Delta> = BTreeMap::new();
             // Object records this batch has read or written, for its chunk writes.
             let mut owners: std::collections::HashMap<(JobId, u32), Option<FileRecord>> =
                 std::collections::HashMap::new();
-            for write in writes {
+            // Writes a reopen expands into, applied before the batch goes on (last first).
+            let mut expanded: Vec<Write> = Vec::new();
+            let mut given = writes.iter();
+            loop {
+                let owned;
+                let write = match expanded.pop() {
+                    Some(write) => {
+                        owned = write;
+                        &owned
+                    }
+                    None => match given.next() {
+                        Some(write) => write,
+                        None => break,
+                    },
+                };
                 match write {
+                    Write::ReopenFailed { job, keep, rule } => {
+                        let failed =
+                            index::indexes_in(&states, *job, FileState::Failed, None, usize::MAX)
+                                .map_err(|e| self.err("read", e))?;
+                        let mut reopened = Vec::new();
+                        for file_index in failed.into_iter().filter(|i| !keep.contains(i)) {
+                            let Some(mut file) = self.file_in(&files, *job, file_index)? else {
+                                continue;
+                            };
+                            if !rule.admits(&file) {
+                                continue;
+                            }
+                            let mut records = Vec::new();
+                            for entry in chunks
+                                .range((*job, file_index, 0)..=(*job, file_index, u32::MAX))
+                                .map_err(|e| self.err("read", e))?
+                            {
+                                let (_, value) = entry.map_err(|e| self.err("read", e))?;
+                                records.push(self.decode::<ChunkRecord>(value.value())?);
+                            }
+                            index::reopen(&mut file, &mut records);
+                            reopened.push(Write::File(*job, file_index, file));
+                            reopened.extend(
+                                records
+                                    .into_iter()
+                                    .enumerate()
+                                    .map(|(i, c)| Write::Chunk(*job, file_index, i as u32, c)),
+                            );
+                        }
+                        expanded.extend(reopened.into_iter().rev());
+                    }
                     Write::Setting(name, value) => {
                         meta.insert(format!("setting.{name}").as_str(), value.as_str())
                             .map_err(|e| self.err("written", e))?;
@@ -370,6 +454,14 @@ impl StateDb {
                             }
                             delta.add(&self.share_in(&chunks, *job, *index, file)?, 1);
                         }
+                        if let Some(before) = &before {
+                            states
+                                .remove((*job, index::code(before.state), *index))
+                                .map_err(|e| self.err("written", e))?;
+                        }
+                        states
+                            .insert((*job, index::code(file.state), *index), ())
+                            .map_err(|e| self.err("written", e))?;
                         files
                             .insert((*job, *index), encode(file).as_slice())
                             .map_err(|e| self.err("written", e))?;
@@ -428,6 +520,9 @@ impl StateDb {
                         if let Some(before) = self.file_in(&files, *job, *index)? {
                             let share = self.share_in(&chunks, *job, *index, &before)?;
                             deltas.entry(*job).or_default().add(&share, -1);
+                            states
+                                .remove((*job, index::code(before.state), *index))
+                                .map_err(|e| self.err("written", e))?;
                         }
                         owners.insert((*job, *index), None);
                         files
@@ -557,6 +652,15 @@ impl StateDb {
 
     /// A job with all its files and chunks.
     pub fn load_job(&self, id: JobId) -> Result<Option<JobSnapshot>, StateError> {
+        self.load_job_page(id, usize::MAX)
+    }
+
+    /// A job with its first `limit` objects (by index) and their chunks.
+    pub fn load_job_page(
+        &self,
+        id: JobId,
+        limit: usize,
+    ) -> Result<Option<JobSnapshot>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
         let Some(job) = jobs.get(id).map_err(|e| self.err("read", e))? else {
@@ -570,6 +674,9 @@ impl StateDb {
             .range((id, 0)..=(id, u32::MAX))
             .map_err(|e| self.err("read", e))?
         {
+            if files.len() >= limit {
+                break;
+            }
             let (key, value) = entry.map_err(|e| self.err("read", e))?;
             let (_, index) = key.value();
             let file: FileRecord = self.decode(value.value())?;
@@ -594,6 +701,117 @@ impl StateDb {
             files.push((index, file, chunks));
         }
         Ok(Some(JobSnapshot { job, files }))
+    }
+
+    /// The next objects under way of job `id` after index `after`, with their chunks, for the
+    /// scheduler's window: at most `max_objects`, and no more once `max_chunks` chunk records
+    /// are read (always at least one object). Objects `held` answers true for (the caller
+    /// holds them already) are passed over. One short read transaction.
+    pub fn next_under_way(
+        &self,
+        id: JobId,
+        after: Option<u32>,
+        max_objects: usize,
+        max_chunks: usize,
+        held: impl Fn(u32) -> bool,
+    ) -> Result<UnderWay, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let states = txn
+            .open_table(index::STATES)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let limit = max_objects.max(1);
+        let indexes = index::indexes_over(&states, id, &index::UNDER_WAY, after, limit)
+            .map_err(|e| self.err("read", e))?;
+        let mut out = UnderWay {
+            objects: Vec::new(),
+            last: after,
+            exhausted: indexes.len() < limit,
+        };
+        let mut chunk_count = 0usize;
+        for file_index in indexes.iter().copied() {
+            if !out.objects.is_empty() && chunk_count >= max_chunks {
+                out.exhausted = false;
+                break;
+            }
+            out.last = Some(file_index);
+            if held(file_index) {
+                continue;
+            }
+            let Some(file) = self.file_in(&files, id, file_index)? else {
+                continue;
+            };
+            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
+            for chunk in chunks_table
+                .range((id, file_index, 0)..=(id, file_index, u32::MAX))
+                .map_err(|e| self.err("read", e))?
+            {
+                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
+                chunks.push(self.decode(value.value())?);
+            }
+            chunk_count += chunks.len();
+            out.objects.push((file_index, file, chunks));
+        }
+        Ok(out)
+    }
+
+    /// Job `id`'s objects in one of `states` after index `after`, ascending, at most `limit`
+    /// (their records only). One short read transaction; page with the last index returned.
+    pub fn objects_in(
+        &self,
+        id: JobId,
+        states: &[FileState],
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::STATES)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let indexes = index::indexes_over(&table, id, states, after, limit)
+            .map_err(|e| self.err("read", e))?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for file_index in indexes {
+            if let Some(file) = self.file_in(&files, id, file_index)? {
+                out.push((file_index, file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every upload session job `id` holds open at its destination, as (destination key,
+    /// session), read a page at a time.
+    pub fn open_uploads(&self, id: JobId) -> Result<Vec<(String, String)>, StateError> {
+        self.open_uploads_except(id, &std::collections::BTreeSet::new())
+    }
+
+    /// [`StateDb::open_uploads`], passing over the objects in `except`.
+    pub fn open_uploads_except(
+        &self,
+        id: JobId,
+        except: &std::collections::BTreeSet<u32>,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        const PAGE: usize = 4096;
+        let states = [
+            FileState::Transferring,
+            FileState::Committing,
+            FileState::Failed,
+        ];
+        let (mut uploads, mut after) = (Vec::new(), None);
+        loop {
+            let page = self.objects_in(id, &states, after, PAGE)?;
+            after = page.last().map(|(i, _)| *i);
+            uploads.extend(
+                page.iter()
+                    .filter(|(i, _)| !except.contains(i))
+                    .filter_map(|(_, f)| f.open_upload()),
+            );
+            if page.len() < PAGE {
+                return Ok(uploads);
+            }
+        }
     }
 
     /// One chunk.
@@ -828,6 +1046,10 @@ mod tests {
             job: u64,
             index: u32,
         },
+        Reopen {
+            job: u64,
+            keep: Option<u32>,
+        },
     }
 
     fn change() -> impl proptest::strategy::Strategy<Value = Change> {
@@ -852,6 +1074,8 @@ mod tests {
                 }
             }),
             (1..3u64, 0..3u32).prop_map(|(job, index)| Change::Remove { job, index }),
+            (1..3u64, proptest::option::of(0..3u32))
+                .prop_map(|(job, keep)| Change::Reopen { job, keep }),
         ]
     }
 
@@ -896,15 +1120,21 @@ mod tests {
                 Write::Chunk(job, index, chunk, record)
             }
             Change::Remove { job, index } => Write::RemoveFile(job, index),
+            Change::Reopen { job, keep } => Write::ReopenFailed {
+                job,
+                keep: keep.into_iter().collect(),
+                rule: index::Reopen::Retry,
+            },
         }
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// Whatever is written, in whatever order and batches, each job's recorded counters
-        /// are what counting its records afresh gives.
+        /// are what counting its records afresh gives, and its index by state holds each
+        /// object once, under the state its record has.
         #[test]
-        fn recorded_counters_always_equal_a_fresh_count(
+        fn recorded_counters_and_index_always_equal_a_fresh_count(
             batches in proptest::collection::vec(proptest::collection::vec(change(), 1..6), 1..25),
         ) {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -939,13 +1169,33 @@ mod tests {
                     }
                     let expected = expected.applied_to(JobProgress::default());
                     proptest::prop_assert_eq!(db.progress(id).expect("progress"), expected);
+                    let recorded: Vec<(u8, u32)> = files
+                        .range((id, 0)..=(id, u32::MAX))
+                        .expect("range")
+                        .map(|e| {
+                            let (k, v) = e.expect("entry");
+                            let record: FileRecord = db.decode(v.value()).expect("file");
+                            (index::code(record.state), k.value().1)
+                        })
+                        .collect();
+                    let states = txn.open_table(index::STATES).expect("states");
+                    let mut indexed: Vec<(u8, u32)> = states
+                        .range((id, 0, 0)..=(id, u8::MAX, u32::MAX))
+                        .expect("range")
+                        .map(|e| {
+                            let k = e.expect("entry").0.value();
+                            (k.1, k.2)
+                        })
+                        .collect();
+                    indexed.sort_by_key(|(_, i)| *i);
+                    proptest::prop_assert_eq!(indexed, recorded);
                 }
             }
         }
     }
 
     #[test]
-    fn a_version_1_file_is_upgraded_with_its_counters_and_a_newer_one_refused() {
+    fn a_version_1_file_is_upgraded_with_its_counters_and_index_and_a_newer_one_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         {
@@ -965,11 +1215,13 @@ mod tests {
                 Write::Chunk(1, 1, 2, ChunkRecord::pending()),
             ])
             .expect("apply");
-            // As blobway 1 left it: no counters.
+            // As blobway 1 left it: no counters, no index by state.
             let txn = db.db.begin_write().expect("write");
             {
                 let mut counts = txn.open_table(counts::COUNTS).expect("counts");
                 counts.remove(1).expect("remove");
+                let mut states = txn.open_table(index::STATES).expect("states");
+                states.retain(|_, _| false).expect("emptied");
                 let mut meta = txn.open_table(META).expect("meta");
                 meta.insert("schema", "1").expect("schema");
             }
@@ -981,17 +1233,75 @@ mod tests {
             (p.files_total, p.files_done, p.bytes_total, p.bytes_done),
             (2, 1, 34, 21)
         );
+        let under_way = db
+            .objects_in(1, &index::UNDER_WAY, None, 10)
+            .expect("under way");
+        assert_eq!(under_way.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        let next = db
+            .next_under_way(1, None, 10, 100, |_| false)
+            .expect("next");
+        assert_eq!(next.objects.len(), 1);
+        assert_eq!(next.objects[0].2.len(), 3, "with its chunks");
+        assert!(next.exhausted);
         {
             let txn = db.db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
-                .insert("schema", "3")
+                .insert("schema", "4")
                 .expect("schema");
             txn.commit().expect("commit");
         }
         drop(db);
         let err = StateDb::open(&path).err().expect("refused");
         assert!(err.to_string().contains("upgrade blobway"), "{err}");
+    }
+
+    #[test]
+    fn objects_under_way_are_read_a_window_at_a_time_after_the_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        let mut writes = vec![Write::Job(job(1))];
+        for i in 0..10u32 {
+            let mut record = file(2);
+            record.state = match i % 3 {
+                0 => FileState::Transferring,
+                1 => FileState::Committing,
+                _ => FileState::Done,
+            };
+            writes.push(Write::File(1, i, record));
+            writes.push(Write::Chunk(1, i, 0, ChunkRecord::pending()));
+            writes.push(Write::Chunk(1, i, 1, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let indexes = |w: &UnderWay| w.objects.iter().map(|o| o.0).collect::<Vec<_>>();
+        // Under way: 0, 1, 3, 4, 6, 7, 9 (every third is done).
+        let first = db.next_under_way(1, None, 3, 100, |_| false).expect("read");
+        assert_eq!(indexes(&first), [0, 1, 3]);
+        assert_eq!((first.last, first.exhausted), (Some(3), false));
+        // Held objects are passed over but the cursor moves past them.
+        let second = db
+            .next_under_way(1, first.last, 3, 100, |i| i == 4)
+            .expect("read");
+        assert_eq!(indexes(&second), [6, 7]);
+        assert_eq!((second.last, second.exhausted), (Some(7), false));
+        // The chunk budget stops a read early (one object at least).
+        let budgeted = db
+            .next_under_way(1, first.last, 5, 1, |_| false)
+            .expect("read");
+        assert_eq!(indexes(&budgeted), [4]);
+        assert_eq!((budgeted.last, budgeted.exhausted), (Some(4), false));
+        let last = db
+            .next_under_way(1, second.last, 5, 100, |_| false)
+            .expect("read");
+        assert_eq!(indexes(&last), [9]);
+        assert!(last.exhausted);
+        // Another job's objects are not this one's.
+        assert!(
+            db.next_under_way(2, None, 5, 100, |_| false)
+                .expect("read")
+                .objects
+                .is_empty()
+        );
     }
 
     #[test]

@@ -199,6 +199,8 @@ pub fn snapshot(chunks: u32) -> Snapshot {
         in_flight: 17,
         bytes_in_flight: 136 * MIB,
         memory_budget: 1024 * MIB,
+        objects_held: 40,
+        objects_held_peak: 64,
         rate: 118.0 * MIB as f64,
         jobs: vec![
             job(

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Event;
-use super::plan;
 use super::retry::RetryPolicy;
 use crate::state::{ChunkRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, Write};
 use crate::store::rules::IfExists;
@@ -397,7 +396,7 @@ impl ObjectRun {
     pub(crate) fn reopen(&mut self) -> Vec<Write> {
         let mut record = self.record.clone();
         let mut chunks = std::mem::take(&mut self.chunks);
-        plan::reopen(&mut record, &mut chunks);
+        crate::state::index::reopen(&mut record, &mut chunks);
         *self = ObjectRun::load(self.job, self.index, record, chunks, self.sequential);
         self.all_writes()
     }

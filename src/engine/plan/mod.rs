@@ -379,7 +379,7 @@ pub async fn plan_job(
             writes.push(Write::RemoveFile(job.id, index));
             (file, chunks) = new_file(object, file.dest_key.clone(), &req, limits);
         } else if file.state == FileState::Failed {
-            reopen(&mut file, &mut chunks);
+            crate::state::index::reopen(&mut file, &mut chunks);
         }
         // Someone else's object under the name: replaced, left, or the object fails.
         if at_destination.is_some()
@@ -555,17 +555,4 @@ fn new_file(
         begun_ms: None,
     };
     (file, vec![ChunkRecord::pending(); chunk_count as usize])
-}
-
-/// Gives a failed object another chance: failed and claimed chunks go back to pending (their
-/// attempt counts and histories stay), completed ones are kept.
-pub fn reopen(file: &mut FileRecord, chunks: &mut [ChunkRecord]) {
-    for chunk in chunks.iter_mut() {
-        if matches!(chunk.state, ChunkState::Failed | ChunkState::InProgress) {
-            chunk.state = ChunkState::Pending;
-        }
-    }
-    file.state = FileState::Transferring;
-    file.error = None;
-    file.commit_attempts = 0;
 }

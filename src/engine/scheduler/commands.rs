@@ -2,6 +2,7 @@
 //! — each a change of the scheduler's own state, recorded before it is announced.
 
 use super::*;
+use crate::state::index::Reopen;
 
 impl Scheduler {
     pub(super) fn on_command(&mut self, command: Command) {
@@ -60,18 +61,21 @@ impl Scheduler {
                     let record = job.record.clone();
                     let uploads: Vec<(String, String)> = job
                         .files
-                        .iter()
+                        .values()
                         .filter_map(|f| f.record.open_upload())
                         .collect();
+                    let held: BTreeSet<u32> = job.files.keys().copied().collect();
                     let mut after = vec![After::Emit(Event::JobStateChanged {
                         job: id,
                         state: JobState::Cancelled,
                     })];
                     // Given up once the cancellation is durable: a crash before it resumes
-                    // the job with its sessions intact.
+                    // the job with its sessions intact. The window's objects as held; the
+                    // others' sessions as the state file records them.
                     if !uploads.is_empty() {
                         after.push(After::Abort(job.sink.clone(), uploads));
                     }
+                    after.push(After::AbortRecorded(job.sink.clone(), id, held));
                     self.persist(vec![Write::Job(record)], after);
                     self.check_finished(id);
                 } else if !self.jobs.contains_key(&id) {
@@ -211,9 +215,10 @@ impl Scheduler {
                 };
                 let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
                     .await?;
-                let snapshot = load_snapshot(&db, plan.job.id).await?;
+                let (record, failed) = loaded_job(&db, plan.job.id, None).await?;
                 Ok::<_, plan::PlanError>(Ready::Job {
-                    snapshot,
+                    record,
+                    failed,
                     summary: Some(plan.summary),
                     source: source_store,
                     sink,
@@ -319,9 +324,13 @@ impl Scheduler {
                     let (src, dst) = parse_route(&job.source, &job.destination)?;
                     let source = stores.source(&src, &job.options.source_access).await?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
-                    let snapshot = load_snapshot(&db, job.id).await?;
+                    // Failed objects get another chance, except those whose source
+                    // changed (only a new `copy` can plan the new version).
+                    let reopen = Some(Reopen::OnLoad);
+                    let (record, failed) = loaded_job(&db, job.id, reopen).await?;
                     anyhow::Ok(Ready::Job {
-                        snapshot,
+                        record,
+                        failed,
                         summary: None,
                         source,
                         sink,
@@ -346,16 +355,17 @@ impl Scheduler {
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         self.background.spawn(async move {
             let result = async {
-                let snapshot = load_snapshot(&db, id).await?;
-                let mut job = snapshot.job;
+                let reader = db.clone();
+                let (mut job, uploads) = tokio::task::spawn_blocking(move || {
+                    let job = reader
+                        .job(id)?
+                        .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))?;
+                    anyhow::Ok((job, reader.open_uploads(id)?))
+                })
+                .await??;
                 if matches!(job.state, JobState::Done | JobState::Cancelled) {
                     return anyhow::Ok(false);
                 }
-                let uploads: Vec<(String, String)> = snapshot
-                    .files
-                    .iter()
-                    .filter_map(|(_, f, _)| f.open_upload())
-                    .collect();
                 if !uploads.is_empty() {
                     let (_, dst) = parse_route(&job.source, &job.destination)?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
@@ -411,18 +421,22 @@ impl Scheduler {
             return;
         };
         let mut writes = Vec::new();
-        for pos in 0..job.files.len() {
-            let object = &mut job.files[pos];
+        for object in job.files.values_mut() {
             // An object still finishing chunks of its failed round is left alone until they
             // are back; reopening it under them would send them twice.
-            if object.record.state != FileState::Failed
-                || object.record.chunk_count == 0
-                || object.in_flight > 0
-            {
+            if !Reopen::Retry.admits(&object.record) || object.in_flight > 0 {
                 continue;
             }
             writes.extend(object.reopen());
         }
+        // The failed objects the window does not hold are reopened in the state file; the
+        // cursor starts over once that is durable.
+        writes.push(Write::ReopenFailed {
+            job: id,
+            keep: job.files.keys().copied().collect(),
+            rule: Reopen::Retry,
+        });
+        job.rewinding += 1;
         // A job stopped by a fatal error emptied its queue: every object with work goes back.
         job.enqueue_all();
         if job.record.state == JobState::Failed {
@@ -430,7 +444,7 @@ impl Scheduler {
             job.record.error = None;
         }
         writes.push(Write::Job(job.record.clone()));
-        self.persist(writes, Vec::new());
+        self.persist(writes, vec![After::Rewind(id)]);
     }
 }
 

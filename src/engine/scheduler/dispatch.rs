@@ -7,16 +7,28 @@ impl Scheduler {
     pub(super) fn dispatch(&mut self) {
         let now = Instant::now();
         while let Some(timer) = self.timers.pop_due(now) {
-            self.wake(timer.job, timer.pos, timer.generation, timer.wake);
+            self.wake(timer.job, timer.file, timer.generation, timer.wake);
         }
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
+            if self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.record.state == JobState::Running)
+            {
+                self.refill(id);
+            }
             while let Some(job) = self.jobs.get_mut(&id) {
                 if job.record.state != JobState::Running {
                     break;
                 }
-                let Some(&pos) = job.queue.front() else { break };
-                let object = &job.files[pos];
+                let Some(&file) = job.queue.front() else {
+                    break;
+                };
+                let Some(object) = job.files.get(&file) else {
+                    job.dequeue_front();
+                    continue;
+                };
                 // An object with nothing to start leaves the queue; the answer or timer it
                 // waits for queues it again.
                 let Some(work) = object.next_work() else {
@@ -30,20 +42,94 @@ impl Scheduler {
                 if !self.gate.try_admit(reserved) {
                     return;
                 }
-                self.claim(id, pos, work, reserved);
+                self.claim(id, file, work, reserved);
             }
         }
     }
 
-    /// Claims `work` for an object: the claim is durable before the work starts.
-    fn claim(&mut self, id: JobId, pos: usize, work: Work, reserved: u64) {
+    /// Reads the next objects under way of a job into its window when it runs low, and
+    /// finishes the job when nothing is left. Objects whose chunks can never fit the memory
+    /// budget fail at once with the fix, instead of waiting forever.
+    pub(super) fn refill(&mut self, id: JobId) {
+        let limit = self.gate.limit();
         let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let wanted = job.wants(limit);
+        if wanted == 0 {
+            return;
+        }
+        let room = crate::engine::model::MAX_CHUNKS.saturating_sub(job.chunks_held);
+        let held = |file: u32| job.files.contains_key(&file);
+        let read = match self.db.next_under_way(id, job.cursor, wanted, room, held) {
+            Ok(read) => read,
+            Err(e) => {
+                // The state file cannot be read: the job stops with the reason (its
+                // records stand; `resume` goes on from them).
+                let mut writes = Vec::new();
+                stop(
+                    job,
+                    format!("cannot read the job's objects: {e}"),
+                    &mut writes,
+                );
+                self.persist(writes, Vec::new());
+                self.check_finished(id);
+                return;
+            }
+        };
+        job.cursor = read.last;
+        job.exhausted = read.exhausted;
+        let sequential = job.sink.limits().sequential;
+        let budget = self.gate.budget();
+        let mut writes = Vec::new();
+        let mut after = Vec::new();
+        for (index, record, chunks) in read.objects {
+            let mut object = ObjectRun::load(id, index, record, chunks, sequential);
+            let largest = object.record.chunk_size.min(object.record.size);
+            if object.active() && largest > budget {
+                let error = ErrorRecord {
+                    class: ErrorClass::Invalid,
+                    status: None,
+                    message: format!(
+                        "its chunks of {} do not fit in --max-memory {}; run again with \
+                         --max-memory {} or more",
+                        crate::size::human(largest),
+                        crate::size::human(budget),
+                        crate::size::human(largest)
+                    ),
+                    at_ms: now_ms(),
+                };
+                let mut step = Step::default();
+                object.fail(error, &mut step);
+                writes.extend(step.writes);
+                after.extend(step.events.into_iter().map(After::Emit));
+                after.push(After::Release(id, index, object.generation));
+            }
+            if job.hold(object) {
+                job.enqueue(index);
+            }
+        }
+        let drained = job.drained();
+        self.held_peak = self.held_peak.max(self.objects_held());
+        if !writes.is_empty() || !after.is_empty() {
+            self.persist(writes, after);
+        }
+        if drained {
+            self.check_finished(id);
+        }
+    }
+
+    /// Claims `work` for an object: the claim is durable before the work starts.
+    fn claim(&mut self, id: JobId, file: u32, work: Work, reserved: u64) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(object) = job.files.get_mut(&file) else {
             return;
         };
         job.in_flight += 1;
         let (source, sink) = (job.source.clone(), job.sink.clone());
         let options = &job.record.options;
-        let object = &mut job.files[pos];
         // An earlier begin whose session was never recorded (a crash came between) may have
         // left an upload at the store; this begin is recorded before it is sent.
         let unrecorded_since_ms = object
@@ -63,7 +149,7 @@ impl Scheduler {
         let start = match work {
             Work::Chunk(index) => After::StartChunk(Box::new(ChunkTask {
                 job: id,
-                pos,
+                file,
                 chunk: index,
                 reserved,
                 work: ChunkWork {
@@ -92,7 +178,7 @@ impl Scheduler {
                     .collect();
                 After::StartCommit(Box::new(CommitTask {
                     job: id,
-                    pos,
+                    file,
                     work: CommitWork {
                         target,
                         blocks: plan::planned_blocks(record),
@@ -104,7 +190,7 @@ impl Scheduler {
             }
             Work::Begin => After::StartBegin(Box::new(BeginTask {
                 job: id,
-                pos,
+                file,
                 work: BeginWork {
                     source,
                     target: Target {
@@ -131,6 +217,20 @@ impl Scheduler {
         });
     }
 
+    /// Gives up the upload sessions the state file records for a job's objects outside the
+    /// window, in the background.
+    fn abort_recorded(&mut self, sink: Arc<dyn ObjectSink>, id: JobId, held: BTreeSet<u32>) {
+        let db = self.db.clone();
+        self.background.spawn(async move {
+            let read = tokio::task::spawn_blocking(move || db.open_uploads_except(id, &held));
+            match read.await {
+                Ok(Ok(uploads)) => transfer::give_up_uploads(sink.as_ref(), uploads).await,
+                Ok(Err(e)) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
+                Err(e) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
+            }
+        });
+    }
+
     pub(super) async fn on_committed(
         &mut self,
         committed: Committed<Vec<After>>,
@@ -144,6 +244,21 @@ impl Scheduler {
                 After::StartCommit(task) => self.start_commit(*task),
                 After::StartBegin(task) => self.start_begin(*task),
                 After::Abort(sink, uploads) => self.abort_uploads(sink, uploads),
+                After::AbortRecorded(sink, id, held) => self.abort_recorded(sink, id, held),
+                After::Release(id, file, generation) => {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.release(file, generation);
+                        if job.drained() {
+                            self.check_finished(id);
+                        }
+                    }
+                }
+                After::Rewind(id) => {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.rewind();
+                    }
+                }
+                After::Finished(id, state, error) => self.announce_finished(id, state, error).await,
             }
         }
         Ok(())
@@ -156,7 +271,7 @@ impl Scheduler {
             let result = transfer::move_chunk(&task.work).await;
             Finished::Chunk {
                 job: task.job,
-                pos: task.pos,
+                file: task.file,
                 chunk: task.chunk,
                 reserved: task.reserved,
                 timing: Timing {
@@ -173,7 +288,7 @@ impl Scheduler {
             let result = transfer::begin_upload(&task.work).await;
             Finished::Begin {
                 job: task.job,
-                pos: task.pos,
+                file: task.file,
                 result,
             }
         });
@@ -184,7 +299,7 @@ impl Scheduler {
             let result = transfer::verify_and_commit(&task.work).await;
             Finished::Commit {
                 job: task.job,
-                pos: task.pos,
+                file: task.file,
                 result,
             }
         });

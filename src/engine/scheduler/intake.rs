@@ -80,30 +80,34 @@ impl Scheduler {
                 self.persist(Vec::new(), vec![After::Emit(failed)]);
             }
             Ready::Job {
-                snapshot,
+                record,
+                failed,
                 summary,
                 source,
                 sink,
                 unpause,
             } => {
                 if summary.is_some() {
-                    let route = route_key(&snapshot.job.source, &snapshot.job.destination);
+                    let route = route_key(&record.source, &record.destination);
                     self.planning.remove(&route);
                 }
-                self.install(snapshot, summary, source, sink, unpause).await;
+                self.install(record, failed, summary, source, sink, unpause)
+                    .await;
             }
         }
     }
 
+    /// Takes a planned or loaded job in: recorded RUNNING when it resumes, announced with the
+    /// objects that stay failed, and its window filled from the state file.
     pub(super) async fn install(
         &mut self,
-        snapshot: JobSnapshot,
+        mut record: JobRecord,
+        failed: Vec<(u32, FileRecord)>,
         summary: Option<PlanSummary>,
         source: Arc<dyn ObjectSource>,
         sink: Arc<dyn ObjectSink>,
         unpause: bool,
     ) {
-        let mut record = snapshot.job;
         let id = record.id;
         self.next_job_id = self.next_job_id.max(id + 1);
         if self.jobs.contains_key(&id) && summary.is_none() {
@@ -123,12 +127,6 @@ impl Scheduler {
             .await;
             return;
         }
-        let sequential = sink.limits().sequential;
-        let files: Vec<ObjectRun> = snapshot
-            .files
-            .into_iter()
-            .map(|(index, file, chunks)| ObjectRun::load(id, index, file, chunks, sequential))
-            .collect();
         let mut writes = Vec::new();
         let resumes = matches!(record.state, JobState::Failed | JobState::Queued)
             || (unpause && record.state == JobState::Paused);
@@ -137,62 +135,14 @@ impl Scheduler {
             record.error = None;
             writes.push(Write::Job(record.clone()));
         }
-        let mut job = JobRun {
-            record,
-            source,
-            sink,
-            queued: vec![false; files.len()],
-            files,
-            queue: VecDeque::new(),
-            in_flight: 0,
-        };
-        if summary.is_none() {
-            // Loading a failed job: failed objects get another chance, except those whose
-            // source changed (only a new `copy` can plan the new version).
-            for file in &mut job.files {
-                let changed = file
-                    .record
-                    .error
-                    .as_ref()
-                    .is_some_and(|e| e.class == ErrorClass::SourceChanged);
-                if file.record.state == FileState::Failed && file.record.chunk_count > 0 && !changed
-                {
-                    writes.extend(file.reopen());
-                }
-            }
-        }
+        let progress = self.db.progress(id).unwrap_or_default();
+        let job = JobRun::new(record, source, sink, progress);
         // Objects that cannot be copied as things stand are reported with the job, so every
         // summary names every failed object and why.
-        let mut announcements: Vec<After> = job
-            .files
+        let mut announcements: Vec<After> = failed
             .iter()
-            .filter(|f| f.record.state == FileState::Failed)
-            .map(|f| After::Emit(failed_event(id, &f.record, f.index)))
+            .map(|(index, file)| After::Emit(failed_event(id, file, *index)))
             .collect();
-        // A chunk that can never fit the memory budget would wait forever: say so instead.
-        let budget = self.gate.budget();
-        for object in &mut job.files {
-            let largest = object.record.chunk_size.min(object.record.size);
-            if object.active() && largest > budget {
-                let error = ErrorRecord {
-                    class: ErrorClass::Invalid,
-                    status: None,
-                    message: format!(
-                        "its chunks of {} do not fit in --max-memory {}; run again with \
-                         --max-memory {} or more",
-                        crate::size::human(largest),
-                        crate::size::human(budget),
-                        crate::size::human(largest)
-                    ),
-                    at_ms: now_ms(),
-                };
-                let mut step = Step::default();
-                object.fail(error, &mut step);
-                writes.extend(step.writes);
-                announcements.extend(step.events.into_iter().map(After::Emit));
-            }
-        }
-        job.enqueue_all();
         let event = match summary {
             Some(summary) => Event::JobPlanned {
                 job: id,
@@ -205,13 +155,14 @@ impl Scheduler {
                 source: job.record.source.clone(),
                 destination: job.record.destination.clone(),
                 state: job.record.state,
-                progress: job.progress(),
+                progress,
             },
         };
         self.jobs.insert(id, job);
         announcements.insert(0, After::Emit(event));
         self.persist(writes, announcements);
-        self.check_finished(id);
+        // Read at once whatever the job's state, so a job with nothing left finishes now.
+        self.refill(id);
     }
 }
 
@@ -243,9 +194,36 @@ pub(super) async fn record_unplanned(
     .await?
 }
 
-pub(super) async fn load_snapshot(db: &StateDb, id: JobId) -> anyhow::Result<JobSnapshot> {
+/// A recorded job made ready to install: its failed objects that `reopen` admits are given
+/// another chance in the state file, and those that stay failed are returned to announce.
+pub(super) async fn loaded_job(
+    db: &StateDb,
+    id: JobId,
+    reopen: Option<crate::state::index::Reopen>,
+) -> anyhow::Result<(JobRecord, Vec<(u32, FileRecord)>)> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || db.load_job(id))
-        .await??
-        .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))
+    tokio::task::spawn_blocking(move || {
+        let record = db
+            .job(id)?
+            .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))?;
+        if let Some(rule) = reopen {
+            db.apply(&[Write::ReopenFailed {
+                job: id,
+                keep: Vec::new(),
+                rule,
+            }])?;
+        }
+        const PAGE: usize = 4096;
+        let (mut failed, mut after) = (Vec::new(), None);
+        loop {
+            let page = db.objects_in(id, &[FileState::Failed], after, PAGE)?;
+            after = page.last().map(|(i, _)| *i);
+            let full = page.len() == PAGE;
+            failed.extend(page);
+            if !full {
+                return Ok((record, failed));
+            }
+        }
+    })
+    .await?
 }

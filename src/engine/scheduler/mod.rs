@@ -17,10 +17,10 @@ mod outcomes;
 mod timers;
 
 use commands::{route_key, stop};
-use intake::{load_snapshot, record_unplanned};
+use intake::{loaded_job, record_unplanned};
 use outcomes::failed_event;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,8 @@ use crate::location::parse_route;
 use crate::redact::redact;
 use crate::state::writer::{self, Committed, WriteRequest};
 use crate::state::{
-    ErrorRecord, FileRecord, FileState, JobId, JobSnapshot, JobState, StateDb, Write, now_ms,
+    ErrorRecord, FileRecord, FileState, JobId, JobRecord, JobSnapshot, JobState, StateDb, Write,
+    now_ms,
 };
 use crate::store::{ErrorClass, ObjectMeta, ObjectSink, ObjectSource, StoreResult, meta_keys};
 use timers::Timers;
@@ -63,11 +64,21 @@ enum After {
     StartBegin(Box<BeginTask>),
     /// Give up these uploads (destination key, session) at the store, best effort.
     Abort(Arc<dyn ObjectSink>, Vec<(String, String)>),
+    /// An ended object's last write is durable: it leaves its job's window (if it is still
+    /// in the life, its generation, that ended).
+    Release(JobId, u32, u64),
+    /// Give up the upload sessions the state file records for a job's objects, except those
+    /// the window holds (given up as held).
+    AbortRecorded(Arc<dyn ObjectSink>, JobId, BTreeSet<u32>),
+    /// Failed objects of a job were reopened in the state file: its cursor starts over.
+    Rewind(JobId),
+    /// A job ended: announced with its counters as the state file holds them.
+    Finished(JobId, JobState, Option<String>),
 }
 
 struct ChunkTask {
     job: JobId,
-    pos: usize,
+    file: u32,
     chunk: u32,
     reserved: u64,
     work: ChunkWork,
@@ -75,13 +86,13 @@ struct ChunkTask {
 
 struct CommitTask {
     job: JobId,
-    pos: usize,
+    file: u32,
     work: CommitWork,
 }
 
 struct BeginTask {
     job: JobId,
-    pos: usize,
+    file: u32,
     work: BeginWork,
 }
 
@@ -89,7 +100,7 @@ struct BeginTask {
 enum Finished {
     Chunk {
         job: JobId,
-        pos: usize,
+        file: u32,
         chunk: u32,
         reserved: u64,
         timing: Timing,
@@ -97,12 +108,12 @@ enum Finished {
     },
     Commit {
         job: JobId,
-        pos: usize,
+        file: u32,
         result: StoreResult<CommitOutcome>,
     },
     Begin {
         job: JobId,
-        pos: usize,
+        file: u32,
         result: StoreResult<Begun>,
     },
 }
@@ -110,7 +121,9 @@ enum Finished {
 /// A job ready to run, from planning or loading.
 enum Ready {
     Job {
-        snapshot: JobSnapshot,
+        record: JobRecord,
+        /// Objects that stay failed as things stand, announced with the job.
+        failed: Vec<(u32, FileRecord)>,
         summary: Option<PlanSummary>,
         source: Arc<dyn ObjectSource>,
         sink: Arc<dyn ObjectSink>,
@@ -177,8 +190,11 @@ struct Scheduler {
     snapshots: watch::Sender<Arc<Snapshot>>,
     /// What each view looks at.
     selections: BTreeMap<ViewerId, Selection>,
-    /// Jobs not loaded that a view looks at, read from the state file.
+    /// The first objects of jobs a view looks at, read from the state file (for a loaded
+    /// job, its window is drawn over them).
     watched: BTreeMap<JobId, JobSnapshot>,
+    /// When each watched job was last read.
+    watch_reads: BTreeMap<JobId, Instant>,
     history: BTreeMap<JobId, JobView>,
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
@@ -190,6 +206,8 @@ struct Scheduler {
     deferred: Vec<Command>,
     /// Chunk buffers, reused.
     buffers: Arc<BufferPool>,
+    /// The most objects the windows held at once.
+    held_peak: u64,
 }
 
 /// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
@@ -237,12 +255,14 @@ pub(super) async fn run(
         snapshots,
         selections: BTreeMap::new(),
         watched: BTreeMap::new(),
+        watch_reads: BTreeMap::new(),
         history: BTreeMap::new(),
         asked: false,
         planning: BTreeMap::new(),
         loading: 0,
         deferred: Vec::new(),
         buffers,
+        held_peak: 0,
     };
     s.read_history();
     let mut ticks = tokio::time::interval(TICK);

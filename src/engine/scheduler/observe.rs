@@ -4,6 +4,9 @@
 use super::*;
 use crate::engine::control::ChosenConcurrency;
 
+/// How often a running job a view looks at is read again from the state file.
+const WATCH_READ_EVERY: Duration = Duration::from_secs(1);
+
 impl Scheduler {
     /// Feeds a chunk's outcome to the controller and the metrics.
     pub(super) fn observe(
@@ -53,8 +56,34 @@ impl Scheduler {
         self.persist(writes, vec![After::Emit(event)]);
     }
 
+    /// Objects the loaded jobs' windows hold now.
+    pub(super) fn objects_held(&self) -> u64 {
+        self.jobs.values().map(|j| j.files.len() as u64).sum()
+    }
+
     pub(super) async fn on_tick(&mut self) {
         let now = Instant::now();
+        for (id, job) in &mut self.jobs {
+            if let Ok(progress) = self.db.progress(*id) {
+                job.progress = progress;
+            }
+        }
+        // A running job a view looks at is read again now and then (its window is fresher
+        // and drawn over it).
+        let stale: Vec<JobId> = self
+            .selections
+            .values()
+            .filter_map(|s| s.job)
+            .filter(|id| self.jobs.contains_key(id))
+            .filter(|id| {
+                self.watch_reads
+                    .get(id)
+                    .is_none_or(|at| now.duration_since(*at) >= WATCH_READ_EVERY)
+            })
+            .collect();
+        for id in stale {
+            self.read_watched(id);
+        }
         if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
             self.apply_change(change);
         }
@@ -100,6 +129,8 @@ impl Scheduler {
             in_flight: self.gate.in_flight(),
             bytes_in_flight: self.gate.bytes(),
             memory_budget: self.gate.budget(),
+            objects_held: self.objects_held(),
+            objects_held_peak: self.held_peak,
             rate,
             jobs,
             series: self.metrics.series(),
@@ -115,21 +146,40 @@ impl Scheduler {
         let Some(id) = selection.job else {
             return ViewDetails::default();
         };
-        match (self.jobs.get(&id), self.watched.get(&id)) {
-            (Some(job), _) => snapshot::details(
-                id,
-                job.files
+        let mut files: BTreeMap<u32, (&FileRecord, &[crate::state::ChunkRecord])> = self
+            .watched
+            .get(&id)
+            .map(|w| {
+                w.files
                     .iter()
-                    .map(|f| (f.index, &f.record, f.chunks.as_slice())),
-                selection,
-            ),
-            (None, Some(watched)) => snapshot::details(
-                id,
-                watched.files.iter().map(|(i, f, c)| (*i, f, c.as_slice())),
-                selection,
-            ),
-            _ => ViewDetails::default(),
+                    .map(|(i, f, c)| (*i, (f, c.as_slice())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let job = self.jobs.get(&id);
+        if job.is_none() && files.is_empty() && !self.watched.contains_key(&id) {
+            return ViewDetails::default();
         }
+        // The window's objects as held: fresher than the state file's.
+        for object in job.into_iter().flat_map(|j| j.files.values()) {
+            files.insert(object.index, (&object.record, object.chunks.as_slice()));
+        }
+        snapshot::details(
+            id,
+            files.into_iter().map(|(i, (f, c))| (i, f, c)),
+            selection,
+        )
+    }
+
+    /// Reads (again) the first objects of a job a view looks at, in the background.
+    pub(super) fn read_watched(&mut self, id: JobId) {
+        self.watch_reads.insert(id, Instant::now());
+        let (db, tx) = (self.db.clone(), self.ready_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Ok(Some(snapshot)) = db.load_job_page(id, snapshot::LISTED_OBJECTS) {
+                let _ = tx.send(Ready::Watched(snapshot));
+            }
+        });
     }
 
     /// Follows what a view looks at (an empty selection forgets the viewer); a job that is
@@ -142,16 +192,11 @@ impl Scheduler {
         }
         let looked_at: BTreeSet<JobId> = self.selections.values().filter_map(|s| s.job).collect();
         self.watched.retain(|id, _| looked_at.contains(id));
+        self.watch_reads.retain(|id, _| looked_at.contains(id));
         let Some(id) = selection.job else { return };
-        if self.jobs.contains_key(&id) || self.watched.contains_key(&id) {
-            return;
+        if !self.watch_reads.contains_key(&id) {
+            self.read_watched(id);
         }
-        let (db, tx) = (self.db.clone(), self.ready_tx.clone());
-        tokio::spawn(async move {
-            if let Ok(snapshot) = load_snapshot(&db, id).await {
-                let _ = tx.send(Ready::Watched(snapshot));
-            }
-        });
     }
 
     /// Reads the summaries of every job in the state file, for views.

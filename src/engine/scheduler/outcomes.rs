@@ -8,7 +8,7 @@ impl Scheduler {
         match finished {
             Finished::Chunk {
                 job,
-                pos,
+                file,
                 chunk,
                 reserved,
                 timing,
@@ -16,17 +16,17 @@ impl Scheduler {
             } => {
                 self.gate.release(reserved);
                 self.observe(job, timing.latency_ms, &result);
-                self.chunk_finished(job, pos, chunk, timing, result);
+                self.chunk_finished(job, file, chunk, timing, result);
                 self.check_finished(job);
             }
-            Finished::Commit { job, pos, result } => {
+            Finished::Commit { job, file, result } => {
                 self.gate.release(0);
-                self.commit_finished(job, pos, result);
+                self.commit_finished(job, file, result);
                 self.check_finished(job);
             }
-            Finished::Begin { job, pos, result } => {
+            Finished::Begin { job, file, result } => {
                 self.gate.release(0);
-                self.begin_finished(job, pos, result);
+                self.begin_finished(job, file, result);
                 self.check_finished(job);
             }
         }
@@ -40,20 +40,23 @@ impl Scheduler {
     /// whenever a begin, check or commit is due) goes ahead of objects not begun yet, so a
     /// job does not open every object's session before any chunk moves. Uploads are given up
     /// only once the writes that drop them are durable.
-    fn apply(&mut self, id: JobId, pos: usize, step: Step, first: bool) {
+    fn apply(&mut self, id: JobId, file: u32, step: Step, first: bool) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let object = &job.files[pos];
+        let Some(object) = job.files.get(&file) else {
+            return;
+        };
         let now = Instant::now();
         for (delay, wake) in step.timers {
             self.timers
-                .set(now + delay, id, pos, object.generation, wake);
+                .set(now + delay, id, file, object.generation, wake);
         }
+        let ended = (!object.active() && object.in_flight == 0).then_some(object.generation);
         if first || object.urgent() {
-            job.enqueue_first(pos);
+            job.enqueue_first(file);
         } else {
-            job.enqueue(pos);
+            job.enqueue(file);
         }
         let mut writes = step.writes;
         if let Some(reason) = step.stop_job {
@@ -63,11 +66,14 @@ impl Scheduler {
         if !step.abort.is_empty() {
             after.push(After::Abort(job.sink.clone(), step.abort));
         }
+        if let Some(generation) = ended {
+            after.push(After::Release(id, file, generation));
+        }
         self.persist(writes, after);
     }
 
     /// The job and object a finished unit of work belongs to, its slot in flight given back.
-    fn returned(&mut self, id: JobId, pos: usize) -> Option<(&mut ObjectRun, Rules, bool)> {
+    fn returned(&mut self, id: JobId, file: u32) -> Option<(&mut ObjectRun, Rules, bool)> {
         let job = self.jobs.get_mut(&id)?;
         job.in_flight = job.in_flight.saturating_sub(1);
         let rules = Rules {
@@ -75,51 +81,52 @@ impl Scheduler {
             if_exists: job.record.options.if_exists,
         };
         let wanted = job.record.state != JobState::Cancelled;
-        Some((job.files.get_mut(pos)?, rules, wanted))
+        Some((job.files.get_mut(&file)?, rules, wanted))
     }
 
     fn chunk_finished(
         &mut self,
         id: JobId,
-        pos: usize,
+        file: u32,
         index: u32,
         timing: Timing,
         result: StoreResult<ChunkMoved>,
     ) {
-        let Some((object, rules, _)) = self.returned(id, pos) else {
+        let Some((object, rules, _)) = self.returned(id, file) else {
             return;
         };
         let step = object.on_chunk(index, timing, result, &rules);
-        self.apply(id, pos, step, false);
+        self.apply(id, file, step, false);
     }
 
-    fn begin_finished(&mut self, id: JobId, pos: usize, result: StoreResult<Begun>) {
-        let Some((object, rules, wanted)) = self.returned(id, pos) else {
+    fn begin_finished(&mut self, id: JobId, file: u32, result: StoreResult<Begun>) {
+        let Some((object, rules, wanted)) = self.returned(id, file) else {
             return;
         };
         let step = object.on_begin(result, wanted, &rules);
-        self.apply(id, pos, step, true);
+        self.apply(id, file, step, true);
     }
 
-    fn commit_finished(&mut self, id: JobId, pos: usize, result: StoreResult<CommitOutcome>) {
-        let Some((object, rules, _)) = self.returned(id, pos) else {
+    fn commit_finished(&mut self, id: JobId, file: u32, result: StoreResult<CommitOutcome>) {
+        let Some((object, rules, _)) = self.returned(id, file) else {
             return;
         };
         let step = object.on_commit(result, &rules);
-        self.apply(id, pos, step, true);
+        self.apply(id, file, step, true);
     }
 
     /// A timer went off: its object is woken (a timer of an earlier life does nothing).
-    pub(super) fn wake(&mut self, id: JobId, pos: usize, generation: u64, wake: Wake) {
-        let Some(object) = self.jobs.get_mut(&id).and_then(|j| j.files.get_mut(pos)) else {
+    pub(super) fn wake(&mut self, id: JobId, file: u32, generation: u64, wake: Wake) {
+        let Some(object) = self.jobs.get_mut(&id).and_then(|j| j.files.get_mut(&file)) else {
             return;
         };
         let step = object.on_wake(generation, wake);
-        self.apply(id, pos, step, true);
+        self.apply(id, file, step, true);
     }
 
     /// Finishes a job once nothing of it is in flight and nothing is left to do (or it was
-    /// stopped or cancelled), and unloads it.
+    /// stopped or cancelled), and unloads it. It is announced once its record is durable,
+    /// with the counters the state file holds then.
     pub(super) fn check_finished(&mut self, id: JobId) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -131,37 +138,48 @@ impl Scheduler {
             JobState::Cancelled => JobState::Cancelled,
             JobState::Failed => JobState::Failed, // stopped by a fatal error
             // Whatever the operator last said (even paused), a job with nothing left is over.
-            _ if job.all_finished() => {
-                if job
-                    .files
-                    .iter()
-                    .any(|f| f.record.state == FileState::Failed)
-                {
-                    JobState::Failed
-                } else {
-                    JobState::Done
-                }
-            }
+            // Every object of a drained job has its last write durable: the counters are
+            // exact.
+            _ if job.drained() => match self.db.progress(id) {
+                Ok(progress) if progress.files_failed == 0 => JobState::Done,
+                _ => JobState::Failed,
+            },
             _ => return,
         };
         job.record.state = state;
         job.record.updated_ms = now_ms();
-        let progress = job.progress();
         let record = job.record.clone();
-        let event = Event::JobFinished {
-            job: id,
-            state,
-            progress,
-            error: record.error.clone(),
-        };
         self.timers.forget_job(id);
         if let Some(job) = self.jobs.remove(&id) {
             self.history.insert(id, job.view());
-            if self.selections.values().any(|s| s.job == Some(id)) {
-                self.watched.insert(id, job.into_snapshot());
-            }
         }
-        self.persist(vec![Write::Job(record)], vec![After::Emit(event)]);
+        let finished = After::Finished(id, state, record.error.clone());
+        self.persist(vec![Write::Job(record)], vec![finished]);
+    }
+
+    /// Announces a job that ended, its record durable: with the counters the state file
+    /// holds, and read again for a view that looks at it.
+    pub(super) async fn announce_finished(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        error: Option<String>,
+    ) {
+        let progress = self.db.progress(id).unwrap_or_default();
+        if let Some(view) = self.history.get_mut(&id) {
+            view.progress = progress;
+            view.state = state;
+        }
+        if self.selections.values().any(|s| s.job == Some(id)) {
+            self.read_watched(id);
+        }
+        self.emit(Event::JobFinished {
+            job: id,
+            state,
+            progress,
+            error,
+        })
+        .await;
     }
 }
 

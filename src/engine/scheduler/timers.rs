@@ -1,4 +1,4 @@
-//! Timers: the retries that wait for their time, each naming the job, the object (position
+//! Timers: the retries that wait for their time, each naming the job, the object (index
 //! and generation) and what it wakes. The scheduler sleeps until the earliest.
 
 use std::cmp::Reverse;
@@ -14,7 +14,7 @@ use crate::state::JobId;
 pub(super) struct Timer {
     pub at: Instant,
     pub job: JobId,
-    pub pos: usize,
+    pub file: u32,
     pub generation: u64,
     pub wake: Wake,
 }
@@ -24,11 +24,11 @@ pub(super) struct Timer {
 pub(super) struct Timers(BinaryHeap<Reverse<Timer>>);
 
 impl Timers {
-    pub(super) fn set(&mut self, at: Instant, job: JobId, pos: usize, generation: u64, wake: Wake) {
+    pub(super) fn set(&mut self, at: Instant, job: JobId, file: u32, generation: u64, wake: Wake) {
         self.0.push(Reverse(Timer {
             at,
             job,
-            pos,
+            file,
             generation,
             wake,
         }));
