@@ -49,6 +49,8 @@ pub(super) struct JobRun {
     pub(super) rewinding: u32,
     /// The job's counters as last read from the state file.
     pub(super) progress: JobProgress,
+    /// Its listing goes on: pages of objects may still arrive.
+    pub(super) listing: bool,
 }
 
 impl JobRun {
@@ -71,13 +73,15 @@ impl JobRun {
             exhausted: false,
             rewinding: 0,
             progress,
+            listing: false,
         }
     }
 
     /// How many objects to read into the window now (zero when it holds enough, or nothing
     /// more is under way), for a concurrency `limit`.
     pub(super) fn wants(&self, limit: u32) -> usize {
-        if self.exhausted || self.chunks_held >= MAX_CHUNKS / 2 {
+        // Past half the chunk budget, more is read only once nothing held has work.
+        if self.exhausted || (self.chunks_held >= MAX_CHUNKS / 2 && !self.queue.is_empty()) {
             return 0;
         }
         let target = (limit as usize * OBJECTS_PER_SLOT).clamp(MIN_OBJECTS, MAX_OBJECTS);
@@ -122,7 +126,13 @@ impl JobRun {
     /// True when nothing of the job is left: the window is empty and no object under way is
     /// left in the state file.
     pub(super) fn drained(&self) -> bool {
-        self.files.is_empty() && self.exhausted && self.rewinding == 0
+        self.files.is_empty() && self.exhausted && self.rewinding == 0 && !self.listing
+    }
+
+    /// A page of objects was recorded (or the listing ended): read the cursor on.
+    pub(super) fn listed(&mut self, more: bool) {
+        self.exhausted = false;
+        self.listing = more;
     }
 
     /// Queues an object that has work, behind the others.

@@ -174,17 +174,23 @@ pub struct FileView {
 }
 
 impl FileView {
-    /// Summarises an object and its chunks.
+    /// Summarises an object and its chunks (read for objects under way and the one a view
+    /// opened; a done object read without them has every chunk done).
     pub fn of(index: u32, record: &FileRecord, chunks: &[ChunkRecord]) -> Self {
+        let chunks_done = if chunks.is_empty() && record.state == FileState::Done {
+            record.chunk_count
+        } else {
+            chunks
+                .iter()
+                .filter(|c| c.state == ChunkState::Completed)
+                .count() as u32
+        };
         Self {
             index,
             key: record.key.clone(),
             size: record.size,
             state: record.state,
-            chunks_done: chunks
-                .iter()
-                .filter(|c| c.state == ChunkState::Completed)
-                .count() as u32,
+            chunks_done,
             chunk_count: record.chunk_count,
             retried: chunks.iter().filter(|c| c.attempts > 1).count() as u32,
             error: record.error.as_ref().map(|e| e.message.clone()),

@@ -16,6 +16,25 @@ use super::{ChunkRecord, FileRecord, FileState, JobId};
 pub(super) const STATES: TableDefinition<(u64, u8, u32), ()> =
     TableDefinition::new("object_states");
 
+/// (job, source key) → object index: a planning page finds what earlier runs recorded for its
+/// keys, and the keys recorded between two listed ones (gone from the source), by key.
+pub(super) const KEYS: TableDefinition<(u64, &str), u32> = TableDefinition::new("object_keys");
+
+/// Job → where its listing stands (JSON [`Listing`]), while a listing is under way.
+pub(super) const LISTINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("listings");
+
+/// Where a job's listing stands: recorded with each planned page, in the page's own
+/// transaction, so a listing stopped at any moment resumes after the last key recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Listing {
+    /// The last source key planned (listing resumes after it; for S3, its `StartAfter`).
+    pub after: Option<String>,
+    /// The job had no objects when this listing began: its objects may start while it lists.
+    pub fresh: bool,
+    /// The plan's summary so far (the engine's `PlanSummary`, as JSON).
+    pub summary: serde_json::Value,
+}
+
 /// The index's code for a state (stable: it is stored).
 pub(super) fn code(state: FileState) -> u8 {
     match state {

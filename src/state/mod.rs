@@ -102,6 +102,8 @@ pub enum Write {
         keep: Vec<u32>,
         rule: index::Reopen,
     },
+    /// Record where a job's listing stands (`None`: it is complete).
+    Listing(JobId, Option<index::Listing>),
 }
 
 /// Counts that summarise a job.
@@ -289,6 +291,10 @@ impl StateDb {
                 .map_err(|e| self.err("written", e))?;
             txn.open_table(index::STATES)
                 .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::LISTINGS)
+                .map_err(|e| self.err("written", e))?;
             txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
             txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
             txn.open_table(FILES).map_err(|e| self.err("written", e))?;
@@ -319,6 +325,9 @@ impl StateDb {
             let mut states = txn
                 .open_table(index::STATES)
                 .map_err(|e| self.err("written", e))?;
+            let mut keys = txn
+                .open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
             for id in ids {
                 let mut total = counts::Delta::default();
                 for entry in files
@@ -330,6 +339,8 @@ impl StateDb {
                     let index = key.value().1;
                     states
                         .insert((id, index::code(file.state), index), ())
+                        .map_err(|e| self.err("written", e))?;
+                    keys.insert((id, file.key.as_str()), index)
                         .map_err(|e| self.err("written", e))?;
                     if count {
                         total.add(&self.share_in(&chunks, id, index, &file)?, 1);
@@ -373,14 +384,42 @@ impl StateDb {
             let mut states = txn
                 .open_table(index::STATES)
                 .map_err(|e| self.err("written", e))?;
+            let mut keys = txn
+                .open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
+            let mut listings = txn
+                .open_table(index::LISTINGS)
+                .map_err(|e| self.err("written", e))?;
             let mut deltas: BTreeMap<JobId, counts::Delta> = BTreeMap::new();
             // Object records this batch has read or written, for its chunk writes.
             let mut owners: std::collections::HashMap<(JobId, u32), Option<FileRecord>> =
                 std::collections::HashMap::new();
             // Writes a reopen expands into, applied before the batch goes on (last first).
             let mut expanded: Vec<Write> = Vec::new();
+            // Failed objects still to reopen: (job, rule, indexes), expanded one at a time.
+            let mut reopening: std::collections::VecDeque<(
+                JobId,
+                index::Reopen,
+                std::collections::VecDeque<u32>,
+            )> = std::collections::VecDeque::new();
             let mut given = writes.iter();
             loop {
+                if expanded.is_empty()
+                    && let Some((job, rule, indexes)) = reopening.front_mut()
+                {
+                    let (job, rule) = (*job, *rule);
+                    match indexes.pop_front() {
+                        Some(file_index) => {
+                            expanded =
+                                self.reopened(&files, &chunks, job, file_index, rule)?;
+                            expanded.reverse();
+                        }
+                        None => {
+                            reopening.pop_front();
+                        }
+                    }
+                    continue;
+                }
                 let owned;
                 let write = match expanded.pop() {
                     Some(write) => {
@@ -393,36 +432,30 @@ impl StateDb {
                     },
                 };
                 match write {
-                    Write::ReopenFailed { job, keep, rule } => {
-                        let failed =
-                            index::indexes_in(&states, *job, FileState::Failed, None, usize::MAX)
-                                .map_err(|e| self.err("read", e))?;
-                        let mut reopened = Vec::new();
-                        for file_index in failed.into_iter().filter(|i| !keep.contains(i)) {
-                            let Some(mut file) = self.file_in(&files, *job, file_index)? else {
-                                continue;
-                            };
-                            if !rule.admits(&file) {
-                                continue;
-                            }
-                            let mut records = Vec::new();
-                            for entry in chunks
-                                .range((*job, file_index, 0)..=(*job, file_index, u32::MAX))
-                                .map_err(|e| self.err("read", e))?
-                            {
-                                let (_, value) = entry.map_err(|e| self.err("read", e))?;
-                                records.push(self.decode::<ChunkRecord>(value.value())?);
-                            }
-                            index::reopen(&mut file, &mut records);
-                            reopened.push(Write::File(*job, file_index, file));
-                            reopened.extend(
-                                records
-                                    .into_iter()
-                                    .enumerate()
-                                    .map(|(i, c)| Write::Chunk(*job, file_index, i as u32, c)),
-                            );
+                    Write::Listing(job, listing) => match listing {
+                        Some(listing) => {
+                            listings
+                                .insert(*job, encode(listing).as_slice())
+                                .map_err(|e| self.err("written", e))?;
                         }
-                        expanded.extend(reopened.into_iter().rev());
+                        None => {
+                            listings.remove(*job).map_err(|e| self.err("written", e))?;
+                        }
+                    },
+                    Write::ReopenFailed { job, keep, rule } => {
+                        let mut failed = index::indexes_in(
+                            &states,
+                            *job,
+                            FileState::Failed,
+                            None,
+                            usize::MAX,
+                        )
+                        .map_err(|e| self.err("read", e))?;
+                        let mut keep = keep.clone();
+                        keep.sort_unstable();
+                        failed.retain(|i| keep.binary_search(i).is_err());
+                        // Reopened one object at a time, ahead of the rest of the batch.
+                        reopening.push_back((*job, *rule, failed.into()));
                     }
                     Write::Setting(name, value) => {
                         meta.insert(format!("setting.{name}").as_str(), value.as_str())
@@ -458,7 +491,13 @@ impl StateDb {
                             states
                                 .remove((*job, index::code(before.state), *index))
                                 .map_err(|e| self.err("written", e))?;
+                            if before.key != file.key {
+                                keys.remove((*job, before.key.as_str()))
+                                    .map_err(|e| self.err("written", e))?;
+                            }
                         }
+                        keys.insert((*job, file.key.as_str()), *index)
+                            .map_err(|e| self.err("written", e))?;
                         states
                             .insert((*job, index::code(file.state), *index), ())
                             .map_err(|e| self.err("written", e))?;
@@ -523,6 +562,14 @@ impl StateDb {
                             states
                                 .remove((*job, index::code(before.state), *index))
                                 .map_err(|e| self.err("written", e))?;
+                            let holder = keys
+                                .get((*job, before.key.as_str()))
+                                .map_err(|e| self.err("read", e))?
+                                .map(|v| v.value());
+                            if holder == Some(*index) {
+                                keys.remove((*job, before.key.as_str()))
+                                    .map_err(|e| self.err("written", e))?;
+                            }
                         }
                         owners.insert((*job, *index), None);
                         files
@@ -537,6 +584,45 @@ impl StateDb {
             counts::commit(&mut counts, &deltas).map_err(|e| self.count_err(e))?;
         }
         txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// The writes that give failed object `index` of `job` another chance, if `rule` admits
+    /// it (none otherwise).
+    fn reopened<F, C>(
+        &self,
+        files: &F,
+        chunks: &C,
+        job: JobId,
+        index: u32,
+        rule: index::Reopen,
+    ) -> Result<Vec<Write>, StateError>
+    where
+        F: ReadableTable<(u64, u32), &'static [u8]>,
+        C: ReadableTable<(u64, u32, u32), &'static [u8]>,
+    {
+        let Some(mut file) = self.file_in(files, job, index)? else {
+            return Ok(Vec::new());
+        };
+        if !rule.admits(&file) {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::new();
+        for entry in chunks
+            .range((job, index, 0)..=(job, index, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (_, value) = entry.map_err(|e| self.err("read", e))?;
+            records.push(self.decode::<ChunkRecord>(value.value())?);
+        }
+        index::reopen(&mut file, &mut records);
+        let mut writes = vec![Write::File(job, index, file)];
+        writes.extend(
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
+        );
+        Ok(writes)
     }
 
     /// The record of object `index` of `job` in `files`, if there is one.
@@ -652,14 +738,16 @@ impl StateDb {
 
     /// A job with all its files and chunks.
     pub fn load_job(&self, id: JobId) -> Result<Option<JobSnapshot>, StateError> {
-        self.load_job_page(id, usize::MAX)
+        self.load_job_page(id, usize::MAX, None)
     }
 
-    /// A job with its first `limit` objects (by index) and their chunks.
+    /// A job with its first `limit` objects (by index), with their chunks — or, given
+    /// `chunks_of`, with the chunks of those objects only (the others' lists left empty).
     pub fn load_job_page(
         &self,
         id: JobId,
         limit: usize,
+        chunks_of: Option<std::collections::BTreeSet<u32>>,
     ) -> Result<Option<JobSnapshot>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
@@ -680,6 +768,10 @@ impl StateDb {
             let (key, value) = entry.map_err(|e| self.err("read", e))?;
             let (_, index) = key.value();
             let file: FileRecord = self.decode(value.value())?;
+            if chunks_of.as_ref().is_some_and(|only| !only.contains(&index)) {
+                files.push((index, file, Vec::new()));
+                continue;
+            }
             let mut chunks = Vec::with_capacity(file.chunk_count as usize);
             for chunk in chunks_table
                 .range((id, index, 0)..=(id, index, u32::MAX))
@@ -722,12 +814,15 @@ impl StateDb {
         let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
         let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
         let limit = max_objects.max(1);
-        let indexes = index::indexes_over(&states, id, &index::UNDER_WAY, after, limit)
+        // One more than asked, so the end is known exactly.
+        let mut indexes = index::indexes_over(&states, id, &index::UNDER_WAY, after, limit + 1)
             .map_err(|e| self.err("read", e))?;
+        let exhausted = indexes.len() <= limit;
+        indexes.truncate(limit);
         let mut out = UnderWay {
             objects: Vec::new(),
             last: after,
-            exhausted: indexes.len() < limit,
+            exhausted,
         };
         let mut chunk_count = 0usize;
         for file_index in indexes.iter().copied() {
@@ -812,6 +907,101 @@ impl StateDb {
                 return Ok(uploads);
             }
         }
+    }
+
+    /// Where job `id`'s listing stands, if one is under way.
+    pub fn listing(&self, id: JobId) -> Result<Option<index::Listing>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::LISTINGS)
+            .map_err(|e| self.err("read", e))?;
+        match table.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The index the next new object of job `id` gets (one past the highest recorded).
+    pub fn next_file_index(&self, id: JobId) -> Result<u32, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let last = files
+            .range((id, 0)..=(id, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| self.err("read", e))?
+            .map(|(k, _)| k.value().1);
+        Ok(last.map_or(0, |l| l.saturating_add(1)))
+    }
+
+    /// What job `id` recorded for each of `keys` (source keys) that it has, with chunks.
+    pub fn recorded(
+        &self,
+        id: JobId,
+        keys: &[&str],
+    ) -> Result<Vec<(u32, FileRecord, Vec<ChunkRecord>)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let key_table = txn
+            .open_table(index::KEYS)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(file_index) = key_table
+                .get((id, *key))
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value())
+            else {
+                continue;
+            };
+            let Some(file) = self.file_in(&files, id, file_index)? else {
+                continue;
+            };
+            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
+            for chunk in chunks_table
+                .range((id, file_index, 0)..=(id, file_index, u32::MAX))
+                .map_err(|e| self.err("read", e))?
+            {
+                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
+                chunks.push(self.decode(value.value())?);
+            }
+            out.push((file_index, file, chunks));
+        }
+        Ok(out)
+    }
+
+    /// Job `id`'s recorded source keys after `after` up to and including `upto` (to the end
+    /// when `None`), in key order, with their object indexes.
+    pub fn keys_between(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<Vec<(String, u32)>, StateError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::KEYS)
+            .map_err(|e| self.err("read", e))?;
+        let start = match after {
+            Some(after) => Bound::Excluded((id, after)),
+            None => Bound::Included((id, "")),
+        };
+        let mut out = Vec::new();
+        for entry in table
+            .range::<(u64, &str)>((start, Bound::Unbounded))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err("read", e))?;
+            let (job, source_key) = key.value();
+            if job != id || upto.is_some_and(|upto| source_key > upto) {
+                break;
+            }
+            out.push((source_key.to_string(), value.value()));
+        }
+        Ok(out)
     }
 
     /// One chunk.

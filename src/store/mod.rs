@@ -263,6 +263,36 @@ pub trait ObjectSource: Send + Sync {
 
     /// One page of what lies directly under `prefix` (delimiter `/`), for browsing.
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page>;
+
+    /// The objects under `prefix` (recursively) whose keys come after `after`, in key
+    /// (byte) order, a page of about `limit` at a time: planning lists this way, recording
+    /// the last key of each page it plans, so a stopped listing resumes where it was. A store
+    /// that cannot list from a key answers everything after `after` in one page.
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Listed> {
+        let _ = limit;
+        let mut objects = self.list(prefix, false).await?;
+        objects.retain(|o| after.is_none_or(|after| o.key.as_str() > after));
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Listed {
+            objects,
+            next: None,
+        })
+    }
+}
+
+/// A page of a listing in key order.
+#[derive(Clone, Debug, Default)]
+pub struct Listed {
+    /// The objects, keys increasing.
+    pub objects: Vec<ObjectInfo>,
+    /// The last key this page covered when more may follow (the next page starts after it);
+    /// `None` at the end of the listing.
+    pub next: Option<String>,
 }
 
 /// A place objects are written to, block by block, made visible only by one commit.
@@ -360,6 +390,20 @@ pub trait ObjectSink: Send + Sync {
 
     /// Every committed object under `prefix`, by key, with its size and metadata.
     async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>>;
+
+    /// One page of [`ObjectSink::list_existing`], keys increasing, and the token of the next
+    /// page: planning merges it with the source's listing without holding it whole. A store
+    /// that cannot page answers everything in one page.
+    async fn list_existing_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> StoreResult<(Vec<(String, DestObject)>, Option<String>)> {
+        if token.is_some() {
+            return Ok((Vec::new(), None));
+        }
+        Ok((self.list_existing(prefix).await?.into_iter().collect(), None))
+    }
 }
 
 /// Opens the source store a location lives in.

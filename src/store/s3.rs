@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 
 use super::{
-    Access, Chunk, ErrorClass, ObjectInfo, ObjectMeta, ObjectSource, Page, StoreError, StoreResult,
+    Access, Chunk, ErrorClass, Listed, ObjectInfo, ObjectMeta, ObjectSource, Page, StoreError, StoreResult,
 };
 
 /// One S3 bucket.
@@ -370,6 +370,38 @@ impl ObjectSource for S3Store {
             }
         }
         Ok(out)
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Listed> {
+        // StartAfter, not the opaque continuation token: the position survives a restart.
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(limit.clamp(1, 1000) as i32)
+            .set_start_after(after.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.error(e, "LIST", prefix))?;
+        let listed: Vec<ObjectInfo> = out.contents().iter().filter_map(object_info).collect();
+        let next = match listed.last() {
+            Some(last) if out.is_truncated().unwrap_or(false) => Some(last.key.clone()),
+            _ => None,
+        };
+        Ok(Listed {
+            objects: listed
+                .into_iter()
+                // A "folder" marker, not data.
+                .filter(|o| !(o.key.ends_with('/') && o.size == 0))
+                .collect(),
+            next,
+        })
     }
 
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page> {

@@ -132,6 +132,9 @@ pub(crate) struct ObjectRun {
     pub(crate) session_alive: bool,
     /// A chunk of this life, out of retries in a live session, was given a fresh budget (once).
     pub(crate) second_wind: bool,
+    /// The operator asked to retry this failed object while chunks of it were in flight: it
+    /// is reopened once they are back.
+    pub(crate) reopen_when_back: bool,
 }
 
 impl ObjectRun {
@@ -186,6 +189,7 @@ impl ObjectRun {
             restarts: 0,
             session_alive: false,
             second_wind: false,
+            reopen_when_back: false,
         };
         object.settle(&mut Step::default());
         object

@@ -21,7 +21,7 @@ impl Scheduler {
             Command::Load {
                 job,
                 include_paused,
-            } => self.load(job, include_paused),
+            } => self.load(job, include_paused, Reopen::OnLoad),
             Command::Pause(job) => self.set_paused(job, true),
             Command::Resume(job) => self.set_paused(job, false),
             Command::SetConcurrency(limit) => {
@@ -216,14 +216,13 @@ impl Scheduler {
                 let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
                     .await?;
                 let (record, failed) = loaded_job(&db, plan.job.id, None).await?;
-                Ok::<_, plan::PlanError>(Ready::Job {
+                Ok::<_, plan::PlanError>(Ready::Job(Box::new(Arrival {
                     record,
                     failed,
-                    summary: Some(plan.summary),
                     source: source_store,
                     sink,
-                    unpause: false,
-                })
+                    how: How::Planned(plan.summary),
+                })))
             }
             .await;
             let ready = match result {
@@ -278,8 +277,22 @@ impl Scheduler {
         });
     }
 
-    pub(super) fn load(&mut self, only: Option<JobId>, include_paused: bool) {
-        let loaded: Vec<JobId> = self.jobs.keys().copied().collect();
+    /// Loads recorded jobs (`only` one, or every unfinished one), their failed objects that
+    /// `reopen` admits given another chance.
+    pub(super) fn load(&mut self, only: Option<JobId>, include_paused: bool, reopen: Reopen) {
+        if let Some(id) = only
+            && self.unloading.contains(&id)
+        {
+            // Its end is not durable yet: loaded once it is, so nothing is read stale.
+            self.reload_after_unload.insert(id, reopen);
+            return;
+        }
+        let loaded: Vec<JobId> = self
+            .jobs
+            .keys()
+            .chain(self.unloading.iter())
+            .copied()
+            .collect();
         let planning: BTreeSet<String> = self.planning.keys().cloned().collect();
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         self.loading += 1;
@@ -324,18 +337,17 @@ impl Scheduler {
                     let (src, dst) = parse_route(&job.source, &job.destination)?;
                     let source = stores.source(&src, &job.options.source_access).await?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
-                    // Failed objects get another chance, except those whose source
-                    // changed (only a new `copy` can plan the new version).
-                    let reopen = Some(Reopen::OnLoad);
-                    let (record, failed) = loaded_job(&db, job.id, reopen).await?;
-                    anyhow::Ok(Ready::Job {
+                    let (record, failed) = loaded_job(&db, job.id, Some(reopen)).await?;
+                    anyhow::Ok(Ready::Job(Box::new(Arrival {
                         record,
                         failed,
-                        summary: None,
                         source,
                         sink,
-                        unpause: named,
-                    })
+                        how: How::Loaded {
+                            unpause: named,
+                            reopen,
+                        },
+                    })))
                 }
                 .await;
                 let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
@@ -363,13 +375,19 @@ impl Scheduler {
                     anyhow::Ok((job, reader.open_uploads(id)?))
                 })
                 .await??;
-                if matches!(job.state, JobState::Done | JobState::Cancelled) {
+                if job.state == JobState::Done {
                     return anyhow::Ok(false);
                 }
+                let ended = job.state == JobState::Cancelled;
                 if !uploads.is_empty() {
                     let (_, dst) = parse_route(&job.source, &job.destination)?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
                     transfer::give_up_uploads(sink.as_ref(), uploads).await;
+                }
+                // Cancelled already (a crash may have come before its sessions were given
+                // up, so they were given up again above): nothing more to record.
+                if ended {
+                    return Ok(false);
                 }
                 job.state = JobState::Cancelled;
                 job.updated_ms = now_ms();
@@ -417,14 +435,18 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             // A finished job is no longer loaded: loading it gives its failed objects another
             // chance.
-            self.load(Some(id), true);
+            self.load(Some(id), true, Reopen::Retry);
             return;
         };
         let mut writes = Vec::new();
         for object in job.files.values_mut() {
-            // An object still finishing chunks of its failed round is left alone until they
-            // are back; reopening it under them would send them twice.
-            if !Reopen::Retry.admits(&object.record) || object.in_flight > 0 {
+            if !Reopen::Retry.admits(&object.record) {
+                continue;
+            }
+            if object.in_flight > 0 {
+                // Still finishing chunks of its failed round: reopening it under them would
+                // send them twice, so it is reopened once they are back.
+                object.reopen_when_back = true;
                 continue;
             }
             writes.extend(object.reopen());

@@ -11,10 +11,12 @@ impl Scheduler {
         }
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
+            // A job that does not run reads only to learn whether anything is left (a paused
+            // job with nothing left is over).
             if self
                 .jobs
                 .get(&id)
-                .is_some_and(|j| j.record.state == JobState::Running)
+                .is_some_and(|j| j.record.state == JobState::Running || j.files.is_empty())
             {
                 self.refill(id);
             }

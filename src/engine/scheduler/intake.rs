@@ -2,6 +2,7 @@
 //! results in (unplanned destinations recorded so `resume` tries them again).
 
 use super::*;
+use crate::state::index::Reopen;
 
 impl Scheduler {
     pub(super) async fn on_ready(&mut self, ready: Ready) {
@@ -79,38 +80,34 @@ impl Scheduler {
                 };
                 self.persist(Vec::new(), vec![After::Emit(failed)]);
             }
-            Ready::Job {
-                record,
-                failed,
-                summary,
-                source,
-                sink,
-                unpause,
-            } => {
-                if summary.is_some() {
-                    let route = route_key(&record.source, &record.destination);
+            Ready::Job(arrival) => {
+                if !matches!(arrival.how, How::Loaded { .. }) {
+                    let route = route_key(&arrival.record.source, &arrival.record.destination);
                     self.planning.remove(&route);
                 }
-                self.install(record, failed, summary, source, sink, unpause)
-                    .await;
+                self.install(*arrival).await;
             }
         }
     }
 
     /// Takes a planned or loaded job in: recorded RUNNING when it resumes, announced with the
     /// objects that stay failed, and its window filled from the state file.
-    pub(super) async fn install(
-        &mut self,
-        mut record: JobRecord,
-        failed: Vec<(u32, FileRecord)>,
-        summary: Option<PlanSummary>,
-        source: Arc<dyn ObjectSource>,
-        sink: Arc<dyn ObjectSink>,
-        unpause: bool,
-    ) {
+    pub(super) async fn install(&mut self, arrival: Arrival) {
+        let Arrival {
+            mut record,
+            failed,
+            source,
+            sink,
+            how,
+        } = arrival;
+        let (unpause, reopen) = match &how {
+            How::Loaded { unpause, reopen } => (*unpause, Some(*reopen)),
+            _ => (false, None),
+        };
         let id = record.id;
         self.next_job_id = self.next_job_id.max(id + 1);
-        if self.jobs.contains_key(&id) && summary.is_none() {
+        let loaded = matches!(how, How::Loaded { .. });
+        if self.jobs.contains_key(&id) && loaded {
             // Loaded twice (the daemon's start and a named resume racing): the loaded copy
             // stays, and does what the second load was asked for.
             if unpause {
@@ -136,30 +133,50 @@ impl Scheduler {
             writes.push(Write::Job(record.clone()));
         }
         let progress = self.db.progress(id).unwrap_or_default();
-        let job = JobRun::new(record, source, sink, progress);
+        let mut job = JobRun::new(record, source, sink, progress);
+        let mut after_writes = Vec::new();
+        if let Some(rule) = reopen {
+            // Through the writer, behind every write already queued; the cursor starts over
+            // once it is durable.
+            writes.push(Write::ReopenFailed {
+                job: id,
+                keep: Vec::new(),
+                rule,
+            });
+            job.rewinding += 1;
+            after_writes.push(After::Rewind(id));
+        }
         // Objects that cannot be copied as things stand are reported with the job, so every
         // summary names every failed object and why.
         let mut announcements: Vec<After> = failed
             .iter()
             .map(|(index, file)| After::Emit(failed_event(id, file, *index)))
             .collect();
-        let event = match summary {
-            Some(summary) => Event::JobPlanned {
+        let event = match how {
+            How::Planned(summary) => Some(Event::JobPlanned {
                 job: id,
                 source: job.record.source.clone(),
                 destination: job.record.destination.clone(),
                 summary,
-            },
-            None => Event::JobLoaded {
+            }),
+            // Announced as planned once the listing is complete.
+            How::Listing => {
+                job.listing = true;
+                None
+            }
+            How::Loaded { .. } => Some(Event::JobLoaded {
                 job: id,
                 source: job.record.source.clone(),
                 destination: job.record.destination.clone(),
                 state: job.record.state,
                 progress,
-            },
+            }),
         };
         self.jobs.insert(id, job);
-        announcements.insert(0, After::Emit(event));
+        if let Some(event) = event {
+            announcements.insert(0, After::Emit(event));
+        }
+        announcements.extend(after_writes);
         self.persist(writes, announcements);
         // Read at once whatever the job's state, so a job with nothing left finishes now.
         self.refill(id);
@@ -194,32 +211,29 @@ pub(super) async fn record_unplanned(
     .await?
 }
 
-/// A recorded job made ready to install: its failed objects that `reopen` admits are given
-/// another chance in the state file, and those that stay failed are returned to announce.
+/// A recorded job read to install (nothing is written here: the scheduler reopens what it
+/// reopens through its writer): its record, and the failed objects `reopen` leaves failed
+/// (all of them without a rule), to announce.
 pub(super) async fn loaded_job(
     db: &StateDb,
     id: JobId,
-    reopen: Option<crate::state::index::Reopen>,
+    reopen: Option<Reopen>,
 ) -> anyhow::Result<(JobRecord, Vec<(u32, FileRecord)>)> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
         let record = db
             .job(id)?
             .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))?;
-        if let Some(rule) = reopen {
-            db.apply(&[Write::ReopenFailed {
-                job: id,
-                keep: Vec::new(),
-                rule,
-            }])?;
-        }
         const PAGE: usize = 4096;
         let (mut failed, mut after) = (Vec::new(), None);
         loop {
             let page = db.objects_in(id, &[FileState::Failed], after, PAGE)?;
             after = page.last().map(|(i, _)| *i);
             let full = page.len() == PAGE;
-            failed.extend(page);
+            failed.extend(
+                page.into_iter()
+                    .filter(|(_, f)| !reopen.is_some_and(|rule| rule.admits(f))),
+            );
             if !full {
                 return Ok((record, failed));
             }

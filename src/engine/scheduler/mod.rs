@@ -119,17 +119,33 @@ enum Finished {
 }
 
 /// A job ready to run, from planning or loading.
-enum Ready {
-    Job {
-        record: JobRecord,
-        /// Objects that stay failed as things stand, announced with the job.
-        failed: Vec<(u32, FileRecord)>,
-        summary: Option<PlanSummary>,
-        source: Arc<dyn ObjectSource>,
-        sink: Arc<dyn ObjectSink>,
+struct Arrival {
+    record: JobRecord,
+    /// Objects that stay failed as things stand, announced with the job.
+    failed: Vec<(u32, FileRecord)>,
+    source: Arc<dyn ObjectSource>,
+    sink: Arc<dyn ObjectSink>,
+    how: How,
+}
+
+/// How a job arrives.
+enum How {
+    /// Planned: its listing is complete.
+    Planned(PlanSummary),
+    /// The first page of a new job's listing is planned: it runs while the rest is listed
+    /// ([`Ready::Listed`] follows).
+    Listing,
+    /// Loaded from the state file; the failed objects `reopen` admits get another chance.
+    Loaded {
         /// The operator named this paused job to resume it.
         unpause: bool,
+        reopen: crate::state::index::Reopen,
     },
+}
+
+/// What a background task reports.
+enum Ready {
+    Job(Box<Arrival>),
     Failed {
         source: String,
         destination: String,
@@ -208,6 +224,10 @@ struct Scheduler {
     buffers: Arc<BufferPool>,
     /// The most objects the windows held at once.
     held_peak: u64,
+    /// Jobs unloaded whose end is not durable yet: not loaded again until it is.
+    unloading: BTreeSet<JobId>,
+    /// Jobs to load again (with this reopen rule) once their end is durable.
+    reload_after_unload: BTreeMap<JobId, crate::state::index::Reopen>,
 }
 
 /// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
@@ -263,6 +283,8 @@ pub(super) async fn run(
         deferred: Vec::new(),
         buffers,
         held_peak: 0,
+        unloading: BTreeSet::new(),
+        reload_after_unload: BTreeMap::new(),
     };
     s.read_history();
     let mut ticks = tokio::time::interval(TICK);

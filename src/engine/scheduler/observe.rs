@@ -63,10 +63,18 @@ impl Scheduler {
 
     pub(super) async fn on_tick(&mut self) {
         let now = Instant::now();
+        let mut drained = Vec::new();
         for (id, job) in &mut self.jobs {
             if let Ok(progress) = self.db.progress(*id) {
                 job.progress = progress;
             }
+            if job.drained() {
+                drained.push(*id);
+            }
+        }
+        // A job whose end could not be decided (its counters unreadable) is tried again.
+        for id in drained {
+            self.check_finished(id);
         }
         // A running job a view looks at is read again now and then (its window is fresher
         // and drawn over it).
@@ -160,9 +168,16 @@ impl Scheduler {
         if job.is_none() && files.is_empty() && !self.watched.contains_key(&id) {
             return ViewDetails::default();
         }
-        // The window's objects as held: fresher than the state file's.
+        // The window's objects as held: fresher than the state file's (within the objects
+        // listed, so the list does not jump).
+        let listed_to = match self.watched.get(&id) {
+            Some(w) if w.files.len() >= snapshot::LISTED_OBJECTS => w.files.last().map(|f| f.0),
+            _ => None,
+        };
         for object in job.into_iter().flat_map(|j| j.files.values()) {
-            files.insert(object.index, (&object.record, object.chunks.as_slice()));
+            if listed_to.is_none_or(|last| object.index <= last) {
+                files.insert(object.index, (&object.record, object.chunks.as_slice()));
+            }
         }
         snapshot::details(
             id,
@@ -174,9 +189,16 @@ impl Scheduler {
     /// Reads (again) the first objects of a job a view looks at, in the background.
     pub(super) fn read_watched(&mut self, id: JobId) {
         self.watch_reads.insert(id, Instant::now());
+        // Chunks are read for the object a view opened only.
+        let selected: BTreeSet<u32> = self
+            .selections
+            .values()
+            .filter(|s| s.job == Some(id))
+            .filter_map(|s| s.file)
+            .collect();
         let (db, tx) = (self.db.clone(), self.ready_tx.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok(Some(snapshot)) = db.load_job_page(id, snapshot::LISTED_OBJECTS) {
+            if let Ok(Some(snapshot)) = db.load_job_page(id, snapshot::LISTED_OBJECTS, Some(selected)) {
                 let _ = tx.send(Ready::Watched(snapshot));
             }
         });
@@ -193,8 +215,8 @@ impl Scheduler {
         let looked_at: BTreeSet<JobId> = self.selections.values().filter_map(|s| s.job).collect();
         self.watched.retain(|id, _| looked_at.contains(id));
         self.watch_reads.retain(|id, _| looked_at.contains(id));
-        let Some(id) = selection.job else { return };
-        if !self.watch_reads.contains_key(&id) {
+        // Read for the new selection (the chunks of the object it opened come with it).
+        if let Some(id) = selection.job {
             self.read_watched(id);
         }
     }

@@ -40,13 +40,20 @@ impl Scheduler {
     /// whenever a begin, check or commit is due) goes ahead of objects not begun yet, so a
     /// job does not open every object's session before any chunk moves. Uploads are given up
     /// only once the writes that drop them are durable.
-    fn apply(&mut self, id: JobId, file: u32, step: Step, first: bool) {
+    fn apply(&mut self, id: JobId, file: u32, mut step: Step, first: bool) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let Some(object) = job.files.get(&file) else {
+        let Some(object) = job.files.get_mut(&file) else {
             return;
         };
+        if object.reopen_when_back && object.in_flight == 0 {
+            object.reopen_when_back = false;
+            if object.record.state == FileState::Failed {
+                step.timers.clear();
+                step.writes.extend(object.reopen());
+            }
+        }
         let now = Instant::now();
         for (delay, wake) in step.timers {
             self.timers
@@ -142,7 +149,12 @@ impl Scheduler {
             // exact.
             _ if job.drained() => match self.db.progress(id) {
                 Ok(progress) if progress.files_failed == 0 => JobState::Done,
-                _ => JobState::Failed,
+                Ok(_) => JobState::Failed,
+                // Decided on a later tick, from counters that can be read.
+                Err(e) => {
+                    tracing::warn!("cannot read job {id}'s counters: {e}");
+                    return;
+                }
             },
             _ => return,
         };
@@ -153,6 +165,7 @@ impl Scheduler {
         if let Some(job) = self.jobs.remove(&id) {
             self.history.insert(id, job.view());
         }
+        self.unloading.insert(id);
         let finished = After::Finished(id, state, record.error.clone());
         self.persist(vec![Write::Job(record)], vec![finished]);
     }
@@ -165,6 +178,7 @@ impl Scheduler {
         state: JobState,
         error: Option<String>,
     ) {
+        self.unloading.remove(&id);
         let progress = self.db.progress(id).unwrap_or_default();
         if let Some(view) = self.history.get_mut(&id) {
             view.progress = progress;
@@ -180,6 +194,9 @@ impl Scheduler {
             error,
         })
         .await;
+        if let Some(reopen) = self.reload_after_unload.remove(&id) {
+            self.load(Some(id), true, reopen);
+        }
     }
 }
 
