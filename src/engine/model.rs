@@ -149,7 +149,10 @@ impl JobRun {
     /// Queues an object ahead of the others: its commit, a retry or a re-send finishes an
     /// object that is already under way.
     pub(super) fn enqueue_first(&mut self, file: u32) {
-        let has_work = self.files.get(&file).is_some_and(|o| o.next_work().is_some());
+        let has_work = self
+            .files
+            .get(&file)
+            .is_some_and(|o| o.next_work().is_some());
         if !has_work {
             return;
         }

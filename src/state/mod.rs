@@ -410,8 +410,7 @@ impl StateDb {
                     let (job, rule) = (*job, *rule);
                     match indexes.pop_front() {
                         Some(file_index) => {
-                            expanded =
-                                self.reopened(&files, &chunks, job, file_index, rule)?;
+                            expanded = self.reopened(&files, &chunks, job, file_index, rule)?;
                             expanded.reverse();
                         }
                         None => {
@@ -443,14 +442,9 @@ impl StateDb {
                         }
                     },
                     Write::ReopenFailed { job, keep, rule } => {
-                        let mut failed = index::indexes_in(
-                            &states,
-                            *job,
-                            FileState::Failed,
-                            None,
-                            usize::MAX,
-                        )
-                        .map_err(|e| self.err("read", e))?;
+                        let mut failed =
+                            index::indexes_in(&states, *job, FileState::Failed, None, usize::MAX)
+                                .map_err(|e| self.err("read", e))?;
                         let mut keep = keep.clone();
                         keep.sort_unstable();
                         failed.retain(|i| keep.binary_search(i).is_err());
@@ -768,7 +762,10 @@ impl StateDb {
             let (key, value) = entry.map_err(|e| self.err("read", e))?;
             let (_, index) = key.value();
             let file: FileRecord = self.decode(value.value())?;
-            if chunks_of.as_ref().is_some_and(|only| !only.contains(&index)) {
+            if chunks_of
+                .as_ref()
+                .is_some_and(|only| !only.contains(&index))
+            {
                 files.push((index, file, Vec::new()));
                 continue;
             }
@@ -871,6 +868,23 @@ impl StateDb {
         for file_index in indexes {
             if let Some(file) = self.file_in(&files, id, file_index)? {
                 out.push((file_index, file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of job `id`'s objects at `indexes` (those recorded).
+    pub fn objects_at(
+        &self,
+        id: JobId,
+        indexes: &[u32],
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            if let Some(file) = self.file_in(&files, id, *index)? {
+                out.push((*index, file));
             }
         }
         Ok(out)

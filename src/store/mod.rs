@@ -402,7 +402,10 @@ pub trait ObjectSink: Send + Sync {
         if token.is_some() {
             return Ok((Vec::new(), None));
         }
-        Ok((self.list_existing(prefix).await?.into_iter().collect(), None))
+        Ok((
+            self.list_existing(prefix).await?.into_iter().collect(),
+            None,
+        ))
     }
 }
 

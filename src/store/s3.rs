@@ -23,7 +23,8 @@ use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 
 use super::{
-    Access, Chunk, ErrorClass, Listed, ObjectInfo, ObjectMeta, ObjectSource, Page, StoreError, StoreResult,
+    Access, Chunk, ErrorClass, Listed, ObjectInfo, ObjectMeta, ObjectSource, Page, StoreError,
+    StoreResult,
 };
 
 /// One S3 bucket.

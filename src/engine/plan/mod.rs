@@ -4,12 +4,14 @@
 //! state database. Sizing and block IDs live in [`sizing`], destination names in [`names`],
 //! what is read of metadata in [`metadata`].
 
+mod existing;
 mod metadata;
 mod names;
 mod sizing;
 
 pub use sizing::{block_id, check_chunk_size, chunk_count, chunk_size_for, planned_blocks};
 
+use existing::Existing;
 pub(crate) use metadata::fill_metadata;
 use metadata::preview_metadata;
 use names::{claim_names, name_refusal, refused_file};
@@ -23,6 +25,7 @@ use super::filter::Filter;
 use super::retry::RetryPolicy;
 use crate::location::Location;
 use crate::size::human;
+use crate::state::index::Listing;
 use crate::state::names::{Claim, MemoryNames, NameClash, NameIndex};
 use crate::state::{
     ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
@@ -140,6 +143,10 @@ pub enum PlanError {
     /// The state file could not be read or written.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The job stopped (cancelled, or failed) while it was listed; where the listing stood is
+    /// recorded.
+    #[error("the job stopped while its source was listed")]
+    Stopped,
     /// Anything else: a store that cannot be opened, a planning task that died.
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
@@ -154,6 +161,20 @@ pub async fn plan_job(
     req: PlanRequest<'_>,
     source: &dyn ObjectSource,
     sink: &dyn ObjectSink,
+) -> Result<Plan, PlanError> {
+    plan_job_paged(db, req, source, sink, &mut |_| true).await
+}
+
+/// [`plan_job`], a page at a time: each page of the source's listing is planned and recorded
+/// with the listing's position in one transaction, then reported to `on_page` (not in a dry
+/// run; it answers false to stop the listing), so a new job's objects can start while the
+/// rest is listed and a listing stopped at any moment resumes after its last recorded key.
+pub async fn plan_job_paged(
+    db: Option<&StateDb>,
+    req: PlanRequest<'_>,
+    source: &dyn ObjectSource,
+    sink: &dyn ObjectSink,
+    on_page: &mut (dyn FnMut(PagePlanned) -> bool + Send),
 ) -> Result<Plan, PlanError> {
     let (src, dst) = (req.source, req.destination);
     let filter = Filter::new(&req.options.include, &req.options.exclude)
@@ -190,45 +211,17 @@ pub async fn plan_job(
             PlanError::Destination(format!("cannot prepare the destination {dst}: {e}"))
         })?;
     }
-    let listing = match listing {
-        Some(listing) => listing,
-        None => req
-            .retry
-            .run(|| source.list(&src.key, false))
-            .await
-            .map_err(source_failed)?,
-    };
-    let existing = if dst.is_prefix() {
-        req.retry.run(|| sink.list_existing(&dst.key)).await
-    } else {
-        req.retry
-            .run(|| sink.head(&dst.key))
-            .await
-            .map(|d| d.map(|d| (dst.key.clone(), d)).into_iter().collect())
-    };
-    let mut existing: BTreeMap<String, DestObject> = match existing {
-        Ok(existing) => existing,
-        // A dry run prepares nothing: a container that does not exist yet holds nothing.
-        Err(e) if req.dry_run && e.class == ErrorClass::NotFound => BTreeMap::new(),
-        Err(e) => {
-            return Err(PlanError::Destination(format!(
-                "cannot read the destination {dst}: {e}"
-            )));
-        }
-    };
+    // A single object is listed already; a prefix is listed a page at a time below.
+    let mut single = listing;
 
-    let mut summary_filtered = 0;
     let (src_text, dst_text) = (src.to_string(), dst.to_string());
     let previous = match db {
-        Some(db) => match db.job_for_route(&src_text, &dst_text)? {
-            Some(job) => db.load_job(job.id)?,
-            None => None,
-        },
+        Some(db) => db.job_for_route(&src_text, &dst_text)?,
         None => None,
     };
     let now = now_ms();
     let mut job = match &previous {
-        Some(snapshot) => snapshot.job.clone(),
+        Some(previous) => previous.clone(),
         None => JobRecord {
             id: req.new_job_id,
             source: src_text,
@@ -241,65 +234,328 @@ pub async fn plan_job(
             planned: true,
         },
     };
+    // A listing stopped part-way goes on after its last recorded key, as long as it lists
+    // with the same settings; otherwise the route is listed from the start.
+    let resumed = match (db, &previous) {
+        (Some(db), Some(previous)) if previous.options == req.options => db.listing(job.id)?,
+        _ => None,
+    };
+    let fresh = match (&resumed, db, &previous) {
+        (Some(listing), _, _) => listing.fresh,
+        (None, Some(db), Some(_)) => db.progress(job.id)?.files_total == 0,
+        _ => true,
+    };
     job.planned = true;
     job.options = req.options.clone();
     job.state = JobState::Running;
     job.error = None;
     job.updated_ms = now;
 
-    // Every admitted object's exact destination name, and the names two keys would share.
-    let mut listing = listing;
-    listing.retain(|o| {
-        let admitted = filter.admits(src, &o.key);
-        if !admitted {
-            summary_filtered += 1;
-        }
-        admitted
-    });
-    let naming = sink.naming();
-    let named: Vec<DestName> = listing
-        .iter()
-        .map(|o| naming.destination_name(&dst.destination_key(src, &o.key), o.size))
-        .collect();
-    // A key the destination holds as it is claims its name before keys folded onto it
-    // (`k/x/a.txt` before `k/x/./a.txt`), whatever the listing order.
-    let as_is: Vec<bool> = listing
-        .iter()
-        .zip(&named)
-        .map(|(o, name)| matches!(name, DestName::Object(n) if *n == dst.destination_key(src, &o.key)))
-        .collect();
-    let clashes = claim_names(db, &req, job.id, naming, &listing, &named, &as_is)?;
-    if !sink.listing_has_metadata() {
-        let candidates: Vec<String> = listing
-            .iter()
-            .zip(&named)
-            .filter_map(|(o, name)| match name {
-                DestName::Object(key) => Some((key.clone(), o.size)),
-                _ => None,
-            })
-            .filter(|(key, size)| existing.get(key).is_some_and(|d| d.size == *size))
-            .map(|(key, _)| key)
-            .collect();
-        fill_metadata(sink, &req.retry, candidates, &mut existing).await;
+    let mut names = match db {
+        Some(db) if !req.dry_run => NameIndex::Db(db, job.id),
+        _ => NameIndex::Memory(MemoryNames::default()),
+    };
+    let mut planner = Planner {
+        db,
+        req: &req,
+        filter: &filter,
+        naming: sink.naming(),
+        limits: sink.limits(),
+        job: job.id,
+        next_index: match db {
+            Some(db) => db.next_file_index(job.id)?,
+            None => 0,
+        },
+        summary: resumed
+            .as_ref()
+            .and_then(|l| serde_json::from_value(l.summary.clone()).ok())
+            .unwrap_or_default(),
+        objects: Vec::new(),
+        to_preview: Vec::new(),
+    };
+    let mut after = resumed.as_ref().and_then(|l| l.after.clone());
+    if resumed.is_none() {
+        // Names are decided afresh by every plan.
+        names.clear()?;
+    }
+    let record_listing = |after: Option<String>, summary: &PlanSummary| {
+        Write::Listing(
+            job.id,
+            Some(Listing {
+                after,
+                fresh,
+                summary: serde_json::to_value(summary).unwrap_or_default(),
+            }),
+        )
+    };
+    if let Some(db) = db.filter(|_| !req.dry_run) {
+        let writes = vec![
+            Write::Job(job.clone()),
+            record_listing(after.clone(), &planner.summary),
+        ];
+        apply(db, writes).await?;
     }
 
-    let mut old: HashMap<String, (u32, FileRecord, Vec<ChunkRecord>)> = previous
-        .map(|s| s.files.into_iter().map(|f| (f.1.key.clone(), f)).collect())
-        .unwrap_or_default();
-    let mut next_index = old.values().map(|(i, _, _)| i + 1).max().unwrap_or(0);
-    let mut writes = vec![Write::Job(job.clone())];
-    let mut summary = PlanSummary {
-        filtered: summary_filtered,
-        ..PlanSummary::default()
-    };
-    let mut objects = Vec::new();
-    // Objects of a dry run to copy, whose metadata is looked at: (position, version).
-    let mut to_preview: Vec<(usize, String)> = Vec::new();
-    // Upload sessions of objects planned afresh, to give up.
-    let mut stale: Vec<(String, String)> = Vec::new();
-    let limits = sink.limits();
+    let mut existing = Existing::new(sink, dst, &req.retry, req.dry_run);
+    loop {
+        let (page, next) = match single.take() {
+            Some(listing) => (listing, None),
+            None => {
+                let listed = req
+                    .retry
+                    .run(|| source.list_after(&src.key, after.as_deref(), PAGE))
+                    .await
+                    .map_err(source_failed)?;
+                (listed.objects, listed.next)
+            }
+        };
+        let last_page = next.is_none();
+        let slices: Vec<&[ObjectInfo]> = page.chunks(PAGE).collect();
+        let count = slices.len().max(1);
+        for n in 0..count {
+            let slice = slices.get(n).copied().unwrap_or(&[]);
+            // The slice covers the keys after `after` up to its last (to the end of the
+            // listing for the last slice of the last page).
+            let upto = if last_page && n + 1 == count {
+                None
+            } else {
+                slice.last().map(|o| o.key.clone())
+            };
+            if slice.windows(2).any(|w| w[0].key >= w[1].key)
+                || (slice.first()).is_some_and(|o| after.as_ref().is_some_and(|a| &o.key <= a))
+            {
+                return Err(PlanError::Source(format!(
+                    "the source {src} listed its keys out of order; blobway plans a listing \
+                     in key order"
+                )));
+            }
+            let planned = planner
+                .plan_slice(
+                    slice,
+                    after.as_deref(),
+                    upto.as_deref(),
+                    &mut names,
+                    &mut existing,
+                    sink,
+                )
+                .await?;
+            if let Some(key) = slice.last() {
+                after = Some(key.key.clone());
+            }
+            if let Some(db) = db.filter(|_| !req.dry_run) {
+                let mut writes = planned.writes;
+                writes.push(match upto {
+                    None => Write::Listing(job.id, None),
+                    Some(_) => record_listing(after.clone(), &planner.summary),
+                });
+                apply(db, writes).await?;
+                super::transfer::give_up_uploads(sink, planned.stale).await;
+                let go_on = on_page(PagePlanned {
+                    job: job.id,
+                    fresh,
+                    failed: planned.failed,
+                });
+                if !go_on {
+                    return Err(PlanError::Stopped);
+                }
+            }
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let Planner {
+        mut summary,
+        mut objects,
+        to_preview,
+        ..
+    } = planner;
+    if req.dry_run {
+        let policy = req.options.invalid_metadata;
+        preview_metadata(
+            source,
+            sink,
+            policy,
+            &mut objects,
+            &to_preview,
+            &mut summary,
+        )
+        .await;
+    }
+    Ok(Plan {
+        job,
+        summary,
+        objects,
+    })
+}
 
-    for ((object, name), clash) in listing.iter().zip(named).zip(clashes) {
+/// Objects planned (and recorded) per transaction, and asked of a store per listing page.
+const PAGE: usize = 1000;
+
+/// A page of a job's listing was planned and recorded.
+#[derive(Debug)]
+pub struct PagePlanned {
+    /// The job.
+    pub job: JobId,
+    /// The job had no objects when its listing began: its objects may start at once.
+    pub fresh: bool,
+    /// Objects of the page that cannot be copied, to announce.
+    pub failed: Vec<(u32, FileRecord)>,
+}
+
+/// What one slice of a listing amounts to.
+struct SlicePlanned {
+    writes: Vec<Write>,
+    /// Upload sessions of objects planned afresh, to give up once the writes are durable.
+    stale: Vec<(String, String)>,
+    failed: Vec<(u32, FileRecord)>,
+}
+
+async fn apply(db: &StateDb, writes: Vec<Write>) -> Result<(), PlanError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.apply(&writes))
+        .await
+        .context("the planning task failed")??;
+    Ok(())
+}
+
+/// A plan under way: what it has decided so far.
+struct Planner<'a> {
+    db: Option<&'a StateDb>,
+    req: &'a PlanRequest<'a>,
+    filter: &'a Filter,
+    naming: Naming,
+    limits: SinkLimits,
+    job: JobId,
+    next_index: u32,
+    summary: PlanSummary,
+    /// Every listed object and what happens to it (dry runs only).
+    objects: Vec<PlannedObject>,
+    /// Objects of a dry run to copy, whose metadata is looked at: (position, version).
+    to_preview: Vec<(usize, String)>,
+}
+
+impl Planner<'_> {
+    /// Plans `listing` (keys increasing, the listing's keys after `after` up to `upto`, or to
+    /// its end): each object against what the job recorded for it and what the destination
+    /// holds; recorded objects in that span that the source no longer lists are dropped
+    /// unless finished.
+    async fn plan_slice(
+        &mut self,
+        listing: &[ObjectInfo],
+        after: Option<&str>,
+        upto: Option<&str>,
+        names: &mut NameIndex<'_>,
+        existing: &mut Existing<'_>,
+        sink: &dyn ObjectSink,
+    ) -> Result<SlicePlanned, PlanError> {
+        let req = self.req;
+        let (src, dst) = (req.source, req.destination);
+        let job = self.job;
+        let mut out = SlicePlanned {
+            writes: Vec::new(),
+            stale: Vec::new(),
+            failed: Vec::new(),
+        };
+        // Every admitted object's exact destination name, and the names two keys would share.
+        let listing: Vec<&ObjectInfo> = listing
+            .iter()
+            .filter(|o| {
+                let admitted = self.filter.admits(src, &o.key);
+                if !admitted {
+                    self.summary.filtered += 1;
+                }
+                admitted
+            })
+            .collect();
+        let named: Vec<DestName> = listing
+            .iter()
+            .map(|o| {
+                self.naming
+                    .destination_name(&dst.destination_key(src, &o.key), o.size)
+            })
+            .collect();
+        // A key the destination holds as it is claims its name before keys folded onto it
+        // (`k/x/a.txt` before `k/x/./a.txt`), whatever the listing order within a page.
+        let as_is: Vec<bool> = listing
+            .iter()
+            .zip(&named)
+            .map(|(o, name)| matches!(name, DestName::Object(n) if *n == dst.destination_key(src, &o.key)))
+            .collect();
+        let clashes = claim_names(names, self.naming, &listing, &named, &as_is)?;
+        // What the destination holds under each name, by a merge with its listing.
+        let mut at_destination: BTreeMap<String, DestObject> = BTreeMap::new();
+        for name in &named {
+            if let DestName::Object(name) = name
+                && let Some(found) = existing.find(name).await?
+            {
+                at_destination.insert(name.clone(), found);
+            }
+        }
+        if !sink.listing_has_metadata() {
+            let candidates: Vec<String> = listing
+                .iter()
+                .zip(&named)
+                .filter_map(|(o, name)| match name {
+                    DestName::Object(key) => Some((key.clone(), o.size)),
+                    _ => None,
+                })
+                .filter(|(key, size)| at_destination.get(key).is_some_and(|d| d.size == *size))
+                .map(|(key, _)| key)
+                .collect();
+            fill_metadata(sink, &req.retry, candidates, &mut at_destination).await;
+        }
+        // What the job recorded for these keys, and for keys in the span no longer listed.
+        let mut old: HashMap<String, (u32, FileRecord, Vec<ChunkRecord>)> = HashMap::new();
+        let mut gone: Vec<u32> = Vec::new();
+        if let Some(db) = self.db {
+            let keys: Vec<&str> = listing.iter().map(|o| o.key.as_str()).collect();
+            old = db
+                .recorded(job, &keys)?
+                .into_iter()
+                .map(|(i, f, c)| (f.key.clone(), (i, f, c)))
+                .collect();
+            let listed: std::collections::HashSet<&str> = keys.iter().copied().collect();
+            gone = db
+                .keys_between(job, after, upto)?
+                .into_iter()
+                .filter(|(key, _)| !listed.contains(key.as_str()))
+                .map(|(_, index)| index)
+                .collect();
+        }
+        for ((object, name), clash) in listing.iter().zip(named).zip(clashes) {
+            self.plan_object(object, name, clash, &mut old, &at_destination, &mut out);
+        }
+        // Objects recorded earlier that are gone from the source: keep finished ones as
+        // history, drop unfinished ones (there is nothing left to copy).
+        if let (Some(db), false) = (self.db, gone.is_empty()) {
+            for (index, file) in db.objects_at(job, &gone)? {
+                if !matches!(file.state, FileState::Done | FileState::Skipped) {
+                    out.stale.extend(file.open_upload());
+                    out.writes.push(Write::RemoveFile(job, index));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plans one listed object: refused, already done, identical, or to copy (resuming what
+    /// was recorded for it when its source version is unchanged).
+    fn plan_object(
+        &mut self,
+        object: &ObjectInfo,
+        name: DestName,
+        clash: Option<NameClash>,
+        old: &mut HashMap<String, (u32, FileRecord, Vec<ChunkRecord>)>,
+        existing: &BTreeMap<String, DestObject>,
+        out: &mut SlicePlanned,
+    ) {
+        let req = self.req;
+        let (src, dst) = (req.source, req.destination);
+        let job = self.job;
+        let limits = self.limits;
+        let summary = &mut self.summary;
         summary.files += 1;
         summary.bytes += object.size;
         let dest_key = match &name {
@@ -310,13 +566,13 @@ pub async fn plan_job(
             // Refused names are decided afresh by every plan, never copied.
             let index = match old.remove(&object.key) {
                 Some((index, old_file, _)) => {
-                    stale.extend(old_file.open_upload());
-                    writes.push(Write::RemoveFile(job.id, index));
+                    out.stale.extend(old_file.open_upload());
+                    out.writes.push(Write::RemoveFile(job, index));
                     index
                 }
                 None => {
-                    next_index += 1;
-                    next_index - 1
+                    self.next_index += 1;
+                    self.next_index - 1
                 }
             };
             let file = refused_file(object, dest_key, state, why);
@@ -327,15 +583,16 @@ pub async fn plan_job(
                 }
                 _ => {
                     summary.rejected += 1;
+                    out.failed.push((index, file.clone()));
                     let why = file.error.as_ref().map_or("", |e| e.message.as_str());
                     format!("cannot copy: {why}")
                 }
             };
             if req.dry_run {
-                objects.push(planned_object(&file, 0, &action));
+                self.objects.push(planned_object(&file, 0, &action));
             }
-            writes.push(Write::File(job.id, index, file));
-            continue;
+            out.writes.push(Write::File(job, index, file));
+            return;
         }
         let at_destination = existing.get(&dest_key);
         let (index, mut file, mut chunks) = match old.remove(&object.key) {
@@ -343,15 +600,15 @@ pub async fn plan_job(
                 (index, file, chunks)
             }
             Some((index, old_file, _)) => {
-                stale.extend(old_file.open_upload());
-                writes.push(Write::RemoveFile(job.id, index));
-                let (file, chunks) = new_file(object, dest_key, &req, limits);
+                out.stale.extend(old_file.open_upload());
+                out.writes.push(Write::RemoveFile(job, index));
+                let (file, chunks) = new_file(object, dest_key, req, limits);
                 (index, file, chunks)
             }
             None => {
-                let index = next_index;
-                next_index += 1;
-                let (file, chunks) = new_file(object, dest_key, &req, limits);
+                let index = self.next_index;
+                self.next_index += 1;
+                let (file, chunks) = new_file(object, dest_key, req, limits);
                 (index, file, chunks)
             }
         };
@@ -364,9 +621,10 @@ pub async fn plan_job(
         {
             summary.already_done += 1;
             if req.dry_run {
-                objects.push(planned_object(&file, 0, "skip: done in an earlier run"));
+                self.objects
+                    .push(planned_object(&file, 0, "skip: done in an earlier run"));
             }
-            continue;
+            return;
         }
         if identical(at_destination, object) {
             file.state = FileState::Skipped;
@@ -375,9 +633,9 @@ pub async fn plan_job(
         } else if finished || (file.state == FileState::Failed && file.chunk_count == 0) {
             // Recorded as done but gone from the destination, or never plannable (settings
             // may have changed since): plan it afresh.
-            stale.extend(file.open_upload());
-            writes.push(Write::RemoveFile(job.id, index));
-            (file, chunks) = new_file(object, file.dest_key.clone(), &req, limits);
+            out.stale.extend(file.open_upload());
+            out.writes.push(Write::RemoveFile(job, index));
+            (file, chunks) = new_file(object, file.dest_key.clone(), req, limits);
         } else if file.state == FileState::Failed {
             crate::state::index::reopen(&mut file, &mut chunks);
         }
@@ -388,14 +646,14 @@ pub async fn plan_job(
             match req.options.if_exists {
                 IfExists::Overwrite => summary.replaced += 1,
                 IfExists::Skip => {
-                    stale.extend(file.open_upload());
+                    out.stale.extend(file.open_upload());
                     file.state = FileState::Skipped;
                     file.note =
                         Some("already at the destination; left as it is (--if-exists skip)".into());
                     summary.existing_skipped += 1;
                 }
                 IfExists::Fail => {
-                    stale.extend(file.open_upload());
+                    out.stale.extend(file.open_upload());
                     file.state = FileState::Failed;
                     file.error = Some(crate::state::ErrorRecord {
                         class: ErrorClass::Exists,
@@ -430,6 +688,7 @@ pub async fn plan_job(
             }
             FileState::Failed => {
                 summary.rejected += 1;
+                out.failed.push((index, file.clone()));
                 let why = file.error.as_ref().map_or("", |e| e.message.as_str());
                 format!("cannot copy: {why}")
             }
@@ -443,55 +702,19 @@ pub async fn plan_job(
         };
         if req.dry_run {
             if action == "copy" {
-                to_preview.push((objects.len(), file.etag.clone()));
+                self.to_preview
+                    .push((self.objects.len(), file.etag.clone()));
             }
-            objects.push(planned_object(&file, remaining, &action));
+            self.objects.push(planned_object(&file, remaining, &action));
         }
-        writes.push(Write::File(job.id, index, file));
-        writes.extend(
+        out.writes.push(Write::File(job, index, file));
+        out.writes.extend(
             chunks
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| Write::Chunk(job.id, index, i as u32, c)),
+                .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
         );
     }
-    // Objects recorded earlier that are gone from the source: keep finished ones as history,
-    // drop unfinished ones (there is nothing left to copy).
-    for (index, file, _) in old.into_values() {
-        if !matches!(file.state, FileState::Done | FileState::Skipped) {
-            stale.extend(file.open_upload());
-            writes.push(Write::RemoveFile(job.id, index));
-        }
-    }
-    if req.dry_run {
-        let policy = req.options.invalid_metadata;
-        preview_metadata(
-            source,
-            sink,
-            policy,
-            &mut objects,
-            &to_preview,
-            &mut summary,
-        )
-        .await;
-        return Ok(Plan {
-            job,
-            summary,
-            objects,
-        });
-    }
-    if let Some(db) = db {
-        let db = db.clone();
-        tokio::task::spawn_blocking(move || db.apply(&writes))
-            .await
-            .context("the planning task failed")??;
-    }
-    super::transfer::give_up_uploads(sink, stale).await;
-    Ok(Plan {
-        job,
-        summary,
-        objects,
-    })
 }
 
 fn planned_object(file: &FileRecord, chunks: u64, action: &str) -> PlannedObject {

@@ -10,19 +10,12 @@ pub(super) const NAME_BATCH: usize = 4096;
 /// as they are first, then in listing order — in the state database (in memory for a dry
 /// run); for each object, the clash when another key holds the name first.
 pub(super) fn claim_names(
-    db: Option<&StateDb>,
-    req: &PlanRequest<'_>,
-    job: JobId,
+    index: &mut NameIndex<'_>,
     naming: Naming,
-    listing: &[ObjectInfo],
+    listing: &[&ObjectInfo],
     named: &[DestName],
     as_is: &[bool],
 ) -> anyhow::Result<Vec<Option<NameClash>>> {
-    let mut index = match db {
-        Some(db) if !req.dry_run => NameIndex::Db(db, job),
-        _ => NameIndex::Memory(MemoryNames::default()),
-    };
-    index.clear()?;
     let mut clashes = vec![None; listing.len()];
     let mut wanted: Vec<usize> = (0..listing.len())
         .filter(|i| matches!(named[*i], DestName::Object(_)))

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::state::index::Reopen;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 impl Scheduler {
     pub(super) fn on_command(&mut self, command: Command) {
@@ -58,6 +59,10 @@ impl Scheduler {
                     job.record.state = JobState::Cancelled;
                     job.record.updated_ms = now_ms();
                     job.clear_queue();
+                    job.listing = false;
+                    if let Some(listing) = self.listings.get(&id) {
+                        listing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let record = job.record.clone();
                     let uploads: Vec<(String, String)> = job
                         .files
@@ -178,6 +183,8 @@ impl Scheduler {
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
         let max_memory = self.config.max_memory;
         let retry = options.retry_or(self.config.retry);
+        let stopped = Arc::new(AtomicBool::new(false));
+        self.listings.insert(job, stopped.clone());
         self.background.spawn(async move {
             if let Some(record) = first_record {
                 let db = db.clone();
@@ -201,6 +208,8 @@ impl Scheduler {
             // Announced once recorded, before anything planning reports.
             let _ = tx.send(Ready::Queued(queued));
             let recorded_options = options.clone();
+            // Set once a page of a new job was handed over: the job runs while it is listed.
+            let installed = Arc::new(AtomicBool::new(false));
             let result = async {
                 let source_store = stores.source(&src, &options.source_access).await?;
                 let sink = stores.sink(&dst, &options.dest_access).await?;
@@ -213,8 +222,34 @@ impl Scheduler {
                     retry,
                     dry_run: false,
                 };
-                let plan = plan::plan_job(Some(&db), request, source_store.as_ref(), sink.as_ref())
-                    .await?;
+                let mut on_page = |page: plan::PagePlanned| {
+                    if stopped.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    if page.fresh {
+                        installed.store(true, Ordering::Relaxed);
+                        let _ = tx.send(Ready::Page {
+                            page,
+                            source: source_store.clone(),
+                            sink: sink.clone(),
+                        });
+                    }
+                    true
+                };
+                let plan = plan::plan_job_paged(
+                    Some(&db),
+                    request,
+                    source_store.as_ref(),
+                    sink.as_ref(),
+                    &mut on_page,
+                )
+                .await?;
+                if installed.load(Ordering::Relaxed) {
+                    return Ok(Ready::Listed {
+                        job: plan.job.id,
+                        summary: plan.summary,
+                    });
+                }
                 let (record, failed) = loaded_job(&db, plan.job.id, None).await?;
                 Ok::<_, plan::PlanError>(Ready::Job(Box::new(Arrival {
                     record,
@@ -227,6 +262,15 @@ impl Scheduler {
             .await;
             let ready = match result {
                 Ok(ready) => ready,
+                // The job runs already: it stops with the reason (its listing's position
+                // stands, so `resume` lists on from there).
+                Err(e) if installed.load(Ordering::Relaxed) => Ready::ListingFailed {
+                    job,
+                    error: match e {
+                        plan::PlanError::Stopped => None,
+                        e => Some(redact(&e.to_string())),
+                    },
+                },
                 Err(e) => {
                     let mut error = redact(&e.to_string());
                     match e {
@@ -325,7 +369,10 @@ impl Scheduler {
                 {
                     continue;
                 }
-                if !job.planned {
+                // Never planned (its destination failed), or stopped while it was listed:
+                // planned again, its listing going on from where it stood.
+                let listing = matches!(db.listing(job.id), Ok(Some(_)));
+                if !job.planned || listing {
                     let _ = tx.send(Ready::Replan {
                         source: job.source.clone(),
                         destination: job.destination.clone(),

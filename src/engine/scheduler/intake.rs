@@ -69,8 +69,10 @@ impl Scheduler {
                 error,
                 ends,
             } => {
-                if let Ends::Plan(route) = ends {
-                    self.planning.remove(&route);
+                if let Ends::Plan(route) = ends
+                    && let Some(view) = self.planning.remove(&route)
+                {
+                    self.listings.remove(&view.id);
                 }
                 // Through the writer, so it never overtakes the route's JobQueued.
                 let failed = Event::PlanFailed {
@@ -84,8 +86,65 @@ impl Scheduler {
                 if !matches!(arrival.how, How::Loaded { .. }) {
                     let route = route_key(&arrival.record.source, &arrival.record.destination);
                     self.planning.remove(&route);
+                    self.listings.remove(&arrival.record.id);
                 }
                 self.install(*arrival).await;
+            }
+            Ready::Page { page, source, sink } => {
+                let id = page.job;
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    // Listing until `Listed` says it is complete (announced before it ends).
+                    job.listed(true);
+                    let failed = page
+                        .failed
+                        .iter()
+                        .map(|(index, file)| After::Emit(failed_event(id, file, *index)))
+                        .collect();
+                    self.persist(Vec::new(), failed);
+                    return;
+                }
+                // The first page: the job starts while the rest is listed.
+                let record = match self.db.job(id) {
+                    Ok(Some(record)) => record,
+                    _ => return,
+                };
+                let route = route_key(&record.source, &record.destination);
+                self.planning.remove(&route);
+                self.install(Arrival {
+                    record,
+                    failed: page.failed,
+                    source,
+                    sink,
+                    how: How::Listing,
+                })
+                .await;
+            }
+            Ready::Listed { job: id, summary } => {
+                self.listings.remove(&id);
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    return;
+                };
+                job.listed(false);
+                let planned = Event::JobPlanned {
+                    job: id,
+                    source: job.record.source.clone(),
+                    destination: job.record.destination.clone(),
+                    summary,
+                };
+                self.persist(Vec::new(), vec![After::Emit(planned)]);
+            }
+            Ready::ListingFailed { job: id, error } => {
+                self.listings.remove(&id);
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    return;
+                };
+                job.listing = false;
+                if let Some(error) = error {
+                    let mut writes = Vec::new();
+                    stop(job, error, &mut writes);
+                    self.persist(writes, Vec::new());
+                }
+                self.check_finished(id);
             }
         }
     }

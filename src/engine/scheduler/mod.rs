@@ -153,6 +153,23 @@ enum Ready {
         /// How this failure ends background work.
         ends: Ends,
     },
+    /// A page of a new job's listing is recorded: the job is installed with the first, and
+    /// reads on with each.
+    Page {
+        page: plan::PagePlanned,
+        source: Arc<dyn ObjectSource>,
+        sink: Arc<dyn ObjectSink>,
+    },
+    /// A new job's listing is complete.
+    Listed {
+        job: JobId,
+        summary: PlanSummary,
+    },
+    /// A running job's listing failed (`None`: it was stopped).
+    ListingFailed {
+        job: JobId,
+        error: Option<String>,
+    },
     /// A route's job is recorded: announce it (in order with what follows, through the
     /// writer, like every event).
     Queued(Event),
@@ -226,6 +243,8 @@ struct Scheduler {
     held_peak: u64,
     /// Jobs unloaded whose end is not durable yet: not loaded again until it is.
     unloading: BTreeSet<JobId>,
+    /// The stop flags of the listings under way, by job.
+    listings: BTreeMap<JobId, Arc<std::sync::atomic::AtomicBool>>,
     /// Jobs to load again (with this reopen rule) once their end is durable.
     reload_after_unload: BTreeMap<JobId, crate::state::index::Reopen>,
 }
@@ -284,6 +303,7 @@ pub(super) async fn run(
         buffers,
         held_peak: 0,
         unloading: BTreeSet::new(),
+        listings: BTreeMap::new(),
         reload_after_unload: BTreeMap::new(),
     };
     s.read_history();

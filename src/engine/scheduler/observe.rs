@@ -198,7 +198,9 @@ impl Scheduler {
             .collect();
         let (db, tx) = (self.db.clone(), self.ready_tx.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok(Some(snapshot)) = db.load_job_page(id, snapshot::LISTED_OBJECTS, Some(selected)) {
+            if let Ok(Some(snapshot)) =
+                db.load_job_page(id, snapshot::LISTED_OBJECTS, Some(selected))
+            {
                 let _ = tx.send(Ready::Watched(snapshot));
             }
         });

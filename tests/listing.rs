@@ -1,0 +1,251 @@
+//! Listing pipelined with transfer: a new job's objects are copied while its source is still
+//! listed, the listing's position is recorded with each page, and a listing stopped part-way
+//! (the engine killed) resumes from that position on the next start — nothing listed twice,
+//! nothing planned twice, everything copied.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blobway::engine::{
+    Command, ControllerConfig, Engine, EngineConfig, Event, RetryPolicy, StoreFactory,
+};
+use blobway::location::Location;
+use blobway::state::{JobOptions, JobState, StateDb};
+use blobway::store::local::LocalStore;
+use blobway::store::{
+    Access, Chunk, Listed, ObjectInfo, ObjectSink, ObjectSource, Page, StoreResult,
+};
+use bytes::BytesMut;
+
+const OBJECTS: usize = 1000;
+const PAGE: usize = 100;
+
+/// A local folder listed a page of `PAGE` at a time; every `after` it is asked from is kept,
+/// and once `pages_allowed` pages were given it never answers again (a listing cut short).
+struct PagedSource {
+    inner: LocalStore,
+    asked: Arc<Mutex<Vec<Option<String>>>>,
+    pages_allowed: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ObjectSource for PagedSource {
+    async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix, single).await
+    }
+
+    async fn read_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+        buffer: BytesMut,
+    ) -> StoreResult<Chunk> {
+        self.inner.read_range(key, etag, range, buffer).await
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page> {
+        self.inner.list_page(prefix, token).await
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Listed> {
+        let given = {
+            let mut asked = self.asked.lock().expect("asked");
+            asked.push(after.map(str::to_string));
+            asked.len()
+        };
+        if given > self.pages_allowed.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let mut all = self.inner.list(prefix, false).await?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all.retain(|o| after.is_none_or(|after| o.key.as_str() > after));
+        let page: Vec<ObjectInfo> = all.iter().take(limit.min(PAGE)).cloned().collect();
+        let next = (all.len() > page.len()).then(|| page.last().map(|o| o.key.clone()));
+        Ok(Listed {
+            objects: page,
+            next: next.flatten(),
+        })
+    }
+}
+
+struct Stores {
+    asked: Arc<Mutex<Vec<Option<String>>>>,
+    pages_allowed: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl StoreFactory for Stores {
+    async fn source(
+        &self,
+        location: &Location,
+        _access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSource>> {
+        Ok(Arc::new(PagedSource {
+            inner: LocalStore::new(&location.container),
+            asked: self.asked.clone(),
+            pages_allowed: self.pages_allowed.clone(),
+        }))
+    }
+
+    async fn sink(
+        &self,
+        location: &Location,
+        _access: &Access,
+    ) -> anyhow::Result<Arc<dyn ObjectSink>> {
+        Ok(Arc::new(LocalStore::new(&location.container)))
+    }
+}
+
+fn engine(db: &StateDb, stores: Arc<Stores>) -> Engine {
+    let config = EngineConfig {
+        concurrency: ControllerConfig {
+            initial: 8,
+            ..ControllerConfig::default()
+        },
+        adaptive: false,
+        max_memory: 64 << 20,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        },
+        checksum: Default::default(),
+        exit_when_idle: false,
+    };
+    Engine::start(db.clone(), config, stores).expect("engine")
+}
+
+/// Events until one matches, within 30 s.
+async fn until(engine: &mut Engine, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+    let wait = async {
+        loop {
+            match engine.events.recv().await {
+                Some(event) if matches(&event) => return event,
+                Some(_) => {}
+                None => panic!("the engine stopped before {what}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn key(i: usize) -> String {
+    format!("f{i:05}.txt")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_stopped_part_way_resumes_from_its_recorded_position_and_plans_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst): (PathBuf, PathBuf) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("src");
+    for i in 0..OBJECTS {
+        std::fs::write(src.join(key(i)), format!("object {i}")).expect("write");
+    }
+    let db = StateDb::open(&dir.path().join("state.redb")).expect("state");
+    let stores = Arc::new(Stores {
+        asked: Arc::new(Mutex::new(Vec::new())),
+        pages_allowed: Arc::new(AtomicUsize::new(3)),
+    });
+
+    // The first run lists three pages, then its listing hangs: the objects listed are copied
+    // meanwhile (the job runs while it lists).
+    let mut first = engine(&db, stores.clone());
+    first
+        .handle
+        .send(Command::Enqueue {
+            source: format!("{}/", src.display()),
+            destination: format!("{}/", dst.display()),
+            options: JobOptions::default(),
+        })
+        .await
+        .expect("enqueue");
+    let mut committed = 0;
+    while committed < 3 * PAGE {
+        until(&mut first, "objects of the listed pages", |e| {
+            matches!(e, Event::ObjectCommitted { .. })
+        })
+        .await;
+        committed += 1;
+    }
+    let job = db.jobs().expect("jobs")[0].id;
+    let listing = db
+        .listing(job)
+        .expect("listing")
+        .expect("a listing under way");
+    assert_eq!(
+        listing.after,
+        Some(key(3 * PAGE - 1)),
+        "the last key planned"
+    );
+    assert_eq!(
+        db.progress(job).expect("progress").files_total,
+        3 * PAGE as u64
+    );
+    // Killed: nothing more is written.
+    first.task.abort();
+    let _ = first.task.await;
+
+    // The next start lists on from the recorded key, to the end.
+    stores.pages_allowed.store(usize::MAX, Ordering::SeqCst);
+    let asked_before = stores.asked.lock().expect("asked").len();
+    let mut second = engine(&db, stores.clone());
+    second
+        .handle
+        .send(Command::Load {
+            job: None,
+            include_paused: false,
+        })
+        .await
+        .expect("resume");
+    let finished = until(&mut second, "the job to finish", |e| {
+        matches!(e, Event::JobFinished { .. })
+    })
+    .await;
+    let Event::JobFinished {
+        state, progress, ..
+    } = finished
+    else {
+        unreachable!()
+    };
+    assert_eq!(state, JobState::Done);
+    assert_eq!(
+        progress.files_total, OBJECTS as u64,
+        "each object recorded once"
+    );
+    assert_eq!(progress.files_done, OBJECTS as u64);
+    let asked = stores.asked.lock().expect("asked").clone();
+    assert_eq!(
+        asked[asked_before],
+        Some(key(3 * PAGE - 1)),
+        "the listing went on from its recorded position"
+    );
+    assert!(
+        !asked[asked_before..].contains(&None),
+        "nothing was listed from the start again: {asked:?}"
+    );
+    assert_eq!(
+        db.listing(job).expect("listing"),
+        None,
+        "the listing is complete"
+    );
+    for i in 0..OBJECTS {
+        assert_eq!(
+            std::fs::read_to_string(dst.join(key(i))).expect("copied"),
+            format!("object {i}")
+        );
+    }
+    let _ = second.handle.send(Command::Shutdown).await;
+}
