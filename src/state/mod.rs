@@ -155,9 +155,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// redb's page cache: set, not left to redb's default (up to 1 GiB), so the memory a long
-/// migration holds is known; the state file's hot pages (the jobs, the objects under way)
-/// fit in it many times over.
-const CACHE_BYTES: usize = 64 << 20;
+/// migration holds is known. Small on purpose: the operating system's page cache holds the
+/// file's pages anyway, and measured on a million objects (`benches/scale.rs`), 64 MiB of
+/// redb cache cost about 200 MiB of resident memory for a few percent of speed.
+const CACHE_BYTES: usize = 4 << 20;
 
 fn builder() -> redb::Builder {
     let mut builder = redb::Builder::new();

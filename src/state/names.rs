@@ -140,15 +140,33 @@ impl NameIndex<'_> {
 }
 
 impl StateDb {
+    /// Forgets every name of `job`, a batch per transaction: one transaction over a job of
+    /// millions would hold all its changed pages in memory at once.
     fn clear_names(&self, job: JobId) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
-        {
-            let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
-            names
-                .retain_in((job, "")..(job + 1, ""), |_, _| false)
-                .map_err(|e| self.err("written", e))?;
+        const BATCH: usize = 10_000;
+        loop {
+            let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+            let cleared = {
+                let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
+                let claims: Vec<String> = names
+                    .range((job, "")..(job + 1, ""))
+                    .map_err(|e| self.err("read", e))?
+                    .take(BATCH)
+                    .map(|entry| entry.map(|(k, _)| k.value().1.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| self.err("read", e))?;
+                for claim in &claims {
+                    names
+                        .remove((job, claim.as_str()))
+                        .map_err(|e| self.err("written", e))?;
+                }
+                claims.len() < BATCH
+            };
+            txn.commit().map_err(|e| self.err("written", e))?;
+            if cleared {
+                return Ok(());
+            }
         }
-        txn.commit().map_err(|e| self.err("written", e))
     }
 
     fn claim_names(
