@@ -31,6 +31,9 @@ struct PagedSource {
     inner: LocalStore,
     asked: Arc<Mutex<Vec<Option<String>>>>,
     pages_allowed: Arc<AtomicUsize>,
+    /// This page (counted from 1) comes back empty though it covers its keys, as an S3 page
+    /// of folder markers does.
+    hollow: Option<usize>,
 }
 
 #[async_trait]
@@ -73,7 +76,11 @@ impl ObjectSource for PagedSource {
         let page: Vec<ObjectInfo> = all.iter().take(limit.min(PAGE)).cloned().collect();
         let next = (all.len() > page.len()).then(|| page.last().map(|o| o.key.clone()));
         Ok(Listed {
-            objects: page,
+            objects: if self.hollow == Some(given) {
+                Vec::new()
+            } else {
+                page
+            },
             next: next.flatten(),
         })
     }
@@ -82,6 +89,7 @@ impl ObjectSource for PagedSource {
 struct Stores {
     asked: Arc<Mutex<Vec<Option<String>>>>,
     pages_allowed: Arc<AtomicUsize>,
+    hollow: Option<usize>,
 }
 
 #[async_trait]
@@ -95,6 +103,7 @@ impl StoreFactory for Stores {
             inner: LocalStore::new(&location.container),
             asked: self.asked.clone(),
             pages_allowed: self.pages_allowed.clone(),
+            hollow: self.hollow,
         }))
     }
 
@@ -158,6 +167,7 @@ async fn a_listing_stopped_part_way_resumes_from_its_recorded_position_and_plans
     let stores = Arc::new(Stores {
         asked: Arc::new(Mutex::new(Vec::new())),
         pages_allowed: Arc::new(AtomicUsize::new(3)),
+        hollow: None,
     });
 
     // The first run lists three pages, then its listing hangs: the objects listed are copied
@@ -248,4 +258,66 @@ async fn a_listing_stopped_part_way_resumes_from_its_recorded_position_and_plans
         );
     }
     let _ = second.handle.send(Command::Shutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_page_in_the_middle_of_a_listing_does_not_end_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst): (PathBuf, PathBuf) = (dir.path().join("src"), dir.path().join("dst"));
+    std::fs::create_dir_all(&src).expect("src");
+    for i in 0..OBJECTS {
+        std::fs::write(src.join(key(i)), format!("object {i}")).expect("write");
+    }
+    let db = StateDb::open(&dir.path().join("state.redb")).expect("state");
+    // Page 2 comes back empty (its keys covered, as markers are); page 3 never comes.
+    let stores = Arc::new(Stores {
+        asked: Arc::new(Mutex::new(Vec::new())),
+        pages_allowed: Arc::new(AtomicUsize::new(2)),
+        hollow: Some(2),
+    });
+    let mut run = engine(&db, stores.clone());
+    run.handle
+        .send(Command::Enqueue {
+            source: format!("{}/", src.display()),
+            destination: format!("{}/", dst.display()),
+            options: JobOptions::default(),
+        })
+        .await
+        .expect("enqueue");
+    let mut committed = 0;
+    while committed < PAGE {
+        until(&mut run, "objects of the first page", |e| {
+            matches!(e, Event::ObjectCommitted { .. })
+        })
+        .await;
+        committed += 1;
+    }
+    let job = db.jobs().expect("jobs")[0].id;
+    // The empty page is recorded as covering its keys, and the listing as going on.
+    let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let asked = stores.asked.lock().expect("asked").len();
+            match db.listing(job).expect("listing") {
+                Some(listing) if asked >= 3 => return Some(listing),
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the third page asked for");
+    let listing = recorded.expect("still listing after an empty page");
+    assert_eq!(
+        listing.after,
+        Some(key(2 * PAGE - 1)),
+        "the key the empty page covered"
+    );
+    assert_eq!(db.progress(job).expect("progress").files_total, PAGE as u64);
+    let asked = stores.asked.lock().expect("asked").clone();
+    assert_eq!(
+        asked[2],
+        Some(key(2 * PAGE - 1)),
+        "the next page follows the empty one"
+    );
+    run.task.abort();
 }

@@ -486,7 +486,11 @@ impl StateDb {
                             states
                                 .remove((*job, index::code(before.state), *index))
                                 .map_err(|e| self.err("written", e))?;
-                            if before.key != file.key {
+                            let holder = keys
+                                .get((*job, before.key.as_str()))
+                                .map_err(|e| self.err("read", e))?
+                                .map(|v| v.value());
+                            if before.key != file.key && holder == Some(*index) {
                                 keys.remove((*job, before.key.as_str()))
                                     .map_err(|e| self.err("written", e))?;
                             }

@@ -735,19 +735,64 @@ impl ObjectSink for AzureStore {
                     return Err(err);
                 }
             };
-            let Some(name) = item.name else { continue };
-            let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
-            let meta = item
-                .metadata
-                .and_then(|m| m.values)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect();
-            out.insert(name, DestObject { size, meta });
+            if let Some((name, object)) = existing_of(item) {
+                out.insert(name, object);
+            }
         }
         Ok(out)
     }
+
+    async fn list_existing_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> StoreResult<(Vec<(String, DestObject)>, Option<String>)> {
+        let client = self.container_client()?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+            include: Some(vec![ListBlobsIncludeItem::Metadata]),
+            marker: token,
+            maxresults: Some(5000),
+            ..Default::default()
+        };
+        let mut pages = client
+            .list_blobs(Some(options))
+            .map_err(|e| self.error(e, "list", prefix))?
+            .into_pages();
+        let Some(response) = pages.next().await else {
+            return Ok((Vec::new(), None));
+        };
+        let listing = match response.and_then(|r| r.into_model()) {
+            Ok(listing) => listing,
+            Err(e) => {
+                let err = self.error(e, "list", prefix);
+                if err.class == ErrorClass::NotFound {
+                    return Ok((Vec::new(), None)); // no container yet: nothing exists
+                }
+                return Err(err);
+            }
+        };
+        let objects = listing
+            .blob_items
+            .into_iter()
+            .filter_map(existing_of)
+            .collect();
+        Ok((objects, listing.next_marker.filter(|m| !m.is_empty())))
+    }
+}
+
+/// A listed blob as the planner compares it: its name, size and metadata (names lowercased).
+fn existing_of(item: azure_storage_blob::models::BlobItem) -> Option<(String, DestObject)> {
+    let name = item.name?;
+    let size = item.properties.and_then(|p| p.content_length).unwrap_or(0);
+    let meta = item
+        .metadata
+        .and_then(|m| m.values)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    Some((name, DestObject { size, meta }))
 }
 
 #[async_trait]

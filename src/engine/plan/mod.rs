@@ -237,7 +237,9 @@ pub async fn plan_job_paged(
     // A listing stopped part-way goes on after its last recorded key, as long as it lists
     // with the same settings; otherwise the route is listed from the start.
     let resumed = match (db, &previous) {
-        (Some(db), Some(previous)) if previous.options == req.options => db.listing(job.id)?,
+        (Some(db), Some(previous)) if previous.options == req.options && !req.dry_run => {
+            db.listing(job.id)?
+        }
         _ => None,
     };
     let fresh = match (&resumed, db, &previous) {
@@ -274,10 +276,6 @@ pub async fn plan_job_paged(
         to_preview: Vec::new(),
     };
     let mut after = resumed.as_ref().and_then(|l| l.after.clone());
-    if resumed.is_none() {
-        // Names are decided afresh by every plan.
-        names.clear()?;
-    }
     let record_listing = |after: Option<String>, summary: &PlanSummary| {
         Write::Listing(
             job.id,
@@ -289,11 +287,25 @@ pub async fn plan_job_paged(
         )
     };
     if let Some(db) = db.filter(|_| !req.dry_run) {
-        let writes = vec![
+        let mut writes = vec![
             Write::Job(job.clone()),
             record_listing(after.clone(), &planner.summary),
         ];
+        if resumed.is_some() {
+            // The pages planned before the stop are not listed again: their failed objects
+            // get another chance here, as a loaded job's do.
+            writes.push(Write::ReopenFailed {
+                job: job.id,
+                keep: Vec::new(),
+                rule: crate::state::index::Reopen::OnLoad,
+            });
+        }
         apply(db, writes).await?;
+    }
+    if after.is_none() {
+        // Names are decided afresh by every plan (after its listing is recorded as starting
+        // over, so a stop part-way through clearing clears again).
+        names.clear()?;
     }
 
     let mut existing = Existing::new(sink, dst, &req.retry, req.dry_run);
@@ -309,15 +321,15 @@ pub async fn plan_job_paged(
                 (listed.objects, listed.next)
             }
         };
-        let last_page = next.is_none();
         let slices: Vec<&[ObjectInfo]> = page.chunks(PAGE).collect();
         let count = slices.len().max(1);
         for n in 0..count {
             let slice = slices.get(n).copied().unwrap_or(&[]);
-            // The slice covers the keys after `after` up to its last (to the end of the
-            // listing for the last slice of the last page).
-            let upto = if last_page && n + 1 == count {
-                None
+            // The slice covers the keys after `after` up to its last; the page's last slice,
+            // up to the key the store says it covered (markers it left out included), and
+            // the listing's last, to the end.
+            let upto = if n + 1 == count {
+                next.clone()
             } else {
                 slice.last().map(|o| o.key.clone())
             };
@@ -339,8 +351,8 @@ pub async fn plan_job_paged(
                     sink,
                 )
                 .await?;
-            if let Some(key) = slice.last() {
-                after = Some(key.key.clone());
+            if let Some(key) = upto.clone().or_else(|| slice.last().map(|o| o.key.clone())) {
+                after = Some(key);
             }
             if let Some(db) = db.filter(|_| !req.dry_run) {
                 let mut writes = planned.writes;
@@ -360,9 +372,8 @@ pub async fn plan_job_paged(
                 }
             }
         }
-        match next {
-            Some(next) => after = Some(next),
-            None => break,
+        if next.is_none() {
+            break;
         }
     }
     let Planner {

@@ -53,6 +53,10 @@ impl Scheduler {
             ),
             Command::RetryFailed(id) => self.retry_failed(id),
             Command::Cancel(id) => {
+                // A listing under way stops at its next page, loaded job or not.
+                if let Some(listing) = self.listings.get(&id) {
+                    listing.stop();
+                }
                 if let Some(job) = self.jobs.get_mut(&id)
                     && !job.record.state.is_finished()
                 {
@@ -60,9 +64,6 @@ impl Scheduler {
                     job.record.updated_ms = now_ms();
                     job.clear_queue();
                     job.listing = false;
-                    if let Some(listing) = self.listings.get(&id) {
-                        listing.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
                     let record = job.record.clone();
                     let uploads: Vec<(String, String)> = job
                         .files
@@ -89,6 +90,10 @@ impl Scheduler {
             }
             Command::Shutdown => {
                 self.stopping = Some(Instant::now());
+                // Listings stop at their next page; their positions are recorded.
+                for listing in self.listings.values() {
+                    listing.stop();
+                }
             }
         }
     }
@@ -124,7 +129,17 @@ impl Scheduler {
             .jobs
             .values()
             .any(|j| route_key(&j.record.source, &j.record.destination) == route);
-        if loaded || self.planning.contains_key(&route) {
+        // A job's planning task may outlive its loading (a cancelled job's listing stops at
+        // its next page): one at a time.
+        let existing = self
+            .db
+            .job_for_route(&src.to_string(), &dst.to_string())
+            .ok()
+            .flatten();
+        let listed = existing
+            .as_ref()
+            .is_some_and(|e| self.listings.contains_key(&e.id));
+        if loaded || listed || self.planning.contains_key(&route) {
             // Named as recorded, so a caller can tell which of its routes this is.
             let _ = self.ready_tx.send(Ready::Failed {
                 source: src.to_string(),
@@ -140,7 +155,6 @@ impl Scheduler {
         self.next_job_id += 1;
         // A route that has a job keeps its ID (planning resumes it).
         let (src_text, dst_text) = (src.to_string(), dst.to_string());
-        let existing = self.db.job_for_route(&src_text, &dst_text).ok().flatten();
         let job = existing.as_ref().map_or(new_job_id, |e| e.id);
         // A new route is recorded (QUEUED, unplanned) before its ID is announced, so the ID
         // a caller was given survives a crash or stop during a long listing: the next start
@@ -184,7 +198,13 @@ impl Scheduler {
         let max_memory = self.config.max_memory;
         let retry = options.retry_or(self.config.retry);
         let stopped = Arc::new(AtomicBool::new(false));
-        self.listings.insert(job, stopped.clone());
+        self.listings.insert(
+            job,
+            ListingTask {
+                stop: stopped.clone(),
+                installed: false,
+            },
+        );
         self.background.spawn(async move {
             if let Some(record) = first_record {
                 let db = db.clone();

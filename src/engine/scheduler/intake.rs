@@ -38,7 +38,13 @@ impl Scheduler {
                     .jobs
                     .values()
                     .any(|j| route_key(&j.record.source, &j.record.destination) == route);
-                if !loaded && !self.planning.contains_key(&route) {
+                let listed = self
+                    .db
+                    .job_for_route(&source, &destination)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|j| self.listings.contains_key(&j.id));
+                if !loaded && !listed && !self.planning.contains_key(&route) {
                     self.enqueue(source, destination, options);
                 }
             }
@@ -92,7 +98,20 @@ impl Scheduler {
             }
             Ready::Page { page, source, sink } => {
                 let id = page.job;
-                if let Some(job) = self.jobs.get_mut(&id) {
+                // Only the first page of a listing that was not stopped installs its job; a
+                // page arriving after the job ended (cancelled, failed) does nothing.
+                let Some(task) = self.listings.get_mut(&id) else {
+                    return;
+                };
+                if task.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let first = !task.installed;
+                task.installed = true;
+                if !first {
+                    let Some(job) = self.jobs.get_mut(&id) else {
+                        return;
+                    };
                     // Listing until `Listed` says it is complete (announced before it ends).
                     job.listed(true);
                     let failed = page
@@ -106,7 +125,10 @@ impl Scheduler {
                 // The first page: the job starts while the rest is listed.
                 let record = match self.db.job(id) {
                     Ok(Some(record)) => record,
-                    _ => return,
+                    _ => {
+                        self.planning.retain(|_, view| view.id != id);
+                        return;
+                    }
                 };
                 let route = route_key(&record.source, &record.destination);
                 self.planning.remove(&route);
@@ -254,6 +276,16 @@ pub(super) async fn record_unplanned(
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
         let record = match db.job_for_route(&job.source, &job.destination)? {
+            // A listing that began and failed: the job says so (its planned objects and
+            // the listing's position stand; `resume` lists on).
+            Some(existing) if existing.planned && db.listing(existing.id)?.is_some() => {
+                crate::state::JobRecord {
+                    state: job.state,
+                    error: job.error,
+                    updated_ms: job.updated_ms,
+                    ..existing
+                }
+            }
             Some(existing) if existing.planned => return Ok(None),
             Some(existing) => crate::state::JobRecord {
                 state: job.state,

@@ -192,6 +192,20 @@ enum Ready {
     },
 }
 
+/// A planning task under way.
+struct ListingTask {
+    /// Set to stop its listing at the next page.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Its job was installed from its first page.
+    installed: bool,
+}
+
+impl ListingTask {
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What a failed plan or load ends.
 #[derive(Debug)]
 enum Ends {
@@ -243,8 +257,8 @@ struct Scheduler {
     held_peak: u64,
     /// Jobs unloaded whose end is not durable yet: not loaded again until it is.
     unloading: BTreeSet<JobId>,
-    /// The stop flags of the listings under way, by job.
-    listings: BTreeMap<JobId, Arc<std::sync::atomic::AtomicBool>>,
+    /// The planning tasks under way (at most one per job), by job.
+    listings: BTreeMap<JobId, ListingTask>,
     /// Jobs to load again (with this reopen rule) once their end is durable.
     reload_after_unload: BTreeMap<JobId, crate::state::index::Reopen>,
 }

@@ -162,6 +162,10 @@ impl Scheduler {
         job.record.updated_ms = now_ms();
         let record = job.record.clone();
         self.timers.forget_job(id);
+        // A listing still under way stops at its next page (its position stays recorded).
+        if let Some(listing) = self.listings.get(&id) {
+            listing.stop();
+        }
         if let Some(job) = self.jobs.remove(&id) {
             self.history.insert(id, job.view());
         }
