@@ -29,6 +29,8 @@ pub use records::*;
 const SCHEMA_VERSION: &str = "3";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// In [`META`]: the highest job ID ever removed, so no ID is given twice.
+const LAST_JOB_ID: &str = "last_removed_job_id";
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const ROUTES: TableDefinition<&str, u64> = TableDefinition::new("routes");
 const FILES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("files");
@@ -539,6 +541,15 @@ impl StateDb {
                             .map(|v| self.decode::<JobRecord>(v.value()))
                             .transpose()?;
                         if let Some(record) = record.filter(|r| !r.planned) {
+                            // Its ID is never given again (a client may still hold it).
+                            let highest = meta
+                                .get(LAST_JOB_ID)
+                                .map_err(|e| self.err("read", e))?
+                                .and_then(|v| v.value().parse::<JobId>().ok())
+                                .unwrap_or(0)
+                                .max(*id);
+                            meta.insert(LAST_JOB_ID, highest.to_string().as_str())
+                                .map_err(|e| self.err("written", e))?;
                             jobs.remove(*id).map_err(|e| self.err("written", e))?;
                             counts.remove(*id).map_err(|e| self.err("written", e))?;
                             deltas.remove(id);
@@ -682,7 +693,7 @@ impl StateDb {
         Ok(value)
     }
 
-    /// A new job id, never used before in this database.
+    /// A new job id, never used before in this database (not even by a job removed since).
     pub fn next_job_id(&self) -> Result<JobId, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
@@ -690,7 +701,13 @@ impl StateDb {
             .last()
             .map_err(|e| self.err("read", e))?
             .map_or(0, |(k, _)| k.value());
-        Ok(last + 1)
+        let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+        let removed = meta
+            .get(LAST_JOB_ID)
+            .map_err(|e| self.err("read", e))?
+            .and_then(|v| v.value().parse::<JobId>().ok())
+            .unwrap_or(0);
+        Ok(last.max(removed) + 1)
     }
 
     /// Every job, oldest first.
@@ -1511,6 +1528,19 @@ mod tests {
                 .objects
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_removed_unplanned_jobs_id_is_never_given_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        let mut unplanned = job(1);
+        unplanned.planned = false;
+        db.apply(&[Write::Job(unplanned)]).expect("apply");
+        assert_eq!(db.next_job_id().expect("id"), 2);
+        db.apply(&[Write::RemoveUnplannedJob(1)]).expect("remove");
+        assert!(db.job(1).expect("read").is_none());
+        assert_eq!(db.next_job_id().expect("id"), 2, "1 stays used");
     }
 
     #[test]

@@ -498,4 +498,25 @@ impl ObjectSink for S3Store {
             })
             .collect())
     }
+
+    async fn list_existing_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> StoreResult<(Vec<(String, DestObject)>, Option<String>)> {
+        // The token is the last key listed (`StartAfter`).
+        let listed = super::ObjectSource::list_after(self, prefix, token.as_deref(), 1000).await?;
+        let objects = listed
+            .objects
+            .into_iter()
+            .map(|object| {
+                let found = DestObject {
+                    size: object.size,
+                    meta: BTreeMap::new(),
+                };
+                (object.key, found)
+            })
+            .collect();
+        Ok((objects, listed.next))
+    }
 }
