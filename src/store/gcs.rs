@@ -776,39 +776,55 @@ impl ObjectSink for GcsStore {
         let mut out = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = format!(
-                "{}/storage/v1/b/{}/o?prefix={}",
-                self.base,
-                encode(&self.bucket),
-                encode(prefix)
-            );
-            if let Some(token) = &token {
-                url.push_str(&format!("&pageToken={}", encode(token)));
-            }
-            let response = self
-                .send(
-                    self.request(Method::GET, &url).await?,
-                    self.settings.stall_timeout,
-                    "LIST",
-                    prefix,
-                )
-                .await?;
-            if !response.status().is_success() {
-                return Err(self.error(response, "LIST", prefix).await);
-            }
-            let page: ObjectList = response.json().await.map_err(|e| {
-                StoreError::transient(format!(
-                    "LIST {}: unreadable answer: {e}",
-                    self.target(prefix)
-                ))
-            })?;
-            out.extend(page.items.into_iter().map(ObjectResource::dest));
-            match page.next_page_token {
+            let (page, next) = self.list_existing_page(prefix, token.clone()).await?;
+            out.extend(page);
+            match next {
                 Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
                 _ => break,
             }
         }
         Ok(out)
+    }
+
+    async fn list_existing_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+    ) -> StoreResult<(Vec<(String, DestObject)>, Option<String>)> {
+        let mut url = format!(
+            "{}/storage/v1/b/{}/o?prefix={}",
+            self.base,
+            encode(&self.bucket),
+            encode(prefix)
+        );
+        if let Some(token) = &token {
+            url.push_str(&format!("&pageToken={}", encode(token)));
+        }
+        let response = self
+            .send(
+                self.request(Method::GET, &url).await?,
+                self.settings.stall_timeout,
+                "LIST",
+                prefix,
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.error(response, "LIST", prefix).await);
+        }
+        let page: ObjectList = response.json().await.map_err(|e| {
+            StoreError::transient(format!(
+                "LIST {}: unreadable answer: {e}",
+                self.target(prefix)
+            ))
+        })?;
+        // A server that hands back the token it was given has nothing more.
+        let next = page
+            .next_page_token
+            .filter(|next| token.as_deref() != Some(next.as_str()));
+        Ok((
+            page.items.into_iter().map(ObjectResource::dest).collect(),
+            next,
+        ))
     }
 }
 
