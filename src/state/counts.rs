@@ -61,33 +61,37 @@ pub fn chunk_bytes(file: &FileRecord, index: u32, chunk: &ChunkRecord) -> u64 {
 pub(super) struct Delta([i128; 6]);
 
 impl Delta {
-    fn fields(p: &JobProgress) -> [u64; 6] {
+    /// Where bytes done sits in [`Delta::fields`].
+    const BYTES_DONE: usize = 5;
+
+    /// The counters in one order, for arithmetic over all of them (the one list of them).
+    fn fields(p: &mut JobProgress) -> [&mut u64; 6] {
         [
-            p.files_total,
-            p.files_done,
-            p.files_skipped,
-            p.files_failed,
-            p.bytes_total,
-            p.bytes_done,
+            &mut p.files_total,
+            &mut p.files_done,
+            &mut p.files_skipped,
+            &mut p.files_failed,
+            &mut p.bytes_total,
+            &mut p.bytes_done,
         ]
     }
 
     /// Adds `p` (or takes it away, with `sign` -1).
     pub(super) fn add(&mut self, p: &JobProgress, sign: i128) {
-        for (total, value) in self.0.iter_mut().zip(Self::fields(p)) {
-            *total += sign * i128::from(value);
+        let mut p = *p;
+        for (total, value) in self.0.iter_mut().zip(Self::fields(&mut p)) {
+            *total += sign * i128::from(*value);
         }
     }
 
     /// Adds bytes done.
     pub(super) fn add_bytes_done(&mut self, bytes: i128) {
-        self.0[5] += bytes;
+        self.0[Self::BYTES_DONE] += bytes;
     }
 
     /// `p` changed by this delta (never below zero).
-    pub(super) fn applied_to(&self, p: JobProgress) -> JobProgress {
-        let mut out = Self::fields(&p);
-        for (value, change) in out.iter_mut().zip(self.0) {
+    pub(super) fn applied_to(&self, mut p: JobProgress) -> JobProgress {
+        for (value, change) in Self::fields(&mut p).into_iter().zip(self.0) {
             let changed = i128::from(*value) + change;
             if changed < 0 {
                 // Never with records written through `apply`; said, not hidden, if it happens.
@@ -95,22 +99,7 @@ impl Delta {
             }
             *value = changed.clamp(0, i128::from(u64::MAX)) as u64;
         }
-        let [
-            files_total,
-            files_done,
-            files_skipped,
-            files_failed,
-            bytes_total,
-            bytes_done,
-        ] = out;
-        JobProgress {
-            files_total,
-            files_done,
-            files_skipped,
-            files_failed,
-            bytes_total,
-            bytes_done,
-        }
+        p
     }
 }
 
