@@ -160,6 +160,11 @@ impl Scheduler {
         };
         job.record.state = state;
         job.record.updated_ms = now_ms();
+        // Shown ended with the counters as recorded now (exact for a drained job: every
+        // write of it is durable), never with the last tick's.
+        if let Ok(progress) = self.db.progress(id) {
+            job.progress = progress;
+        }
         let record = job.record.clone();
         self.timers.forget_job(id);
         // A listing still under way stops at its next page (its position stays recorded).
