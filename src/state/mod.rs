@@ -616,14 +616,7 @@ impl StateDb {
         if !rule.admits(&file) {
             return Ok(Vec::new());
         }
-        let mut records = Vec::new();
-        for entry in chunks
-            .range((job, index, 0)..=(job, index, u32::MAX))
-            .map_err(|e| self.err("read", e))?
-        {
-            let (_, value) = entry.map_err(|e| self.err("read", e))?;
-            records.push(self.decode::<ChunkRecord>(value.value())?);
-        }
+        let mut records = self.chunks_in(chunks, job, index)?;
         index::reopen(&mut file, &mut records);
         let mut writes = vec![Write::File(job, index, file)];
         writes.extend(
@@ -633,6 +626,24 @@ impl StateDb {
                 .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
         );
         Ok(writes)
+    }
+
+    /// The chunk records of object `index` of `job` in `chunks`, in order.
+    fn chunks_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+        &self,
+        chunks: &T,
+        job: JobId,
+        index: u32,
+    ) -> Result<Vec<ChunkRecord>, StateError> {
+        let mut out = Vec::new();
+        for entry in chunks
+            .range((job, index, 0)..=(job, index, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (_, value) = entry.map_err(|e| self.err("read", e))?;
+            out.push(self.decode(value.value())?);
+        }
+        Ok(out)
     }
 
     /// The record of object `index` of `job` in `files`, if there is one.
@@ -791,14 +802,7 @@ impl StateDb {
                 files.push((index, file, Vec::new()));
                 continue;
             }
-            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
-            for chunk in chunks_table
-                .range((id, index, 0)..=(id, index, u32::MAX))
-                .map_err(|e| self.err("read", e))?
-            {
-                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
-                chunks.push(self.decode(value.value())?);
-            }
+            let chunks = self.chunks_in(&chunks_table, id, index)?;
             if chunks.len() != file.chunk_count as usize {
                 return Err(StateError::Corrupt {
                     path: self.path.clone(),
@@ -856,14 +860,7 @@ impl StateDb {
             let Some(file) = self.file_in(&files, id, file_index)? else {
                 continue;
             };
-            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
-            for chunk in chunks_table
-                .range((id, file_index, 0)..=(id, file_index, u32::MAX))
-                .map_err(|e| self.err("read", e))?
-            {
-                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
-                chunks.push(self.decode(value.value())?);
-            }
+            let chunks = self.chunks_in(&chunks_table, id, file_index)?;
             chunk_count += chunks.len();
             out.objects.push((file_index, file, chunks));
         }
@@ -912,6 +909,29 @@ impl StateDb {
         Ok(out)
     }
 
+    /// Calls `f` with each of job `id`'s objects in one of `states`, in index order, read a
+    /// page per short transaction.
+    pub fn each_object_in(
+        &self,
+        id: JobId,
+        states: &[FileState],
+        mut f: impl FnMut(u32, FileRecord),
+    ) -> Result<(), StateError> {
+        const PAGE: usize = 4096;
+        let mut after = None;
+        loop {
+            let page = self.objects_in(id, states, after, PAGE)?;
+            after = page.last().map(|(i, _)| *i);
+            let full = page.len() == PAGE;
+            for (index, file) in page {
+                f(index, file);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     /// Every upload session job `id` holds open at its destination, as (destination key,
     /// session), read a page at a time.
     pub fn open_uploads(&self, id: JobId) -> Result<Vec<(String, String)>, StateError> {
@@ -924,25 +944,18 @@ impl StateDb {
         id: JobId,
         except: &std::collections::BTreeSet<u32>,
     ) -> Result<Vec<(String, String)>, StateError> {
-        const PAGE: usize = 4096;
         let states = [
             FileState::Transferring,
             FileState::Committing,
             FileState::Failed,
         ];
-        let (mut uploads, mut after) = (Vec::new(), None);
-        loop {
-            let page = self.objects_in(id, &states, after, PAGE)?;
-            after = page.last().map(|(i, _)| *i);
-            uploads.extend(
-                page.iter()
-                    .filter(|(i, _)| !except.contains(i))
-                    .filter_map(|(_, f)| f.open_upload()),
-            );
-            if page.len() < PAGE {
-                return Ok(uploads);
+        let mut uploads = Vec::new();
+        self.each_object_in(id, &states, |index, file| {
+            if !except.contains(&index) {
+                uploads.extend(file.open_upload());
             }
-        }
+        })?;
+        Ok(uploads)
     }
 
     /// Where job `id`'s listing stands, if one is under way.
@@ -995,14 +1008,7 @@ impl StateDb {
             let Some(file) = self.file_in(&files, id, file_index)? else {
                 continue;
             };
-            let mut chunks = Vec::with_capacity(file.chunk_count as usize);
-            for chunk in chunks_table
-                .range((id, file_index, 0)..=(id, file_index, u32::MAX))
-                .map_err(|e| self.err("read", e))?
-            {
-                let (_, value) = chunk.map_err(|e| self.err("read", e))?;
-                chunks.push(self.decode(value.value())?);
-            }
+            let chunks = self.chunks_in(&chunks_table, id, file_index)?;
             out.push((file_index, file, chunks));
         }
         Ok(out)

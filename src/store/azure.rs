@@ -714,32 +714,15 @@ impl ObjectSink for AzureStore {
     }
 
     async fn list_existing(&self, prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
-        let client = self.container_client()?;
-        let options = BlobContainerClientListBlobsOptions {
-            prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
-            include: Some(vec![ListBlobsIncludeItem::Metadata]),
-            ..Default::default()
-        };
-        let mut items = client
-            .list_blobs(Some(options))
-            .map_err(|e| self.error(e, "list", prefix))?;
-        let mut out = BTreeMap::new();
-        while let Some(item) = items.next().await {
-            let item = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    let err = self.error(e, "list", prefix);
-                    if err.class == ErrorClass::NotFound {
-                        return Ok(out); // no container yet: nothing exists
-                    }
-                    return Err(err);
-                }
-            };
-            if let Some((name, object)) = existing_of(item) {
-                out.insert(name, object);
+        let (mut out, mut token) = (BTreeMap::new(), None);
+        loop {
+            let (page, next) = self.list_existing_page(prefix, token).await?;
+            out.extend(page);
+            match next {
+                Some(next) => token = Some(next),
+                None => return Ok(out),
             }
         }
-        Ok(out)
     }
 
     async fn list_existing_page(

@@ -315,20 +315,13 @@ pub(super) async fn loaded_job(
         let record = db
             .job(id)?
             .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))?;
-        const PAGE: usize = 4096;
-        let (mut failed, mut after) = (Vec::new(), None);
-        loop {
-            let page = db.objects_in(id, &[FileState::Failed], after, PAGE)?;
-            after = page.last().map(|(i, _)| *i);
-            let full = page.len() == PAGE;
-            failed.extend(
-                page.into_iter()
-                    .filter(|(_, f)| !reopen.is_some_and(|rule| rule.admits(f))),
-            );
-            if !full {
-                return Ok((record, failed));
+        let mut failed = Vec::new();
+        db.each_object_in(id, &[FileState::Failed], |index, file| {
+            if !reopen.is_some_and(|rule| rule.admits(&file)) {
+                failed.push((index, file));
             }
-        }
+        })?;
+        Ok((record, failed))
     })
     .await?
 }
