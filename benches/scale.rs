@@ -23,12 +23,16 @@ use blobway::store::{
 };
 use bytes::{Bytes, BytesMut};
 
-/// Object `i`: its key (40 bytes under the prefix), size and version.
+/// Object `i`: its key (40 bytes under the prefix), size and version (an ETag as S3 gives
+/// it: an MD5 in hex, quoted).
 fn object(i: u64) -> ObjectInfo {
     ObjectInfo {
         key: format!("src/{:03}/object-{i:010}-of-the-bench.bin", i % 1000),
         size: 1 + i % 6,
-        etag: format!("\"v{i}\""),
+        etag: format!(
+            "\"{:032x}\"",
+            u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        ),
         modified: None,
     }
 }
@@ -282,6 +286,7 @@ fn main() {
         "| objects | copy wall | objects/s | first chunk | re-run (all done) | peak RSS copy | peak RSS re-run | state bytes/object | compacted |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut usage = Vec::new();
     for objects in [20_000, largest] {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bench.redb");
@@ -292,6 +297,7 @@ fn main() {
         reset_peak_rss();
         let again = runtime.block_on(copy(&db, objects, true));
         let peak_rerun = peak_rss_mib();
+        usage.push((objects, db.usage().expect("usage")));
         drop(db);
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         // What the records take once the file's free pages are given back.
@@ -314,6 +320,22 @@ fn main() {
             bytes as f64 / objects as f64,
             compacted as f64 / objects as f64,
         );
+    }
+    for (objects, tables) in usage {
+        println!();
+        println!("State file by table, {objects} objects, bytes per object:");
+        println!();
+        println!("| table | entries | keys and values | overhead (pages, metadata, free space) |");
+        println!("|---|---|---|---|");
+        for t in tables {
+            println!(
+                "| {} | {} | {:.0} | {:.0} |",
+                t.name,
+                t.entries,
+                t.stored as f64 / objects as f64,
+                t.overhead as f64 / objects as f64,
+            );
+        }
     }
     println!();
     println!(

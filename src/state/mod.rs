@@ -7,6 +7,7 @@
 //! few hundred commits. Nothing secret is ever stored: records hold keys, sizes, ETags, states
 //! and redacted error texts only.
 
+mod codec;
 pub mod counts;
 pub mod index;
 pub mod names;
@@ -18,15 +19,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use codec::Stored;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 pub use records::*;
 
 /// The schema this blobway writes. Version 1 (no job counters) and version 2 (no index of
-/// objects by state) are upgraded on open.
-const SCHEMA_VERSION: &str = "3";
+/// objects by state) are upgraded on open; so is version 3 (object and chunk records in JSON
+/// only, which are read as they are and rewritten compactly as they change ([`codec`]); name
+/// claims holding whole keys, which are moved into their compact table).
+const SCHEMA_VERSION: &str = "4";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// In [`META`]: the highest job ID ever removed, so no ID is given twice.
@@ -109,7 +111,7 @@ pub enum Write {
 }
 
 /// Counts that summarise a job.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JobProgress {
     /// Objects in the job.
     pub files_total: u64,
@@ -145,6 +147,19 @@ pub struct UnderWay {
     pub exhausted: bool,
 }
 
+/// What one table of the state file holds.
+#[derive(Clone, Debug)]
+pub struct TableUsage {
+    /// The table's name.
+    pub name: String,
+    /// Its entries.
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub stored: u64,
+    /// Bytes of branch pages, per-entry metadata and unused space in its pages.
+    pub overhead: u64,
+}
+
 /// Handle to the state database; cheap to clone.
 #[derive(Clone)]
 pub struct StateDb {
@@ -152,8 +167,8 @@ pub struct StateDb {
     path: PathBuf,
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Stored>(value: &T) -> Vec<u8> {
+    value.encode()
 }
 
 /// redb's page cache: set, not left to redb's default (up to 1 GiB), so the memory a long
@@ -260,8 +275,8 @@ impl StateDb {
         }
     }
 
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, StateError> {
-        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+    fn decode<T: Stored>(&self, bytes: &[u8]) -> Result<T, StateError> {
+        T::decode(bytes).map_err(|e| StateError::Corrupt {
             path: self.path.clone(),
             detail: format!("a record does not decode: {e}"),
         })
@@ -282,7 +297,15 @@ impl StateDb {
                         .map_err(|e| self.err("written", e))?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                Some(v) if v == "1" || v == "2" => upgrade = Some(v),
+                Some(v) if v == "3" => {
+                    self.move_names(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
+                Some(v) if v == "1" || v == "2" => {
+                    self.move_names(&txn)?;
+                    upgrade = Some(v);
+                }
                 Some(found) => {
                     return Err(StateError::Schema {
                         path: self.path.clone(),
@@ -1064,6 +1087,38 @@ impl StateDb {
         }
     }
 
+    /// What each table of the file holds: entries and bytes (the benchmark reports them per
+    /// object), largest first.
+    pub fn usage(&self) -> Result<Vec<TableUsage>, StateError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        macro_rules! measure {
+            ($($table:expr),*) => {$({
+                let table = txn.open_table($table).map_err(|e| self.err("read", e))?;
+                let stats = table.stats().map_err(|e| self.err("read", e))?;
+                out.push(TableUsage {
+                    name: redb::TableHandle::name(&$table).to_string(),
+                    entries: table.len().map_err(|e| self.err("read", e))?,
+                    stored: stats.stored_bytes(),
+                    overhead: stats.metadata_bytes() + stats.fragmented_bytes(),
+                });
+            })*};
+        }
+        measure!(
+            FILES,
+            CHUNKS,
+            names::NAMES,
+            index::KEYS,
+            index::STATES,
+            JOBS,
+            counts::COUNTS,
+            index::LISTINGS
+        );
+        out.sort_by_key(|t| std::cmp::Reverse(t.stored + t.overhead));
+        Ok(out)
+    }
+
     /// Counts files and bytes of a job.
     pub fn progress(&self, id: JobId) -> Result<JobProgress, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
@@ -1479,7 +1534,7 @@ mod tests {
             let txn = db.db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
-                .insert("schema", "4")
+                .insert("schema", "5")
                 .expect("schema");
             txn.commit().expect("commit");
         }

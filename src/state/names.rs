@@ -6,12 +6,18 @@
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::{JobId, StateDb, StateError};
+use super::{JobId, StateDb, StateError, codec};
 use crate::store::rules::Naming;
 
-/// (job, claim) → the source key holding it. A claim is `f:<name>` for an object, `d:<name>`
-/// for a folder an object needs (local destinations).
-pub(super) const NAMES: TableDefinition<(u64, &str), &str> = TableDefinition::new("names");
+/// (job, claim) → the source key holding it, as (bytes it shares with the claim at their ends,
+/// what comes before them) — a key and its destination name usually differ only in their
+/// prefixes. A claim is `f:<name>` for an object, `d:<name>` for a folder an object needs
+/// (local destinations).
+pub(super) const NAMES: TableDefinition<(u64, &str), (u32, &str)> =
+    TableDefinition::new("name_claims");
+
+/// Schema 3 and older: (job, claim) → the whole source key.
+const WHOLE_KEY_NAMES: TableDefinition<(u64, &str), &str> = TableDefinition::new("names");
 
 /// Why a name cannot be given to a source key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +175,28 @@ impl StateDb {
         }
     }
 
+    /// Moves the claims of a file from before schema 4 into their compact table, inside the
+    /// transaction that upgrades it.
+    pub(super) fn move_names(&self, txn: &redb::WriteTransaction) -> Result<(), StateError> {
+        let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
+        {
+            let old = txn
+                .open_table(WHOLE_KEY_NAMES)
+                .map_err(|e| self.err("read", e))?;
+            for entry in old.iter().map_err(|e| self.err("read", e))? {
+                let (key, holder) = entry.map_err(|e| self.err("read", e))?;
+                let (job, claim) = key.value();
+                let (shared, head) = codec::against(claim, holder.value());
+                names
+                    .insert((job, claim), (shared, head))
+                    .map_err(|e| self.err("written", e))?;
+            }
+        }
+        txn.delete_table(WHOLE_KEY_NAMES)
+            .map_err(|e| self.err("written", e))?;
+        Ok(())
+    }
+
     fn claim_names(
         &self,
         job: JobId,
@@ -185,16 +213,21 @@ impl StateDb {
                     naming,
                     claim,
                     |k| {
-                        Ok(names
-                            .borrow()
-                            .get((job, k))
-                            .map_err(|e| self.err("read", e))?
-                            .map(|v| v.value().to_string()))
+                        let table = names.borrow();
+                        let held = table.get((job, k)).map_err(|e| self.err("read", e))?;
+                        held.map(|v| {
+                            let (shared, head) = v.value();
+                            codec::joined(k, shared, head).ok_or_else(|| StateError::Corrupt {
+                                path: self.path.clone(),
+                                detail: format!("the claim on `{k}` does not decode"),
+                            })
+                        })
+                        .transpose()
                     },
                     |k, v| {
                         names
                             .borrow_mut()
-                            .insert((job, k), v)
+                            .insert((job, k), codec::against(k, v))
                             .map_err(|e| self.err("written", e))?;
                         Ok(())
                     },
@@ -209,6 +242,7 @@ impl StateDb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableDatabase;
 
     fn clashes(index: &mut NameIndex<'_>, naming: Naming, keys: &[(&str, &str)]) -> Vec<bool> {
         let claims: Vec<Claim<'_>> = keys
@@ -278,5 +312,51 @@ mod tests {
         // Another job's names are its own.
         let mut other = NameIndex::Db(&db, 8);
         assert_eq!(clashes(&mut other, local, &[("a", "./a")]), vec![false]);
+    }
+
+    #[test]
+    fn claims_recorded_whole_before_schema_4_hold_after_the_upgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = StateDb::open(&path).expect("open");
+            let txn = db.db.begin_write().expect("write");
+            {
+                let mut old = txn.open_table(WHOLE_KEY_NAMES).expect("old names");
+                old.insert((3, "f:dst/ü/a.txt"), "src/ü/a.txt")
+                    .expect("claim");
+                old.insert((3, "f:dst/b"), "elsewhere").expect("claim");
+                let mut meta = txn.open_table(super::super::META).expect("meta");
+                meta.insert("schema", "3").expect("schema");
+            }
+            txn.commit().expect("commit");
+        }
+        let db = StateDb::open(&path).expect("upgraded");
+        let mut index = NameIndex::Db(&db, 3);
+        let naming = Naming::Azure;
+        for (name, holder) in [("dst/ü/a.txt", "src/ü/a.txt"), ("dst/b", "elsewhere")] {
+            let clash = index
+                .claim(
+                    naming,
+                    &[Claim {
+                        name,
+                        source: "another",
+                    }],
+                )
+                .expect("claim")
+                .remove(0)
+                .expect("clash");
+            assert_eq!(clash.holder, holder);
+        }
+        // Its holder claims it again freely.
+        assert_eq!(
+            clashes(&mut index, naming, &[("dst/ü/a.txt", "src/ü/a.txt")]),
+            vec![false]
+        );
+        let txn = db.db.begin_read().expect("read");
+        assert!(
+            txn.open_table(WHOLE_KEY_NAMES).is_err(),
+            "the old table is gone"
+        );
     }
 }

@@ -217,16 +217,16 @@ pub struct FileRecord {
     pub note: Option<String>,
     /// The upload session the destination opened (S3: the multipart upload ID; GCS: the
     /// resumable session URI), kept so a resumed job continues the same upload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub session: Option<String>,
     /// The source's metadata (content type, encoding, cache control, user pairs) as read when
     /// the upload began, for the commit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub meta: Option<ObjectMeta>,
     /// When an upload was last begun (ms since the epoch), written before the request: a
     /// crash before its session was recorded leaves a session the store may still hold,
     /// which the next begin looks for and gives up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub begun_ms: Option<i64>,
 }
 

@@ -159,16 +159,17 @@ pub struct BlockRef<'a> {
 /// An object's metadata: the standard headers a copy keeps, and key/value pairs — the
 /// source's user metadata, and the `blobway_*` pairs blobway writes with every committed
 /// object so a later run recognises an identical destination without reading it back.
+/// Every field is written, even when empty: the state file stores it field by field.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
     /// Content-Type.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub content_type: Option<String>,
     /// Content-Encoding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub content_encoding: Option<String>,
     /// Cache-Control.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cache_control: Option<String>,
     /// Key/value pairs (keys lowercase).
     #[serde(default)]

@@ -1,0 +1,291 @@
+//! How each record is laid out in the state file. Object and chunk records are millions in a
+//! big migration, so they are stored compactly: a tag byte, then `postcard` (a binary serde
+//! format with variable-length integers and no field names), and an object's destination key
+//! as only what differs from its source key (the two usually share the name under their
+//! prefixes). The few other records (jobs, counters, listings) stay JSON. Reading takes
+//! either form, so records written as JSON before the compact form still read.
+//!
+//! postcard writes fields by position and enum variants by number: a field is added at the
+//! end of a record (with a new tag), and an enum's variants are never reordered.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::JobProgress;
+use super::index::Listing;
+use super::records::{ChunkRecord, FileRecord, JobRecord};
+
+/// The first byte of a compact record; JSON records start with `{`.
+const COMPACT: u8 = 0xB1;
+
+/// A record the state file holds: JSON unless the type says otherwise.
+pub(super) trait Stored: Serialize + DeserializeOwned {
+    /// The bytes stored for this record.
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The record these bytes hold, or why they do not decode.
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl Stored for JobRecord {}
+impl Stored for JobProgress {}
+impl Stored for Listing {}
+
+impl Stored for ChunkRecord {
+    fn encode(&self) -> Vec<u8> {
+        compact(self)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        either(bytes)
+    }
+}
+
+impl Stored for FileRecord {
+    fn encode(&self) -> Vec<u8> {
+        let (shared, head) = against(&self.key, &self.dest_key);
+        let record = FileRecord {
+            dest_key: String::new(),
+            etag: String::new(),
+            ..self.clone()
+        };
+        compact(&(head, shared, Version::of(&self.etag), record))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.first() != Some(&COMPACT) {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let (head, shared, version, mut record): (String, u32, Version, FileRecord) =
+            either(bytes)?;
+        record.dest_key = joined(&record.key, shared, &head)
+            .ok_or_else(|| "an object record's destination key does not fit its key".to_string())?;
+        record.etag = version.text();
+        Ok(record)
+    }
+}
+
+/// A source version (ETag) as stored: S3's usual form, an MD5 in quoted hex, as its 16 bytes.
+#[derive(Serialize, serde::Deserialize)]
+enum Version {
+    /// Any other form, as it is.
+    Text(String),
+    /// `"` + lower-case hex + `"`, as the bytes the hex spells.
+    QuotedHex(Vec<u8>),
+}
+
+impl Version {
+    fn of(etag: &str) -> Self {
+        let hex = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"'));
+        let bytes = hex
+            .filter(|h| !h.is_empty() && h.len() % 2 == 0)
+            .and_then(|h| {
+                h.as_bytes()
+                    .chunks(2)
+                    .map(|pair| {
+                        let digit = |c: u8| match c {
+                            b'0'..=b'9' => Some(c - b'0'),
+                            b'a'..=b'f' => Some(c - b'a' + 10),
+                            _ => None,
+                        };
+                        Some(digit(pair[0])? << 4 | digit(pair[1])?)
+                    })
+                    .collect::<Option<Vec<u8>>>()
+            });
+        match bytes {
+            Some(bytes) => Version::QuotedHex(bytes),
+            None => Version::Text(etag.to_string()),
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Version::Text(text) => text,
+            Version::QuotedHex(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                format!("\"{hex}\"")
+            }
+        }
+    }
+}
+
+/// Tag and postcard.
+fn compact<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![COMPACT]).unwrap_or_default()
+}
+
+/// Decodes a compact record, or a JSON one written before the compact form.
+fn either<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&COMPACT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// `text` written against `reference`: how many bytes they share at their ends, and what of
+/// `text` comes before those.
+pub(super) fn against<'a>(reference: &str, text: &'a str) -> (u32, &'a str) {
+    let shared = shared_suffix(reference, text);
+    (shared as u32, &text[..text.len() - shared])
+}
+
+/// The text [`against`] wrote, from its reference; `None` when it does not fit.
+pub(super) fn joined(reference: &str, shared: u32, head: &str) -> Option<String> {
+    let start = reference.len().checked_sub(shared as usize)?;
+    Some(format!("{head}{}", reference.get(start..)?))
+}
+
+/// How many bytes `a` and `b` share at their ends, cut at a character boundary of both.
+fn shared_suffix(a: &str, b: &str) -> usize {
+    let mut shared = 0;
+    for (x, y) in a.chars().rev().zip(b.chars().rev()) {
+        if x != y {
+            break;
+        }
+        shared += x.len_utf8();
+    }
+    shared
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::records::{AttemptRecord, ChunkState, ErrorRecord, FileState};
+    use crate::store::{ErrorClass, ObjectMeta};
+    use proptest::prelude::*;
+
+    fn file(key: &str, dest_key: &str) -> FileRecord {
+        FileRecord {
+            key: key.into(),
+            dest_key: dest_key.into(),
+            size: 5,
+            etag: "\"0123456789abcdef0123456789abcdef\"".into(),
+            chunk_size: 16 << 20,
+            chunk_count: 1,
+            state: FileState::Transferring,
+            commit_attempts: 0,
+            error: None,
+            note: None,
+            session: None,
+            meta: None,
+            begun_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_small_object_and_its_chunk_take_a_fraction_of_their_json() {
+        let record = file(
+            "logs/2026/11/30/gateway-000000123456.json.gz",
+            "archive/logs/2026/11/30/gateway-000000123456.json.gz",
+        );
+        let json = serde_json::to_vec(&record).expect("json");
+        let bytes = record.encode();
+        assert_eq!(FileRecord::decode(&bytes).expect("decode"), record);
+        // The key once, the destination's prefix, and a few bytes of numbers.
+        assert!(bytes.len() < 110, "{} bytes", bytes.len());
+        assert!(
+            bytes.len() * 2 < json.len(),
+            "{} vs {}",
+            bytes.len(),
+            json.len()
+        );
+        let chunk = ChunkRecord {
+            state: ChunkState::Completed,
+            attempts: 1,
+            crc64: Some(u64::MAX),
+            history: vec![AttemptRecord {
+                started_ms: 1_764_600_000_000,
+                latency_ms: 12,
+                bytes: 5,
+                error: None,
+            }],
+        };
+        let bytes = chunk.encode();
+        assert_eq!(ChunkRecord::decode(&bytes).expect("decode"), chunk);
+        assert!(bytes.len() < 32, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn records_written_as_json_before_the_compact_form_still_read() {
+        let record = file("a/b", "c/b");
+        let json = serde_json::to_vec(&record).expect("json");
+        assert_eq!(FileRecord::decode(&json).expect("decode"), record);
+        let chunk = ChunkRecord::pending();
+        let json = serde_json::to_vec(&chunk).expect("json");
+        assert_eq!(ChunkRecord::decode(&json).expect("decode"), chunk);
+        assert!(FileRecord::decode(&[COMPACT, 0xff, 0xff]).is_err());
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z/._-]{0,12}",
+            "\\PC{0,8}",
+            Just(String::new()),
+            Just("ü/é/😀".to_string()),
+        ]
+    }
+
+    proptest! {
+        /// Every field of every record survives the compact form, whatever the keys share.
+        #[test]
+        fn every_record_round_trips(
+            key in text(),
+            head in text(),
+            cut in 0usize..6,
+            size in any::<u64>(),
+            note in proptest::option::of(text()),
+            session in proptest::option::of(text()),
+            begun in proptest::option::of(any::<i64>()),
+            pairs in proptest::collection::btree_map(text(), text(), 0..3),
+            content_type in proptest::option::of(text()),
+            status in proptest::option::of(any::<u16>()),
+            crc in proptest::option::of(any::<u64>()),
+            attempts in 0usize..3,
+            etag in prop_oneof![
+                "\"[0-9a-f]{0,40}\"",
+                "\"[0-9a-fA-F-]{0,12}\"",
+                "0x[0-9A-F]{15}",
+                "\\PC{0,6}",
+            ],
+        ) {
+            let tail: String = key.chars().skip(cut).collect();
+            let mut record = file(&key, &(head + &tail));
+            record.size = size;
+            record.etag = etag;
+            record.note = note;
+            record.session = session;
+            record.begun_ms = begun;
+            record.state = FileState::Failed;
+            record.error = Some(ErrorRecord {
+                class: ErrorClass::Throttled,
+                status,
+                message: "slow down".into(),
+                at_ms: -1,
+            });
+            record.meta = Some(ObjectMeta {
+                content_type,
+                pairs,
+                ..ObjectMeta::default()
+            });
+            prop_assert_eq!(FileRecord::decode(&record.encode()).expect("file"), record);
+            let chunk = ChunkRecord {
+                state: ChunkState::Failed,
+                attempts: attempts as u32,
+                crc64: crc,
+                history: (0..attempts)
+                    .map(|i| AttemptRecord {
+                        started_ms: i as i64,
+                        latency_ms: size,
+                        bytes: size,
+                        error: None,
+                    })
+                    .collect(),
+            };
+            prop_assert_eq!(ChunkRecord::decode(&chunk.encode()).expect("chunk"), chunk);
+        }
+    }
+}
