@@ -321,3 +321,128 @@ async fn an_empty_page_in_the_middle_of_a_listing_does_not_end_it() {
     );
     run.task.abort();
 }
+
+/// The real binary, SIGKILLed while it still lists a local folder of 20,000 files (a
+/// position is recorded per 1,000), then run again: the listing goes on from the recorded
+/// key, every object is recorded once under one index, and the destination is complete.
+#[test]
+fn sigkill_during_listing_then_a_rerun_lists_on_from_the_recorded_key() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    const FILES: usize = 20_000;
+    let src = tempfile::tempdir().expect("src");
+    for i in 0..FILES {
+        let dir = src.path().join(format!("d{:02}", i % 20));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(format!("f{i:05}")), (i % 251).to_le_bytes()).expect("file");
+    }
+    let blobway = |state: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_blobway"));
+        cmd.env("BLOBWAY_STATE", state)
+            .env("BLOBWAY_NO_DAEMON", "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    // A kill lands mid-listing when the state file still holds a listing position after it.
+    let mut landed = None;
+    for attempt in 0..5 {
+        let dst = tempfile::tempdir().expect("dst");
+        let state_dir = tempfile::tempdir().expect("state");
+        let state = state_dir.path().join("s.redb");
+        let args = [
+            "copy".to_string(),
+            format!("file://{}/", src.path().display()),
+            format!("file://{}/", dst.path().display()),
+            "--json".into(),
+        ];
+        let mut child = blobway(&state)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Killed at its first copied object: listing and copying overlap.
+        let stdout = child.stdout.take().expect("stdout");
+        let copied = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("\"chunk_completed\""));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        assert!(
+            copied,
+            "attempt {attempt}: nothing was copied before the run ended"
+        );
+        let db = StateDb::open(&state).expect("state after the kill");
+        let job = db.jobs().expect("jobs").remove(0);
+        let position = db.listing(job.id).expect("listing").and_then(|l| l.after);
+        let recorded = db.progress(job.id).expect("progress").files_total;
+        drop(db);
+        println!("attempt {attempt}: {recorded} objects recorded, listing at {position:?}");
+        if let Some(position) = position {
+            assert!(recorded < FILES as u64);
+            landed = Some((dst, state_dir, state, args, job.id, position));
+            break;
+        }
+    }
+    let (dst, _state_dir, state, args, job, position) =
+        landed.expect("no kill landed while the source was still being listed in 5 attempts");
+
+    let rerun = blobway(&state).args(&args).output().expect("rerun");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stdout)
+    );
+    let log =
+        std::fs::read_to_string(state.parent().expect("dir").join("blobway.log")).expect("log");
+    assert!(
+        log.contains(&format!(
+            "job {job}: the listing goes on after `{position}`"
+        )),
+        "the rerun did not go on from `{position}`:\n{log}"
+    );
+    let db = StateDb::open(&state).expect("state");
+    let progress = db.progress(job).expect("progress");
+    assert_eq!(
+        progress.files_total, FILES as u64,
+        "an object was planned twice"
+    );
+    assert_eq!(progress.files_done, FILES as u64);
+    assert_eq!(
+        db.next_file_index(job).expect("next index"),
+        FILES as u32,
+        "an object was given a second index"
+    );
+    assert_eq!(
+        db.job(job).expect("job").expect("job").state,
+        JobState::Done
+    );
+    for i in (0..FILES).step_by(97).chain([FILES - 1]) {
+        let rel = format!("d{:02}/f{i:05}", i % 20);
+        assert_eq!(
+            std::fs::read(dst.path().join(&rel)).expect("copied"),
+            (i % 251).to_le_bytes(),
+            "{rel}"
+        );
+    }
+    let copied = walkdir_count(dst.path());
+    assert_eq!(copied, FILES, "files at the destination");
+}
+
+/// Regular files under `dir`, blobway's own staging folder left out.
+fn walkdir_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry"))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            if e.file_type().expect("type").is_dir() {
+                walkdir_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}

@@ -276,6 +276,12 @@ pub async fn plan_job_paged(
         to_preview: Vec::new(),
     };
     let mut after = resumed.as_ref().and_then(|l| l.after.clone());
+    if let Some(key) = &after {
+        tracing::info!(
+            "job {}: the listing goes on after `{key}`, its position recorded before it stopped",
+            job.id
+        );
+    }
     let record_listing = |after: Option<String>, summary: &PlanSummary| {
         Write::Listing(
             job.id,
