@@ -89,6 +89,34 @@ fn job_detail_aggregates_chunks_when_the_heatmap_is_small() {
 }
 
 #[test]
+fn job_detail_lists_a_filtered_searched_page_of_a_big_job() {
+    let mut app = new_app();
+    app.handle_key(code(KeyCode::Enter));
+    app.handle_key(code(KeyCode::Char('s')));
+    app.handle_key(code(KeyCode::Char('/')));
+    for c in "keynote".chars() {
+        app.handle_key(code(KeyCode::Char(c)));
+    }
+    app.handle_key(code(KeyCode::Enter));
+    // As the engine answers the query: a page of the failed objects matching, from #2,001 of
+    // the job's 123,456 failed.
+    let mut answer = snapshot(640);
+    if let Some(detail) = &mut answer.job_detail {
+        detail.query = app.selection().objects;
+        detail.query.from = 2000;
+        detail.matching = Some(123_456);
+    }
+    app.on_snapshot(Arc::new(answer));
+    let terminal = draw(&mut app, 160, 48);
+    let screen = terminal.backend().to_string();
+    assert!(
+        screen.contains("Objects (4 of 123,456 failed · \"keynote\" · from #2,001)"),
+        "{screen}"
+    );
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
 fn chunk_inspector() {
     let mut app = detail_app();
     draw(&mut app, 160, 48); // lays the heat-map out, so the cursor moves by cells

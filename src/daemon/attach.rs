@@ -182,7 +182,7 @@ async fn bridge(
                 said = stream.next_said() => match said {
                     Some(Said::Hello(id)) => {
                         viewer = Some(id);
-                        if let Some(selection) = selection {
+                        if let Some(selection) = selection.clone() {
                             let _ = forward(&client, id, Command::Watch { viewer: id, selection }).await;
                         }
                     }
@@ -201,7 +201,7 @@ async fn bridge(
                     None | Some(Command::Shutdown) => return Ok(()),
                     Some(command) => {
                         if let Command::Watch { selection: s, .. } = &command {
-                            selection = Some(*s);
+                            selection = Some(s.clone());
                         }
                         if let Some(id) = viewer
                             && let Err(e) = forward(&client, id, command).await

@@ -11,9 +11,96 @@ use super::metrics::Series;
 use super::plan;
 use crate::state::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobState};
 
-/// The objects of a job a view lists: the first ones by index, with those under way drawn
-/// over them. (Paging through a job of millions is the views' next step.)
-pub const LISTED_OBJECTS: usize = 5_000;
+/// The objects of a job a view lists at once: a page of those its [`ObjectQuery`] asks for,
+/// read from the state file (a job may hold millions), with those under way drawn over them.
+/// The view pages on from the last one it got.
+pub const LISTED_OBJECTS: usize = 1_000;
+
+/// Which of a job's objects a view lists, in index order.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectFilter {
+    /// Every object.
+    #[default]
+    All,
+    /// Failed objects.
+    Failed,
+    /// Objects still moving or committing.
+    UnderWay,
+    /// Objects done or skipped.
+    Done,
+}
+
+impl ObjectFilter {
+    /// The states it lists (all when `None`).
+    pub fn states(self) -> Option<&'static [FileState]> {
+        match self {
+            ObjectFilter::All => None,
+            ObjectFilter::Failed => Some(&[FileState::Failed]),
+            ObjectFilter::UnderWay => Some(&[FileState::Transferring, FileState::Committing]),
+            ObjectFilter::Done => Some(&[FileState::Done, FileState::Skipped]),
+        }
+    }
+
+    /// The next filter in turn (failed first, where the trouble is).
+    pub fn next(self) -> Self {
+        match self {
+            ObjectFilter::All => ObjectFilter::Failed,
+            ObjectFilter::Failed => ObjectFilter::UnderWay,
+            ObjectFilter::UnderWay => ObjectFilter::Done,
+            ObjectFilter::Done => ObjectFilter::All,
+        }
+    }
+
+    /// As the operator reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectFilter::All => "all",
+            ObjectFilter::Failed => "failed",
+            ObjectFilter::UnderWay => "under way",
+            ObjectFilter::Done => "done",
+        }
+    }
+
+    /// How many of a job's objects it lists, from the job's counters.
+    pub fn count(self, p: &JobProgress) -> u64 {
+        let finished = p.files_done + p.files_skipped;
+        match self {
+            ObjectFilter::All => p.files_total,
+            ObjectFilter::Failed => p.files_failed,
+            ObjectFilter::UnderWay => p.files_total.saturating_sub(finished + p.files_failed),
+            ObjectFilter::Done => finished,
+        }
+    }
+}
+
+/// The page of a job's objects a view asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectQuery {
+    /// Which states.
+    #[serde(default)]
+    pub filter: ObjectFilter,
+    /// Only objects whose source key contains this (all when empty).
+    #[serde(default)]
+    pub search: String,
+    /// The first object index listed.
+    #[serde(default)]
+    pub from: u32,
+}
+
+impl ObjectQuery {
+    /// True when object `index` with `record` belongs to this query's listing.
+    pub fn admits(&self, index: u32, record: &FileRecord) -> bool {
+        index >= self.from
+            && self
+                .filter
+                .states()
+                .is_none_or(|s| s.contains(&record.state))
+            && record.key.contains(&self.search)
+    }
+}
 
 /// Who looks: every view has its own selection and gets its own details.
 pub type ViewerId = u64;
@@ -22,10 +109,13 @@ pub type ViewerId = u64;
 pub const LOCAL_VIEWER: ViewerId = 0;
 
 /// What a view is looking at; the snapshot carries details for it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selection {
     /// The job whose objects are listed.
     pub job: Option<JobId>,
+    /// Which of its objects.
+    #[serde(default)]
+    pub objects: ObjectQuery,
     /// The object whose chunks are shown.
     pub file: Option<u32>,
     /// The chunk being inspected.
@@ -203,8 +293,15 @@ impl FileView {
 pub struct JobDetail {
     /// The job.
     pub job: JobId,
-    /// Its objects in index order.
+    /// The page of its objects asked for, in index order.
     pub files: Vec<FileView>,
+    /// What was asked for.
+    #[serde(default)]
+    pub query: ObjectQuery,
+    /// How many objects pass the query's filter in all (from the job's counters; unknown
+    /// with a search).
+    #[serde(default)]
+    pub matching: Option<u64>,
 }
 
 /// One chunk, as a heat-map cell.
@@ -302,7 +399,8 @@ impl ChunkDetail {
 pub fn details<'a>(
     job: JobId,
     files: impl Iterator<Item = (u32, &'a FileRecord, &'a [ChunkRecord])>,
-    selection: Selection,
+    selection: &Selection,
+    matching: Option<u64>,
 ) -> ViewDetails {
     let mut views = Vec::new();
     let (mut chunks_out, mut detail_out) = (None, None);
@@ -316,7 +414,12 @@ pub fn details<'a>(
         }
     }
     ViewDetails {
-        job_detail: Some(JobDetail { job, files: views }),
+        job_detail: Some(JobDetail {
+            job,
+            files: views,
+            query: selection.objects.clone(),
+            matching,
+        }),
         file_chunks: chunks_out,
         chunk_detail: detail_out,
     }

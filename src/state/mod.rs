@@ -302,10 +302,7 @@ impl StateDb {
                     meta.insert("schema", SCHEMA_VERSION)
                         .map_err(|e| self.err("written", e))?;
                 }
-                Some(v) if v == "1" || v == "2" => {
-                    self.move_names(&txn)?;
-                    upgrade = Some(v);
-                }
+                Some(v) if v == "1" || v == "2" => upgrade = Some(v),
                 Some(found) => {
                     return Err(StateError::Schema {
                         path: self.path.clone(),
@@ -383,6 +380,8 @@ impl StateDb {
             meta.insert("schema", SCHEMA_VERSION)
                 .map_err(|e| self.err("written", e))?;
         }
+        // With the schema's version, so no older blobway ever reads a half-upgraded file.
+        self.move_names(&txn)?;
         txn.commit().map_err(|e| self.err("written", e))
     }
 
@@ -837,6 +836,78 @@ impl StateDb {
                 });
             }
             files.push((index, file, chunks));
+        }
+        Ok(Some(JobSnapshot { job, files }))
+    }
+
+    /// A page of job `id`'s objects for a view, in index order from index `from`: those in
+    /// one of `states` (all when `None`) whose source key contains `search`, at most `limit`,
+    /// each with its chunks when `chunks_of` holds its index (an empty list otherwise). One
+    /// read transaction, over the index by state when there is one: a filtered page of a job
+    /// of millions costs what its rows cost; a search reads records until its page is full.
+    pub fn objects_page(
+        &self,
+        id: JobId,
+        states: Option<&[FileState]>,
+        search: &str,
+        from: u32,
+        limit: usize,
+        chunks_of: &std::collections::BTreeSet<u32>,
+    ) -> Result<Option<JobSnapshot>, StateError> {
+        const BATCH: usize = 4096;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let Some(job) = jobs.get(id).map_err(|e| self.err("read", e))? else {
+            return Ok(None);
+        };
+        let job: JobRecord = self.decode(job.value())?;
+        let files_table = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let mut files = Vec::new();
+        let mut take = |index: u32, file: FileRecord| -> Result<bool, StateError> {
+            if file.key.contains(search) {
+                let chunks = if chunks_of.contains(&index) {
+                    self.chunks_in(&chunks_table, id, index)?
+                } else {
+                    Vec::new()
+                };
+                files.push((index, file, chunks));
+            }
+            Ok(files.len() < limit)
+        };
+        match states {
+            None => {
+                for entry in files_table
+                    .range((id, from)..=(id, u32::MAX))
+                    .map_err(|e| self.err("read", e))?
+                {
+                    let (key, value) = entry.map_err(|e| self.err("read", e))?;
+                    if !take(key.value().1, self.decode(value.value())?)? {
+                        break;
+                    }
+                }
+            }
+            Some(states) => {
+                let table = txn
+                    .open_table(index::STATES)
+                    .map_err(|e| self.err("read", e))?;
+                let mut after = from.checked_sub(1);
+                'batches: loop {
+                    let indexes = index::indexes_over(&table, id, states, after, BATCH)
+                        .map_err(|e| self.err("read", e))?;
+                    for index in &indexes {
+                        if let Some(file) = self.file_in(&files_table, id, *index)?
+                            && !take(*index, file)?
+                        {
+                            break 'batches;
+                        }
+                    }
+                    if indexes.len() < BATCH {
+                        break;
+                    }
+                    after = indexes.last().copied();
+                }
+            }
         }
         Ok(Some(JobSnapshot { job, files }))
     }
@@ -1541,6 +1612,56 @@ mod tests {
         drop(db);
         let err = StateDb::open(&path).err().expect("refused");
         assert!(err.to_string().contains("upgrade blobway"), "{err}");
+    }
+
+    #[test]
+    fn a_view_pages_through_a_jobs_objects_by_state_and_by_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        let mut writes = vec![Write::Job(job(1))];
+        for i in 0..10_000u32 {
+            let mut record = file(1);
+            record.key = format!("k/{i:05}");
+            record.state = if i % 1000 == 7 {
+                FileState::Failed
+            } else {
+                FileState::Done
+            };
+            writes.push(Write::File(1, i, record));
+            writes.push(Write::Chunk(1, i, 0, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let page = |states: Option<&[FileState]>, search: &str, from: u32, opened: &[u32]| {
+            let opened = opened.iter().copied().collect();
+            db.objects_page(1, states, search, from, 4, &opened)
+                .expect("page")
+                .expect("job")
+                .files
+                .into_iter()
+                .map(|(i, _, chunks)| (i, chunks.len()))
+                .collect::<Vec<_>>()
+        };
+        let failed: &[FileState] = &[FileState::Failed];
+        // Failed only, from the index by state, a page of 4 at a time.
+        assert_eq!(
+            page(Some(failed), "", 0, &[]),
+            [(7, 0), (1007, 0), (2007, 0), (3007, 0)]
+        );
+        assert_eq!(
+            page(Some(failed), "", 3008, &[4007]),
+            [(4007, 1), (5007, 0), (6007, 0), (7007, 0)]
+        );
+        // All, from an index on; the chunks only of the opened object.
+        assert_eq!(page(None, "", 9998, &[9999]), [(9998, 0), (9999, 1)]);
+        // By part of the key, with or without a state.
+        assert_eq!(page(None, "/0999", 0, &[]).len(), 4);
+        assert_eq!(page(Some(failed), "k/09", 0, &[]), [(9007, 0)]);
+        assert!(page(None, "nothing like it", 0, &[]).is_empty());
+        assert!(
+            db.objects_page(2, None, "", 0, 4, &Default::default())
+                .expect("page")
+                .is_none()
+        );
     }
 
     #[test]

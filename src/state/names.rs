@@ -178,6 +178,7 @@ impl StateDb {
     /// Moves the claims of a file from before schema 4 into their compact table, inside the
     /// transaction that upgrades it.
     pub(super) fn move_names(&self, txn: &redb::WriteTransaction) -> Result<(), StateError> {
+        tracing::info!(path = %self.path.display(), "upgrading the state file: moving the name claims into their compact table");
         let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
         {
             let old = txn

@@ -11,7 +11,7 @@ use tui_input::Input;
 use tui_input::backend::crossterm::EventHandler;
 
 use super::keys::{self, Action, Context, Key};
-use crate::engine::snapshot::{JobView, Selection, Snapshot};
+use crate::engine::snapshot::{self, JobView, ObjectQuery, Selection, Snapshot};
 use crate::engine::{Command, Event};
 use crate::state::{JobId, JobOptions};
 use crate::store::Page;
@@ -47,6 +47,8 @@ pub enum Popup {
     Destination(Input),
     /// Filters the browser listing.
     Filter(Input),
+    /// Searches the job's objects by key.
+    Search(Input),
     /// Asks for a location to browse.
     GoTo(Input),
     /// Asks before cancelling a job.
@@ -155,12 +157,43 @@ pub fn parent(location: &str) -> String {
 pub struct DetailState {
     /// The job shown.
     pub job: JobId,
-    /// Cursor over its objects.
+    /// Which of its objects are listed, from which index.
+    pub objects: ObjectQuery,
+    /// Where the pages before this one started, to page back.
+    pub pages: Vec<u32>,
+    /// Cursor over the listed objects.
     pub file_cursor: usize,
     /// Which half has the keys.
     pub focus: Focus,
     /// The chunk under the heat-map cursor.
     pub chunk_cursor: u32,
+}
+
+impl DetailState {
+    /// At either end of the listed page, moving on (`delta` > 0) lists the objects after
+    /// its last; moving back, the page before. A job of millions is read a page at a time.
+    fn turn_page(&mut self, delta: i64, snapshot: &Snapshot) {
+        let Some(listed) = snapshot
+            .job_detail
+            .as_ref()
+            .filter(|d| d.query == self.objects)
+        else {
+            return;
+        };
+        if delta > 0 && listed.files.len() >= snapshot::LISTED_OBJECTS {
+            if let Some(last) = listed.files.last() {
+                self.pages.push(self.objects.from);
+                self.objects.from = last.index.saturating_add(1);
+                self.file_cursor = 0;
+            }
+        } else if delta < 0
+            && self.file_cursor == 0
+            && let Some(from) = self.pages.pop()
+        {
+            self.objects.from = from;
+            self.file_cursor = snapshot::LISTED_OBJECTS - 1;
+        }
+    }
 }
 
 /// How the heat-map was last laid out, so the cursor can move by rows and slots.
@@ -258,6 +291,7 @@ impl App {
         match (&self.screen, &self.detail) {
             (Screen::Detail, Some(detail)) => Selection {
                 job: Some(detail.job),
+                objects: detail.objects.clone(),
                 file: self.selected_file_index(),
                 chunk: matches!(self.popup, Some(Popup::Inspector)).then_some(detail.chunk_cursor),
             },
@@ -339,13 +373,18 @@ impl App {
         let key = Key::from_event(event);
         let popup = self.popup.as_mut()?;
         let input = match popup {
-            Popup::Destination(input) | Popup::Filter(input) | Popup::GoTo(input) => input,
+            Popup::Destination(input)
+            | Popup::Filter(input)
+            | Popup::GoTo(input)
+            | Popup::Search(input) => input,
             _ => return None,
         };
         match key {
             Some(Key::Esc) => {
-                if matches!(popup, Popup::Filter(_)) {
-                    self.browser.filter.clear();
+                match popup {
+                    Popup::Filter(_) => self.browser.filter.clear(),
+                    Popup::Search(_) => self.set_objects(|q| q.search.clear()),
+                    _ => {}
                 }
                 self.popup = None;
                 Some(Vec::new())
@@ -357,6 +396,10 @@ impl App {
                     Some(Popup::Destination(_)) => self.queue(&value),
                     Some(Popup::GoTo(_)) if !value.is_empty() => {
                         self.browse(normalize_location(&value))
+                    }
+                    Some(Popup::Search(_)) => {
+                        self.set_objects(|q| q.search = value);
+                        Vec::new()
                     }
                     _ => Vec::new(),
                 })
@@ -474,6 +517,16 @@ impl App {
                 self.popup = Some(Popup::Filter(Input::new(self.browser.filter.clone())));
                 Vec::new()
             }
+            Action::NextObjectFilter => {
+                self.set_objects(|q| q.filter = q.filter.next());
+                Vec::new()
+            }
+            Action::SearchObjects => {
+                if let Some(detail) = &self.detail {
+                    self.popup = Some(Popup::Search(Input::new(detail.objects.search.clone())));
+                }
+                Vec::new()
+            }
             Action::GoTo => {
                 self.popup = Some(Popup::GoTo(Input::new(self.browser.location.clone())));
                 Vec::new()
@@ -530,6 +583,8 @@ impl App {
                     if self.detail.as_ref().is_none_or(|d| d.job != job) {
                         self.detail = Some(DetailState {
                             job,
+                            objects: ObjectQuery::default(),
+                            pages: Vec::new(),
                             file_cursor: 0,
                             focus: Focus::Files,
                             chunk_cursor: 0,
@@ -591,7 +646,10 @@ impl App {
                         Focus::Files => {
                             let before = detail.file_cursor;
                             detail.file_cursor = step(detail.file_cursor, files);
-                            if before != detail.file_cursor {
+                            if before == detail.file_cursor {
+                                detail.turn_page(delta, &self.snapshot);
+                            }
+                            if before != detail.file_cursor || detail.file_cursor == 0 {
                                 detail.chunk_cursor = 0;
                             }
                         }
@@ -605,6 +663,17 @@ impl App {
             }
         }
         Vec::new()
+    }
+
+    /// Changes which objects the detail screen lists, from their first.
+    fn set_objects(&mut self, change: impl FnOnce(&mut ObjectQuery)) {
+        if let Some(detail) = &mut self.detail {
+            change(&mut detail.objects);
+            detail.objects.from = 0;
+            detail.pages.clear();
+            detail.file_cursor = 0;
+            detail.chunk_cursor = 0;
+        }
     }
 
     fn move_chunk_cursor(&mut self, slots: i64) -> Vec<Command> {
@@ -964,6 +1033,8 @@ mod tests {
                         error: None,
                     })
                     .collect(),
+                query: ObjectQuery::default(),
+                matching: Some(3),
             }),
             file_chunks: Some(crate::engine::snapshot::FileChunks {
                 job: 1,
@@ -987,7 +1058,8 @@ mod tests {
             Selection {
                 job: Some(1),
                 file: Some(11),
-                chunk: None
+                chunk: None,
+                objects: ObjectQuery::default(),
             }
         );
         app.handle_key(code(KeyCode::Tab));
@@ -1004,6 +1076,92 @@ mod tests {
         assert!(app.popup.is_none());
         app.handle_key(code(KeyCode::Backspace));
         assert_eq!(app.screen, Screen::Jobs);
+    }
+
+    /// A snapshot listing `count` objects of job 1 from index `from`, as asked by `query`.
+    fn listed(query: ObjectQuery, from: u32, count: u32) -> Arc<Snapshot> {
+        Arc::new(Snapshot {
+            jobs: vec![job(1, JobState::Running)],
+            job_detail: Some(JobDetail {
+                job: 1,
+                files: (from..from + count)
+                    .map(|i| FileView {
+                        index: i,
+                        key: format!("k{i}"),
+                        size: 1,
+                        state: FileState::Failed,
+                        chunks_done: 0,
+                        chunk_count: 1,
+                        retried: 0,
+                        error: None,
+                    })
+                    .collect(),
+                query,
+                matching: None,
+            }),
+            ..Snapshot::default()
+        })
+    }
+
+    #[test]
+    fn the_objects_are_filtered_by_state_searched_and_paged_from_the_state_file() {
+        use crate::engine::snapshot::{LISTED_OBJECTS, ObjectFilter};
+        let mut app = app();
+        app.on_snapshot(Arc::new(Snapshot {
+            jobs: vec![job(1, JobState::Running)],
+            ..Snapshot::default()
+        }));
+        app.handle_key(code(KeyCode::Enter));
+        assert_eq!(app.screen, Screen::Detail);
+        // `s` lists the failed objects first, then those under way, the done, all again.
+        let filters: Vec<ObjectFilter> = (0..4)
+            .map(|_| {
+                app.handle_key(code(KeyCode::Char('s')));
+                app.selection().objects.filter
+            })
+            .collect();
+        use ObjectFilter::*;
+        assert_eq!(filters, [Failed, UnderWay, Done, All]);
+        app.handle_key(code(KeyCode::Char('s')));
+        // `/` searches by key; the search and the filter are both asked of the engine.
+        app.handle_key(code(KeyCode::Char('/')));
+        for c in "gate".chars() {
+            app.handle_key(code(KeyCode::Char(c)));
+        }
+        app.handle_key(code(KeyCode::Enter));
+        let query = app.selection().objects;
+        assert_eq!(
+            (query.filter, query.search.as_str(), query.from),
+            (Failed, "gate", 0)
+        );
+        // A full page: moving past its last object asks for the objects after it.
+        let full = LISTED_OBJECTS as u32;
+        app.on_snapshot(listed(query.clone(), 0, full));
+        for _ in 0..full {
+            app.handle_key(code(KeyCode::Down));
+        }
+        assert_eq!(app.selection().objects.from, full, "the next page");
+        assert_eq!(app.detail.as_ref().map(|d| d.file_cursor), Some(0));
+        // A short page is the last: moving on stays.
+        app.on_snapshot(listed(app.selection().objects, full, 3));
+        for _ in 0..5 {
+            app.handle_key(code(KeyCode::Down));
+        }
+        assert_eq!(app.selection().objects.from, full);
+        assert_eq!(app.selected_file_index(), Some(full + 2));
+        // Moving back before the first object returns to the page before.
+        for _ in 0..3 {
+            app.handle_key(code(KeyCode::Up));
+        }
+        assert_eq!(app.selection().objects.from, 0);
+        // Esc in the search clears it, and lists from the first object again.
+        app.handle_key(code(KeyCode::Char('/')));
+        app.handle_key(code(KeyCode::Esc));
+        let query = app.selection().objects;
+        assert_eq!(
+            (query.filter, query.search.as_str(), query.from),
+            (Failed, "", 0)
+        );
     }
 
     fn page(dirs: &[&str], objects: &[(&str, u64)], next: Option<&str>) -> Page {

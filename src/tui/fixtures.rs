@@ -216,7 +216,12 @@ pub fn snapshot(chunks: u32) -> Snapshot {
         ],
         series: series(),
         viewers: Default::default(),
-        job_detail: Some(JobDetail { job: 1, files }),
+        job_detail: Some(JobDetail {
+            job: 1,
+            matching: Some(files.len() as u64),
+            files,
+            query: Default::default(),
+        }),
         file_chunks: Some(FileChunks {
             job: 1,
             file: 2,

@@ -58,6 +58,10 @@ pub enum Action {
     Mark,
     /// Filter the listing.
     Filter,
+    /// List the job's objects in the next state (all, failed, under way, done).
+    NextObjectFilter,
+    /// Search the job's objects by key.
+    SearchObjects,
     /// Queue the marked entries (asks for the destination).
     Queue,
     /// Type a location to browse.
@@ -325,6 +329,18 @@ pub const BINDINGS: &[Binding] = &[
         &[Key::Char('x')],
         Action::CancelJob,
         "cancel this job (asks first)",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('s')],
+        Action::NextObjectFilter,
+        "list all objects, the failed, those under way, the done",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('/')],
+        Action::SearchObjects,
+        "search the objects by key (Esc clears)",
     ),
     bind(Detail, &[Key::Backspace], Action::Back, "back to the jobs"),
     bind(

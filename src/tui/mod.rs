@@ -84,12 +84,14 @@ async fn event_loop(
             }
         }
         let selection = app.selection();
-        let watch = Command::Watch {
-            viewer: crate::engine::LOCAL_VIEWER,
-            selection,
-        };
-        if watching != Some(selection) && handle.try_send(watch) {
-            watching = Some(selection);
+        if watching.as_ref() != Some(&selection) {
+            let watch = Command::Watch {
+                viewer: crate::engine::LOCAL_VIEWER,
+                selection: selection.clone(),
+            };
+            if handle.try_send(watch) {
+                watching = Some(selection);
+            }
         }
         if app.quit {
             break;

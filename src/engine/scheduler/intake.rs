@@ -21,10 +21,14 @@ impl Scheduler {
                     self.history.entry(view.id).or_insert(view);
                 }
             }
-            Ready::Watched(snapshot) => {
-                let id = snapshot.job.id;
-                if self.selections.values().any(|s| s.job == Some(id)) {
-                    self.watched.insert(id, snapshot);
+            Ready::Watched(query, page) => {
+                let id = page.snapshot.job.id;
+                if self
+                    .selections
+                    .values()
+                    .any(|s| s.job == Some(id) && s.objects == query)
+                {
+                    self.watched.insert((id, query), page);
                 }
             }
             Ready::Replan {

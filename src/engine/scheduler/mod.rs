@@ -35,7 +35,9 @@ use super::metrics::Metrics;
 use super::model::JobRun;
 use super::object::{ObjectRun, Rules, Step, Timing, Wake, Work};
 use super::plan::{self, PlanRequest, PlanSummary};
-use super::snapshot::{self, JobView, LOCAL_VIEWER, Selection, Snapshot, ViewDetails, ViewerId};
+use super::snapshot::{
+    self, JobView, LOCAL_VIEWER, ObjectQuery, Selection, Snapshot, ViewDetails, ViewerId,
+};
 use super::transfer::{
     self, BeginWork, Begun, ChunkMoved, ChunkWork, CommitOutcome, CommitWork, Target,
 };
@@ -143,6 +145,12 @@ enum How {
     },
 }
 
+/// A page of a job's objects read for views, with the job's counters at the time.
+pub(super) struct Watched {
+    snapshot: JobSnapshot,
+    progress: crate::state::JobProgress,
+}
+
 /// What a background task reports.
 enum Ready {
     Job(Box<Arrival>),
@@ -177,8 +185,8 @@ enum Ready {
     LoaderDone,
     /// Summaries of the jobs in the state file, read at start.
     History(Vec<JobView>),
-    /// A job that is not loaded, read for the view that selected it.
-    Watched(JobSnapshot),
+    /// A page of a job's objects, read for the views that ask for it.
+    Watched(ObjectQuery, Watched),
     /// A job that was not loaded was cancelled (`Ok(false)`: it had ended already).
     Cancelled {
         job: JobId,
@@ -237,9 +245,9 @@ struct Scheduler {
     snapshots: watch::Sender<Arc<Snapshot>>,
     /// What each view looks at.
     selections: BTreeMap<ViewerId, Selection>,
-    /// The first objects of jobs a view looks at, read from the state file (for a loaded
-    /// job, its window is drawn over them).
-    watched: BTreeMap<JobId, JobSnapshot>,
+    /// The pages of jobs' objects views look at, read from the state file (for a loaded job,
+    /// its window is drawn over them).
+    watched: BTreeMap<(JobId, ObjectQuery), Watched>,
     /// When each watched job was last read.
     watch_reads: BTreeMap<JobId, Instant>,
     history: BTreeMap<JobId, JobView>,

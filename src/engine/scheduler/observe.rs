@@ -128,7 +128,7 @@ impl Scheduler {
         let mut viewers: BTreeMap<ViewerId, ViewDetails> = self
             .selections
             .iter()
-            .map(|(viewer, selection)| (*viewer, self.details(*selection)))
+            .map(|(viewer, selection)| (*viewer, self.details(selection)))
             .collect();
         let local = viewers.remove(&LOCAL_VIEWER).unwrap_or_default();
         Snapshot {
@@ -149,76 +149,103 @@ impl Scheduler {
         }
     }
 
-    /// The details `selection` asks for, from a loaded job or one read for a view.
-    fn details(&self, selection: Selection) -> ViewDetails {
+    /// The details `selection` asks for: the page of objects read for it from the state file,
+    /// with a loaded job's window drawn over it (fresher); before the first read, the window's
+    /// objects that pass the query.
+    fn details(&self, selection: &Selection) -> ViewDetails {
         let Some(id) = selection.job else {
             return ViewDetails::default();
         };
-        let mut files: BTreeMap<u32, (&FileRecord, &[crate::state::ChunkRecord])> = self
-            .watched
-            .get(&id)
-            .map(|w| {
-                w.files
+        let query = &selection.objects;
+        let job = self.jobs.get(&id);
+        let page = self.watched.get(&(id, query.clone()));
+        if job.is_none() && page.is_none() {
+            return ViewDetails::default();
+        }
+        let mut files: BTreeMap<u32, (&FileRecord, &[crate::state::ChunkRecord])> = page
+            .map(|p| {
+                p.snapshot
+                    .files
                     .iter()
                     .map(|(i, f, c)| (*i, (f, c.as_slice())))
                     .collect()
             })
             .unwrap_or_default();
-        let job = self.jobs.get(&id);
-        if job.is_none() && files.is_empty() && !self.watched.contains_key(&id) {
-            return ViewDetails::default();
-        }
-        // The window's objects as held: fresher than the state file's (within the objects
-        // listed, so the list does not jump).
-        let listed_to = match self.watched.get(&id) {
-            Some(w) if w.files.len() >= snapshot::LISTED_OBJECTS => w.files.last().map(|f| f.0),
-            _ => None,
-        };
         for object in job.into_iter().flat_map(|j| j.files.values()) {
-            if listed_to.is_none_or(|last| object.index <= last) {
+            let listed = match page {
+                Some(_) => files.contains_key(&object.index),
+                None => query.admits(object.index, &object.record),
+            };
+            if listed {
                 files.insert(object.index, (&object.record, object.chunks.as_slice()));
             }
         }
+        let matching = if query.search.is_empty() {
+            job.map(|j| j.progress)
+                .or_else(|| self.history.get(&id).map(|v| v.progress))
+                .or(page.map(|p| p.progress))
+                .map(|p| query.filter.count(&p))
+        } else {
+            None
+        };
         snapshot::details(
             id,
-            files.into_iter().map(|(i, (f, c))| (i, f, c)),
+            files
+                .into_iter()
+                .take(snapshot::LISTED_OBJECTS)
+                .map(|(i, (f, c))| (i, f, c)),
             selection,
+            matching,
         )
     }
 
-    /// Reads (again) the first objects of a job a view looks at, in the background.
+    /// Reads (again) the pages of a job its views look at, in the background: one read per
+    /// distinct query, with the chunks of the objects the views opened.
     pub(super) fn read_watched(&mut self, id: JobId) {
         self.watch_reads.insert(id, Instant::now());
-        // Chunks are read for the object a view opened only.
-        let selected: BTreeSet<u32> = self
-            .selections
-            .values()
-            .filter(|s| s.job == Some(id))
-            .filter_map(|s| s.file)
-            .collect();
-        let (db, tx) = (self.db.clone(), self.ready_tx.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Ok(Some(snapshot)) =
-                db.load_job_page(id, snapshot::LISTED_OBJECTS, Some(selected))
-            {
-                let _ = tx.send(Ready::Watched(snapshot));
-            }
-        });
+        let mut queries: BTreeMap<ObjectQuery, BTreeSet<u32>> = BTreeMap::new();
+        for selection in self.selections.values().filter(|s| s.job == Some(id)) {
+            let opened = queries.entry(selection.objects.clone()).or_default();
+            opened.extend(selection.file);
+        }
+        for (query, opened) in queries {
+            let (db, tx) = (self.db.clone(), self.ready_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let page = db.objects_page(
+                    id,
+                    query.filter.states(),
+                    &query.search,
+                    query.from,
+                    snapshot::LISTED_OBJECTS,
+                    &opened,
+                );
+                if let Ok(Some(snapshot)) = page {
+                    let progress = db.progress(id).unwrap_or_default();
+                    let _ = tx.send(Ready::Watched(query, Watched { snapshot, progress }));
+                }
+            });
+        }
     }
 
     /// Follows what a view looks at (an empty selection forgets the viewer); a job that is
     /// not loaded is read from the state file, and kept while someone looks at it.
     pub(super) fn watch(&mut self, viewer: ViewerId, selection: Selection) {
+        let job = selection.job;
         if selection == Selection::default() {
             self.selections.remove(&viewer);
         } else {
             self.selections.insert(viewer, selection);
         }
-        let looked_at: BTreeSet<JobId> = self.selections.values().filter_map(|s| s.job).collect();
-        self.watched.retain(|id, _| looked_at.contains(id));
-        self.watch_reads.retain(|id, _| looked_at.contains(id));
+        let looked_at: BTreeSet<(JobId, ObjectQuery)> = self
+            .selections
+            .values()
+            .filter_map(|s| Some((s.job?, s.objects.clone())))
+            .collect();
+        self.watched.retain(|key, _| looked_at.contains(key));
+        self.watch_reads
+            .retain(|id, _| looked_at.iter().any(|(job, _)| job == id));
         // Read for the new selection (the chunks of the object it opened come with it).
-        if let Some(id) = selection.job {
+        if let Some(id) = job {
             self.read_watched(id);
         }
     }

@@ -60,12 +60,8 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
 fn draw_files(frame: &mut Frame, app: &App, area: Rect) {
     let focused = app.detail.as_ref().is_some_and(|d| d.focus == Focus::Files);
     let cursor = app.detail.as_ref().map_or(0, |d| d.file_cursor);
-    let files = app
-        .snapshot
-        .job_detail
-        .as_ref()
-        .map(|d| d.files.as_slice())
-        .unwrap_or_default();
+    let listed = app.snapshot.job_detail.as_ref();
+    let files = listed.map(|d| d.files.as_slice()).unwrap_or_default();
     let key_width = area.width.saturating_sub(36).max(10) as usize;
     let rows = files.iter().enumerate().map(|(i, f)| {
         let chunks = format!("{}/{}", f.chunks_done, f.chunk_count);
@@ -93,7 +89,7 @@ fn draw_files(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(11),
         Constraint::Length(5),
     ];
-    let title = format!(" Objects ({}) ", files.len());
+    let title = objects_title(files.len(), listed);
     let block = focus_block(
         Block::bordered().title(Span::styled(title, theme::title())),
         focused,
@@ -101,6 +97,45 @@ fn draw_files(frame: &mut Frame, app: &App, area: Rect) {
     let table = Table::new(rows, widths).header(header).block(block);
     let mut state = TableState::default().with_selected(Some(cursor));
     frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// `Objects (1,000 of 2,345,678 failed · "gateway" · from #5,001)`: what the list holds of
+/// which objects.
+fn objects_title(shown: usize, listed: Option<&crate::engine::snapshot::JobDetail>) -> String {
+    let Some(listed) = listed else {
+        return " Objects ".to_string();
+    };
+    let query = &listed.query;
+    let mut parts = Vec::new();
+    let of = match listed.matching {
+        Some(n) if n as usize != shown || query.from > 0 => format!(" of {}", thousands(n)),
+        _ => String::new(),
+    };
+    let filter = match query.filter {
+        crate::engine::snapshot::ObjectFilter::All => String::new(),
+        other => format!(" {}", other.name()),
+    };
+    parts.push(format!("{}{of}{filter}", thousands(shown as u64)));
+    if !query.search.is_empty() {
+        parts.push(format!("\"{}\"", query.search));
+    }
+    if query.from > 0 {
+        parts.push(format!("from #{}", thousands(u64::from(query.from) + 1)));
+    }
+    format!(" Objects ({}) ", parts.join(" · "))
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn focus_block(block: Block<'_>, focused: bool) -> Block<'_> {

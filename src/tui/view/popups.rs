@@ -30,6 +30,12 @@ pub(super) fn draw(frame: &mut Frame, app: &App) {
             prompt(frame, &title, input, "Enter queue the copy   Esc cancel");
         }
         Some(Popup::Filter(input)) => prompt(frame, " Filter ", input, "Enter keep   Esc clear"),
+        Some(Popup::Search(input)) => prompt(
+            frame,
+            " Search the objects ",
+            input,
+            "part of a key   Enter search   Esc clear",
+        ),
         Some(Popup::GoTo(input)) => prompt(
             frame,
             " Go to ",
