@@ -25,7 +25,7 @@ use crate::state::{JobId, JobOptions, JobState, StateDb};
 
 /// The protocol's version: a client and a daemon that differ say so instead of misreading
 /// each other.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;

@@ -302,6 +302,10 @@ pub struct JobDetail {
     /// with a search).
     #[serde(default)]
     pub matching: Option<u64>,
+    /// True while the page asked for is being read: the objects under way that pass the
+    /// query stand in for it.
+    #[serde(default)]
+    pub loading: bool,
 }
 
 /// One chunk, as a heat-map cell.
@@ -401,6 +405,7 @@ pub fn details<'a>(
     files: impl Iterator<Item = (u32, &'a FileRecord, &'a [ChunkRecord])>,
     selection: &Selection,
     matching: Option<u64>,
+    loading: bool,
 ) -> ViewDetails {
     let mut views = Vec::new();
     let (mut chunks_out, mut detail_out) = (None, None);
@@ -419,6 +424,7 @@ pub fn details<'a>(
             files: views,
             query: selection.objects.clone(),
             matching,
+            loading,
         }),
         file_chunks: chunks_out,
         chunk_detail: detail_out,

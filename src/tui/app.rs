@@ -176,14 +176,14 @@ impl DetailState {
         let Some(listed) = snapshot
             .job_detail
             .as_ref()
-            .filter(|d| d.query == self.objects)
+            .filter(|d| d.query == self.objects && !d.loading)
         else {
             return;
         };
         if delta > 0 && listed.files.len() >= snapshot::LISTED_OBJECTS {
-            if let Some(last) = listed.files.last() {
+            if let Some(from) = listed.files.last().and_then(|f| f.index.checked_add(1)) {
                 self.pages.push(self.objects.from);
-                self.objects.from = last.index.saturating_add(1);
+                self.objects.from = from;
                 self.file_cursor = 0;
             }
         } else if delta < 0
@@ -312,7 +312,12 @@ impl App {
     /// The index (in its job) of the object under the detail cursor.
     pub fn selected_file_index(&self) -> Option<u32> {
         let detail = self.detail.as_ref()?;
-        let files = &self.snapshot.job_detail.as_ref()?.files;
+        // A list of other objects than those asked for (the page is being read) selects none.
+        let listed = self.snapshot.job_detail.as_ref()?;
+        if listed.query != detail.objects {
+            return None;
+        }
+        let files = &listed.files;
         files
             .get(detail.file_cursor.min(files.len().saturating_sub(1)))
             .map(|f| f.index)
@@ -668,7 +673,11 @@ impl App {
     /// Changes which objects the detail screen lists, from their first.
     fn set_objects(&mut self, change: impl FnOnce(&mut ObjectQuery)) {
         if let Some(detail) = &mut self.detail {
+            let before = detail.objects.clone();
             change(&mut detail.objects);
+            if detail.objects == before {
+                return;
+            }
             detail.objects.from = 0;
             detail.pages.clear();
             detail.file_cursor = 0;
@@ -1035,6 +1044,7 @@ mod tests {
                     .collect(),
                 query: ObjectQuery::default(),
                 matching: Some(3),
+                loading: false,
             }),
             file_chunks: Some(crate::engine::snapshot::FileChunks {
                 job: 1,
@@ -1098,6 +1108,7 @@ mod tests {
                     .collect(),
                 query,
                 matching: None,
+                loading: false,
             }),
             ..Snapshot::default()
         })
@@ -1134,8 +1145,26 @@ mod tests {
             (query.filter, query.search.as_str(), query.from),
             (Failed, "gate", 0)
         );
-        // A full page: moving past its last object asks for the objects after it.
+        // A full page: moving past its last object asks for the objects after it — once it
+        // is the page read for this query, not the objects under way standing in for it.
         let full = LISTED_OBJECTS as u32;
+        let mut standing_in = (*listed(query.clone(), 0, full)).clone();
+        if let Some(detail) = &mut standing_in.job_detail {
+            detail.loading = true;
+        }
+        app.on_snapshot(Arc::new(standing_in));
+        for _ in 0..full {
+            app.handle_key(code(KeyCode::Down));
+        }
+        assert_eq!(
+            app.selection().objects.from,
+            0,
+            "no page turned while loading"
+        );
+        app.handle_key(code(KeyCode::Home));
+        for _ in 0..full {
+            app.handle_key(code(KeyCode::Up));
+        }
         app.on_snapshot(listed(query.clone(), 0, full));
         for _ in 0..full {
             app.handle_key(code(KeyCode::Down));

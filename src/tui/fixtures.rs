@@ -221,6 +221,7 @@ pub fn snapshot(chunks: u32) -> Snapshot {
             matching: Some(files.len() as u64),
             files,
             query: Default::default(),
+            loading: false,
         }),
         file_chunks: Some(FileChunks {
             job: 1,

@@ -21,14 +21,17 @@ impl Scheduler {
                     self.history.entry(view.id).or_insert(view);
                 }
             }
-            Ready::Watched(query, page) => {
-                let id = page.snapshot.job.id;
-                if self
+            Ready::Watched(id, query, page) => {
+                let again = self.watch_reading.remove(&(id, query.clone()));
+                let wanted = self
                     .selections
                     .values()
-                    .any(|s| s.job == Some(id) && s.objects == query)
-                {
+                    .any(|s| s.job == Some(id) && s.objects == query);
+                if let (true, Some(page)) = (wanted, page) {
                     self.watched.insert((id, query), page);
+                }
+                if wanted && again == Some(true) {
+                    self.read_watched(id);
                 }
             }
             Ready::Replan {

@@ -186,7 +186,7 @@ enum Ready {
     /// Summaries of the jobs in the state file, read at start.
     History(Vec<JobView>),
     /// A page of a job's objects, read for the views that ask for it.
-    Watched(ObjectQuery, Watched),
+    Watched(JobId, ObjectQuery, Option<Watched>),
     /// A job that was not loaded was cancelled (`Ok(false)`: it had ended already).
     Cancelled {
         job: JobId,
@@ -250,6 +250,8 @@ struct Scheduler {
     watched: BTreeMap<(JobId, ObjectQuery), Watched>,
     /// When each watched job was last read.
     watch_reads: BTreeMap<JobId, Instant>,
+    /// The pages being read; true when asked for again meanwhile.
+    watch_reading: BTreeMap<(JobId, ObjectQuery), bool>,
     history: BTreeMap<JobId, JobView>,
     /// Set once a job was asked for: an idle engine exits (headless) only after that.
     asked: bool,
@@ -317,6 +319,7 @@ pub(super) async fn run(
         selections: BTreeMap::new(),
         watched: BTreeMap::new(),
         watch_reads: BTreeMap::new(),
+        watch_reading: BTreeMap::new(),
         history: BTreeMap::new(),
         asked: false,
         planning: BTreeMap::new(),

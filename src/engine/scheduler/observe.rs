@@ -78,7 +78,7 @@ impl Scheduler {
         }
         // A running job a view looks at is read again now and then (its window is fresher
         // and drawn over it).
-        let stale: Vec<JobId> = self
+        let stale: BTreeSet<JobId> = self
             .selections
             .values()
             .filter_map(|s| s.job)
@@ -180,6 +180,9 @@ impl Scheduler {
                 files.insert(object.index, (&object.record, object.chunks.as_slice()));
             }
         }
+        // Until the page asked for is read, the window's objects that pass the query stand
+        // in for it, marked as such: a view does not page on from them.
+        let loading = page.is_none();
         let matching = if query.search.is_empty() {
             job.map(|j| j.progress)
                 .or_else(|| self.history.get(&id).map(|v| v.progress))
@@ -196,6 +199,7 @@ impl Scheduler {
                 .map(|(i, (f, c))| (i, f, c)),
             selection,
             matching,
+            loading,
         )
     }
 
@@ -209,6 +213,17 @@ impl Scheduler {
             opened.extend(selection.file);
         }
         for (query, opened) in queries {
+            // One read per page at a time (a search over millions of records takes seconds):
+            // asked again meanwhile, it is read once more when it is back.
+            match self.watch_reading.get_mut(&(id, query.clone())) {
+                Some(again) => {
+                    *again = true;
+                    continue;
+                }
+                None => {
+                    self.watch_reading.insert((id, query.clone()), false);
+                }
+            }
             let (db, tx) = (self.db.clone(), self.ready_tx.clone());
             tokio::task::spawn_blocking(move || {
                 let page = db.objects_page(
@@ -219,10 +234,18 @@ impl Scheduler {
                     snapshot::LISTED_OBJECTS,
                     &opened,
                 );
-                if let Ok(Some(snapshot)) = page {
-                    let progress = db.progress(id).unwrap_or_default();
-                    let _ = tx.send(Ready::Watched(query, Watched { snapshot, progress }));
-                }
+                let page = match page {
+                    Ok(Some(snapshot)) => Some(Watched {
+                        snapshot,
+                        progress: db.progress(id).unwrap_or_default(),
+                    }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!("cannot read job {id}'s objects for a view: {e}");
+                        None
+                    }
+                };
+                let _ = tx.send(Ready::Watched(id, query, page));
             });
         }
     }

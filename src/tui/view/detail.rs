@@ -122,6 +122,9 @@ fn objects_title(shown: usize, listed: Option<&crate::engine::snapshot::JobDetai
     if query.from > 0 {
         parts.push(format!("from #{}", thousands(u64::from(query.from) + 1)));
     }
+    if listed.loading {
+        parts.push("reading…".to_string());
+    }
     format!(" Objects ({}) ", parts.join(" · "))
 }
 
