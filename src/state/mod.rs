@@ -787,62 +787,13 @@ impl StateDb {
 
     /// A job with all its files and chunks.
     pub fn load_job(&self, id: JobId) -> Result<Option<JobSnapshot>, StateError> {
-        self.load_job_page(id, usize::MAX, None)
-    }
-
-    /// A job with its first `limit` objects (by index), with their chunks — or, given
-    /// `chunks_of`, with the chunks of those objects only (the others' lists left empty).
-    pub fn load_job_page(
-        &self,
-        id: JobId,
-        limit: usize,
-        chunks_of: Option<std::collections::BTreeSet<u32>>,
-    ) -> Result<Option<JobSnapshot>, StateError> {
-        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
-        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
-        let Some(job) = jobs.get(id).map_err(|e| self.err("read", e))? else {
-            return Ok(None);
-        };
-        let job: JobRecord = self.decode(job.value())?;
-        let files_table = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
-        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
-        let mut files = Vec::new();
-        for entry in files_table
-            .range((id, 0)..=(id, u32::MAX))
-            .map_err(|e| self.err("read", e))?
-        {
-            if files.len() >= limit {
-                break;
-            }
-            let (key, value) = entry.map_err(|e| self.err("read", e))?;
-            let (_, index) = key.value();
-            let file: FileRecord = self.decode(value.value())?;
-            if chunks_of
-                .as_ref()
-                .is_some_and(|only| !only.contains(&index))
-            {
-                files.push((index, file, Vec::new()));
-                continue;
-            }
-            let chunks = self.chunks_in(&chunks_table, id, index)?;
-            if chunks.len() != file.chunk_count as usize {
-                return Err(StateError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!(
-                        "job {id} file {index} has {} chunk records, expected {}",
-                        chunks.len(),
-                        file.chunk_count
-                    ),
-                });
-            }
-            files.push((index, file, chunks));
-        }
-        Ok(Some(JobSnapshot { job, files }))
+        self.objects_page(id, None, "", 0, usize::MAX, None)
     }
 
     /// A page of job `id`'s objects for a view, in index order from index `from`: those in
     /// one of `states` (all when `None`) whose source key contains `search`, at most `limit`,
-    /// each with its chunks when `chunks_of` holds its index (an empty list otherwise). One
+    /// each with its chunks when `chunks_of` holds its index or is `None` (an empty list
+    /// otherwise; read chunks must be as many as the object has, or the file is damaged). One
     /// read transaction, over the index by state when there is one: a filtered page of a job
     /// of millions costs what its rows cost; a search reads records until its page is full.
     pub fn objects_page(
@@ -852,7 +803,7 @@ impl StateDb {
         search: &str,
         from: u32,
         limit: usize,
-        chunks_of: &std::collections::BTreeSet<u32>,
+        chunks_of: Option<&std::collections::BTreeSet<u32>>,
     ) -> Result<Option<JobSnapshot>, StateError> {
         const BATCH: usize = 4096;
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
@@ -866,11 +817,21 @@ impl StateDb {
         let mut files = Vec::new();
         let mut take = |index: u32, file: FileRecord| -> Result<bool, StateError> {
             if file.key.contains(search) {
-                let chunks = if chunks_of.contains(&index) {
-                    self.chunks_in(&chunks_table, id, index)?
-                } else {
-                    Vec::new()
-                };
+                if chunks_of.is_some_and(|only| !only.contains(&index)) {
+                    files.push((index, file, Vec::new()));
+                    return Ok(files.len() < limit);
+                }
+                let chunks = self.chunks_in(&chunks_table, id, index)?;
+                if chunks.len() != file.chunk_count as usize {
+                    return Err(StateError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "job {id} file {index} has {} chunk records, expected {}",
+                            chunks.len(),
+                            file.chunk_count
+                        ),
+                    });
+                }
                 files.push((index, file, chunks));
             }
             Ok(files.len() < limit)
@@ -1633,7 +1594,7 @@ mod tests {
         db.apply(&writes).expect("apply");
         let page = |states: Option<&[FileState]>, search: &str, from: u32, opened: &[u32]| {
             let opened = opened.iter().copied().collect();
-            db.objects_page(1, states, search, from, 4, &opened)
+            db.objects_page(1, states, search, from, 4, Some(&opened))
                 .expect("page")
                 .expect("job")
                 .files
@@ -1658,7 +1619,7 @@ mod tests {
         assert_eq!(page(Some(failed), "k/09", 0, &[]), [(9007, 0)]);
         assert!(page(None, "nothing like it", 0, &[]).is_empty());
         assert!(
-            db.objects_page(2, None, "", 0, 4, &Default::default())
+            db.objects_page(2, None, "", 0, 4, None)
                 .expect("page")
                 .is_none()
         );

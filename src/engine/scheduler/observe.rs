@@ -232,7 +232,7 @@ impl Scheduler {
                     &query.search,
                     query.from,
                     snapshot::LISTED_OBJECTS,
-                    &opened,
+                    Some(&opened),
                 );
                 let page = match page {
                     Ok(Some(snapshot)) => Some(Watched {
