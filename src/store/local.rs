@@ -15,12 +15,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+mod walk;
+use walk::Walk;
+
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use super::{
-    BlockRef, Checksum, Chunk, DestObject, ErrorClass, ObjectInfo, ObjectMeta, ObjectSink,
+    BlockRef, Checksum, Chunk, DestObject, ErrorClass, Listed, ObjectInfo, ObjectMeta, ObjectSink,
     ObjectSource, Page, PlannedBlock, SinkLimits, StoreError, StoreResult, Upload,
 };
 
@@ -35,12 +38,17 @@ const META_XATTR: &str = "user.blobway.meta";
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
+    /// The listing walk the last page stopped (with its prefix), for the next page.
+    walk: std::sync::Arc<std::sync::Mutex<Option<(String, Walk)>>>,
 }
 
 impl LocalStore {
     /// A store rooted at `root` (created on [`ObjectSink::prepare`] when used as destination).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            walk: Default::default(),
+        }
     }
 
     fn object_path(&self, key: &str) -> StoreResult<PathBuf> {
@@ -338,36 +346,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::transient(format!("filesystem task failed: {e}")))?
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> StoreResult<()> {
-    let entries = fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
-        let path = entry.path();
-        if entry.file_name() == STAGING_DIR {
-            continue;
-        }
-        let meta = fs::metadata(&path).map_err(|e| io_error("cannot read", &path, e))?;
-        if meta.is_dir() {
-            walk(root, &path, out)?;
-        } else if meta.is_file() {
-            let key = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push(ObjectInfo {
-                key,
-                size: meta.len(),
-                etag: version_of(&meta),
-                modified: modified_secs(&meta),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ObjectSource for LocalStore {
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
@@ -385,12 +363,80 @@ impl ObjectSource for LocalStore {
                     modified: modified_secs(&meta),
                 });
             } else {
-                walk(&root, &start, &mut out)?;
-                out.sort_by(|a, b| a.key.cmp(&b.key));
+                let mut walk = Walk::new(&root, &start, None)?;
+                while let Some(file) = walk.next_file()? {
+                    out.push(file);
+                }
             }
             Ok(out)
         })
         .await
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Listed> {
+        let root = self.root.clone();
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        // The walk the previous page stopped, when this page goes on from it.
+        let kept = self
+            .walk
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.take())
+            .filter(|(p, walk)| *p == prefix && walk.position() == after.as_deref());
+        let (listed, kept) = blocking(move || {
+            let start = root.join(prefix.trim_end_matches('/'));
+            let meta = fs::metadata(&start).map_err(|e| io_error("cannot read", &start, e))?;
+            if meta.is_file() {
+                let objects = if after.as_deref().is_none_or(|a| prefix.as_str() > a) {
+                    vec![ObjectInfo {
+                        key: prefix,
+                        size: meta.len(),
+                        etag: version_of(&meta),
+                        modified: modified_secs(&meta),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                return Ok((
+                    Listed {
+                        objects,
+                        next: None,
+                    },
+                    None,
+                ));
+            }
+            let mut walk = match kept {
+                Some((_, walk)) => walk,
+                None => Walk::new(&root, &start, after)?,
+            };
+            let mut objects = Vec::new();
+            while objects.len() < limit.max(1) {
+                match walk.next_file()? {
+                    Some(file) => objects.push(file),
+                    None => {
+                        return Ok((
+                            Listed {
+                                objects,
+                                next: None,
+                            },
+                            None,
+                        ));
+                    }
+                }
+            }
+            let next = objects.last().map(|o| o.key.clone());
+            Ok((Listed { objects, next }, Some((prefix, walk))))
+        })
+        .await?;
+        if let Ok(mut slot) = self.walk.lock() {
+            *slot = kept;
+        }
+        Ok(listed)
     }
 
     async fn list_page(&self, prefix: &str, _token: Option<String>) -> StoreResult<Page> {

@@ -1,0 +1,228 @@
+//! A local folder tree listed in key order — the bytes of each file's `/`-joined path under
+//! the root, the order an object store lists in — a page at a time. Each folder's entries are
+//! sorted with folders named `name/`, so the walk yields keys in order without sorting the
+//! whole tree. A walk stopped after a page is kept by its store and goes on from where it
+//! stopped; one asked to start elsewhere (a listing resumed after a stop) starts over and
+//! passes, unread, every folder wholly before its start.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{STAGING_DIR, io_error, modified_secs, version_of};
+use crate::store::{ObjectInfo, StoreResult};
+
+/// One entry of a folder.
+struct Entry {
+    /// Its key; a folder's ends in `/` (every key under it starts with it).
+    key: String,
+    path: PathBuf,
+    folder: bool,
+}
+
+/// A walk under way.
+pub(super) struct Walk {
+    root: PathBuf,
+    /// Keys up to this one are passed over; the last key given.
+    after: Option<String>,
+    /// The entries still to visit of each folder on the way down, in key order.
+    folders: Vec<VecDeque<Entry>>,
+}
+
+impl std::fmt::Debug for Walk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Walk").field("after", &self.after).finish()
+    }
+}
+
+impl Walk {
+    /// A walk of `start` (`root` or a folder under it) from the first key after `after`.
+    pub(super) fn new(root: &Path, start: &Path, after: Option<String>) -> StoreResult<Self> {
+        let mut walk = Walk {
+            root: root.to_path_buf(),
+            after,
+            folders: Vec::new(),
+        };
+        let entries = walk.read(start)?;
+        walk.folders.push(entries);
+        Ok(walk)
+    }
+
+    /// The last key this walk gave (or the one it started after).
+    pub(super) fn position(&self) -> Option<&str> {
+        self.after.as_deref()
+    }
+
+    /// The next file, in key order.
+    pub(super) fn next_file(&mut self) -> StoreResult<Option<ObjectInfo>> {
+        while let Some(folder) = self.folders.last_mut() {
+            let Some(entry) = folder.pop_front() else {
+                self.folders.pop();
+                continue;
+            };
+            if let Some(after) = self.after.as_deref() {
+                let passed = if entry.folder {
+                    after > entry.key.as_str() && !after.starts_with(&entry.key)
+                } else {
+                    entry.key.as_str() <= after
+                };
+                if passed {
+                    continue;
+                }
+            }
+            if entry.folder {
+                let entries = self.read(&entry.path)?;
+                self.folders.push(entries);
+                continue;
+            }
+            let meta =
+                fs::metadata(&entry.path).map_err(|e| io_error("cannot read", &entry.path, e))?;
+            if !meta.is_file() {
+                continue;
+            }
+            self.after = Some(entry.key.clone());
+            return Ok(Some(ObjectInfo {
+                key: entry.key,
+                size: meta.len(),
+                etag: version_of(&meta),
+                modified: modified_secs(&meta),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The entries of `dir` in key order (blobway's staging folder left out). A link is
+    /// followed, as a file or a folder.
+    fn read(&self, dir: &Path) -> StoreResult<VecDeque<Entry>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
+            let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
+            if entry.file_name() == STAGING_DIR {
+                continue;
+            }
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            let folder = if kind.is_symlink() {
+                fs::metadata(&path).is_ok_and(|m| m.is_dir())
+            } else {
+                kind.is_dir()
+            };
+            let mut key = path
+                .strip_prefix(&self.root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if folder {
+                key.push('/');
+            }
+            out.push(Entry { key, path, folder });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for path in [
+            "a",
+            "a-b",
+            "a.txt",
+            "b/c/d",
+            "b/c-",
+            "b/c/e/f",
+            "b0",
+            "é/ü",
+            "z/.hidden",
+        ] {
+            let path = dir.path().join("top").join(path);
+            if path.exists() {
+                continue;
+            }
+            fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            if !path.is_dir() {
+                fs::write(&path, b"x").unwrap_or(());
+            }
+        }
+        fs::create_dir_all(dir.path().join("top").join(STAGING_DIR)).expect("staging");
+        fs::write(dir.path().join("top").join(STAGING_DIR).join("tmp"), b"x").expect("tmp");
+        fs::create_dir_all(dir.path().join("top/empty")).expect("empty");
+        dir
+    }
+
+    fn all(walk: &mut Walk) -> Vec<String> {
+        let mut keys = Vec::new();
+        while let Some(file) = walk.next_file().expect("next") {
+            keys.push(file.key);
+        }
+        keys
+    }
+
+    #[test]
+    fn keys_come_in_byte_order_and_a_walk_started_after_any_key_gives_the_rest() {
+        let dir = tree();
+        let root = dir.path();
+        let start = root.join("top");
+        let keys = all(&mut Walk::new(root, &start, None).expect("walk"));
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "in byte order");
+        assert_eq!(keys.len(), 9, "{keys:?}");
+        assert!(keys.contains(&"top/a-b".to_string()) && keys.contains(&"top/é/ü".to_string()));
+        assert!(!keys.iter().any(|k| k.contains(STAGING_DIR)));
+        for (i, after) in keys.iter().enumerate() {
+            let rest = all(&mut Walk::new(root, &start, Some(after.clone())).expect("walk"));
+            assert_eq!(rest, keys[i + 1..], "after {after}");
+        }
+        // From a key no file has (a listing position from before files changed).
+        let rest = all(&mut Walk::new(root, &start, Some("top/b/c/".into())).expect("walk"));
+        assert_eq!(rest[0], "top/b/c/d");
+        let rest = all(&mut Walk::new(root, &start, Some("top/b/c0".into())).expect("walk"));
+        assert_eq!(rest[0], "top/b0");
+    }
+
+    #[tokio::test]
+    async fn a_store_lists_a_page_at_a_time_going_on_where_the_last_page_stopped() {
+        use crate::store::ObjectSource;
+        let dir = tree();
+        let store = super::super::LocalStore::new(dir.path());
+        let whole: Vec<String> = store
+            .list("top/", false)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for limit in [1, 2, 4, 100] {
+            let (mut keys, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let page = store
+                    .list_after("top/", after.as_deref(), limit)
+                    .await
+                    .expect("page");
+                assert!(page.objects.len() <= limit);
+                keys.extend(page.objects.into_iter().map(|o| o.key));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(keys, whole, "pages of {limit}");
+        }
+        // A page asked from elsewhere (a resumed listing) starts a walk of its own.
+        let page = store
+            .list_after("top/", Some("top/b0"), 2)
+            .await
+            .expect("page");
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["top/z/.hidden", "top/é/ü"]);
+    }
+}
