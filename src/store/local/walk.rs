@@ -3,30 +3,38 @@
 //! sorted with folders named `name/`, so the walk yields keys in order without sorting the
 //! whole tree. A walk stopped after a page is kept by its store and goes on from where it
 //! stopped; one asked to start elsewhere (a listing resumed after a stop) starts over and
-//! passes, unread, every folder wholly before its start.
+//! passes, unread, every folder wholly before its start. A file or folder gone between its
+//! folder's reading and its turn (copies run while the listing goes on) is passed over.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{STAGING_DIR, io_error, modified_secs, version_of};
 use crate::store::{ObjectInfo, StoreResult};
 
-/// One entry of a folder.
+/// One entry of a folder: its name only (a folder of millions is held while it is walked).
 struct Entry {
-    /// Its key; a folder's ends in `/` (every key under it starts with it).
-    key: String,
-    path: PathBuf,
+    name: OsString,
     folder: bool,
+}
+
+/// A folder on the way down: where it is, its key with `/`, and its entries still to visit,
+/// in key order.
+struct Folder {
+    path: PathBuf,
+    key: String,
+    entries: VecDeque<Entry>,
 }
 
 /// A walk under way.
 pub(super) struct Walk {
-    root: PathBuf,
     /// Keys up to this one are passed over; the last key given.
     after: Option<String>,
-    /// The entries still to visit of each folder on the way down, in key order.
-    folders: Vec<VecDeque<Entry>>,
+    /// The folders on the way down, the deepest last.
+    folders: Vec<Folder>,
 }
 
 impl std::fmt::Debug for Walk {
@@ -39,12 +47,18 @@ impl Walk {
     /// A walk of `start` (`root` or a folder under it) from the first key after `after`.
     pub(super) fn new(root: &Path, start: &Path, after: Option<String>) -> StoreResult<Self> {
         let mut walk = Walk {
-            root: root.to_path_buf(),
             after,
             folders: Vec::new(),
         };
-        let entries = walk.read(start)?;
-        walk.folders.push(entries);
+        let entries = walk
+            .read(start)
+            .map_err(|e| io_error("cannot list", start, e))?;
+        let key = key_of(root, start);
+        walk.folders.push(Folder {
+            path: start.to_path_buf(),
+            key: if key.is_empty() { key } else { key + "/" },
+            entries,
+        });
         Ok(walk)
     }
 
@@ -56,33 +70,43 @@ impl Walk {
     /// The next file, in key order.
     pub(super) fn next_file(&mut self) -> StoreResult<Option<ObjectInfo>> {
         while let Some(folder) = self.folders.last_mut() {
-            let Some(entry) = folder.pop_front() else {
+            let Some(entry) = folder.entries.pop_front() else {
                 self.folders.pop();
                 continue;
             };
+            let path = folder.path.join(&entry.name);
+            let mut key = format!("{}{}", folder.key, entry.name.to_string_lossy());
+            if entry.folder {
+                key.push('/');
+            }
             if let Some(after) = self.after.as_deref() {
                 let passed = if entry.folder {
-                    after > entry.key.as_str() && !after.starts_with(&entry.key)
+                    after > key.as_str() && !after.starts_with(&key)
                 } else {
-                    entry.key.as_str() <= after
+                    key.as_str() <= after
                 };
                 if passed {
                     continue;
                 }
             }
             if entry.folder {
-                let entries = self.read(&entry.path)?;
-                self.folders.push(entries);
+                let entries = match self.read(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    read => read.map_err(|e| io_error("cannot list", &path, e))?,
+                };
+                self.folders.push(Folder { path, key, entries });
                 continue;
             }
-            let meta =
-                fs::metadata(&entry.path).map_err(|e| io_error("cannot read", &entry.path, e))?;
+            let meta = match fs::metadata(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                meta => meta.map_err(|e| io_error("cannot read", &path, e))?,
+            };
             if !meta.is_file() {
                 continue;
             }
-            self.after = Some(entry.key.clone());
+            self.after = Some(key.clone());
             return Ok(Some(ObjectInfo {
-                key: entry.key,
+                key,
                 size: meta.len(),
                 etag: version_of(&meta),
                 modified: modified_secs(&meta),
@@ -91,39 +115,43 @@ impl Walk {
         Ok(None)
     }
 
-    /// The entries of `dir` in key order (blobway's staging folder left out). A link is
-    /// followed, as a file or a folder.
-    fn read(&self, dir: &Path) -> StoreResult<VecDeque<Entry>> {
+    /// The entries of `dir` in key order (blobway's staging folder left out): by name, a
+    /// folder's with `/` after it. A link is followed, as a file or a folder.
+    fn read(&self, dir: &Path) -> io::Result<VecDeque<Entry>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
-            let entry = entry.map_err(|e| io_error("cannot list", dir, e))?;
-            if entry.file_name() == STAGING_DIR {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == STAGING_DIR {
                 continue;
             }
-            let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(|e| io_error("cannot read", &path, e))?;
+            let kind = entry.file_type()?;
             let folder = if kind.is_symlink() {
-                fs::metadata(&path).is_ok_and(|m| m.is_dir())
+                fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
             } else {
                 kind.is_dir()
             };
-            let mut key = path
-                .strip_prefix(&self.root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            if folder {
+            out.push(Entry { name, folder });
+        }
+        out.sort_by_cached_key(|e| {
+            let mut key = e.name.to_string_lossy().into_owned();
+            if e.folder {
                 key.push('/');
             }
-            out.push(Entry { key, path, folder });
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+            key
+        });
         Ok(out.into())
     }
+}
+
+/// The key of `path` under `root`: its parts joined by `/`.
+fn key_of(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -187,6 +215,21 @@ mod tests {
         assert_eq!(rest[0], "top/b/c/d");
         let rest = all(&mut Walk::new(root, &start, Some("top/b/c0".into())).expect("walk"));
         assert_eq!(rest[0], "top/b0");
+    }
+
+    #[test]
+    fn a_file_or_folder_gone_before_its_turn_is_passed_over() {
+        let dir = tree();
+        let root = dir.path();
+        let mut walk = Walk::new(root, &root.join("top"), None).expect("walk");
+        assert_eq!(
+            walk.next_file().expect("next").map(|f| f.key).as_deref(),
+            Some("top/a")
+        );
+        fs::remove_file(root.join("top/a-b")).expect("remove");
+        fs::remove_dir_all(root.join("top/b")).expect("remove");
+        let rest = all(&mut walk);
+        assert_eq!(rest, ["top/a.txt", "top/b0", "top/z/.hidden", "top/é/ü"]);
     }
 
     #[tokio::test]
