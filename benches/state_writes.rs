@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use blobway::state::writer::{self, WriteRequest};
 use blobway::state::{
-    ChunkRecord, ChunkState, FileRecord, FileState, JobOptions, JobRecord, JobState, StateDb, Write,
+    ChunkRecord, ChunkState, FileRecord, JobOptions, JobRecord, JobState, StateDb, Write,
 };
 use tokio::sync::mpsc;
 
@@ -27,21 +27,14 @@ fn setup(dir: &std::path::Path) -> StateDb {
         error: None,
         planned: true,
     };
-    let file = FileRecord {
-        key: "big.bin".into(),
-        dest_key: "big.bin".into(),
-        size: u64::from(CHUNKS) << 20,
-        etag: "\"e\"".into(),
-        chunk_size: 1 << 20,
-        chunk_count: CHUNKS,
-        state: FileState::Transferring,
-        commit_attempts: 0,
-        error: None,
-        note: None,
-        session: None,
-        meta: None,
-        begun_ms: None,
-    };
+    let file = FileRecord::new(
+        "big.bin",
+        "big.bin",
+        u64::from(CHUNKS) << 20,
+        "\"e\"",
+        1 << 20,
+        CHUNKS,
+    );
     let mut writes = vec![Write::Job(job), Write::File(1, 0, file)];
     writes.extend((0..CHUNKS).map(|i| Write::Chunk(1, 0, i, ChunkRecord::pending())));
     db.apply(&writes).expect("plan");

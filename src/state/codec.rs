@@ -164,21 +164,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn file(key: &str, dest_key: &str) -> FileRecord {
-        FileRecord {
-            key: key.into(),
-            dest_key: dest_key.into(),
-            size: 5,
-            etag: "\"0123456789abcdef0123456789abcdef\"".into(),
-            chunk_size: 16 << 20,
-            chunk_count: 1,
-            state: FileState::Transferring,
-            commit_attempts: 0,
-            error: None,
-            note: None,
-            session: None,
-            meta: None,
-            begun_ms: None,
-        }
+        let etag = "\"0123456789abcdef0123456789abcdef\"";
+        FileRecord::new(key, dest_key, 5, etag, 16 << 20, 1)
     }
 
     #[test]

@@ -138,12 +138,6 @@ mod tests {
 
     fn failed(chunks: u32, class: ErrorClass) -> FileRecord {
         FileRecord {
-            key: "k".into(),
-            dest_key: "k".into(),
-            size: 10,
-            etag: "e".into(),
-            chunk_size: 10,
-            chunk_count: chunks,
             state: FileState::Failed,
             commit_attempts: 2,
             error: Some(ErrorRecord {
@@ -152,10 +146,7 @@ mod tests {
                 message: "x".into(),
                 at_ms: 0,
             }),
-            note: None,
-            session: None,
-            meta: None,
-            begun_ms: None,
+            ..FileRecord::new("k", "k", 10, "e", 10, chunks)
         }
     }
 

@@ -1294,21 +1294,7 @@ mod tests {
     }
 
     fn file(chunks: u32) -> FileRecord {
-        FileRecord {
-            key: "p/a".into(),
-            dest_key: "p/a".into(),
-            size: u64::from(chunks) * 8 - 3,
-            etag: "\"e\"".into(),
-            chunk_size: 8,
-            chunk_count: chunks,
-            state: FileState::Transferring,
-            commit_attempts: 0,
-            error: None,
-            note: None,
-            session: None,
-            meta: None,
-            begun_ms: None,
-        }
+        FileRecord::new("p/a", "p/a", u64::from(chunks) * 8 - 3, "\"e\"", 8, chunks)
     }
 
     #[test]

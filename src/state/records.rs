@@ -231,6 +231,32 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// An object as planned: transferring, nothing tried yet.
+    pub fn new(
+        key: impl Into<String>,
+        dest_key: impl Into<String>,
+        size: u64,
+        etag: impl Into<String>,
+        chunk_size: u64,
+        chunk_count: u32,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            dest_key: dest_key.into(),
+            size,
+            etag: etag.into(),
+            chunk_size,
+            chunk_count,
+            state: FileState::Transferring,
+            commit_attempts: 0,
+            error: None,
+            note: None,
+            session: None,
+            meta: None,
+            begun_ms: None,
+        }
+    }
+
     /// The upload session still open at the destination for this object, as (destination
     /// key, session): none once the object is done (its upload was completed).
     pub fn open_upload(&self) -> Option<(String, String)> {

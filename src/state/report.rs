@@ -130,20 +130,10 @@ mod tests {
     use crate::store::ErrorClass;
 
     fn file(key: &str, state: FileState, chunks: u32) -> FileRecord {
+        let size = u64::from(chunks) * 10;
         FileRecord {
-            key: key.into(),
-            dest_key: format!("d/{key}"),
-            size: u64::from(chunks) * 10,
-            etag: "e".into(),
-            chunk_size: 10,
-            chunk_count: chunks,
             state,
-            commit_attempts: 0,
-            error: None,
-            note: None,
-            session: None,
-            meta: None,
-            begun_ms: None,
+            ..FileRecord::new(key, format!("d/{key}"), size, "e", 10, chunks)
         }
     }
 

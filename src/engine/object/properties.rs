@@ -255,21 +255,7 @@ struct World {
 
 impl World {
     fn new(chunk_count: u32, sequential: bool, sessions_kept: bool, if_exists: IfExists) -> Self {
-        let file = FileRecord {
-            key: "k".into(),
-            dest_key: "k".into(),
-            size: u64::from(chunk_count),
-            etag: "e".into(),
-            chunk_size: 1,
-            chunk_count,
-            state: FileState::Transferring,
-            commit_attempts: 0,
-            error: None,
-            note: None,
-            session: None,
-            meta: None,
-            begun_ms: None,
-        };
+        let file = FileRecord::new("k", "k", u64::from(chunk_count), "e", 1, chunk_count);
         let chunks = vec![ChunkRecord::pending(); chunk_count as usize];
         let object = ObjectRun::load(1, 0, file.clone(), chunks.clone(), sequential);
         World {

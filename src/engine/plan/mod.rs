@@ -771,28 +771,25 @@ fn new_file(
         0
     };
     let file = FileRecord {
-        key: object.key.clone(),
-        dest_key,
-        size: object.size,
-        etag: object.etag.clone(),
-        chunk_size,
-        chunk_count,
         state: if sized.is_ok() {
             FileState::Transferring
         } else {
             FileState::Failed
         },
-        commit_attempts: 0,
         error: sized.err().map(|message| crate::state::ErrorRecord {
             class: crate::store::ErrorClass::Invalid,
             status: None,
             message,
             at_ms: now_ms(),
         }),
-        note: None,
-        session: None,
-        meta: None,
-        begun_ms: None,
+        ..FileRecord::new(
+            &object.key,
+            dest_key,
+            object.size,
+            &object.etag,
+            chunk_size,
+            chunk_count,
+        )
     };
     (file, vec![ChunkRecord::pending(); chunk_count as usize])
 }

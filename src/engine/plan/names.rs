@@ -81,14 +81,7 @@ pub(super) fn refused_file(
 ) -> FileRecord {
     let failed = state == FileState::Failed;
     FileRecord {
-        key: object.key.clone(),
-        dest_key,
-        size: object.size,
-        etag: object.etag.clone(),
-        chunk_size: 1,
-        chunk_count: 0,
         state,
-        commit_attempts: 0,
         error: failed.then(|| crate::state::ErrorRecord {
             class: ErrorClass::Invalid,
             status: None,
@@ -96,8 +89,6 @@ pub(super) fn refused_file(
             at_ms: now_ms(),
         }),
         note: (!failed).then_some(why),
-        session: None,
-        meta: None,
-        begun_ms: None,
+        ..FileRecord::new(&object.key, dest_key, object.size, &object.etag, 1, 0)
     }
 }
