@@ -4,7 +4,8 @@
 //! whole tree. A walk stopped after a page is kept by its store and goes on from where it
 //! stopped; one asked to start elsewhere (a listing resumed after a stop) starts over and
 //! passes, unread, every folder wholly before its start. A file or folder gone between its
-//! folder's reading and its turn (copies run while the listing goes on) is passed over.
+//! folder's reading and its turn (copies run while the listing goes on) is passed over, and
+//! a link back to a folder on the way down (a loop) is not followed.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -26,7 +27,16 @@ struct Entry {
 struct Folder {
     path: PathBuf,
     key: String,
+    /// Its device and inode, to know a loop.
+    id: (u64, u64),
     entries: VecDeque<Entry>,
+}
+
+/// The device and inode of the folder at `path`.
+fn folder_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// A walk under way.
@@ -53,10 +63,12 @@ impl Walk {
         let entries = walk
             .read(start)
             .map_err(|e| io_error("cannot list", start, e))?;
+        let id = folder_id(start).map_err(|e| io_error("cannot read", start, e))?;
         let key = key_of(root, start);
         walk.folders.push(Folder {
             path: start.to_path_buf(),
             key: if key.is_empty() { key } else { key + "/" },
+            id,
             entries,
         });
         Ok(walk)
@@ -90,11 +102,24 @@ impl Walk {
                 }
             }
             if entry.folder {
+                let id = match folder_id(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    id => id.map_err(|e| io_error("cannot read", &path, e))?,
+                };
+                if self.folders.iter().any(|f| f.id == id) {
+                    tracing::warn!(path = %path.display(), "not following a link back to a folder it is in");
+                    continue;
+                }
                 let entries = match self.read(&path) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     read => read.map_err(|e| io_error("cannot list", &path, e))?,
                 };
-                self.folders.push(Folder { path, key, entries });
+                self.folders.push(Folder {
+                    path,
+                    key,
+                    id,
+                    entries,
+                });
                 continue;
             }
             let meta = match fs::metadata(&path) {
@@ -230,6 +255,21 @@ mod tests {
         fs::remove_dir_all(root.join("top/b")).expect("remove");
         let rest = all(&mut walk);
         assert_eq!(rest, ["top/a.txt", "top/b0", "top/z/.hidden", "top/é/ü"]);
+    }
+
+    #[test]
+    fn a_link_back_to_a_folder_on_the_way_down_is_not_followed() {
+        let dir = tree();
+        let root = dir.path();
+        std::os::unix::fs::symlink("../..", root.join("top/b/c/up")).expect("link");
+        std::os::unix::fs::symlink("../a.txt", root.join("top/b/link.txt")).expect("link");
+        let keys = all(&mut Walk::new(root, &root.join("top"), None).expect("walk"));
+        assert_eq!(
+            keys.len(),
+            10,
+            "every file once, the linked file too: {keys:?}"
+        );
+        assert!(keys.contains(&"top/b/link.txt".to_string()));
     }
 
     #[tokio::test]
