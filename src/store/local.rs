@@ -330,6 +330,16 @@ fn version_of(meta: &fs::Metadata) -> String {
     format!("\"{nanos:x}-{:x}-{ctime:x}-{:x}\"", meta.len(), meta.ino())
 }
 
+/// What a listing says of the file with metadata `meta`, as `key`.
+fn object_info(key: String, meta: &fs::Metadata) -> ObjectInfo {
+    ObjectInfo {
+        key,
+        size: meta.len(),
+        etag: version_of(meta),
+        modified: modified_secs(meta),
+    }
+}
+
 fn modified_secs(meta: &fs::Metadata) -> Option<i64> {
     meta.modified()
         .ok()
@@ -356,12 +366,7 @@ impl ObjectSource for LocalStore {
             let meta = fs::metadata(&start).map_err(|e| io_error("cannot read", &start, e))?;
             let mut out = Vec::new();
             if single || meta.is_file() {
-                out.push(ObjectInfo {
-                    key: prefix,
-                    size: meta.len(),
-                    etag: version_of(&meta),
-                    modified: modified_secs(&meta),
-                });
+                out.push(object_info(prefix, &meta));
             } else {
                 let mut walk = Walk::new(&root, &start, None)?;
                 while let Some(file) = walk.next_file()? {
@@ -393,12 +398,7 @@ impl ObjectSource for LocalStore {
             let meta = fs::metadata(&start).map_err(|e| io_error("cannot read", &start, e))?;
             if meta.is_file() {
                 let objects = if after.as_deref().is_none_or(|a| prefix.as_str() > a) {
-                    vec![ObjectInfo {
-                        key: prefix,
-                        size: meta.len(),
-                        etag: version_of(&meta),
-                        modified: modified_secs(&meta),
-                    }]
+                    vec![object_info(prefix, &meta)]
                 } else {
                     Vec::new()
                 };
@@ -457,12 +457,8 @@ impl ObjectSource for LocalStore {
                 if meta.is_dir() {
                     page.dirs.push(format!("{prefix}{name}/"));
                 } else if meta.is_file() {
-                    page.objects.push(ObjectInfo {
-                        key: format!("{prefix}{name}"),
-                        size: meta.len(),
-                        etag: version_of(&meta),
-                        modified: modified_secs(&meta),
-                    });
+                    page.objects
+                        .push(object_info(format!("{prefix}{name}"), &meta));
                 }
             }
             page.dirs.sort();

@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{STAGING_DIR, io_error, modified_secs, version_of};
+use super::{STAGING_DIR, io_error, object_info};
 use crate::store::{ObjectInfo, StoreResult};
 
 /// One entry of a folder: its name only (a folder of millions is held while it is walked).
@@ -130,12 +130,7 @@ impl Walk {
                 continue;
             }
             self.after = Some(key.clone());
-            return Ok(Some(ObjectInfo {
-                key,
-                size: meta.len(),
-                etag: version_of(&meta),
-                modified: modified_secs(&meta),
-            }));
+            return Ok(Some(object_info(key, &meta)));
         }
         Ok(None)
     }
