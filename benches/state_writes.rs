@@ -72,7 +72,7 @@ fn main() {
     let rate = runtime.block_on(async {
         let (tx, rx) = mpsc::channel(4096);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let thread = writer::spawn(db.clone(), rx, done_tx);
+        let thread = writer::spawn(db.clone(), rx, done_tx, || Ok(()));
         let start = Instant::now();
         let producer = tokio::spawn(async move {
             for i in 0..total {

@@ -37,11 +37,53 @@ impl Stored for Listing {}
 
 impl Stored for ChunkRecord {
     fn encode(&self) -> Vec<u8> {
-        compact(self)
+        compact(&(
+            self.state,
+            self.attempts,
+            Crc::of(self.crc64),
+            &self.history,
+        ))
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        either(bytes)
+        if bytes.first() != Some(&COMPACT) {
+            return serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        }
+        let (state, attempts, crc, history): (_, _, Crc, _) = either(bytes)?;
+        Ok(ChunkRecord {
+            state,
+            attempts,
+            crc64: crc.value(),
+            history,
+        })
+    }
+}
+
+/// A chunk's CRC-64 as stored: a variable-length integer when that is shorter, else its
+/// eight bytes (a CRC is as likely as not to need ten as a varint). The first two variants
+/// are laid out as `Option<u64>` is, so records stored before the third still read.
+#[derive(Serialize, serde::Deserialize)]
+enum Crc {
+    None,
+    Varint(u64),
+    Fixed([u8; 8]),
+}
+
+impl Crc {
+    fn of(crc: Option<u64>) -> Self {
+        match crc {
+            None => Crc::None,
+            Some(crc) if crc < 1 << 56 => Crc::Varint(crc),
+            Some(crc) => Crc::Fixed(crc.to_le_bytes()),
+        }
+    }
+
+    fn value(self) -> Option<u64> {
+        match self {
+            Crc::None => None,
+            Crc::Varint(crc) => Some(crc),
+            Crc::Fixed(bytes) => Some(u64::from_le_bytes(bytes)),
+        }
     }
 }
 
@@ -70,12 +112,15 @@ impl Stored for FileRecord {
 }
 
 /// A source version (ETag) as stored: S3's usual form, an MD5 in quoted hex, as its 16 bytes.
+/// Variants are only ever added at the end (an older one still reads).
 #[derive(Serialize, serde::Deserialize)]
 enum Version {
     /// Any other form, as it is.
     Text(String),
-    /// `"` + lower-case hex + `"`, as the bytes the hex spells.
+    /// `"` + lower-case hex + `"`, as the bytes the hex spells (of another length than 16).
     QuotedHex(Vec<u8>),
+    /// `"` + 32 lower-case hex digits + `"` (an MD5), as its 16 bytes, without a length.
+    QuotedMd5([u8; 16]),
 }
 
 impl Version {
@@ -97,18 +142,23 @@ impl Version {
                     .collect::<Option<Vec<u8>>>()
             });
         match bytes {
-            Some(bytes) => Version::QuotedHex(bytes),
+            Some(bytes) => match <[u8; 16]>::try_from(bytes.as_slice()) {
+                Ok(md5) => Version::QuotedMd5(md5),
+                Err(_) => Version::QuotedHex(bytes),
+            },
             None => Version::Text(etag.to_string()),
         }
     }
 
     fn text(self) -> String {
+        let quoted = |bytes: &[u8]| {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("\"{hex}\"")
+        };
         match self {
             Version::Text(text) => text,
-            Version::QuotedHex(bytes) => {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                format!("\"{hex}\"")
-            }
+            Version::QuotedHex(bytes) => quoted(&bytes),
+            Version::QuotedMd5(bytes) => quoted(&bytes),
         }
     }
 }
@@ -223,9 +273,13 @@ mod tests {
         let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "b102642f0301100123456789abcdef0123456789abcdef036b2f61000500808080080104000102\
+            "b102642f03020123456789abcdef0123456789abcdef036b2f61000500808080080104000102\
              019c03016d02000001010174000001017001760104"
         );
+        // As stored before MD5s lost their length byte: still read.
+        let before = "b102642f0301100123456789abcdef0123456789abcdef036b2f61000500808080080104\
+                      000102019c03016d02000001010174000001017001760104";
+        assert_eq!(FileRecord::decode(&unhex(before)).expect("older"), record);
         let chunk = ChunkRecord {
             state: ChunkState::Completed,
             attempts: 2,
@@ -239,6 +293,24 @@ mod tests {
         };
         let hex: String = chunk.encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "b1020201030108050600");
+        // A CRC whose varint would be longer than its eight bytes.
+        let big = ChunkRecord {
+            crc64: Some(0x8877_6655_4433_2211),
+            ..chunk
+        };
+        let hex: String = big.encode().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "b102020211223344556677880108050600");
+        // As stored before the fixed form: a varint of ten bytes, still read.
+        let before = "b1020201 91c4cca1d4cad9bb8801 0108050600";
+        assert_eq!(ChunkRecord::decode(&unhex(before)).expect("older"), big);
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        let hex: String = hex.split_whitespace().collect();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
     }
 
     #[test]

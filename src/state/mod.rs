@@ -79,6 +79,12 @@ pub enum StateError {
         /// What went wrong, with the fix when known.
         detail: String,
     },
+    /// What was about to be recorded could not be made durable at the destination first.
+    #[error(
+        "{0}; nothing more is recorded — check the disk, then run `blobway resume` (they are \
+         copied again)"
+    )]
+    Unsynced(String),
 }
 
 /// One change to the database.

@@ -1,7 +1,9 @@
 //! The one thread that writes the state database. It takes every request queued since its last
 //! commit, applies them in one durable transaction, and only then hands their tags back — so
 //! whatever the caller does on a tag (announce a completed chunk, start a claimed one) happens
-//! strictly after the record is on disk ("record after acknowledge, act after record").
+//! strictly after the record is on disk ("record after acknowledge, act after record"). Before
+//! each commit it runs the caller's `before_commit` (the destinations' deferred syncs), so what
+//! a record says was written is durable before the record is.
 
 use tokio::sync::mpsc;
 
@@ -23,11 +25,13 @@ pub struct WriteRequest<T> {
 pub type Committed<T> = Result<Vec<T>, StateError>;
 
 /// Starts the writer thread. It stops when every sender of `requests` is dropped, after
-/// writing what was queued. After a failed commit it reports the error and stops.
+/// writing what was queued. After a failed commit, or a failed `before_commit`, it reports
+/// the error and stops.
 pub fn spawn<T: Send + 'static>(
     db: StateDb,
     mut requests: mpsc::Receiver<WriteRequest<T>>,
     committed: mpsc::UnboundedSender<Committed<T>>,
+    before_commit: impl Fn() -> Result<(), String> + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("blobway-state".into())
@@ -45,6 +49,10 @@ pub fn spawn<T: Send + 'static>(
                         }
                         Err(_) => break,
                     }
+                }
+                if let Err(e) = before_commit() {
+                    let _ = committed.send(Err(StateError::Unsynced(e)));
+                    return;
                 }
                 match db.apply(&writes) {
                     Ok(()) => {
@@ -74,7 +82,7 @@ mod tests {
         let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
         let (tx, rx) = mpsc::channel(16);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let handle = spawn(db.clone(), rx, done_tx);
+        let handle = spawn(db.clone(), rx, done_tx, || Ok(()));
         for id in 1..=5u64 {
             let job = JobRecord {
                 id,
@@ -107,6 +115,42 @@ mod tests {
         }
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
         drop(tx);
+        handle.join().expect("writer stops");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_recorded_when_the_destination_cannot_be_synced_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&dir.path().join("s.redb")).expect("open");
+        let (tx, rx) = mpsc::channel(16);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let handle = spawn(db.clone(), rx, done_tx, || {
+            Err("the local destination under /x could not be synced to disk: EIO".into())
+        });
+        let job = JobRecord {
+            id: 1,
+            source: "s".into(),
+            destination: "d".into(),
+            options: JobOptions::with_chunk_size(1),
+            state: JobState::Queued,
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            planned: true,
+        };
+        tx.send(WriteRequest {
+            writes: vec![Write::Job(job)],
+            tag: 1u64,
+        })
+        .await
+        .expect("send");
+        let error = done_rx.recv().await.expect("answer").expect_err("refused");
+        let shown = error.to_string();
+        assert!(
+            shown.contains("could not be synced") && shown.contains("blobway resume"),
+            "{shown}"
+        );
+        assert!(db.job(1).expect("read").is_none(), "nothing was recorded");
         handle.join().expect("writer stops");
     }
 }

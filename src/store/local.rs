@@ -15,7 +15,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+mod durable;
 mod walk;
+pub use durable::sync_deferred;
 use walk::Walk;
 
 use async_trait::async_trait;
@@ -40,7 +42,14 @@ pub struct LocalStore {
     root: PathBuf,
     /// The listing walk the last page stopped (with its prefix), for the next page.
     walk: std::sync::Arc<std::sync::Mutex<Option<(String, Walk)>>>,
+    /// Whether the root has a folder of sidecars (not yet known, no, yes): most have none,
+    /// and then no object's sidecar is looked for.
+    sidecars: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
+
+const SIDECARS_UNKNOWN: u8 = 0;
+const SIDECARS_NONE: u8 = 1;
+const SIDECARS_SOME: u8 = 2;
 
 impl LocalStore {
     /// A store rooted at `root` (created on [`ObjectSink::prepare`] when used as destination).
@@ -48,6 +57,7 @@ impl LocalStore {
         Self {
             root: root.into(),
             walk: Default::default(),
+            sidecars: Default::default(),
         }
     }
 
@@ -90,43 +100,74 @@ impl LocalStore {
         self.root.join(STAGING_DIR).join(key_hash(key))
     }
 
+    fn meta_dir(&self) -> PathBuf {
+        self.root.join(STAGING_DIR).join("meta")
+    }
+
     fn meta_path(&self, key: &str) -> PathBuf {
-        self.root
-            .join(STAGING_DIR)
-            .join("meta")
-            .join(format!("{}.json", key_hash(key)))
+        self.meta_dir().join(format!("{}.json", key_hash(key)))
+    }
+
+    /// Whether any object of this root may have a sidecar (looked at once; this store's own
+    /// first sidecar says yes).
+    fn may_have_sidecars(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.sidecars.load(Ordering::Relaxed) {
+            SIDECARS_UNKNOWN => {
+                let some = self.meta_dir().is_dir();
+                let found = if some { SIDECARS_SOME } else { SIDECARS_NONE };
+                let _ = self.sidecars.compare_exchange(
+                    SIDECARS_UNKNOWN,
+                    found,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                some
+            }
+            known => known == SIDECARS_SOME,
+        }
     }
 
     /// What the destination holds under `key`: its size, and the metadata blobway committed it
     /// with when that still describes this very file.
     fn describe(&self, key: &str) -> StoreResult<Option<DestObject>> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.object_path(key)?;
-        let stat = match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => FileStat::of(&meta),
+        let (dev, stat) = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => (meta.dev(), FileStat::of(&meta)),
             Ok(_) => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot stat", &path, e)),
         };
-        let meta = self.stored_meta(key, &path, stat).pairs;
+        let attribute = xattr::get(&path, META_XATTR).ok().flatten();
+        let meta = self.stored_meta(key, attribute, stat).pairs;
+        // A file blobway wrote may be another run's write not yet on disk: whatever records
+        // it as copied waits for the next sync.
+        if !meta.is_empty() && durable::grouped(dev, path.parent().unwrap_or(&self.root)) {
+            durable::defer(dev, None);
+        }
         Ok(Some(DestObject {
             size: stat.size,
             meta,
         }))
     }
 
-    /// The metadata blobway recorded for the file of `key` at `path` (as `stat` found it):
-    /// from its extended attribute, else from a sidecar — only while it still describes this
-    /// very file (size, inode and, where recorded, modification time); empty otherwise.
-    fn stored_meta(&self, key: &str, path: &Path, stat: FileStat) -> ObjectMeta {
+    /// The metadata blobway recorded for the file of `key` (as `stat` found it): from its
+    /// extended attribute (`attribute`, as read), else from a sidecar — only while it still
+    /// describes this very file (size, inode and, where recorded, modification time); empty
+    /// otherwise.
+    fn stored_meta(&self, key: &str, attribute: Option<Vec<u8>>, stat: FileStat) -> ObjectMeta {
         let described = |sidecar: &Sidecar| {
             sidecar.size == stat.size
                 && sidecar.ino.is_none_or(|i| i == stat.ino)
                 && sidecar.mtime_ns.is_none_or(|t| t == stat.mtime_ns)
         };
-        xattr::get(path, META_XATTR)
-            .ok()
-            .flatten()
-            .or_else(|| fs::read(self.meta_path(key)).ok())
+        attribute
+            .or_else(|| {
+                self.may_have_sidecars()
+                    .then(|| fs::read(self.meta_path(key)).ok())
+                    .flatten()
+            })
             .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok())
             .filter(described)
             .map(|sidecar| sidecar.meta)
@@ -136,42 +177,74 @@ impl LocalStore {
     /// The metadata a file carries as a source: what blobway stored with it, and otherwise a
     /// content type guessed from its extension (`.json` → `application/json`), as other
     /// upload tools do.
-    fn source_meta(&self, key: &str, path: &Path, stat: FileStat) -> ObjectMeta {
-        let mut meta = self.stored_meta(key, path, stat);
+    fn source_meta(&self, key: &str, file: &fs::File, stat: FileStat) -> ObjectMeta {
+        let attribute = xattr::FileExt::get_xattr(file, META_XATTR).ok().flatten();
+        let mut meta = self.stored_meta(key, attribute, stat);
         if meta.content_type.is_none() {
             meta.content_type = mime_guess::from_path(key).first_raw().map(str::to_string);
         }
         meta
     }
 
-    /// Writes an object through a fresh temporary file in `dir`: the bytes (`write` returns
-    /// how many) and the metadata (in an extended attribute naming the file's size, inode and
-    /// modification time; in a sidecar where attributes are not available), synced; then the
-    /// file put in place and its folder synced, so the object is durable when this returns. A
-    /// crash at any point leaves the old object (which new metadata never vouches for: another
-    /// inode) or the new one with its metadata.
+    /// Writes an object through a fresh temporary file: unnamed, in the target's own folder,
+    /// where the filesystem has them (`O_TMPFILE`), else named, in `dir`. The bytes (`write`
+    /// returns how many, which must be as `how` expects) and the metadata (in an extended attribute
+    /// naming the file's size, inode and modification time; in a sidecar where attributes are
+    /// not available) go in first; then the file is put in place. Its sync is
+    /// [`durable::defer`]red to the state's next commit where the filesystem groups them,
+    /// unless `now` (a commit, whose staged blocks go once it returns); otherwise the file is
+    /// synced before it is put in place and its folder after. The bytes are synced before the
+    /// name whenever the name may replace an object. A crash at any point leaves the old object
+    /// (which new metadata never vouches for: another inode) or the new one with its metadata.
     fn publish(
         &self,
         dir: &Path,
         target: &Path,
         key: &str,
         meta: &ObjectMeta,
-        create_only: bool,
+        how: Placing,
         write: impl FnOnce(&mut fs::File) -> io::Result<u64>,
     ) -> io::Result<()> {
-        let tmp = dir.join(format!(
-            ".tmp-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        use std::os::unix::fs::MetadataExt;
+        let Placing {
+            create_only,
+            now,
+            expected,
+        } = how;
+        let folder = target.parent().unwrap_or(&self.root);
+        let unnamed = match unnamed_file(folder) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(folder)?;
+                unnamed_file(folder)?
+            }
+            other => other?,
+        };
+        let (mut file, named) = match unnamed {
+            Some(file) => (file, None),
+            None => {
+                fs::create_dir_all(folder)?;
+                fs::create_dir_all(dir)?;
+                let tmp = dir.join(format!(
+                    ".tmp-{}-{:016x}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                (file, Some(tmp))
+            }
+        };
         let result = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
             let size = write(&mut file)?;
-            let stat = FileStat::of(&file.metadata()?);
-            debug_assert_eq!(stat.size, size);
+            if size != expected {
+                return Err(io::Error::other(format!(
+                    "{size} bytes were written where {expected} were planned"
+                )));
+            }
+            let stat = file.metadata()?;
+            let (dev, stat) = (stat.dev(), FileStat::of(&stat));
             let sidecar = Sidecar {
                 size,
                 ino: Some(stat.ino),
@@ -179,15 +252,40 @@ impl LocalStore {
                 meta: meta.clone(),
             };
             let described = serde_json::to_vec(&sidecar).map_err(io::Error::other)?;
-            // In the file itself, synced with its bytes; a file system without extended
-            // attributes (or metadata too large for them) gets the sidecar.
+            // In the file itself, durable with its bytes; a file system without extended
+            // attributes (or metadata too large for them) gets the sidecar (synced before the
+            // file is put in place, so it is there whenever the file is).
             let in_file = xattr::FileExt::set_xattr(&file, META_XATTR, &described).is_ok();
-            file.sync_all()?;
+            let grouped = !now && in_file && durable::grouped(dev, folder);
+            // A rename (the named way) may replace an object: its bytes go first.
+            if !grouped || named.is_some() {
+                file.sync_all()?;
+            }
             if !in_file {
                 self.write_meta(key, &described)?;
             }
-            place(&tmp, target, create_only)?;
-            if in_file {
+            match &named {
+                Some(tmp) => place(tmp, target, create_only)?,
+                None => place_unnamed(&file, folder, target, create_only)?,
+            }
+            if grouped {
+                durable::defer(dev, Some(target));
+            } else {
+                // The name is durable before the object is recorded done (a file system
+                // that cannot sync a folder, EINVAL, has nothing more to offer).
+                match fs::File::open(folder).and_then(|dir| dir.sync_all()) {
+                    Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e),
+                    _ => {}
+                }
+            }
+            // What the name leads to now is this very file (its inode): what was written is
+            // what the destination holds, with no need to read it back.
+            if fs::symlink_metadata(target)?.ino() != stat.ino {
+                return Err(io::Error::other(
+                    "another writer replaced the object the moment it was put in place",
+                ));
+            }
+            if in_file && self.may_have_sidecars() {
                 // A sidecar an older copy left must never vouch for a later file that gets
                 // its freed inode.
                 match fs::remove_file(self.meta_path(key)) {
@@ -195,18 +293,10 @@ impl LocalStore {
                     _ => {}
                 }
             }
-            // The rename is durable before the object is recorded done (a file system that
-            // cannot sync a folder, EINVAL, has nothing more to offer).
-            if let Some(parent) = target.parent() {
-                match fs::File::open(parent).and_then(|dir| dir.sync_all()) {
-                    Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => return Err(e),
-                    _ => {}
-                }
-            }
             Ok(())
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if let (Err(_), Some(tmp)) = (&result, &named) {
+            let _ = fs::remove_file(tmp);
         }
         result
     }
@@ -214,11 +304,24 @@ impl LocalStore {
     /// Records `described` (a [`Sidecar`] naming the inode of the file about to be put in
     /// place) in the sidecar of `key`.
     fn write_meta(&self, key: &str, described: &[u8]) -> io::Result<()> {
+        self.sidecars
+            .store(SIDECARS_SOME, std::sync::atomic::Ordering::Relaxed);
         let path = self.meta_path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)?;
-        write_atomically(&dir, &path, &[described])
+        write_atomically(&dir, &path, &[described], true)
     }
+}
+
+/// How [`LocalStore::publish`] puts an object in place.
+#[derive(Clone, Copy, Debug)]
+struct Placing {
+    /// Refuse (`AlreadyExists`) when anything is there.
+    create_only: bool,
+    /// Durable when this returns, not at the state's next commit.
+    now: bool,
+    /// The bytes the object must have.
+    expected: u64,
 }
 
 /// The metadata of a committed local object: in its extended attribute, or in a sidecar
@@ -448,10 +551,10 @@ impl ObjectSource for LocalStore {
             let mut page = Page::default();
             for entry in entries {
                 let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name == STAGING_DIR {
+                if passed_over(&entry.file_name()) {
                     continue;
                 }
+                let name = entry.file_name().to_string_lossy().into_owned();
                 let path = entry.path();
                 let meta = fs::metadata(&path).map_err(|e| io_error("cannot read", &path, e))?;
                 if meta.is_dir() {
@@ -482,12 +585,12 @@ impl ObjectSource for LocalStore {
                 io::ErrorKind::NotFound => StoreError::source_changed(&key),
                 _ => io_error("cannot open", &path, e),
             })?;
-            let check = |file: &fs::File| -> StoreResult<()> {
+            let check = |file: &fs::File| -> StoreResult<fs::Metadata> {
                 let meta = file
                     .metadata()
                     .map_err(|e| io_error("cannot stat", &path, e))?;
                 if version_of(&meta) == etag {
-                    Ok(())
+                    Ok(meta)
                 } else {
                     Err(StoreError::source_changed(&key))
                 }
@@ -499,13 +602,10 @@ impl ObjectSource for LocalStore {
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, range.start)
                 .map_err(|e| io_error("cannot read", &path, e))?;
-            check(&file)?;
-            let stat = file
-                .metadata()
-                .map_err(|e| io_error("cannot stat", &path, e))?;
+            let stat = check(&file)?;
             Ok(Chunk {
                 data: buf.freeze(),
-                meta: store.source_meta(&key, &path, FileStat::of(&stat)),
+                meta: store.source_meta(&key, &file, FileStat::of(&stat)),
             })
         })
         .await
@@ -532,7 +632,109 @@ fn place(tmp: &Path, target: &Path, create_only: bool) -> io::Result<()> {
     }
 }
 
-fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+/// The prefix of the name an unnamed file gets for the moment it takes to replace an object
+/// (listings pass such names over; a crash in that moment can leave one behind).
+pub(crate) const REPLACING_PREFIX: &str = ".blobway-replacing-";
+
+/// Whether a listing passes over the entry `name`: blobway's staging folder, or a file caught
+/// in the moment of replacing an object.
+fn passed_over(name: &std::ffi::OsStr) -> bool {
+    name == STAGING_DIR
+        || name
+            .as_encoded_bytes()
+            .starts_with(REPLACING_PREFIX.as_bytes())
+}
+
+/// Set when a filesystem gave an unnamed file but refused to link it: from then on, files
+/// are written the named way.
+static UNNAMED_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A new file without a name in `folder` (`O_TMPFILE`), written then linked into place: no
+/// shared staging folder whose lock every writer waits for, no rename across folders, and
+/// nothing left behind by a crash (but, in the moment of a replace, a passing name listings
+/// skip). None where the filesystem (or a missing `/proc`, through which it is linked) does
+/// not offer it; `NotFound` when the folder is not there yet.
+fn unnamed_file(folder: &Path) -> io::Result<Option<fs::File>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+            || UNNAMED_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(None);
+        }
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_TMPFILE)
+            .mode(0o666)
+            .open(folder)
+        {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+            // Not offered here (or refused: the named way says why, in its own words).
+            Err(_) => Ok(None),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = folder;
+        Ok(None)
+    }
+}
+
+/// Gives the unnamed `file` the name `target` in `folder`: linked there when nothing is (or
+/// `AlreadyExists` when `create_only`), else synced, linked under a passing name and renamed
+/// over what is there, atomically. A link refused for another reason is a passing failure
+/// (the write is tried again the named way).
+fn place_unnamed(
+    file: &fs::File,
+    folder: &Path,
+    target: &Path,
+    create_only: bool,
+) -> io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use std::os::fd::AsRawFd;
+    let link = |to: &Path| {
+        let from = format!("/proc/self/fd/{}", file.as_raw_fd());
+        nix::unistd::linkat(
+            AT_FDCWD,
+            from.as_str(),
+            AT_FDCWD,
+            to,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(io::Error::from)
+    };
+    match link(target) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && create_only => Err(e),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            file.sync_all()?;
+            let passing = folder.join(format!(
+                "{REPLACING_PREFIX}{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
+            link(&passing)?;
+            fs::rename(&passing, target).inspect_err(|_| {
+                let _ = fs::remove_file(&passing);
+            })
+        }
+        Err(e) => {
+            UNNAMED_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Err(io::Error::other(format!(
+                "cannot link the new file into place ({e}); it is written again another way"
+            )))
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Writes `parts` to `target` through a temporary file in `dir`, renamed into place: synced
+/// before the rename when `now` or where the filesystem does not group syncs; otherwise its
+/// sync is [`durable::defer`]red to the state's next commit.
+fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]], now: bool) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
@@ -543,8 +745,16 @@ fn write_atomically(dir: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()
         for part in parts {
             file.write_all(part)?;
         }
-        file.sync_all()?;
-        fs::rename(&tmp, target)
+        let dev = file.metadata()?.dev();
+        let grouped = !now && durable::grouped(dev, dir);
+        if !grouped {
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, target)?;
+        if grouped {
+            durable::defer(dev, None);
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -558,6 +768,11 @@ impl ObjectSink for LocalStore {
         super::rules::Naming::Local {
             case_insensitive: self.case_insensitive(),
         }
+    }
+
+    /// A put or commit checks that the name leads to the very file it wrote.
+    fn confirms_writes(&self) -> bool {
+        true
     }
 
     /// Azure's, so a local run plans its objects as the main route does.
@@ -588,7 +803,7 @@ impl ObjectSink for LocalStore {
         let target = dir.join(block.id);
         blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
-            write_atomically(&dir, &target, &[&data])
+            write_atomically(&dir, &target, &[&data], false)
                 .map_err(|e| io_error("cannot stage", &target, e))
         })
         .await
@@ -621,13 +836,15 @@ impl ObjectSink for LocalStore {
         let dir = self.staging_for(upload.key);
         let ids: Vec<String> = blocks.iter().map(|b| b.id.clone()).collect();
         let (store, key, meta) = (self.clone(), upload.key.to_string(), meta.clone());
-        let create_only = upload.create_only;
+        // Durable before the staged blocks go.
+        let how = Placing {
+            create_only: upload.create_only,
+            now: true,
+            expected: blocks.iter().map(|b| b.size).sum(),
+        };
         blocking(move || {
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
-            }
             store
-                .publish(&dir, &target, &key, &meta, create_only, |out| {
+                .publish(&dir, &target, &key, &meta, how, |out| {
                     let mut size = 0;
                     for id in &ids {
                         let mut block = fs::File::open(dir.join(id))?;
@@ -654,14 +871,14 @@ impl ObjectSink for LocalStore {
         let target = self.object_path(key)?;
         let staging = self.root.join(STAGING_DIR);
         let (store, key, meta) = (self.clone(), key.to_string(), meta.clone());
-        let upload_create_only = upload.create_only;
+        let how = Placing {
+            create_only: upload.create_only,
+            now: false,
+            expected: data.len() as u64,
+        };
         blocking(move || {
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| io_error("cannot create", parent, e))?;
-            }
-            fs::create_dir_all(&staging).map_err(|e| io_error("cannot create", &staging, e))?;
             store
-                .publish(&staging, &target, &key, &meta, upload_create_only, |out| {
+                .publish(&staging, &target, &key, &meta, how, |out| {
                     out.write_all(&data)?;
                     Ok(data.len() as u64)
                 })
@@ -836,6 +1053,59 @@ mod tests {
 
     fn crc(data: &[u8]) -> Checksum {
         Checksum::of(crate::store::ChecksumKind::Crc64, data)
+    }
+
+    #[tokio::test]
+    async fn a_put_replaces_in_place_leaves_no_passing_name_and_create_only_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path());
+        let put = |key: &'static str, data: &'static [u8], create_only: bool| {
+            let store = store.clone();
+            async move {
+                let upload = Upload {
+                    key,
+                    session: None,
+                    create_only,
+                };
+                let data = Bytes::from_static(data);
+                store
+                    .put_whole(upload, data.clone(), crc(&data), &ObjectMeta::default())
+                    .await
+            }
+        };
+        // Into a folder not there yet, then over what is there.
+        put("deep/er/a.txt", b"first", false).await.expect("put");
+        put("deep/er/a.txt", b"second!", false)
+            .await
+            .expect("replace");
+        let folder = dir.path().join("deep/er");
+        assert_eq!(fs::read(folder.join("a.txt")).expect("read"), b"second!");
+        let names: Vec<_> = fs::read_dir(&folder)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("a.txt")],
+            "nothing else"
+        );
+        let refused = put("deep/er/a.txt", b"third", true)
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.class, ErrorClass::Exists, "{refused}");
+        assert_eq!(fs::read(folder.join("a.txt")).expect("read"), b"second!");
+        put("deep/er/b.txt", b"new", true).await.expect("created");
+
+        // A passing name a crash left behind is no object.
+        fs::write(folder.join(format!("{REPLACING_PREFIX}1-2")), b"x").expect("leftover");
+        let keys: Vec<String> = store
+            .list("", false)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["deep/er/a.txt", "deep/er/b.txt"]);
     }
 
     #[tokio::test]

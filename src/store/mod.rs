@@ -308,6 +308,12 @@ pub trait ObjectSink: Send + Sync {
         requested
     }
 
+    /// Whether a put or commit that succeeds has itself made sure the destination now holds
+    /// exactly what was written (a local file checked by its inode), so it is not read back.
+    fn confirms_writes(&self) -> bool {
+        false
+    }
+
     /// Whether [`ObjectSink::list_existing`] returns each object's metadata. When it does not
     /// (S3 listings carry none), the planner asks [`ObjectSink::head`] for the objects whose
     /// size could make them identical.

@@ -431,9 +431,14 @@ struct SlicePlanned {
 
 async fn apply(db: &StateDb, writes: Vec<Write>) -> Result<(), PlanError> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || db.apply(&writes))
-        .await
-        .context("the planning task failed")??;
+    // Objects found identical at a local destination may be another run's writes not yet
+    // on disk: synced before they are recorded done.
+    tokio::task::spawn_blocking(move || {
+        crate::store::local::sync_deferred().map_err(crate::state::StateError::Unsynced)?;
+        db.apply(&writes)
+    })
+    .await
+    .context("the planning task failed")??;
     Ok(())
 }
 

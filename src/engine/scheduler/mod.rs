@@ -284,7 +284,12 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let (writes_tx, writes_rx) = mpsc::unbounded_channel();
     let (committed_tx, mut committed_rx) = mpsc::unbounded_channel();
-    let writer = writer::spawn(db.clone(), unbounded_bridge(writes_rx), committed_tx);
+    let writer = writer::spawn(
+        db.clone(),
+        unbounded_bridge(writes_rx),
+        committed_tx,
+        crate::store::local::sync_deferred,
+    );
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let next_job_id = db.next_job_id()?;
     let now = Instant::now();

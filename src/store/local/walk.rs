@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{STAGING_DIR, io_error, object_info};
+use super::{io_error, object_info, passed_over};
 use crate::store::{ObjectInfo, StoreResult};
 
 /// One entry of a folder: its name only (a folder of millions is held while it is walked).
@@ -135,14 +135,14 @@ impl Walk {
         Ok(None)
     }
 
-    /// The entries of `dir` in key order (blobway's staging folder left out): by name, a
+    /// The entries of `dir` in key order (blobway's own names left out): by name, a
     /// folder's with `/` after it. A link is followed, as a file or a folder.
     fn read(&self, dir: &Path) -> io::Result<VecDeque<Entry>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            if name == STAGING_DIR {
+            if passed_over(&name) {
                 continue;
             }
             let kind = entry.file_type()?;
@@ -177,6 +177,7 @@ fn key_of(root: &Path, path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::local::STAGING_DIR;
 
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
