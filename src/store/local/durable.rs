@@ -1,7 +1,7 @@
 //! Grouped durability of local destinations. On a filesystem whose `syncfs` is known to write
-//! and report everything (ext4, XFS, btrfs, f2fs, ZFS, tmpfs, on Linux 5.8 or later), a local
-//! write (an object linked into place) does not sync itself: it is counted against its
-//! filesystem, and [`sync_deferred`] makes every write counted so far durable with one
+//! and report everything (ext4 with its default data options, XFS, btrfs, ZFS, tmpfs, on Linux
+//! 5.8 or later), a local write (an object linked into place) does not sync itself: it is
+//! counted against its filesystem, and [`sync_deferred`] makes every write counted so far durable with one
 //! `syncfs` per filesystem. So is a file blobway finds there and takes as its own (a read-back,
 //! an identical object at planning): it may be another run's write not yet on disk. The state
 //! writer (and the planner) call [`sync_deferred`] before each commit, so an object is
@@ -26,6 +26,14 @@ struct Filesystem {
     synced: u64,
     unsynced: Vec<PathBuf>,
 }
+
+/// Held across a whole [`sync_deferred`]: one sync at a time, so a caller never takes a
+/// `syncfs` that succeeds only because another one already consumed the error.
+static SYNCING: Mutex<()> = Mutex::new(());
+
+/// Set by the first failed sync, and returned by every later one: Linux reports a writeback
+/// error once per open file, and what it covered is not on disk.
+static FAILED: Mutex<Option<String>> = Mutex::new(None);
 
 /// The filesystems with grouped durability, by device (None: not grouped, writes sync
 /// themselves).
@@ -71,11 +79,21 @@ pub(crate) fn defer(dev: u64, written: Option<&Path>) {
 }
 
 /// Makes every write [`defer`]red so far durable: one `syncfs` per filesystem with writes
-/// since its last sync. Safe to call from several threads; a write counted while a sync runs
-/// waits for the next one. On failure the files this process wrote since the last sync lose
-/// their metadata attribute (`strip`), so no later run takes them as copied; the error names
-/// the folder and what the disk said.
+/// since its last sync. Safe to call from several threads (they take turns); a write counted
+/// while a sync runs waits for the next one. On failure every file this process wrote and did
+/// not see synced loses its metadata attribute, so no later run takes it as copied, and this
+/// and every later call fail with the error, which names the folder and what the disk said.
 pub fn sync_deferred() -> Result<(), String> {
+    let _turn = SYNCING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(failed) = FAILED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+    {
+        return Err(failed);
+    }
     /// A filesystem to sync: as its writes stood when the sync began.
     struct Due {
         dev: u64,
@@ -106,14 +124,23 @@ pub fn sync_deferred() -> Result<(), String> {
     } in due
     {
         if let Err(e) = sync_filesystem(&folder) {
-            for file in &files {
+            // Whatever was written and not seen synced, here or on another filesystem.
+            let mut stripped = files;
+            for filesystem in filesystems().iter_mut().flatten().flat_map(|(_, f)| f) {
+                stripped.append(&mut filesystem.unsynced);
+            }
+            for file in &stripped {
                 let _ = xattr::remove(file, super::META_XATTR);
             }
-            return Err(format!(
+            let failed = format!(
                 "the local destination under {shown} could not be synced to disk ({e}); the \
                  {} objects written since the last record no longer pass as copied",
-                files.len()
-            ));
+                stripped.len()
+            );
+            *FAILED
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failed.clone());
+            return Err(failed);
         }
         if let Some(Some(filesystem)) = filesystems().as_mut().and_then(|known| known.get_mut(&dev))
         {
@@ -123,15 +150,17 @@ pub fn sync_deferred() -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `syncfs` on the filesystem of `file` writes everything and reports a failure:
-/// local filesystems on Linux 5.8 or later (before, `syncfs` did not report writeback
-/// errors; FUSE and network filesystems may not pass it on at all).
+/// Whether `syncfs` on the filesystem of `file` writes everything and reports a failure, and
+/// a crash before it never leaves a file at its full size without its bytes: local
+/// filesystems that write a file's size only once its data is written (ext4 with delayed
+/// allocation and ordered data, XFS, btrfs, ZFS, tmpfs), on Linux 5.8 or later (before,
+/// `syncfs` did not report writeback errors; FUSE and network filesystems may not pass it on
+/// at all).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn trusted(file: &fs::File) -> bool {
     use nix::sys::statfs::FsType;
     use nix::sys::statfs::{
-        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
-        fstatfs,
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, fstatfs,
     };
     const ZFS_SUPER_MAGIC: FsType = FsType(0x2fc1_2fc1);
     let kernel = nix::sys::utsname::uname().ok().and_then(|name| {
@@ -144,18 +173,53 @@ fn trusted(file: &fs::File) -> bool {
     if kernel.is_none_or(|version| version < (5, 8)) {
         return false;
     }
-    fstatfs(file).is_ok_and(|stat| {
-        let kind = stat.filesystem_type();
-        [
-            EXT4_SUPER_MAGIC,
-            XFS_SUPER_MAGIC,
-            BTRFS_SUPER_MAGIC,
-            F2FS_SUPER_MAGIC,
-            TMPFS_MAGIC,
-            ZFS_SUPER_MAGIC,
-        ]
-        .contains(&kind)
-    })
+    let Ok(kind) = fstatfs(file).map(|stat| stat.filesystem_type()) else {
+        return false;
+    };
+    if kind == EXT4_SUPER_MAGIC {
+        return file
+            .metadata()
+            .is_ok_and(|meta| ext4_orders_data(std::os::unix::fs::MetadataExt::dev(&meta)));
+    }
+    [
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+        TMPFS_MAGIC,
+        ZFS_SUPER_MAGIC,
+    ]
+    .contains(&kind)
+}
+
+/// Whether the ext4 filesystem of device `dev` is mounted with its defaults for data: not
+/// `data=writeback` nor `nodelalloc`, under which a crash can leave a file at its size with
+/// blocks never written (read from `/proc/self/mountinfo`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn ext4_orders_data(dev: u64) -> bool {
+    let id = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let options: Vec<&str> = mounts
+        .lines()
+        .filter(|line| line.split(' ').nth(2) == Some(id.as_str()))
+        .flat_map(|line| {
+            // Mount options (field 6), then after " - ": type, source, super options.
+            let mount = line.split(' ').nth(5).unwrap_or("");
+            let sup = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').nth(2));
+            mount.split(',').chain(sup.unwrap_or("").split(','))
+        })
+        .collect();
+    !options.is_empty()
+        && !options
+            .iter()
+            .any(|o| *o == "data=writeback" || *o == "nodelalloc")
 }
 
 /// Elsewhere nothing is grouped: each write syncs itself.
