@@ -76,6 +76,20 @@ mod tests {
     use super::*;
     use crate::state::{JobOptions, JobRecord, JobState};
 
+    fn job(id: u64) -> JobRecord {
+        JobRecord {
+            id,
+            source: format!("s{id}"),
+            destination: "d".into(),
+            options: JobOptions::with_chunk_size(1),
+            state: JobState::Queued,
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            planned: true,
+        }
+    }
+
     #[tokio::test]
     async fn tags_come_back_after_the_writes_are_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -84,19 +98,8 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let handle = spawn(db.clone(), rx, done_tx, || Ok(()));
         for id in 1..=5u64 {
-            let job = JobRecord {
-                id,
-                source: format!("s{id}"),
-                destination: "d".into(),
-                options: JobOptions::with_chunk_size(1),
-                state: JobState::Queued,
-                created_ms: 0,
-                updated_ms: 0,
-                error: None,
-                planned: true,
-            };
             tx.send(WriteRequest {
-                writes: vec![Write::Job(job)],
+                writes: vec![Write::Job(job(id))],
                 tag: id,
             })
             .await
@@ -127,19 +130,8 @@ mod tests {
         let handle = spawn(db.clone(), rx, done_tx, || {
             Err("the local destination under /x could not be synced to disk: EIO".into())
         });
-        let job = JobRecord {
-            id: 1,
-            source: "s".into(),
-            destination: "d".into(),
-            options: JobOptions::with_chunk_size(1),
-            state: JobState::Queued,
-            created_ms: 0,
-            updated_ms: 0,
-            error: None,
-            planned: true,
-        };
         tx.send(WriteRequest {
-            writes: vec![Write::Job(job)],
+            writes: vec![Write::Job(job(1))],
             tag: 1u64,
         })
         .await
