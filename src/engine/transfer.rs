@@ -95,6 +95,17 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     moved
 }
 
+/// Moves one chunk between two stores whose every call is blocking filesystem work
+/// ([`ObjectSource::blocking_io`]): on one blocking thread, with their calls made there.
+pub async fn move_chunk_on_one_thread(work: ChunkWork) -> StoreResult<ChunkMoved> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        crate::store::local::inline(|| runtime.block_on(move_chunk(&work)))
+    })
+    .await
+    .map_err(|e| StoreError::transient(format!("chunk task failed: {e}")))?
+}
+
 /// Checks, checksums and uploads the bytes of one chunk.
 async fn send_chunk(
     work: &ChunkWork,
@@ -196,7 +207,7 @@ const CHECKSUM_INLINE: usize = 16 * 1024;
 /// The transactional checksum of `kind` and the CRC-64/NVME of `data` (one pass when they are
 /// the same), computed off the async threads unless `data` is small.
 async fn checksums(data: Bytes, kind: ChecksumKind) -> StoreResult<(Checksum, u64)> {
-    let inline = data.len() <= CHECKSUM_INLINE;
+    let inline = data.len() <= CHECKSUM_INLINE || crate::store::local::inline_here();
     let compute = move || {
         let crc = crate::store::crc64(&data);
         let transactional = match kind {

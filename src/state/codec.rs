@@ -152,8 +152,15 @@ impl Version {
 
     fn text(self) -> String {
         let quoted = |bytes: &[u8]| {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("\"{hex}\"")
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            let mut text = String::with_capacity(bytes.len() * 2 + 2);
+            text.push('"');
+            for b in bytes {
+                text.push(char::from(DIGITS[usize::from(b >> 4)]));
+                text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            }
+            text.push('"');
+            text
         };
         match self {
             Version::Text(text) => text,

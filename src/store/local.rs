@@ -450,10 +450,32 @@ fn modified_secs(meta: &fs::Metadata) -> Option<i64> {
         .and_then(|d| i64::try_from(d.as_secs()).ok())
 }
 
-/// Runs blocking filesystem work off the async threads.
+thread_local! {
+    /// Set while a blocking thread runs a chunk whose every call is filesystem work.
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` (on a blocking thread) with every local-filesystem call it makes done right
+/// there instead of handed to another blocking thread.
+pub fn inline<T>(work: impl FnOnce() -> T) -> T {
+    INLINE.set(true);
+    let out = work();
+    INLINE.set(false);
+    out
+}
+
+/// Whether this thread runs [`inline`] work (and may block).
+pub fn inline_here() -> bool {
+    INLINE.get()
+}
+
+/// Runs blocking filesystem work off the async threads (or right here, in [`inline`] work).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> StoreResult<T> + Send + 'static,
 ) -> StoreResult<T> {
+    if inline_here() {
+        return work();
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| StoreError::transient(format!("filesystem task failed: {e}")))?
@@ -461,6 +483,10 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl ObjectSource for LocalStore {
+    fn blocking_io(&self) -> bool {
+        true
+    }
+
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
@@ -768,6 +794,10 @@ impl ObjectSink for LocalStore {
         super::rules::Naming::Local {
             case_insensitive: self.case_insensitive(),
         }
+    }
+
+    fn blocking_io(&self) -> bool {
+        true
     }
 
     /// A put or commit checks that the name leads to the very file it wrote.
@@ -1106,6 +1136,46 @@ mod tests {
             .map(|o| o.key)
             .collect();
         assert_eq!(keys, vec!["deep/er/a.txt", "deep/er/b.txt"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inline_work_reads_and_writes_on_its_own_blocking_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.txt"), b"hello").expect("write");
+        let store = LocalStore::new(dir.path());
+        let runtime = tokio::runtime::Handle::current();
+        let (flagged, data, after) = tokio::task::spawn_blocking(move || {
+            let (flagged, data) = inline(|| {
+                let info = runtime.block_on(store.list("a.txt", true)).expect("list")[0].clone();
+                let chunk = runtime
+                    .block_on(store.read_range("a.txt", &info.etag, 0..5, BytesMut::new()))
+                    .expect("read");
+                let upload = Upload {
+                    key: "b.txt",
+                    session: None,
+                    create_only: true,
+                };
+                runtime
+                    .block_on(store.put_whole(
+                        upload,
+                        chunk.data.clone(),
+                        crc(&chunk.data),
+                        &ObjectMeta::default(),
+                    ))
+                    .expect("put");
+                (inline_here(), chunk.data)
+            });
+            (flagged, data, inline_here())
+        })
+        .await
+        .expect("joined");
+        assert!(flagged, "inside: calls made on this thread");
+        assert!(!after, "the thread is given back as it was");
+        assert_eq!(&data[..], b"hello");
+        assert_eq!(
+            fs::read(dir.path().join("b.txt")).expect("copied"),
+            b"hello"
+        );
     }
 
     #[tokio::test]

@@ -247,6 +247,13 @@ impl SinkLimits {
 /// A place objects are read from.
 #[async_trait]
 pub trait ObjectSource: Send + Sync {
+    /// Whether every call of this store is blocking filesystem work, done on a blocking
+    /// thread: a chunk between two such stores runs on one blocking thread with its calls
+    /// made there ([`local::inline`]), one hand-off per chunk instead of one per call.
+    fn blocking_io(&self) -> bool {
+        false
+    }
+
     /// Every object under `prefix` (recursively), or the single object `prefix` names when
     /// `single` is set.
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>>;
@@ -299,6 +306,11 @@ pub struct Listed {
 /// A place objects are written to, block by block, made visible only by one commit.
 #[async_trait]
 pub trait ObjectSink: Send + Sync {
+    /// As [`ObjectSource::blocking_io`].
+    fn blocking_io(&self) -> bool {
+        false
+    }
+
     /// The store's hard limits and protocol.
     fn limits(&self) -> SinkLimits;
 

@@ -267,10 +267,15 @@ impl Scheduler {
     }
 
     fn start_chunk(&mut self, task: ChunkTask) {
+        let one_thread = task.work.source.blocking_io() && task.work.target.sink.blocking_io();
         self.work.spawn(async move {
             let started_ms = now_ms();
             let start = Instant::now();
-            let result = transfer::move_chunk(&task.work).await;
+            let result = if one_thread {
+                transfer::move_chunk_on_one_thread(task.work.clone()).await
+            } else {
+                transfer::move_chunk(&task.work).await
+            };
             Finished::Chunk {
                 job: task.job,
                 file: task.file,
