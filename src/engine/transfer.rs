@@ -99,11 +99,16 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
 /// ([`ObjectSource::blocking_io`]): on one blocking thread, with their calls made there.
 pub async fn move_chunk_on_one_thread(work: ChunkWork) -> StoreResult<ChunkMoved> {
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    match tokio::task::spawn_blocking(move || {
         crate::store::local::inline(|| runtime.block_on(move_chunk(&work)))
     })
     .await
-    .map_err(|e| StoreError::transient(format!("chunk task failed: {e}")))?
+    {
+        Ok(moved) => moved,
+        // A panic stops the run, as it does on the async path.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(StoreError::transient(format!("chunk task failed: {e}"))),
+    }
 }
 
 /// Checks, checksums and uploads the bytes of one chunk.

@@ -458,10 +458,15 @@ thread_local! {
 /// Runs `work` (on a blocking thread) with every local-filesystem call it makes done right
 /// there instead of handed to another blocking thread.
 pub fn inline<T>(work: impl FnOnce() -> T) -> T {
-    INLINE.set(true);
-    let out = work();
-    INLINE.set(false);
-    out
+    /// Gives the thread back as it was, even when `work` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INLINE.set(self.0);
+        }
+    }
+    let _restore = Restore(INLINE.replace(true));
+    work()
 }
 
 /// Whether this thread runs [`inline`] work (and may block).

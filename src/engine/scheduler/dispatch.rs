@@ -267,20 +267,27 @@ impl Scheduler {
     }
 
     fn start_chunk(&mut self, task: ChunkTask) {
-        let one_thread = task.work.source.blocking_io() && task.work.target.sink.blocking_io();
+        let ChunkTask {
+            job,
+            file,
+            chunk,
+            reserved,
+            work,
+        } = task;
+        let one_thread = work.source.blocking_io() && work.target.sink.blocking_io();
         self.work.spawn(async move {
             let started_ms = now_ms();
             let start = Instant::now();
             let result = if one_thread {
-                transfer::move_chunk_on_one_thread(task.work.clone()).await
+                transfer::move_chunk_on_one_thread(work).await
             } else {
-                transfer::move_chunk(&task.work).await
+                transfer::move_chunk(&work).await
             };
             Finished::Chunk {
-                job: task.job,
-                file: task.file,
-                chunk: task.chunk,
-                reserved: task.reserved,
+                job,
+                file,
+                chunk,
+                reserved,
                 timing: Timing {
                     started_ms,
                     latency_ms: start.elapsed().as_millis() as u64,
