@@ -100,7 +100,7 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
 pub async fn move_chunk_on_one_thread(work: ChunkWork) -> StoreResult<ChunkMoved> {
     let runtime = tokio::runtime::Handle::current();
     match tokio::task::spawn_blocking(move || {
-        crate::store::local::inline(|| runtime.block_on(move_chunk(&work)))
+        crate::store::blocking::inline(|| runtime.block_on(move_chunk(&work)))
     })
     .await
     {
@@ -212,7 +212,7 @@ const CHECKSUM_INLINE: usize = 16 * 1024;
 /// The transactional checksum of `kind` and the CRC-64/NVME of `data` (one pass when they are
 /// the same), computed off the async threads unless `data` is small.
 async fn checksums(data: Bytes, kind: ChecksumKind) -> StoreResult<(Checksum, u64)> {
-    let inline = data.len() <= CHECKSUM_INLINE || crate::store::local::inline_here();
+    let inline = data.len() <= CHECKSUM_INLINE || crate::store::blocking::inline_here();
     let compute = move || {
         let crc = crate::store::crc64(&data);
         let transactional = match kind {

@@ -20,6 +20,8 @@ mod walk;
 pub use durable::sync_deferred;
 use walk::Walk;
 
+use super::blocking::blocking;
+
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -450,42 +452,6 @@ fn modified_secs(meta: &fs::Metadata) -> Option<i64> {
         .and_then(|d| i64::try_from(d.as_secs()).ok())
 }
 
-thread_local! {
-    /// Set while a blocking thread runs a chunk whose every call is filesystem work.
-    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `work` (on a blocking thread) with every local-filesystem call it makes done right
-/// there instead of handed to another blocking thread.
-pub fn inline<T>(work: impl FnOnce() -> T) -> T {
-    /// Gives the thread back as it was, even when `work` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            INLINE.set(self.0);
-        }
-    }
-    let _restore = Restore(INLINE.replace(true));
-    work()
-}
-
-/// Whether this thread runs [`inline`] work (and may block).
-pub fn inline_here() -> bool {
-    INLINE.get()
-}
-
-/// Runs blocking filesystem work off the async threads (or right here, in [`inline`] work).
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> StoreResult<T> + Send + 'static,
-) -> StoreResult<T> {
-    if inline_here() {
-        return work();
-    }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::transient(format!("filesystem task failed: {e}")))?
-}
-
 #[async_trait]
 impl ObjectSource for LocalStore {
     fn blocking_io(&self) -> bool {
@@ -550,18 +516,17 @@ impl ObjectSource for LocalStore {
             };
             let mut objects = Vec::new();
             while objects.len() < limit.max(1) {
-                match walk.next_file()? {
-                    Some(file) => objects.push(file),
-                    None => {
-                        return Ok((
-                            Listed {
-                                objects,
-                                next: None,
-                            },
-                            None,
-                        ));
-                    }
-                }
+                let Some(file) = walk.next_file()? else {
+                    // The walk is over: nothing to keep, no next page.
+                    return Ok((
+                        Listed {
+                            objects,
+                            next: None,
+                        },
+                        None,
+                    ));
+                };
+                objects.push(file);
             }
             let next = objects.last().map(|o| o.key.clone());
             Ok((Listed { objects, next }, Some((prefix, walk))))
@@ -1150,7 +1115,7 @@ mod tests {
         let store = LocalStore::new(dir.path());
         let runtime = tokio::runtime::Handle::current();
         let (flagged, data, after) = tokio::task::spawn_blocking(move || {
-            let (flagged, data) = inline(|| {
+            let (flagged, data) = crate::store::blocking::inline(|| {
                 let info = runtime.block_on(store.list("a.txt", true)).expect("list")[0].clone();
                 let chunk = runtime
                     .block_on(store.read_range("a.txt", &info.etag, 0..5, BytesMut::new()))
@@ -1168,9 +1133,9 @@ mod tests {
                         &ObjectMeta::default(),
                     ))
                     .expect("put");
-                (inline_here(), chunk.data)
+                (crate::store::blocking::inline_here(), chunk.data)
             });
-            (flagged, data, inline_here())
+            (flagged, data, crate::store::blocking::inline_here())
         })
         .await
         .expect("joined");

@@ -9,10 +9,12 @@
 
 pub mod azure;
 pub mod azure_sas;
+pub mod blocking;
 mod checksum;
 mod error;
 pub mod gcs;
 pub mod local;
+pub use local::sync_deferred;
 pub mod rules;
 pub mod s3;
 mod s3_sink;
@@ -249,7 +251,7 @@ impl SinkLimits {
 pub trait ObjectSource: Send + Sync {
     /// Whether every call of this store is blocking filesystem work, done on a blocking
     /// thread: a chunk between two such stores runs on one blocking thread with its calls
-    /// made there ([`local::inline`]), one hand-off per chunk instead of one per call.
+    /// made there ([`blocking::inline`]), one hand-off per chunk instead of one per call.
     fn blocking_io(&self) -> bool {
         false
     }

@@ -434,7 +434,7 @@ async fn apply(db: &StateDb, writes: Vec<Write>) -> Result<(), PlanError> {
     // Objects found identical at a local destination may be another run's writes not yet
     // on disk: synced before they are recorded done.
     tokio::task::spawn_blocking(move || {
-        crate::store::local::sync_deferred().map_err(crate::state::StateError::Unsynced)?;
+        crate::store::sync_deferred().map_err(crate::state::StateError::Unsynced)?;
         db.apply(&writes)
     })
     .await

@@ -288,7 +288,7 @@ pub(super) async fn run(
         db.clone(),
         unbounded_bridge(writes_rx),
         committed_tx,
-        crate::store::local::sync_deferred,
+        crate::store::sync_deferred,
     );
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let next_job_id = db.next_job_id()?;
