@@ -27,20 +27,25 @@ struct Filesystem {
     unsynced: Vec<PathBuf>,
 }
 
-/// Held across a whole [`sync_deferred`]: one sync at a time, so a caller never takes a
-/// `syncfs` that succeeds only because another one already consumed the error.
-static SYNCING: Mutex<()> = Mutex::new(());
+/// What the grouped durability of this process knows: which filesystems group their writes,
+/// what waits on each, and whether a sync failed. One per process ([`LEDGER`]); tests make
+/// their own.
+struct Ledger {
+    /// Held across a whole sync: one at a time, so a caller never takes a `syncfs` that
+    /// succeeds only because another one already consumed the error.
+    syncing: Mutex<()>,
+    /// Set by the first failed sync, and returned by every later one: Linux reports a
+    /// writeback error once per open file, and what it covered is not on disk.
+    failed: Mutex<Option<String>>,
+    /// The filesystems with grouped durability, by device (None: not grouped, writes sync
+    /// themselves).
+    filesystems: Mutex<Option<HashMap<u64, Option<Filesystem>>>>,
+}
 
-/// Set by the first failed sync, and returned by every later one: Linux reports a writeback
-/// error once per open file, and what it covered is not on disk.
-static FAILED: Mutex<Option<String>> = Mutex::new(None);
+static LEDGER: Ledger = Ledger::new();
 
-/// The filesystems with grouped durability, by device (None: not grouped, writes sync
-/// themselves).
-static FILESYSTEMS: Mutex<Option<HashMap<u64, Option<Filesystem>>>> = Mutex::new(None);
-
-fn filesystems() -> MutexGuard<'static, Option<HashMap<u64, Option<Filesystem>>>> {
-    FILESYSTEMS
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -49,33 +54,14 @@ fn filesystems() -> MutexGuard<'static, Option<HashMap<u64, Option<Filesystem>>>
 /// is one whose `syncfs` is trusted, and a folder on it could be opened to sync through.
 /// Decided once per device. When false, the caller syncs each write itself.
 pub(crate) fn grouped(dev: u64, folder: &Path) -> bool {
-    let mut guard = filesystems();
-    let known = guard.get_or_insert_with(HashMap::new);
-    known
-        .entry(dev)
-        .or_insert_with(|| {
-            let file = fs::File::open(folder).ok()?;
-            trusted(&file).then(|| Filesystem {
-                folder: Arc::new(file),
-                shown: folder.display().to_string(),
-                written: 0,
-                synced: 0,
-                unsynced: Vec::new(),
-            })
-        })
-        .is_some()
+    LEDGER.grouped(dev, folder, trusted)
 }
 
 /// Counts a finished write (or a file found and taken as blobway's) on a [`grouped`] device
 /// as waiting for the next [`sync_deferred`]: a sync that starts later covers it. `written`
 /// names a file this process wrote (its metadata is taken off should the sync fail).
 pub(crate) fn defer(dev: u64, written: Option<&Path>) {
-    if let Some(Some(filesystem)) = filesystems().as_mut().and_then(|known| known.get_mut(&dev)) {
-        filesystem.written += 1;
-        if let Some(path) = written {
-            filesystem.unsynced.push(path.to_path_buf());
-        }
-    }
+    LEDGER.defer(dev, written);
 }
 
 /// Makes every write [`defer`]red so far durable: one `syncfs` per filesystem with writes
@@ -84,70 +70,123 @@ pub(crate) fn defer(dev: u64, written: Option<&Path>) {
 /// not see synced loses its metadata attribute, so no later run takes it as copied, and this
 /// and every later call fail with the error, which names the folder and what the disk said.
 pub fn sync_deferred() -> Result<(), String> {
-    let _turn = SYNCING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(failed) = FAILED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
-    {
-        return Err(failed);
+    LEDGER.sync(sync_filesystem)
+}
+
+impl Ledger {
+    const fn new() -> Self {
+        Self {
+            syncing: Mutex::new(()),
+            failed: Mutex::new(None),
+            filesystems: Mutex::new(None),
+        }
     }
-    /// A filesystem to sync: as its writes stood when the sync began.
-    struct Due {
-        dev: u64,
-        folder: Arc<fs::File>,
-        shown: String,
-        written: u64,
-        files: Vec<PathBuf>,
+
+    fn grouped(&self, dev: u64, folder: &Path, trusted: impl FnOnce(&fs::File) -> bool) -> bool {
+        let mut guard = locked(&self.filesystems);
+        let known = guard.get_or_insert_with(HashMap::new);
+        known
+            .entry(dev)
+            .or_insert_with(|| {
+                let file = fs::File::open(folder).ok()?;
+                trusted(&file).then(|| Filesystem {
+                    folder: Arc::new(file),
+                    shown: folder.display().to_string(),
+                    written: 0,
+                    synced: 0,
+                    unsynced: Vec::new(),
+                })
+            })
+            .is_some()
     }
-    let due: Vec<Due> = filesystems()
-        .iter_mut()
-        .flatten()
-        .filter_map(|(dev, f)| Some((*dev, f.as_mut()?)))
-        .filter(|(_, f)| f.written > f.synced)
-        .map(|(dev, f)| Due {
-            dev,
-            folder: f.folder.clone(),
-            shown: f.shown.clone(),
-            written: f.written,
-            files: std::mem::take(&mut f.unsynced),
-        })
-        .collect();
-    for Due {
-        dev,
-        folder,
-        shown,
-        written,
-        files,
-    } in due
-    {
-        if let Err(e) = sync_filesystem(&folder) {
-            // Whatever was written and not seen synced, here or on another filesystem.
-            let mut stripped = files;
-            for filesystem in filesystems().iter_mut().flatten().flat_map(|(_, f)| f) {
-                stripped.append(&mut filesystem.unsynced);
+
+    fn defer(&self, dev: u64, written: Option<&Path>) {
+        let mut guard = locked(&self.filesystems);
+        if let Some(Some(filesystem)) = guard.as_mut().and_then(|known| known.get_mut(&dev)) {
+            filesystem.written += 1;
+            if let Some(path) = written {
+                filesystem.unsynced.push(path.to_path_buf());
             }
-            for file in &stripped {
-                let _ = xattr::remove(file, super::META_XATTR);
-            }
-            let failed = format!(
-                "the local destination under {shown} could not be synced to disk ({e}); the \
-                 {} objects written since the last record no longer pass as copied",
-                stripped.len()
-            );
-            *FAILED
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failed.clone());
+        }
+    }
+
+    fn sync(
+        &self,
+        mut sync_filesystem: impl FnMut(&fs::File) -> io::Result<()>,
+    ) -> Result<(), String> {
+        let _turn = locked(&self.syncing);
+        if let Some(failed) = locked(&self.failed).clone() {
             return Err(failed);
         }
-        if let Some(Some(filesystem)) = filesystems().as_mut().and_then(|known| known.get_mut(&dev))
-        {
-            filesystem.synced = filesystem.synced.max(written);
+        /// A filesystem to sync: as its writes stood when the sync began.
+        struct Due {
+            dev: u64,
+            folder: Arc<fs::File>,
+            shown: String,
+            written: u64,
+            files: Vec<PathBuf>,
         }
+        let due: Vec<Due> = locked(&self.filesystems)
+            .iter_mut()
+            .flatten()
+            .filter_map(|(dev, f)| Some((*dev, f.as_mut()?)))
+            .filter(|(_, f)| f.written > f.synced)
+            .map(|(dev, f)| Due {
+                dev,
+                folder: f.folder.clone(),
+                shown: f.shown.clone(),
+                written: f.written,
+                files: std::mem::take(&mut f.unsynced),
+            })
+            .collect();
+        for Due {
+            dev,
+            folder,
+            shown,
+            written,
+            files,
+        } in due
+        {
+            if let Err(e) = sync_filesystem(&folder) {
+                // Whatever was written and not seen synced, here or on another filesystem.
+                let mut stripped = files;
+                for filesystem in locked(&self.filesystems)
+                    .iter_mut()
+                    .flatten()
+                    .flat_map(|(_, f)| f)
+                {
+                    stripped.append(&mut filesystem.unsynced);
+                }
+                for file in &stripped {
+                    let _ = xattr::remove(file, super::META_XATTR);
+                }
+                let failed = format!(
+                    "the local destination under {shown} could not be synced to disk ({e}); the \
+                     {} objects written since the last record no longer pass as copied",
+                    stripped.len()
+                );
+                *locked(&self.failed) = Some(failed.clone());
+                return Err(failed);
+            }
+            if let Some(Some(filesystem)) = locked(&self.filesystems)
+                .as_mut()
+                .and_then(|known| known.get_mut(&dev))
+            {
+                filesystem.synced = filesystem.synced.max(written);
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Writes counted on `dev` and not yet synced.
+    #[cfg(test)]
+    fn pending_on(&self, dev: u64) -> u64 {
+        locked(&self.filesystems)
+            .as_ref()
+            .and_then(|known| known.get(&dev))
+            .and_then(Option::as_ref)
+            .map_or(0, |f| f.written - f.synced)
+    }
 }
 
 /// Whether `syncfs` on the filesystem of `file` writes everything and reports a failure, and
@@ -163,13 +202,9 @@ fn trusted(file: &fs::File) -> bool {
         BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, fstatfs,
     };
     const ZFS_SUPER_MAGIC: FsType = FsType(0x2fc1_2fc1);
-    let kernel = nix::sys::utsname::uname().ok().and_then(|name| {
-        let release = name.release().to_string_lossy().into_owned();
-        let mut parts = release.split(['.', '-']);
-        let major: u32 = parts.next()?.parse().ok()?;
-        let minor: u32 = parts.next()?.parse().ok()?;
-        Some((major, minor))
-    });
+    let kernel = nix::sys::utsname::uname()
+        .ok()
+        .and_then(|name| kernel_version(&name.release().to_string_lossy()));
     if kernel.is_none_or(|version| version < (5, 8)) {
         return false;
     }
@@ -200,12 +235,24 @@ fn ext4_orders_data(dev: u64) -> bool {
         nix::sys::stat::major(dev),
         nix::sys::stat::minor(dev)
     );
-    let Ok(mounts) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let options: Vec<&str> = mounts
+    fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|mounts| mounted_ordering_data(&mounts, &id))
+}
+
+/// The major and minor version of a kernel release (`6.8.0-45-generic` → 6.8).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether `mountinfo` (as in `/proc/self/mountinfo`) mounts the device `id` (`major:minor`),
+/// and never with `data=writeback` or `nodelalloc` in its mount or superblock options.
+fn mounted_ordering_data(mountinfo: &str, id: &str) -> bool {
+    let options: Vec<&str> = mountinfo
         .lines()
-        .filter(|line| line.split(' ').nth(2) == Some(id.as_str()))
+        .filter(|line| line.split(' ').nth(2) == Some(id))
         .flat_map(|line| {
             // Mount options (field 6), then after " - ": type, source, super options.
             let mount = line.split(' ').nth(5).unwrap_or("");
@@ -242,18 +289,34 @@ fn sync_filesystem(_folder: &fs::File) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Writes counted on `dev` and not yet synced.
-    fn pending_on(dev: u64) -> u64 {
-        filesystems()
-            .as_ref()
-            .and_then(|known| known.get(&dev))
-            .and_then(Option::as_ref)
-            .map_or(0, |f| f.written - f.synced)
+    fn always(_: &fs::File) -> bool {
+        true
+    }
+
+    #[test]
+    fn deferred_writes_wait_for_the_next_sync_and_no_longer() {
+        let ledger = Ledger::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = 7;
+        assert!(ledger.grouped(dev, dir.path(), always));
+        ledger.defer(dev, None);
+        ledger.defer(dev, None);
+        assert_eq!(ledger.pending_on(dev), 2);
+        ledger.sync(|_| Ok(())).expect("sync");
+        assert_eq!(ledger.pending_on(dev), 0);
+        ledger.defer(dev, None);
+        assert_eq!(
+            ledger.pending_on(dev),
+            1,
+            "a later write waits for the next sync"
+        );
+        ledger.sync(|_| Ok(())).expect("sync");
+        assert_eq!(ledger.pending_on(dev), 0);
     }
 
     #[test]
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn deferred_writes_wait_for_the_next_sync_and_no_longer() {
+    fn the_real_sync_succeeds_on_the_temporary_folder() {
         let dir = tempfile::tempdir().expect("tempdir");
         // A device number no real write in this process uses.
         let dev = u64::MAX - 7;
@@ -262,22 +325,89 @@ mod tests {
             return;
         }
         defer(dev, None);
-        defer(dev, None);
-        assert_eq!(pending_on(dev), 2);
+        assert_eq!(LEDGER.pending_on(dev), 1);
         sync_deferred().expect("sync");
-        assert_eq!(pending_on(dev), 0);
-        defer(dev, None);
-        assert_eq!(pending_on(dev), 1, "a later write waits for the next sync");
-        sync_deferred().expect("sync");
-        assert_eq!(pending_on(dev), 0);
+        assert_eq!(LEDGER.pending_on(dev), 0);
     }
 
     #[test]
-    fn a_folder_that_cannot_be_opened_is_not_grouped_and_nothing_waits() {
+    fn a_folder_that_cannot_be_opened_or_is_not_trusted_is_not_grouped() {
+        let ledger = Ledger::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        let dev = u64::MAX - 8;
-        assert!(!grouped(dev, &dir.path().join("gone")));
-        defer(dev, None);
-        assert_eq!(pending_on(dev), 0);
+        assert!(!ledger.grouped(1, &dir.path().join("gone"), always));
+        assert!(!ledger.grouped(2, dir.path(), |_| false));
+        ledger.defer(1, None);
+        ledger.defer(2, None);
+        assert_eq!(ledger.pending_on(1) + ledger.pending_on(2), 0);
+        let mut syncs = 0;
+        ledger
+            .sync(|_| {
+                syncs += 1;
+                Ok(())
+            })
+            .expect("nothing to sync");
+        assert_eq!(syncs, 0, "nothing grouped, nothing synced");
+    }
+
+    #[test]
+    fn a_failed_sync_strips_the_unsynced_files_and_every_later_sync_fails() {
+        let ledger = Ledger::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let synced = dir.path().join("synced");
+        let unsynced = dir.path().join("unsynced");
+        for file in [&synced, &unsynced] {
+            fs::write(file, b"x").expect("write");
+            if xattr::set(file, super::super::META_XATTR, b"{}").is_err() {
+                // No extended attributes on this filesystem: nothing to strip.
+                return;
+            }
+        }
+        assert!(ledger.grouped(3, dir.path(), always));
+        ledger.defer(3, Some(&synced));
+        ledger.sync(|_| Ok(())).expect("first sync");
+        ledger.defer(3, Some(&unsynced));
+        let error = ledger
+            .sync(|_| Err(io::Error::from_raw_os_error(5)))
+            .expect_err("the disk failed");
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
+        assert!(error.contains("1 objects"), "{error}");
+        let has_meta = |file: &Path| {
+            xattr::get(file, super::super::META_XATTR)
+                .expect("xattr")
+                .is_some()
+        };
+        assert!(has_meta(&synced), "a synced file keeps its metadata");
+        assert!(
+            !has_meta(&unsynced),
+            "an unsynced file no longer passes as copied"
+        );
+        let again = ledger.sync(|_| Ok(())).expect_err("sticky");
+        assert_eq!(again, error);
+    }
+
+    #[test]
+    fn kernel_releases_are_read_as_major_and_minor() {
+        assert_eq!(kernel_version("6.8.0-45-generic"), Some((6, 8)));
+        assert_eq!(kernel_version("5.10.0"), Some((5, 10)));
+        assert_eq!(kernel_version("4.19-rc1"), Some((4, 19)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(kernel_version("5.7.0").is_some_and(|v| v < (5, 8)));
+    }
+
+    #[test]
+    fn ext4_is_trusted_only_with_ordered_delayed_data() {
+        let line = |options: &str, sup: &str| {
+            format!("29 1 253:1 / / {options} shared:1 - ext4 /dev/vda1 {sup}\n")
+        };
+        let ordered = line("rw,relatime", "rw,errors=remount-ro");
+        assert!(mounted_ordering_data(&ordered, "253:1"));
+        assert!(!mounted_ordering_data(&ordered, "253:2"), "not mounted");
+        let writeback = line("rw,relatime", "rw,data=writeback");
+        assert!(!mounted_ordering_data(&writeback, "253:1"));
+        let nodelalloc = line("rw,nodelalloc", "rw");
+        assert!(!mounted_ordering_data(&nodelalloc, "253:1"));
+        // Mounted twice, once with writeback: not trusted.
+        let both = format!("{ordered}{writeback}");
+        assert!(!mounted_ordering_data(&both, "253:1"));
     }
 }
