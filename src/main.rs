@@ -128,6 +128,15 @@ enum Commands {
         /// writer that appears meanwhile is not clobbered either.
         #[arg(long, value_enum, default_value_t, value_name = "WHAT")]
         if_exists: blobway::store::rules::IfExists,
+        /// How the bytes travel: `server` has the stores copy them themselves (S3 → S3 on one
+        /// endpoint: UploadPartCopy/CopyObject pinned to the planned ETag; the destination's
+        /// credentials must be allowed to read the source), so they never pass through this
+        /// machine; `client` reads and writes them here; `auto` copies store to store where
+        /// the route allows and falls back to `client` for the rest of the job when the
+        /// stores refuse (a bucket policy, a server that cannot). `server` on a route that
+        /// cannot is refused before anything starts. Recorded with the job.
+        #[arg(long, value_enum, default_value_t, value_name = "HOW")]
+        transfer: blobway::store::copy::TransferMode,
     },
     /// List the jobs in the state file with their state and progress.
     Jobs {
@@ -626,6 +635,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             access,
             invalid_metadata,
             if_exists,
+            transfer,
             detach,
         }) => {
             check_tuning(&tuning, chunk_size)?;
@@ -649,6 +659,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 if_exists,
                 checksum: tuning.checksum,
                 max_attempts: tuning.max_attempts,
+                transfer,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)

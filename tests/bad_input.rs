@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use blobway::store::ObjectSink;
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -189,6 +190,34 @@ async fn chunk_size_zero_or_over_the_store_maximum() {
             .next()
             .is_none(),
         "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_copy_on_a_route_that_cannot() {
+    let source = local_files(&[("a.bin", 1000)]);
+    let src = format!("{}/", source.path().display());
+    let container = unique("never");
+    let dst = format!("az://{container}/");
+    let (result, _) = copy(&["copy", &src, &dst, "--transfer", "server"], &[]);
+    assert_fails(
+        &result,
+        2,
+        "--transfer server: this source cannot be copied store to store",
+    );
+    assert!(
+        azure(&container)
+            .list_existing("")
+            .await
+            .unwrap_or_default()
+            .is_empty(),
+        "nothing was written"
+    );
+    let (result, _) = copy(&["copy", &src, &dst, "--transfer", "sideways"], &[]);
+    assert_fails(
+        &result,
+        2,
+        "invalid value 'sideways' for '--transfer <HOW>'",
     );
 }
 

@@ -236,6 +236,182 @@ async fn s3_to_s3_with_moto_as_the_destination_survives_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_server_side_moves_no_bytes_through_blobway_and_survives_sigkill() {
+    // Both sides through one counting proxy in front of moto (one endpoint, so the stores
+    // copy themselves): what passes back through the proxy is what blobway downloaded.
+    let mut rng = rng("s3 → s3 server-side");
+    let mut sources = objects(23 * MIB, 5 * MIB);
+    sources.insert("data/ünï côde+x.txt".into(), random_bytes(300, 4));
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("dst");
+    let proxy = Proxy::start(&emulators().s3, FaultConfig::none(Flavor::S3)).await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let s3 = s3_client();
+    let copy_args = args(&[
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("s3://{dest_bucket}/data/"),
+        "--source-endpoint",
+        &proxy.url,
+        "--dest-endpoint",
+        &proxy.url,
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "5MiB",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    let crashes = kill_then_resume(
+        || blobway(&state),
+        &copy_args,
+        &state,
+        1,
+        0..50,
+        &mut rng,
+        async |_| {
+            let visible = s3_contents(&s3, &dest_bucket, "data/").await;
+            assert_visible_are_complete("moto", &visible, &sources);
+        },
+    )
+    .await;
+    assert_eq!(
+        crashes.resume.code, 0,
+        "{}\n{}",
+        crashes.resume.stdout, crashes.resume.stderr
+    );
+    let copied = s3_contents(&s3, &dest_bucket, "data/").await;
+    assert_same_objects("moto", &copied, &sources);
+    let total: usize = sources.values().map(Vec::len).sum();
+    let down = proxy
+        .stats
+        .bytes_down
+        .load(std::sync::atomic::Ordering::SeqCst);
+    println!("{down} bytes came back through blobway for {total} copied");
+    assert!(crashes.kills >= 1, "no kill landed");
+    assert!(
+        down < (total / 8) as u64,
+        "{down} bytes came back through blobway for {total} copied"
+    );
+    let head = s3
+        .head_object()
+        .bucket(&dest_bucket)
+        .key(META_KEY)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.content_type(), Some("application/json"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("owner"))
+            .map(String::as_str),
+        Some("data-platform")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_client_side_copy_counts_its_bytes_at_the_proxy() {
+    // The control for the test above: the same proxy sees every byte when blobway carries
+    // them, so a small count there means the stores copied.
+    let sources = objects(6 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let dest_bucket = unique("dst");
+    let proxy = Proxy::start(&emulators().s3, FaultConfig::none(Flavor::S3)).await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let run = run(blobway(&state_dir.path().join("s.redb")).args([
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("s3://{dest_bucket}/data/"),
+        "--source-endpoint",
+        &proxy.url,
+        "--dest-endpoint",
+        &proxy.url,
+        "--transfer",
+        "client",
+        "--chunk-size",
+        "5MiB",
+        "--json",
+    ]));
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let total: usize = sources.values().map(Vec::len).sum();
+    let down = proxy
+        .stats
+        .bytes_down
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(down >= total as u64, "{down} bytes down for {total} copied");
+    let copied = s3_contents(&s3_client(), &dest_bucket, "data/").await;
+    assert_same_objects("moto", &copied, &sources);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_copies_the_stores_refuse_fall_back_under_auto_and_fail_under_server() {
+    // A proxy that refuses every copy as a bucket policy would (403 AccessDenied).
+    let sources = objects(6 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let proxy = Proxy::start(
+        &emulators().s3,
+        FaultConfig {
+            deny_copies: true,
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await;
+    let copy = |dest_bucket: &str, state: &std::path::Path, how: &str| {
+        run(blobway(state).args([
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("s3://{dest_bucket}/data/"),
+            "--source-endpoint",
+            &proxy.url,
+            "--dest-endpoint",
+            &proxy.url,
+            "--transfer",
+            how,
+            "--chunk-size",
+            "5MiB",
+            "--json",
+        ]))
+    };
+    let state_dir = tempfile::tempdir().expect("state");
+
+    let auto_bucket = unique("dst");
+    let auto = copy(&auto_bucket, &state_dir.path().join("auto.redb"), "auto");
+    assert_eq!(auto.code, 0, "{}\n{}", auto.stdout, auto.stderr);
+    let copied = s3_contents(&s3_client(), &auto_bucket, "data/").await;
+    assert_same_objects("auto", &copied, &sources);
+    let log = std::fs::read_to_string(state_dir.path().join("blobway.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("the stores refused a server-side copy").count(),
+        1,
+        "the fallback is said once:\n{log}"
+    );
+
+    let server_bucket = unique("dst");
+    let server = copy(
+        &server_bucket,
+        &state_dir.path().join("server.redb"),
+        "server",
+    );
+    assert_ne!(server.code, 0, "{}", server.stdout);
+    let failed = server.events_named("file_failed");
+    assert_eq!(failed.len(), sources.len(), "{}", server.stdout);
+    assert!(
+        failed.iter().all(|e| e
+            .to_string()
+            .contains("--transfer server does not fall back")),
+        "{failed:?}"
+    );
+    assert!(
+        s3_contents(&s3_client(), &server_bucket, "data/")
+            .await
+            .is_empty(),
+        "nothing copied through blobway under --transfer server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn s3_to_gcs_through_resumable_sessions_survives_sigkill() {
     let mut rng = rng("s3 → gcs");
     let sources = objects(12 * MIB, MIB);

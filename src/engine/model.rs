@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::object::ObjectRun;
 use super::snapshot::JobView;
+use super::transfer::ServerCopy;
 use crate::state::{JobProgress, JobRecord};
 use crate::store::{ObjectSink, ObjectSource};
 
@@ -32,6 +33,8 @@ pub(super) struct JobRun {
     pub(super) record: JobRecord,
     pub(super) source: Arc<dyn ObjectSource>,
     pub(super) sink: Arc<dyn ObjectSink>,
+    /// How its chunks go store to store, when they do.
+    pub(super) server: Option<Arc<ServerCopy>>,
     /// The window: the objects under way held in memory, by index.
     pub(super) files: BTreeMap<u32, ObjectRun>,
     /// Chunk records held by the window.
@@ -60,10 +63,12 @@ impl JobRun {
         sink: Arc<dyn ObjectSink>,
         progress: JobProgress,
     ) -> Self {
+        let server = ServerCopy::for_job(record.options.transfer, source.as_ref(), sink.as_ref());
         Self {
             record,
             source,
             sink,
+            server,
             files: BTreeMap::new(),
             chunks_held: 0,
             queue: VecDeque::new(),

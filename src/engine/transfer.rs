@@ -13,10 +13,11 @@ use bytes::{Bytes, BytesMut};
 use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
+use crate::store::copy::{self, Route, TransferMode};
 use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, ErrorClass, ObjectMeta, ObjectSink, ObjectSource,
-    PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
+    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, ErrorClass, ObjectMeta, ObjectSink,
+    ObjectSource, PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
 };
 
 /// Where an object goes: the store, the key, and the upload session, if one was opened.
@@ -70,6 +71,8 @@ pub struct ChunkWork {
     pub buffers: Arc<BufferPool>,
     /// What happens to metadata the destination cannot hold (an object of one chunk).
     pub invalid_metadata: InvalidMetadata,
+    /// The job's server-side copying, when its chunks go store to store.
+    pub server: Option<Arc<ServerCopy>>,
 }
 
 /// What a moved chunk reports.
@@ -77,12 +80,127 @@ pub struct ChunkWork {
 pub struct ChunkMoved {
     /// Bytes moved.
     pub bytes: u64,
-    /// CRC-64/NVME of those bytes.
-    pub crc64: u64,
+    /// CRC-64/NVME of those bytes, when known (a chunk the stores copied themselves has one
+    /// only where the destination reported it).
+    pub crc64: Option<u64>,
+}
+
+/// A job's server-side copying ([`copy::choose_route`]): where its source is, whether a copy
+/// the stores refuse falls back to the client, and the refusal that made the job fall back
+/// for good.
+#[derive(Debug)]
+pub struct ServerCopy {
+    origin: Option<CopyOrigin>,
+    fallback: bool,
+    refused: std::sync::OnceLock<String>,
+}
+
+impl ServerCopy {
+    /// How a job with `mode` copies between `source` and `sink`: None through the client.
+    /// A route that cannot copy store to store under `--transfer server` (planned when it
+    /// could; the stores changed since) fails every chunk with the reason.
+    pub fn for_job(
+        mode: TransferMode,
+        source: &dyn ObjectSource,
+        sink: &dyn ObjectSink,
+    ) -> Option<Arc<Self>> {
+        let (origin, fallback, refused) = match copy::route_between(mode, source, sink) {
+            Ok(Route::Client) => return None,
+            Ok(Route::Server { fallback }) => (source.copy_origin(), fallback, None),
+            Err(reason) => (None, false, Some(reason)),
+        };
+        let server = Self {
+            origin,
+            fallback,
+            refused: std::sync::OnceLock::new(),
+        };
+        if let Some(reason) = refused {
+            let _ = server.refused.set(reason);
+        }
+        Some(Arc::new(server))
+    }
+
+    /// The origin to copy from, unless the stores refused (or there is none).
+    fn usable(&self) -> Option<&CopyOrigin> {
+        self.origin
+            .as_ref()
+            .filter(|_| self.refused.get().is_none())
+    }
+
+    /// Records the first refusal (said once, in the log): the job's later chunks go through
+    /// the client.
+    fn refuse(&self, error: &StoreError) {
+        if self.refused.set(error.message.clone()).is_ok() {
+            tracing::warn!(
+                "the stores refused a server-side copy ({}); this job's bytes go through \
+                 blobway from now on",
+                error.message
+            );
+        }
+    }
+
+    /// Whether the job's bytes go store to store (no refusal yet).
+    pub fn active(&self) -> bool {
+        self.usable().is_some()
+    }
+}
+
+/// Moves one chunk: store to store where the job copies that way (falling back to the client
+/// as [`ServerCopy`] allows), else read, checksummed and written here.
+pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
+    if let Some(server) = work.server.as_deref() {
+        match server.usable() {
+            Some(origin) => match copy_chunk(work, origin).await {
+                Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),
+                Err(e) if copy::refuses_route(&e) => return Err(copy::refused(&e)),
+                moved => return moved,
+            },
+            None if !server.fallback => {
+                let reason = server.refused.get().cloned().unwrap_or_default();
+                return Err(StoreError::new(ErrorClass::Invalid, None, reason));
+            }
+            None => {}
+        }
+    }
+    move_through_client(work).await
+}
+
+/// Has the stores copy one chunk themselves, pinned to the planned version: a block of a
+/// multi-block upload, or a whole object of one chunk (its source metadata read first, as the
+/// client path reads it with the bytes, and the result read back).
+async fn copy_chunk(work: &ChunkWork, origin: &CopyOrigin) -> StoreResult<ChunkMoved> {
+    let from = CopyFrom {
+        origin,
+        key: &work.key,
+        etag: &work.etag,
+        range: &work.range,
+    };
+    let bytes = work.range.end - work.range.start;
+    let sink = work.target.sink.as_ref();
+    let crc64 = match &work.whole {
+        Some(blobway) => {
+            let source_meta = work
+                .source
+                .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
+                .await?
+                .meta;
+            let meta =
+                meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
+            let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
+            let put = sink.copy_whole(work.target.upload(), from, &meta).await;
+            confirm_write(put, sink, &work.target.key, bytes, source_etag.as_deref()).await?;
+            None
+        }
+        None => {
+            sink.copy_block(work.target.upload(), work.index, &work.block_id, from)
+                .await?
+        }
+    };
+    Ok(ChunkMoved { bytes, crc64 })
 }
 
 /// Reads, checksums and writes one chunk.
-pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
+async fn move_through_client(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     let expected = work.range.end - work.range.start;
     let buffer = work.buffers.take(expected as usize);
     let chunk = work
@@ -163,7 +281,7 @@ async fn send_chunk(
     }
     Ok(ChunkMoved {
         bytes: expected,
-        crc64,
+        crc64: Some(crc64),
     })
 }
 
@@ -525,6 +643,7 @@ mod tests {
             checksum: ChecksumKind::Md5,
             buffers: Arc::new(BufferPool::new(1 << 20)),
             invalid_metadata: InvalidMetadata::Rename,
+            server: None,
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::RetryPolicy;
+use crate::store::copy::TransferMode;
 use crate::store::rules::{IfExists, InvalidMetadata};
 use crate::store::{Access, ChecksumKind, ErrorClass, ObjectMeta, StoreError};
 
@@ -309,6 +310,9 @@ pub struct JobOptions {
     /// Attempts per chunk before it is given up; the engine's when not chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// How the bytes travel: store to store where the route allows, or through blobway.
+    #[serde(default)]
+    pub transfer: TransferMode,
 }
 
 impl Default for JobOptions {
@@ -323,6 +327,7 @@ impl Default for JobOptions {
             if_exists: IfExists::default(),
             checksum: None,
             max_attempts: None,
+            transfer: TransferMode::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod azure;
 pub mod azure_sas;
 pub mod blocking;
 mod checksum;
+pub mod copy;
 mod error;
 pub mod gcs;
 pub mod local;
@@ -24,6 +25,7 @@ pub use s3_sink::LIMITS as S3_SINK_LIMITS;
 pub mod simulated;
 
 pub use checksum::{Checksum, ChecksumKind, crc64};
+pub use copy::{CopyFrom, CopyOrigin};
 pub use error::{ErrorClass, StoreError, StoreResult};
 
 use std::collections::BTreeMap;
@@ -256,6 +258,12 @@ pub trait ObjectSource: Send + Sync {
         false
     }
 
+    /// How a destination names this store in a server-side copy; None when it cannot be read
+    /// that way.
+    fn copy_origin(&self) -> Option<CopyOrigin> {
+        None
+    }
+
     /// Every object under `prefix` (recursively), or the single object `prefix` names when
     /// `single` is set.
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>>;
@@ -343,6 +351,46 @@ pub trait ObjectSink: Send + Sync {
     /// Which metadata this store accepts.
     fn meta_rules(&self) -> rules::MetaRules {
         rules::MetaRules::ANY
+    }
+
+    /// Whether this store copies from `origin` itself ([`ObjectSink::copy_block`],
+    /// [`ObjectSink::copy_whole`]).
+    fn copies_from(&self, origin: &CopyOrigin) -> bool {
+        let _ = origin;
+        false
+    }
+
+    /// Stages block `index` (ID `id`) by having the store copy `from` itself; returns the
+    /// block's CRC-64/NVME when the store reported one. Copying the same block again
+    /// overwrites it.
+    async fn copy_block(
+        &self,
+        upload: Upload<'_>,
+        index: u32,
+        id: &str,
+        from: CopyFrom<'_>,
+    ) -> StoreResult<Option<u64>> {
+        let _ = (upload, index, id, from);
+        Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "this destination cannot copy store to store",
+        ))
+    }
+
+    /// Writes a whole (small) object by having the store copy `from` itself, with `meta`.
+    async fn copy_whole(
+        &self,
+        upload: Upload<'_>,
+        from: CopyFrom<'_>,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let _ = (upload, from, meta);
+        Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "this destination cannot copy store to store",
+        ))
     }
 
     /// Makes sure the destination container exists and the credentials may write to it.

@@ -32,7 +32,7 @@ use super::{
 pub struct S3Store {
     pub(super) client: Client,
     pub(super) bucket: String,
-    endpoint: String,
+    pub(super) endpoint: String,
     pub(super) stall_timeout: Duration,
 }
 
@@ -248,6 +248,8 @@ impl S3Store {
             (_, Some(412)) => return StoreError::source_changed(key),
             (_, Some(429)) => (ErrorClass::Throttled, ""),
             (_, Some(503)) if code == "SlowDown" || code.is_empty() => (ErrorClass::Throttled, ""),
+            // A copy S3 answered 200 with an `<Error>` body (the SDK makes it an error).
+            (_, _) if code == "SlowDown" => (ErrorClass::Throttled, ""),
             (_, Some(404)) if code == "NoSuchUpload" => (
                 ErrorClass::UploadLost,
                 "the multipart upload expired or was aborted; it starts over",
@@ -349,6 +351,13 @@ impl S3Store {
 
 #[async_trait]
 impl ObjectSource for S3Store {
+    fn copy_origin(&self) -> Option<crate::store::CopyOrigin> {
+        Some(crate::store::CopyOrigin::S3 {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+        })
+    }
+
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
             return Ok(vec![self.stat(prefix, None).await?.0]);

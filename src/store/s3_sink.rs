@@ -3,7 +3,9 @@
 //! is the session blobway records; each chunk is one UploadPart (part number = chunk index + 1,
 //! Content-MD5); ListParts tells which parts the upload holds, as Get Block List does for
 //! Azure; CompleteMultipartUpload makes the object visible at once. Objects of one chunk go up
-//! with one PutObject.
+//! with one PutObject. Store to store (`--transfer`), from an S3 source on the same endpoint,
+//! each chunk is one UploadPartCopy and a one-chunk object one CopyObject, both pinned to the
+//! planned ETag (`x-amz-copy-source-if-match`): the destination's credentials read the source.
 //!
 //! S3 checks Content-MD5 on every server and emulator, while a CRC-64 part checksum must be
 //! announced when the upload begins and repeated at completion, which S3-compatible servers
@@ -20,8 +22,8 @@ use bytes::Bytes;
 
 use super::s3::{S3Store, lowercase};
 use super::{
-    BlockRef, Checksum, ChecksumKind, DestObject, ErrorClass, ObjectMeta, ObjectSink, PlannedBlock,
-    SinkLimits, StoreError, StoreResult, Upload,
+    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, DestObject, ErrorClass, ObjectMeta,
+    ObjectSink, PlannedBlock, SinkLimits, StoreError, StoreResult, Upload,
 };
 
 const MIB: u64 = 1 << 20;
@@ -176,6 +178,20 @@ fn content_md5(checksum: Checksum, data: &[u8]) -> String {
     BASE64.encode(digest)
 }
 
+/// The `x-amz-copy-source` of a copy: the source bucket and key, the key percent-encoded
+/// (its `/` kept), as S3 expects.
+fn copy_source(from: CopyFrom<'_>) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let CopyOrigin::S3 { bucket, .. } = from.origin;
+    format!("{bucket}/{}", utf8_percent_encode(from.key, KEY))
+}
+
 fn user_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
     (!meta.pairs.is_empty()).then(|| {
         meta.pairs
@@ -302,6 +318,98 @@ impl ObjectSink for S3Store {
             .await
             .map_err(|_| self.stalled("UploadPart", upload.key))?
             .map_err(|e| self.upload_error(e, "UploadPart", upload.key))?;
+        Ok(())
+    }
+
+    fn copies_from(&self, origin: &CopyOrigin) -> bool {
+        matches!(origin, CopyOrigin::S3 { endpoint, .. } if *endpoint == self.endpoint)
+    }
+
+    async fn copy_block(
+        &self,
+        upload: Upload<'_>,
+        index: u32,
+        _id: &str,
+        from: CopyFrom<'_>,
+    ) -> StoreResult<Option<u64>> {
+        let upload_id = self.session(upload)?;
+        let len = from.range.end - from.range.start;
+        let call = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(upload.key)
+            .upload_id(upload_id)
+            .part_number(part_number(index)?)
+            .copy_source(copy_source(from))
+            .copy_source_if_match(from.etag)
+            .copy_source_range(format!(
+                "bytes={}-{}",
+                from.range.start,
+                from.range.end.saturating_sub(1)
+            ))
+            .send();
+        let out = tokio::time::timeout(self.upload_deadline(len), call)
+            .await
+            .map_err(|_| self.stalled("UploadPartCopy", upload.key))?
+            // AccessDenied here is the source refused to the destination's credentials (a
+            // policy): a refusal of the route, not of the upload ID (`upload_error`).
+            .map_err(|e| self.error(e, "UploadPartCopy", upload.key))?;
+        if out.copy_part_result().is_none() {
+            return Err(StoreError::transient(format!(
+                "UploadPartCopy s3://{}/{} answered without a result",
+                self.bucket, upload.key
+            )));
+        }
+        Ok(None)
+    }
+
+    async fn copy_whole(
+        &self,
+        upload: Upload<'_>,
+        from: CopyFrom<'_>,
+        meta: &ObjectMeta,
+    ) -> StoreResult<()> {
+        let key = upload.key;
+        let len = from.range.end - from.range.start;
+        let call = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .copy_source(copy_source(from))
+            .copy_source_if_match(from.etag)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .set_content_type(meta.content_type.clone())
+            .set_content_encoding(meta.content_encoding.clone())
+            .set_cache_control(meta.cache_control.clone())
+            .set_metadata(user_metadata(meta))
+            .set_if_none_match(upload.create_only.then(|| "*".to_string()))
+            .send();
+        let out = tokio::time::timeout(self.upload_deadline(len), call)
+            .await
+            .map_err(|_| self.stalled("CopyObject", key))?;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let error = self.error(e, "CopyObject", key);
+                // A 412 answers either condition: the source's version, or (create-only)
+                // the destination's emptiness; what is there now tells which.
+                if upload.create_only
+                    && error.status == Some(412)
+                    && self.head_object(key).await?.is_some()
+                {
+                    return Err(StoreError::exists(format_args!("`{key}`")));
+                }
+                return Err(error);
+            }
+        };
+        if out.copy_object_result().is_none() {
+            return Err(StoreError::transient(format!(
+                "CopyObject s3://{}/{key} answered without a result",
+                self.bucket
+            )));
+        }
         Ok(())
     }
 

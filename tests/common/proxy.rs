@@ -73,6 +73,9 @@ pub struct FaultConfig {
     /// Read the whole request body before answering an error (otherwise the answer may race
     /// the upload and the client sees a broken connection instead).
     pub read_body_first: bool,
+    /// Answer every server-side copy (a request naming `x-amz-copy-source`) 403 AccessDenied,
+    /// as a bucket policy that refuses outside reads does.
+    pub deny_copies: bool,
 }
 
 impl FaultConfig {
@@ -88,6 +91,7 @@ impl FaultConfig {
             latency: Duration::from_millis(300),
             only: None,
             read_body_first: false,
+            deny_copies: false,
         }
     }
 
@@ -119,6 +123,8 @@ pub struct Stats {
     pub faults: Mutex<Vec<(Instant, Fault)>>,
     /// Bytes of request bodies forwarded upstream successfully.
     pub bytes_up: AtomicU64,
+    /// Bytes of response bodies passed back to the client.
+    pub bytes_down: AtomicU64,
     in_flight: AtomicU32,
 }
 
@@ -310,6 +316,16 @@ async fn handle(
     if let Some(fault) = fault {
         record(fault);
     }
+    if shared.config.deny_copies && request.headers().contains_key("x-amz-copy-source") {
+        let (_, body) = request.into_parts();
+        let _ = body.collect().await;
+        return Ok(error_response(
+            flavor,
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied",
+        ));
+    }
     // A store that answers an error after reading the whole request (as Azure and S3 do for
     // a 500 on an upload): the client then reads the answer instead of a broken connection.
     if shared.config.read_body_first
@@ -410,6 +426,10 @@ async fn handle(
         .map_err(std::io::Error::other)?
         .to_bytes();
 
+    shared
+        .stats
+        .bytes_down
+        .fetch_add(body.len() as u64, Ordering::SeqCst);
     let stall = shared.config.stall;
     let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = match fault {
         Some(Fault::ResetMidBody) if body.len() > 1 => vec![

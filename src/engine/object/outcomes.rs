@@ -38,7 +38,7 @@ impl ObjectRun {
             self.completed += 1;
         }
         chunk.state = ChunkState::Completed;
-        chunk.crc64 = Some(moved.crc64);
+        chunk.crc64 = moved.crc64;
         chunk.record_attempt(AttemptRecord {
             started_ms: timing.started_ms,
             latency_ms: timing.latency_ms,

@@ -154,7 +154,7 @@ impl Store {
         }
         let moved = ChunkMoved {
             bytes: 1,
-            crc64: u64::from(index),
+            crc64: Some(u64::from(index)),
         };
         if self.chunks == 1 {
             // A whole-object put: it is its own commit, read back before it answers.

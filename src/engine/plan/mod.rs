@@ -181,6 +181,8 @@ pub async fn plan_job_paged(
         .map_err(|e| PlanError::Options(format!("{e:#}")))?;
     check_chunk_size(req.options.chunk_size, sink.limits())
         .map_err(|e| PlanError::Options(format!("--chunk-size: {e}")))?;
+    crate::store::copy::route_between(req.options.transfer, source, sink)
+        .map_err(PlanError::Options)?;
     let source_failed = |e: crate::store::StoreError| {
         let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
             " (to copy every object under it, end the location with `/`)"

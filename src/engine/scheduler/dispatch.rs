@@ -169,6 +169,7 @@ impl Scheduler {
                         .then(|| destination_meta(record, None)),
                     buffers: self.buffers.clone(),
                     invalid_metadata: options.invalid_metadata,
+                    server: job.server.clone(),
                 },
             })),
             Work::Commit => {
