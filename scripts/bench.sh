@@ -10,7 +10,9 @@
 # Scenarios: (a) one 1 GiB random object, (b) 1,000 objects of 64 KiB, (c) one 4 GiB object
 # with blobway's --max-memory 256MiB — S3 (s3s-fs) → Azurite; (e) 200,000 local files of 1–6
 # bytes → a local folder (blobway, rclone); (f) 10,000 local files of 64 KiB → Azurite
-# (blobway, rclone, AzCopy); and (d), the engine alone on 1,000,000 synthetic objects
+# (blobway, rclone, AzCopy); (g) S3 → S3 on one endpoint (moto), 512 MiB in one object and 64
+# objects of 1 MiB, blobway --transfer server against --transfer client, counting at a proxy
+# the bytes that pass through blobway; and (d), the engine alone on 1,000,000 synthetic objects
 # (`cargo bench --bench scale`, its own table). Runs alternate tools so drift hits every tool
 # alike. Every copy is verified (MD5 at Azurite; file by file for local folders). Installs what
 # it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io), AzCopy (npm) for (f).
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 pairs="${BENCH_PAIRS:-3}"
-scenarios="${BENCH_SCENARIOS:-a b c d e f}"
+scenarios="${BENCH_SCENARIOS:-a b c d e f g}"
 rclone_best=(--transfers 16 --azureblob-chunk-size 16M --azureblob-upload-concurrency 16 --s3-chunk-size 64M)
 
 emulators_install
@@ -70,6 +72,14 @@ secret_access_key = blobway-test-secret
 endpoint = $BLOBWAY_TEST_S3S
 force_path_style = true
 
+[moto]
+type = s3
+provider = Other
+access_key_id = blobway-test
+secret_access_key = blobway-test-secret
+endpoint = $BLOBWAY_TEST_S3
+force_path_style = true
+
 [az]
 type = azureblob
 sas_url = $BLOBWAY_TEST_AZURITE?$sas
@@ -108,13 +118,69 @@ PY
     ;;
     f) for i in $(seq -w 1 10000); do head -c 65536 /dev/urandom > "$dir/small-$i.bin"; done
        (cd "$dir" && md5sum * | sort -k2) > "$work/expected-f" ;;
+    g) head -c $((512 << 20)) /dev/urandom > "$dir/half-gib.bin"
+       for i in $(seq -w 1 64); do head -c $((1 << 20)) /dev/urandom > "$dir/mib-$i.bin"; done
+       rcl mkdir moto:bench-g
+       rcl copy "$dir" moto:bench-g --transfers 8 --s3-chunk-size 64M
+       rm -rf "$dir" ;;
   esac
+}
+# (g): a TCP proxy that counts the bytes passing from the store to blobway.
+cat > "$work/count_proxy.py" <<'PY'
+import asyncio, signal, sys
+listen, upstream, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+host, port = upstream.rsplit(":", 1)
+down = 0
+async def pipe(reader, writer, count):
+    global down
+    try:
+        while data := await reader.read(1 << 16):
+            if count:
+                down += len(data)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+async def handle(client_reader, client_writer):
+    up_reader, up_writer = await asyncio.open_connection(host, int(port))
+    await asyncio.gather(pipe(client_reader, up_writer, False), pipe(up_reader, client_writer, True))
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+    open(out, "w").write(str(down))
+asyncio.run(main())
+PY
+measure_g() { # mode run
+  local mode=$1 run=$2 port=$((20000 + RANDOM % 20000))
+  local moto_hostport="${BLOBWAY_TEST_S3#http://}"
+  python3 "$work/count_proxy.py" "$port" "$moto_hostport" "$work/down" & local proxy=$!
+  sleep 0.5
+  local via="http://127.0.0.1:$port"
+  /usr/bin/time -f "%e %U %S %M" -o "$work/time" env AWS_ACCESS_KEY_ID=blobway-test \
+    AWS_SECRET_ACCESS_KEY=blobway-test-secret AWS_REGION=us-east-1 "$blobway" --no-daemon \
+    --state "$work/state-g-$run.redb" copy s3://bench-g/ "s3://g-$mode-$run/" \
+    --source-endpoint "$via" --dest-endpoint "$via" --transfer "$mode" >"$work/out" 2>&1 || {
+    kill "$proxy"; log "blobway --transfer $mode failed on scenario g"; tail -20 "$work/out" >&2; return 1; }
+  kill "$proxy"; wait "$proxy" || true
+  env AWS_ACCESS_KEY_ID=blobway-test AWS_SECRET_ACCESS_KEY=blobway-test-secret AWS_REGION=us-east-1 \
+    "$blobway" --no-daemon --state "$work/check-g.redb" check s3://bench-g/ "s3://g-$mode-$run/" \
+    --source-endpoint "$BLOBWAY_TEST_S3" --dest-endpoint "$BLOBWAY_TEST_S3" --download >"$work/check" 2>&1 || {
+    log "VERIFY FAILED for g-$mode-$run"; tail -5 "$work/check" >&2; return 1; }
+  read -r wall user sys rss < "$work/time"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' g "blobway-$mode" "$wall" "$(echo "$user + $sys" | bc)" "$rss" \
+    "$(cat "$work/down")" >> "$results"
+  log "g blobway --transfer $mode: ${wall}s wall, $(echo "$user + $sys" | bc)s CPU, $(($(cat "$work/down") / 1024)) KiB through blobway"
 }
 for s in $scenarios; do
   log "preparing scenario $s"
   case $s in
     a|b|c) make_data "$s" ;;
-    e|f) make_local "$s" ;;
+    e|f|g) make_local "$s" ;;
   esac
 done
 
@@ -173,6 +239,10 @@ for pair in $(seq 1 "$pairs"); do
         measure_local rclone-best "$work/out-e-$run-r" rclone copy "$work/data/e" \
           "$work/out-e-$run-r" --transfers 16 --checkers 16
         continue ;;
+      g)
+        measure_g server "$run"
+        measure_g client "$run"
+        continue ;;
       f)
         local_blob=(env AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=$account;AccountKey=$key;BlobEndpoint=$BLOBWAY_TEST_AZURITE")
         measure f blobway "bw$run" "${local_blob[@]}" "$blobway" --no-daemon \
@@ -216,6 +286,18 @@ for s in "abcef":
         rss = max(int(r[4]) for r in runs) / 1024
         summary[(s, tool)] = (statistics.median(walls), cpu, rss)
         out.append(f"| {names[s]} | {tool} | {statistics.median(walls):.2f} ({min(walls):.2f}–{max(walls):.2f}) | {cpu:.2f} | {rss:.0f} |")
+g_gib = (512 + 64) / 1024
+g_runs = {m: [r for r in rows if r[0] == "g" and r[1] == f"blobway-{m}"] for m in ("server", "client")}
+if any(g_runs.values()):
+    out += ["", "| (g) S3 → S3 on moto, 576 MiB | wall s median (min–max) | CPU s per GiB | MiB through blobway | peak RSS MiB |", "|---|---|---|---|---|"]
+    for mode, runs in g_runs.items():
+        if not runs:
+            continue
+        walls = [float(r[2]) for r in runs]
+        cpu = statistics.median(float(r[3]) for r in runs) / g_gib
+        down = statistics.median(int(r[5]) for r in runs) / 2**20
+        rss = max(int(r[4]) for r in runs) / 1024
+        out.append(f"| blobway --transfer {mode} | {statistics.median(walls):.2f} ({min(walls):.2f}–{max(walls):.2f}) | {cpu:.2f} | {down:.2f} | {rss:.0f} |")
 out += ["", "| target | measured | met |", "|---|---|---|"]
 def ratio(s, i):
     return summary[(s, "blobway")][i] / summary[(s, "rclone-best")][i]

@@ -240,3 +240,207 @@ async fn a_source_overwritten_mid_copy_fails_that_object_only() {
         copied.keys()
     );
 }
+
+/// blobway pointed at Azurite through the copy-from-URL double.
+fn through_double(
+    state: &std::path::Path,
+    double: &block_from_url::BlockFromUrl,
+) -> std::process::Command {
+    let mut cmd = blobway(state);
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        azurite_connection_string_at(&double.url),
+    );
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_server_side_puts_blocks_from_signed_urls() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let objects: Vec<(String, Vec<u8>)> = vec![
+        (
+            "in/three-and-a-bit.bin".into(),
+            random_bytes(3 * MIB + 17, 31),
+        ),
+        ("in/small.txt".into(), random_bytes(2000, 32)),
+        ("in/empty".into(), Vec::new()),
+        (
+            "in/dir with spaces/naïve+résumé.txt".into(),
+            random_bytes(700, 33),
+        ),
+    ];
+    for (key, data) in &objects {
+        put(&s3, &bucket, key, data).await;
+    }
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    // The first copy meets an expired signature (signed again), the next two a throttled
+    // source (retried).
+    double
+        .stats
+        .expire_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    double
+        .stats
+        .throttle_next
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let state = tempfile::tempdir().expect("state");
+    let result = run(through_double(&state.path().join("s.redb"), &double).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "1MiB",
+        "--concurrency",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    let copied = azure_contents(&container, "out/").await;
+    assert_eq!(copied.len(), objects.len(), "{:?}", copied.keys());
+    let total: usize = objects.iter().map(|(_, d)| d.len()).sum();
+    for (key, data) in &objects {
+        let dest = key.replacen("in/", "out/", 1);
+        assert_eq!(
+            copied.get(&dest).map(|d| md5_hex(d)),
+            Some(md5_hex(data)),
+            "{dest}"
+        );
+        if !data.is_empty() {
+            // The CRC-64 Azure reported for each block, combined, is the object's own.
+            let meta = azure_meta(&container, &dest).await;
+            assert_eq!(
+                meta.pairs.get("blobway_crc64nvme"),
+                Some(&format!("{:016x}", blobway::store::crc64(data))),
+                "{dest}"
+            );
+        }
+    }
+    let stats = &double.stats;
+    let sent = stats.bytes_in.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent < (total / 8) as u64,
+        "{sent} bytes went through blobway for {total} copied"
+    );
+    // 4 blocks + 2 one-block objects, and the three faulted attempts.
+    assert!(stats.copies.load(std::sync::atomic::Ordering::SeqCst) >= 9);
+    assert_eq!(
+        stats.expire_next.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        stats
+            .throttle_next
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let throttles = result
+        .events_named("chunk_retry")
+        .iter()
+        .filter(|e| e["error"]["class"] == "Throttled")
+        .count();
+    assert_eq!(
+        throttles, 2,
+        "the throttled source reached the controller as throttles"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_auto_against_plain_azurite_falls_back_and_completes() {
+    // Azurite answers Put Block From URL with 501: the route is refused, blobway carries
+    // the bytes.
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let data = random_bytes(2 * MIB + 5, 41);
+    put(&s3, &bucket, "in/a.bin", &data).await;
+    put(&s3, &bucket, "in/b.txt", b"bee").await;
+    let state = tempfile::tempdir().expect("state");
+    let result = run(blobway(&state.path().join("s.redb")).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--chunk-size",
+        "1MiB",
+        "--json",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    let copied = azure_contents(&container, "out/").await;
+    assert_eq!(
+        copied.get("out/a.bin").map(|d| md5_hex(d)),
+        Some(md5_hex(&data))
+    );
+    assert_eq!(
+        copied.get("out/b.txt").map(Vec::as_slice),
+        Some(&b"bee"[..])
+    );
+    let log = std::fs::read_to_string(state.path().join("blobway.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("the stores refused a server-side copy").count(),
+        1,
+        "the fallback is said once:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_object() {
+    // A signed URL reads whatever the source holds: the version is checked before the commit.
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    put(&s3, &bucket, "in/changing.bin", &random_bytes(3 * MIB, 51)).await;
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    // Every copy is throttled until the source was overwritten.
+    double
+        .stats
+        .throttle_next
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let state = tempfile::tempdir().expect("state");
+    let child = through_double(&state.path().join("s.redb"), &double)
+        .args([
+            "copy",
+            &format!("s3://{bucket}/in/"),
+            &format!("az://{container}/out/"),
+            "--transfer",
+            "server",
+            "--chunk-size",
+            "1MiB",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while double
+        .stats
+        .copies
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no copy was tried");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    put(&s3, &bucket, "in/changing.bin", &random_bytes(3 * MIB, 52)).await;
+    double
+        .stats
+        .throttle_next
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let output = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let failed: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "file_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{stdout}");
+    assert_eq!(failed[0]["error"]["class"], "SourceChanged", "{stdout}");
+    assert!(
+        azure_contents(&container, "out/").await.is_empty(),
+        "nothing of the changed object is visible"
+    );
+}

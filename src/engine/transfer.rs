@@ -16,8 +16,8 @@ use super::buffers::BufferPool;
 use crate::store::copy::{self, Route, TransferMode};
 use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, ErrorClass, ObjectMeta, ObjectSink,
-    ObjectSource, PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
+    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, CopyWay, ErrorClass, ObjectMeta,
+    ObjectSink, ObjectSource, PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
 };
 
 /// Where an object goes: the store, the key, and the upload session, if one was opened.
@@ -91,6 +91,7 @@ pub struct ChunkMoved {
 #[derive(Debug)]
 pub struct ServerCopy {
     origin: Option<CopyOrigin>,
+    way: CopyWay,
     fallback: bool,
     refused: std::sync::OnceLock<String>,
 }
@@ -109,8 +110,13 @@ impl ServerCopy {
             Ok(Route::Server { fallback }) => (source.copy_origin(), fallback, None),
             Err(reason) => (None, false, Some(reason)),
         };
+        let way = origin
+            .as_ref()
+            .and_then(|origin| sink.copies_from(origin))
+            .unwrap_or(CopyWay::Native);
         let server = Self {
             origin,
+            way,
             fallback,
             refused: std::sync::OnceLock::new(),
         };
@@ -143,18 +149,34 @@ impl ServerCopy {
     pub fn active(&self) -> bool {
         self.usable().is_some()
     }
+
+    /// Whether an object's source must be checked before its commit: blocks copied from a
+    /// signed URL are not pinned to a version by the store.
+    pub fn pins_before_commit(&self) -> bool {
+        self.way == CopyWay::Url
+    }
 }
 
 /// Moves one chunk: store to store where the job copies that way (falling back to the client
 /// as [`ServerCopy`] allows), else read, checksummed and written here.
 pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     if let Some(server) = work.server.as_deref() {
+        let empty = work.range.is_empty();
         match server.usable() {
-            Some(origin) => match copy_chunk(work, origin).await {
-                Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),
-                Err(e) if copy::refuses_route(&e) => return Err(copy::refused(&e)),
-                moved => return moved,
-            },
+            // Nothing to read: an empty object is written as a client-side copy would.
+            Some(_) if empty && server.way == CopyWay::Url => {}
+            Some(origin) => {
+                let mut copied = copy_chunk(work, origin, server.way).await;
+                if server.way == CopyWay::Url && matches!(&copied, Err(e) if e.copy_refused) {
+                    // An expired (or refused) signature: signed again, once.
+                    copied = copy_chunk(work, origin, server.way).await;
+                }
+                match copied {
+                    Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),
+                    Err(e) if copy::refuses_route(&e) => return Err(copy::refused(&e)),
+                    moved => return moved,
+                }
+            }
             None if !server.fallback => {
                 let reason = server.refused.get().cloned().unwrap_or_default();
                 return Err(StoreError::new(ErrorClass::Invalid, None, reason));
@@ -167,17 +189,55 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
 
 /// Has the stores copy one chunk themselves, pinned to the planned version: a block of a
 /// multi-block upload, or a whole object of one chunk (its source metadata read first, as the
-/// client path reads it with the bytes, and the result read back).
-async fn copy_chunk(work: &ChunkWork, origin: &CopyOrigin) -> StoreResult<ChunkMoved> {
+/// client path reads it with the bytes, and the result read back). From a signed URL, a whole
+/// object is staged as its one block, its source checked, then committed.
+async fn copy_chunk(
+    work: &ChunkWork,
+    origin: &CopyOrigin,
+    way: CopyWay,
+) -> StoreResult<ChunkMoved> {
+    let url = match way {
+        CopyWay::Url => Some(work.source.presign_get(&work.key).await?),
+        CopyWay::Native => None,
+    };
     let from = CopyFrom {
         origin,
         key: &work.key,
         etag: &work.etag,
         range: &work.range,
+        url: url.as_deref(),
     };
     let bytes = work.range.end - work.range.start;
     let sink = work.target.sink.as_ref();
     let crc64 = match &work.whole {
+        Some(blobway) if way == CopyWay::Url => {
+            let crc = sink
+                .copy_block(work.target.upload(), work.index, &work.block_id, from)
+                .await?;
+            let pin = SourcePin {
+                source: work.source.clone(),
+                key: work.key.clone(),
+                etag: work.etag.clone(),
+            };
+            let source_meta = pin.check().await?;
+            let mut meta =
+                meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
+            if let Some(crc) = crc {
+                meta.pairs
+                    .insert(meta_keys::CRC64NVME.into(), format!("{crc:016x}"));
+            }
+            let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
+            let block = PlannedBlock {
+                index: work.index,
+                id: work.block_id.clone(),
+                size: bytes,
+            };
+            let put = sink
+                .commit(work.target.upload(), std::slice::from_ref(&block), &meta)
+                .await;
+            confirm_write(put, sink, &work.target.key, bytes, source_etag.as_deref()).await?;
+            crc
+        }
         Some(blobway) => {
             let source_meta = work
                 .source
@@ -445,6 +505,32 @@ pub struct CommitWork {
     pub blobway: ObjectMeta,
     /// What happens to metadata the destination cannot hold.
     pub invalid_metadata: InvalidMetadata,
+    /// The source to look at before the commit (same version as planned, else the object
+    /// fails): set where blocks were copied from a signed URL, which no store pins.
+    pub pin: Option<SourcePin>,
+}
+
+/// A source object as planned, checked before a commit.
+#[derive(Clone)]
+pub struct SourcePin {
+    /// Where from.
+    pub source: Arc<dyn ObjectSource>,
+    /// Source key.
+    pub key: String,
+    /// The planned version.
+    pub etag: String,
+}
+
+impl SourcePin {
+    /// Fails with [`ErrorClass::SourceChanged`] unless the source still is the planned
+    /// version; answers its metadata.
+    async fn check(&self) -> StoreResult<ObjectMeta> {
+        Ok(self
+            .source
+            .read_range(&self.key, &self.etag, 0..0, BytesMut::new())
+            .await?
+            .meta)
+    }
 }
 
 /// How a commit ended.
@@ -500,6 +586,9 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         return missing.map(CommitOutcome::Missing);
     }
     missing?;
+    if let Some(pin) = &work.pin {
+        pin.check().await?;
+    }
     let meta = meta_for_destination(
         target,
         work.source_meta.clone(),
@@ -538,8 +627,13 @@ async fn confirm_write(
     match answer {
         Ok(()) if sink.confirms_writes() => Ok(()),
         Ok(()) => read_back(sink, key, size, source_etag).await,
+        // Refused because an object is there: it counts only if it is seen to be this very
+        // copy (one that cannot be looked at is someone else's until shown otherwise).
         Err(e) if e.class == ErrorClass::Exists && source_etag.is_some() => {
-            read_back(sink, key, size, source_etag).await.map_err(|_| e)
+            match sink.head(key).await {
+                Ok(Some(_)) => read_back(sink, key, size, source_etag).await.map_err(|_| e),
+                _ => Err(e),
+            }
         }
         Err(e) => Err(e),
     }
@@ -674,6 +768,7 @@ mod tests {
             source_meta: ObjectMeta::default(),
             blobway: ObjectMeta::default(),
             invalid_metadata: InvalidMetadata::Rename,
+            pin: None,
         };
         for i in [0u32, 2] {
             move_chunk(&chunk_work(&source, &sink, &etag, &ids, i))

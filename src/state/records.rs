@@ -311,7 +311,8 @@ pub struct JobOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// How the bytes travel: store to store where the route allows, or through blobway.
-    #[serde(default)]
+    /// Jobs recorded before it was kept went through blobway, and still do.
+    #[serde(default = "TransferMode::recorded_before")]
     pub transfer: TransferMode,
 }
 

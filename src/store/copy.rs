@@ -24,6 +24,13 @@ pub enum TransferMode {
     Server,
 }
 
+impl TransferMode {
+    /// The mode of a job recorded before the mode was kept: its bytes went through blobway.
+    pub fn recorded_before() -> Self {
+        TransferMode::Client
+    }
+}
+
 /// A source store as a destination names it in a server-side copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopyOrigin {
@@ -36,8 +43,20 @@ pub enum CopyOrigin {
     },
 }
 
+/// How a destination copies from an origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyWay {
+    /// By naming the source object (S3 → S3 on one endpoint: `x-amz-copy-source`), pinned to
+    /// its version by the store itself.
+    Native,
+    /// By reading a URL blobway signs for each attempt ([`super::ObjectSource::presign_get`];
+    /// Azure's Put Block From URL). The store cannot pin the version: blobway checks it before
+    /// the commit.
+    Url,
+}
+
 /// One range of a source object to copy store to store, pinned to the planned version.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct CopyFrom<'a> {
     /// Where the object lives.
     pub origin: &'a CopyOrigin,
@@ -47,6 +66,20 @@ pub struct CopyFrom<'a> {
     pub etag: &'a str,
     /// The bytes this copy covers.
     pub range: &'a Range<u64>,
+    /// A signed GET of the object for [`CopyWay::Url`]: a bearer secret, never shown.
+    pub url: Option<&'a str>,
+}
+
+impl std::fmt::Debug for CopyFrom<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyFrom")
+            .field("origin", self.origin)
+            .field("key", &self.key)
+            .field("etag", &self.etag)
+            .field("range", self.range)
+            .field("url", &self.url.map(|_| "<signed>"))
+            .finish()
+    }
 }
 
 /// How a job's chunks travel, as [`choose_route`] decided.
@@ -77,7 +110,7 @@ pub fn choose_route(
         TransferMode::Server if possible => Ok(Route::Server { fallback: false }),
         TransferMode::Server => Err(match offered {
             None => "--transfer server: this source cannot be copied store to store (only an \
-                     S3 source can, to an S3 destination on the same endpoint); use \
+                     S3 source can: to Azure, or to S3 on the same endpoint); use \
                      --transfer auto or client"
                 .to_string(),
             Some(CopyOrigin::S3 { .. }) => "--transfer server: this destination cannot copy \
@@ -97,16 +130,16 @@ pub fn route_between(
     let offered = source.copy_origin();
     let accepted = offered
         .as_ref()
-        .is_some_and(|origin| sink.copies_from(origin));
+        .is_some_and(|origin| sink.copies_from(origin).is_some());
     choose_route(mode, offered.as_ref(), accepted)
 }
 
-/// Whether a failed server-side copy means the stores will not copy this way at all (a
-/// refusal: access denied to the destination's credentials reading the source, a request
-/// the server does not implement), as opposed to a fault worth retrying or a changed source.
+/// Whether a failed server-side copy means the stores will not copy this way at all: the
+/// sink marked the copy request's own answer a refusal ([`StoreError::refusing_copy`]: access
+/// denied to the read of the source, a call the server does not implement). Anything else —
+/// a fault, a throttle, a changed source, metadata the destination refuses — is not.
 pub fn refuses_route(error: &StoreError) -> bool {
-    matches!(error.class, ErrorClass::Permission | ErrorClass::Invalid)
-        || matches!(error.status, Some(501))
+    error.copy_refused
 }
 
 /// The error a `--transfer server` copy the stores refused fails its object with (not the
@@ -175,8 +208,14 @@ mod tests {
 
     #[test]
     fn refusals_are_told_from_faults_and_changed_sources() {
-        let denied = StoreError::new(ErrorClass::Permission, Some(403), "AccessDenied");
-        let unimplemented = StoreError::new(ErrorClass::Transient, Some(501), "NotImplemented");
+        let denied =
+            StoreError::new(ErrorClass::Permission, Some(403), "AccessDenied").refusing_copy();
+        let unimplemented =
+            StoreError::new(ErrorClass::Transient, Some(501), "NotImplemented").refusing_copy();
+        let bad_metadata = StoreError::new(ErrorClass::Invalid, None, "metadata refused");
+        let destination_denied = StoreError::new(ErrorClass::Permission, Some(403), "HEAD");
+        assert!(!refuses_route(&bad_metadata), "an object's own failure");
+        assert!(!refuses_route(&destination_denied), "not the copy's answer");
         let slow = StoreError::new(ErrorClass::Throttled, Some(503), "SlowDown");
         let changed = StoreError::source_changed("k");
         let reset = StoreError::transient("connection reset");

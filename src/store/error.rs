@@ -80,6 +80,10 @@ pub struct StoreError {
     /// How long the store asked us to wait before trying again.
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// A server-side copy request the stores refused as such (the source denied the
+    /// destination's read, the server has no such call): the route, not this object, failed.
+    #[serde(skip)]
+    pub copy_refused: bool,
 }
 
 impl StoreError {
@@ -90,7 +94,14 @@ impl StoreError {
             status,
             message: redact(message.as_ref()),
             retry_after: None,
+            copy_refused: false,
         }
+    }
+
+    /// Marks the answer to a server-side copy request as a refusal of the route.
+    pub fn refusing_copy(mut self) -> Self {
+        self.copy_refused = true;
+        self
     }
 
     /// A transient failure without an HTTP status (connection reset, stall, short body).

@@ -25,7 +25,7 @@ pub use s3_sink::LIMITS as S3_SINK_LIMITS;
 pub mod simulated;
 
 pub use checksum::{Checksum, ChecksumKind, crc64};
-pub use copy::{CopyFrom, CopyOrigin};
+pub use copy::{CopyFrom, CopyOrigin, CopyWay};
 pub use error::{ErrorClass, StoreError, StoreResult};
 
 use std::collections::BTreeMap;
@@ -264,6 +264,18 @@ pub trait ObjectSource: Send + Sync {
         None
     }
 
+    /// A GET of `key` signed with the store's current credentials, for a destination that
+    /// copies from a URL ([`CopyWay::Url`]); valid for a while, never past the credentials'
+    /// own expiry. A bearer secret: never logged or shown.
+    async fn presign_get(&self, key: &str) -> StoreResult<String> {
+        let _ = key;
+        Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "this source cannot be read from a signed URL",
+        ))
+    }
+
     /// Every object under `prefix` (recursively), or the single object `prefix` names when
     /// `single` is set.
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>>;
@@ -353,11 +365,11 @@ pub trait ObjectSink: Send + Sync {
         rules::MetaRules::ANY
     }
 
-    /// Whether this store copies from `origin` itself ([`ObjectSink::copy_block`],
-    /// [`ObjectSink::copy_whole`]).
-    fn copies_from(&self, origin: &CopyOrigin) -> bool {
+    /// How this store copies from `origin` itself ([`ObjectSink::copy_block`],
+    /// [`ObjectSink::copy_whole`]), if it can.
+    fn copies_from(&self, origin: &CopyOrigin) -> Option<CopyWay> {
         let _ = origin;
-        false
+        None
     }
 
     /// Stages block `index` (ID `id`) by having the store copy `from` itself; returns the

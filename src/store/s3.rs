@@ -358,6 +358,23 @@ impl ObjectSource for S3Store {
         })
     }
 
+    async fn presign_get(&self, key: &str) -> StoreResult<String> {
+        // Signed for each attempt with the credentials the SDK holds now (refreshed as they
+        // expire), valid for a short while: the copy that uses it starts at once.
+        const VALID_FOR: Duration = Duration::from_secs(15 * 60);
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(VALID_FOR)
+            .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.error(e, "sign a GET of", key))?;
+        Ok(request.uri().to_string())
+    }
+
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
             return Ok(vec![self.stat(prefix, None).await?.0]);

@@ -178,6 +178,18 @@ fn content_md5(checksum: Checksum, data: &[u8]) -> String {
     BASE64.encode(digest)
 }
 
+/// What the answer to a copy request (UploadPartCopy, CopyObject) means: a source key that
+/// is gone means the source changed; access denied or a call the server does not implement
+/// is a refusal of the route ([`StoreError::refusing_copy`]); the rest as any request.
+fn copy_error(error: StoreError, code: Option<&str>, from: CopyFrom<'_>) -> StoreError {
+    match code {
+        Some("NoSuchKey") => StoreError::source_changed(from.key),
+        Some("AccessDenied" | "NotImplemented") => error.refusing_copy(),
+        _ if matches!(error.status, Some(403 | 501)) => error.refusing_copy(),
+        _ => error,
+    }
+}
+
 /// The `x-amz-copy-source` of a copy: the source bucket and key, the key percent-encoded
 /// (its `/` kept), as S3 expects.
 fn copy_source(from: CopyFrom<'_>) -> String {
@@ -321,8 +333,9 @@ impl ObjectSink for S3Store {
         Ok(())
     }
 
-    fn copies_from(&self, origin: &CopyOrigin) -> bool {
+    fn copies_from(&self, origin: &CopyOrigin) -> Option<super::CopyWay> {
         matches!(origin, CopyOrigin::S3 { endpoint, .. } if *endpoint == self.endpoint)
+            .then_some(super::CopyWay::Native)
     }
 
     async fn copy_block(
@@ -354,7 +367,15 @@ impl ObjectSink for S3Store {
             .map_err(|_| self.stalled("UploadPartCopy", upload.key))?
             // AccessDenied here is the source refused to the destination's credentials (a
             // policy): a refusal of the route, not of the upload ID (`upload_error`).
-            .map_err(|e| self.error(e, "UploadPartCopy", upload.key))?;
+            .map_err(|e| {
+                use aws_sdk_s3::error::ProvideErrorMetadata as _;
+                let code = e.code().map(str::to_string);
+                copy_error(
+                    self.error(e, "UploadPartCopy", upload.key),
+                    code.as_deref(),
+                    from,
+                )
+            })?;
         if out.copy_part_result().is_none() {
             return Err(StoreError::transient(format!(
                 "UploadPartCopy s3://{}/{} answered without a result",
@@ -380,6 +401,8 @@ impl ObjectSink for S3Store {
             .copy_source(copy_source(from))
             .copy_source_if_match(from.etag)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            // No tags, as every other route writes (copying them needs more permissions).
+            .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
             .set_content_type(meta.content_type.clone())
             .set_content_encoding(meta.content_encoding.clone())
             .set_cache_control(meta.cache_control.clone())
@@ -392,12 +415,15 @@ impl ObjectSink for S3Store {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                let error = self.error(e, "CopyObject", key);
+                use aws_sdk_s3::error::ProvideErrorMetadata as _;
+                let code = e.code().map(str::to_string);
+                let error = copy_error(self.error(e, "CopyObject", key), code.as_deref(), from);
                 // A 412 answers either condition: the source's version, or (create-only)
-                // the destination's emptiness; what is there now tells which.
+                // the destination's emptiness; an object there now tells which (one that
+                // cannot be looked at leaves the source's reading).
                 if upload.create_only
                     && error.status == Some(412)
-                    && self.head_object(key).await?.is_some()
+                    && matches!(self.head_object(key).await, Ok(Some(_)))
                 {
                     return Err(StoreError::exists(format_args!("`{key}`")));
                 }

@@ -269,6 +269,7 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
     (result, peak)
 }
 
+pub mod block_from_url;
 pub mod crash;
 pub mod proxy;
 pub mod tmux;

@@ -188,6 +188,15 @@ impl Scheduler {
                         source_meta: record.meta.clone().unwrap_or_default(),
                         blobway: destination_meta(record, crcs.map(transfer::combine_crc64)),
                         invalid_metadata: options.invalid_metadata,
+                        pin: job
+                            .server
+                            .as_ref()
+                            .is_some_and(|s| s.pins_before_commit())
+                            .then(|| transfer::SourcePin {
+                                source: source.clone(),
+                                key: record.key.clone(),
+                                etag: record.etag.clone(),
+                            }),
                     },
                 }))
             }
