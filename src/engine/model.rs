@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::object::ObjectRun;
-use super::snapshot::JobView;
+use super::snapshot::{Carried, JobView};
 use super::transfer::ServerCopy;
 use crate::state::{JobProgress, JobRecord};
 use crate::store::{ObjectSink, ObjectSource};
@@ -199,6 +199,11 @@ impl JobRun {
             rate: 0.0,
             eta_secs: None,
             error: self.record.error.clone(),
+            carried: match &self.server {
+                None => Carried::Client,
+                Some(server) if server.active() => Carried::Server,
+                Some(_) => Carried::FellBack,
+            },
         }
     }
 }

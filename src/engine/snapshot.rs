@@ -212,6 +212,36 @@ pub struct JobView {
     pub eta_secs: Option<u64>,
     /// Why it stopped, if it did.
     pub error: Option<String>,
+    /// How its bytes travel.
+    #[serde(default)]
+    pub carried: Carried,
+}
+
+/// How a job's bytes travel (`--transfer`), as views show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Carried {
+    /// Through blobway.
+    #[default]
+    Client,
+    /// Store to store.
+    Server,
+    /// Store to store until the stores refused; through blobway since.
+    FellBack,
+    /// Store to store where the route allows (`auto`; the job is not running).
+    Auto,
+}
+
+impl Carried {
+    /// The words a view shows for it; empty for the ordinary client-side copy.
+    pub fn label(self) -> &'static str {
+        match self {
+            Carried::Client => "",
+            Carried::Server => "server-side",
+            Carried::FellBack => "client-side (server-side refused)",
+            Carried::Auto => "auto",
+        }
+    }
 }
 
 impl JobView {
@@ -225,6 +255,11 @@ impl JobView {
             progress,
             rate: 0.0,
             eta_secs: None,
+            carried: match job.options.transfer {
+                crate::store::copy::TransferMode::Client => Carried::Client,
+                crate::store::copy::TransferMode::Server => Carried::Server,
+                crate::store::copy::TransferMode::Auto => Carried::Auto,
+            },
             error: job.error,
         }
     }

@@ -931,6 +931,7 @@ mod tests {
             rate: 0.0,
             eta_secs: None,
             error: None,
+            carried: Default::default(),
         }
     }
 

@@ -32,6 +32,12 @@ fn job(id: u64, state: JobState, done: u64, total: u64, rate: f64) -> JobView {
         eta_secs: (rate > 0.0).then(|| ((total - done) as f64 / rate) as u64),
         error: (state == JobState::Failed)
             .then(|| "AUTH (HTTP 403): the Azure credentials were rejected".to_string()),
+        // A running job copies store to store, as the header shows.
+        carried: if state == JobState::Running {
+            crate::engine::snapshot::Carried::Server
+        } else {
+            crate::engine::snapshot::Carried::Client
+        },
     }
 }
 

@@ -187,6 +187,7 @@ impl Scheduler {
                 rate: 0.0,
                 eta_secs: None,
                 error: None,
+                carried: Default::default(),
             },
         );
         let queued = Event::JobQueued {

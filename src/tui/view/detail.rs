@@ -45,6 +45,13 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
     let line = Line::from(vec![
         Span::styled(format!(" Job {} ", job.id), theme::title()),
         Span::styled(job.state.name(), theme::job_state(job.state)),
+        Span::styled(
+            match job.carried.label() {
+                "" => String::new(),
+                label => format!("  {label}"),
+            },
+            theme::dim(),
+        ),
         Span::raw(format!(
             "  {} → {}  {} {}/{}",
             job.source,
