@@ -51,6 +51,8 @@ pub struct JobOutcome {
     pub progress: JobProgress,
     /// Why the whole job stopped, if it did.
     pub error: Option<String>,
+    /// How its bytes travelled.
+    pub carried: crate::engine::snapshot::Carried,
 }
 
 /// Everything a run ended with.
@@ -229,10 +231,11 @@ pub async fn follow_saying(
                             say(format!("failed: {key}: {}", error.message));
                         }
                     }
-                    Event::JobFinished { job, state, progress, error } => {
+                    Event::JobFinished { job, state, progress, error, carried } => {
                         let (source, destination) = routes.get(job).cloned().unwrap_or_default();
                         report.jobs.push(JobOutcome {
                             job: *job, source, destination, state: *state, progress: *progress, error: error.clone(),
+                            carried: *carried,
                         });
                     }
                     Event::Fatal { error } => report.fatal = Some(error.clone()),
@@ -407,6 +410,16 @@ pub fn print_summary(report: &Report, output: Output) {
             "  {} object(s): {} done (copied now or in an earlier run), {} skipped (already identical), {} failed",
             p.files_total, p.files_done, p.files_skipped, p.files_failed
         );
+        match job.carried {
+            crate::engine::snapshot::Carried::Server => {
+                println!("  copied server-side: the bytes went store to store")
+            }
+            crate::engine::snapshot::Carried::FellBack => println!(
+                "  the stores refused server-side copy (the log says why): the rest went \
+                 through blobway"
+            ),
+            _ => {}
+        }
         if let Some(error) = &job.error {
             println!("  stopped: {error}");
         }

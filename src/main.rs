@@ -128,12 +128,15 @@ enum Commands {
         /// writer that appears meanwhile is not clobbered either.
         #[arg(long, value_enum, default_value_t, value_name = "WHAT")]
         if_exists: blobway::store::rules::IfExists,
-        /// How the bytes travel: `server` has the stores copy them themselves (S3 → S3 on one
-        /// endpoint: UploadPartCopy/CopyObject pinned to the planned ETag; the destination's
-        /// credentials must be allowed to read the source), so they never pass through this
-        /// machine; `client` reads and writes them here; `auto` copies store to store where
-        /// the route allows and falls back to `client` for the rest of the job when the
-        /// stores refuse (a bucket policy, a server that cannot). `server` on a route that
+        /// How the bytes travel: `server` has the stores copy them themselves, so they never
+        /// pass through this machine — S3 → Azure: Put Block From URL from a GET signed for
+        /// each attempt with the source's credentials (Azure must reach the source over the
+        /// internet; its version is checked before each commit); S3 → S3 on one endpoint:
+        /// UploadPartCopy/CopyObject pinned to the planned ETag (the destination's
+        /// credentials must be allowed to read the source). `client` reads and writes them
+        /// here. `auto` copies store to store where the route allows and falls back to
+        /// `client` for the rest of the job when the stores refuse (a bucket policy, a
+        /// service without the call, a source Azure cannot reach). `server` on a route that
         /// cannot is refused before anything starts. Recorded with the job.
         #[arg(long, value_enum, default_value_t, value_name = "HOW")]
         transfer: blobway::store::copy::TransferMode,

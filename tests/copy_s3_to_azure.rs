@@ -350,8 +350,8 @@ async fn s3_to_azure_server_side_puts_blocks_from_signed_urls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_to_azure_auto_against_plain_azurite_falls_back_and_completes() {
-    // Azurite answers Put Block From URL with 501: the route is refused, blobway carries
-    // the bytes.
+    // Azurite 3.35 answers Put Block From URL with an empty 500 (its handler's 501 is never
+    // reached): the route is refused, blobway carries the bytes.
     let s3 = s3_client();
     let bucket = new_bucket(&s3).await;
     let container = unique("dst");
@@ -443,4 +443,68 @@ async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_o
         azure_contents(&container, "out/").await.is_empty(),
         "nothing of the changed object is visible"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_whose_signed_url_is_too_long_goes_through_blobway_under_auto_only() {
+    // Azure takes at most 2 KiB in x-ms-copy-source; a long non-ASCII key, percent-encoded
+    // and signed, is longer.
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let long_key = format!("in/{}.bin", "é".repeat(400));
+    let long = random_bytes(5000, 61);
+    let short = random_bytes(4000, 62);
+    put(&s3, &bucket, &long_key, &long).await;
+    put(&s3, &bucket, "in/short.bin", &short).await;
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    let state = tempfile::tempdir().expect("state");
+    let auto_container = unique("dst");
+    let auto = run(
+        through_double(&state.path().join("auto.redb"), &double).args([
+            "copy",
+            &format!("s3://{bucket}/in/"),
+            &format!("az://{auto_container}/out/"),
+            "--json",
+        ]),
+    );
+    assert_eq!(auto.code, 0, "{}\n{}", auto.stdout, auto.stderr);
+    let copied = azure_contents(&auto_container, "out/").await;
+    let long_dest = long_key.replacen("in/", "out/", 1);
+    assert_eq!(
+        copied.get(&long_dest).map(|d| md5_hex(d)),
+        Some(md5_hex(&long))
+    );
+    assert_eq!(
+        copied.get("out/short.bin").map(|d| md5_hex(d)),
+        Some(md5_hex(&short))
+    );
+    let sent = double
+        .stats
+        .bytes_in
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent >= long.len() as u64 && sent < (long.len() + short.len()) as u64,
+        "only the long-named object went through blobway: {sent} bytes"
+    );
+
+    let server_container = unique("dst");
+    let server = run(
+        through_double(&state.path().join("server.redb"), &double).args([
+            "copy",
+            &format!("s3://{bucket}/in/"),
+            &format!("az://{server_container}/out/"),
+            "--transfer",
+            "server",
+            "--json",
+        ]),
+    );
+    assert_eq!(server.code, 1, "{}", server.stdout);
+    let failed = server.events_named("file_failed");
+    assert_eq!(failed.len(), 1, "{}", server.stdout);
+    assert!(
+        failed[0].to_string().contains("over the 2048"),
+        "{failed:?}"
+    );
+    let copied = azure_contents(&server_container, "out/").await;
+    assert_eq!(copied.keys().collect::<Vec<_>>(), vec!["out/short.bin"]);
 }

@@ -106,6 +106,7 @@ pub fn follow(engine: Engine, jobs: &[Accepted]) -> Engine {
                                     state: view.state,
                                     progress: view.progress,
                                     error: view.error.clone(),
+                                    carried: view.carried,
                                 })
                             });
                         }

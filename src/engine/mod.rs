@@ -340,6 +340,9 @@ pub enum Event {
         progress: JobProgress,
         /// Why the whole job stopped, if it did.
         error: Option<String>,
+        /// How its bytes travelled (server-side, or through blobway after the stores refused).
+        #[serde(default)]
+        carried: snapshot::Carried,
     },
     /// The concurrency limit changed.
     ConcurrencyChanged {

@@ -166,10 +166,37 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
             // Nothing to read: an empty object is written as a client-side copy would.
             Some(_) if empty && server.way == CopyWay::Url => {}
             Some(origin) => {
-                let mut copied = copy_chunk(work, origin, server.way).await;
+                let sign = || async {
+                    match server.way {
+                        CopyWay::Url => work.source.presign_get(&work.key).await.map(Some),
+                        CopyWay::Native => Ok(None),
+                    }
+                };
+                let url = sign().await?;
+                let len = url.as_ref().map_or(0, String::len);
+                if len > copy::MAX_COPY_SOURCE_URL {
+                    // This object's URL is too long for the destination (a session token and
+                    // a long key): it alone goes through blobway, or fails under `server`.
+                    if !server.fallback {
+                        return Err(StoreError::new(
+                            ErrorClass::Invalid,
+                            None,
+                            format!(
+                                "the signed URL of `{}` is {len} bytes, over the {} the \
+                                 destination takes as a copy source; --transfer auto copies \
+                                 such objects through blobway",
+                                work.key,
+                                copy::MAX_COPY_SOURCE_URL
+                            ),
+                        ));
+                    }
+                    return move_through_client(work).await;
+                }
+                let mut copied = copy_chunk(work, origin, server.way, url.as_deref()).await;
                 if server.way == CopyWay::Url && matches!(&copied, Err(e) if e.copy_refused) {
                     // An expired (or refused) signature: signed again, once.
-                    copied = copy_chunk(work, origin, server.way).await;
+                    let url = sign().await?;
+                    copied = copy_chunk(work, origin, server.way, url.as_deref()).await;
                 }
                 match copied {
                     Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),
@@ -195,17 +222,14 @@ async fn copy_chunk(
     work: &ChunkWork,
     origin: &CopyOrigin,
     way: CopyWay,
+    url: Option<&str>,
 ) -> StoreResult<ChunkMoved> {
-    let url = match way {
-        CopyWay::Url => Some(work.source.presign_get(&work.key).await?),
-        CopyWay::Native => None,
-    };
     let from = CopyFrom {
         origin,
         key: &work.key,
         etag: &work.etag,
         range: &work.range,
-        url: url.as_deref(),
+        url,
     };
     let bytes = work.range.end - work.range.start;
     let sink = work.target.sink.as_ref();

@@ -450,11 +450,15 @@ impl AzureStore {
                     .and_then(|v| v.trim().parse::<u16>().ok())
                 {
                     let source_code = header("x-ms-copy-source-error-code").unwrap_or_default();
-                    let class = match source_status {
-                        429 | 503 => ErrorClass::Throttled,
-                        403 | 401 => ErrorClass::Permission,
-                        404 | 412 => ErrorClass::SourceChanged,
-                        500..=599 => ErrorClass::Transient,
+                    let class = match (source_status, source_code.as_str()) {
+                        (429 | 503, _) => ErrorClass::Throttled,
+                        // An expired signature (S3 says 400 ExpiredToken for a session
+                        // token's): signed again, then taken as a refusal.
+                        (403 | 401, _) | (400, "ExpiredToken" | "TokenRefreshRequired") => {
+                            ErrorClass::Permission
+                        }
+                        (404 | 412 | 416, _) => ErrorClass::SourceChanged,
+                        (500..=599, _) => ErrorClass::Transient,
                         _ => ErrorClass::Invalid,
                     };
                     let hint = match class {
@@ -683,17 +687,34 @@ impl ObjectSink for AzureStore {
             Err(_) => return Err(self.stalled(what, key, deadline)),
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
-                // A service without the call answers 501, or (Azurite 3.35) 500 with no
-                // error code, which Azure never sends: the route is refused, not the object;
-                // so is a source that refused Azure's read.
-                let unimplemented = matches!(
-                    err.kind(),
-                    ErrorKind::HttpResponse { status, error_code, .. }
-                        if u16::from(*status) == 501
-                            || (u16::from(*status) == 500 && error_code.is_none())
-                );
+                // The route is refused, not the object, when: the service has no such call
+                // (501; Azurite 3.35 answers 500 with an empty body instead); Azure could not
+                // reach the source at all (CannotVerifyCopySource with no answer of the
+                // source's: a private endpoint); the source refused Azure's read.
+                let refused = match err.kind() {
+                    ErrorKind::HttpResponse {
+                        status,
+                        error_code,
+                        raw_response,
+                    } => {
+                        let header = |name: &'static str| {
+                            raw_response.as_ref().and_then(|r| {
+                                r.headers()
+                                    .get_optional_str(&HeaderName::from_static(name))
+                                    .map(str::to_string)
+                            })
+                        };
+                        let azurite = header("server").is_some_and(|s| s.starts_with("Azurite"));
+                        let unreached = error_code.as_deref() == Some("CannotVerifyCopySource")
+                            && header("x-ms-copy-source-status-code").is_none();
+                        u16::from(*status) == 501
+                            || (azurite && u16::from(*status) == 500)
+                            || unreached
+                    }
+                    _ => false,
+                };
                 let error = self.error(err, what, key);
-                return Err(if unimplemented || error.class == ErrorClass::Permission {
+                return Err(if refused || error.class == ErrorClass::Permission {
                     error.refusing_copy()
                 } else {
                     error

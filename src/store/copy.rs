@@ -82,6 +82,9 @@ impl std::fmt::Debug for CopyFrom<'_> {
     }
 }
 
+/// The longest copy-source URL a destination takes (Azure: `x-ms-copy-source`, 2 KiB).
+pub const MAX_COPY_SOURCE_URL: usize = 2048;
+
 /// How a job's chunks travel, as [`choose_route`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {

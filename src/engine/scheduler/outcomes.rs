@@ -196,11 +196,17 @@ impl Scheduler {
         if self.selections.values().any(|s| s.job == Some(id)) {
             self.read_watched(id);
         }
+        let carried = self
+            .history
+            .get(&id)
+            .map(|view| view.carried)
+            .unwrap_or_default();
         self.emit(Event::JobFinished {
             job: id,
             state,
             progress,
             error,
+            carried,
         })
         .await;
         if let Some(reopen) = self.reload_after_unload.remove(&id) {
