@@ -508,3 +508,76 @@ async fn an_object_whose_signed_url_is_too_long_goes_through_blobway_under_auto_
     let copied = azure_contents(&server_container, "out/").await;
     assert_eq!(copied.keys().collect::<Vec<_>>(), vec!["out/short.bin"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_server_side_survives_sigkill_and_resumes() {
+    let seed: u64 = std::env::var("BLOBWAY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("s3 → azure server-side: seed {seed} (set BLOBWAY_CRASH_SEED to replay)");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let mut sources = std::collections::BTreeMap::new();
+    sources.insert("data/large.bin".to_string(), random_bytes(12 * MIB + 5, 71));
+    sources.insert("data/small.txt".to_string(), random_bytes(900, 72));
+    for (key, data) in &sources {
+        put(&s3, &bucket, key, data).await;
+    }
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    let state_dir = tempfile::tempdir().expect("state");
+    let state = state_dir.path().join("s.redb");
+    let args: Vec<String> = [
+        "copy",
+        &format!("s3://{bucket}/data/"),
+        &format!("az://{container}/data/"),
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "1MiB",
+        "--concurrency",
+        "2",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let crashes = common::crash::kill_then_resume(
+        || through_double(&state, &double),
+        &args,
+        &state,
+        1,
+        0..50,
+        &mut rng,
+        async |_| {
+            let visible = azure_contents(&container, "data/").await;
+            assert_visible_are_complete("azure", &visible, &sources);
+        },
+    )
+    .await;
+    assert_eq!(
+        crashes.resume.code, 0,
+        "{}\n{}",
+        crashes.resume.stdout, crashes.resume.stderr
+    );
+    assert!(crashes.kills >= 1, "no kill landed");
+    let copied = azure_contents(&container, "data/").await;
+    assert_same_objects("azure", &copied, &sources);
+    let total: usize = sources.values().map(Vec::len).sum();
+    let sent = double
+        .stats
+        .bytes_in
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < (total / 8) as u64, "{sent} bytes through blobway");
+    let meta = azure_meta(&container, "data/large.bin").await;
+    assert_eq!(
+        meta.pairs.get("blobway_crc64nvme"),
+        Some(&format!(
+            "{:016x}",
+            blobway::store::crc64(&sources["data/large.bin"])
+        )),
+        "every block's CRC came from Azure, across the kill"
+    );
+}
