@@ -140,6 +140,11 @@ enum Commands {
         /// cannot is refused before anything starts. Recorded with the job.
         #[arg(long, value_enum, default_value_t, value_name = "HOW")]
         transfer: blobway::store::copy::TransferMode,
+        /// The access tier objects are written to at an Azure destination (the account's
+        /// default when not given). `archive` objects cannot be read until rehydrated, so a
+        /// later `check --download` of them fails. Other destinations refuse it at planning.
+        #[arg(long, value_enum, value_name = "TIER")]
+        access_tier: Option<blobway::store::rules::AccessTier>,
     },
     /// List the jobs in the state file with their state and progress.
     Jobs {
@@ -639,6 +644,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             invalid_metadata,
             if_exists,
             transfer,
+            access_tier,
             detach,
         }) => {
             check_tuning(&tuning, chunk_size)?;
@@ -663,6 +669,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 checksum: tuning.checksum,
                 max_attempts: tuning.max_attempts,
                 transfer,
+                access_tier,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)

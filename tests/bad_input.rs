@@ -222,6 +222,43 @@ async fn server_side_copy_on_a_route_that_cannot() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_access_tier_that_does_not_exist_or_cannot_apply() {
+    let source = local_files(&[("a.bin", 1000)]);
+    let src = format!("{}/", source.path().display());
+    let container = unique("never");
+    let (result, _) = copy(
+        &[
+            "copy",
+            &src,
+            &format!("az://{container}/"),
+            "--access-tier",
+            "lukewarm",
+        ],
+        &[],
+    );
+    assert_fails(
+        &result,
+        2,
+        "invalid value 'lukewarm' for '--access-tier <TIER>'",
+    );
+    let target = tempfile::tempdir().expect("target");
+    let dst = format!("{}/", target.path().display());
+    let (result, _) = copy(&["copy", &src, &dst, "--access-tier", "cool"], &[]);
+    assert_fails(
+        &result,
+        2,
+        "--access-tier: only an Azure destination has access tiers",
+    );
+    assert!(
+        std::fs::read_dir(target.path())
+            .expect("dir")
+            .next()
+            .is_none(),
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn corrupt_state_file() {
     let state = tempfile::tempdir().expect("state");
     let path = state.path().join("s.redb");

@@ -581,3 +581,37 @@ async fn s3_to_azure_server_side_survives_sigkill_and_resumes() {
         "every block's CRC came from Azure, across the kill"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_written_to_the_chosen_access_tier() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    put(
+        &s3,
+        &bucket,
+        "in/blocks.bin",
+        &random_bytes(2 * MIB + 1, 81),
+    )
+    .await;
+    put(&s3, &bucket, "in/whole.txt", b"one put").await;
+    let state = tempfile::tempdir().expect("state");
+    let result = run(blobway(&state.path().join("s.redb")).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--chunk-size",
+        "1MiB",
+        "--access-tier",
+        "cool",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    let store = azure(&container);
+    for key in ["out/blocks.bin", "out/whole.txt"] {
+        assert_eq!(
+            store.access_tier(key).await.expect("tier").as_deref(),
+            Some("Cool"),
+            "{key}"
+        );
+    }
+}

@@ -161,6 +161,7 @@ async fn a_session_finalized_at_another_size_is_never_taken_for_done() {
             key,
             session: session.as_deref(),
             create_only: false,
+            tier: None,
         };
         // Another writer of the same session finalized it with 5 bytes; the plan has 10.
         let short = blocks(&[5]);
@@ -214,6 +215,7 @@ async fn nothing_is_visible_before_the_commit_and_restaging_a_block_overwrites_i
             key,
             session: session.as_deref(),
             create_only: false,
+            tier: None,
         };
         if !sink.limits().sequential {
             // A first attempt at block 0 with other bytes (another length), then the real one.
@@ -312,6 +314,7 @@ async fn a_conditional_write_refuses_an_object_already_there() {
                     key,
                     session: None,
                     create_only,
+                    tier: None,
                 },
                 Bytes::from_static(b"abc"),
                 crc(b"abc"),

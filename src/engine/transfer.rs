@@ -31,6 +31,8 @@ pub struct Target {
     pub session: Option<String>,
     /// The commit must not replace an object already there (`--if-exists skip|fail`).
     pub create_only: bool,
+    /// The access tier to commit to (`--access-tier`).
+    pub tier: Option<crate::store::rules::AccessTier>,
 }
 
 impl Target {
@@ -39,6 +41,7 @@ impl Target {
             key: &self.key,
             session: self.session.as_deref(),
             create_only: self.create_only,
+            tier: self.tier,
         }
     }
 }
@@ -574,6 +577,7 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
             key: &key,
             session: Some(&session),
             create_only: false,
+            tier: None,
         };
         if let Err(e) = sink.abort(upload).await {
             tracing::warn!("could not give up the upload of {key}: {e}");
@@ -737,6 +741,7 @@ mod tests {
             key: "out/f.bin".into(),
             session: None,
             create_only: false,
+            tier: None,
         }
     }
 

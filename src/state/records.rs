@@ -310,6 +310,9 @@ pub struct JobOptions {
     /// Attempts per chunk before it is given up; the engine's when not chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// The access tier objects are written to (Azure destinations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_tier: Option<crate::store::rules::AccessTier>,
     /// How the bytes travel: store to store where the route allows, or through blobway.
     /// Jobs recorded before it was kept went through blobway, and still do.
     #[serde(default = "TransferMode::recorded_before")]
@@ -329,6 +332,7 @@ impl Default for JobOptions {
             checksum: None,
             max_attempts: None,
             transfer: TransferMode::default(),
+            access_tier: None,
         }
     }
 }

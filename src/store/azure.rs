@@ -361,6 +361,15 @@ impl AzureStore {
     }
 
     /// The containers of the account.
+    /// The access tier a blob is in (`Hot`, `Cool`, …), as Azure reports it.
+    pub async fn access_tier(&self, key: &str) -> StoreResult<Option<String>> {
+        let client = self.blob_client(key)?;
+        let response = self
+            .within("get properties of", key, client.get_properties(None))
+            .await?;
+        Ok(response.access_tier().ok().flatten())
+    }
+
     pub async fn containers(&self) -> StoreResult<Vec<String>> {
         let client = BlobServiceClient::new(
             self.endpoint.clone(),
@@ -596,6 +605,17 @@ fn account_is_https(url: &Url) -> bool {
     url.scheme() == "https"
 }
 
+fn azure_tier(tier: super::rules::AccessTier) -> azure_storage_blob::models::AccessTier {
+    use super::rules::AccessTier as Tier;
+    use azure_storage_blob::models::AccessTier as Azure;
+    match tier {
+        Tier::Hot => Azure::Hot,
+        Tier::Cool => Azure::Cool,
+        Tier::Cold => Azure::Cold,
+        Tier::Archive => Azure::Archive,
+    }
+}
+
 fn to_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
     (!meta.pairs.is_empty()).then(|| meta.pairs.clone().into_iter().collect())
 }
@@ -651,6 +671,10 @@ impl ObjectSink for AzureStore {
         self.within_for(deadline, "Put Block", key, call)
             .await
             .map(|_| ())
+    }
+
+    fn access_tiers(&self) -> bool {
+        true
     }
 
     fn copies_from(&self, origin: &CopyOrigin) -> Option<CopyWay> {
@@ -778,6 +802,7 @@ impl ObjectSink for AzureStore {
             blob_content_encoding: meta.content_encoding.clone(),
             blob_cache_control: meta.cache_control.clone(),
             if_none_match: upload.create_only.then(|| "*".into()),
+            tier: upload.tier.map(azure_tier),
             ..Default::default()
         };
         let call = client.commit_block_list(content, Some(options));
@@ -803,6 +828,7 @@ impl ObjectSink for AzureStore {
             blob_cache_control: meta.cache_control.clone(),
             partition_size: Some(single),
             if_none_match: upload.create_only.then(|| "*".into()),
+            tier: upload.tier.map(azure_tier),
             parallel: std::num::NonZero::new(1),
             method_options: ClientMethodOptions {
                 context: Context::new().with_value(WholeBlobChecksum(checksum)),

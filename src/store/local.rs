@@ -1066,6 +1066,7 @@ mod tests {
                     key,
                     session: None,
                     create_only,
+                    tier: None,
                 };
                 let data = Bytes::from_static(data);
                 store
@@ -1124,6 +1125,7 @@ mod tests {
                     key: "b.txt",
                     session: None,
                     create_only: true,
+                    tier: None,
                 };
                 runtime
                     .block_on(store.put_whole(
@@ -1157,6 +1159,7 @@ mod tests {
             key: "out/x.txt",
             session: None,
             create_only: false,
+            tier: None,
         };
         let planned = [
             PlannedBlock {

@@ -128,6 +128,9 @@ pub struct Upload<'a> {
     /// The commit (or whole put) succeeds only if no object is there (`If-None-Match: *`,
     /// GCS `ifGenerationMatch=0`); otherwise it fails with [`ErrorClass::Exists`].
     pub create_only: bool,
+    /// The access tier the object is committed to, when chosen (stores with tiers only:
+    /// [`ObjectSink::access_tiers`]).
+    pub tier: Option<rules::AccessTier>,
 }
 
 impl<'a> Upload<'a> {
@@ -363,6 +366,11 @@ pub trait ObjectSink: Send + Sync {
     /// Which metadata this store accepts.
     fn meta_rules(&self) -> rules::MetaRules {
         rules::MetaRules::ANY
+    }
+
+    /// Whether objects can be written to a chosen access tier here (`--access-tier`).
+    fn access_tiers(&self) -> bool {
+        false
     }
 
     /// How this store copies from `origin` itself ([`ObjectSink::copy_block`],

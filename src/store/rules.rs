@@ -229,6 +229,20 @@ impl IfExists {
     }
 }
 
+/// The access tier objects are written to at an Azure destination (`--access-tier`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessTier {
+    /// Frequent access.
+    Hot,
+    /// Infrequent access, kept 30 days or more.
+    Cool,
+    /// Rare access, kept 90 days or more.
+    Cold,
+    /// Offline: reading it back needs a rehydration of hours.
+    Archive,
+}
+
 /// What to do with a metadata pair the destination cannot hold (`--invalid-metadata`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

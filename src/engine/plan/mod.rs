@@ -183,6 +183,11 @@ pub async fn plan_job_paged(
         .map_err(|e| PlanError::Options(format!("--chunk-size: {e}")))?;
     crate::store::copy::route_between(req.options.transfer, source, sink)
         .map_err(PlanError::Options)?;
+    if req.options.access_tier.is_some() && !sink.access_tiers() {
+        return Err(PlanError::Options(
+            "--access-tier: only an Azure destination has access tiers".into(),
+        ));
+    }
     let source_failed = |e: crate::store::StoreError| {
         let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
             " (to copy every object under it, end the location with `/`)"

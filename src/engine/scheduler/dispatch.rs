@@ -147,6 +147,7 @@ impl Scheduler {
             key: record.dest_key.clone(),
             session: record.session.clone(),
             create_only: options.if_exists.create_only(),
+            tier: options.access_tier,
         };
         let start = match work {
             Work::Chunk(index) => After::StartChunk(Box::new(ChunkTask {
