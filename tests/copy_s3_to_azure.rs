@@ -615,3 +615,69 @@ async fn objects_are_written_to_the_chosen_access_tier() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_to_azure_server_side_reads_the_source_through_a_sas_url() {
+    use blobway::store::ObjectSink as _;
+    let source = unique("src");
+    let store = azure(&source);
+    store.prepare().await.expect("container");
+    let objects: Vec<(String, Vec<u8>)> = vec![
+        ("in/blocks.bin".into(), random_bytes(2 * MIB + 9, 91)),
+        ("in/whole name ü.txt".into(), random_bytes(1500, 92)),
+    ];
+    for (key, data) in &objects {
+        let checksum = blobway::store::Checksum::of(blobway::store::ChecksumKind::Md5, data);
+        store
+            .put_whole(
+                blobway::store::Upload {
+                    key,
+                    ..Default::default()
+                },
+                bytes::Bytes::from(data.clone()),
+                checksum,
+                &blobway::store::ObjectMeta::default(),
+            )
+            .await
+            .expect("seed Azure");
+    }
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    let container = unique("dst");
+    let state = tempfile::tempdir().expect("state");
+    let result = run(through_double(&state.path().join("s.redb"), &double).args([
+        "copy",
+        &format!("az://{source}/in/"),
+        &format!("az://{container}/out/"),
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "1MiB",
+        "--json",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    let copied = azure_contents(&container, "out/").await;
+    for (key, data) in &objects {
+        let dest = key.replacen("in/", "out/", 1);
+        assert_eq!(
+            copied.get(&dest).map(|d| md5_hex(d)),
+            Some(md5_hex(data)),
+            "{dest}"
+        );
+    }
+    let total: usize = objects.iter().map(|(_, d)| d.len()).sum();
+    let sent = double
+        .stats
+        .bytes_in
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent < (total / 8) as u64,
+        "{sent} bytes went through blobway"
+    );
+    assert!(
+        double
+            .stats
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= total as u64
+    );
+}

@@ -298,6 +298,9 @@ pub struct AzureStore {
     endpoint: Url,
     container_url: Url,
     credential: Option<Arc<dyn TokenCredential>>,
+    /// The SAS every request carries (none with Entra ID): also what signs a URL another
+    /// Azure account reads a blob from in a server-side copy.
+    sas: Option<SasSource>,
     options: ClientOptions,
     settings: StoreSettings,
 }
@@ -345,7 +348,7 @@ impl AzureStore {
             automatic_decompression: false,
         })));
         let options = ClientOptions {
-            per_try_policies: vec![Arc::new(BlobwayPolicy { sas })],
+            per_try_policies: vec![Arc::new(BlobwayPolicy { sas: sas.clone() })],
             retry: RetryOptions::none(),
             transport: Some(transport),
             ..Default::default()
@@ -355,6 +358,7 @@ impl AzureStore {
             endpoint: account.endpoint,
             container_url,
             credential,
+            sas,
             options,
             settings,
         })
@@ -679,7 +683,7 @@ impl ObjectSink for AzureStore {
 
     fn copies_from(&self, origin: &CopyOrigin) -> Option<CopyWay> {
         match origin {
-            CopyOrigin::S3 { .. } => Some(CopyWay::Url),
+            CopyOrigin::S3 { .. } | CopyOrigin::Azure { .. } => Some(CopyWay::Url),
         }
     }
 
@@ -929,6 +933,30 @@ fn existing_of(item: azure_storage_blob::models::BlobItem) -> Option<(String, De
 
 #[async_trait]
 impl ObjectSource for AzureStore {
+    /// Only with a SAS (an account key signs one): with Entra ID a URL would need a user
+    /// delegation key, which blobway does not ask for; such sources copy through blobway.
+    fn copy_origin(&self) -> Option<CopyOrigin> {
+        self.sas.as_ref().map(|_| CopyOrigin::Azure {
+            endpoint: self.endpoint.to_string(),
+        })
+    }
+
+    async fn presign_get(&self, key: &str) -> StoreResult<String> {
+        let sas = self.sas.as_ref().ok_or_else(|| {
+            StoreError::new(
+                ErrorClass::Invalid,
+                None,
+                "an Azure source signs URLs only with an account key or SAS",
+            )
+        })?;
+        let mut url = self.container_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(key.split('/'));
+        }
+        url.set_query(Some(&sas.token()));
+        Ok(url.to_string())
+    }
+
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
             let client = self.blob_client(prefix)?;

@@ -41,6 +41,11 @@ pub enum CopyOrigin {
         /// The source bucket.
         bucket: String,
     },
+    /// An Azure storage account (read through a SAS-signed URL).
+    Azure {
+        /// The account's blob endpoint.
+        endpoint: String,
+    },
 }
 
 /// How a destination copies from an origin.
@@ -112,9 +117,13 @@ pub fn choose_route(
         TransferMode::Auto => Ok(Route::Client),
         TransferMode::Server if possible => Ok(Route::Server { fallback: false }),
         TransferMode::Server => Err(match offered {
-            None => "--transfer server: this source cannot be copied store to store (only an \
-                     S3 source can: to Azure, or to S3 on the same endpoint); use \
-                     --transfer auto or client"
+            None => "--transfer server: this source cannot be copied store to store (S3 can: \
+                     to Azure, or to S3 on the same endpoint; Azure with an account key or \
+                     SAS can, to Azure); use --transfer auto or client"
+                .to_string(),
+            Some(CopyOrigin::Azure { .. }) => "--transfer server: only an Azure destination \
+                                               copies from an Azure source; use --transfer \
+                                               auto or client"
                 .to_string(),
             Some(CopyOrigin::S3 { .. }) => "--transfer server: this destination cannot copy \
                                             from this S3 source (an S3 destination on the same \

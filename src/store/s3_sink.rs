@@ -200,7 +200,11 @@ fn copy_source(from: CopyFrom<'_>) -> String {
         .remove(b'_')
         .remove(b'.')
         .remove(b'~');
-    let CopyOrigin::S3 { bucket, .. } = from.origin;
+    let bucket = match from.origin {
+        CopyOrigin::S3 { bucket, .. } => bucket.as_str(),
+        // Never offered to an S3 destination (`copies_from`).
+        CopyOrigin::Azure { .. } => "",
+    };
     format!("{bucket}/{}", utf8_percent_encode(from.key, KEY))
 }
 
