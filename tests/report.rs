@@ -61,6 +61,9 @@ async fn the_report_names_every_failed_object_with_its_class_status_and_attempts
         "1MiB",
         "--max-attempts",
         "2",
+        // The faults are dealt to blobway's own Put Block: the bytes go through it.
+        "--transfer",
+        "client",
         "--json",
     ]);
     let copy = run_async(cmd).await;
