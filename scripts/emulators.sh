@@ -15,6 +15,7 @@
 AZURITE_VERSION=3.35.0
 MOTO_VERSION=5.2.5
 PROMETHEUS_CLIENT_VERSION=0.26.0
+AZURE_STORAGE_EXTENSIONS_VERSION=0.1.0
 S3S_FS_VERSION=0.14.1
 GCS_EMULATOR_VERSION=2026.7.19
 
@@ -58,6 +59,11 @@ emulators_install() {
   if ! "$tools/moto-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus-client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
     log "installing prometheus-client $PROMETHEUS_CLIENT_VERSION from PyPI"
     "$tools/moto-venv/bin/pip" install -q "prometheus-client==$PROMETHEUS_CLIENT_VERSION" >&2 || return 1
+  fi
+  # The CRC test compares blobway's CRC-64 with Microsoft's own (its C extension).
+  if ! "$tools/moto-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('azure-storage-extensions') != '$AZURE_STORAGE_EXTENSIONS_VERSION')" 2>/dev/null; then
+    log "installing azure-storage-extensions $AZURE_STORAGE_EXTENSIONS_VERSION from PyPI"
+    "$tools/moto-venv/bin/pip" install -q "azure-storage-extensions==$AZURE_STORAGE_EXTENSIONS_VERSION" >&2 || return 1
   fi
   if [ ! -x "$tools/gcs-venv/bin/gcp-storage-emulator" ] \
      || ! "$tools/gcs-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('gcp-storage-emulator') != '$GCS_EMULATOR_VERSION')" 2>/dev/null; then
