@@ -145,6 +145,11 @@ enum Commands {
         /// later `check --download` of them fails. Other destinations refuse it at planning.
         #[arg(long, value_enum, value_name = "TIER")]
         access_tier: Option<blobway::store::rules::AccessTier>,
+        /// The storage class objects are written to at an S3 destination (the bucket's
+        /// default, Standard, when not given). `glacier` and `deep-archive` objects cannot be
+        /// read until restored. Other destinations refuse it at planning.
+        #[arg(long, value_enum, value_name = "CLASS")]
+        storage_class: Option<blobway::store::rules::StorageClass>,
     },
     /// List the jobs in the state file with their state and progress.
     Jobs {
@@ -645,6 +650,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if_exists,
             transfer,
             access_tier,
+            storage_class,
             detach,
         }) => {
             check_tuning(&tuning, chunk_size)?;
@@ -670,6 +676,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 max_attempts: tuning.max_attempts,
                 transfer,
                 access_tier,
+                storage_class,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)

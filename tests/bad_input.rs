@@ -249,6 +249,18 @@ async fn an_access_tier_that_does_not_exist_or_cannot_apply() {
         2,
         "--access-tier: only an Azure destination has access tiers",
     );
+    let (result, _) = copy(&["copy", &src, &dst, "--storage-class", "standard-ia"], &[]);
+    assert_fails(
+        &result,
+        2,
+        "--storage-class: only an S3 destination has storage classes",
+    );
+    let (result, _) = copy(&["copy", &src, &dst, "--storage-class", "frozen"], &[]);
+    assert_fails(
+        &result,
+        2,
+        "invalid value 'frozen' for '--storage-class <CLASS>'",
+    );
     assert!(
         std::fs::read_dir(target.path())
             .expect("dir")

@@ -1045,3 +1045,40 @@ async fn cancelling_a_failed_job_gives_up_its_multipart_uploads() {
         resume.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_written_to_the_chosen_storage_class_both_ways() {
+    let sources = objects(6 * MIB, 5 * MIB);
+    let bucket = seed_s3(&sources).await;
+    let s3 = s3_client();
+    for how in ["server", "client"] {
+        let dest_bucket = unique("dst");
+        let state_dir = tempfile::tempdir().expect("state");
+        let run = run(blobway(&state_dir.path().join("s.redb")).args([
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("s3://{dest_bucket}/data/"),
+            "--transfer",
+            how,
+            "--storage-class",
+            "standard-ia",
+            "--chunk-size",
+            "5MiB",
+        ]));
+        assert_eq!(run.code, 0, "{how}: {}\n{}", run.stdout, run.stderr);
+        for key in ["data/large.bin", "data/deep/small.txt"] {
+            let head = s3
+                .head_object()
+                .bucket(&dest_bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("head");
+            assert_eq!(
+                head.storage_class(),
+                Some(&aws_sdk_s3::types::StorageClass::StandardIa),
+                "{how}: {key}"
+            );
+        }
+    }
+}

@@ -162,6 +162,7 @@ async fn a_session_finalized_at_another_size_is_never_taken_for_done() {
             session: session.as_deref(),
             create_only: false,
             tier: None,
+            storage_class: None,
         };
         // Another writer of the same session finalized it with 5 bytes; the plan has 10.
         let short = blocks(&[5]);
@@ -216,6 +217,7 @@ async fn nothing_is_visible_before_the_commit_and_restaging_a_block_overwrites_i
             session: session.as_deref(),
             create_only: false,
             tier: None,
+            storage_class: None,
         };
         if !sink.limits().sequential {
             // A first attempt at block 0 with other bytes (another length), then the real one.
@@ -315,6 +317,7 @@ async fn a_conditional_write_refuses_an_object_already_there() {
                     session: None,
                     create_only,
                     tier: None,
+                    storage_class: None,
                 },
                 Bytes::from_static(b"abc"),
                 crc(b"abc"),

@@ -33,6 +33,8 @@ pub struct Target {
     pub create_only: bool,
     /// The access tier to commit to (`--access-tier`).
     pub tier: Option<crate::store::rules::AccessTier>,
+    /// The storage class to write to (`--storage-class`).
+    pub storage_class: Option<crate::store::rules::StorageClass>,
 }
 
 impl Target {
@@ -42,6 +44,7 @@ impl Target {
             session: self.session.as_deref(),
             create_only: self.create_only,
             tier: self.tier,
+            storage_class: self.storage_class,
         }
     }
 }
@@ -578,6 +581,7 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
             session: Some(&session),
             create_only: false,
             tier: None,
+            storage_class: None,
         };
         if let Err(e) = sink.abort(upload).await {
             tracing::warn!("could not give up the upload of {key}: {e}");
@@ -742,6 +746,7 @@ mod tests {
             session: None,
             create_only: false,
             tier: None,
+            storage_class: None,
         }
     }
 

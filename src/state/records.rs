@@ -313,6 +313,9 @@ pub struct JobOptions {
     /// The access tier objects are written to (Azure destinations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_tier: Option<crate::store::rules::AccessTier>,
+    /// The storage class objects are written to (S3 destinations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<crate::store::rules::StorageClass>,
     /// How the bytes travel: store to store where the route allows, or through blobway.
     /// Jobs recorded before it was kept went through blobway, and still do.
     #[serde(default = "TransferMode::recorded_before")]
@@ -333,6 +336,7 @@ impl Default for JobOptions {
             max_attempts: None,
             transfer: TransferMode::default(),
             access_tier: None,
+            storage_class: None,
         }
     }
 }

@@ -1067,6 +1067,7 @@ mod tests {
                     session: None,
                     create_only,
                     tier: None,
+                    storage_class: None,
                 };
                 let data = Bytes::from_static(data);
                 store
@@ -1126,6 +1127,7 @@ mod tests {
                     session: None,
                     create_only: true,
                     tier: None,
+                    storage_class: None,
                 };
                 runtime
                     .block_on(store.put_whole(
@@ -1160,6 +1162,7 @@ mod tests {
             session: None,
             create_only: false,
             tier: None,
+            storage_class: None,
         };
         let planned = [
             PlannedBlock {

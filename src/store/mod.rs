@@ -131,6 +131,8 @@ pub struct Upload<'a> {
     /// The access tier the object is committed to, when chosen (stores with tiers only:
     /// [`ObjectSink::access_tiers`]).
     pub tier: Option<rules::AccessTier>,
+    /// The storage class the object is written to, when chosen (S3 destinations).
+    pub storage_class: Option<rules::StorageClass>,
 }
 
 impl<'a> Upload<'a> {
@@ -370,6 +372,11 @@ pub trait ObjectSink: Send + Sync {
 
     /// Whether objects can be written to a chosen access tier here (`--access-tier`).
     fn access_tiers(&self) -> bool {
+        false
+    }
+
+    /// Whether objects can be written to a chosen storage class here (`--storage-class`).
+    fn storage_classes(&self) -> bool {
         false
     }
 

@@ -243,6 +243,26 @@ pub enum AccessTier {
     Archive,
 }
 
+/// The storage class objects are written to at an S3 destination (`--storage-class`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageClass {
+    /// S3 Standard.
+    Standard,
+    /// Standard-Infrequent Access.
+    StandardIa,
+    /// One Zone-Infrequent Access.
+    OnezoneIa,
+    /// Intelligent-Tiering.
+    IntelligentTiering,
+    /// Glacier Instant Retrieval.
+    GlacierIr,
+    /// Glacier Flexible Retrieval (reading it back needs a restore).
+    Glacier,
+    /// Glacier Deep Archive (reading it back needs a restore).
+    DeepArchive,
+}
+
 /// What to do with a metadata pair the destination cannot hold (`--invalid-metadata`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -208,6 +208,20 @@ fn copy_source(from: CopyFrom<'_>) -> String {
     format!("{bucket}/{}", utf8_percent_encode(from.key, KEY))
 }
 
+fn s3_class(class: super::rules::StorageClass) -> aws_sdk_s3::types::StorageClass {
+    use super::rules::StorageClass as Class;
+    use aws_sdk_s3::types::StorageClass as S3;
+    match class {
+        Class::Standard => S3::Standard,
+        Class::StandardIa => S3::StandardIa,
+        Class::OnezoneIa => S3::OnezoneIa,
+        Class::IntelligentTiering => S3::IntelligentTiering,
+        Class::GlacierIr => S3::GlacierIr,
+        Class::Glacier => S3::Glacier,
+        Class::DeepArchive => S3::DeepArchive,
+    }
+}
+
 fn user_metadata(meta: &ObjectMeta) -> Option<HashMap<String, String>> {
     (!meta.pairs.is_empty()).then(|| {
         meta.pairs
@@ -292,6 +306,7 @@ impl ObjectSink for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_storage_class(upload.storage_class.map(s3_class))
             .set_content_type(meta.content_type.clone())
             .set_content_encoding(meta.content_encoding.clone())
             .set_cache_control(meta.cache_control.clone())
@@ -335,6 +350,10 @@ impl ObjectSink for S3Store {
             .map_err(|_| self.stalled("UploadPart", upload.key))?
             .map_err(|e| self.upload_error(e, "UploadPart", upload.key))?;
         Ok(())
+    }
+
+    fn storage_classes(&self) -> bool {
+        true
     }
 
     fn copies_from(&self, origin: &CopyOrigin) -> Option<super::CopyWay> {
@@ -402,6 +421,7 @@ impl ObjectSink for S3Store {
             .copy_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_storage_class(upload.storage_class.map(s3_class))
             .copy_source(copy_source(from))
             .copy_source_if_match(from.etag)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
@@ -601,6 +621,7 @@ impl ObjectSink for S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_storage_class(upload.storage_class.map(s3_class))
             .content_length(len as i64)
             .content_md5(md5)
             .set_content_type(meta.content_type.clone())

@@ -188,6 +188,11 @@ pub async fn plan_job_paged(
             "--access-tier: only an Azure destination has access tiers".into(),
         ));
     }
+    if req.options.storage_class.is_some() && !sink.storage_classes() {
+        return Err(PlanError::Options(
+            "--storage-class: only an S3 destination has storage classes".into(),
+        ));
+    }
     let source_failed = |e: crate::store::StoreError| {
         let hint = if !src.is_prefix() && e.class == crate::store::ErrorClass::NotFound {
             " (to copy every object under it, end the location with `/`)"

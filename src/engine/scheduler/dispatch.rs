@@ -148,6 +148,7 @@ impl Scheduler {
             session: record.session.clone(),
             create_only: options.if_exists.create_only(),
             tier: options.access_tier,
+            storage_class: options.storage_class,
         };
         let start = match work {
             Work::Chunk(index) => After::StartChunk(Box::new(ChunkTask {
