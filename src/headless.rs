@@ -418,6 +418,10 @@ pub fn print_summary(report: &Report, output: Output) {
                 "  the stores refused server-side copy (the log says why): the rest went \
                  through blobway"
             ),
+            crate::engine::snapshot::Carried::Mixed => println!(
+                "  copied server-side, but some objects went through blobway (their signed \
+                 URLs were too long; the log says which)"
+            ),
             _ => {}
         }
         if let Some(error) = &job.error {

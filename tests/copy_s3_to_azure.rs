@@ -519,6 +519,11 @@ async fn an_object_whose_signed_url_is_too_long_goes_through_blobway_under_auto_
         sent >= long.len() as u64 && sent < (long.len() + short.len()) as u64,
         "only the long-named object went through blobway: {sent} bytes"
     );
+    assert_eq!(
+        auto.events_named("summary")[0]["jobs"][0]["carried"],
+        "mixed",
+        "the summary says some objects went through blobway"
+    );
 
     let server_container = unique("dst");
     let server = run(

@@ -387,6 +387,11 @@ async fn server_side_copies_the_stores_refuse_fall_back_under_auto_and_fail_unde
         1,
         "the fallback is said once:\n{log}"
     );
+    assert_eq!(
+        auto.events_named("summary")[0]["jobs"][0]["carried"],
+        "fell_back",
+        "and in the summary"
+    );
 
     let server_bucket = unique("dst");
     let server = copy(

@@ -201,6 +201,9 @@ impl JobRun {
             error: self.record.error.clone(),
             carried: match &self.server {
                 None => Carried::Client,
+                // `--transfer server` never falls back: objects it cannot copy fail.
+                Some(server) if server.strict() => Carried::Server,
+                Some(server) if server.active() && server.some_through_client() => Carried::Mixed,
                 Some(server) if server.active() => Carried::Server,
                 Some(_) => Carried::FellBack,
             },

@@ -228,6 +228,8 @@ pub enum Carried {
     Server,
     /// Store to store until the stores refused; through blobway since.
     FellBack,
+    /// Store to store, but some objects through blobway (their signed URLs were too long).
+    Mixed,
     /// Store to store where the route allows (`auto`; the job is not running).
     Auto,
 }
@@ -239,6 +241,7 @@ impl Carried {
             Carried::Client => "",
             Carried::Server => "server-side",
             Carried::FellBack => "client-side (server-side refused)",
+            Carried::Mixed => "server-side (some objects through blobway)",
             Carried::Auto => "auto",
         }
     }

@@ -100,6 +100,8 @@ pub struct ServerCopy {
     way: CopyWay,
     fallback: bool,
     refused: std::sync::OnceLock<String>,
+    /// Chunks carried through blobway because their signed URL was too long (`auto`).
+    through_client: std::sync::atomic::AtomicU64,
 }
 
 impl ServerCopy {
@@ -114,7 +116,10 @@ impl ServerCopy {
         let (origin, fallback, refused) = match copy::route_between(mode, source, sink) {
             Ok(Route::Client) => return None,
             Ok(Route::Server { fallback }) => (source.copy_origin(), fallback, None),
-            Err(reason) => (None, false, Some(reason)),
+            Err(reason) => {
+                tracing::warn!("{reason}");
+                (None, false, Some(reason))
+            }
         };
         let way = origin
             .as_ref()
@@ -125,6 +130,7 @@ impl ServerCopy {
             way,
             fallback,
             refused: std::sync::OnceLock::new(),
+            through_client: Default::default(),
         };
         if let Some(reason) = refused {
             let _ = server.refused.set(reason);
@@ -156,6 +162,18 @@ impl ServerCopy {
         self.usable().is_some()
     }
 
+    /// Whether a `--transfer server` job (which never falls back).
+    pub fn strict(&self) -> bool {
+        !self.fallback
+    }
+
+    /// Whether some chunks went through blobway while the route stood (signed URLs too long).
+    pub fn some_through_client(&self) -> bool {
+        self.through_client
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    }
+
     /// Whether an object's source must be checked before its commit: blocks copied from a
     /// signed URL are not pinned to a version by the store.
     pub fn pins_before_commit(&self) -> bool {
@@ -172,37 +190,53 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
             // Nothing to read: an empty object is written as a client-side copy would.
             Some(_) if empty && server.way == CopyWay::Url => {}
             Some(origin) => {
+                // A URL too long for the destination (a session token and a long key): this
+                // chunk goes through blobway, or fails under `server`.
                 let sign = || async {
-                    match server.way {
-                        CopyWay::Url => work.source.presign_get(&work.key).await.map(Some),
-                        CopyWay::Native => Ok(None),
-                    }
+                    let url = match server.way {
+                        CopyWay::Url => Some(work.source.presign_get(&work.key).await?),
+                        CopyWay::Native => None,
+                    };
+                    Ok::<_, StoreError>(match url.as_ref().map_or(0, String::len) {
+                        len if len > copy::MAX_COPY_SOURCE_URL => Err(len),
+                        _ => Ok(url),
+                    })
                 };
-                let url = sign().await?;
-                let len = url.as_ref().map_or(0, String::len);
-                if len > copy::MAX_COPY_SOURCE_URL {
-                    // This object's URL is too long for the destination (a session token and
-                    // a long key): it alone goes through blobway, or fails under `server`.
+                let through_client = |len: usize| async move {
+                    let too_long = StoreError::new(
+                        ErrorClass::Invalid,
+                        None,
+                        format!(
+                            "the signed URL of `{}` is {len} bytes, over the {} the destination \
+                             takes as a copy source; --transfer auto copies such objects \
+                             through blobway",
+                            work.key,
+                            copy::MAX_COPY_SOURCE_URL
+                        ),
+                    );
                     if !server.fallback {
-                        return Err(StoreError::new(
-                            ErrorClass::Invalid,
-                            None,
-                            format!(
-                                "the signed URL of `{}` is {len} bytes, over the {} the \
-                                 destination takes as a copy source; --transfer auto copies \
-                                 such objects through blobway",
-                                work.key,
-                                copy::MAX_COPY_SOURCE_URL
-                            ),
-                        ));
+                        return Err(too_long);
                     }
-                    return move_through_client(work).await;
-                }
+                    if server
+                        .through_client
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        == 0
+                    {
+                        tracing::warn!("{}: such chunks go through blobway", too_long.message);
+                    }
+                    move_through_client(work).await
+                };
+                let url = match sign().await? {
+                    Ok(url) => url,
+                    Err(len) => return through_client(len).await,
+                };
                 let mut copied = copy_chunk(work, origin, server.way, url.as_deref()).await;
                 if server.way == CopyWay::Url && matches!(&copied, Err(e) if e.copy_refused) {
                     // An expired (or refused) signature: signed again, once.
-                    let url = sign().await?;
-                    copied = copy_chunk(work, origin, server.way, url.as_deref()).await;
+                    copied = match sign().await? {
+                        Ok(url) => copy_chunk(work, origin, server.way, url.as_deref()).await,
+                        Err(len) => return through_client(len).await,
+                    };
                 }
                 match copied {
                     Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),

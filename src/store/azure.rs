@@ -467,6 +467,9 @@ impl AzureStore {
                         (429 | 503, _) => ErrorClass::Throttled,
                         // An expired signature (S3 says 400 ExpiredToken for a session
                         // token's): signed again, then taken as a refusal.
+                        // An archived object (Glacier) must be restored first: this
+                        // object fails, the route stands.
+                        (403, "InvalidObjectState") => ErrorClass::Invalid,
                         (403 | 401, _) | (400, "ExpiredToken" | "TokenRefreshRequired") => {
                             ErrorClass::Permission
                         }
@@ -733,7 +736,10 @@ impl ObjectSink for AzureStore {
                             })
                         };
                         let azurite = header("server").is_some_and(|s| s.starts_with("Azurite"));
+                        // (A 500 CannotVerifyCopySource is Azure's timeout reading the
+                        // source: a passing fault, retried.)
                         let unreached = error_code.as_deref() == Some("CannotVerifyCopySource")
+                            && (400..500).contains(&u16::from(*status))
                             && header("x-ms-copy-source-status-code").is_none();
                         u16::from(*status) == 501
                             || (azurite && u16::from(*status) == 500)

@@ -184,6 +184,9 @@ fn content_md5(checksum: Checksum, data: &[u8]) -> String {
 fn copy_error(error: StoreError, code: Option<&str>, from: CopyFrom<'_>) -> StoreError {
     match code {
         Some("NoSuchKey") => StoreError::source_changed(from.key),
+        // An archived source object (Glacier) must be restored first: it fails, the route
+        // stands.
+        Some("InvalidObjectState") => error,
         Some("AccessDenied" | "NotImplemented") => error.refusing_copy(),
         _ if matches!(error.status, Some(403 | 501)) => error.refusing_copy(),
         _ => error,
