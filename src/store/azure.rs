@@ -959,7 +959,15 @@ impl ObjectSource for AzureStore {
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.extend(key.split('/'));
         }
-        url.set_query(Some(&sas.token()));
+        // With the account key: a SAS that reads this blob only, for a short while. A SAS
+        // the operator gave goes as it is.
+        let token = match sas {
+            SasSource::Signed(signer) => {
+                signer.blob_read(&self.container, key, Duration::from_secs(15 * 60))
+            }
+            SasSource::Static(token) => token.clone(),
+        };
+        url.set_query(Some(&token));
         Ok(url.to_string())
     }
 
