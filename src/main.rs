@@ -129,9 +129,11 @@ enum Commands {
         #[arg(long, value_enum, default_value_t, value_name = "WHAT")]
         if_exists: blobway::store::rules::IfExists,
         /// How the bytes travel: `server` has the stores copy them themselves, so they never
-        /// pass through this machine — S3 → Azure: Put Block From URL from a GET signed for
-        /// each attempt with the source's credentials (Azure must reach the source over the
-        /// internet; its version is checked before each commit); S3 → S3 on one endpoint:
+        /// pass through this machine — S3 or Azure → Azure: Put Block From URL from a GET
+        /// signed for each attempt (S3: with the source's credentials; Azure: a read-only SAS
+        /// for the one blob, so the source needs an account key or SAS; Azure must reach the
+        /// source over the internet; its version is checked before each commit); S3 → S3 on
+        /// one endpoint:
         /// UploadPartCopy/CopyObject pinned to the planned ETag (the destination's
         /// credentials must be allowed to read the source). `client` reads and writes them
         /// here. `auto` copies store to store where the route allows and falls back to
