@@ -79,9 +79,6 @@ pub struct ChunkWork {
     pub invalid_metadata: InvalidMetadata,
     /// The job's server-side copying, when its chunks go store to store.
     pub server: Option<Arc<ServerCopy>>,
-    /// Whether memory was reserved for the chunk's bytes ([`ServerCopy::reservation`]): one
-    /// admitted without may not be read through blobway.
-    pub buffered: bool,
 }
 
 /// What a moved chunk reports.
@@ -165,16 +162,6 @@ impl ServerCopy {
         self.usable().is_some()
     }
 
-    /// The memory a chunk of `len` bytes is admitted with: none while the stores copy it by
-    /// name (S3 → S3: no byte reaches blobway); its size when it may be read here (client
-    /// side, a URL copy whose URL may prove too long, after a refusal).
-    pub fn reservation(server: Option<&Self>, len: u64) -> u64 {
-        match server {
-            Some(server) if server.active() && server.way == CopyWay::Native => 0,
-            _ => len,
-        }
-    }
-
     /// Whether a `--transfer server` job (which never falls back).
     pub fn strict(&self) -> bool {
         !self.fallback
@@ -193,11 +180,6 @@ impl ServerCopy {
         self.way == CopyWay::Url
     }
 }
-
-/// Why a chunk admitted for a server-side copy, without a memory reservation, is sent again
-/// once the stores refused: its next attempt is admitted with one, through blobway.
-const UNBUFFERED: &str = "the stores refused server-side copy; this chunk goes through blobway \
-                          on its next attempt";
 
 /// Moves one chunk: store to store where the job copies that way (falling back to the client
 /// as [`ServerCopy`] allows), else read, checksummed and written here.
@@ -257,12 +239,7 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
                     };
                 }
                 match copied {
-                    Err(e) if copy::refuses_route(&e) && server.fallback => {
-                        server.refuse(&e);
-                        if !work.buffered {
-                            return Err(StoreError::transient(UNBUFFERED));
-                        }
-                    }
+                    Err(e) if copy::refuses_route(&e) && server.fallback => server.refuse(&e),
                     Err(e) if copy::refuses_route(&e) => return Err(copy::refused(&e)),
                     moved => return moved,
                 }
@@ -271,8 +248,6 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
                 let reason = server.refused.get().cloned().unwrap_or_default();
                 return Err(StoreError::new(ErrorClass::Invalid, None, reason));
             }
-            // Admitted as a server-side chunk, without a buffer: sent again with one.
-            None if !work.buffered => return Err(StoreError::transient(UNBUFFERED)),
             None => {}
         }
     }
@@ -831,40 +806,7 @@ mod tests {
             buffers: Arc::new(BufferPool::new(1 << 20)),
             invalid_metadata: InvalidMetadata::Rename,
             server: None,
-            buffered: true,
         }
-    }
-
-    #[test]
-    fn chunks_copied_by_name_reserve_no_memory_until_the_stores_refuse() {
-        let server = |way| ServerCopy {
-            origin: Some(CopyOrigin::S3 {
-                endpoint: "http://s3".into(),
-                bucket: "b".into(),
-            }),
-            way,
-            fallback: true,
-            refused: std::sync::OnceLock::new(),
-            through_client: Default::default(),
-        };
-        let native = server(CopyWay::Native);
-        assert_eq!(ServerCopy::reservation(Some(&native), 16), 0);
-        assert_eq!(
-            ServerCopy::reservation(Some(&server(CopyWay::Url)), 16),
-            16,
-            "a URL copy may go through blobway"
-        );
-        assert_eq!(ServerCopy::reservation(None, 16), 16, "client side");
-        native.refuse(&StoreError::new(
-            ErrorClass::Permission,
-            Some(403),
-            "denied",
-        ));
-        assert_eq!(
-            ServerCopy::reservation(Some(&native), 16),
-            16,
-            "after a refusal the bytes go through blobway"
-        );
     }
 
     #[tokio::test]

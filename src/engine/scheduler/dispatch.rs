@@ -38,10 +38,7 @@ impl Scheduler {
                     continue;
                 };
                 let reserved = match work {
-                    Work::Chunk(chunk) => transfer::ServerCopy::reservation(
-                        job.server.as_deref(),
-                        object.chunk_len(chunk),
-                    ),
+                    Work::Chunk(chunk) => object.chunk_len(chunk),
                     Work::Begin | Work::Commit => 0,
                 };
                 if !self.gate.try_admit(reserved) {
@@ -175,7 +172,6 @@ impl Scheduler {
                     buffers: self.buffers.clone(),
                     invalid_metadata: options.invalid_metadata,
                     server: job.server.clone(),
-                    buffered: reserved > 0 || record.chunk_range(index).is_empty(),
                 },
             })),
             Work::Commit => {
