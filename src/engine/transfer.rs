@@ -16,8 +16,8 @@ use super::buffers::BufferPool;
 use crate::store::copy::{self, Route, TransferMode};
 use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
-    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, CopyWay, ErrorClass, ObjectMeta,
-    ObjectSink, ObjectSource, PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
+    BlockRef, Checksum, ChecksumKind, CopyFrom, CopyOrigin, CopyWay, DestObject, ErrorClass,
+    ObjectMeta, ObjectSink, ObjectSource, PlannedBlock, StoreError, StoreResult, Upload, meta_keys,
 };
 
 /// Where an object goes: the store, the key, and the upload session, if one was opened.
@@ -278,12 +278,7 @@ async fn copy_chunk(
             let crc = sink
                 .copy_block(work.target.upload(), work.index, &work.block_id, from)
                 .await?;
-            let pin = SourcePin {
-                source: work.source.clone(),
-                key: work.key.clone(),
-                etag: work.etag.clone(),
-            };
-            let source_meta = pin.check().await?;
+            let source_meta = SourcePin::of(work).check().await?;
             let mut meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             if let Some(crc) = crc {
@@ -303,11 +298,7 @@ async fn copy_chunk(
             crc
         }
         Some(blobway) => {
-            let source_meta = work
-                .source
-                .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
-                .await?
-                .meta;
+            let source_meta = SourcePin::of(work).check().await?;
             let meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
@@ -586,6 +577,15 @@ pub struct SourcePin {
 }
 
 impl SourcePin {
+    /// The source object a chunk reads.
+    fn of(work: &ChunkWork) -> Self {
+        Self {
+            source: work.source.clone(),
+            key: work.key.clone(),
+            etag: work.etag.clone(),
+        }
+    }
+
     /// Fails with [`ErrorClass::SourceChanged`] unless the source still is the planned
     /// version; answers its metadata.
     async fn check(&self) -> StoreResult<ObjectMeta> {
@@ -697,7 +697,7 @@ async fn confirm_write(
         // copy (one that cannot be looked at is someone else's until shown otherwise).
         Err(e) if e.class == ErrorClass::Exists && source_etag.is_some() => {
             match sink.head(key).await {
-                Ok(Some(_)) => read_back(sink, key, size, source_etag).await.map_err(|_| e),
+                Ok(Some(found)) => vouch(key, &found, size, source_etag).map_err(|_| e),
                 _ => Err(e),
             }
         }
@@ -729,6 +729,12 @@ pub async fn read_back(
             "`{key}` is not visible at the destination after its commit; it is committed again"
         )));
     };
+    vouch(key, &found, size, source_etag)
+}
+
+/// Whether `found` at the destination is this very copy: `size` bytes from `source_etag`
+/// (when blobway recorded one); otherwise another writer replaced it.
+fn vouch(key: &str, found: &DestObject, size: u64, source_etag: Option<&str>) -> StoreResult<()> {
     let version = found.meta.get(meta_keys::SOURCE_ETAG).map(String::as_str);
     if found.size == size && (source_etag.is_none() || version == source_etag) {
         return Ok(());

@@ -407,13 +407,18 @@ impl AzureStore {
         .map_err(|e| self.error(e, "connect to", ""))
     }
 
-    fn blob_client(&self, key: &str) -> StoreResult<BlobClient> {
+    /// The URL of blob `key` (its path segments escaped, its `/` kept).
+    fn blob_url(&self, key: &str) -> Url {
         let mut url = self.container_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.extend(key.split('/'));
         }
+        url
+    }
+
+    fn blob_client(&self, key: &str) -> StoreResult<BlobClient> {
         BlobClient::new(
-            url,
+            self.blob_url(key),
             self.credential.clone(),
             Some(BlobClientOptions {
                 client_options: self.options.clone(),
@@ -442,22 +447,10 @@ impl AzureStore {
             } => {
                 let status = u16::from(*status);
                 let code = error_code.clone().unwrap_or_default();
-                let retry_after = raw_response
-                    .as_ref()
-                    .and_then(|r| {
-                        r.headers()
-                            .get_optional_str(&HeaderName::from_static("retry-after"))
-                            .map(str::to_string)
-                    })
+                let header = |name| response_header(raw_response.as_deref(), name);
+                let retry_after = header("retry-after")
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .map(Duration::from_secs_f64);
-                let header = |name: &'static str| {
-                    raw_response.as_ref().and_then(|r| {
-                        r.headers()
-                            .get_optional_str(&HeaderName::from_static(name))
-                            .map(str::to_string)
-                    })
-                };
                 // Put Block From URL: the source's own answer, passed on by Azure.
                 if let Some(source_status) = header("x-ms-copy-source-status-code")
                     .and_then(|v| v.trim().parse::<u16>().ok())
@@ -612,6 +605,17 @@ fn account_is_https(url: &Url) -> bool {
     url.scheme() == "https"
 }
 
+/// A header of an error's response, as text.
+fn response_header(
+    response: Option<&azure_core::http::RawResponse>,
+    name: &'static str,
+) -> Option<String> {
+    response?
+        .headers()
+        .get_optional_str(&HeaderName::from_static(name))
+        .map(str::to_string)
+}
+
 fn azure_tier(tier: super::rules::AccessTier) -> azure_storage_blob::models::AccessTier {
     use super::rules::AccessTier as Tier;
     use azure_storage_blob::models::AccessTier as Azure;
@@ -728,13 +732,7 @@ impl ObjectSink for AzureStore {
                         error_code,
                         raw_response,
                     } => {
-                        let header = |name: &'static str| {
-                            raw_response.as_ref().and_then(|r| {
-                                r.headers()
-                                    .get_optional_str(&HeaderName::from_static(name))
-                                    .map(str::to_string)
-                            })
-                        };
+                        let header = |name| response_header(raw_response.as_deref(), name);
                         let azurite = header("server").is_some_and(|s| s.starts_with("Azurite"));
                         // (A 500 CannotVerifyCopySource is Azure's timeout reading the
                         // source: a passing fault, retried.)
@@ -955,10 +953,7 @@ impl ObjectSource for AzureStore {
                 "an Azure source signs URLs only with an account key or SAS",
             )
         })?;
-        let mut url = self.container_url.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.extend(key.split('/'));
-        }
+        let mut url = self.blob_url(key);
         // With the account key: a SAS that reads this blob only, for a short while. A SAS
         // the operator gave goes as it is.
         let token = match sas {

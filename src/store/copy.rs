@@ -154,6 +154,11 @@ pub fn refuses_route(error: &StoreError) -> bool {
     error.copy_refused
 }
 
+/// What a store answers when asked for a server-side copy it does not do.
+pub fn unsupported(what: &str) -> StoreError {
+    StoreError::new(ErrorClass::Invalid, None, what)
+}
+
 /// The error a `--transfer server` copy the stores refused fails its object with (not the
 /// job: the rest may copy).
 pub fn refused(error: &StoreError) -> StoreError {

@@ -274,9 +274,7 @@ pub trait ObjectSource: Send + Sync {
     /// own expiry. A bearer secret: never logged or shown.
     async fn presign_get(&self, key: &str) -> StoreResult<String> {
         let _ = key;
-        Err(StoreError::new(
-            ErrorClass::Invalid,
-            None,
+        Err(copy::unsupported(
             "this source cannot be read from a signed URL",
         ))
     }
@@ -398,9 +396,7 @@ pub trait ObjectSink: Send + Sync {
         from: CopyFrom<'_>,
     ) -> StoreResult<Option<u64>> {
         let _ = (upload, index, id, from);
-        Err(StoreError::new(
-            ErrorClass::Invalid,
-            None,
+        Err(copy::unsupported(
             "this destination cannot copy store to store",
         ))
     }
@@ -413,9 +409,7 @@ pub trait ObjectSink: Send + Sync {
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
         let _ = (upload, from, meta);
-        Err(StoreError::new(
-            ErrorClass::Invalid,
-            None,
+        Err(copy::unsupported(
             "this destination cannot copy store to store",
         ))
     }

@@ -178,10 +178,27 @@ fn content_md5(checksum: Checksum, data: &[u8]) -> String {
     BASE64.encode(digest)
 }
 
-/// What the answer to a copy request (UploadPartCopy, CopyObject) means: a source key that
-/// is gone means the source changed; access denied or a call the server does not implement
-/// is a refusal of the route ([`StoreError::refusing_copy`]); the rest as any request.
-fn copy_error(error: StoreError, code: Option<&str>, from: CopyFrom<'_>) -> StoreError {
+impl S3Store {
+    /// What a failed copy request (UploadPartCopy, CopyObject) means: a source key that is
+    /// gone means the source changed; access denied or a call the server does not implement
+    /// is a refusal of the route ([`StoreError::refusing_copy`]); the rest as any request.
+    fn copy_error<E>(
+        &self,
+        err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        what: &str,
+        key: &str,
+        from: CopyFrom<'_>,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        let code = err.code().map(str::to_string);
+        classify_copy_error(self.error(err, what, key), code.as_deref(), from)
+    }
+}
+
+fn classify_copy_error(error: StoreError, code: Option<&str>, from: CopyFrom<'_>) -> StoreError {
     match code {
         Some("NoSuchKey") => StoreError::source_changed(from.key),
         // An archived source object (Glacier) must be restored first: it fails, the route
@@ -393,15 +410,7 @@ impl ObjectSink for S3Store {
             .map_err(|_| self.stalled("UploadPartCopy", upload.key))?
             // AccessDenied here is the source refused to the destination's credentials (a
             // policy): a refusal of the route, not of the upload ID (`upload_error`).
-            .map_err(|e| {
-                use aws_sdk_s3::error::ProvideErrorMetadata as _;
-                let code = e.code().map(str::to_string);
-                copy_error(
-                    self.error(e, "UploadPartCopy", upload.key),
-                    code.as_deref(),
-                    from,
-                )
-            })?;
+            .map_err(|e| self.copy_error(e, "UploadPartCopy", upload.key, from))?;
         if out.copy_part_result().is_none() {
             return Err(StoreError::transient(format!(
                 "UploadPartCopy s3://{}/{} answered without a result",
@@ -442,9 +451,7 @@ impl ObjectSink for S3Store {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                use aws_sdk_s3::error::ProvideErrorMetadata as _;
-                let code = e.code().map(str::to_string);
-                let error = copy_error(self.error(e, "CopyObject", key), code.as_deref(), from);
+                let error = self.copy_error(e, "CopyObject", key, from);
                 // A 412 answers either condition: the source's version, or (create-only)
                 // the destination's emptiness; an object there now tells which (one that
                 // cannot be looked at leaves the source's reading).
