@@ -253,13 +253,20 @@ enum Commands {
     Stop,
     /// Report every object of JOB that is not done — key, size, state, error class, HTTP
     /// status, message, attempts, last attempt — as CSV (a table for a spreadsheet) or JSON
-    /// (with the job's totals).
+    /// (with the job's totals, and how many done objects each kind of verification covers:
+    /// `source checksum` = the copied chunks' combined CRC-64 equals the source's own
+    /// full-object checksum; `blobway crc` = blobway read and checksummed every byte and the
+    /// destination checked each chunk; `size+version` = the stores copied the bytes and only
+    /// the size and source version were checked).
     Report {
         /// The job (`blobway jobs` lists them).
         job: JobId,
         /// csv or json.
         #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
         format: ReportFormat,
+        /// Every object, done ones too, each with how it was verified.
+        #[arg(long)]
+        all: bool,
     },
     /// Copy generated sample files between two local folders through the same engine, over a
     /// simulated link, and watch it in the terminal UI.
@@ -599,7 +606,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("stopped");
             Ok(ExitCode::SUCCESS)
         }
-        Some(Commands::Report { job, format }) => {
+        Some(Commands::Report { job, format, all }) => {
             if let Some(client) = daemon(&state_path).await? {
                 let format = match format {
                     ReportFormat::Csv => "csv",
@@ -608,7 +615,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 let answer = client
                     .request(
                         Method::GET,
-                        &format!("/v1/jobs/{job}/report?format={format}"),
+                        &format!("/v1/jobs/{job}/report?format={format}&all={all}"),
                         None::<&()>,
                     )
                     .await
@@ -627,7 +634,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     state_path.display()
                 )));
             };
-            let report = blobway::state::report::Report::of(&snapshot);
+            let report = blobway::state::report::Report::of(&snapshot, all);
             match format {
                 ReportFormat::Csv => print!("{}", report.to_csv().map_err(state_failure)?),
                 ReportFormat::Json => println!(

@@ -478,6 +478,141 @@ async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_o
     );
 }
 
+/// Puts `data` with S3's full-object CRC-64/NVME `crc` (moto keeps what it is sent, right or
+/// wrong, and answers it to a HEAD that asks).
+async fn put_with_crc(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8], crc: u64) {
+    use base64::Engine as _;
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc64Nvme)
+        .checksum_crc64_nvme(base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()))
+        .body(aws_sdk_s3::primitives::ByteStream::from(data.to_vec()))
+        .send()
+        .await
+        .expect("put with a checksum");
+}
+
+/// How `blobway report --all` says each done object of job 1 was verified, by key.
+fn verified_by_key(state: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let report = run(blobway(state).args(["report", "1", "--all", "--format", "json"]));
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
+    report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o["key"].as_str()?.to_string(),
+                o["verified"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_server_side_is_proven_by_the_sources_own_checksum() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let blocks = random_bytes(3 * MIB + 17, 61);
+    let small = random_bytes(2000, 62);
+    let lying = random_bytes(2 * MIB + 5, 63);
+    put_with_crc(
+        &s3,
+        &bucket,
+        "in/blocks.bin",
+        &blocks,
+        blobway::store::crc64(&blocks),
+    )
+    .await;
+    put_with_crc(
+        &s3,
+        &bucket,
+        "in/small.txt",
+        &small,
+        blobway::store::crc64(&small),
+    )
+    .await;
+    // A source whose checksum does not match its bytes: what a copy damaged on the way, or a
+    // rewrite under the same version, would look like.
+    put_with_crc(
+        &s3,
+        &bucket,
+        "in/lying.bin",
+        &lying,
+        blobway::store::crc64(&lying) ^ 1,
+    )
+    .await;
+    put(&s3, &bucket, "in/plain.bin", &random_bytes(MIB + 9, 64)).await;
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    let state = tempfile::tempdir().expect("state");
+    let state_file = state.path().join("s.redb");
+    let result = run(through_double(&state_file, &double).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "1MiB",
+        "--json",
+    ]));
+    assert_eq!(result.code, 1, "{}\n{}", result.stdout, result.stderr);
+    let failed = result.events_named("file_failed");
+    assert_eq!(failed.len(), 1, "{}", result.stdout);
+    assert_eq!(failed[0]["key"], "in/lying.bin");
+    let message = failed[0]["error"]["message"].as_str().expect("message");
+    assert!(message.contains("the source's own checksum"), "{message}");
+    let copied = azure_contents(&container, "out/").await;
+    assert_eq!(
+        copied.keys().collect::<Vec<_>>(),
+        ["out/blocks.bin", "out/plain.bin", "out/small.txt"],
+        "nothing of the object whose checksum disagreed is visible"
+    );
+    assert_eq!(md5_hex(&copied["out/blocks.bin"]), md5_hex(&blocks));
+    assert_eq!(md5_hex(&copied["out/small.txt"]), md5_hex(&small));
+    assert_eq!(
+        verified_by_key(&state_file),
+        [
+            ("in/blocks.bin", "source checksum"),
+            ("in/plain.bin", "size+version"),
+            ("in/small.txt", "source checksum"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+        "the stores copied the bytes: only a source checksum proves them"
+    );
+
+    // Through blobway, every chunk is checksummed by blobway and checked by Azure.
+    let client_state = tempfile::tempdir().expect("state");
+    let client_file = client_state.path().join("s.redb");
+    let client = run(blobway(&client_file).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}-client/out/"),
+        "--transfer",
+        "client",
+        "--include",
+        "plain.bin",
+        "--include",
+        "small.txt",
+        "--chunk-size",
+        "1MiB",
+    ]));
+    assert_eq!(client.code, 0, "{}\n{}", client.stdout, client.stderr);
+    assert_eq!(
+        verified_by_key(&client_file),
+        [
+            ("in/plain.bin", "blobway crc"),
+            ("in/small.txt", "blobway crc")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_whose_signed_url_is_too_long_goes_through_blobway_under_auto_only() {
     // Azure takes at most 2 KiB in x-ms-copy-source; a long non-ASCII key, percent-encoded

@@ -465,6 +465,9 @@ async fn concurrency(
 #[derive(Deserialize)]
 struct ReportQuery {
     format: Option<String>,
+    /// Every object, not only those not done.
+    #[serde(default)]
+    all: bool,
 }
 
 async fn report(
@@ -480,7 +483,7 @@ async fn report(
         Ok(Err(e)) => return failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let report = Report::of(&snapshot);
+    let report = Report::of(&snapshot, q.all);
     match q.format.as_deref().unwrap_or("json") {
         "json" => Json(report).into_response(),
         "csv" => match report.to_csv() {

@@ -20,6 +20,7 @@ pub mod retry;
 mod scheduler;
 pub mod snapshot;
 pub mod transfer;
+pub mod verify;
 
 use std::sync::Arc;
 

@@ -10,9 +10,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use crc_fast::CrcAlgorithm;
 
 use super::buffers::BufferPool;
+use super::verify::{self, ObjectCrc};
+use crate::state::Verification;
 use crate::store::copy::{self, Route, TransferMode};
 use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
@@ -89,6 +90,11 @@ pub struct ChunkMoved {
     /// CRC-64/NVME of those bytes, when known (a chunk the stores copied themselves has one
     /// only where the destination reported it).
     pub crc64: Option<u64>,
+    /// True when the destination reported `crc64` (the stores copied the bytes); false when
+    /// blobway computed it over the bytes it read.
+    pub crc_reported: bool,
+    /// How a whole object written by this one chunk was verified (none for a block).
+    pub verified: Option<Verification>,
 }
 
 /// A job's server-side copying ([`copy::choose_route`]): where its source is, whether a copy
@@ -273,12 +279,14 @@ async fn copy_chunk(
     };
     let bytes = work.range.end - work.range.start;
     let sink = work.target.sink.as_ref();
-    let crc64 = match &work.whole {
+    let (crc64, verified) = match &work.whole {
         Some(blobway) if way == CopyWay::Url => {
             let crc = sink
                 .copy_block(work.target.upload(), work.index, &work.block_id, from)
                 .await?;
-            let source_meta = SourcePin::of(work).check().await?;
+            let (source_meta, source_crc) = SourcePin::of(work).check().await?;
+            let object = crc.map(|value| ObjectCrc { value, read: false });
+            let verified = verify::verification(&work.key, object, source_crc)?;
             let mut meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             if let Some(crc) = crc {
@@ -295,23 +303,30 @@ async fn copy_chunk(
                 .commit(work.target.upload(), std::slice::from_ref(&block), &meta)
                 .await;
             confirm_write(put, sink, &work.target.key, bytes, source_etag.as_deref()).await?;
-            crc
+            (crc, Some(verified))
         }
         Some(blobway) => {
-            let source_meta = SourcePin::of(work).check().await?;
+            let (source_meta, _) = SourcePin::of(work).check().await?;
             let meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
             let put = sink.copy_whole(work.target.upload(), from, &meta).await;
             confirm_write(put, sink, &work.target.key, bytes, source_etag.as_deref()).await?;
-            None
+            // S3 copied it by name within itself, pinned to the planned version.
+            (None, Some(Verification::SizeAndVersion))
         }
-        None => {
+        None => (
             sink.copy_block(work.target.upload(), work.index, &work.block_id, from)
-                .await?
-        }
+                .await?,
+            None,
+        ),
     };
-    Ok(ChunkMoved { bytes, crc64 })
+    Ok(ChunkMoved {
+        bytes,
+        crc64,
+        crc_reported: true,
+        verified,
+    })
 }
 
 /// Reads, checksums and writes one chunk.
@@ -359,7 +374,7 @@ async fn send_chunk(
         )));
     }
     let (checksum, crc64) = checksums(data.clone(), work.checksum).await?;
-    match &work.whole {
+    let verified = match &work.whole {
         Some(blobway) => {
             let mut meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
@@ -379,6 +394,11 @@ async fn send_chunk(
                 source_etag.as_deref(),
             )
             .await?;
+            let object = ObjectCrc {
+                value: crc64,
+                read: true,
+            };
+            Some(verify::verification(&work.key, Some(object), None)?)
         }
         None => {
             let block = BlockRef {
@@ -392,11 +412,14 @@ async fn send_chunk(
                 .sink
                 .put_block(work.target.upload(), block, data)
                 .await?;
+            None
         }
-    }
+    };
     Ok(ChunkMoved {
         bytes: expected,
         crc64: Some(crc64),
+        crc_reported: false,
+        verified,
     })
 }
 
@@ -460,18 +483,6 @@ async fn checksums(data: Bytes, kind: ChecksumKind) -> StoreResult<(Checksum, u6
     tokio::task::spawn_blocking(compute)
         .await
         .map_err(|e| StoreError::transient(format!("checksum task failed: {e}")))
-}
-
-/// The whole-object CRC-64/NVME from per-chunk CRCs and lengths, in order.
-pub fn combine_crc64(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
-    let mut parts = parts.into_iter();
-    let Some((mut crc, _)) = parts.next() else {
-        return crc_fast::checksum(CrcAlgorithm::Crc64Nvme, b"");
-    };
-    for (next, len) in parts {
-        crc = crc_fast::checksum_combine(CrcAlgorithm::Crc64Nvme, crc, next, len);
-    }
-    crc
 }
 
 /// An upload to begin: the source's metadata is read (pinned to the planned version) and the
@@ -558,6 +569,8 @@ pub struct CommitWork {
     pub source_meta: ObjectMeta,
     /// blobway's metadata pairs for the destination.
     pub blobway: ObjectMeta,
+    /// The chunks' CRCs combined, when every one is known.
+    pub crc: Option<ObjectCrc>,
     /// What happens to metadata the destination cannot hold.
     pub invalid_metadata: InvalidMetadata,
     /// The source to look at before the commit (same version as planned, else the object
@@ -587,21 +600,21 @@ impl SourcePin {
     }
 
     /// Fails with [`ErrorClass::SourceChanged`] unless the source still is the planned
-    /// version; answers its metadata.
-    async fn check(&self) -> StoreResult<ObjectMeta> {
-        Ok(self
+    /// version; answers its metadata and its own full-object CRC-64/NVME, if it keeps one.
+    async fn check(&self) -> StoreResult<(ObjectMeta, Option<u64>)> {
+        let looked = self
             .source
             .read_range(&self.key, &self.etag, 0..0, BytesMut::new())
-            .await?
-            .meta)
+            .await?;
+        Ok((looked.meta, looked.source_crc64))
     }
 }
 
 /// How a commit ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// The object is visible and complete.
-    Committed,
+    /// The object is visible and complete, verified as said.
+    Committed(Verification),
     /// These chunks are not (or no longer) staged as planned; they must be sent again.
     Missing(Vec<u32>),
 }
@@ -624,10 +637,12 @@ pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String
 }
 
 /// Asks the destination which planned blocks it lacks (IDs and sizes), and commits only when
-/// it lacks none.
+/// it lacks none and the chunks' combined CRC does not contradict the source's own checksum
+/// ([`verify::verification`]; the source is looked at first where it must be pinned).
 pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> {
     let target = &work.target;
     let source_etag = work.blobway.pairs.get(meta_keys::SOURCE_ETAG);
+    let total: u64 = work.blocks.iter().map(|b| b.size).sum();
     let missing = target
         .sink
         .missing_blocks(target.upload(), &work.blocks)
@@ -637,31 +652,40 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         // (S3 answers NoSuchUpload, some S3-compatible stores AccessDenied): if the
         // destination already holds this very version, committed by blobway, the commit
         // happened. Otherwise the original answer stands.
-        let total: u64 = work.blocks.iter().map(|b| b.size).sum();
         let found = match target.sink.head(&target.key).await {
             Ok(found) => found,
             // A destination that may not be looked at (write-only credentials) leaves the
             // store's first answer standing.
             Err(_) => return missing.map(CommitOutcome::Missing),
         };
-        let committed = found
-            .is_some_and(|d| d.size == total && d.meta.get(meta_keys::SOURCE_ETAG) == source_etag);
-        if committed {
-            return Ok(CommitOutcome::Committed);
-        }
-        return missing.map(CommitOutcome::Missing);
+        let Some(found) =
+            found.filter(|d| d.size == total && d.meta.get(meta_keys::SOURCE_ETAG) == source_etag)
+        else {
+            return missing.map(CommitOutcome::Missing);
+        };
+        // The CRC it was committed with vouches as it would have at the commit.
+        let recorded = found.meta.get(meta_keys::CRC64NVME);
+        let crc = work
+            .crc
+            .filter(|crc| recorded == Some(&format!("{:016x}", crc.value)));
+        return Ok(CommitOutcome::Committed(verify::verification(
+            &target.key,
+            crc,
+            None,
+        )?));
     }
     missing?;
-    if let Some(pin) = &work.pin {
-        pin.check().await?;
-    }
+    let source_crc = match &work.pin {
+        Some(pin) => pin.check().await?.1,
+        None => None,
+    };
+    let verified = verify::verification(&target.key, work.crc, source_crc)?;
     let meta = meta_for_destination(
         target,
         work.source_meta.clone(),
         &work.blobway,
         work.invalid_metadata,
     )?;
-    let total: u64 = work.blocks.iter().map(|b| b.size).sum();
     let committed = target
         .sink
         .commit(target.upload(), &work.blocks, &meta)
@@ -674,7 +698,7 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         source_etag.map(String::as_str),
     )
     .await?;
-    Ok(CommitOutcome::Committed)
+    Ok(CommitOutcome::Committed(verified))
 }
 
 /// What a commit or whole put answered, confirmed by reading the object back once
@@ -758,24 +782,6 @@ mod tests {
     use super::*;
     use crate::store::local::LocalStore;
 
-    #[test]
-    fn combined_chunk_crcs_equal_the_whole_object_crc() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let whole = crc_fast::checksum(CrcAlgorithm::Crc64Nvme, &data);
-        let parts = data.chunks(7_777).map(|c| {
-            (
-                crc_fast::checksum(CrcAlgorithm::Crc64Nvme, c),
-                c.len() as u64,
-            )
-        });
-        assert_eq!(combine_crc64(parts), whole);
-        assert_eq!(
-            crc_fast::checksum(CrcAlgorithm::Crc64Nvme, b"123456789"),
-            0xae8b_1486_0a79_9888,
-            "the CRC-64/NVME check value"
-        );
-    }
-
     const SIZE: u64 = 10_000;
     const CHUNK: u64 = 4_000;
 
@@ -841,6 +847,7 @@ mod tests {
                 .collect(),
             source_meta: ObjectMeta::default(),
             blobway: ObjectMeta::default(),
+            crc: None,
             invalid_metadata: InvalidMetadata::Rename,
             pin: None,
         };
@@ -862,7 +869,8 @@ mod tests {
             .expect("moved");
         assert_eq!(
             verify_and_commit(&commit).await,
-            Ok(CommitOutcome::Committed)
+            Ok(CommitOutcome::Committed(Verification::SizeAndVersion)),
+            "no CRC known for its chunks"
         );
         assert_eq!(
             std::fs::read(dst.path().join("out/f.bin")).expect("read"),
@@ -876,6 +884,15 @@ mod tests {
             .blobway
             .pairs
             .insert(meta_keys::SOURCE_ETAG.into(), etag.clone());
+        let whole = crate::store::crc64(&data);
+        recorded
+            .blobway
+            .pairs
+            .insert(meta_keys::CRC64NVME.into(), format!("{whole:016x}"));
+        recorded.crc = Some(ObjectCrc {
+            value: whole,
+            read: true,
+        });
         assert_eq!(
             verify_and_commit(&recorded).await,
             Ok(CommitOutcome::Missing(vec![0, 1, 2])),
@@ -888,12 +905,12 @@ mod tests {
         }
         assert_eq!(
             verify_and_commit(&recorded).await,
-            Ok(CommitOutcome::Committed)
+            Ok(CommitOutcome::Committed(Verification::BlobwayCrc))
         );
         assert_eq!(
             verify_and_commit(&recorded).await,
-            Ok(CommitOutcome::Committed),
-            "recognised after the fact"
+            Ok(CommitOutcome::Committed(Verification::BlobwayCrc)),
+            "recognised after the fact, by the CRC it was committed with"
         );
         let mut other_version = recorded.clone();
         other_version

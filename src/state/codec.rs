@@ -40,7 +40,7 @@ impl Stored for ChunkRecord {
         compact(&(
             self.state,
             self.attempts,
-            Crc::of(self.crc64),
+            Crc::of(self.crc64, self.crc_reported),
             &self.history,
         ))
     }
@@ -53,6 +53,7 @@ impl Stored for ChunkRecord {
         Ok(ChunkRecord {
             state,
             attempts,
+            crc_reported: matches!(crc, Crc::Reported(_)),
             crc64: crc.value(),
             history,
         })
@@ -61,18 +62,21 @@ impl Stored for ChunkRecord {
 
 /// A chunk's CRC-64 as stored: a variable-length integer when that is shorter, else its
 /// eight bytes (a CRC is as likely as not to need ten as a varint). The first two variants
-/// are laid out as `Option<u64>` is, so records stored before the third still read.
+/// are laid out as `Option<u64>` is, so records stored before the third still read. A CRC
+/// the destination reported (bytes the stores copied) is kept apart from blobway's own.
 #[derive(Serialize, serde::Deserialize)]
 enum Crc {
     None,
     Varint(u64),
     Fixed([u8; 8]),
+    Reported([u8; 8]),
 }
 
 impl Crc {
-    fn of(crc: Option<u64>) -> Self {
+    fn of(crc: Option<u64>, reported: bool) -> Self {
         match crc {
             None => Crc::None,
+            Some(crc) if reported => Crc::Reported(crc.to_le_bytes()),
             Some(crc) if crc < 1 << 56 => Crc::Varint(crc),
             Some(crc) => Crc::Fixed(crc.to_le_bytes()),
         }
@@ -82,7 +86,7 @@ impl Crc {
         match self {
             Crc::None => None,
             Crc::Varint(crc) => Some(crc),
-            Crc::Fixed(bytes) => Some(u64::from_le_bytes(bytes)),
+            Crc::Fixed(bytes) | Crc::Reported(bytes) => Some(u64::from_le_bytes(bytes)),
         }
     }
 }
@@ -95,20 +99,44 @@ impl Stored for FileRecord {
             etag: String::new(),
             ..self.clone()
         };
-        compact(&(head, shared, Version::of(&self.etag), record))
+        let mut bytes = compact(&(head, shared, Version::of(&self.etag), record));
+        let later: Vec<Later> = self.verified.map(Later::Verified).into_iter().collect();
+        if !later.is_empty() {
+            bytes = postcard::to_extend(&later, bytes).unwrap_or_default();
+        }
+        bytes
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.first() != Some(&COMPACT) {
             return serde_json::from_slice(bytes).map_err(|e| e.to_string());
         }
-        let (head, shared, version, mut record): (String, u32, Version, FileRecord) =
-            either(bytes)?;
+        let ((head, shared, version, mut record), rest): (
+            (String, u32, Version, FileRecord),
+            &[u8],
+        ) = postcard::take_from_bytes(&bytes[1..]).map_err(|e| e.to_string())?;
         record.dest_key = joined(&record.key, shared, &head)
             .ok_or_else(|| "an object record's destination key does not fit its key".to_string())?;
         record.etag = version.text();
+        if !rest.is_empty() {
+            let later: Vec<Later> = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+            for field in later {
+                match field {
+                    Later::Verified(verified) => record.verified = Some(verified),
+                }
+            }
+        }
         Ok(record)
     }
+}
+
+/// Fields of an object record added after its layout was fixed, stored after it as a list
+/// (written only when one is set, so older records keep their bytes). Variants are only ever
+/// added at the end.
+#[derive(Serialize, serde::Deserialize)]
+enum Later {
+    /// [`FileRecord::verified`].
+    Verified(crate::state::Verification),
 }
 
 /// A source version (ETag) as stored: S3's usual form, an MD5 in quoted hex, as its 16 bytes.
@@ -246,6 +274,7 @@ mod tests {
             state: ChunkState::Completed,
             attempts: 1,
             crc64: Some(u64::MAX),
+            crc_reported: false,
             history: vec![AttemptRecord {
                 started_ms: 1_764_600_000_000,
                 latency_ms: 12,
@@ -287,10 +316,24 @@ mod tests {
         let before = "b102642f0301100123456789abcdef0123456789abcdef036b2f61000500808080080104\
                       000102019c03016d02000001010174000001017001760104";
         assert_eq!(FileRecord::decode(&unhex(before)).expect("older"), record);
+        // How it was verified follows the record, as a list of later fields.
+        record.state = FileState::Done;
+        record.error = None;
+        record.verified = Some(crate::state::Verification::BlobwayCrc);
+        let bytes = record.encode();
+        let plain = FileRecord {
+            verified: None,
+            ..record.clone()
+        }
+        .encode();
+        assert_eq!(bytes[..plain.len()], plain[..]);
+        assert_eq!(bytes[plain.len()..], [1, 0, 1]);
+        assert_eq!(FileRecord::decode(&bytes).expect("later"), record);
         let chunk = ChunkRecord {
             state: ChunkState::Completed,
             attempts: 2,
             crc64: Some(3),
+            crc_reported: false,
             history: vec![AttemptRecord {
                 started_ms: 4,
                 latency_ms: 5,
@@ -300,6 +343,21 @@ mod tests {
         };
         let hex: String = chunk.encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "b1020201030108050600");
+        // A CRC the destination reported: its eight bytes, apart from blobway's own.
+        let reported = ChunkRecord {
+            crc_reported: true,
+            ..chunk.clone()
+        };
+        let hex: String = reported
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "b102020303000000000000000108050600");
+        assert_eq!(
+            ChunkRecord::decode(&unhex(&hex)).expect("reported"),
+            reported
+        );
         // A CRC whose varint would be longer than its eight bytes.
         let big = ChunkRecord {
             crc64: Some(0x8877_6655_4433_2211),
@@ -359,6 +417,9 @@ mod tests {
             status in proptest::option::of(any::<u16>()),
             crc in proptest::option::of(any::<u64>()),
             attempts in 0usize..3,
+            verified in proptest::option::of(proptest::sample::select(
+                crate::state::Verification::ALL.to_vec()
+            )),
             etag in prop_oneof![
                 "\"[0-9a-f]{0,40}\"",
                 "\"[0-9a-fA-F-]{0,12}\"",
@@ -372,6 +433,7 @@ mod tests {
             record.etag = etag;
             record.note = note;
             record.session = session;
+            record.verified = verified;
             record.begun_ms = begun;
             record.state = FileState::Failed;
             record.error = Some(ErrorRecord {
@@ -390,6 +452,7 @@ mod tests {
                 state: ChunkState::Failed,
                 attempts: attempts as u32,
                 crc64: crc,
+                crc_reported: crc.is_some() && attempts % 2 == 0,
                 history: (0..attempts)
                     .map(|i| AttemptRecord {
                         started_ms: i as i64,

@@ -164,6 +164,10 @@ pub struct ChunkRecord {
     pub attempts: u32,
     /// CRC-64/NVME of the chunk's bytes, once completed.
     pub crc64: Option<u64>,
+    /// True when `crc64` is what the destination reported for bytes the stores copied
+    /// themselves; false when blobway computed it over the bytes it read.
+    #[serde(default)]
+    pub crc_reported: bool,
     /// The most recent attempts, oldest first.
     pub history: Vec<AttemptRecord>,
 }
@@ -175,6 +179,7 @@ impl ChunkRecord {
             state: ChunkState::Pending,
             attempts: 0,
             crc64: None,
+            crc_reported: false,
             history: Vec::new(),
         }
     }
@@ -229,6 +234,45 @@ pub struct FileRecord {
     /// which the next begin looks for and gives up.
     #[serde(default)]
     pub begun_ms: Option<i64>,
+    /// How the committed object was shown to equal its source (none before it is done, and
+    /// for objects done before this was recorded). Stored after the rest of the record
+    /// (`codec`), so records without it keep their layout.
+    #[serde(skip)]
+    pub verified: Option<Verification>,
+}
+
+/// How a committed object was shown to equal its source, strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// Its chunks' CRC-64s, combined in order, equal the source's own full-object
+    /// CRC-64/NVME (S3's `x-amz-checksum-crc64nvme`).
+    SourceChecksum,
+    /// blobway read every byte and checksummed every chunk, and the destination checked each
+    /// chunk against that checksum as it arrived.
+    BlobwayCrc,
+    /// The stores copied the bytes themselves and the source offered no checksum: the size
+    /// and the source version (ETag) were checked, so a rewrite that kept the ETag would go
+    /// unseen.
+    SizeAndVersion,
+}
+
+impl Verification {
+    /// Every kind, strongest first.
+    pub const ALL: [Verification; 3] = [
+        Verification::SourceChecksum,
+        Verification::BlobwayCrc,
+        Verification::SizeAndVersion,
+    ];
+
+    /// How the operator reads it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verification::SourceChecksum => "source checksum",
+            Verification::BlobwayCrc => "blobway crc",
+            Verification::SizeAndVersion => "size+version",
+        }
+    }
 }
 
 impl FileRecord {
@@ -255,6 +299,7 @@ impl FileRecord {
             session: None,
             meta: None,
             begun_ms: None,
+            verified: None,
         }
     }
 

@@ -1,11 +1,19 @@
-//! The failure report of a job: every object that is not done — with its key, size, state,
-//! error class, HTTP status, message, attempts and last attempt time — and the job's totals.
+//! The failure report of a job: every object that is not done (or, asked for, every object) —
+//! with its key, size, state, error class, HTTP status, message, attempts, last attempt time
+//! and how a done object was verified — and the job's totals, with how many objects each kind
+//! of verification covers.
 //! Built from the records alone (a pure function of a [`JobSnapshot`]), so the CLI reading the
 //! state file and the daemon's API give the same answer; written as JSON or CSV.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::{ChunkState, FileState, JobProgress, JobSnapshot, JobState, progress_of};
+
+/// How a done object whose verification was not recorded (copied before blobway kept it) is
+/// counted.
+pub const NOT_RECORDED: &str = "not recorded";
 
 /// A job's failure report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -17,7 +25,11 @@ pub struct Report {
     /// Why the job stopped, if it did.
     pub error: Option<String>,
     pub totals: JobProgress,
-    /// Every object not done (failed, unfinished), in the job's order.
+    /// How many done objects each kind of verification covers (`source checksum`, `blobway
+    /// crc`, `size+version`, `not recorded`).
+    pub verified: BTreeMap<&'static str, u64>,
+    /// Every object not done (failed, unfinished), in the job's order; every object when the
+    /// report was asked for all.
     pub objects: Vec<ReportRow>,
 }
 
@@ -40,16 +52,25 @@ pub struct ReportRow {
     pub attempts: u64,
     /// When its last attempt started or failed, milliseconds since the Unix epoch.
     pub last_attempt_ms: Option<i64>,
+    /// How a done object was shown to equal its source.
+    pub verified: Option<&'static str>,
 }
 
 impl Report {
-    /// The report of `snapshot`.
-    pub fn of(snapshot: &JobSnapshot) -> Self {
+    /// The report of `snapshot`: the objects not done, or every object when `all`.
+    pub fn of(snapshot: &JobSnapshot, all: bool) -> Self {
         let job = &snapshot.job;
+        let mut verified = BTreeMap::new();
+        for (_, file, _) in &snapshot.files {
+            if file.state == FileState::Done {
+                let label = file.verified.map_or(NOT_RECORDED, |v| v.label());
+                *verified.entry(label).or_default() += 1;
+            }
+        }
         let objects = snapshot
             .files
             .iter()
-            .filter(|(_, f, _)| !matches!(f.state, FileState::Done | FileState::Skipped))
+            .filter(|(_, f, _)| all || !matches!(f.state, FileState::Done | FileState::Skipped))
             .map(|(_, file, chunks)| {
                 let history = chunks.iter().flat_map(|c| &c.history);
                 let last_error = history
@@ -77,6 +98,7 @@ impl Report {
                     attempts: chunks.iter().map(|c| u64::from(c.attempts)).sum::<u64>()
                         + u64::from(file.commit_attempts),
                     last_attempt_ms,
+                    verified: file.verified.map(|v| v.label()),
                 }
             })
             .collect();
@@ -87,6 +109,7 @@ impl Report {
             state: job.state,
             error: job.error.clone(),
             totals: progress_of(snapshot.files.iter().map(|(_, f, c)| (f, c.as_slice()))),
+            verified,
             objects,
         }
     }
@@ -107,7 +130,7 @@ impl Report {
 }
 
 /// The CSV columns, as [`ReportRow`] names them.
-const HEADER: [&str; 11] = [
+const HEADER: [&str; 12] = [
     "key",
     "dest_key",
     "size",
@@ -119,13 +142,14 @@ const HEADER: [&str; 11] = [
     "message",
     "attempts",
     "last_attempt_ms",
+    "verified",
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::{
-        AttemptRecord, ChunkRecord, ErrorRecord, FileRecord, JobOptions, JobRecord,
+        AttemptRecord, ChunkRecord, ErrorRecord, FileRecord, JobOptions, JobRecord, Verification,
     };
     use crate::store::ErrorClass;
 
@@ -177,9 +201,13 @@ mod tests {
             files: vec![
                 (
                     0,
-                    file("done", FileState::Done, 1),
+                    FileRecord {
+                        verified: Some(Verification::SourceChecksum),
+                        ..file("done", FileState::Done, 1)
+                    },
                     vec![done_chunk.clone()],
                 ),
+                (4, file("done before", FileState::Done, 1), vec![]),
                 (1, failed, vec![done_chunk.clone(), tried.clone()]),
                 (
                     2,
@@ -193,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_report_lists_every_object_not_done_with_why_and_when() {
-        let report = Report::of(&snapshot());
+        let report = Report::of(&snapshot(), false);
         let keys: Vec<&str> = report.objects.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(keys, ["a,b.bin", "ünïcode/./x"]);
         let failed = &report.objects[0];
@@ -210,13 +238,45 @@ mod tests {
         assert_eq!(unfinished.error_class, Some("THROTTLED"));
         assert_eq!(unfinished.http_status, Some(503));
         assert_eq!(unfinished.last_attempt_ms, Some(1_507));
-        assert_eq!(report.totals.files_total, 4);
+        assert_eq!(report.totals.files_total, 5);
         assert_eq!(report.totals.files_failed, 1);
+        assert_eq!(
+            report.verified,
+            BTreeMap::from([("not recorded", 1), ("source checksum", 1)])
+        );
+    }
+
+    #[test]
+    fn the_whole_report_says_how_each_done_object_was_verified() {
+        let report = Report::of(&snapshot(), true);
+        let rows: Vec<(&str, Option<&str>)> = report
+            .objects
+            .iter()
+            .map(|r| (r.key.as_str(), r.verified))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("done", Some("source checksum")),
+                ("a,b.bin", None),
+                ("ünïcode/./x", None),
+                ("skipped", None),
+                ("done before", None),
+            ]
+        );
+        let text = report.to_csv().expect("csv");
+        assert!(
+            text.lines()
+                .nth(1)
+                .expect("row")
+                .ends_with(",source checksum"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_csv_report_quotes_what_needs_it_and_reads_back_as_the_same_rows() {
-        let report = Report::of(&snapshot());
+        let report = Report::of(&snapshot(), false);
         let text = report.to_csv().expect("csv");
         let mut reader = csv::Reader::from_reader(text.as_bytes());
         assert_eq!(
@@ -240,7 +300,7 @@ mod tests {
         snapshot
             .files
             .retain(|(_, f, _)| f.state == FileState::Done);
-        let text = Report::of(&snapshot).to_csv().expect("csv");
+        let text = Report::of(&snapshot, false).to_csv().expect("csv");
         assert_eq!(text.trim_end(), HEADER.join(","));
     }
 }

@@ -1084,6 +1084,7 @@ impl ObjectSource for AzureStore {
             return Ok(Chunk {
                 data: Bytes::new(),
                 meta,
+                source_crc64: None,
             });
         }
         let options = BlobClientDownloadOptions {
@@ -1125,6 +1126,7 @@ impl ObjectSource for AzureStore {
         Ok(Chunk {
             data: buf.freeze(),
             meta,
+            source_crc64: None,
         })
     }
 }

@@ -602,6 +602,7 @@ impl ObjectSource for LocalStore {
             Ok(Chunk {
                 data: buf.freeze(),
                 meta: store.source_meta(&key, &file, FileStat::of(&stat)),
+                source_crc64: None,
             })
         })
         .await

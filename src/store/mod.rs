@@ -221,6 +221,9 @@ pub struct Chunk {
     pub data: Bytes,
     /// The object's metadata (empty when the store keeps none).
     pub meta: ObjectMeta,
+    /// The object's own full-object CRC-64/NVME, where the store keeps one and answered it
+    /// (S3, to the look at an empty range).
+    pub source_crc64: Option<u64>,
 }
 
 /// The hard limits and the upload protocol of a destination, which the planner and the

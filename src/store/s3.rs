@@ -317,8 +317,18 @@ impl S3Store {
         StoreError::new(class, status, message).with_retry_after(retry_after)
     }
 
-    async fn stat(&self, key: &str, etag: Option<&str>) -> StoreResult<(ObjectInfo, ObjectMeta)> {
-        let mut head = self.client.head_object().bucket(&self.bucket).key(key);
+    /// HEAD: the object, its metadata and its own full-object CRC-64/NVME when S3 keeps one.
+    async fn stat(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+    ) -> StoreResult<(ObjectInfo, ObjectMeta, Option<u64>)> {
+        let mut head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
         if let Some(etag) = etag {
             head = head.if_match(etag);
         }
@@ -338,7 +348,7 @@ impl S3Store {
             cache_control: out.cache_control().map(str::to_string),
             pairs: lowercase(out.metadata()),
         };
-        Ok((info, meta))
+        Ok((info, meta, crc64_of(out.checksum_crc64_nvme())))
     }
 
     pub(super) fn stalled(&self, what: &str, key: &str) -> StoreError {
@@ -347,6 +357,16 @@ impl S3Store {
             self.bucket, self.stall_timeout
         ))
     }
+}
+
+/// A CRC-64/NVME as S3 writes it (`x-amz-checksum-crc64nvme`: its eight bytes big-endian,
+/// in base64); none when absent or malformed.
+fn crc64_of(header: Option<&str>) -> Option<u64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(header?)
+        .ok()?;
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 #[async_trait]
@@ -471,13 +491,14 @@ impl ObjectSource for S3Store {
         buffer: BytesMut,
     ) -> StoreResult<Chunk> {
         if range.is_empty() {
-            let (_, meta) = self
+            let (_, meta, source_crc64) = self
                 .stat(key, Some(etag))
                 .await
                 .map_err(|e| e.on_read(key))?;
             return Ok(Chunk {
                 data: Bytes::new(),
                 meta,
+                source_crc64,
             });
         }
         let expected = usize::try_from(range.end - range.start)
@@ -536,6 +557,7 @@ impl ObjectSource for S3Store {
         Ok(Chunk {
             data: buf.freeze(),
             meta,
+            source_crc64: None,
         })
     }
 }
@@ -544,6 +566,15 @@ impl ObjectSource for S3Store {
 mod tests {
     use super::*;
     use aws_sdk_s3::config::http::HttpResponse;
+
+    #[test]
+    fn a_full_object_crc64nvme_reads_as_s3_writes_it() {
+        // The CRC-64/NVME of "123456789", as `x-amz-checksum-crc64nvme` carries it.
+        assert_eq!(crc64_of(Some("rosUhgp5mIg=")), Some(0xae8b_1486_0a79_9888));
+        assert_eq!(crc64_of(None), None);
+        assert_eq!(crc64_of(Some("AAAA")), None, "three bytes are no CRC-64");
+        assert_eq!(crc64_of(Some("not base64!")), None);
+    }
     use aws_sdk_s3::operation::list_parts::ListPartsError;
     use aws_sdk_s3::primitives::SdkBody;
 

@@ -120,6 +120,7 @@ fn chunk_detail() -> ChunkDetail {
             state: ChunkState::Completed,
             attempts: 3,
             crc64: Some(0xfe39_7ec3_2314_1fba),
+            crc_reported: false,
             history: vec![
                 AttemptRecord {
                     started_ms: T0,

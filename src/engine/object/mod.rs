@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use super::Event;
 use super::retry::RetryPolicy;
-use crate::state::{ChunkRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, Write};
+use crate::state::{
+    ChunkRecord, ChunkState, ErrorRecord, FileRecord, FileState, JobId, Verification, Write,
+};
 use crate::store::rules::IfExists;
 
 /// Tells apart successive in-memory lives of an object (loaded, reopened, started over), so a
@@ -306,10 +308,11 @@ impl ObjectRun {
         });
     }
 
-    /// Done: committed and read back.
-    fn done(&mut self, step: &mut Step) {
+    /// Done: committed and read back, verified as said.
+    fn done(&mut self, verified: Option<Verification>, step: &mut Step) {
         self.record.state = FileState::Done;
         self.record.error = None;
+        self.record.verified = verified;
         self.end(step);
         step.events.push(Event::ObjectCommitted {
             job: self.job,

@@ -39,6 +39,7 @@ impl ObjectRun {
         }
         chunk.state = ChunkState::Completed;
         chunk.crc64 = moved.crc64;
+        chunk.crc_reported = moved.crc_reported;
         chunk.record_attempt(AttemptRecord {
             started_ms: timing.started_ms,
             latency_ms: timing.latency_ms,
@@ -56,7 +57,7 @@ impl ObjectRun {
         });
         if self.active() && self.record.is_single_put() {
             // A whole-object put is its own commit, read back before it answered.
-            self.done(step);
+            self.done(moved.verified, step);
         }
     }
 
@@ -264,7 +265,7 @@ impl ObjectRun {
             Phase::Committing(Turn::Due)
         };
         match result {
-            Ok(CommitOutcome::Committed) => {
+            Ok(CommitOutcome::Committed(verified)) => {
                 // Found committed after its session was lost: every chunk arrived.
                 for index in 0..self.chunks.len() as u32 {
                     if self.chunks[index as usize].state != ChunkState::Completed {
@@ -273,7 +274,7 @@ impl ObjectRun {
                         step.writes.push(self.chunk_write(index));
                     }
                 }
-                self.done(&mut step);
+                self.done(Some(verified), &mut step);
             }
             Ok(CommitOutcome::Missing(missing)) if checked || attempts < retry.max_attempts => {
                 if checked {

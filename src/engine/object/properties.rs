@@ -19,7 +19,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::engine::transfer::{Begun, ChunkMoved, CommitOutcome};
-use crate::state::{ChunkRecord, FileRecord};
+use crate::state::{ChunkRecord, FileRecord, Verification};
 use crate::store::{ErrorClass, ObjectMeta, StoreError, StoreResult};
 
 /// What the next answer does.
@@ -155,6 +155,8 @@ impl Store {
         let moved = ChunkMoved {
             bytes: 1,
             crc64: Some(u64::from(index)),
+            crc_reported: false,
+            verified: (self.chunks == 1).then_some(Verification::BlobwayCrc),
         };
         if self.chunks == 1 {
             // A whole-object put: it is its own commit, read back before it answers.
@@ -215,7 +217,7 @@ impl Store {
             // As `verify_and_commit` does: when anything is missing or the session is gone,
             // an object of this very version already there means the commit happened.
             _ if self.committed && missing.as_ref().is_none_or(|m| !m.is_empty()) => {
-                Ok(CommitOutcome::Committed)
+                Ok(CommitOutcome::Committed(Verification::BlobwayCrc))
             }
             None => Err(Self::error(ErrorClass::UploadLost)),
             Some(missing) if !missing.is_empty() => {
@@ -225,7 +227,10 @@ impl Store {
             Some(_) => {
                 self.sessions.remove(session);
                 self.committed = true;
-                Store::after(fault, Ok(CommitOutcome::Committed))
+                Store::after(
+                    fault,
+                    Ok(CommitOutcome::Committed(Verification::BlobwayCrc)),
+                )
             }
         }
     }

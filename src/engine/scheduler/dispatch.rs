@@ -2,6 +2,7 @@
 //! durably before any work starts, and the tasks that run begins, chunks and commits.
 
 use super::*;
+use crate::engine::verify::ObjectCrc;
 
 impl Scheduler {
     pub(super) fn dispatch(&mut self) {
@@ -175,12 +176,13 @@ impl Scheduler {
                 },
             })),
             Work::Commit => {
-                let crcs: Option<Vec<(u64, u64)>> = object
-                    .chunks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| c.crc64.map(|crc| (crc, object.chunk_len(i as u32))))
-                    .collect();
+                let crc = ObjectCrc::of(
+                    object
+                        .chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c.crc64, c.crc_reported, object.chunk_len(i as u32))),
+                );
                 After::StartCommit(Box::new(CommitTask {
                     job: id,
                     file,
@@ -188,7 +190,8 @@ impl Scheduler {
                         target,
                         blocks: plan::planned_blocks(record),
                         source_meta: record.meta.clone().unwrap_or_default(),
-                        blobway: destination_meta(record, crcs.map(transfer::combine_crc64)),
+                        blobway: destination_meta(record, crc.map(|crc| crc.value)),
+                        crc,
                         invalid_metadata: options.invalid_metadata,
                         pin: job
                             .server
