@@ -5,7 +5,8 @@
 #   source scripts/emulators.sh
 #   emulators_install            # Azurite (npm, pinned), moto (PyPI, pinned, in a venv),
 #                                # s3s-fs (crates.io, pinned; checks SigV4 signatures) and
-#                                # gcp-storage-emulator (PyPI, pinned, in a venv)
+#                                # gcp-storage-emulator (PyPI, pinned, in a venv) and
+#                                # AzCopy (npm, pinned; its libsecret from Debian, unpacked)
 #   emulators_start              # exports BLOBWAY_TEST_* and AWS_/AZURE_ variables
 #   emulators_stop               # stops what emulators_start started
 #
@@ -18,6 +19,7 @@ PROMETHEUS_CLIENT_VERSION=0.26.0
 AZURE_STORAGE_EXTENSIONS_VERSION=0.1.0
 S3S_FS_VERSION=0.14.1
 GCS_EMULATOR_VERSION=2026.7.19
+AZCOPY_VERSION=10.32.2
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${BLOBWAY_TOOLS:-$repo_root/.tools}"
@@ -71,10 +73,40 @@ emulators_install() {
     python3 -m venv "$tools/gcs-venv" || return 1
     "$tools/gcs-venv/bin/pip" install -q "gcp-storage-emulator==$GCS_EMULATOR_VERSION" >&2 || return 1
   fi
+  azcopy_install || return 1
   if ! "$tools/s3s/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
     log "installing s3s-fs $S3S_FS_VERSION from crates.io (a few minutes, once)"
     cargo install --quiet --root "$tools/s3s" "s3s-fs@$S3S_FS_VERSION" --features binary --locked >&2 || return 1
   fi
+}
+
+# AzCopy (npm), the real client that validates the copy-from-URL test double. Its binary links
+# libsecret, which Debian ships apart: the package is downloaded (not installed) next to it and a
+# wrapper puts it on the library path, so no root is needed.
+azcopy_install() {
+  local dir="$tools/azcopy"
+  local bin="$dir/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64"
+  if [ ! -x "$bin" ] || ! grep -q "\"version\": \"$AZCOPY_VERSION\"" \
+       "$dir/node_modules/@azure-tools/azcopy-linux/package.json" 2>/dev/null; then
+    log "installing AzCopy $AZCOPY_VERSION from npm"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" "@azure-tools/azcopy-linux@$AZCOPY_VERSION" --no-audit --no-fund \
+      --loglevel=error >&2 || return 1
+    chmod +x "$bin"
+  fi
+  if ! ldconfig -p 2>/dev/null | grep -q libsecret-1.so.0 \
+     && ! ls "$dir"/libsecret/usr/lib/*/libsecret-1.so.0 >/dev/null 2>&1; then
+    log "downloading libsecret-1-0 from Debian (for AzCopy)"
+    mkdir -p "$dir/deb"
+    (cd "$dir/deb" && { apt-get download libsecret-1-0 >&2 || { apt-get update -q >&2 && apt-get download libsecret-1-0 >&2; }; }) || return 1
+    dpkg-deb -x "$dir"/deb/libsecret-1-0_*.deb "$dir/libsecret" || return 1
+  fi
+  cat > "$dir/azcopy" <<EOF2
+#!/bin/sh
+export LD_LIBRARY_PATH="\$(echo "$dir"/libsecret/usr/lib/*/ | tr ' ' ':')\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$bin" "\$@"
+EOF2
+  chmod +x "$dir/azcopy"
 }
 
 # moto 5.2 serializes ListParts under the root element <ListPartsResponse>; S3 (and every SDK
@@ -133,6 +165,7 @@ emulators_start() {
   export BLOBWAY_TEST_AZURITE="http://127.0.0.1:$AZURITE_PORT/devstoreaccount1"
   export BLOBWAY_TEST_S3="http://127.0.0.1:$MOTO_PORT"
   export BLOBWAY_TEST_PYTHON="$tools/moto-venv/bin/python"
+  export BLOBWAY_TEST_AZCOPY="$tools/azcopy/azcopy"
   log "Azurite on $BLOBWAY_TEST_AZURITE, moto on $BLOBWAY_TEST_S3, s3s-fs on $BLOBWAY_TEST_S3S, GCS on $BLOBWAY_TEST_GCS"
 }
 

@@ -854,3 +854,134 @@ async fn azure_to_azure_server_side_reads_the_source_through_a_sas_url() {
             >= total as u64
     );
 }
+
+/// A certificate authority and a certificate it signed for S3's host names, as PEM files in
+/// `dir`: (bundle of the system's roots and that authority, certificate, key).
+fn amazon_certificate(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let names: Vec<String> = ["", "us-east-1.", "dualstack.us-east-1."]
+        .iter()
+        .flat_map(|region| {
+            [
+                format!("s3.{region}amazonaws.com"),
+                format!("*.s3.{region}amazonaws.com"),
+            ]
+        })
+        .collect();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let roots = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    let paths = (
+        dir.join("bundle.pem"),
+        dir.join("s3.pem"),
+        dir.join("s3.key"),
+    );
+    std::fs::write(&paths.0, format!("{roots}\n{}", ca.pem())).unwrap();
+    std::fs::write(&paths.1, certificate.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// The double's happy path as a client nobody here wrote drives it: AzCopy copies S3 → Azure
+/// server-side (Put Blob From URL for a one-chunk object, Put Block From URL per block and a
+/// block list for a bigger one), reading moto through an HTTPS proxy that plays
+/// `*.amazonaws.com`; the blobs arrive byte-identical without their bytes passing AzCopy.
+#[tokio::test(flavor = "multi_thread")]
+async fn azcopy_copies_s3_to_azure_server_side_through_the_double() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    let objects: Vec<(String, Vec<u8>)> = vec![
+        ("in/small.bin".into(), random_bytes(100_000, 71)),
+        ("in/sub/four-blocks.bin".into(), random_bytes(1_000_000, 72)),
+    ];
+    for (key, data) in &objects {
+        put(&s3, &bucket, key, data).await;
+    }
+    let work = tempfile::tempdir().expect("work");
+    let (bundle, cert, key) = amazon_certificate(work.path());
+    let moto = test_env("BLOBWAY_TEST_S3");
+    let mut proxy = std::process::Command::new(test_env("BLOBWAY_TEST_PYTHON"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/tls_connect_proxy.py"
+        ))
+        .args([&cert, &key])
+        .arg(moto.trim_start_matches("http://"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("proxy");
+    let mut port = String::new();
+    std::io::BufReader::new(proxy.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("proxy port");
+    let double =
+        block_from_url::BlockFromUrl::start_for_amazon_hosts(&azurite_origin(), &moto).await;
+    let sas = blobway::store::azure_sas::AccountSas::new(
+        "devstoreaccount1".into(),
+        blobway::store::azure::AZURITE_KEY,
+        false,
+    )
+    .expect("sas")
+    .token();
+    let output = tokio::process::Command::new(test_env("BLOBWAY_TEST_AZCOPY"))
+        .args([
+            "copy",
+            &format!("https://{bucket}.s3.amazonaws.com/in/"),
+            &format!("{}/devstoreaccount1/{container}?{sas}", double.url),
+            "--from-to",
+            "S3Blob",
+            "--recursive",
+            "--block-size-mb",
+            "0.25",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{}", port.trim()))
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("SSL_CERT_FILE", &bundle)
+        .env("AZCOPY_LOG_LOCATION", work.path())
+        .env("AZCOPY_JOB_PLAN_LOCATION", work.path())
+        .env("HOME", work.path())
+        .output()
+        .await
+        .expect("azcopy");
+    let _ = proxy.kill();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let copied = azure_contents(&container, "").await;
+    assert_eq!(copied.len(), objects.len(), "{:?}\n{stdout}", copied.keys());
+    for (key, data) in &objects {
+        assert_eq!(
+            copied.get(key).map(|d| md5_hex(d)),
+            Some(md5_hex(data)),
+            "{key}"
+        );
+    }
+    let stats = &double.stats;
+    // One Put Blob From URL and four Put Block From URL, each read by the double.
+    assert_eq!(stats.copies.load(std::sync::atomic::Ordering::SeqCst), 5);
+    let total: usize = objects.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(
+        stats
+            .bytes_fetched
+            .load(std::sync::atomic::Ordering::SeqCst),
+        total as u64
+    );
+    assert!(
+        stats.bytes_in.load(std::sync::atomic::Ordering::SeqCst) < 4096,
+        "AzCopy sent only the block list"
+    );
+}

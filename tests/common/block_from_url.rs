@@ -6,7 +6,9 @@
 //! Azure answers it: `CannotVerifyCopySource` with the source's status and error code in
 //! `x-ms-copy-source-status-code` / `x-ms-copy-source-error-code`. Every other request is
 //! forwarded unchanged. Faults on demand: the first N copies answered as an expired
-//! signature (source 403) or a throttled source (source 503 SlowDown).
+//! signature (source 403) or a throttled source (source 503 SlowDown). Source URLs on
+//! `*.amazonaws.com` (AzCopy's signed URLs) can be read from a local S3 emulator instead,
+//! with the original Host header, as S3 itself would be read.
 //!
 //! Assumptions about real Azure, from its REST reference: the failure status mirrors the
 //! source's for 4xx, and is 503 for a throttled source.
@@ -60,6 +62,8 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 struct Shared {
     upstream: String,
+    /// Where `*.amazonaws.com` source URLs are read from (an S3 emulator's origin).
+    s3_alias: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     stats: Arc<DoubleStats>,
 }
@@ -67,6 +71,16 @@ struct Shared {
 impl BlockFromUrl {
     /// Starts the double in front of Azurite at `upstream` (its origin).
     pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, None).await
+    }
+
+    /// Starts the double, reading source URLs on `*.amazonaws.com` from the S3 emulator at
+    /// `s3_origin`.
+    pub async fn start_for_amazon_hosts(upstream: &str, s3_origin: &str) -> Self {
+        Self::start_with(upstream, Some(s3_origin.trim_end_matches('/').to_string())).await
+    }
+
+    async fn start_with(upstream: &str, s3_alias: Option<String>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -74,6 +88,7 @@ impl BlockFromUrl {
         let stats = Arc::new(DoubleStats::default());
         let shared = Arc::new(Shared {
             upstream: upstream.trim_end_matches('/').to_string(),
+            s3_alias,
             client: Client::builder(TokioExecutor::new()).build_http(),
             stats: stats.clone(),
         });
@@ -167,7 +182,16 @@ async fn handle(
             if take(&shared.stats.throttle_next) {
                 return Ok(source_failed(503, "SlowDown"));
             }
-            let mut get = Request::get(&source);
+            let mut get = match (source.parse::<hyper::Uri>(), &shared.s3_alias) {
+                (Ok(uri), Some(alias))
+                    if uri.host().is_some_and(|h| h.ends_with(".amazonaws.com")) =>
+                {
+                    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                    Request::get(format!("{alias}{path}"))
+                        .header("host", uri.host().unwrap_or_default())
+                }
+                _ => Request::get(&source),
+            };
             if let Some(range) = parts.headers.get("x-ms-source-range") {
                 get = get.header("range", range);
             }
