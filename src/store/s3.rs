@@ -34,12 +34,81 @@ pub struct S3Store {
     pub(super) bucket: String,
     pub(super) endpoint: String,
     pub(super) stall_timeout: Duration,
+    /// When the credentials the client signs with expire: a signed URL lives no longer.
+    expiry: CredentialsExpiry,
+}
+
+/// When the credentials a client signs with expire, as its identity cache last fetched them
+/// (none for keys that never expire, or before the first fetch).
+#[derive(Clone, Debug, Default)]
+pub struct CredentialsExpiry(std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>);
+
+impl CredentialsExpiry {
+    fn set(&self, expiry: Option<std::time::SystemTime>) {
+        match self.0.lock() {
+            Ok(mut slot) => *slot = expiry,
+            Err(poisoned) => *poisoned.into_inner() = expiry,
+        }
+    }
+
+    fn get(&self) -> Option<std::time::SystemTime> {
+        match self.0.lock() {
+            Ok(slot) => *slot,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
+
+/// The SDK's credentials provider, noting the expiry of every set of credentials it hands the
+/// client's identity cache (which asks again only as they near their end).
+#[derive(Debug)]
+struct NotingExpiry {
+    inner: aws_sdk_s3::config::SharedCredentialsProvider,
+    expiry: CredentialsExpiry,
+}
+
+impl aws_sdk_s3::config::ProvideCredentials for NotingExpiry {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let credentials = self.inner.provide_credentials().await?;
+            self.expiry.set(credentials.expiry());
+            Ok(credentials)
+        })
+    }
+
+    fn fallback_on_interrupt(&self) -> Option<aws_sdk_s3::config::Credentials> {
+        self.inner.fallback_on_interrupt()
+    }
+}
+
+/// How long a URL signed at `now` may live: `longest`, cut to end a few seconds before the
+/// credentials that sign it expire (a URL outlives nothing that signed it), and at least a
+/// second (a copy reads its source as it starts; one that meets an expired URL is signed
+/// again with the credentials that replaced them).
+pub fn presign_lifetime(
+    now: std::time::SystemTime,
+    expiry: Option<std::time::SystemTime>,
+    longest: Duration,
+) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(5);
+    let Some(expiry) = expiry else {
+        return longest;
+    };
+    let left = expiry.duration_since(now).unwrap_or_default();
+    left.saturating_sub(MARGIN)
+        .clamp(Duration::from_secs(1), longest.max(Duration::from_secs(1)))
 }
 
 /// Builds an S3 client from the SDK's default configuration chain, or from `access` where it
 /// names a profile (whose credentials and region are then used instead of the environment's)
-/// or an endpoint; returns it with the endpoint it talks to, for messages.
-pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String)> {
+/// or an endpoint; returns it with the endpoint it talks to, for messages, and the expiry of
+/// the credentials it signs with.
+pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String, CredentialsExpiry)> {
     if let Ok(secret) = std::env::var("AWS_SECRET_ACCESS_KEY") {
         crate::redact::register_secret(&secret);
     }
@@ -98,6 +167,13 @@ pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String)> {
     if shared.region().is_none() {
         config = config.region(Region::new("us-east-1"));
     }
+    let expiry = CredentialsExpiry::default();
+    if let Some(inner) = shared.credentials_provider() {
+        config = config.credentials_provider(NotingExpiry {
+            inner,
+            expiry: expiry.clone(),
+        });
+    }
     let custom = access
         .endpoint
         .clone()
@@ -110,12 +186,12 @@ pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String)> {
         .region()
         .map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
     let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    Ok((Client::from_conf(config.build()), endpoint))
+    Ok((Client::from_conf(config.build()), endpoint, expiry))
 }
 
 /// The buckets the credentials can see.
 pub async fn list_buckets() -> StoreResult<Vec<String>> {
-    let (client, endpoint) = client_for(&Access::default())
+    let (client, endpoint, _) = client_for(&Access::default())
         .await
         .map_err(|e| StoreError::new(ErrorClass::Auth, None, format!("{e:#}")))?;
     let store = S3Store::with_client(
@@ -165,8 +241,11 @@ impl S3Store {
         access: &Access,
         settings: crate::store::StoreSettings,
     ) -> anyhow::Result<Self> {
-        let (client, endpoint) = client_for(access).await?;
-        Ok(Self::with_client(client, bucket, &endpoint, settings))
+        let (client, endpoint, expiry) = client_for(access).await?;
+        Ok(Self {
+            expiry,
+            ..Self::with_client(client, bucket, &endpoint, settings)
+        })
     }
 
     /// Wraps an existing client talking to `endpoint`.
@@ -181,6 +260,7 @@ impl S3Store {
             bucket: bucket.to_string(),
             endpoint: endpoint.to_string(),
             stall_timeout: settings.stall_timeout,
+            expiry: CredentialsExpiry::default(),
         }
     }
 
@@ -369,6 +449,23 @@ fn crc64_of(header: Option<&str>) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+impl S3Store {
+    /// A GET of `key` signed to be valid for `lifetime`.
+    async fn presign(&self, key: &str, lifetime: Duration) -> StoreResult<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(lifetime)
+            .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| self.error(e, "sign a GET of", key))?;
+        Ok(request.uri().to_string())
+    }
+}
+
 #[async_trait]
 impl ObjectSource for S3Store {
     fn copy_origin(&self) -> Option<crate::store::CopyOrigin> {
@@ -380,19 +477,15 @@ impl ObjectSource for S3Store {
 
     async fn presign_get(&self, key: &str) -> StoreResult<String> {
         // Signed for each attempt with the credentials the SDK holds now (refreshed as they
-        // expire), valid for a short while: the copy that uses it starts at once.
+        // expire), valid for a short while (the copy that uses it starts at once) and never
+        // past those credentials' end: their expiry is known once signing fetched them, so a
+        // URL that would outlive them is signed again, shorter, with the same ones.
         const VALID_FOR: Duration = Duration::from_secs(15 * 60);
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(VALID_FOR)
-            .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .presigned(config)
-            .await
-            .map_err(|e| self.error(e, "sign a GET of", key))?;
-        Ok(request.uri().to_string())
+        let url = self.presign(key, VALID_FOR).await?;
+        match presign_lifetime(std::time::SystemTime::now(), self.expiry.get(), VALID_FOR) {
+            lifetime if lifetime < VALID_FOR => self.presign(key, lifetime).await,
+            _ => Ok(url),
+        }
     }
 
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
@@ -566,6 +659,86 @@ impl ObjectSource for S3Store {
 mod tests {
     use super::*;
     use aws_sdk_s3::config::http::HttpResponse;
+
+    #[test]
+    fn a_signed_url_ends_before_its_credentials_do() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let longest = Duration::from_secs(900);
+        let at = |secs| Some(now + Duration::from_secs(secs));
+        assert_eq!(
+            presign_lifetime(now, None, longest),
+            longest,
+            "keys that never expire"
+        );
+        assert_eq!(presign_lifetime(now, at(3600), longest), longest);
+        assert_eq!(
+            presign_lifetime(now, at(600), longest),
+            Duration::from_secs(595)
+        );
+        assert_eq!(
+            presign_lifetime(now, at(3), longest),
+            Duration::from_secs(1)
+        );
+        let expired = Some(now - Duration::from_secs(60));
+        assert_eq!(
+            presign_lifetime(now, expired, longest),
+            Duration::from_secs(1)
+        );
+    }
+
+    /// A client whose credentials (static here; STS, SSO or IMDS ones in use) end `ends`.
+    fn store_with_credentials_ending(ends: Option<std::time::SystemTime>) -> S3Store {
+        let expiry = CredentialsExpiry::default();
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            Some("token".into()),
+            ends,
+            "test",
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .force_path_style(true)
+            .credentials_provider(NotingExpiry {
+                inner: aws_sdk_s3::config::SharedCredentialsProvider::new(credentials),
+                expiry: expiry.clone(),
+            })
+            .build();
+        S3Store {
+            expiry,
+            ..S3Store::with_client(
+                Client::from_conf(config),
+                "b",
+                "http://127.0.0.1:1",
+                Default::default(),
+            )
+        }
+    }
+
+    fn expires_in(url: &str) -> u64 {
+        url.split("X-Amz-Expires=")
+            .nth(1)
+            .and_then(|rest| rest.split('&').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no X-Amz-Expires in {url}"))
+    }
+
+    #[tokio::test]
+    async fn a_signed_url_never_outlives_the_credentials_that_signed_it() {
+        let soon = std::time::SystemTime::now() + Duration::from_secs(100);
+        let url = store_with_credentials_ending(Some(soon))
+            .presign_get("k")
+            .await
+            .expect("signed");
+        assert!((90..=95).contains(&expires_in(&url)), "{url}");
+        let url = store_with_credentials_ending(None)
+            .presign_get("k")
+            .await
+            .expect("signed");
+        assert_eq!(expires_in(&url), 900, "keys that never expire: 15 minutes");
+    }
 
     #[test]
     fn a_full_object_crc64nvme_reads_as_s3_writes_it() {
