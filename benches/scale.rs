@@ -92,6 +92,7 @@ impl ObjectSource for Synthetic {
         Ok(Chunk {
             data: Bytes::from(vec![7u8; (range.end - range.start) as usize]),
             meta: ObjectMeta::default(),
+            source_crc64: None,
         })
     }
 

@@ -335,6 +335,12 @@ pub fn print_dry_run(source: &str, destination: &str, plan: &Plan, json: bool) {
     if !existing.is_empty() {
         println!("  {}", existing.trim_start_matches(", "));
     }
+    if s.tags_refused > 0 {
+        println!(
+            "  tags: {} object(s) with tags the destination cannot hold (--copy-tags)",
+            s.tags_refused
+        );
+    }
     if s.metadata_changed + s.metadata_refused > 0 {
         println!(
             "  metadata: {} object(s) with pairs renamed or left out, {} refused \

@@ -152,6 +152,12 @@ enum Commands {
         /// read until restored. Other destinations refuse it at planning.
         #[arg(long, value_enum, value_name = "CLASS")]
         storage_class: Option<blobway::store::rules::StorageClass>,
+        /// Copy each object's tags (S3 object tags, Azure blob index tags: one request per
+        /// object, counted in --dry-run) to the destination's S3 tags or Azure blob index tags. A tag the destination cannot hold
+        /// (Azure takes ASCII letters, digits, space and + - . / : = _ only; at most 10 tags)
+        /// fails that object before any of its bytes are written; --dry-run lists such objects.
+        #[arg(long)]
+        copy_tags: bool,
     },
     /// List the jobs in the state file with their state and progress.
     Jobs {
@@ -660,6 +666,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             transfer,
             access_tier,
             storage_class,
+            copy_tags,
             detach,
         }) => {
             check_tuning(&tuning, chunk_size)?;
@@ -686,6 +693,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 transfer,
                 access_tier,
                 storage_class,
+                copy_tags,
             };
             if dry_run {
                 return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)

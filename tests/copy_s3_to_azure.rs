@@ -890,6 +890,16 @@ fn amazon_certificate(
     paths
 }
 
+/// A helper process, stopped when the test ends (or fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The double's happy path as a client nobody here wrote drives it: AzCopy copies S3 → Azure
 /// server-side (Put Blob From URL for a one-chunk object, Put Block From URL per block and a
 /// block list for a bigger one), reading moto through an HTTPS proxy that plays
@@ -909,18 +919,20 @@ async fn azcopy_copies_s3_to_azure_server_side_through_the_double() {
     let work = tempfile::tempdir().expect("work");
     let (bundle, cert, key) = amazon_certificate(work.path());
     let moto = test_env("BLOBWAY_TEST_S3");
-    let mut proxy = std::process::Command::new(test_env("BLOBWAY_TEST_PYTHON"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/common/tls_connect_proxy.py"
-        ))
-        .args([&cert, &key])
-        .arg(moto.trim_start_matches("http://"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("proxy");
+    let mut proxy = KillOnDrop(
+        std::process::Command::new(test_env("BLOBWAY_TEST_PYTHON"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/common/tls_connect_proxy.py"
+            ))
+            .args([&cert, &key])
+            .arg(moto.trim_start_matches("http://"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("proxy"),
+    );
     let mut port = String::new();
-    std::io::BufReader::new(proxy.stdout.take().expect("stdout"))
+    std::io::BufReader::new(proxy.0.stdout.take().expect("stdout"))
         .read_line(&mut port)
         .expect("proxy port");
     let double =
@@ -954,7 +966,7 @@ async fn azcopy_copies_s3_to_azure_server_side_through_the_double() {
         .output()
         .await
         .expect("azcopy");
-    let _ = proxy.kill();
+    drop(proxy);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -78,6 +78,8 @@ pub struct ChunkWork {
     pub buffers: Arc<BufferPool>,
     /// What happens to metadata the destination cannot hold (an object of one chunk).
     pub invalid_metadata: InvalidMetadata,
+    /// The source's tags go with an object of one chunk (`--copy-tags`).
+    pub copy_tags: bool,
     /// The job's server-side copying, when its chunks go store to store.
     pub server: Option<Arc<ServerCopy>>,
 }
@@ -281,10 +283,13 @@ async fn copy_chunk(
     let sink = work.target.sink.as_ref();
     let (crc64, verified) = match &work.whole {
         Some(blobway) if way == CopyWay::Url => {
+            // Tags the destination cannot hold fail the object before anything is staged.
+            let tags = whole_with_tags(work, ObjectMeta::default()).await?.tags;
             let crc = sink
                 .copy_block(work.target.upload(), work.index, &work.block_id, from)
                 .await?;
-            let (source_meta, source_crc) = SourcePin::of(work).check().await?;
+            let (mut source_meta, source_crc) = SourcePin::of(work).check().await?;
+            source_meta.tags = tags;
             let object = crc.map(|value| ObjectCrc { value, read: false });
             let verified = verify::verification(&work.key, object, source_crc)?;
             let mut meta =
@@ -307,6 +312,7 @@ async fn copy_chunk(
         }
         Some(blobway) => {
             let (source_meta, _) = SourcePin::of(work).check().await?;
+            let source_meta = whole_with_tags(work, source_meta).await?;
             let meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             let source_etag = meta.pairs.get(meta_keys::SOURCE_ETAG).cloned();
@@ -376,6 +382,7 @@ async fn send_chunk(
     let (checksum, crc64) = checksums(data.clone(), work.checksum).await?;
     let verified = match &work.whole {
         Some(blobway) => {
+            let source_meta = whole_with_tags(work, source_meta).await?;
             let mut meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             meta.pairs
@@ -421,6 +428,38 @@ async fn send_chunk(
         crc_reported: false,
         verified,
     })
+}
+
+/// The source's metadata with the object's tags when they are copied (`--copy-tags`): read
+/// with one request, and refused — the object fails, before it is written — when the
+/// destination cannot hold them ([`crate::store::tags::TagRules`]).
+async fn with_tags(
+    copy: bool,
+    source: &dyn ObjectSource,
+    key: &str,
+    target: &Target,
+    mut meta: ObjectMeta,
+) -> StoreResult<ObjectMeta> {
+    if !copy {
+        return Ok(meta);
+    }
+    let tags = source.tags(key).await?;
+    if let Some(rules) = target.sink.tag_rules() {
+        rules.check(&tags).map_err(|why| {
+            StoreError::new(
+                ErrorClass::Invalid,
+                None,
+                format!("`{key}`: {why}; fix the source's tags, or copy it without --copy-tags"),
+            )
+        })?;
+    }
+    meta.tags = tags;
+    Ok(meta)
+}
+
+/// [`with_tags`] for an object of one chunk.
+async fn whole_with_tags(work: &ChunkWork, meta: ObjectMeta) -> StoreResult<ObjectMeta> {
+    with_tags(work.copy_tags, &*work.source, &work.key, &work.target, meta).await
 }
 
 /// The metadata the destination will hold: the source's (without `blobway_*` pairs an earlier
@@ -501,6 +540,8 @@ pub struct BeginWork {
     pub blobway: ObjectMeta,
     /// What happens to metadata the destination cannot hold.
     pub invalid_metadata: InvalidMetadata,
+    /// The source's tags go with the object (`--copy-tags`).
+    pub copy_tags: bool,
     /// An earlier begin of this object whose session was never recorded (a crash came
     /// between): uploads the store opened since then are looked for and given up first.
     pub unrecorded_since_ms: Option<i64>,
@@ -522,6 +563,7 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
         .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
         .await?;
     let meta = ObjectMeta::from_source(chunk.meta);
+    let meta = with_tags(work.copy_tags, &*work.source, &work.key, &work.target, meta).await?;
     let full = meta_for_destination(
         &work.target,
         meta.clone(),
@@ -817,6 +859,7 @@ mod tests {
             checksum: ChecksumKind::Md5,
             buffers: Arc::new(BufferPool::new(1 << 20)),
             invalid_metadata: InvalidMetadata::Rename,
+            copy_tags: false,
             server: None,
         }
     }

@@ -100,7 +100,17 @@ impl Stored for FileRecord {
             ..self.clone()
         };
         let mut bytes = compact(&(head, shared, Version::of(&self.etag), record));
-        let later: Vec<Later> = self.verified.map(Later::Verified).into_iter().collect();
+        let tags = self
+            .meta
+            .as_ref()
+            .map(|m| &m.tags)
+            .filter(|t| !t.is_empty());
+        let later: Vec<Later> = self
+            .verified
+            .map(Later::Verified)
+            .into_iter()
+            .chain(tags.map(|t| Later::Tags(t.clone())))
+            .collect();
         if !later.is_empty() {
             bytes = postcard::to_extend(&later, bytes).unwrap_or_default();
         }
@@ -123,6 +133,7 @@ impl Stored for FileRecord {
             for field in later {
                 match field {
                     Later::Verified(verified) => record.verified = Some(verified),
+                    Later::Tags(tags) => record.meta.get_or_insert_default().tags = tags,
                 }
             }
         }
@@ -137,6 +148,8 @@ impl Stored for FileRecord {
 enum Later {
     /// [`FileRecord::verified`].
     Verified(crate::state::Verification),
+    /// The tags of [`FileRecord::meta`], read when the upload began (`--copy-tags`).
+    Tags(crate::store::tags::Tags),
 }
 
 /// A source version (ETag) as stored: S3's usual form, an MD5 in quoted hex, as its 16 bytes.
@@ -444,6 +457,7 @@ mod tests {
             });
             record.meta = Some(ObjectMeta {
                 content_type,
+                tags: pairs.iter().rev().take(2).map(|(k, v)| (v.clone(), k.clone())).collect(),
                 pairs,
                 ..ObjectMeta::default()
             });

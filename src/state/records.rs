@@ -365,6 +365,10 @@ pub struct JobOptions {
     /// Jobs recorded before it was kept went through blobway, and still do.
     #[serde(default = "TransferMode::recorded_before")]
     pub transfer: TransferMode,
+    /// Source object tags are written to the destination (S3 tags → Azure blob index tags or
+    /// S3 tags).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_tags: bool,
 }
 
 impl Default for JobOptions {
@@ -382,6 +386,7 @@ impl Default for JobOptions {
             transfer: TransferMode::default(),
             access_tier: None,
             storage_class: None,
+            copy_tags: false,
         }
     }
 }

@@ -258,10 +258,10 @@ mod tests {
             rows,
             [
                 ("done", Some("source checksum")),
+                ("done before", None),
                 ("a,b.bin", None),
                 ("ünïcode/./x", None),
                 ("skipped", None),
-                ("done before", None),
             ]
         );
         let text = report.to_csv().expect("csv");

@@ -512,7 +512,7 @@ impl AzureStore {
                     (403, _) => (
                         ErrorClass::Permission,
                         "not allowed; the SAS or role needs read, write, create and list on \
-                         this container",
+                         this container (and tag, with --copy-tags)",
                     ),
                     (404, "ContainerNotFound") => (
                         ErrorClass::NotFound,
@@ -688,6 +688,10 @@ impl ObjectSink for AzureStore {
         true
     }
 
+    fn tag_rules(&self) -> Option<crate::store::tags::TagRules> {
+        Some(crate::store::tags::TagRules::Azure)
+    }
+
     fn copies_from(&self, origin: &CopyOrigin) -> Option<CopyWay> {
         match origin {
             CopyOrigin::S3 { .. } | CopyOrigin::Azure { .. } => Some(CopyWay::Url),
@@ -811,6 +815,7 @@ impl ObjectSink for AzureStore {
             blob_cache_control: meta.cache_control.clone(),
             if_none_match: upload.create_only.then(|| "*".into()),
             tier: upload.tier.map(azure_tier),
+            blob_tags_string: crate::store::tags::encode(&meta.tags),
             ..Default::default()
         };
         let call = client.commit_block_list(content, Some(options));
@@ -837,6 +842,7 @@ impl ObjectSink for AzureStore {
             partition_size: Some(single),
             if_none_match: upload.create_only.then(|| "*".into()),
             tier: upload.tier.map(azure_tier),
+            blob_tags_string: crate::store::tags::encode(&meta.tags),
             parallel: std::num::NonZero::new(1),
             method_options: ClientMethodOptions {
                 context: Context::new().with_value(WholeBlobChecksum(checksum)),
@@ -943,6 +949,21 @@ impl ObjectSource for AzureStore {
         self.sas.as_ref().map(|_| CopyOrigin::Azure {
             endpoint: self.endpoint.to_string(),
         })
+    }
+
+    fn has_tags(&self) -> bool {
+        true
+    }
+
+    async fn tags(&self, key: &str) -> StoreResult<crate::store::tags::Tags> {
+        let client = self.blob_client(key)?;
+        let tags = self
+            .within("get the tags of", key, client.get_tags(None))
+            .await
+            .map_err(|e| e.on_read(key))?
+            .into_model()
+            .map_err(|e| self.error(e, "read the tags of", key))?;
+        Ok(std::collections::HashMap::from(tags).into_iter().collect())
     }
 
     async fn presign_get(&self, key: &str) -> StoreResult<String> {
@@ -1080,6 +1101,7 @@ impl ObjectSource for AzureStore {
                 content_encoding: response.content_encoding().ok().flatten(),
                 cache_control: response.cache_control().ok().flatten(),
                 pairs: lowercase(response.metadata().unwrap_or_default()),
+                tags: Default::default(),
             };
             return Ok(Chunk {
                 data: Bytes::new(),
@@ -1104,6 +1126,7 @@ impl ObjectSource for AzureStore {
             content_encoding: props.content_encoding,
             cache_control: props.cache_control,
             pairs: lowercase(props.metadata),
+            tags: Default::default(),
         };
         let mut body = response.body;
         let mut buf = buffer;

@@ -111,7 +111,7 @@ impl AccountSas {
     /// Signs a token valid from `start` to `expiry`.
     fn sign(&self, start: SystemTime, expiry: SystemTime) -> String {
         let (start, expiry) = (iso8601(start), iso8601(expiry));
-        let (permissions, services, resource_types) = ("rwdlac", "b", "sco");
+        let (permissions, services, resource_types) = ("rwdlact", "b", "sco");
         let protocol = if self.https_only {
             "https"
         } else {
@@ -205,10 +205,10 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let token = sas.sign(start, start + Duration::from_secs(3600));
         assert!(token.starts_with(
-            "sv=2022-11-02&ss=b&srt=sco&sp=rwdlac&st=2023-11-14T22:13:20Z&se=2023-11-14T23:13:20Z&spr=https&sig="
+            "sv=2022-11-02&ss=b&srt=sco&sp=rwdlact&st=2023-11-14T22:13:20Z&se=2023-11-14T23:13:20Z&spr=https&sig="
         ));
         let expected = sas.hmac(
-            "acct\nrwdlac\nb\nsco\n2023-11-14T22:13:20Z\n2023-11-14T23:13:20Z\n\nhttps\n2022-11-02\n\n",
+            "acct\nrwdlact\nb\nsco\n2023-11-14T22:13:20Z\n2023-11-14T23:13:20Z\n\nhttps\n2022-11-02\n\n",
         );
         let sig = token.rsplit("sig=").next().expect("sig");
         let decoded = percent_encoding::percent_decode_str(sig)

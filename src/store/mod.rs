@@ -19,6 +19,7 @@ pub use local::sync_deferred;
 pub mod rules;
 pub mod s3;
 mod s3_sink;
+pub mod tags;
 
 /// S3 multipart limits as a destination.
 pub use s3_sink::LIMITS as S3_SINK_LIMITS;
@@ -183,6 +184,10 @@ pub struct ObjectMeta {
     /// Key/value pairs (keys lowercase).
     #[serde(default)]
     pub pairs: BTreeMap<String, String>,
+    /// Object tags to write (`--copy-tags`); not part of the stored layout (an object record
+    /// keeps them after it, see `state::codec`).
+    #[serde(skip)]
+    pub tags: tags::Tags,
 }
 
 impl ObjectMeta {
@@ -279,6 +284,21 @@ pub trait ObjectSource: Send + Sync {
         let _ = key;
         Err(copy::unsupported(
             "this source cannot be read from a signed URL",
+        ))
+    }
+
+    /// Whether objects here carry tags [`ObjectSource::tags`] reads (`--copy-tags`).
+    fn has_tags(&self) -> bool {
+        false
+    }
+
+    /// The tags of `key` (one request).
+    async fn tags(&self, key: &str) -> StoreResult<tags::Tags> {
+        let _ = key;
+        Err(StoreError::new(
+            ErrorClass::Invalid,
+            None,
+            "--copy-tags: this source keeps no object tags",
         ))
     }
 
@@ -379,6 +399,12 @@ pub trait ObjectSink: Send + Sync {
     /// Whether objects can be written to a chosen storage class here (`--storage-class`).
     fn storage_classes(&self) -> bool {
         false
+    }
+
+    /// Which object tags this store holds (`--copy-tags`, from [`ObjectMeta::tags`]); none
+    /// when it holds none.
+    fn tag_rules(&self) -> Option<tags::TagRules> {
+        None
     }
 
     /// How this store copies from `origin` itself ([`ObjectSink::copy_block`],

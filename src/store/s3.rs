@@ -427,6 +427,7 @@ impl S3Store {
             content_encoding: out.content_encoding().map(str::to_string),
             cache_control: out.cache_control().map(str::to_string),
             pairs: lowercase(out.metadata()),
+            tags: Default::default(),
         };
         Ok((info, meta, crc64_of(out.checksum_crc64_nvme())))
     }
@@ -473,6 +474,28 @@ impl ObjectSource for S3Store {
             endpoint: self.endpoint.clone(),
             bucket: self.bucket.clone(),
         })
+    }
+
+    fn has_tags(&self) -> bool {
+        true
+    }
+
+    async fn tags(&self, key: &str) -> StoreResult<crate::store::tags::Tags> {
+        let call = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
+        let out = tokio::time::timeout(self.stall_timeout, call)
+            .await
+            .map_err(|_| self.stalled("GetObjectTagging", key))?
+            .map_err(|e| self.error(e, "GetObjectTagging", key).on_read(key))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect())
     }
 
     async fn presign_get(&self, key: &str) -> StoreResult<String> {
@@ -613,6 +636,7 @@ impl ObjectSource for S3Store {
             content_encoding: out.content_encoding().map(str::to_string),
             cache_control: out.cache_control().map(str::to_string),
             pairs: lowercase(out.metadata()),
+            tags: Default::default(),
         };
         let mut body = out.body;
         let mut buf = buffer;

@@ -327,6 +327,7 @@ impl ObjectSink for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_storage_class(upload.storage_class.map(s3_class))
+            .set_tagging(crate::store::tags::encode(&meta.tags))
             .set_content_type(meta.content_type.clone())
             .set_content_encoding(meta.content_encoding.clone())
             .set_cache_control(meta.cache_control.clone())
@@ -374,6 +375,10 @@ impl ObjectSink for S3Store {
 
     fn storage_classes(&self) -> bool {
         true
+    }
+
+    fn tag_rules(&self) -> Option<crate::store::tags::TagRules> {
+        Some(crate::store::tags::TagRules::S3)
     }
 
     fn copies_from(&self, origin: &CopyOrigin) -> Option<super::CopyWay> {
@@ -437,8 +442,10 @@ impl ObjectSink for S3Store {
             .copy_source(copy_source(from))
             .copy_source_if_match(from.etag)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            // No tags, as every other route writes (copying them needs more permissions).
+            // The tags blobway read (--copy-tags), or none, as every other route writes
+            // (copying the source's needs more permissions).
             .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
+            .set_tagging(crate::store::tags::encode(&meta.tags))
             .set_content_type(meta.content_type.clone())
             .set_content_encoding(meta.content_encoding.clone())
             .set_cache_control(meta.cache_control.clone())
@@ -632,6 +639,7 @@ impl ObjectSink for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_storage_class(upload.storage_class.map(s3_class))
+            .set_tagging(crate::store::tags::encode(&meta.tags))
             .content_length(len as i64)
             .content_md5(md5)
             .set_content_type(meta.content_type.clone())

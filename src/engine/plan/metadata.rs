@@ -40,34 +40,58 @@ pub(crate) async fn fill_metadata(
 }
 
 /// For a dry run: reads the metadata of every object to copy (one metadata read each, 16 at a
-/// time — listings carry none) and says what the destination will hold of it, as the copy
-/// will decide it ([`map_metadata`]).
+/// time — listings carry none), and its tags with `--copy-tags`, and says what the
+/// destination will hold of them, as the copy will decide it ([`map_metadata`],
+/// [`crate::store::tags::TagRules::check`]).
 pub(super) async fn preview_metadata(
     source: &dyn ObjectSource,
     sink: &dyn ObjectSink,
-    policy: InvalidMetadata,
+    options: &JobOptions,
     objects: &mut [PlannedObject],
     to_preview: &[(usize, String)],
     summary: &mut PlanSummary,
 ) {
     use futures::StreamExt;
+    let (policy, copy_tags) = (options.invalid_metadata, options.copy_tags);
     let rules = sink.meta_rules();
     let wanted: Vec<(usize, String, String)> = to_preview
         .iter()
         .map(|(at, etag)| (*at, objects[*at].key.clone(), etag.clone()))
         .collect();
-    let found: Vec<(usize, StoreResult<crate::store::Chunk>)> = futures::stream::iter(wanted)
+    type Found = (
+        usize,
+        StoreResult<crate::store::Chunk>,
+        Option<StoreResult<crate::store::tags::Tags>>,
+    );
+    let found: Vec<Found> = futures::stream::iter(wanted)
         .map(|(at, key, etag)| async move {
             let read = source
                 .read_range(&key, &etag, 0..0, bytes::BytesMut::new())
                 .await;
-            (at, read)
+            let tags = match copy_tags {
+                true => Some(source.tags(&key).await),
+                false => None,
+            };
+            (at, read, tags)
         })
         .buffer_unordered(HEAD_CONCURRENCY)
         .collect()
         .await;
-    for (at, read) in found {
+    for (at, read, tags) in found {
         let object = &mut objects[at];
+        let refused_tags = match (tags, sink.tag_rules()) {
+            (Some(Ok(tags)), Some(rules)) => rules.check(&tags).err(),
+            (Some(Err(e)), _) => {
+                tracing::warn!(key = %object.key, "cannot read the object's tags: {e}");
+                None
+            }
+            _ => None,
+        };
+        if let Some(why) = refused_tags {
+            summary.tags_refused += 1;
+            object.action = format!("cannot copy: {why} (--copy-tags)");
+            continue;
+        }
         let meta = match read {
             Ok(chunk) => crate::store::ObjectMeta::from_source(chunk.meta),
             Err(e) => {

@@ -31,7 +31,7 @@ use crate::state::{
     ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobRecord, JobState,
     StateDb, Write, now_ms,
 };
-use crate::store::rules::{DestName, IfExists, InvalidMetadata, Naming, map_metadata};
+use crate::store::rules::{DestName, IfExists, Naming, map_metadata};
 use crate::store::{
     DestObject, ErrorClass, ObjectInfo, ObjectSink, ObjectSource, PlannedBlock, SinkLimits,
     StoreResult, meta_keys,
@@ -124,6 +124,9 @@ pub struct PlanSummary {
     /// Objects (of a dry run) whose metadata the destination cannot hold under the policy.
     #[serde(default)]
     pub metadata_refused: u64,
+    /// Objects (of a dry run with `--copy-tags`) whose tags the destination cannot hold.
+    #[serde(default)]
+    pub tags_refused: u64,
 }
 
 /// Why a plan failed.
@@ -191,6 +194,16 @@ pub async fn plan_job_paged(
     if req.options.storage_class.is_some() && !sink.storage_classes() {
         return Err(PlanError::Options(
             "--storage-class: only an S3 destination has storage classes".into(),
+        ));
+    }
+    if req.options.copy_tags && !source.has_tags() {
+        return Err(PlanError::Options(
+            "--copy-tags: only S3 and Azure sources have object tags to copy".into(),
+        ));
+    }
+    if req.options.copy_tags && sink.tag_rules().is_none() {
+        return Err(PlanError::Options(
+            "--copy-tags: only an S3 or Azure destination holds object tags".into(),
         ));
     }
     let source_failed = |e: crate::store::StoreError| {
@@ -401,11 +414,10 @@ pub async fn plan_job_paged(
         ..
     } = planner;
     if req.dry_run {
-        let policy = req.options.invalid_metadata;
         preview_metadata(
             source,
             sink,
-            policy,
+            &req.options,
             &mut objects,
             &to_preview,
             &mut summary,
@@ -718,6 +730,8 @@ impl Planner<'_> {
                     // read and upload per chunk; begin, check and commit per object
                     2 * remaining + 3
                 };
+                // One GetObjectTagging per object (`--copy-tags`).
+                summary.requests += u64::from(req.options.copy_tags);
                 "copy".to_string()
             }
             FileState::Failed => {
