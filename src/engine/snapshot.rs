@@ -191,6 +191,22 @@ impl Snapshot {
             .peekable();
         unfinished.peek().is_some() && unfinished.all(|j| j.state == JobState::Paused)
     }
+
+    /// How the running jobs' bytes travel, for the status bar: none when every one goes
+    /// through blobway (or nothing runs); "mixed" when they differ.
+    pub fn running_carried(&self) -> Option<&'static str> {
+        let mut labels = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running && j.carried != Carried::Client)
+            .map(|j| j.carried.label());
+        let first = labels.next()?;
+        Some(if labels.all(|l| l == first) {
+            first
+        } else {
+            "mixed"
+        })
+    }
 }
 
 /// One job, summarised.
@@ -466,5 +482,52 @@ pub fn details<'a>(
         }),
         file_chunks: chunks_out,
         chunk_detail: detail_out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{JobOptions, JobRecord};
+
+    fn view(id: JobId, state: JobState, carried: Carried) -> JobView {
+        let record = JobRecord {
+            id,
+            source: "s3://a/".into(),
+            destination: "az://b/".into(),
+            options: JobOptions::default(),
+            state,
+            created_ms: 0,
+            updated_ms: 0,
+            error: None,
+            planned: true,
+        };
+        JobView {
+            carried,
+            ..JobView::recorded(record, JobProgress::default())
+        }
+    }
+
+    #[test]
+    fn the_status_bar_names_how_the_running_jobs_bytes_travel() {
+        let with = |jobs: Vec<JobView>| Snapshot {
+            jobs,
+            ..Snapshot::default()
+        };
+        assert_eq!(with(vec![]).running_carried(), None);
+        let client = view(1, JobState::Running, Carried::Client);
+        assert_eq!(with(vec![client.clone()]).running_carried(), None);
+        let server = view(2, JobState::Running, Carried::Server);
+        let paused = view(3, JobState::Paused, Carried::FellBack);
+        assert_eq!(
+            with(vec![client.clone(), server.clone(), paused]).running_carried(),
+            Some("server-side"),
+            "only running jobs count"
+        );
+        let fell_back = view(4, JobState::Running, Carried::FellBack);
+        assert_eq!(
+            with(vec![client, server, fell_back]).running_carried(),
+            Some("mixed")
+        );
     }
 }

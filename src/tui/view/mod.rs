@@ -78,6 +78,9 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             human(s.memory_budget),
         )),
     ];
+    if let Some(carried) = s.running_carried() {
+        spans.push(Span::raw(format!("  {carried}")));
+    }
     if let Some(notice) = app.notices.back() {
         spans.push(Span::styled(format!("  │ {notice}"), theme::dim()));
     }
