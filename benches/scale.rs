@@ -93,6 +93,7 @@ impl ObjectSource for Synthetic {
             data: Bytes::from(vec![7u8; (range.end - range.start) as usize]),
             meta: ObjectMeta::default(),
             source_crc64: None,
+            version_id: None,
         })
     }
 

@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::buffers::BufferPool;
 use super::verify::{self, ObjectCrc};
@@ -61,6 +61,9 @@ pub struct ChunkWork {
     pub key: String,
     /// The planned source version.
     pub etag: String,
+    /// The store's ID of that version (a versioned S3 bucket), once the upload began: every
+    /// copy from a URL or by name reads exactly it.
+    pub version_id: Option<String>,
     /// Bytes of the source object this chunk covers.
     pub range: Range<u64>,
     /// Chunk index.
@@ -202,7 +205,11 @@ pub async fn move_chunk(work: &ChunkWork) -> StoreResult<ChunkMoved> {
                 // chunk goes through blobway, or fails under `server`.
                 let sign = || async {
                     let url = match server.way {
-                        CopyWay::Url => Some(work.source.presign_get(&work.key).await?),
+                        CopyWay::Url => Some(
+                            work.source
+                                .presign_get(&work.key, work.version_id.as_deref())
+                                .await?,
+                        ),
                         CopyWay::Native => None,
                     };
                     Ok::<_, StoreError>(match url.as_ref().map_or(0, String::len) {
@@ -276,6 +283,7 @@ async fn copy_chunk(
         origin,
         key: &work.key,
         etag: &work.etag,
+        version: work.version_id.as_deref(),
         range: &work.range,
         url,
     };
@@ -291,7 +299,8 @@ async fn copy_chunk(
             let (mut source_meta, source_crc) = SourcePin::of(work).check().await?;
             source_meta.tags = tags;
             let object = crc.map(|value| ObjectCrc { value, read: false });
-            let verified = verify::verification(&work.key, object, source_crc)?;
+            let pinned = work.version_id.is_some();
+            let verified = verify::verification(&work.key, object, source_crc, pinned)?;
             let mut meta =
                 meta_for_destination(&work.target, source_meta, blobway, work.invalid_metadata)?;
             if let Some(crc) = crc {
@@ -319,7 +328,11 @@ async fn copy_chunk(
             let put = sink.copy_whole(work.target.upload(), from, &meta).await;
             confirm_write(put, sink, &work.target.key, bytes, source_etag.as_deref()).await?;
             // S3 copied it by name within itself, pinned to the planned version.
-            (None, Some(Verification::SizeAndVersion))
+            let pinned = work.version_id.is_some();
+            (
+                None,
+                Some(verify::verification(&work.key, None, None, pinned)?),
+            )
         }
         None => (
             sink.copy_block(work.target.upload(), work.index, &work.block_id, from)
@@ -405,7 +418,7 @@ async fn send_chunk(
                 value: crc64,
                 read: true,
             };
-            Some(verify::verification(&work.key, Some(object), None)?)
+            Some(verify::verification(&work.key, Some(object), None, false)?)
         }
         None => {
             let block = BlockRef {
@@ -552,16 +565,15 @@ pub struct BeginWork {
 pub struct Begun {
     /// The source's metadata.
     pub meta: ObjectMeta,
+    /// The source's version ID, where it keeps versions.
+    pub version_id: Option<String>,
     /// The destination's session, if it keeps one.
     pub session: Option<String>,
 }
 
 /// Begins an upload.
 pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
-    let chunk = work
-        .source
-        .read_range(&work.key, &work.etag, 0..0, BytesMut::new())
-        .await?;
+    let chunk = work.source.look_at(&work.key, &work.etag, None).await?;
     let meta = ObjectMeta::from_source(chunk.meta);
     let meta = with_tags(work.copy_tags, &*work.source, &work.key, &work.target, meta).await?;
     let full = meta_for_destination(
@@ -574,7 +586,11 @@ pub async fn begin_upload(work: &BeginWork) -> StoreResult<Begun> {
         give_up_unrecorded(work.target.sink.as_ref(), &work.target.key, since).await;
     }
     let session = work.target.sink.begin(work.target.upload(), &full).await?;
-    Ok(Begun { meta, session })
+    Ok(Begun {
+        meta,
+        version_id: chunk.version_id,
+        session,
+    })
 }
 
 /// How far from an unrecorded begin an upload the store lists may have been opened and still
@@ -613,6 +629,8 @@ pub struct CommitWork {
     pub blobway: ObjectMeta,
     /// The chunks' CRCs combined, when every one is known.
     pub crc: Option<ObjectCrc>,
+    /// The source's version ID every copy of the object named (a versioned S3 bucket).
+    pub version_id: Option<String>,
     /// What happens to metadata the destination cannot hold.
     pub invalid_metadata: InvalidMetadata,
     /// The source to look at before the commit (same version as planned, else the object
@@ -629,6 +647,8 @@ pub struct SourcePin {
     pub key: String,
     /// The planned version.
     pub etag: String,
+    /// The store's ID of that version, where it keeps versions.
+    pub version_id: Option<String>,
 }
 
 impl SourcePin {
@@ -638,15 +658,17 @@ impl SourcePin {
             source: work.source.clone(),
             key: work.key.clone(),
             etag: work.etag.clone(),
+            version_id: work.version_id.clone(),
         }
     }
 
-    /// Fails with [`ErrorClass::SourceChanged`] unless the source still is the planned
-    /// version; answers its metadata and its own full-object CRC-64/NVME, if it keeps one.
+    /// Fails with [`ErrorClass::SourceChanged`] unless the source still holds the planned
+    /// version (as its current one, or as the version ID every copy named); answers its
+    /// metadata and its own full-object CRC-64/NVME, if it keeps one.
     async fn check(&self) -> StoreResult<(ObjectMeta, Option<u64>)> {
         let looked = self
             .source
-            .read_range(&self.key, &self.etag, 0..0, BytesMut::new())
+            .look_at(&self.key, &self.etag, self.version_id.as_deref())
             .await?;
         Ok((looked.meta, looked.source_crc64))
     }
@@ -714,6 +736,7 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
             &target.key,
             crc,
             None,
+            work.version_id.is_some(),
         )?));
     }
     missing?;
@@ -721,7 +744,8 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         Some(pin) => pin.check().await?.1,
         None => None,
     };
-    let verified = verify::verification(&target.key, work.crc, source_crc)?;
+    let verified =
+        verify::verification(&target.key, work.crc, source_crc, work.version_id.is_some())?;
     let meta = meta_for_destination(
         target,
         work.source_meta.clone(),
@@ -851,6 +875,7 @@ mod tests {
             target: target(sink),
             key: "f.bin".into(),
             etag: etag.to_string(),
+            version_id: None,
             last: range.end == SIZE,
             range,
             index: i,
@@ -891,6 +916,7 @@ mod tests {
             source_meta: ObjectMeta::default(),
             blobway: ObjectMeta::default(),
             crc: None,
+            version_id: None,
             invalid_metadata: InvalidMetadata::Rename,
             pin: None,
         };
@@ -912,7 +938,7 @@ mod tests {
             .expect("moved");
         assert_eq!(
             verify_and_commit(&commit).await,
-            Ok(CommitOutcome::Committed(Verification::SizeAndVersion)),
+            Ok(CommitOutcome::Committed(Verification::SizeAndEtag)),
             "no CRC known for its chunks"
         );
         assert_eq!(

@@ -53,12 +53,14 @@ pub fn combine_crc64(parts: impl IntoIterator<Item = (u64, u64)>) -> u64 {
 /// How `key` is verified when its chunks combine to `crc` (none when a chunk's CRC is
 /// unknown) and the source vouches for `source` (its own full-object CRC-64/NVME, when it
 /// keeps one): the source's checksum where both are known, else blobway's own CRCs where
-/// blobway read the bytes, else only the size and version. A combined CRC that differs from
-/// the source's fails the object before its commit: the bytes staged are not the source's.
+/// blobway read the bytes, else only the size and the version — its version ID where every
+/// read named one (`by_version_id`), else its ETag. A combined CRC that differs from the
+/// source's fails the object before its commit: the bytes staged are not the source's.
 pub fn verification(
     key: &str,
     crc: Option<ObjectCrc>,
     source: Option<u64>,
+    by_version_id: bool,
 ) -> Result<Verification, StoreError> {
     match (crc, source) {
         (Some(crc), Some(source)) if crc.value == source => Ok(Verification::SourceChecksum),
@@ -73,7 +75,8 @@ pub fn verification(
             ),
         )),
         (Some(crc), None) if crc.read => Ok(Verification::BlobwayCrc),
-        _ => Ok(Verification::SizeAndVersion),
+        _ if by_version_id => Ok(Verification::SizeAndVersionId),
+        _ => Ok(Verification::SizeAndEtag),
     }
 }
 
@@ -109,28 +112,25 @@ mod tests {
             value: 7,
             read: false,
         });
-        assert_eq!(
-            verification("k", read, Some(7)).ok(),
-            Some(Verification::SourceChecksum)
-        );
-        assert_eq!(
-            verification("k", reported, Some(7)).ok(),
-            Some(Verification::SourceChecksum)
-        );
-        assert_eq!(
-            verification("k", read, None).ok(),
-            Some(Verification::BlobwayCrc)
-        );
-        assert_eq!(
-            verification("k", reported, None).ok(),
-            Some(Verification::SizeAndVersion)
-        );
-        // A chunk copied by name (S3 → S3) has no CRC: nothing to compare the source's with.
-        assert_eq!(
-            verification("k", None, Some(7)).ok(),
-            Some(Verification::SizeAndVersion)
-        );
-        let refused = verification("logs/a b", reported, Some(8)).expect_err("mismatch");
+        for by_version_id in [false, true] {
+            let verdict = |crc, source| verification("k", crc, source, by_version_id).ok();
+            assert_eq!(verdict(read, Some(7)), Some(Verification::SourceChecksum));
+            assert_eq!(
+                verdict(reported, Some(7)),
+                Some(Verification::SourceChecksum)
+            );
+            assert_eq!(verdict(read, None), Some(Verification::BlobwayCrc));
+            let version = if by_version_id {
+                Verification::SizeAndVersionId
+            } else {
+                Verification::SizeAndEtag
+            };
+            assert_eq!(verdict(reported, None), Some(version));
+            // A chunk copied by name (S3 → S3) has no CRC: nothing to compare the source's
+            // with.
+            assert_eq!(verdict(None, Some(7)), Some(version));
+        }
+        let refused = verification("logs/a b", reported, Some(8), true).expect_err("mismatch");
         assert_eq!(refused.class, ErrorClass::SourceChanged);
         assert!(
             refused.message.contains("`logs/a b`"),
@@ -177,7 +177,7 @@ mod tests {
                 .chunks(cut)
                 .map(|c| (Some(crc(c)), reported, c.len() as u64));
             let object = ObjectCrc::of(chunks);
-            let verdict = verification("k", object, Some(source));
+            let verdict = verification("k", object, Some(source), reported);
             prop_assert_eq!(verdict.is_ok(), copied == data);
             if copied == data {
                 prop_assert_eq!(verdict.ok(), Some(Verification::SourceChecksum));

@@ -110,6 +110,7 @@ impl Stored for FileRecord {
             .map(Later::Verified)
             .into_iter()
             .chain(tags.map(|t| Later::Tags(t.clone())))
+            .chain(self.version_id.clone().map(Later::VersionId))
             .collect();
         if !later.is_empty() {
             bytes = postcard::to_extend(&later, bytes).unwrap_or_default();
@@ -134,6 +135,7 @@ impl Stored for FileRecord {
                 match field {
                     Later::Verified(verified) => record.verified = Some(verified),
                     Later::Tags(tags) => record.meta.get_or_insert_default().tags = tags,
+                    Later::VersionId(version) => record.version_id = Some(version),
                 }
             }
         }
@@ -150,6 +152,8 @@ enum Later {
     Verified(crate::state::Verification),
     /// The tags of [`FileRecord::meta`], read when the upload began (`--copy-tags`).
     Tags(crate::store::tags::Tags),
+    /// [`FileRecord::version_id`].
+    VersionId(String),
 }
 
 /// A source version (ETag) as stored: S3's usual form, an MD5 in quoted hex, as its 16 bytes.
@@ -445,8 +449,9 @@ mod tests {
             record.size = size;
             record.etag = etag;
             record.note = note;
-            record.session = session;
+            record.session = session.clone();
             record.verified = verified;
+            record.version_id = session.map(|s| s + "-version");
             record.begun_ms = begun;
             record.state = FileState::Failed;
             record.error = Some(ErrorRecord {

@@ -239,6 +239,10 @@ pub struct FileRecord {
     /// (`codec`), so records without it keep their layout.
     #[serde(skip)]
     pub verified: Option<Verification>,
+    /// The source's version ID (a versioned S3 bucket), read when the upload began: every
+    /// later read and copy of the object names it. Stored after the record, as `verified`.
+    #[serde(skip)]
+    pub version_id: Option<String>,
 }
 
 /// How a committed object was shown to equal its source, strongest first.
@@ -252,17 +256,22 @@ pub enum Verification {
     /// chunk against that checksum as it arrived.
     BlobwayCrc,
     /// The stores copied the bytes themselves and the source offered no checksum: the size
-    /// and the source version (ETag) were checked, so a rewrite that kept the ETag would go
-    /// unseen.
-    SizeAndVersion,
+    /// and the source's ETag were checked, so a rewrite that kept the ETag (A → B → A) would
+    /// go unseen.
+    SizeAndEtag,
+    /// The stores copied the bytes themselves, every read pinned to the source's version ID
+    /// (a versioned S3 bucket), and the source offered no checksum: the size and that exact
+    /// version, which no rewrite changes.
+    SizeAndVersionId,
 }
 
 impl Verification {
     /// Every kind, strongest first.
-    pub const ALL: [Verification; 3] = [
+    pub const ALL: [Verification; 4] = [
         Verification::SourceChecksum,
         Verification::BlobwayCrc,
-        Verification::SizeAndVersion,
+        Verification::SizeAndVersionId,
+        Verification::SizeAndEtag,
     ];
 
     /// How the operator reads it.
@@ -270,7 +279,8 @@ impl Verification {
         match self {
             Verification::SourceChecksum => "source checksum",
             Verification::BlobwayCrc => "blobway crc",
-            Verification::SizeAndVersion => "size+version",
+            Verification::SizeAndEtag => "size+etag",
+            Verification::SizeAndVersionId => "size+version id",
         }
     }
 }
@@ -300,6 +310,7 @@ impl FileRecord {
             meta: None,
             begun_ms: None,
             verified: None,
+            version_id: None,
         }
     }
 

@@ -966,7 +966,8 @@ impl ObjectSource for AzureStore {
         Ok(std::collections::HashMap::from(tags).into_iter().collect())
     }
 
-    async fn presign_get(&self, key: &str) -> StoreResult<String> {
+    /// Azure's blob versions are not offered as source versions: `version` is never given.
+    async fn presign_get(&self, key: &str, _version: Option<&str>) -> StoreResult<String> {
         let sas = self.sas.as_ref().ok_or_else(|| {
             StoreError::new(
                 ErrorClass::Invalid,
@@ -1107,6 +1108,7 @@ impl ObjectSource for AzureStore {
                 data: Bytes::new(),
                 meta,
                 source_crc64: None,
+                version_id: None,
             });
         }
         let options = BlobClientDownloadOptions {
@@ -1150,6 +1152,7 @@ impl ObjectSource for AzureStore {
             data: buf.freeze(),
             meta,
             source_crc64: None,
+            version_id: None,
         })
     }
 }

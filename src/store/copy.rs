@@ -69,6 +69,8 @@ pub struct CopyFrom<'a> {
     pub key: &'a str,
     /// The version every copy is pinned to (ETag, If-Match).
     pub etag: &'a str,
+    /// The store's ID of that version, where it keeps versions: the copy reads exactly it.
+    pub version: Option<&'a str>,
     /// The bytes this copy covers.
     pub range: &'a Range<u64>,
     /// A signed GET of the object for [`CopyWay::Url`]: a bearer secret, never shown.
@@ -81,6 +83,7 @@ impl std::fmt::Debug for CopyFrom<'_> {
             .field("origin", self.origin)
             .field("key", &self.key)
             .field("etag", &self.etag)
+            .field("version", &self.version)
             .field("range", self.range)
             .field("url", &self.url.map(|_| "<signed>"))
             .finish()

@@ -603,6 +603,7 @@ impl ObjectSource for LocalStore {
                 data: buf.freeze(),
                 meta: store.source_meta(&key, &file, FileStat::of(&stat)),
                 source_crc64: None,
+                version_id: None,
             })
         })
         .await

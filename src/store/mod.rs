@@ -229,6 +229,8 @@ pub struct Chunk {
     /// The object's own full-object CRC-64/NVME, where the store keeps one and answered it
     /// (S3, to the look at an empty range).
     pub source_crc64: Option<u64>,
+    /// The store's ID of the version read, where it keeps versions (a versioned S3 bucket).
+    pub version_id: Option<String>,
 }
 
 /// The hard limits and the upload protocol of a destination, which the planner and the
@@ -277,14 +279,22 @@ pub trait ObjectSource: Send + Sync {
         None
     }
 
-    /// A GET of `key` signed with the store's current credentials, for a destination that
-    /// copies from a URL ([`CopyWay::Url`]); valid for a while, never past the credentials'
-    /// own expiry. A bearer secret: never logged or shown.
-    async fn presign_get(&self, key: &str) -> StoreResult<String> {
-        let _ = key;
+    /// A GET of `key` (of its version `version`, where given) signed with the store's
+    /// current credentials, for a destination that copies from a URL ([`CopyWay::Url`]);
+    /// valid for a while, never past the credentials' own expiry. A bearer secret: never
+    /// logged or shown.
+    async fn presign_get(&self, key: &str, version: Option<&str>) -> StoreResult<String> {
+        let _ = (key, version);
         Err(copy::unsupported(
             "this source cannot be read from a signed URL",
         ))
+    }
+
+    /// The metadata of `key` without its bytes, failing with [`ErrorClass::SourceChanged`]
+    /// unless it is still the version `etag` — the store's version `version`, where given.
+    async fn look_at(&self, key: &str, etag: &str, version: Option<&str>) -> StoreResult<Chunk> {
+        let _ = version;
+        self.read_range(key, etag, 0..0, BytesMut::new()).await
     }
 
     /// Whether objects here carry tags [`ObjectSource::tags`] reads (`--copy-tags`).

@@ -397,17 +397,20 @@ impl S3Store {
         StoreError::new(class, status, message).with_retry_after(retry_after)
     }
 
-    /// HEAD: the object, its metadata and its own full-object CRC-64/NVME when S3 keeps one.
+    /// HEAD (of version `version`, where given): the object, its metadata, its own
+    /// full-object CRC-64/NVME when S3 keeps one, and its version ID in a versioned bucket.
     async fn stat(
         &self,
         key: &str,
         etag: Option<&str>,
-    ) -> StoreResult<(ObjectInfo, ObjectMeta, Option<u64>)> {
+        version: Option<&str>,
+    ) -> StoreResult<(ObjectInfo, Chunk)> {
         let mut head = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
         if let Some(etag) = etag {
             head = head.if_match(etag);
@@ -429,7 +432,13 @@ impl S3Store {
             pairs: lowercase(out.metadata()),
             tags: Default::default(),
         };
-        Ok((info, meta, crc64_of(out.checksum_crc64_nvme())))
+        let looked = Chunk {
+            data: Bytes::new(),
+            meta,
+            source_crc64: crc64_of(out.checksum_crc64_nvme()),
+            version_id: out.version_id().map(str::to_string),
+        };
+        Ok((info, looked))
     }
 
     pub(super) fn stalled(&self, what: &str, key: &str) -> StoreError {
@@ -451,8 +460,13 @@ fn crc64_of(header: Option<&str>) -> Option<u64> {
 }
 
 impl S3Store {
-    /// A GET of `key` signed to be valid for `lifetime`.
-    async fn presign(&self, key: &str, lifetime: Duration) -> StoreResult<String> {
+    /// A GET of `key` (of its version `version`) signed to be valid for `lifetime`.
+    async fn presign(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        lifetime: Duration,
+    ) -> StoreResult<String> {
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(lifetime)
             .map_err(|e| StoreError::new(ErrorClass::Invalid, None, e.to_string()))?;
         let request = self
@@ -460,6 +474,7 @@ impl S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .presigned(config)
             .await
             .map_err(|e| self.error(e, "sign a GET of", key))?;
@@ -498,22 +513,30 @@ impl ObjectSource for S3Store {
             .collect())
     }
 
-    async fn presign_get(&self, key: &str) -> StoreResult<String> {
+    async fn look_at(&self, key: &str, etag: &str, version: Option<&str>) -> StoreResult<Chunk> {
+        let (_, looked) = self
+            .stat(key, Some(etag), version)
+            .await
+            .map_err(|e| e.on_read(key))?;
+        Ok(looked)
+    }
+
+    async fn presign_get(&self, key: &str, version: Option<&str>) -> StoreResult<String> {
         // Signed for each attempt with the credentials the SDK holds now (refreshed as they
         // expire), valid for a short while (the copy that uses it starts at once) and never
         // past those credentials' end: their expiry is known once signing fetched them, so a
         // URL that would outlive them is signed again, shorter, with the same ones.
         const VALID_FOR: Duration = Duration::from_secs(15 * 60);
-        let url = self.presign(key, VALID_FOR).await?;
+        let url = self.presign(key, version, VALID_FOR).await?;
         match presign_lifetime(std::time::SystemTime::now(), self.expiry.get(), VALID_FOR) {
-            lifetime if lifetime < VALID_FOR => self.presign(key, lifetime).await,
+            lifetime if lifetime < VALID_FOR => self.presign(key, version, lifetime).await,
             _ => Ok(url),
         }
     }
 
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
-            return Ok(vec![self.stat(prefix, None).await?.0]);
+            return Ok(vec![self.stat(prefix, None, None).await?.0]);
         }
         let mut pages = self
             .client
@@ -607,15 +630,7 @@ impl ObjectSource for S3Store {
         buffer: BytesMut,
     ) -> StoreResult<Chunk> {
         if range.is_empty() {
-            let (_, meta, source_crc64) = self
-                .stat(key, Some(etag))
-                .await
-                .map_err(|e| e.on_read(key))?;
-            return Ok(Chunk {
-                data: Bytes::new(),
-                meta,
-                source_crc64,
-            });
+            return self.look_at(key, etag, None).await;
         }
         let expected = usize::try_from(range.end - range.start)
             .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
@@ -675,6 +690,7 @@ impl ObjectSource for S3Store {
             data: buf.freeze(),
             meta,
             source_crc64: None,
+            version_id: None,
         })
     }
 }
@@ -753,12 +769,12 @@ mod tests {
     async fn a_signed_url_never_outlives_the_credentials_that_signed_it() {
         let soon = std::time::SystemTime::now() + Duration::from_secs(100);
         let url = store_with_credentials_ending(Some(soon))
-            .presign_get("k")
+            .presign_get("k", None)
             .await
             .expect("signed");
         assert!((90..=95).contains(&expires_in(&url)), "{url}");
         let url = store_with_credentials_ending(None)
-            .presign_get("k")
+            .presign_get("k", None)
             .await
             .expect("signed");
         assert_eq!(expires_in(&url), 900, "keys that never expire: 15 minutes");

@@ -225,7 +225,14 @@ fn copy_source(from: CopyFrom<'_>) -> String {
         // Never offered to an S3 destination (`copies_from`).
         CopyOrigin::Azure { .. } => "",
     };
-    format!("{bucket}/{}", utf8_percent_encode(from.key, KEY))
+    let key = utf8_percent_encode(from.key, KEY);
+    match from.version {
+        Some(version) => format!(
+            "{bucket}/{key}?versionId={}",
+            utf8_percent_encode(version, NON_ALPHANUMERIC)
+        ),
+        None => format!("{bucket}/{key}"),
+    }
 }
 
 fn s3_class(class: super::rules::StorageClass) -> aws_sdk_s3::types::StorageClass {

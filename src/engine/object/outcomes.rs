@@ -202,6 +202,7 @@ impl ObjectRun {
         match result {
             Ok(begun) if running && wanted => {
                 self.record.meta = Some(begun.meta);
+                self.record.version_id = begun.version_id;
                 self.record.session = begun.session;
                 // Recorded: nothing of this begin is left to look for after a crash.
                 self.record.begun_ms = None;

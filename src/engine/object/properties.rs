@@ -132,6 +132,7 @@ impl Store {
                 fault,
                 Ok(Begun {
                     meta: ObjectMeta::default(),
+                    version_id: None,
                     session: None,
                 }),
             );
@@ -143,6 +144,7 @@ impl Store {
             fault,
             Ok(Begun {
                 meta: ObjectMeta::default(),
+                version_id: None,
                 session: Some(session),
             }),
         )

@@ -163,6 +163,7 @@ impl Scheduler {
                     target,
                     key: record.key.clone(),
                     etag: record.etag.clone(),
+                    version_id: record.version_id.clone(),
                     range: record.chunk_range(index),
                     index,
                     last: index + 1 == record.chunk_count,
@@ -193,6 +194,7 @@ impl Scheduler {
                         source_meta: record.meta.clone().unwrap_or_default(),
                         blobway: destination_meta(record, crc.map(|crc| crc.value)),
                         crc,
+                        version_id: record.version_id.clone(),
                         invalid_metadata: options.invalid_metadata,
                         pin: job
                             .server
@@ -202,6 +204,7 @@ impl Scheduler {
                                 source: source.clone(),
                                 key: record.key.clone(),
                                 etag: record.etag.clone(),
+                                version_id: record.version_id.clone(),
                             }),
                     },
                 }))
