@@ -557,14 +557,23 @@ async fn s3_to_azure_server_side_is_proven_by_the_sources_own_checksum() {
         "server",
         "--chunk-size",
         "1MiB",
+        "--max-attempts",
+        "2",
         "--json",
     ]));
     assert_eq!(result.code, 1, "{}\n{}", result.stdout, result.stderr);
     let failed = result.events_named("file_failed");
     assert_eq!(failed.len(), 1, "{}", result.stdout);
     assert_eq!(failed[0]["key"], "in/lying.bin");
+    assert_eq!(failed[0]["error"]["class"], "Damaged");
     let message = failed[0]["error"]["message"].as_str().expect("message");
     assert!(message.contains("the source's own checksum"), "{message}");
+    // Copied again from the start before it was given up: a damaged copy is not final.
+    assert!(
+        !result.events_named("upload_restarted").is_empty(),
+        "{}",
+        result.stdout
+    );
     let copied = azure_contents(&container, "out/").await;
     assert_eq!(
         copied.keys().collect::<Vec<_>>(),

@@ -295,8 +295,8 @@ pub enum Event {
         /// The missing chunks.
         chunks: Vec<u32>,
     },
-    /// The destination lost an object's upload session (expired or aborted): its upload
-    /// starts over with a new one.
+    /// An object's upload starts over with a new session: the destination lost the old one
+    /// (expired or aborted), or what was staged disagreed with the source's checksum.
     UploadRestarted {
         /// The job.
         job: JobId,

@@ -65,12 +65,13 @@ pub fn verification(
     match (crc, source) {
         (Some(crc), Some(source)) if crc.value == source => Ok(Verification::SourceChecksum),
         (Some(crc), Some(source)) => Err(StoreError::new(
-            ErrorClass::SourceChanged,
+            ErrorClass::Damaged,
             None,
             format!(
                 "`{key}`: the copied chunks combine to CRC-64/NVME {:016x}, but the source's own \
-                 checksum is {source:016x}: the source was rewritten under the same version, or \
-                 the copy was damaged; nothing was committed, and `blobway resume` copies it again",
+                 checksum is {source:016x}: the copy was damaged, or the source rewritten under \
+                 the same version; nothing was committed, and the object is copied again from \
+                 the start",
                 crc.value
             ),
         )),
@@ -131,7 +132,7 @@ mod tests {
             assert_eq!(verdict(None, Some(7)), Some(version));
         }
         let refused = verification("logs/a b", reported, Some(8), true).expect_err("mismatch");
-        assert_eq!(refused.class, ErrorClass::SourceChanged);
+        assert_eq!(refused.class, ErrorClass::Damaged);
         assert!(
             refused.message.contains("`logs/a b`"),
             "{}",

@@ -130,7 +130,11 @@ impl Stored for FileRecord {
             .ok_or_else(|| "an object record's destination key does not fit its key".to_string())?;
         record.etag = version.text();
         if !rest.is_empty() {
-            let later: Vec<Later> = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+            let later: Vec<Later> = match postcard::take_from_bytes(rest) {
+                Ok((later, [])) => later,
+                Ok((_, left)) => return Err(format!("{} bytes after the record", left.len())),
+                Err(e) => return Err(e.to_string()),
+            };
             for field in later {
                 match field {
                     Later::Verified(verified) => record.verified = Some(verified),

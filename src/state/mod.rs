@@ -27,8 +27,11 @@ pub use records::*;
 /// The schema this blobway writes. Version 1 (no job counters) and version 2 (no index of
 /// objects by state) are upgraded on open; so is version 3 (object and chunk records in JSON
 /// only, which are read as they are and rewritten compactly as they change ([`codec`]); name
-/// claims holding whole keys, which are moved into their compact table).
-const SCHEMA_VERSION: &str = "4";
+/// claims holding whole keys, which are moved into their compact table). Version 4 lacks
+/// only what version 5 may append to a record (how an object was verified, its tags and
+/// source version ID; a chunk CRC the destination reported): its records read as they are,
+/// and an older blobway refuses a version-5 file instead of misreading it.
+const SCHEMA_VERSION: &str = "5";
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// In [`META`]: the highest job ID ever removed, so no ID is given twice.
@@ -303,6 +306,10 @@ impl StateDb {
                         .map_err(|e| self.err("written", e))?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) if v == "4" => {
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
                 Some(v) if v == "3" => {
                     self.move_names(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)
@@ -1558,7 +1565,7 @@ mod tests {
             let txn = db.db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
-                .insert("schema", "5")
+                .insert("schema", "6")
                 .expect("schema");
             txn.commit().expect("commit");
         }

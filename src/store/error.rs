@@ -34,12 +34,18 @@ pub enum ErrorClass {
     /// The destination already holds an object under this name and the commit was made on
     /// condition that it does not (`--if-exists skip|fail`): 412 / 409 to `If-None-Match: *`.
     Exists,
+    /// The bytes copied disagree with the source's own checksum (its full-object
+    /// CRC-64/NVME): nothing was committed; the object is copied again from the start.
+    Damaged,
 }
 
 impl ErrorClass {
     /// True for the classes worth another attempt.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorClass::Throttled | ErrorClass::Transient)
+        matches!(
+            self,
+            ErrorClass::Throttled | ErrorClass::Transient | ErrorClass::Damaged
+        )
     }
 
     /// True for the classes that will fail every other request of the job too, so the job
@@ -64,6 +70,7 @@ impl ErrorClass {
             ErrorClass::Capacity => "CAPACITY",
             ErrorClass::UploadLost => "UPLOAD_LOST",
             ErrorClass::Exists => "EXISTS",
+            ErrorClass::Damaged => "DAMAGED",
         }
     }
 }

@@ -167,6 +167,13 @@ pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String, Cred
     if shared.region().is_none() {
         config = config.region(Region::new("us-east-1"));
     }
+    // Expiring credentials are renewed 5 minutes before their end, not seconds: a URL
+    // signed with them (valid no longer than they are) always has minutes to be used.
+    config = config.identity_cache(
+        aws_sdk_s3::config::IdentityCache::lazy()
+            .buffer_time(Duration::from_secs(300))
+            .build(),
+    );
     let expiry = CredentialsExpiry::default();
     if let Some(inner) = shared.credentials_provider() {
         config = config.credentials_provider(NotingExpiry {
@@ -397,13 +404,15 @@ impl S3Store {
         StoreError::new(class, status, message).with_retry_after(retry_after)
     }
 
-    /// HEAD (of version `version`, where given): the object, its metadata, its own
-    /// full-object CRC-64/NVME when S3 keeps one, and its version ID in a versioned bucket.
+    /// HEAD (of version `version`, where given): the object, its metadata, its version ID in
+    /// a versioned bucket and, asked for with `checksum`, its own full-object CRC-64/NVME
+    /// when S3 keeps one (asking needs `kms:Decrypt` on an SSE-KMS object).
     async fn stat(
         &self,
         key: &str,
         etag: Option<&str>,
         version: Option<&str>,
+        checksum: bool,
     ) -> StoreResult<(ObjectInfo, Chunk)> {
         let mut head = self
             .client
@@ -411,7 +420,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_version_id(version.map(str::to_string))
-            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled);
+            .set_checksum_mode(checksum.then_some(aws_sdk_s3::types::ChecksumMode::Enabled));
         if let Some(etag) = etag {
             head = head.if_match(etag);
         }
@@ -435,7 +444,14 @@ impl S3Store {
         let looked = Chunk {
             data: Bytes::new(),
             meta,
-            source_crc64: crc64_of(out.checksum_crc64_nvme()),
+            // CRC-64/NVME is a full-object checksum by definition; a store that says
+            // otherwise is not believed.
+            source_crc64: crc64_of(out.checksum_crc64_nvme()).filter(|_| {
+                !matches!(
+                    out.checksum_type(),
+                    Some(aws_sdk_s3::types::ChecksumType::Composite)
+                )
+            }),
             version_id: out.version_id().map(str::to_string),
         };
         Ok((info, looked))
@@ -505,7 +521,24 @@ impl ObjectSource for S3Store {
         let out = tokio::time::timeout(self.stall_timeout, call)
             .await
             .map_err(|_| self.stalled("GetObjectTagging", key))?
-            .map_err(|e| self.error(e, "GetObjectTagging", key).on_read(key))?;
+            .map_err(|e| {
+                let unsupported = e.code() == Some("NotImplemented")
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 501);
+                let mut err = self.error(e, "GetObjectTagging", key).on_read(key);
+                if unsupported {
+                    err.class = ErrorClass::Invalid;
+                    err.message = format!(
+                        "{}; this S3 store keeps no object tags: copy without --copy-tags",
+                        err.message
+                    );
+                } else if err.class == ErrorClass::Permission {
+                    err.message = format!(
+                        "{} (--copy-tags reads tags with s3:GetObjectTagging)",
+                        err.message
+                    );
+                }
+                err
+            })?;
         Ok(out
             .tag_set()
             .iter()
@@ -514,11 +547,15 @@ impl ObjectSource for S3Store {
     }
 
     async fn look_at(&self, key: &str, etag: &str, version: Option<&str>) -> StoreResult<Chunk> {
-        let (_, looked) = self
-            .stat(key, Some(etag), version)
-            .await
-            .map_err(|e| e.on_read(key))?;
-        Ok(looked)
+        let looked = match self.stat(key, Some(etag), version, true).await {
+            // An SSE-KMS object answers a HEAD that asks for its checksum only with
+            // kms:Decrypt: without, it is looked at without its checksum.
+            Err(e) if e.class == ErrorClass::Permission => {
+                self.stat(key, Some(etag), version, false).await
+            }
+            looked => looked,
+        };
+        Ok(looked.map_err(|e| e.on_read(key))?.1)
     }
 
     async fn presign_get(&self, key: &str, version: Option<&str>) -> StoreResult<String> {
@@ -536,7 +573,7 @@ impl ObjectSource for S3Store {
 
     async fn list(&self, prefix: &str, single: bool) -> StoreResult<Vec<ObjectInfo>> {
         if single {
-            return Ok(vec![self.stat(prefix, None, None).await?.0]);
+            return Ok(vec![self.stat(prefix, None, None, false).await?.0]);
         }
         let mut pages = self
             .client

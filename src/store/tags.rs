@@ -31,7 +31,10 @@ impl TagRules {
 
     fn allows(self, c: char) -> bool {
         match self {
-            TagRules::S3 => c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c),
+            TagRules::S3 => {
+                !c.is_control()
+                    && (c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@".contains(c))
+            }
             TagRules::Azure => c.is_ascii_alphanumeric() || " +-./:=_".contains(c),
         }
     }
@@ -153,6 +156,10 @@ mod tests {
             assert!(rules.check(&tags(&[("k", &"v".repeat(257))])).is_err());
         }
         assert!(TagRules::S3.check(&tags(&[("aws:x", "v")])).is_err());
+        assert!(
+            TagRules::S3.check(&tags(&[("k", "a\tb")])).is_err(),
+            "no tabs"
+        );
     }
 
     #[test]

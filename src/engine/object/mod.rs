@@ -378,7 +378,7 @@ impl ObjectRun {
     /// up at the store — best effort: a session the store only seemed to lose would keep its
     /// parts (and their bill) otherwise.
     fn start_over(&mut self, step: &mut Step) {
-        tracing::info!(key = %self.record.key, "the upload session was lost; starting over");
+        tracing::info!(key = %self.record.key, "starting the upload over");
         // Timers set in this step belong to the life that ends here.
         step.timers.clear();
         if let Some(session) = self.record.session.take() {

@@ -300,7 +300,8 @@ impl ObjectRun {
                 self.fail(ErrorRecord::from_store(&err), &mut step);
             }
             Err(err)
-                if err.class == ErrorClass::UploadLost && self.restarts < retry.max_attempts =>
+                if matches!(err.class, ErrorClass::UploadLost | ErrorClass::Damaged)
+                    && self.restarts < retry.max_attempts =>
             {
                 step.events.push(Event::UploadRestarted {
                     job: self.job,
