@@ -262,8 +262,8 @@ enum Commands {
     /// (with the job's totals, and how many done objects each kind of verification covers:
     /// `source checksum` = the copied chunks' combined CRC-64 equals the source's own
     /// full-object checksum; `blobway crc` = blobway read and checksummed every byte and the
-    /// destination checked each chunk; `size+version` = the stores copied the bytes and only
-    /// the size and source version were checked).
+    /// destination checked each chunk; `size+version id` / `size+etag` = the stores copied the
+    /// bytes and only the size and the source's version ID, or only its ETag, were checked).
     Report {
         /// The job (`blobway jobs` lists them).
         job: JobId,

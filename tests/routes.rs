@@ -311,6 +311,81 @@ async fn s3_to_s3_server_side_moves_no_bytes_through_blobway_and_survives_sigkil
     );
 }
 
+/// moto ignores `x-amz-copy-source-if-match`; a proxy holds it to the precondition as S3
+/// does: a source overwritten while its parts are copied fails that object (nothing of it
+/// visible), and the rest of the job is copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_s3_server_side_a_source_changed_mid_copy_fails_that_object_only() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let dest_bucket = unique("dst");
+    put(&s3, &bucket, "data/big.bin", &random_bytes(12 * MIB, 61)).await;
+    let small = random_bytes(3000, 62);
+    put(&s3, &bucket, "data/small.txt", &small).await;
+    // Every part copy is throttled until the source was overwritten.
+    let proxy = Proxy::start(
+        &emulators().s3,
+        FaultConfig {
+            rate: 1.0,
+            mix: vec![(Fault::Throttle, 1)],
+            only: Some("partNumber=".into()),
+            enforce_copy_if_match: true,
+            ..FaultConfig::none(Flavor::S3)
+        },
+    )
+    .await;
+    let state = tempfile::tempdir().expect("state");
+    let child = blobway(&state.path().join("s.redb"))
+        .args([
+            "copy",
+            &format!("s3://{bucket}/data/"),
+            &format!("s3://{dest_bucket}/data/"),
+            "--source-endpoint",
+            &proxy.url,
+            "--dest-endpoint",
+            &proxy.url,
+            "--transfer",
+            "server",
+            "--chunk-size",
+            "5MiB",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.stats.count(Fault::Throttle) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part copy was tried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    put(&s3, &bucket, "data/big.bin", &random_bytes(12 * MIB, 63)).await;
+    proxy
+        .faulty
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let output = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let failed: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "file_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{stdout}");
+    assert_eq!(failed[0]["key"], "data/big.bin");
+    assert_eq!(failed[0]["error"]["class"], "SourceChanged", "{stdout}");
+    let copied = s3_contents(&s3, &dest_bucket, "data/").await;
+    assert_eq!(
+        copied.keys().collect::<Vec<_>>(),
+        ["data/small.txt"],
+        "nothing of the changed object is visible"
+    );
+    assert_eq!(md5_hex(&copied["data/small.txt"]), md5_hex(&small));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_to_s3_client_side_copy_counts_its_bytes_at_the_proxy() {
     // The control for the test above: the same proxy sees every byte when blobway carries

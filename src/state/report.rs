@@ -26,7 +26,7 @@ pub struct Report {
     pub error: Option<String>,
     pub totals: JobProgress,
     /// How many done objects each kind of verification covers (`source checksum`, `blobway
-    /// crc`, `size+version`, `not recorded`).
+    /// crc`, `size+version id`, `size+etag`, `not recorded`).
     pub verified: BTreeMap<&'static str, u64>,
     /// Every object not done (failed, unfinished), in the job's order; every object when the
     /// report was asked for all.

@@ -76,6 +76,10 @@ pub struct FaultConfig {
     /// Answer every server-side copy (a request naming `x-amz-copy-source`) 403 AccessDenied,
     /// as a bucket policy that refuses outside reads does.
     pub deny_copies: bool,
+    /// Answer a server-side copy whose source no longer has the ETag its
+    /// `x-amz-copy-source-if-match` names 412 PreconditionFailed, as S3 does (moto ignores
+    /// the header).
+    pub enforce_copy_if_match: bool,
 }
 
 impl FaultConfig {
@@ -92,6 +96,7 @@ impl FaultConfig {
             only: None,
             read_body_first: false,
             deny_copies: false,
+            enforce_copy_if_match: false,
         }
     }
 
@@ -287,6 +292,46 @@ fn choose(shared: &Shared) -> Option<Fault> {
     Some(turns[(turn * 5) % turns.len()])
 }
 
+/// Whether a request's copy source still has the ETag its `x-amz-copy-source-if-match`
+/// names (true for any other request), as the upstream answers a HEAD of it now.
+async fn copy_source_matches(shared: &Shared, request: &Request<Incoming>) -> bool {
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(source), Some(wanted)) = (
+        header("x-amz-copy-source"),
+        header("x-amz-copy-source-if-match"),
+    ) else {
+        return true;
+    };
+    // Under the copy's own credentials (moto checks that there are some, not the signature).
+    let mut head = Request::head(format!(
+        "{}/{}",
+        shared.upstream,
+        source.trim_start_matches('/')
+    ));
+    for name in ["authorization", "x-amz-date", "x-amz-security-token"] {
+        if let Some(value) = request.headers().get(name) {
+            head = head.header(name, value);
+        }
+    }
+    let Ok(head) = head.body(Full::new(Bytes::new())) else {
+        return false;
+    };
+    match shared.client.request(head).await {
+        Ok(answer) => answer
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|etag| etag == wanted),
+        Err(_) => false,
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
@@ -315,6 +360,16 @@ async fn handle(
     };
     if let Some(fault) = fault {
         record(fault);
+    }
+    if shared.config.enforce_copy_if_match && !copy_source_matches(&shared, &request).await {
+        let (_, body) = request.into_parts();
+        let _ = body.collect().await;
+        return Ok(error_response(
+            flavor,
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        ));
     }
     if shared.config.deny_copies && request.headers().contains_key("x-amz-copy-source") {
         let (_, body) = request.into_parts();
