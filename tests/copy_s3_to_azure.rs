@@ -325,8 +325,8 @@ async fn s3_to_azure_server_side_puts_blocks_from_signed_urls() {
         "server",
         "--chunk-size",
         "1MiB",
-        "--concurrency",
-        "2",
+        "--max-concurrency",
+        "4",
         "--json",
     ]));
     assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
@@ -378,6 +378,14 @@ async fn s3_to_azure_server_side_puts_blocks_from_signed_urls() {
     assert_eq!(
         throttles, 2,
         "the throttled source reached the controller as throttles"
+    );
+    assert!(
+        result
+            .events_named("concurrency_changed")
+            .iter()
+            .any(|e| e["decision"] == "throttle_cut"),
+        "and slowed it: {}",
+        result.stdout
     );
 }
 
