@@ -718,6 +718,61 @@ async fn s3_to_azure_server_side_in_a_versioned_bucket_copies_the_version_it_beg
     );
 }
 
+/// Credentials without `s3:GetObjectVersion` (a proxy refuses every read naming a version):
+/// the objects of a versioned bucket are pinned by their ETag alone, said once in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_version_reads_a_versioned_bucket_is_pinned_by_etag() {
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("versioning");
+    let data = random_bytes(2 * MIB + 3, 57);
+    put(&s3, &bucket, "in/versioned.bin", &data).await;
+    let proxy = proxy::Proxy::start(
+        &test_env("BLOBWAY_TEST_S3"),
+        proxy::FaultConfig {
+            deny_version_reads: true,
+            ..proxy::FaultConfig::none(proxy::Flavor::S3)
+        },
+    )
+    .await;
+    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
+    let container = unique("dst");
+    let state = tempfile::tempdir().expect("state");
+    let state_file = state.path().join("s.redb");
+    let result = run(through_double(&state_file, &double).args([
+        "copy",
+        &format!("s3://{bucket}/in/"),
+        &format!("az://{container}/out/"),
+        "--source-endpoint",
+        &proxy.url,
+        "--transfer",
+        "server",
+        "--chunk-size",
+        "1MiB",
+    ]));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    let copied = azure_contents(&container, "out/").await;
+    assert_eq!(
+        copied.get("out/versioned.bin").map(|d| md5_hex(d)),
+        Some(md5_hex(&data))
+    );
+    assert_eq!(
+        verified_by_key(&state_file),
+        [("in/versioned.bin".to_string(), "size+etag".to_string())].into()
+    );
+    let log = std::fs::read_to_string(state.path().join("blobway.log")).unwrap_or_default();
+    assert_eq!(log.matches("s3:GetObjectVersion").count(), 1, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_whose_signed_url_is_too_long_goes_through_blobway_under_auto_only() {
     // Azure takes at most 2 KiB in x-ms-copy-source; a long non-ASCII key, percent-encoded

@@ -354,7 +354,13 @@ async fn move_through_client(work: &ChunkWork) -> StoreResult<ChunkMoved> {
     let buffer = work.buffers.take(expected as usize);
     let chunk = work
         .source
-        .read_range(&work.key, &work.etag, work.range.clone(), buffer)
+        .read_version_range(
+            &work.key,
+            &work.etag,
+            work.version_id.as_deref(),
+            work.range.clone(),
+            buffer,
+        )
         .await?;
     let data = chunk.data.clone();
     let moved = send_chunk(work, chunk.data, chunk.meta, expected).await;
@@ -732,11 +738,12 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         let crc = work
             .crc
             .filter(|crc| recorded == Some(&format!("{:016x}", crc.value)));
+        // Found by its size and source ETag, whatever its reads named.
         return Ok(CommitOutcome::Committed(verify::verification(
             &target.key,
             crc,
             None,
-            work.version_id.is_some(),
+            false,
         )?));
     }
     missing?;

@@ -327,6 +327,20 @@ pub trait ObjectSource: Send + Sync {
         buffer: BytesMut,
     ) -> StoreResult<Chunk>;
 
+    /// [`ObjectSource::read_range`] of the store's version `version` of `key`, where given
+    /// (a versioned S3 bucket): the bytes of exactly that version.
+    async fn read_version_range(
+        &self,
+        key: &str,
+        etag: &str,
+        version: Option<&str>,
+        range: Range<u64>,
+        buffer: BytesMut,
+    ) -> StoreResult<Chunk> {
+        let _ = version;
+        self.read_range(key, etag, range, buffer).await
+    }
+
     /// One page of what lies directly under `prefix` (delimiter `/`), for browsing.
     async fn list_page(&self, prefix: &str, token: Option<String>) -> StoreResult<Page>;
 

@@ -36,6 +36,17 @@ pub struct S3Store {
     pub(super) stall_timeout: Duration,
     /// When the credentials the client signs with expire: a signed URL lives no longer.
     expiry: CredentialsExpiry,
+    /// What this bucket and these credentials were found to refuse.
+    quirks: std::sync::Arc<Quirks>,
+}
+
+/// What an S3 source was found to refuse, learned once and kept for the run.
+#[derive(Debug, Default)]
+struct Quirks {
+    /// A HEAD asking for the checksum was refused (SSE-KMS without `kms:Decrypt`).
+    checksum_denied: std::sync::atomic::AtomicBool,
+    /// Whether a read naming a version ID is allowed (`s3:GetObjectVersion`), once tried.
+    versions_readable: std::sync::OnceLock<bool>,
 }
 
 /// When the credentials a client signs with expire, as its identity cache last fetched them
@@ -167,11 +178,13 @@ pub async fn client_for(access: &Access) -> anyhow::Result<(Client, String, Cred
     if shared.region().is_none() {
         config = config.region(Region::new("us-east-1"));
     }
-    // Expiring credentials are renewed 5 minutes before their end, not seconds: a URL
-    // signed with them (valid no longer than they are) always has minutes to be used.
+    // Expiring credentials are renewed a minute before their end, not seconds: a URL signed
+    // with them (valid no longer than they are) has most of a minute to be used. (Longer
+    // would have the cache reload credentials that providers hand out with a few minutes
+    // left, such as IMDS, on every request.)
     config = config.identity_cache(
         aws_sdk_s3::config::IdentityCache::lazy()
-            .buffer_time(Duration::from_secs(300))
+            .buffer_time(Duration::from_secs(60))
             .build(),
     );
     let expiry = CredentialsExpiry::default();
@@ -268,7 +281,29 @@ impl S3Store {
             endpoint: endpoint.to_string(),
             stall_timeout: settings.stall_timeout,
             expiry: CredentialsExpiry::default(),
+            quirks: Default::default(),
         }
+    }
+
+    /// Whether reads may name version IDs (`s3:GetObjectVersion`, which `s3:GetObject` alone
+    /// does not grant): tried once, with a look at `found` of `key`. Where they may not,
+    /// objects are pinned by their ETag alone, as in an unversioned bucket.
+    async fn versions_readable(&self, key: &str, etag: &str, found: &str) -> bool {
+        if let Some(known) = self.quirks.versions_readable.get() {
+            return *known;
+        }
+        let readable = match self.stat(key, Some(etag), Some(found), false).await {
+            Err(e) if e.class == ErrorClass::Permission => {
+                tracing::warn!(
+                    "reading a version of s3://{}/{key} was refused (s3:GetObjectVersion): \
+                     objects are pinned by their ETag alone",
+                    self.bucket
+                );
+                false
+            }
+            _ => true,
+        };
+        *self.quirks.versions_readable.get_or_init(|| readable)
     }
 
     pub(super) fn error<E>(
@@ -547,15 +582,30 @@ impl ObjectSource for S3Store {
     }
 
     async fn look_at(&self, key: &str, etag: &str, version: Option<&str>) -> StoreResult<Chunk> {
-        let looked = match self.stat(key, Some(etag), version, true).await {
+        use std::sync::atomic::Ordering::Relaxed;
+        let checksum = !self.quirks.checksum_denied.load(Relaxed);
+        let looked = match self.stat(key, Some(etag), version, checksum).await {
             // An SSE-KMS object answers a HEAD that asks for its checksum only with
-            // kms:Decrypt: without, it is looked at without its checksum.
-            Err(e) if e.class == ErrorClass::Permission => {
-                self.stat(key, Some(etag), version, false).await
+            // kms:Decrypt: without, it (and every later one) is looked at without asking.
+            Err(e) if checksum && e.class == ErrorClass::Permission => {
+                let again = self.stat(key, Some(etag), version, false).await;
+                if again.is_ok() {
+                    self.quirks.checksum_denied.store(true, Relaxed);
+                }
+                again
             }
             looked => looked,
         };
-        Ok(looked.map_err(|e| e.on_read(key))?.1)
+        let mut looked = looked.map_err(|e| e.on_read(key))?.1;
+        // "null" names the one unversioned object, which a write replaces in place.
+        looked.version_id = looked.version_id.filter(|v| v != "null");
+        if version.is_none()
+            && let Some(found) = looked.version_id.clone()
+            && !self.versions_readable(key, etag, &found).await
+        {
+            looked.version_id = None;
+        }
+        Ok(looked)
     }
 
     async fn presign_get(&self, key: &str, version: Option<&str>) -> StoreResult<String> {
@@ -666,8 +716,20 @@ impl ObjectSource for S3Store {
         range: Range<u64>,
         buffer: BytesMut,
     ) -> StoreResult<Chunk> {
+        self.read_version_range(key, etag, None, range, buffer)
+            .await
+    }
+
+    async fn read_version_range(
+        &self,
+        key: &str,
+        etag: &str,
+        version: Option<&str>,
+        range: Range<u64>,
+        buffer: BytesMut,
+    ) -> StoreResult<Chunk> {
         if range.is_empty() {
-            return self.look_at(key, etag, None).await;
+            return self.look_at(key, etag, version).await;
         }
         let expected = usize::try_from(range.end - range.start)
             .map_err(|_| StoreError::new(ErrorClass::Invalid, None, "range too large"))?;
@@ -678,6 +740,7 @@ impl ObjectSource for S3Store {
             .key(key)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .if_match(etag)
+            .set_version_id(version.map(str::to_string))
             .send();
         let out = tokio::time::timeout(self.stall_timeout, request)
             .await

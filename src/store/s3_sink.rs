@@ -200,7 +200,7 @@ impl S3Store {
 
 fn classify_copy_error(error: StoreError, code: Option<&str>, from: CopyFrom<'_>) -> StoreError {
     match code {
-        Some("NoSuchKey") => StoreError::source_changed(from.key),
+        Some("NoSuchKey" | "NoSuchVersion") => StoreError::source_changed(from.key),
         // An archived source object (Glacier) must be restored first: it fails, the route
         // stands.
         Some("InvalidObjectState") => error,

@@ -80,6 +80,9 @@ pub struct FaultConfig {
     /// `x-amz-copy-source-if-match` names 412 PreconditionFailed, as S3 does (moto ignores
     /// the header).
     pub enforce_copy_if_match: bool,
+    /// Answer every request naming a version ID 403 AccessDenied, as S3 does to credentials
+    /// without `s3:GetObjectVersion`.
+    pub deny_version_reads: bool,
 }
 
 impl FaultConfig {
@@ -97,6 +100,7 @@ impl FaultConfig {
             read_body_first: false,
             deny_copies: false,
             enforce_copy_if_match: false,
+            deny_version_reads: false,
         }
     }
 
@@ -369,6 +373,20 @@ async fn handle(
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",
             "At least one of the pre-conditions you specified did not hold",
+        ));
+    }
+    let names_version = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("versionId="));
+    if shared.config.deny_version_reads && names_version {
+        let (_, body) = request.into_parts();
+        let _ = body.collect().await;
+        return Ok(error_response(
+            flavor,
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied",
         ));
     }
     if shared.config.deny_copies && request.headers().contains_key("x-amz-copy-source") {

@@ -343,6 +343,7 @@ impl ObjectRun {
     fn give_up_session(&mut self, step: &mut Step) {
         if let Some(session) = self.record.session.take() {
             self.record.meta = None;
+            self.record.version_id = None;
             step.abort.push((self.record.dest_key.clone(), session));
         }
     }
@@ -386,6 +387,7 @@ impl ObjectRun {
         }
         let mut record = self.record.clone();
         record.meta = None;
+        record.version_id = None;
         record.commit_attempts = 0;
         record.state = FileState::Transferring;
         let mut chunks = std::mem::take(&mut self.chunks);

@@ -314,6 +314,10 @@ impl ObjectRun {
                 self.phase = due;
                 step.stop_job = Some(err.to_string());
             }
+            // Started over as often as allowed: checking the same blocks again cannot help.
+            Err(err) if err.class == ErrorClass::Damaged => {
+                self.fail(ErrorRecord::from_store(&err.context("commit")), &mut step);
+            }
             Err(err) if retry.should_retry(&err, attempts) => {
                 self.phase = match due {
                     Phase::Checking { asked_by, .. } => Phase::Checking {

@@ -22,7 +22,10 @@ impl Scheduler {
                 (moved.bytes, None)
             }
             // Only the stores' health steers the controller, not a changed source or a bad key.
-            Err(e) if e.class.is_retryable() => (0, Some(e.class)),
+            // Only the stores' health steers the controller: a damaged copy is not a fault.
+            Err(e) if e.class.is_retryable() && e.class != ErrorClass::Damaged => {
+                (0, Some(e.class))
+            }
             Err(_) => return,
         };
         let outcome = Outcome {
