@@ -99,10 +99,18 @@ impl Metrics {
             ErrorClass::Capacity,
             ErrorClass::UploadLost,
             ErrorClass::Exists,
+            ErrorClass::Damaged,
         ] {
             errors.with_label_values(&[class.name()]);
         }
-        for decision in ["throttle_cut", "error_cut", "increase", "operator"] {
+        for decision in [
+            "throttle_cut",
+            "error_cut",
+            "increase",
+            "operator",
+            "ease",
+            "probe",
+        ] {
             decisions.with_label_values(&[decision]);
         }
         Metrics {

@@ -1,11 +1,25 @@
-//! Adaptive concurrency: how many units of work the gate admits. Over a sliding window of
-//! chunk outcomes — an error rate above 10% halves the limit; any throttling answer (429, 503
-//! SlowDown/ServerBusy) halves it at once, at most once per cool-down; no errors and a cost per
-//! MiB not worse than the recent best by a margin, while the limit is actually used, raises it
-//! by two. Bounded by [min, max]. The operator can switch to manual and set the value. Every
-//! change comes with its [`Decision`] and a reason, so a graph can show why it moved.
+//! Adaptive concurrency: how many units of work the gate admits, tracking the knee — the
+//! smallest limit that still gets the stores' full throughput. Past the knee more work in
+//! flight only lengthens the queue: latency grows, throughput does not.
 //!
-//! Pure logic over [`tokio::time::Instant`], so tests drive it with paused time.
+//! The design follows Netflix's Gradient2 (`concurrency-limits`) for the knee and BBR for the
+//! baseline, with AIMD kept for errors:
+//! - Decisions are taken per epoch of completions (as many as the limit, at least
+//!   `min_samples`), not per second: big chunks give few samples.
+//! - The no-load cost (milliseconds per MiB, the median of an epoch) is the lowest recently
+//!   seen. Each epoch moves the limit to `limit × gradient + √limit / 2`, where `gradient` is
+//!   no-load cost over current cost (1 within a 10% tolerance, at least ½). While the stores
+//!   keep up the gradient is 1 and the limit climbs by the queue allowance; past the knee the
+//!   cost grows with the limit and the gradient pulls it back near the knee.
+//! - The no-load cost is re-measured (BBR's ProbeRTT) when it is older than `best_memory`: one
+//!   epoch at half the limit, then back. Otherwise it would drift up with the queue it
+//!   measures.
+//! - An error rate above 10% in an epoch halves the limit. A throttling answer (429, 503
+//!   SlowDown/ServerBusy) halves it at once, at most once per cool-down.
+//!
+//! Bounded by [min, max]. The operator can switch to manual and set the value. Every change
+//! comes with its [`Decision`] and a reason, so a graph can show why it moved. Pure logic over
+//! [`tokio::time::Instant`], so tests drive it with paused time.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,6 +41,10 @@ pub enum Decision {
     Increase,
     /// The operator set it.
     Operator,
+    /// Latency grew without throughput (a queue past the knee): lowered toward the knee.
+    Ease,
+    /// The no-load latency is re-measured at a lower limit, or the limit is back from it.
+    Probe,
 }
 
 /// A change of the limit.
@@ -49,19 +67,19 @@ pub struct ControllerConfig {
     pub min: u32,
     /// Never above.
     pub max: u32,
-    /// Outcomes older than this are forgotten.
+    /// An epoch is judged with what it has after this long, if it has `min_samples`.
     pub window: Duration,
     /// At most one cut per cool-down.
     pub cooldown: Duration,
-    /// How often the window is judged.
+    /// Epochs are judged at most this often.
     pub interval: Duration,
-    /// How much worse than the best recent cost per MiB still counts as "keeping up".
+    /// How much worse than the no-load cost per MiB still counts as no queue.
     pub margin: f64,
-    /// How long a best cost is remembered.
+    /// How long a no-load cost is trusted before it is re-measured.
     pub best_memory: Duration,
-    /// Outcomes a window needs before it is judged.
+    /// Outcomes an epoch needs at least (it needs as many as the limit otherwise).
     pub min_samples: usize,
-    /// How much an increase adds.
+    /// The least an increase adds.
     pub step: u32,
 }
 
@@ -74,10 +92,10 @@ impl Default for ControllerConfig {
             window: Duration::from_secs(5),
             cooldown: Duration::from_secs(3),
             interval: Duration::from_secs(1),
-            margin: 1.5,
+            margin: 1.1,
             best_memory: Duration::from_secs(60),
             min_samples: 4,
-            step: 2,
+            step: 1,
         }
     }
 }
@@ -107,10 +125,14 @@ pub struct Controller {
     config: ControllerConfig,
     limit: u32,
     adaptive: bool,
+    /// The outcomes of the epoch under way.
     samples: VecDeque<Sample>,
     last_cut: Option<Instant>,
     last_judged: Instant,
+    /// The no-load cost per MiB, and when it was measured.
     best: Option<(f64, Instant)>,
+    /// While the no-load cost is re-measured: the limit to go back to.
+    probing: Option<u32>,
 }
 
 /// The concurrency the operator last chose, kept in the state file so a restarted engine
@@ -157,6 +179,7 @@ impl Controller {
             last_cut: None,
             last_judged: now,
             best: None,
+            probing: None,
         }
     }
 
@@ -174,12 +197,14 @@ impl Controller {
     pub fn set_adaptive(&mut self, adaptive: bool, now: Instant) {
         self.adaptive = adaptive;
         self.samples.clear();
+        self.probing = None;
         self.last_judged = now;
     }
 
     /// The operator sets the limit: the controller goes manual.
     pub fn set_manual(&mut self, limit: u32) -> Change {
         self.adaptive = false;
+        self.probing = None;
         self.limit = limit.clamp(1, 4096);
         Change {
             limit: self.limit,
@@ -210,24 +235,33 @@ impl Controller {
         None
     }
 
-    /// Judges the window once per interval; `in_flight` says whether the limit is used.
+    /// Judges the epoch once it is complete; `in_flight` says whether the limit is used.
     pub fn tick(&mut self, now: Instant, in_flight: u32) -> Option<Change> {
         if !self.adaptive || now.duration_since(self.last_judged) < self.config.interval {
             return None;
         }
-        self.last_judged = now;
+        // Outcomes from long ago (a stall, a pause) say nothing of the stores now.
+        let horizon = self.config.window * 4;
         while self
             .samples
             .front()
-            .is_some_and(|s| now.duration_since(s.at) > self.config.window)
+            .is_some_and(|s| now.duration_since(s.at) > horizon)
         {
             self.samples.pop_front();
         }
-        if self.samples.len() < self.config.min_samples {
+        let wanted = self.config.min_samples.max(self.limit as usize);
+        let waited = self
+            .samples
+            .front()
+            .is_some_and(|s| now.duration_since(s.at) >= self.config.window);
+        if self.samples.len() < self.config.min_samples || (self.samples.len() < wanted && !waited)
+        {
             return None;
         }
-        let failed = self.samples.iter().filter(|s| s.failed).count();
-        let error_rate = failed as f64 / self.samples.len() as f64;
+        self.last_judged = now;
+        let epoch: Vec<Sample> = self.samples.drain(..).collect();
+        let failed = epoch.iter().filter(|s| s.failed).count();
+        let error_rate = failed as f64 / epoch.len() as f64;
         if error_rate > 0.10 {
             if self.may_cut(now) {
                 return self.cut(
@@ -241,29 +275,68 @@ impl Controller {
         if failed > 0 {
             return None;
         }
-        let mut costs: Vec<f64> = self.samples.iter().map(|s| s.cost).collect();
+        let mut costs: Vec<f64> = epoch.iter().map(|s| s.cost).collect();
         costs.sort_by(f64::total_cmp);
         let median = costs[costs.len() / 2];
+        if let Some(back) = self.probing.take() {
+            self.best = Some((median, now));
+            self.limit = back;
+            return Some(Change {
+                limit: back,
+                decision: Decision::Probe,
+                reason: format!(
+                    "no-load latency re-measured at {median:.0} ms/MiB: back to {back}"
+                ),
+            });
+        }
         let best = match self.best {
-            Some((best, at))
-                if now.duration_since(at) <= self.config.best_memory && best <= median =>
-            {
-                best
+            Some((best, at)) if now.duration_since(at) <= self.config.best_memory => {
+                if median < best {
+                    self.best = Some((median, at));
+                }
+                best.min(median)
+            }
+            // Never measured, or measured long ago (perhaps with the very queue it is to be
+            // measured against): measured at the least limit, for one short epoch.
+            _ if self.limit > self.config.min.max(1) => {
+                let lower = self.config.min.max(1);
+                self.probing = Some(self.limit);
+                self.limit = lower;
+                return Some(Change {
+                    limit: lower,
+                    decision: Decision::Probe,
+                    reason: format!("measuring the no-load latency at {lower}"),
+                });
             }
             _ => {
                 self.best = Some((median, now));
                 median
             }
         };
+        let target = knee_target(self.limit, best, median, self.config.margin)
+            .clamp(self.config.min.max(1), self.config.max.max(1));
         let used = in_flight + 1 >= self.limit;
-        if used && median <= best * self.config.margin && self.limit < self.config.max {
-            self.limit = (self.limit + self.config.step).min(self.config.max);
+        if target > self.limit && used {
+            self.limit = target
+                .max(self.limit + self.config.step)
+                .min(self.config.max);
             return Some(Change {
                 limit: self.limit,
                 decision: Decision::Increase,
                 reason: format!(
-                    "no errors, {median:.0} ms/MiB against a best of {best:.0}: raised to {}",
+                    "no errors, {median:.0} ms/MiB against a no-load {best:.0}: raised to {}",
                     self.limit
+                ),
+            });
+        }
+        if target < self.limit {
+            self.limit = target;
+            return Some(Change {
+                limit: target,
+                decision: Decision::Ease,
+                reason: format!(
+                    "{median:.0} ms/MiB against a no-load {best:.0}, a queue without more \
+                     throughput: eased to {target}"
                 ),
             });
         }
@@ -276,6 +349,10 @@ impl Controller {
     }
 
     fn cut(&mut self, now: Instant, decision: Decision, why: String) -> Option<Change> {
+        // A cut during a probe cuts what the probe would have gone back to.
+        if let Some(back) = self.probing.take() {
+            self.limit = back;
+        }
         let halved = (self.limit / 2).max(self.config.min.max(1));
         self.last_cut = Some(now);
         self.samples.clear();
@@ -289,6 +366,18 @@ impl Controller {
             reason: format!("{why}: halved to {halved}"),
         })
     }
+}
+
+/// Gradient2's new limit: `limit × gradient + √limit / 2`, the gradient being the no-load cost
+/// `best` over the current `median` (1 while within `margin` of it, never below ½).
+pub fn knee_target(limit: u32, best: f64, median: f64, margin: f64) -> u32 {
+    let gradient = if median <= 0.0 {
+        1.0
+    } else {
+        (margin * best / median).clamp(0.5, 1.0)
+    };
+    let queue = (f64::from(limit).sqrt() / 2.0).max(1.0);
+    (f64::from(limit) * gradient + queue).floor() as u32
 }
 
 #[cfg(test)]
@@ -315,38 +404,126 @@ mod tests {
         Controller::new(ControllerConfig::default(), true, Instant::now())
     }
 
+    /// One epoch: as many outcomes as the limit (at least 4), then a judgement a second later.
+    async fn epoch(c: &mut Controller, outcome: Outcome) -> Option<Change> {
+        for _ in 0..c.limit().max(4) {
+            c.observe(Instant::now(), outcome);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        c.tick(Instant::now(), c.limit())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn raises_while_the_stores_keep_up() {
         let mut c = controller();
         assert_eq!(c.limit(), 16);
+        let probe = epoch(&mut c, ok(400)).await.expect("measured first");
+        assert_eq!((probe.decision, probe.limit), (Decision::Probe, 2));
+        let back = epoch(&mut c, ok(400)).await.expect("back");
+        assert_eq!((back.decision, back.limit), (Decision::Probe, 16));
         for _ in 0..5 {
-            for _ in 0..10 {
-                c.observe(Instant::now(), ok(400));
-            }
-            tokio::time::advance(Duration::from_secs(1)).await;
-            let change = c.tick(Instant::now(), c.limit()).expect("raised");
+            let change = epoch(&mut c, ok(400)).await.expect("raised");
             assert_eq!(change.decision, Decision::Increase);
         }
-        assert_eq!(c.limit(), 26);
+        assert_eq!(c.limit(), 26, "by √limit / 2 each epoch");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn does_not_raise_an_unused_limit_or_a_slowing_store() {
+    async fn an_epoch_is_as_many_completions_as_the_limit() {
         let mut c = controller();
         for _ in 0..10 {
             c.observe(Instant::now(), ok(400));
         }
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(c.tick(Instant::now(), 3), None, "only 3 of 16 in use");
-        for _ in 0..10 {
-            c.observe(Instant::now(), ok(2000));
+        assert_eq!(c.tick(Instant::now(), 16), None, "10 of 16 completions");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(
+            c.tick(Instant::now(), 16).is_some(),
+            "judged after the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn does_not_raise_an_unused_limit_and_eases_a_queue() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        for _ in 0..16 {
+            c.observe(Instant::now(), ok(400));
         }
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            c.tick(Instant::now(), 16),
-            None,
-            "cost per MiB far above the best"
-        );
+        assert_eq!(c.tick(Instant::now(), 3), None, "only 3 of 16 in use");
+        let eased = epoch(&mut c, ok(2000)).await.expect("eased");
+        assert_eq!(eased.decision, Decision::Ease);
+        assert_eq!(eased.limit, 10, "16 × ½ + 2: five times the no-load cost");
+    }
+
+    /// A link of `capacity` MiB/s where each chunk in flight gets at most `per_chunk` MiB/s and
+    /// pays `rtt`: the knee is `capacity / per_chunk`. Returns each epoch's (limit, MiB/s).
+    async fn run_link(capacity: f64, per_chunk: f64, rtt: f64, epochs: usize) -> Vec<(u32, f64)> {
+        let mut c = controller();
+        let mut seen = Vec::new();
+        for _ in 0..epochs {
+            let n = f64::from(c.limit());
+            let throughput = (n * per_chunk).min(capacity);
+            // Little's law: each MiB waits n / throughput seconds, plus the round trip.
+            let ms_per_mib = (n / throughput + rtt) * 1000.0;
+            let outcome = Outcome {
+                bytes: 1 << 20,
+                latency: Duration::from_secs_f64(ms_per_mib / 1000.0),
+                error: None,
+            };
+            seen.push((c.limit(), throughput));
+            epoch(&mut c, outcome).await;
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settles_near_the_knee_of_a_full_link() {
+        for (per_chunk, knee) in [
+            (8.0, 8.0),
+            (16.0, 4.0),
+            (4.0, 16.0),
+            (32.0, 2.0),
+            (6.0, 10.7),
+        ] {
+            let seen = run_link(64.0, per_chunk, 0.02, 120).await;
+            let settled = &seen[60..];
+            let mean = settled.iter().map(|(l, _)| f64::from(*l)).sum::<f64>() / 60.0;
+            let rate = settled.iter().map(|(_, t)| t).sum::<f64>() / 60.0;
+            assert!(
+                mean <= 1.5 * knee && mean >= 0.9 * knee,
+                "knee {knee}: mean limit {mean:.1}: {seen:?}"
+            );
+            assert!(
+                rate >= 0.95 * 64.0,
+                "knee {knee}: {rate:.1} MiB/s: {seen:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn climbs_where_latency_not_bandwidth_is_the_limit() {
+        // 200 ms round trips and ample bandwidth: the knee is above the maximum.
+        let seen = run_link(10_000.0, 4.0, 0.2, 60).await;
+        assert_eq!(seen.last().map(|(l, _)| *l), Some(64), "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_no_load_latency_is_re_measured_lower_then_the_limit_returns() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        epoch(&mut c, ok(400)).await.expect("raised");
+        let before = c.limit();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let probe = epoch(&mut c, ok(400)).await.expect("probe");
+        assert_eq!((probe.decision, probe.limit), (Decision::Probe, 2));
+        let back = epoch(&mut c, ok(300)).await.expect("back");
+        assert_eq!((back.decision, back.limit), (Decision::Probe, before));
+        // 300 ms for 8 MiB.
+        assert_eq!(c.best.map(|(b, _)| b), Some(37.5), "the new no-load cost");
     }
 
     #[tokio::test(start_paused = true)]
@@ -393,11 +570,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn old_outcomes_leave_the_window() {
         let mut c = controller();
+        epoch(&mut c, ok(300)).await.expect("probe");
+        epoch(&mut c, ok(300)).await.expect("back");
         for _ in 0..3 {
             c.observe(Instant::now(), failed(ErrorClass::Transient));
         }
-        tokio::time::advance(Duration::from_secs(10)).await;
-        for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(30)).await;
+        for _ in 0..16 {
             c.observe(Instant::now(), ok(300));
         }
         let change = c

@@ -313,6 +313,8 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
         Decision::ErrorCut,
         Decision::Increase,
         Decision::Operator,
+        Decision::Ease,
+        Decision::Probe,
     ]
     .into_iter()
     .map(|decision| {
