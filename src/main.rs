@@ -349,8 +349,9 @@ impl AccessFlags {
 #[derive(Args, Debug, Clone)]
 struct Tuning {
     /// Fix the number of chunks (and small objects, and commits) in flight. Without it an
-    /// adaptive controller decides, starting at 16: it halves on throttling or errors and
-    /// raises by two while the stores keep up.
+    /// adaptive controller decides, starting at 16: it halves on throttling or errors, and
+    /// otherwise tracks the knee — raised while the stores keep up, eased when latency grows
+    /// without throughput.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Option<u32>,
     /// Lowest limit the adaptive controller may choose.

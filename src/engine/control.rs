@@ -11,9 +11,9 @@
 //!   no-load cost over current cost (1 within a 10% tolerance, at least ½). While the stores
 //!   keep up the gradient is 1 and the limit climbs by the queue allowance; past the knee the
 //!   cost grows with the limit and the gradient pulls it back near the knee.
-//! - The no-load cost is re-measured (BBR's ProbeRTT) when it is older than `best_memory`: one
-//!   epoch at half the limit, then back. Otherwise it would drift up with the queue it
-//!   measures.
+//! - The no-load cost is measured (BBR's ProbeRTT) at the start and again when it is older
+//!   than `best_memory`: one epoch at the least limit, then back. Otherwise it would drift up
+//!   with the queue it measures. Only chunks started since the limit last changed judge it.
 //! - An error rate above 10% in an epoch halves the limit. A throttling answer (429, 503
 //!   SlowDown/ServerBusy) halves it at once, at most once per cool-down.
 //!
@@ -114,6 +114,9 @@ pub struct Outcome {
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     at: Instant,
+    /// When the chunk started: a chunk started before the limit last changed says nothing
+    /// of the new limit.
+    started: Instant,
     failed: bool,
     /// Milliseconds per MiB (small chunks count as one MiB).
     cost: f64,
@@ -133,6 +136,8 @@ pub struct Controller {
     best: Option<(f64, Instant)>,
     /// While the no-load cost is re-measured: the limit to go back to.
     probing: Option<u32>,
+    /// When the limit last changed (none before the first change).
+    changed_at: Option<Instant>,
 }
 
 /// The concurrency the operator last chose, kept in the state file so a restarted engine
@@ -180,6 +185,7 @@ impl Controller {
             last_judged: now,
             best: None,
             probing: None,
+            changed_at: None,
         }
     }
 
@@ -195,10 +201,14 @@ impl Controller {
 
     /// Switches between adaptive and manual; the limit stays where it is.
     pub fn set_adaptive(&mut self, adaptive: bool, now: Instant) {
+        // A measurement under way is abandoned with the limit it left.
+        if let Some(back) = self.probing.take() {
+            self.limit = back;
+        }
         self.adaptive = adaptive;
         self.samples.clear();
-        self.probing = None;
         self.last_judged = now;
+        self.changed_at = Some(now);
     }
 
     /// The operator sets the limit: the controller goes manual.
@@ -222,6 +232,7 @@ impl Controller {
         let mib = (outcome.bytes as f64 / f64::from(1u32 << 20)).max(1.0);
         self.samples.push_back(Sample {
             at: now,
+            started: now.checked_sub(outcome.latency).unwrap_or(now),
             failed: outcome.error.is_some(),
             cost: outcome.latency.as_secs_f64() * 1000.0 / mib,
         });
@@ -240,15 +251,16 @@ impl Controller {
         if !self.adaptive || now.duration_since(self.last_judged) < self.config.interval {
             return None;
         }
-        // Outcomes from long ago (a stall, a pause) say nothing of the stores now.
+        // Only chunks started at the current limit judge it; outcomes from long ago (a
+        // stall, a pause) say nothing of the stores now — long ago for its own length (slow
+        // chunks under a low bandwidth cap still make epochs).
         let horizon = self.config.window * 4;
-        while self
-            .samples
-            .front()
-            .is_some_and(|s| now.duration_since(s.at) > horizon)
-        {
-            self.samples.pop_front();
-        }
+        let changed_at = self.changed_at;
+        self.samples.retain(|s| {
+            let length = s.at.duration_since(s.started);
+            changed_at.is_none_or(|at| s.started >= at)
+                && now.duration_since(s.at) <= horizon + length * 4
+        });
         let wanted = self.config.min_samples.max(self.limit as usize);
         let waited = self
             .samples
@@ -262,6 +274,18 @@ impl Controller {
         let epoch: Vec<Sample> = self.samples.drain(..).collect();
         let failed = epoch.iter().filter(|s| s.failed).count();
         let error_rate = failed as f64 / epoch.len() as f64;
+        if failed > 0
+            && let Some(back) = self.probing.take()
+        {
+            // The measurement met errors: abandoned, not a reason to cut; tried again later.
+            self.limit = back;
+            self.changed_at = Some(now);
+            return Some(Change {
+                limit: back,
+                decision: Decision::Probe,
+                reason: format!("the no-load measurement met errors: back to {back}"),
+            });
+        }
         if error_rate > 0.10 {
             if self.may_cut(now) {
                 return self.cut(
@@ -281,6 +305,7 @@ impl Controller {
         if let Some(back) = self.probing.take() {
             self.best = Some((median, now));
             self.limit = back;
+            self.changed_at = Some(now);
             return Some(Change {
                 limit: back,
                 decision: Decision::Probe,
@@ -302,6 +327,7 @@ impl Controller {
                 let lower = self.config.min.max(1);
                 self.probing = Some(self.limit);
                 self.limit = lower;
+                self.changed_at = Some(now);
                 return Some(Change {
                     limit: lower,
                     decision: Decision::Probe,
@@ -320,6 +346,7 @@ impl Controller {
             self.limit = target
                 .max(self.limit + self.config.step)
                 .min(self.config.max);
+            self.changed_at = Some(now);
             return Some(Change {
                 limit: self.limit,
                 decision: Decision::Increase,
@@ -331,6 +358,7 @@ impl Controller {
         }
         if target < self.limit {
             self.limit = target;
+            self.changed_at = Some(now);
             return Some(Change {
                 limit: target,
                 decision: Decision::Ease,
@@ -360,6 +388,7 @@ impl Controller {
             return None;
         }
         self.limit = halved;
+        self.changed_at = Some(now);
         Some(Change {
             limit: halved,
             decision,
@@ -406,6 +435,8 @@ mod tests {
 
     /// One epoch: as many outcomes as the limit (at least 4), then a judgement a second later.
     async fn epoch(c: &mut Controller, outcome: Outcome) -> Option<Change> {
+        // The chunks start at this limit and end a latency later.
+        tokio::time::advance(outcome.latency).await;
         for _ in 0..c.limit().max(4) {
             c.observe(Instant::now(), outcome);
         }
@@ -440,6 +471,64 @@ mod tests {
         assert!(
             c.tick(Instant::now(), 16).is_some(),
             "judged after the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_measurement_left_or_met_by_errors_goes_back_to_its_limit() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        assert_eq!(c.limit(), 2);
+        c.set_adaptive(false, Instant::now());
+        assert_eq!(
+            c.limit(),
+            16,
+            "manual keeps the level, not the measurement's"
+        );
+        c.set_adaptive(true, Instant::now());
+        epoch(&mut c, ok(400)).await.expect("probe");
+        let back = epoch(&mut c, failed(ErrorClass::Transient))
+            .await
+            .expect("back");
+        assert_eq!((back.decision, back.limit), (Decision::Probe, 16), "no cut");
+        assert!(c.best.is_none(), "nothing measured");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_started_before_a_change_do_not_judge_it() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        // Chunks of the old limit finishing during the measurement are left out of it.
+        for _ in 0..16 {
+            c.observe(Instant::now(), ok(4000));
+        }
+        let back = epoch(&mut c, ok(400)).await.expect("back");
+        assert_eq!(back.decision, Decision::Probe);
+        assert_eq!(c.best.map(|(b, _)| b), Some(50.0), "400 ms for 8 MiB");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_chunks_still_end_an_epoch() {
+        // One 16 MiB chunk every 8 s (a 2 MiB/s cap): the measurement at the least limit ends
+        // after its four completions, though they span more than the outcomes' horizon.
+        let mut c = controller();
+        let slow = Outcome {
+            bytes: 16 << 20,
+            latency: Duration::from_secs(16),
+            error: None,
+        };
+        let mut changes = Vec::new();
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(16)).await;
+            c.observe(Instant::now(), slow);
+            changes.extend(c.tick(Instant::now(), c.limit()));
+        }
+        let decisions: Vec<(Decision, u32)> =
+            changes.iter().map(|c| (c.decision, c.limit)).collect();
+        assert_eq!(
+            decisions[..2],
+            [(Decision::Probe, 2), (Decision::Probe, 16)],
+            "{changes:?}"
         );
     }
 
