@@ -75,6 +75,14 @@ fn series() -> Series {
                 decision: Decision::ErrorCut,
             },
             Mark {
+                t: 120,
+                decision: Decision::Probe,
+            },
+            Mark {
+                t: 135,
+                decision: Decision::Ease,
+            },
+            Mark {
                 t: 150,
                 decision: Decision::Operator,
             },

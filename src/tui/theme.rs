@@ -103,7 +103,7 @@ pub fn decision(decision: Decision) -> (&'static str, Color) {
         Decision::ErrorCut => ("error cut", Color::Magenta),
         Decision::Increase => ("increase", Color::Green),
         Decision::Operator => ("operator", Color::Yellow),
-        Decision::Ease => ("ease", Color::Cyan),
-        Decision::Probe => ("probe", Color::Blue),
+        Decision::Ease => ("ease", Color::LightRed),
+        Decision::Probe => ("probe", Color::White),
     }
 }
