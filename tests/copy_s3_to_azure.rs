@@ -426,21 +426,20 @@ async fn s3_to_azure_auto_against_plain_azurite_falls_back_and_completes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_object() {
-    // A signed URL reads whatever the source holds: the version is checked before the commit.
-    let s3 = s3_client();
-    let bucket = new_bucket(&s3).await;
-    let container = unique("dst");
-    put(&s3, &bucket, "in/changing.bin", &random_bytes(3 * MIB, 51)).await;
+/// A server-side `copy` of `s3://{bucket}/in/` to `az://{container}/out/` through a double
+/// that throttles every copy until `key` was overwritten with `overwrite` (once a copy was
+/// tried), then lets them through; the finished run.
+async fn copy_overwritten_mid_copy(
+    bucket: &str,
+    container: &str,
+    state: &std::path::Path,
+    key: &str,
+    overwrite: &[u8],
+) -> Run {
+    use std::sync::atomic::Ordering::SeqCst;
     let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
-    // Every copy is throttled until the source was overwritten.
-    double
-        .stats
-        .throttle_next
-        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
-    let state = tempfile::tempdir().expect("state");
-    let child = through_double(&state.path().join("s.redb"), &double)
+    double.stats.throttle_next.store(u32::MAX, SeqCst);
+    let child = through_double(state, &double)
         .args([
             "copy",
             &format!("s3://{bucket}/in/"),
@@ -456,30 +455,39 @@ async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_o
         .spawn()
         .expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while double
-        .stats
-        .copies
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == 0
-    {
+    while double.stats.copies.load(SeqCst) == 0 {
         assert!(std::time::Instant::now() < deadline, "no copy was tried");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    put(&s3, &bucket, "in/changing.bin", &random_bytes(3 * MIB, 52)).await;
-    double
-        .stats
-        .throttle_next
-        .store(0, std::sync::atomic::Ordering::SeqCst);
-    let output = child.wait_with_output().expect("wait");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let failed: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "file_failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{stdout}");
-    assert_eq!(failed[0]["error"]["class"], "SourceChanged", "{stdout}");
+    put(&s3_client(), bucket, key, overwrite).await;
+    double.stats.throttle_next.store(0, SeqCst);
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_to_azure_server_side_a_source_changed_before_the_commit_fails_that_object() {
+    // A signed URL reads whatever the source holds: the version is checked before the commit.
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let container = unique("dst");
+    put(&s3, &bucket, "in/changing.bin", &random_bytes(3 * MIB, 51)).await;
+    let state = tempfile::tempdir().expect("state");
+    let result = copy_overwritten_mid_copy(
+        &bucket,
+        &container,
+        &state.path().join("s.redb"),
+        "in/changing.bin",
+        &random_bytes(3 * MIB, 52),
+    )
+    .await;
+    assert_eq!(result.code, 1, "{}", result.stdout);
+    let failed = result.events_named("file_failed");
+    assert_eq!(failed.len(), 1, "{}", result.stdout);
+    assert_eq!(
+        failed[0]["error"]["class"], "SourceChanged",
+        "{}",
+        result.stdout
+    );
     assert!(
         azure_contents(&container, "out/").await.is_empty(),
         "nothing of the changed object is visible"
@@ -637,71 +645,21 @@ async fn s3_to_azure_server_side_is_proven_by_the_sources_own_checksum() {
 async fn s3_to_azure_server_side_in_a_versioned_bucket_copies_the_version_it_began_with() {
     let s3 = s3_client();
     let bucket = new_bucket(&s3).await;
-    s3.put_bucket_versioning()
-        .bucket(&bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    enable_versioning(&s3, &bucket).await;
     let container = unique("dst");
     let first = random_bytes(3 * MIB + 17, 55);
     put(&s3, &bucket, "in/versioned.bin", &first).await;
-    let double = block_from_url::BlockFromUrl::start(&azurite_origin()).await;
-    // Every copy is throttled until the source was overwritten.
-    double
-        .stats
-        .throttle_next
-        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
     let state = tempfile::tempdir().expect("state");
     let state_file = state.path().join("s.redb");
-    let child = through_double(&state_file, &double)
-        .args([
-            "copy",
-            &format!("s3://{bucket}/in/"),
-            &format!("az://{container}/out/"),
-            "--transfer",
-            "server",
-            "--chunk-size",
-            "1MiB",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while double
-        .stats
-        .copies
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no copy was tried");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    put(
-        &s3,
+    let result = copy_overwritten_mid_copy(
         &bucket,
+        &container,
+        &state_file,
         "in/versioned.bin",
         &random_bytes(3 * MIB + 17, 56),
     )
     .await;
-    double
-        .stats
-        .throttle_next
-        .store(0, std::sync::atomic::Ordering::SeqCst);
-    let output = child.wait_with_output().expect("wait");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
     let copied = azure_contents(&container, "out/").await;
     assert_eq!(
         copied.get("out/versioned.bin").map(|d| md5_hex(d)),
@@ -724,16 +682,7 @@ async fn s3_to_azure_server_side_in_a_versioned_bucket_copies_the_version_it_beg
 async fn without_version_reads_a_versioned_bucket_is_pinned_by_etag() {
     let s3 = s3_client();
     let bucket = new_bucket(&s3).await;
-    s3.put_bucket_versioning()
-        .bucket(&bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    enable_versioning(&s3, &bucket).await;
     let data = random_bytes(2 * MIB + 3, 57);
     put(&s3, &bucket, "in/versioned.bin", &data).await;
     let proxy = proxy::Proxy::start(

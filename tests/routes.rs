@@ -366,17 +366,16 @@ async fn s3_to_s3_server_side_a_source_changed_mid_copy_fails_that_object_only()
     proxy
         .faulty
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let output = child.wait_with_output().expect("wait");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let failed: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "file_failed")
-        .collect();
-    assert_eq!(failed.len(), 1, "{stdout}");
+    let result = Run::from(child.wait_with_output().expect("wait"));
+    assert_eq!(result.code, 1, "{}", result.stdout);
+    let failed = result.events_named("file_failed");
+    assert_eq!(failed.len(), 1, "{}", result.stdout);
     assert_eq!(failed[0]["key"], "data/big.bin");
-    assert_eq!(failed[0]["error"]["class"], "SourceChanged", "{stdout}");
+    assert_eq!(
+        failed[0]["error"]["class"], "SourceChanged",
+        "{}",
+        result.stdout
+    );
     let copied = s3_contents(&s3, &dest_bucket, "data/").await;
     assert_eq!(
         copied.keys().collect::<Vec<_>>(),

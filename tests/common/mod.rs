@@ -217,12 +217,32 @@ impl Run {
 
 /// Runs the binary to completion.
 pub fn run(cmd: &mut Command) -> Run {
-    let out = cmd.output().expect("run blobway");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::from(cmd.output().expect("run blobway"))
+}
+
+impl From<std::process::Output> for Run {
+    /// A finished blobway (run here, or spawned and waited for).
+    fn from(out: std::process::Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
+}
+
+/// Turns versioning on for `bucket`.
+pub async fn enable_versioning(s3: &aws_sdk_s3::Client, bucket: &str) {
+    s3.put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("versioning");
 }
 
 /// MD5 of a blob, read back in 64 MiB ranges so a large blob never sits in memory whole.

@@ -365,39 +365,38 @@ async fn handle(
     if let Some(fault) = fault {
         record(fault);
     }
+    // Answers `status`/`code` once the request's body is read, as a store that refuses it.
+    let refuse = |request: Request<Incoming>, status, code: &str, message: &str| {
+        let answer = error_response(flavor, status, code, message);
+        async move {
+            let (_, body) = request.into_parts();
+            let _ = body.collect().await;
+            Ok(answer)
+        }
+    };
     if shared.config.enforce_copy_if_match && !copy_source_matches(&shared, &request).await {
-        let (_, body) = request.into_parts();
-        let _ = body.collect().await;
-        return Ok(error_response(
-            flavor,
+        return refuse(
+            request,
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",
             "At least one of the pre-conditions you specified did not hold",
-        ));
+        )
+        .await;
     }
     let names_version = request
         .uri()
         .query()
         .is_some_and(|q| q.contains("versionId="));
-    if shared.config.deny_version_reads && names_version {
-        let (_, body) = request.into_parts();
-        let _ = body.collect().await;
-        return Ok(error_response(
-            flavor,
+    let denied = (shared.config.deny_version_reads && names_version)
+        || (shared.config.deny_copies && request.headers().contains_key("x-amz-copy-source"));
+    if denied {
+        return refuse(
+            request,
             StatusCode::FORBIDDEN,
             "AccessDenied",
             "Access Denied",
-        ));
-    }
-    if shared.config.deny_copies && request.headers().contains_key("x-amz-copy-source") {
-        let (_, body) = request.into_parts();
-        let _ = body.collect().await;
-        return Ok(error_response(
-            flavor,
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            "Access Denied",
-        ));
+        )
+        .await;
     }
     // A store that answers an error after reading the whole request (as Azure and S3 do for
     // a 500 on an upload): the client then reads the answer instead of a broken connection.
