@@ -823,10 +823,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             let stores = Arc::new(DemoStores {
                 link: LinkSettings {
-                    bandwidth: bandwidth as f64,
-                    latency: Duration::from_millis(15),
                     chaos,
-                    throttle_above: 24,
+                    throttle_above: (chaos > 0.0).then_some(24),
+                    seed: rand::random(),
+                    ..LinkSettings::new(bandwidth as f64, Duration::from_millis(15))
                 },
             });
             let code = if headless {

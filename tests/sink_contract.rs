@@ -34,12 +34,7 @@ async fn subjects() -> Vec<Subject> {
     let simulated_dir = tempfile::tempdir().expect("tempdir");
     let simulated: Arc<dyn ObjectSink> = Arc::new(SimulatedLink::new(
         Arc::new(LocalStore::new(simulated_dir.path())),
-        LinkSettings {
-            bandwidth: 1e12,
-            latency: std::time::Duration::ZERO,
-            chaos: 0.0,
-            throttle_above: u32::MAX,
-        },
+        LinkSettings::new(1e12, std::time::Duration::ZERO),
     ));
     let moto_bucket = unique("contract");
     let moto: Arc<dyn ObjectSink> = Arc::new(S3Store::with_client(

@@ -11,11 +11,18 @@
 //!   no-load cost over current cost (1 within a 10% tolerance, at least ½). While the stores
 //!   keep up the gradient is 1 and the limit climbs by the queue allowance; past the knee the
 //!   cost grows with the limit and the gradient pulls it back near the knee.
-//! - The no-load cost is measured (BBR's ProbeRTT) at the start and again when it is older
-//!   than `best_memory`: one epoch at the least limit, then back. Otherwise it would drift up
-//!   with the queue it measures. Only chunks started since the limit last changed judge it.
+//! - Until an epoch first shows a queue the limit doubles (BBR's and TCP's start-up): a far
+//!   store whose knee is high is reached in a few epochs, not dozens.
+//! - The no-load cost is measured (BBR's ProbeRTT) at the start and again when a queue has
+//!   been seen for `best_memory` without a break: one epoch at the least limit, then back.
+//!   Otherwise it would drift with the stores (a slower store looks like a queue for ever).
+//!   An epoch without a queue shows the no-load cost again, so a link kept below its knee is
+//!   never measured twice. Only chunks started since the limit last changed judge it.
 //! - An error rate above 10% in an epoch halves the limit. A throttling answer (429, 503
-//!   SlowDown/ServerBusy) halves it at once, at most once per cool-down.
+//!   SlowDown/ServerBusy) halves it at once, at most once per cool-down. The limit it was cut
+//!   from is remembered (CUBIC's W_max): the limit climbs back halfway to just below it each
+//!   epoch and holds there for `best_memory`, twice as long each time the same limit is
+//!   refused again, instead of climbing into the throttle again and again.
 //!
 //! Bounded by [min, max]. The operator can switch to manual and set the value. Every change
 //! comes with its [`Decision`] and a reason, so a graph can show why it moved. Pure logic over
@@ -138,6 +145,22 @@ pub struct Controller {
     probing: Option<u32>,
     /// When the limit last changed (none before the first change).
     changed_at: Option<Instant>,
+    /// True until an epoch shows a clear queue or the limit is cut: the limit doubles.
+    starting: bool,
+    /// How long the last measurement of the no-load cost took.
+    probe_took: Duration,
+    /// The limit last cut from (throttles, errors), when, and for how long it is kept.
+    ceiling: Option<Ceiling>,
+}
+
+/// A limit the stores refused (a throttle or errors cut the limit from it).
+#[derive(Clone, Copy, Debug)]
+struct Ceiling {
+    limit: u32,
+    at: Instant,
+    /// How long it is kept: `best_memory`, twice as long each time the stores refuse the
+    /// same limit again (up to 16 times).
+    memory: Duration,
 }
 
 /// The concurrency the operator last chose, kept in the state file so a restarted engine
@@ -186,6 +209,9 @@ impl Controller {
             best: None,
             probing: None,
             changed_at: None,
+            starting: true,
+            probe_took: Duration::ZERO,
+            ceiling: None,
         }
     }
 
@@ -304,6 +330,9 @@ impl Controller {
         let median = costs[costs.len() / 2];
         if let Some(back) = self.probing.take() {
             self.best = Some((median, now));
+            self.probe_took = self
+                .changed_at
+                .map_or(Duration::ZERO, |at| now.duration_since(at));
             self.limit = back;
             self.changed_at = Some(now);
             return Some(Change {
@@ -314,10 +343,20 @@ impl Controller {
                 ),
             });
         }
+        // A measurement costs an epoch at the least limit: it is repeated no more often than
+        // forty times its length (long chunks make long epochs).
+        let memory = self.config.best_memory.max(self.probe_took * 40);
+        let least = self.limit <= self.config.min.max(1);
         let best = match self.best {
-            Some((best, at)) if now.duration_since(at) <= self.config.best_memory => {
-                if median < best {
-                    self.best = Some((median, at));
+            // At the least limit every epoch is a measurement.
+            Some(_) if least => {
+                self.best = Some((median, now));
+                median
+            }
+            Some((best, at)) if now.duration_since(at) <= memory => {
+                if median <= best * self.config.margin {
+                    // No queue now: the no-load cost is seen again, and needs no measuring.
+                    self.best = Some((best.min(median), now));
                 }
                 best.min(median)
             }
@@ -339,19 +378,41 @@ impl Controller {
                 median
             }
         };
-        let target = knee_target(self.limit, best, median, self.config.margin)
-            .clamp(self.config.min.max(1), self.config.max.max(1));
+        self.starting &= median <= best * STARTING_MARGIN;
+        let mut target = knee_target(self.limit, best, median, self.config.margin);
+        let mut why = "";
+        if self.starting {
+            target = target.max(self.limit.saturating_mul(2));
+            why = ", no queue yet: doubled";
+        }
+        let ceiling = self
+            .ceiling
+            .filter(|c| now.duration_since(c.at) <= c.memory)
+            .map(|c| c.limit);
+        if let Some(ceiling) = ceiling {
+            let below = ceiling.saturating_sub(1).max(self.config.min.max(1));
+            if self.limit < below {
+                target = target.max((self.limit + below).div_ceil(2)).min(below);
+                why = ", back toward where it was cut";
+            } else {
+                target = target.min(self.limit);
+            }
+        }
+        let target = target.clamp(self.config.min.max(1), self.config.max.max(1));
         let used = in_flight + 1 >= self.limit;
         if target > self.limit && used {
-            self.limit = target
-                .max(self.limit + self.config.step)
-                .min(self.config.max);
+            let raised = target.max(self.limit + self.config.step);
+            let raised = match ceiling {
+                Some(ceiling) => raised.min(ceiling.saturating_sub(1).max(self.limit + 1)),
+                None => raised,
+            };
+            self.limit = raised.min(self.config.max);
             self.changed_at = Some(now);
             return Some(Change {
                 limit: self.limit,
                 decision: Decision::Increase,
                 reason: format!(
-                    "no errors, {median:.0} ms/MiB against a no-load {best:.0}: raised to {}",
+                    "no errors, {median:.0} ms/MiB against a no-load {best:.0}{why}: raised to {}",
                     self.limit
                 ),
             });
@@ -383,6 +444,16 @@ impl Controller {
         }
         let halved = (self.limit / 2).max(self.config.min.max(1));
         self.last_cut = Some(now);
+        self.starting = false;
+        let memory = match self.ceiling {
+            Some(c) if c.limit == self.limit => (c.memory * 2).min(self.config.best_memory * 16),
+            _ => self.config.best_memory,
+        };
+        self.ceiling = Some(Ceiling {
+            limit: self.limit,
+            at: now,
+            memory,
+        });
         self.samples.clear();
         if halved == self.limit {
             return None;
@@ -396,6 +467,10 @@ impl Controller {
         })
     }
 }
+
+/// How much worse than the no-load cost ends the start-up: more than the margin, as an epoch
+/// at twice the limit may measure the no-load cost's noise.
+const STARTING_MARGIN: f64 = 1.25;
 
 /// Gradient2's new limit: `limit × gradient + √limit / 2`, the gradient being the no-load cost
 /// `best` over the current `median` (1 while within `margin` of it, never below ½).
@@ -445,18 +520,92 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn raises_while_the_stores_keep_up() {
+    async fn doubles_until_a_queue_then_climbs_by_the_queue_allowance() {
         let mut c = controller();
         assert_eq!(c.limit(), 16);
         let probe = epoch(&mut c, ok(400)).await.expect("measured first");
         assert_eq!((probe.decision, probe.limit), (Decision::Probe, 2));
         let back = epoch(&mut c, ok(400)).await.expect("back");
         assert_eq!((back.decision, back.limit), (Decision::Probe, 16));
-        for _ in 0..5 {
-            let change = epoch(&mut c, ok(400)).await.expect("raised");
-            assert_eq!(change.decision, Decision::Increase);
+        let doubled = epoch(&mut c, ok(400)).await.expect("doubled");
+        assert_eq!((doubled.decision, doubled.limit), (Decision::Increase, 32));
+        // Half as fast again per MiB: a queue. 32 × 1.1 × 50 / 75 + √32 / 2.
+        let eased = epoch(&mut c, ok(600)).await.expect("eased");
+        assert_eq!((eased.decision, eased.limit), (Decision::Ease, 26));
+        let raised = epoch(&mut c, ok(400)).await.expect("raised");
+        assert_eq!(
+            (raised.decision, raised.limit),
+            (Decision::Increase, 28),
+            "the start-up is over: by √limit / 2"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_up_stops_at_the_maximum() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        epoch(&mut c, ok(400)).await.expect("32");
+        let top = epoch(&mut c, ok(400)).await.expect("64");
+        assert_eq!(top.limit, 64);
+        assert_eq!(epoch(&mut c, ok(400)).await, None, "at the maximum");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_throttle_it_climbs_back_below_that_limit_and_holds_there() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        let cut = c
+            .observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut");
+        assert_eq!(cut.limit, 8);
+        let mut climbed = Vec::new();
+        for _ in 0..6 {
+            climbed.extend(epoch(&mut c, ok(400)).await.map(|c| c.limit));
         }
-        assert_eq!(c.limit(), 26, "by √limit / 2 each epoch");
+        assert_eq!(
+            climbed,
+            [12, 14, 15],
+            "halfway to below 16 each epoch, then held"
+        );
+        // Once the refusal is a minute old, the limit may try 16 again; refused again, the
+        // same limit is kept twice as long.
+        tokio::time::advance(Duration::from_secs(55)).await;
+        let tried = epoch(&mut c, ok(400)).await.expect("tried again");
+        assert_eq!((tried.decision, tried.limit), (Decision::Increase, 16));
+        c.observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut again");
+        let cut_at = Instant::now();
+        for _ in 0..3 {
+            epoch(&mut c, ok(400)).await;
+        }
+        assert_eq!(c.limit(), 15);
+        while c.limit() == 15 {
+            epoch(&mut c, ok(400)).await;
+        }
+        let held = cut_at.elapsed();
+        assert!(
+            (120..125).contains(&held.as_secs()),
+            "held for two minutes now: {held:?}"
+        );
+        assert_eq!(c.limit(), 16);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_least_limit_every_epoch_measures_the_no_load_cost() {
+        // The stores became slower: what looks like a queue eases the limit to the least,
+        // where the new no-load cost is measured without waiting for the old one to expire.
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        for _ in 0..5 {
+            epoch(&mut c, ok(1600)).await;
+        }
+        assert_eq!(c.limit(), 2, "eased to the least");
+        let raised = epoch(&mut c, ok(1600)).await.expect("raised");
+        assert_eq!(c.best.map(|(b, _)| b), Some(200.0), "1600 ms for 8 MiB");
+        assert_eq!((raised.decision, raised.limit), (Decision::Increase, 3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,15 +3,19 @@
 //! copy moves at a watchable pace and latency grows with concurrency as on a real link. With
 //! chaos, a share of uploads fails (HTTP 500) and uploads beyond a number in flight are
 //! throttled (503 ServerBusy) — so retries, failures and the concurrency controller can be seen
-//! without a cloud account.
+//! without a cloud account. The controller benchmark (`benches/controller.rs`) models its links
+//! with it too: a cap per upload (a TCP window over its round trip), jitter from a seed, a
+//! throttle without chaos, and a bandwidth that changes mid-run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -20,6 +24,9 @@ use super::{
     StoreError, StoreResult, Upload,
 };
 
+/// The most of one upload the link carries before it carries a slice of another.
+const SLICE: u64 = 1 << 20;
+
 /// How the link behaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkSettings {
@@ -27,18 +34,44 @@ pub struct LinkSettings {
     pub bandwidth: f64,
     /// Added to every upload.
     pub latency: Duration,
+    /// Bytes per second one upload gets at most (a TCP stream's window over its round
+    /// trip); none: the whole link.
+    pub per_upload: Option<f64>,
     /// Share (0–1) of uploads that fail.
     pub chaos: f64,
-    /// With chaos, uploads beyond this many in flight are throttled.
-    pub throttle_above: u32,
+    /// Uploads beyond this many in flight are throttled.
+    pub throttle_above: Option<u32>,
+    /// Each upload's latency is longer by up to this share of it, at random.
+    pub jitter: f64,
+    /// Seeds the link's randomness (chaos and jitter), so a run can be repeated.
+    pub seed: u64,
+}
+
+impl LinkSettings {
+    /// A link of `bandwidth` bytes per second and `latency`, without caps, chaos or jitter.
+    pub fn new(bandwidth: f64, latency: Duration) -> Self {
+        Self {
+            bandwidth,
+            latency,
+            per_upload: None,
+            chaos: 0.0,
+            throttle_above: None,
+            jitter: 0.0,
+            seed: 0,
+        }
+    }
 }
 
 /// A sink behind a simulated link.
 pub struct SimulatedLink {
     inner: Arc<dyn ObjectSink>,
     settings: LinkSettings,
+    /// Bytes per second now (an `f64`'s bits): it may change mid-run.
+    bandwidth: AtomicU64,
     next_free: Mutex<Instant>,
     in_flight: AtomicU32,
+    carried: AtomicU64,
+    rng: std::sync::Mutex<StdRng>,
 }
 
 impl SimulatedLink {
@@ -47,14 +80,32 @@ impl SimulatedLink {
         Self {
             inner,
             settings,
+            bandwidth: AtomicU64::new(settings.bandwidth.to_bits()),
             next_free: Mutex::new(Instant::now()),
             in_flight: AtomicU32::new(0),
+            carried: AtomicU64::new(0),
+            rng: std::sync::Mutex::new(StdRng::seed_from_u64(settings.seed)),
         }
     }
 
+    /// Changes the link's bandwidth from now on (bytes per second).
+    pub fn set_bandwidth(&self, bandwidth: f64) {
+        self.bandwidth.store(bandwidth.to_bits(), Ordering::SeqCst);
+    }
+
+    /// Bytes the link has carried so far (slice by slice, as they cross).
+    pub fn carried(&self) -> u64 {
+        self.carried.load(Ordering::SeqCst)
+    }
+
+    /// A number in [0, 1) from the link's seeded randomness.
+    fn random(&self) -> f64 {
+        self.rng.lock().map_or(0.5, |mut rng| rng.random::<f64>())
+    }
+
     /// Sends `bytes` across the link: waits for its share of the bandwidth, or fails as chaos
-    /// decides.
-    async fn cross(&self, bytes: u64) -> StoreResult<()> {
+    /// or the throttle decide.
+    pub async fn cross(&self, bytes: u64) -> StoreResult<()> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         let result = self.cross_inner(bytes, in_flight).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -63,35 +114,50 @@ impl SimulatedLink {
 
     async fn cross_inner(&self, bytes: u64, in_flight: u32) -> StoreResult<()> {
         let s = self.settings;
-        if s.chaos > 0.0 {
-            // Like a real store: it throttles when pushed too hard, and now and then an
-            // upload fails on its own.
-            if in_flight > s.throttle_above {
-                tokio::time::sleep(s.latency).await;
-                return Err(StoreError::new(
-                    ErrorClass::Throttled,
-                    Some(503),
-                    "ServerBusy: the simulated link is overloaded (demo chaos)",
-                )
-                .with_retry_after(Some(Duration::from_millis(500))));
-            }
-            if rand::random::<f64>() < s.chaos {
-                tokio::time::sleep(s.latency).await;
-                return Err(StoreError::new(
-                    ErrorClass::Transient,
-                    Some(500),
-                    "InternalError: the simulated link dropped the upload (demo chaos)",
-                ));
-            }
+        let latency = s.latency.mul_f64(1.0 + s.jitter * self.random());
+        // Like a real store: it throttles when pushed too hard, and now and then an upload
+        // fails on its own.
+        if s.throttle_above.is_some_and(|most| in_flight > most) {
+            tokio::time::sleep(latency).await;
+            return Err(StoreError::new(
+                ErrorClass::Throttled,
+                Some(503),
+                "ServerBusy: the simulated link is overloaded",
+            )
+            .with_retry_after(Some(Duration::from_millis(500))));
         }
-        let transfer = Duration::from_secs_f64(bytes as f64 / s.bandwidth.max(1.0));
-        let done = {
-            let mut next = self.next_free.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + transfer;
-            *next
-        };
-        tokio::time::sleep_until(done + s.latency).await;
+        if s.chaos > 0.0 && self.random() < s.chaos {
+            tokio::time::sleep(latency).await;
+            return Err(StoreError::new(
+                ErrorClass::Transient,
+                Some(500),
+                "InternalError: the simulated link dropped the upload (demo chaos)",
+            ));
+        }
+        // The link carries uploads a slice at a time, each slice queued behind those of the
+        // other uploads (so they share it, and a change of bandwidth shows at once); one
+        // upload alone gets at most its own cap.
+        let slow = 1.0 + s.jitter * self.random();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(SLICE);
+            left -= n;
+            let bandwidth = f64::from_bits(self.bandwidth.load(Ordering::SeqCst)).max(1.0);
+            let transfer = Duration::from_secs_f64(n as f64 / bandwidth);
+            let own = s.per_upload.map_or(Duration::ZERO, |cap| {
+                Duration::from_secs_f64(n as f64 * slow / cap.max(1.0))
+            });
+            let now = Instant::now();
+            let done = {
+                let mut next = self.next_free.lock().await;
+                let start = (*next).max(now);
+                *next = start + transfer;
+                *next
+            };
+            tokio::time::sleep_until(done.max(now + own)).await;
+            self.carried.fetch_add(n, Ordering::SeqCst);
+        }
+        tokio::time::sleep(latency).await;
         Ok(())
     }
 }
@@ -179,10 +245,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let inner: Arc<dyn ObjectSink> = Arc::new(LocalStore::new(dir.path()));
         let settings = LinkSettings {
-            bandwidth: 1_000_000.0,
-            latency: Duration::from_millis(10),
             chaos,
-            throttle_above: 8,
+            throttle_above: (chaos > 0.0).then_some(8),
+            ..LinkSettings::new(1_000_000.0, Duration::from_millis(10))
         };
         (dir, SimulatedLink::new(inner, settings))
     }
@@ -211,7 +276,7 @@ mod tests {
             }
         }
         assert!((150..250).contains(&failed), "about half fail: {failed}");
-        let crowd = link.settings.throttle_above as usize + 20;
+        let crowd = 8 + 20;
         let results = futures::future::join_all((0..crowd).map(|_| link.cross(10))).await;
         let throttled = results
             .iter()
