@@ -240,6 +240,9 @@ pub async fn follow_saying(
                     }
                     Event::Fatal { error } => report.fatal = Some(error.clone()),
                     Event::Notice { message } if output != Output::Json => say(message.clone()),
+                    Event::BwLimitChanged { reason, .. } if output != Output::Json => {
+                        say(reason.clone())
+                    }
                     _ => {}
                 }
                 if let Some(bar) = &bar {

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use blobway::daemon::api;
 use blobway::daemon::client::Client;
 use blobway::demo::DemoStores;
+use blobway::engine::bwlimit::BwLimit;
 use blobway::engine::snapshot::JobView;
 use blobway::engine::{
     Command, ControllerConfig, DefaultStores, Engine, EngineConfig, RetryPolicy, StoreFactory,
@@ -254,6 +255,15 @@ enum Commands {
         #[arg(value_name = "N|auto")]
         value: String,
     },
+    /// Set the bandwidth cap: in the running daemon at once (within a second), or, when none
+    /// runs, recorded in the state file for the next run. It is kept until set again; a
+    /// --bwlimit flag overrides it for that run only.
+    SetBwlimit {
+        /// A rate (`200MiB/s`), `off`, or a weekly timetable in local time, quoted:
+        /// `"Mon-Fri 08:00,50MiB/s 19:00,off"`.
+        #[arg(value_name = "RATE|off|TIMETABLE")]
+        value: BwLimit,
+    },
     /// Stop the daemon serving the state file (work in flight gets a moment; the rest
     /// resumes when it starts again).
     Stop,
@@ -376,6 +386,14 @@ struct Tuning {
     /// [default: crc64]. A job keeps the value it was copied with.
     #[arg(long, value_enum)]
     checksum: Option<ChecksumKind>,
+    /// Cap the bytes per second chunks move (through blobway or store to store): a rate
+    /// (`200MiB/s`), `off`, or a weekly timetable in local time, quoted:
+    /// `"Mon-Fri 08:00,50MiB/s 19:00,off"` caps weekdays from 08:00 and lifts the cap from
+    /// 19:00 (through the weekend, until Monday 08:00). Entries in an hour a clock change
+    /// skips apply from the first minute after it. The cap starts fewer chunks rather than
+    /// slowing them. Without it, the cap last set (`set-bwlimit`, the TUI's `B`) stands.
+    #[arg(long, value_name = "RATE|off|TIMETABLE")]
+    bwlimit: Option<BwLimit>,
 }
 
 impl Tuning {
@@ -398,6 +416,9 @@ impl Tuning {
         }
         if let Some(fixed) = self.concurrency {
             args.push(format!("--concurrency={fixed}"));
+        }
+        if let Some(bwlimit) = &self.bwlimit {
+            args.push(format!("--bwlimit={bwlimit}"));
         }
         args
     }
@@ -602,6 +623,38 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .and_then(|a| a.ok())
                 .map_err(bad_input)?;
             println!("concurrency: {value}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::SetBwlimit { value }) => {
+            match daemon(&state_path).await? {
+                Some(client) => {
+                    client
+                        .request(
+                            Method::PUT,
+                            "/v1/bwlimit",
+                            Some(&api::BwLimitAsked {
+                                bwlimit: value.clone(),
+                            }),
+                        )
+                        .await
+                        .and_then(|a| a.ok())
+                        .map_err(bad_input)?;
+                    println!("bandwidth cap: {value}");
+                }
+                None => {
+                    let db = StateDb::open(&state_path).map_err(state_failure)?;
+                    db.apply(&[blobway::state::Write::Setting(
+                        BwLimit::SETTING,
+                        value.text().to_string(),
+                    )])
+                    .map_err(state_failure)?;
+                    println!(
+                        "bandwidth cap: {value} (recorded in {}; no daemon runs, the next run \
+                         uses it)",
+                        state_path.display()
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Commands::Stop) => {
@@ -892,6 +945,7 @@ fn engine_config(tuning: &Tuning) -> Result<EngineConfig, Failure> {
         retry: tuning.retry(),
         checksum: tuning.checksum.unwrap_or_default(),
         exit_when_idle: true,
+        bwlimit: tuning.bwlimit.clone(),
     })
 }
 

@@ -1095,3 +1095,71 @@ async fn the_operators_concurrency_choice_survives_a_restart() {
     let metrics = daemon.get("/metrics").await.text().await.unwrap();
     assert_eq!(limit_of(&metrics), ("3".into(), "0".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bandwidth_cap_is_set_live_through_the_cli_and_the_api_and_survives_a_restart() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("s.redb");
+    let cap_of = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("blobway_bwlimit_bytes_per_second "))
+            .map(String::from)
+            .unwrap_or_default()
+    };
+    // Without a daemon, the cap is recorded for the next run.
+    let recorded = run(blobway(&state).args(["set-bwlimit", "3MiB/s"]));
+    assert_eq!(recorded.code, 0, "{}", recorded.stderr);
+    assert!(
+        recorded.stdout.contains("the next run uses it"),
+        "{}",
+        recorded.stdout
+    );
+    let daemon = Daemon::start(&state, &[], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(cap_of(&metrics), (3u64 << 20).to_string());
+    // A timetable that does not parse is refused with what is wrong, and changes nothing.
+    let refused = daemon
+        .api()
+        .put(format!("{}/v1/bwlimit", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"bwlimit": "Mon-Fri 25:00,1M"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("`25:00` is not a time of day"), "{why}");
+    let bad = run(blobway(&state).args(["set-bwlimit", "fast"]));
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not a size"), "{}", bad.stderr);
+    // The CLI reaches the running daemon: in force within two seconds.
+    let asked = Instant::now();
+    let set = run(blobway(&state).args(["set-bwlimit", "40MiB/s"]));
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    loop {
+        let metrics = daemon.get("/metrics").await.text().await.unwrap();
+        if cap_of(&metrics) == (40u64 << 20).to_string() {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "not in force: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(daemon); // killed
+    let daemon = Daemon::start(&state, &[], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        cap_of(&metrics),
+        (40u64 << 20).to_string(),
+        "kept across the restart"
+    );
+    drop(daemon);
+    // A --bwlimit of the run itself wins over what was recorded.
+    let daemon = Daemon::start(&state, &["--bwlimit", "off"], &[]);
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(cap_of(&metrics), "0");
+}

@@ -437,6 +437,7 @@ fn start_on(
         },
         checksum: Default::default(),
         exit_when_idle,
+        bwlimit: None,
     };
     let stores = Arc::new(Stores {
         failures: setup.failures.clone(),

@@ -131,6 +131,7 @@ fn engine(db: &StateDb, stores: Arc<Stores>) -> Engine {
         },
         checksum: Default::default(),
         exit_when_idle: false,
+        bwlimit: None,
     };
     Engine::start(db.clone(), config, stores).expect("engine")
 }

@@ -216,6 +216,18 @@ fn filter_prompt() {
 }
 
 #[test]
+fn bandwidth_cap_prompt_shows_the_cap_in_force() {
+    let mut app = new_app();
+    app.on_snapshot(Arc::new(snapshot(640)));
+    app.handle_key(key('B'));
+    let terminal = draw(&mut app, 120, 20);
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("Bandwidth cap"), "{screen}");
+    assert!(screen.contains("cap 120 MiB/s (timetable)"), "{screen}");
+    insta::assert_snapshot!(terminal.backend());
+}
+
+#[test]
 fn cancel_confirmation_and_paused_status() {
     let mut app = new_app();
     let mut paused = snapshot(640);

@@ -86,6 +86,7 @@ pub fn router(shared: Shared, token: Option<Arc<String>>) -> Router {
         .route("/v1/jobs/{id}/report", get(report))
         .route("/v1/jobs/{id}/{action}", post(act))
         .route("/v1/concurrency", put(concurrency))
+        .route("/v1/bwlimit", put(bwlimit))
         .route("/v1/watch", post(watch_selection))
         .route("/v1/command", post(command))
         .route("/v1/events", get(events))
@@ -455,6 +456,31 @@ async fn concurrency(
         }
         Concurrency::Auto { auto } => Command::SetAdaptive(auto),
     };
+    audit(channel, &format!("{command:?}"));
+    match s.engine.send(command).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(_) => failure(StatusCode::SERVICE_UNAVAILABLE, "the engine has stopped"),
+    }
+}
+
+/// `PUT /v1/bwlimit`: `{"bwlimit": "50MiB/s"}` — a rate, `off`, or a timetable.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BwLimitAsked {
+    /// The cap as the operator wrote it.
+    pub bwlimit: crate::engine::bwlimit::BwLimit,
+}
+
+async fn bwlimit(
+    State(s): State<Shared>,
+    axum::Extension(channel): axum::Extension<Channel>,
+    body: axum::body::Bytes,
+) -> Response {
+    // Read by hand, so a timetable that does not parse is answered with what is wrong.
+    let asked: BwLimitAsked = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(e) => return failure(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let command = Command::SetBwLimit(asked.bwlimit);
     audit(channel, &format!("{command:?}"));
     match s.engine.send(command).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),

@@ -23,6 +23,7 @@ pub struct Metrics {
     memory_budget: IntGauge,
     limit: IntGauge,
     adaptive: IntGauge,
+    bwlimit: IntGauge,
     throughput: IntGauge,
     clients: IntGauge,
     resyncs: IntGauge,
@@ -144,6 +145,10 @@ impl Metrics {
                 "blobway_concurrency_adaptive",
                 "1 when the adaptive controller moves the limit, 0 when it is manual.",
             ),
+            bwlimit: gauge(
+                "blobway_bwlimit_bytes_per_second",
+                "The bandwidth cap in force now, in bytes per second (0: no cap).",
+            ),
             throughput: gauge(
                 "blobway_throughput_bytes_per_second",
                 "Bytes per second over the last seconds.",
@@ -227,6 +232,11 @@ impl Metrics {
         self.memory_budget.set(snapshot.memory_budget as i64);
         self.limit.set(i64::from(snapshot.limit));
         self.adaptive.set(i64::from(snapshot.adaptive));
+        self.bwlimit.set(
+            snapshot
+                .bw_rate
+                .map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX)),
+        );
         self.throughput.set(snapshot.rate as i64);
         self.clients.set(clients as i64);
         self.resyncs.set(resyncs as i64);
@@ -283,6 +293,7 @@ mod tests {
         let snapshot = Snapshot {
             limit: 8,
             in_flight: 3,
+            bw_rate: Some(20 << 20),
             ..Snapshot::default()
         };
         let text = metrics.render(&snapshot, 2, 1);
@@ -292,6 +303,7 @@ mod tests {
             "blobway_throttles_total 1",
             "blobway_controller_decisions_total{decision=\"throttle_cut\"} 1",
             "blobway_concurrency_limit 8",
+            "blobway_bwlimit_bytes_per_second 20971520",
             "blobway_chunks_in_flight 3",
             "blobway_clients 2",
             "blobway_chunk_latency_seconds_bucket{le=\"0.05\"} 1",

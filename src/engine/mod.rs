@@ -8,6 +8,7 @@
 
 mod browse;
 pub mod buffers;
+pub mod bwlimit;
 pub mod check;
 pub mod control;
 pub mod filter;
@@ -51,6 +52,8 @@ pub struct EngineConfig {
     pub checksum: ChecksumKind,
     /// Stop once every loaded job has finished and nothing is being planned (headless runs).
     pub exit_when_idle: bool,
+    /// The bandwidth cap of this run; none: the one the operator last set stands (or none).
+    pub bwlimit: Option<bwlimit::BwLimit>,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             checksum: ChecksumKind::default(),
             exit_when_idle: true,
+            bwlimit: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub enum Command {
     SetConcurrency(u32),
     /// Switch between the adaptive controller and a manual limit.
     SetAdaptive(bool),
+    /// Set the bandwidth cap (a rate, off, or a timetable); it is kept in the state file.
+    SetBwLimit(bwlimit::BwLimit),
     /// Tell the engine what a view looks at, so snapshots carry its details (an empty
     /// selection forgets the viewer). The in-process view is [`LOCAL_VIEWER`]; the daemon
     /// gives every attached client its own.
@@ -345,6 +351,15 @@ pub enum Event {
         #[serde(default)]
         carried: snapshot::Carried,
     },
+    /// The bandwidth cap or the rate in force changed.
+    BwLimitChanged {
+        /// The cap as written (`off` for none).
+        bwlimit: String,
+        /// Bytes per second in force now; none: no cap now.
+        rate: Option<u64>,
+        /// Why: the operator set it, or the timetable moved on.
+        reason: String,
+    },
     /// The concurrency limit changed.
     ConcurrencyChanged {
         /// The new limit.
@@ -398,6 +413,7 @@ impl Event {
             | Event::JobFinished { job, .. } => Some(*job),
             Event::PlanFailed { .. }
             | Event::ConcurrencyChanged { .. }
+            | Event::BwLimitChanged { .. }
             | Event::Listing { .. }
             | Event::Notice { .. }
             | Event::Fatal { .. } => None,

@@ -129,6 +129,12 @@ pub struct Snapshot {
     pub limit: u32,
     /// True when the controller moves the limit.
     pub adaptive: bool,
+    /// The bandwidth cap as written (empty or `off`: none).
+    #[serde(default)]
+    pub bwlimit: String,
+    /// Bytes per second the cap allows now; none: no cap now.
+    #[serde(default)]
+    pub bw_rate: Option<u64>,
     /// Units of work in flight.
     pub in_flight: u32,
     /// Chunk buffer bytes in flight.
@@ -178,7 +184,22 @@ impl Snapshot {
             viewers: BTreeMap::new(),
             jobs: self.jobs.clone(),
             series: self.series.clone(),
+            bwlimit: self.bwlimit.clone(),
             ..*self
+        }
+    }
+
+    /// The bandwidth cap as a status line shows it: `cap 50.00 MiB/s`, with `(timetable)`
+    /// when a timetable sets it (`cap off (timetable)` while it sets none); none without a
+    /// cap.
+    pub fn cap(&self) -> Option<String> {
+        let timetable = self.bwlimit.contains(',');
+        let rate = self.bw_rate.map(|r| format!("{}/s", crate::size::human(r)));
+        match (rate, timetable) {
+            (Some(rate), false) => Some(format!("cap {rate}")),
+            (Some(rate), true) => Some(format!("cap {rate} (timetable)")),
+            (None, true) => Some("cap off (timetable)".into()),
+            (None, false) => None,
         }
     }
 

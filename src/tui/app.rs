@@ -11,6 +11,7 @@ use tui_input::Input;
 use tui_input::backend::crossterm::EventHandler;
 
 use super::keys::{self, Action, Context, Key};
+use crate::engine::bwlimit::BwLimit;
 use crate::engine::snapshot::{self, JobView, ObjectQuery, Selection, Snapshot};
 use crate::engine::{Command, Event};
 use crate::state::{JobId, JobOptions};
@@ -51,6 +52,8 @@ pub enum Popup {
     Search(Input),
     /// Asks for a location to browse.
     GoTo(Input),
+    /// Asks for the bandwidth cap.
+    BwLimit(Input),
     /// Asks before cancelling a job.
     ConfirmCancel(JobId),
     /// Asks before stopping the daemon (or the in-process engine).
@@ -381,6 +384,7 @@ impl App {
             Popup::Destination(input)
             | Popup::Filter(input)
             | Popup::GoTo(input)
+            | Popup::BwLimit(input)
             | Popup::Search(input) => input,
             _ => return None,
         };
@@ -406,6 +410,13 @@ impl App {
                         self.set_objects(|q| q.search = value);
                         Vec::new()
                     }
+                    Some(Popup::BwLimit(_)) => match BwLimit::parse(&value) {
+                        Ok(cap) => vec![Command::SetBwLimit(cap)],
+                        Err(why) => {
+                            self.notice(why);
+                            Vec::new()
+                        }
+                    },
                     _ => Vec::new(),
                 })
             }
@@ -530,6 +541,14 @@ impl App {
                 if let Some(detail) = &self.detail {
                     self.popup = Some(Popup::Search(Input::new(detail.objects.search.clone())));
                 }
+                Vec::new()
+            }
+            Action::SetBwLimit => {
+                let now = match self.snapshot.bwlimit.as_str() {
+                    "" => "off".to_string(),
+                    text => text.to_string(),
+                };
+                self.popup = Some(Popup::BwLimit(Input::new(now)));
                 Vec::new()
             }
             Action::GoTo => {
@@ -875,6 +894,7 @@ impl App {
             Event::ConcurrencyChanged { reason, .. } => {
                 self.notice(format!("concurrency {reason}"))
             }
+            Event::BwLimitChanged { reason, .. } => self.notice(reason),
             Event::Fatal { error } => self.notice(format!("engine stopped: {error}")),
             Event::Notice { message } => self.notice(message),
             _ => {}
@@ -967,6 +987,40 @@ mod tests {
         assert_eq!(app.handle_key(key('-')), vec![Command::SetConcurrency(15)]);
         assert_eq!(app.handle_key(key('a')), vec![Command::SetAdaptive(false)]);
         assert_eq!(app.handle_key(key('f')), vec![Command::RetryFailed(2)]);
+    }
+
+    #[test]
+    fn the_bandwidth_cap_key_asks_for_a_cap_and_names_a_mistake() {
+        let mut app = app();
+        assert!(app.handle_key(key('B')).is_empty());
+        assert!(matches!(&app.popup, Some(Popup::BwLimit(input)) if input.value() == "off"));
+        for _ in 0.."off".len() {
+            app.handle_key(code(KeyCode::Backspace));
+        }
+        for c in "Mon-Fri 08:00,5MiB/s 19:00,off".chars() {
+            app.handle_key(key(c));
+        }
+        let asked = app.handle_key(code(KeyCode::Enter));
+        assert_eq!(
+            asked,
+            vec![Command::SetBwLimit(
+                BwLimit::parse("Mon-Fri 08:00,5MiB/s 19:00,off").expect("timetable")
+            )]
+        );
+        assert!(app.popup.is_none());
+        app.handle_key(key('B'));
+        for c in "xx".chars() {
+            app.handle_key(key(c));
+        }
+        assert!(
+            app.handle_key(code(KeyCode::Enter)).is_empty(),
+            "nothing sent"
+        );
+        assert!(
+            app.notices.back().is_some_and(|n| n.contains("not a size")),
+            "{:?}",
+            app.notices
+        );
     }
 
     #[test]

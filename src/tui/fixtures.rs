@@ -211,6 +211,8 @@ pub fn snapshot(chunks: u32) -> Snapshot {
     Snapshot {
         limit: 18,
         adaptive: true,
+        bwlimit: "Mon-Fri 08:00,120MiB/s 19:00,off".into(),
+        bw_rate: Some(120 * MIB),
         in_flight: 17,
         bytes_in_flight: 136 * MIB,
         memory_budget: 1024 * MIB,

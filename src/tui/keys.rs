@@ -50,6 +50,8 @@ pub enum Action {
     ConcurrencyDown,
     /// Toggle the adaptive controller.
     ToggleAdaptive,
+    /// Set the bandwidth cap (asks for it).
+    SetBwLimit,
     /// Retry the failed chunks of the selected job.
     RetryFailed,
     /// Cancel the selected job (asks first).
@@ -247,6 +249,12 @@ pub const BINDINGS: &[Binding] = &[
         &[Key::Char('a')],
         Action::ToggleAdaptive,
         "switch the concurrency between adaptive and manual",
+    ),
+    bind(
+        Global,
+        &[Key::Char('B')],
+        Action::SetBwLimit,
+        "set the bandwidth cap: a rate, off, or a timetable (asks for it)",
     ),
     bind(Global, &[Key::Char('1')], Action::ShowJobs, "show the jobs"),
     bind(

@@ -39,6 +39,12 @@ impl Scheduler {
                     reason: format!("switched to {mode} by the operator at {limit}"),
                 });
             }
+            Command::SetBwLimit(bwlimit) => {
+                let value = bwlimit.text().to_string();
+                self.bwlimit = bwlimit;
+                self.persist(vec![Write::Setting(BwLimit::SETTING, value)], Vec::new());
+                self.follow_bwlimit(true);
+            }
             Command::Watch { viewer, selection } => self.watch(viewer, selection),
             Command::Browse {
                 request,

@@ -7,6 +7,7 @@ use crate::engine::verify::ObjectCrc;
 impl Scheduler {
     pub(super) fn dispatch(&mut self) {
         let now = Instant::now();
+        self.paced_until = None;
         while let Some(timer) = self.timers.pop_due(now) {
             self.wake(timer.job, timer.file, timer.generation, timer.wake);
         }
@@ -38,13 +39,23 @@ impl Scheduler {
                     job.dequeue_front();
                     continue;
                 };
-                let reserved = match work {
+                let bytes = match work {
                     Work::Chunk(chunk) => object.chunk_len(chunk),
                     Work::Begin | Work::Commit => 0,
                 };
+                // The bandwidth cap admits bytes at its rate: a chunk waits (not in flight)
+                // until those started before it are paid for.
+                if bytes > 0
+                    && let Some(at) = self.pacer.wait_until(now)
+                {
+                    self.paced_until = Some(at);
+                    return;
+                }
+                let reserved = bytes;
                 if !self.gate.try_admit(reserved) {
                     return;
                 }
+                self.pacer.take(bytes, now);
                 self.claim(id, file, work, reserved);
             }
         }

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::buffers::BufferPool;
+use super::bwlimit::{BwLimit, Pacer};
 use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
 use super::metrics::Metrics;
@@ -241,6 +242,11 @@ struct Scheduler {
     next_job_id: JobId,
     stopping: Option<Instant>,
     controller: Controller,
+    /// The bandwidth cap, and the pacer admitting chunks at its rate in force.
+    bwlimit: BwLimit,
+    pacer: Pacer,
+    /// When the pacer lets the next chunk start, while one waits for it.
+    paced_until: Option<Instant>,
     metrics: Metrics,
     snapshots: watch::Sender<Arc<Snapshot>>,
     /// What each view looks at.
@@ -301,6 +307,17 @@ pub(super) async fn run(
     {
         controller.restore(chosen, now);
     }
+    // The same for the bandwidth cap.
+    let bwlimit = match &config.bwlimit {
+        Some(asked) => asked.clone(),
+        None => db
+            .setting(BwLimit::SETTING)
+            .ok()
+            .flatten()
+            .and_then(|recorded| BwLimit::parse(&recorded).ok())
+            .unwrap_or_else(BwLimit::off),
+    };
+    let pacer = Pacer::new(bwlimit.rate_now(), now);
     let gate = Gate::new(controller.limit(), config.max_memory);
     let buffers = Arc::new(BufferPool::new(config.max_memory));
     let mut s = Scheduler {
@@ -319,6 +336,9 @@ pub(super) async fn run(
         next_job_id,
         stopping: None,
         controller,
+        bwlimit,
+        pacer,
+        paced_until: None,
         metrics: Metrics::new(now),
         snapshots,
         selections: BTreeMap::new(),
@@ -348,7 +368,7 @@ pub(super) async fn run(
         if s.done() && commands.is_empty() && ready_rx.is_empty() {
             break Ok(());
         }
-        let next_timer = s.timers.next();
+        let next_timer = s.timers.next().into_iter().chain(s.paced_until).min();
         let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
         tokio::select! {
             command = commands.recv(), if commands_open => match command {

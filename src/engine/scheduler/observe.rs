@@ -59,6 +59,34 @@ impl Scheduler {
         self.persist(writes, vec![After::Emit(event)]);
     }
 
+    /// Paces at the cap's rate in force now (a timetable moves on by itself); says so when
+    /// it changed, or when the operator set the cap (`set`).
+    pub(super) fn follow_bwlimit(&mut self, set: bool) {
+        let now = Instant::now();
+        let rate = self.bwlimit.rate_now();
+        if rate == self.pacer.rate() && !set {
+            return;
+        }
+        self.pacer.set_rate(rate, now);
+        let shown = rate.map_or("no cap".into(), |r| format!("{}/s", crate::size::human(r)));
+        let reason = if set {
+            format!(
+                "bandwidth cap set to {} by the operator: {shown} now",
+                self.bwlimit
+            )
+        } else {
+            format!("bandwidth cap {}: {shown} from now", self.bwlimit)
+        };
+        tracing::info!("{reason}");
+        let event = Event::BwLimitChanged {
+            bwlimit: self.bwlimit.text().to_string(),
+            rate,
+            reason,
+        };
+        self.persist(Vec::new(), vec![After::Emit(event)]);
+        self.publish();
+    }
+
     /// Objects the loaded jobs' windows hold now.
     pub(super) fn objects_held(&self) -> u64 {
         self.jobs.values().map(|j| j.files.len() as u64).sum()
@@ -98,6 +126,7 @@ impl Scheduler {
         if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
             self.apply_change(change);
         }
+        self.follow_bwlimit(false);
         self.metrics
             .roll(now, self.gate.limit(), self.gate.in_flight());
         self.publish();
@@ -137,6 +166,8 @@ impl Scheduler {
         Snapshot {
             limit: self.gate.limit(),
             adaptive: self.controller.adaptive(),
+            bwlimit: self.bwlimit.text().to_string(),
+            bw_rate: self.pacer.rate(),
             in_flight: self.gate.in_flight(),
             bytes_in_flight: self.gate.bytes(),
             memory_budget: self.gate.budget(),

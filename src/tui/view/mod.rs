@@ -78,6 +78,9 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             human(s.memory_budget),
         )),
     ];
+    if let Some(cap) = s.cap() {
+        spans.push(Span::raw(format!("  {cap}")));
+    }
     if let Some(carried) = s.running_carried() {
         spans.push(Span::raw(format!("  {carried}")));
     }

@@ -42,6 +42,12 @@ pub(super) fn draw(frame: &mut Frame, app: &App) {
             input,
             "s3://bucket/prefix/, az://container/, s3:// or a local directory   Enter go   Esc cancel",
         ),
+        Some(Popup::BwLimit(input)) => prompt(
+            frame,
+            " Bandwidth cap ",
+            input,
+            "50MiB/s, off, or Mon-Fri 08:00,50MiB/s 19:00,off (local time)   Enter set   Esc cancel",
+        ),
         Some(Popup::ConfirmCancel(job)) => confirm(
             frame,
             " Cancel ",
