@@ -1,31 +1,38 @@
-//! The adaptive concurrency controller against link models, in simulated time: the whole
-//! engine (scheduler, gate, memory budget, state file, controller) copies an endless synthetic
-//! source into a sink behind `store::simulated::SimulatedLink`, on a tokio runtime whose clock
-//! is paused (it jumps from timer to timer), so two minutes of a link take a few seconds and a
-//! seed repeats a run exactly. Every model is swept at fixed limits 1–64 and run adaptive, at
-//! `--max-memory 1GiB`, each with several seeds. Prints one table per model and a summary: the
-//! knee (the smallest fixed limit within 5% of the best throughput), the adaptive run's
-//! throughput against the best fixed one, and its time-weighted mean limit against the knee.
+//! The adaptive concurrency controller against link models, in simulated time: the engine's
+//! own controller, gate (count and memory budget) and the scheduler's 200 ms ticks admit 16 MiB
+//! chunks across `store::simulated::Link` on a tokio runtime whose clock is paused (it jumps
+//! from timer to timer), so ten minutes of a link take a second and a seed repeats a run
+//! exactly. (The whole engine cannot run on a paused clock: it writes its state file on a
+//! thread of its own, and the clock jumps ahead while that thread works.) Every model is swept
+//! at fixed limits 1–64 and run adaptive, at `--max-memory 1GiB`, each with several seeds.
+//! Throughput is the bytes the link carried over the run. Prints one table per model and a
+//! summary: the knee (the smallest fixed limit within 5% of the best throughput), the adaptive
+//! run's throughput against the best fixed one, and its time-weighted mean limit against the
+//! knee; for the capacity step, the knee after it and how long the adaptive limit took to come
+//! within 1.5× of that knee for good.
 //!
-//! `cargo bench --bench controller`; `BENCH_SEEDS=5` for more seeds, `BENCH_SECONDS=300` for
-//! longer runs, `BENCH_MODELS="full step"` for some models only. The real socket path is
-//! `scripts/bench.sh` scenario (h).
+//! Then the real socket path, when Azurite runs (`BLOBWAY_TEST_AZURITE`, as `scripts/bench.sh h`
+//! sets it): the blobway binary copies local files to Azurite through the tests' HTTP proxy,
+//! which shapes every request through the same link model (16 MiB/s, 20 ms, 2 MiB/s per
+//! request) — real sockets, real Put Blocks, the whole engine — swept and run adaptive the same
+//! way, each run stopped after 25 s. Its throughput is the chunks done over the time from the
+//! first chunk started.
+//!
+//! `cargo bench --bench controller`; `BENCH_SEEDS=5` for more seeds, `BENCH_SECONDS=1800` for
+//! longer runs, `BENCH_MODELS="full step socket"` for some models only.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use blobway::engine::ControllerConfig;
 use blobway::engine::control::{Controller, Outcome};
 use blobway::engine::gate::Gate;
-use blobway::store::simulated::{LinkSettings, SimulatedLink};
-use blobway::store::{
-    BlockRef, Checksum, DestObject, ErrorClass, ObjectMeta, ObjectSink, PlannedBlock, SinkLimits,
-    StoreResult, Upload,
-};
-use bytes::Bytes;
+use blobway::store::ErrorClass;
+use blobway::store::simulated::{Link, LinkSettings};
 use tokio::time::Instant;
+
+#[path = "../tests/common/proxy.rs"]
+mod proxy;
 
 const MIB: f64 = 1_048_576.0;
 const CHUNK: u64 = 16 << 20;
@@ -33,50 +40,6 @@ const MAX_MEMORY: u64 = 1 << 30;
 /// How often the scheduler judges the controller.
 const TICK: Duration = Duration::from_millis(200);
 const FIXED: [u32; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
-
-/// Takes everything and holds nothing: the link in front of it is what is measured.
-struct Null;
-
-#[async_trait]
-impl ObjectSink for Null {
-    fn limits(&self) -> SinkLimits {
-        blobway::store::azure::LIMITS
-    }
-
-    async fn prepare(&self) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn put_block(&self, _: Upload<'_>, _: BlockRef<'_>, _: Bytes) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn missing_blocks(&self, _: Upload<'_>, _: &[PlannedBlock]) -> StoreResult<Vec<u32>> {
-        Ok(Vec::new())
-    }
-
-    async fn commit(&self, _: Upload<'_>, _: &[PlannedBlock], _: &ObjectMeta) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn put_whole(
-        &self,
-        _: Upload<'_>,
-        _: Bytes,
-        _: Checksum,
-        _: &ObjectMeta,
-    ) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn head(&self, _key: &str) -> StoreResult<Option<DestObject>> {
-        Ok(None)
-    }
-
-    async fn list_existing(&self, _prefix: &str) -> StoreResult<BTreeMap<String, DestObject>> {
-        Ok(BTreeMap::new())
-    }
-}
 
 /// A link model: its settings, and perhaps a new bandwidth from some second on.
 #[derive(Clone, Copy)]
@@ -199,10 +162,7 @@ impl Run {
 /// link, and report their outcome to the controller, which is judged every tick as the
 /// scheduler does.
 async fn run(model: &Model, fixed: Option<u32>, seed: u64, seconds: f64) -> Run {
-    let link = Arc::new(SimulatedLink::new(
-        Arc::new(Null),
-        LinkSettings { seed, ..model.link },
-    ));
+    let link = Arc::new(Link::new(LinkSettings { seed, ..model.link }));
     let defaults = ControllerConfig::default();
     let config = match fixed {
         Some(limit) => ControllerConfig {
@@ -287,6 +247,17 @@ fn simulate(model: &Model, fixed: Option<u32>, seed: u64, seconds: f64) -> Run {
         .block_on(run(model, fixed, seed, seconds))
 }
 
+/// A summary row: model, best fixed MiB/s, knee, adaptive MiB/s, adaptive mean limit, and
+/// for a step the knee after it and each seed's seconds to settle.
+type Summary = (
+    &'static str,
+    f64,
+    u32,
+    f64,
+    f64,
+    Option<(u32, Vec<Option<f64>>)>,
+);
+
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let v: Vec<f64> = values.collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -300,9 +271,9 @@ fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300.0);
+        .unwrap_or(600.0);
     let only = std::env::var("BENCH_MODELS").ok();
-    let mut summary = Vec::new();
+    let mut summary: Vec<Summary> = Vec::new();
     for model in models() {
         if only
             .as_deref()
@@ -383,6 +354,12 @@ fn main() {
         }
         println!();
     }
+    if only
+        .as_deref()
+        .is_none_or(|o| o.split_whitespace().any(|m| m == "socket"))
+    {
+        summary.extend(socket(seeds));
+    }
     println!("### Summary");
     println!();
     println!(
@@ -403,4 +380,205 @@ fn main() {
             limit / f64::from(knee)
         );
     }
+}
+
+/// One real copy: local files to Azurite through a shaping proxy.
+struct Copied {
+    /// MiB/s of chunks done from the first chunk started until the run is stopped.
+    rate: f64,
+    mean_limit: f64,
+    p50: u64,
+}
+
+const SOCKET_FILES: usize = 20;
+const SOCKET_FILE: usize = 32 << 20;
+const SOCKET_CHUNK: &str = "2MiB";
+/// How long each copy runs before it is stopped (it would take longer at any limit).
+const SOCKET_SECONDS: f64 = 25.0;
+
+/// The blobway binary next to this bench (`cargo bench` builds it in the same profile).
+fn binary() -> std::path::PathBuf {
+    let mut path = std::env::current_exe().expect("bench path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join("blobway")
+}
+
+fn copy_through(
+    runtime: &tokio::runtime::Runtime,
+    azurite: &str,
+    source: &std::path::Path,
+    fixed: Option<u32>,
+    seed: u64,
+) -> Copied {
+    use std::io::BufRead;
+    let origin = azurite.trim_end_matches("/devstoreaccount1").to_string();
+    let link = Arc::new(Link::new(LinkSettings {
+        per_upload: Some(2.0 * MIB),
+        jitter: 0.5,
+        seed,
+        ..LinkSettings::new(16.0 * MIB, Duration::from_millis(20))
+    }));
+    let proxy = runtime.block_on(proxy::Proxy::start(
+        &origin,
+        proxy::FaultConfig {
+            shape: Some(link),
+            ..proxy::FaultConfig::none(proxy::Flavor::Azure)
+        },
+    ));
+    // Each run's sources are newer than the last copy of them, so every object is copied
+    // again (over the last run's) instead of skipped as done.
+    let newer = std::time::SystemTime::now();
+    for entry in std::fs::read_dir(source).expect("source") {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(entry.expect("entry").path())
+            .expect("open");
+        file.set_modified(newer).expect("touch");
+    }
+    let state = tempfile::tempdir().expect("state");
+    let mut cmd = std::process::Command::new(binary());
+    cmd.env("BLOBWAY_NO_DAEMON", "1")
+        .env("BLOBWAY_STATE", state.path().join("state.redb"))
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=\
+                 Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;\
+                 BlobEndpoint={}/devstoreaccount1",
+                proxy.url
+            ),
+        )
+        .args([
+            "copy",
+            "--json",
+            "--if-exists",
+            "overwrite",
+            "--chunk-size",
+            SOCKET_CHUNK,
+            "--max-memory",
+            "1GiB",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if let Some(limit) = fixed {
+        cmd.arg(format!("--concurrency={limit}"));
+    }
+    cmd.arg(format!("{}/", source.display()))
+        .arg("az://bench-controller/");
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("blobway");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send((started.elapsed().as_secs_f64(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = None;
+    let mut bytes = 0u64;
+    let mut limits = vec![(0.0, fixed.unwrap_or(ControllerConfig::default().initial))];
+    let mut latencies = Vec::new();
+    let end = started + Duration::from_secs_f64(SOCKET_SECONDS);
+    while let Ok((at, line)) =
+        heard.recv_timeout(end.saturating_duration_since(std::time::Instant::now()))
+    {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        match event["event"].as_str() {
+            Some("chunk_started") if first.is_none() => first = Some(at),
+            Some("chunk_completed") => {
+                bytes += event["bytes"].as_u64().unwrap_or(0);
+                latencies.push(event["latency_ms"].as_u64().unwrap_or(0));
+            }
+            Some("concurrency_changed") => {
+                let limit = event["limit"].as_u64().unwrap_or(0) as u32;
+                limits.push((at, limit));
+            }
+            Some("job_finished") => panic!("the copy ended before {SOCKET_SECONDS} s"),
+            _ => {}
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = first.expect("a chunk started");
+    let run = Run {
+        carried: Vec::new(),
+        limits,
+        latencies,
+        throttled: 0,
+    };
+    Copied {
+        rate: bytes as f64 / MIB / (SOCKET_SECONDS - first),
+        mean_limit: run.mean_limit(first, SOCKET_SECONDS),
+        p50: run.p50(),
+    }
+}
+
+/// The real socket path, swept and adaptive; its summary row, if Azurite runs.
+fn socket(seeds: u64) -> Option<Summary> {
+    let Ok(azurite) = std::env::var("BLOBWAY_TEST_AZURITE") else {
+        println!("### socket — skipped: Azurite is not running (scripts/bench.sh h starts it)");
+        println!();
+        return None;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let source = tempfile::tempdir().expect("source");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..SOCKET_FILES {
+        let data: Vec<u8> = (0..SOCKET_FILE)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(source.path().join(format!("file-{i:02}.bin")), data).expect("write");
+    }
+    println!(
+        "### socket — the binary copies local files to Azurite through the test proxy, which shapes requests to 16 MiB/s, 20 ms, 2 MiB/s per request; chunks of {SOCKET_CHUNK}, {SOCKET_SECONDS} s per run"
+    );
+    println!();
+    println!(
+        "| limit | MiB/s (mean of {seeds} seeds) | min–max | p50 chunk latency | mean limit |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut fixed_rates = Vec::new();
+    let mut row = None;
+    for limit in FIXED.map(Some).into_iter().chain([None]) {
+        let runs: Vec<Copied> = (1..=seeds)
+            .map(|seed| copy_through(&runtime, &azurite, source.path(), limit, seed))
+            .collect();
+        let rate = mean(runs.iter().map(|r| r.rate));
+        let lo = runs.iter().map(|r| r.rate).fold(f64::INFINITY, f64::min);
+        let hi = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
+        let limit_mean = mean(runs.iter().map(|r| r.mean_limit));
+        let p50 = mean(runs.iter().map(|r| r.p50 as f64));
+        println!(
+            "| {} | {rate:.1} | {lo:.1}–{hi:.1} | {p50:.0} ms | {limit_mean:.1} |",
+            limit.map_or("adaptive".into(), |l| l.to_string())
+        );
+        match limit {
+            Some(l) => fixed_rates.push((l, rate)),
+            None => {
+                let best = fixed_rates.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+                let knee = fixed_rates
+                    .iter()
+                    .find(|(_, r)| *r >= 0.95 * best)
+                    .map_or(64, |(l, _)| *l);
+                row = Some(("socket", best, knee, rate, limit_mean, None));
+            }
+        }
+    }
+    println!();
+    row
 }

@@ -12,8 +12,10 @@
 # bytes → a local folder (blobway, rclone); (f) 10,000 local files of 64 KiB → Azurite
 # (blobway, rclone, AzCopy); (g) S3 → S3 on one endpoint (moto), 512 MiB in one object and 64
 # objects of 1 MiB, blobway --transfer server against --transfer client, counting at a proxy
-# the bytes that pass through blobway; and (d), the engine alone on 1,000,000 synthetic objects
-# (`cargo bench --bench scale`, its own table). Runs alternate tools so drift hits every tool
+# the bytes that pass through blobway; (d), the engine alone on 1,000,000 synthetic objects
+# (`cargo bench --bench scale`, its own table); and (h), the adaptive controller against link
+# models and over a real socket to Azurite through a shaping proxy, swept at fixed limits
+# (`cargo bench --bench controller`, its own tables; about 20 minutes). Runs alternate tools so drift hits every tool
 # alike. Every copy is verified (MD5 at Azurite; file by file for local folders). Installs what
 # it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io), AzCopy (npm) for (f).
 set -euo pipefail
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 pairs="${BENCH_PAIRS:-3}"
-scenarios="${BENCH_SCENARIOS:-a b c d e f g}"
+scenarios="${BENCH_SCENARIOS:-a b c d e f g h}"
 rclone_best=(--transfers 16 --azureblob-chunk-size 16M --azureblob-upload-concurrency 16 --s3-chunk-size 64M)
 
 emulators_install
@@ -232,7 +234,7 @@ for pair in $(seq 1 "$pairs"); do
   for s in $scenarios; do
     run=$((run + 1))
     case $s in
-      d) continue ;;
+      d|h) continue ;;
       e)
         measure_local blobway "$work/out-e-$run-b" "$blobway" --no-daemon \
           --state "$work/state-$run.redb" copy "$work/data/e/" "$work/out-e-$run-b/"
@@ -324,11 +326,17 @@ if [[ " $scenarios " == *" d "* ]]; then
   log "scenario d: the engine alone on 1,000,000 synthetic objects"
   scale="$(BENCH_OBJECTS=1000000 cargo bench --quiet --bench scale 2>/dev/null | grep '^|')"
 fi
+controller=""
+if [[ " $scenarios " == *" h "* ]]; then
+  log "scenario h: the controller against link models and a real socket"
+  controller="$(cargo bench --quiet --bench controller 2>/dev/null)"
+fi
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $machine, $pairs pairs"
 echo
 echo "$table"
 [ -n "$scale" ] && { echo; echo "(d) the engine alone (cargo bench --bench scale):"; echo; echo "$scale"; }
+[ -n "$controller" ] && { echo; echo "(h) the controller (cargo bench --bench controller):"; echo; echo "$controller"; }
 if [ -n "${BENCH_RESULTS:-}" ]; then
   {
     echo "# Benchmark results"

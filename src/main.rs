@@ -642,7 +642,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     println!("bandwidth cap: {value}");
                 }
                 None => {
-                    let db = StateDb::open(&state_path).map_err(state_failure)?;
+                    if !state_path.exists() {
+                        return Err(bad_input(anyhow::anyhow!(
+                            "no state file at {}: nothing runs there yet; give the cap to the \
+                             first run with --bwlimit (or name the state file with --state)",
+                            state_path.display()
+                        )));
+                    }
+                    let db = StateDb::open(&state_path).map_err(|e| {
+                        state_failure(anyhow::anyhow!(
+                            "{e:#}; if a copy runs in the foreground on it, set the cap in its \
+                             terminal (B) or run it with --bwlimit"
+                        ))
+                    })?;
                     db.apply(&[blobway::state::Write::Setting(
                         BwLimit::SETTING,
                         value.text().to_string(),
@@ -1369,6 +1381,21 @@ async fn daemon_for_work(
             .and_then(|a| a.ok())
             .map_err(state_failure)?;
         eprintln!("the running daemon now keeps {limit} in flight");
+    }
+    // And a bandwidth cap asked for now (the daemon keeps it, as `set-bwlimit` would).
+    if let Some(bwlimit) = &tuning.bwlimit {
+        running
+            .request(
+                Method::PUT,
+                "/v1/bwlimit",
+                Some(&api::BwLimitAsked {
+                    bwlimit: bwlimit.clone(),
+                }),
+            )
+            .await
+            .and_then(|a| a.ok())
+            .map_err(state_failure)?;
+        eprintln!("the running daemon's bandwidth cap is now {bwlimit} (kept until set again)");
     }
     Ok(Some(running))
 }

@@ -1107,6 +1107,16 @@ async fn the_bandwidth_cap_is_set_live_through_the_cli_and_the_api_and_survives_
             .map(String::from)
             .unwrap_or_default()
     };
+    // Without a state file there is nothing to set it in (a mistyped --state is not created).
+    let nowhere = run(blobway(&state).args(["set-bwlimit", "3MiB/s"]));
+    assert_eq!(nowhere.code, 2, "{}", nowhere.stderr);
+    assert!(
+        nowhere.stderr.contains("no state file"),
+        "{}",
+        nowhere.stderr
+    );
+    assert!(!state.exists());
+    drop(Daemon::start(&state, &[], &[]));
     // Without a daemon, the cap is recorded for the next run.
     let recorded = run(blobway(&state).args(["set-bwlimit", "3MiB/s"]));
     assert_eq!(recorded.code, 0, "{}", recorded.stderr);
@@ -1130,13 +1140,15 @@ async fn the_bandwidth_cap_is_set_live_through_the_cli_and_the_api_and_survives_
     assert_eq!(refused.status(), 400);
     let why = refused.text().await.unwrap();
     assert!(why.contains("`25:00` is not a time of day"), "{why}");
+    let metrics = daemon.get("/metrics").await.text().await.unwrap();
+    assert_eq!(cap_of(&metrics), (3u64 << 20).to_string(), "unchanged");
     let bad = run(blobway(&state).args(["set-bwlimit", "fast"]));
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("not a size"), "{}", bad.stderr);
-    // The CLI reaches the running daemon: in force within two seconds.
-    let asked = Instant::now();
+    // The CLI reaches the running daemon: in force within two seconds of its answer.
     let set = run(blobway(&state).args(["set-bwlimit", "40MiB/s"]));
     assert_eq!(set.code, 0, "{}", set.stderr);
+    let asked = Instant::now();
     loop {
         let metrics = daemon.get("/metrics").await.text().await.unwrap();
         if cap_of(&metrics) == (40u64 << 20).to_string() {
@@ -1148,18 +1160,30 @@ async fn the_bandwidth_cap_is_set_live_through_the_cli_and_the_api_and_survives_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(daemon); // killed
+    // The API sets it too.
+    let set = daemon
+        .api()
+        .put(format!("{}/v1/bwlimit", daemon.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"bwlimit": "Mon-Sun 00:00,7MiB/s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 202);
+    // Stopped (what was set is durable by then) and started again: kept.
+    let stopped = run(blobway(&state).arg("stop"));
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    drop(daemon);
     let daemon = Daemon::start(&state, &[], &[]);
     let metrics = daemon.get("/metrics").await.text().await.unwrap();
     assert_eq!(
         cap_of(&metrics),
-        (40u64 << 20).to_string(),
+        (7u64 << 20).to_string(),
         "kept across the restart"
     );
     drop(daemon);
     // A --bwlimit of the run itself wins over what was recorded.
-    let daemon = Daemon::start(&state, &["--bwlimit", "off"], &[]);
+    let daemon = Daemon::start(&state, &["--bwlimit", "5MiB/s"], &[]);
     let metrics = daemon.get("/metrics").await.text().await.unwrap();
-    assert_eq!(cap_of(&metrics), "0");
+    assert_eq!(cap_of(&metrics), (5u64 << 20).to_string());
 }

@@ -54,7 +54,7 @@ impl BwLimit {
         let text = text.trim();
         let fail = |why: String| {
             Err(format!(
-                "--bwlimit `{text}`: {why}; write a rate (50MiB/s), off, or a timetable \
+                "bandwidth cap `{text}`: {why}; write a rate (50MiB/s), off, or a timetable \
                  (\"Mon-Fri 08:00,50MiB/s 19:00,off\")"
             ))
         };
@@ -198,10 +198,23 @@ fn parse_rate(text: &str) -> Result<Option<u64>, String> {
 
 /// `HH:MM` → minute of the day.
 fn parse_time(text: &str) -> Result<u32, String> {
-    let parsed = text
-        .split_once(':')
-        .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
-        .filter(|(h, m)| *h < 24 && *m < 60 && text.len() == 5);
+    let digits = text.len() == 5
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i == 2 {
+                b == b':'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    let parsed = digits
+        .then(|| {
+            Some((
+                text[..2].parse::<u32>().ok()?,
+                text[3..].parse::<u32>().ok()?,
+            ))
+        })
+        .flatten()
+        .filter(|(h, m)| *h < 24 && *m < 60);
     parsed
         .map(|(h, m)| h * 60 + m)
         .ok_or_else(|| format!("`{text}` is not a time of day (HH:MM, 00:00 to 23:59)"))
@@ -246,6 +259,9 @@ pub struct Pacer {
     /// Bytes that may start now (negative: owed).
     tokens: f64,
     at: Instant,
+    /// True once anything was paced: credit is saved up only between chunks, not before the
+    /// first (an engine's start-up is no idle link).
+    paced: bool,
 }
 
 impl Pacer {
@@ -255,6 +271,7 @@ impl Pacer {
             rate,
             tokens: 0.0,
             at: now,
+            paced: false,
         }
     }
 
@@ -269,6 +286,7 @@ impl Pacer {
         self.rate = rate;
         if rate.is_none() {
             self.tokens = 0.0;
+            self.paced = false;
         }
         self.refill(now);
     }
@@ -276,7 +294,11 @@ impl Pacer {
     fn refill(&mut self, now: Instant) {
         if let Some(rate) = self.rate {
             let earned = now.duration_since(self.at).as_secs_f64() * rate as f64;
-            let most = CREDIT.as_secs_f64() * rate as f64;
+            let most = if self.paced {
+                CREDIT.as_secs_f64() * rate as f64
+            } else {
+                0.0
+            };
             self.tokens = (self.tokens + earned).min(most);
         }
         self.at = now;
@@ -294,6 +316,7 @@ impl Pacer {
         if self.rate.is_some() {
             self.refill(now);
             self.tokens -= bytes as f64;
+            self.paced = true;
         }
     }
 }
@@ -372,6 +395,7 @@ mod tests {
             ("fast", "not a size"),
             ("25:00,1M", "`25:00` is not a time"),
             ("8:00,1M", "`8:00` is not a time"),
+            ("+8:00,1M", "`+8:00` is not a time"),
             ("Mon-Fry 08:00,1M", "`Fry` is neither a day"),
             ("Mon Tue 08:00,1M", "`Tue` names days but no times follow"),
             ("08:00,1M Sat", "the last days named have no times"),
@@ -381,7 +405,7 @@ mod tests {
         ] {
             let err = BwLimit::parse(text).expect_err(text);
             assert!(err.contains(names), "{text}: {err}");
-            assert!(err.contains("--bwlimit"), "{err}");
+            assert!(err.starts_with("bandwidth cap"), "{err}");
         }
     }
 
@@ -451,8 +475,13 @@ mod tests {
         assert_eq!(wait.duration_since(Instant::now()), Duration::from_secs(1));
         pacer.set_rate(None, Instant::now());
         assert_eq!(pacer.wait_until(Instant::now()), None);
-        // Idle time saves up at most a second of the rate.
+        // Before the first chunk nothing is saved up; idle time between chunks saves up at
+        // most a second of the rate.
         pacer.set_rate(Some(MIB), Instant::now());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        pacer.take(MIB, Instant::now());
+        let wait = pacer.wait_until(Instant::now()).expect("in debt");
+        assert_eq!(wait.duration_since(Instant::now()), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(60)).await;
         pacer.take(3 * MIB, Instant::now());
         let wait = pacer.wait_until(Instant::now()).expect("in debt");

@@ -82,7 +82,8 @@ pub struct ControllerConfig {
     pub interval: Duration,
     /// How much worse than the no-load cost per MiB still counts as no queue.
     pub margin: f64,
-    /// How long a no-load cost is trusted before it is re-measured.
+    /// How long a queue may last before the no-load cost is re-measured (at least 40 times
+    /// the last measurement's length), and how long a refused limit is held below at first.
     pub best_memory: Duration,
     /// Outcomes an epoch needs at least (it needs as many as the limit otherwise).
     pub min_samples: usize,
@@ -139,8 +140,11 @@ pub struct Controller {
     samples: VecDeque<Sample>,
     last_cut: Option<Instant>,
     last_judged: Instant,
-    /// The no-load cost per MiB, and when it was measured.
+    /// The no-load cost per MiB, and when it was measured or last seen again.
     best: Option<(f64, Instant)>,
+    /// The medians of the latest epochs without a queue: the no-load cost is their least, so
+    /// one lucky epoch does not set it for ever.
+    quiet: VecDeque<f64>,
     /// While the no-load cost is re-measured: the limit to go back to.
     probing: Option<u32>,
     /// When the limit last changed (none before the first change).
@@ -207,6 +211,7 @@ impl Controller {
             last_cut: None,
             last_judged: now,
             best: None,
+            quiet: VecDeque::new(),
             probing: None,
             changed_at: None,
             starting: true,
@@ -262,7 +267,11 @@ impl Controller {
             failed: outcome.error.is_some(),
             cost: outcome.latency.as_secs_f64() * 1000.0 / mib,
         });
-        if outcome.error == Some(ErrorClass::Throttled) && self.adaptive && self.may_cut(now) {
+        // A refusal of a chunk started before the last cut was already answered by it.
+        let answered = self
+            .last_cut
+            .is_some_and(|cut| now.checked_sub(outcome.latency).unwrap_or(now) < cut);
+        if outcome.error == Some(ErrorClass::Throttled) && !answered && self.may_cut(now) {
             return self.cut(
                 now,
                 Decision::ThrottleCut,
@@ -330,6 +339,8 @@ impl Controller {
         let median = costs[costs.len() / 2];
         if let Some(back) = self.probing.take() {
             self.best = Some((median, now));
+            self.quiet.clear();
+            self.remember_quiet(median);
             self.probe_took = self
                 .changed_at
                 .map_or(Duration::ZERO, |at| now.duration_since(at));
@@ -351,14 +362,20 @@ impl Controller {
             // At the least limit every epoch is a measurement.
             Some(_) if least => {
                 self.best = Some((median, now));
+                self.quiet.clear();
+                self.remember_quiet(median);
                 median
             }
             Some((best, at)) if now.duration_since(at) <= memory => {
                 if median <= best * self.config.margin {
                     // No queue now: the no-load cost is seen again, and needs no measuring.
-                    self.best = Some((best.min(median), now));
+                    self.remember_quiet(median);
+                    let floor = self.quiet.iter().copied().fold(f64::INFINITY, f64::min);
+                    self.best = Some((floor, now));
+                    floor
+                } else {
+                    best
                 }
-                best.min(median)
             }
             // Never measured, or measured long ago (perhaps with the very queue it is to be
             // measured against): measured at the least limit, for one short epoch.
@@ -375,6 +392,8 @@ impl Controller {
             }
             _ => {
                 self.best = Some((median, now));
+                self.quiet.clear();
+                self.remember_quiet(median);
                 median
             }
         };
@@ -392,8 +411,10 @@ impl Controller {
         if let Some(ceiling) = ceiling {
             let below = ceiling.saturating_sub(1).max(self.config.min.max(1));
             if self.limit < below {
-                target = target.max((self.limit + below).div_ceil(2)).min(below);
-                why = ", back toward where it was cut";
+                if target > self.limit {
+                    target = target.max((self.limit + below).div_ceil(2)).min(below);
+                    why = ", back toward where it was cut";
+                }
             } else {
                 target = target.min(self.limit);
             }
@@ -432,6 +453,22 @@ impl Controller {
         None
     }
 
+    fn remember_quiet(&mut self, median: f64) {
+        self.quiet.push_back(median);
+        while self.quiet.len() > QUIET_EPOCHS {
+            self.quiet.pop_front();
+        }
+    }
+
+    /// Nothing is judged while something else holds the work back (a bandwidth cap admits
+    /// fewer chunks than the limit): what finishes meanwhile is forgotten, and so are chunks
+    /// started before now.
+    pub fn hold(&mut self, now: Instant) {
+        self.samples.clear();
+        self.last_judged = now;
+        self.changed_at = Some(now);
+    }
+
     fn may_cut(&self, now: Instant) -> bool {
         self.last_cut
             .is_none_or(|at| now.duration_since(at) >= self.config.cooldown)
@@ -445,12 +482,17 @@ impl Controller {
         let halved = (self.limit / 2).max(self.config.min.max(1));
         self.last_cut = Some(now);
         self.starting = false;
-        let memory = match self.ceiling {
-            Some(c) if c.limit == self.limit => (c.memory * 2).min(self.config.best_memory * 16),
-            _ => self.config.best_memory,
+        // Refused again at or below a limit refused before (still remembered, or only just
+        // forgotten): the lower of the two is kept, twice as long.
+        let (limit, memory) = match self.ceiling {
+            Some(c) if self.limit <= c.limit && now.duration_since(c.at) <= c.memory * 2 => (
+                self.limit.min(c.limit),
+                (c.memory * 2).min(self.config.best_memory * 16),
+            ),
+            _ => (self.limit, self.config.best_memory),
         };
         self.ceiling = Some(Ceiling {
-            limit: self.limit,
+            limit,
             at: now,
             memory,
         });
@@ -467,6 +509,9 @@ impl Controller {
         })
     }
 }
+
+/// How many epochs without a queue the no-load cost is the least of.
+const QUIET_EPOCHS: usize = 8;
 
 /// How much worse than the no-load cost ends the start-up: more than the margin, as an epoch
 /// at twice the limit may measure the no-load cost's noise.
@@ -588,6 +633,83 @@ mod tests {
         assert!(
             (120..125).contains(&held.as_secs()),
             "held for two minutes now: {held:?}"
+        );
+        assert_eq!(c.limit(), 16);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_climb_back_after_a_cut_still_eases_a_queue() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        c.observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut to 8");
+        // Twice the no-load cost at 8: a queue, though below where it was cut.
+        let eased = epoch(&mut c, ok(800)).await.expect("eased");
+        assert_eq!((eased.decision, eased.limit), (Decision::Ease, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_again_at_a_lower_limit_is_held_below_that_twice_as_long() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        c.observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut from 16");
+        while c.limit() < 15 {
+            epoch(&mut c, ok(400)).await;
+        }
+        tokio::time::advance(Duration::from_secs(4)).await;
+        c.observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut from 15");
+        let cut_at = Instant::now();
+        while c.limit() < 14 {
+            epoch(&mut c, ok(400)).await;
+        }
+        while c.limit() == 14 {
+            epoch(&mut c, ok(400)).await;
+        }
+        let held = cut_at.elapsed().as_secs();
+        assert!((120..125).contains(&held), "held below 15 for {held} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_of_a_chunk_started_before_the_last_cut_cuts_no_more() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        c.observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("cut");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        // Started 5 s ago, before the cut: already answered.
+        let late = Outcome {
+            bytes: 0,
+            latency: Duration::from_secs(5),
+            error: Some(ErrorClass::Throttled),
+        };
+        assert_eq!(c.observe(Instant::now(), late), None);
+        assert_eq!(c.limit(), 8);
+        let fresh = c
+            .observe(Instant::now(), failed(ErrorClass::Throttled))
+            .expect("a new refusal");
+        assert_eq!(fresh.limit, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_back_by_something_else_nothing_is_judged() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        for _ in 0..16 {
+            c.observe(Instant::now(), ok(4000));
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        c.hold(Instant::now());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            c.tick(Instant::now(), 16),
+            None,
+            "what finished while held is forgotten"
         );
         assert_eq!(c.limit(), 16);
     }

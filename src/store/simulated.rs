@@ -62,9 +62,10 @@ impl LinkSettings {
     }
 }
 
-/// A sink behind a simulated link.
-pub struct SimulatedLink {
-    inner: Arc<dyn ObjectSink>,
+/// A simulated link: what crosses it waits for its share of the bandwidth, or fails as chaos
+/// or the throttle decide.
+#[derive(Debug)]
+pub struct Link {
     settings: LinkSettings,
     /// Bytes per second now (an `f64`'s bits): it may change mid-run.
     bandwidth: AtomicU64,
@@ -74,11 +75,19 @@ pub struct SimulatedLink {
     rng: std::sync::Mutex<StdRng>,
 }
 
-impl SimulatedLink {
-    /// Puts `inner` behind a link with `settings`.
-    pub fn new(inner: Arc<dyn ObjectSink>, settings: LinkSettings) -> Self {
+/// Counts an upload out of the link however it ends (even dropped half-way).
+struct Crossing<'a>(&'a AtomicU32);
+
+impl Drop for Crossing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Link {
+    /// A link with `settings`.
+    pub fn new(settings: LinkSettings) -> Self {
         Self {
-            inner,
             settings,
             bandwidth: AtomicU64::new(settings.bandwidth.to_bits()),
             next_free: Mutex::new(Instant::now()),
@@ -107,9 +116,8 @@ impl SimulatedLink {
     /// or the throttle decide.
     pub async fn cross(&self, bytes: u64) -> StoreResult<()> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        let result = self.cross_inner(bytes, in_flight).await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        result
+        let _out = Crossing(&self.in_flight);
+        self.cross_inner(bytes, in_flight).await
     }
 
     async fn cross_inner(&self, bytes: u64, in_flight: u32) -> StoreResult<()> {
@@ -162,6 +170,27 @@ impl SimulatedLink {
     }
 }
 
+/// A sink behind a simulated link.
+pub struct SimulatedLink {
+    inner: Arc<dyn ObjectSink>,
+    link: Link,
+}
+
+impl SimulatedLink {
+    /// Puts `inner` behind a link with `settings`.
+    pub fn new(inner: Arc<dyn ObjectSink>, settings: LinkSettings) -> Self {
+        Self {
+            inner,
+            link: Link::new(settings),
+        }
+    }
+
+    /// The link itself.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
 #[async_trait]
 impl ObjectSink for SimulatedLink {
     fn limits(&self) -> SinkLimits {
@@ -190,7 +219,7 @@ impl ObjectSink for SimulatedLink {
         block: BlockRef<'_>,
         data: Bytes,
     ) -> StoreResult<()> {
-        self.cross(data.len() as u64).await?;
+        self.link.cross(data.len() as u64).await?;
         self.inner.put_block(upload, block, data).await
     }
 
@@ -208,7 +237,7 @@ impl ObjectSink for SimulatedLink {
         blocks: &[PlannedBlock],
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
-        tokio::time::sleep(self.settings.latency).await;
+        tokio::time::sleep(self.link.settings.latency).await;
         self.inner.commit(upload, blocks, meta).await
     }
 
@@ -223,7 +252,7 @@ impl ObjectSink for SimulatedLink {
         checksum: Checksum,
         meta: &ObjectMeta,
     ) -> StoreResult<()> {
-        self.cross(data.len() as u64).await?;
+        self.link.cross(data.len() as u64).await?;
         self.inner.put_whole(upload, data, checksum, meta).await
     }
 
@@ -256,7 +285,7 @@ mod tests {
     async fn uploads_share_the_bandwidth() {
         let (_dir, link) = link(0.0);
         let start = Instant::now();
-        let (a, b) = tokio::join!(link.cross(500_000), link.cross(500_000));
+        let (a, b) = tokio::join!(link.link().cross(500_000), link.link().cross(500_000));
         assert!(a.is_ok() && b.is_ok());
         let took = start.elapsed();
         assert!(
@@ -270,14 +299,14 @@ mod tests {
         let (_dir, link) = link(0.5);
         let mut failed = 0;
         for _ in 0..400 {
-            if let Err(e) = link.cross(10).await {
+            if let Err(e) = link.link().cross(10).await {
                 assert_eq!(e.class, ErrorClass::Transient);
                 failed += 1;
             }
         }
         assert!((150..250).contains(&failed), "about half fail: {failed}");
         let crowd = 8 + 20;
-        let results = futures::future::join_all((0..crowd).map(|_| link.cross(10))).await;
+        let results = futures::future::join_all((0..crowd).map(|_| link.link().cross(10))).await;
         let throttled = results
             .iter()
             .filter(|r| r.as_ref().is_err_and(|e| e.class == ErrorClass::Throttled))

@@ -3,7 +3,9 @@
 //! own throttling body (S3 `SlowDown`, Azure `ServerBusy`), 429 with Retry-After, or 500;
 //! resets the connection before forwarding or in the middle of a response body; stalls a
 //! body; or adds latency. In throttle mode it answers 503 whenever more than K requests are in
-//! flight. Every fault is counted with its time, for the assertions.
+//! flight. It can shape what it forwards through a simulated link (bandwidth, latency, a cap
+//! per request), as the controller benchmark's real socket path does. Every fault is counted
+//! with its time, for the assertions.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -83,6 +85,9 @@ pub struct FaultConfig {
     /// Answer every request naming a version ID 403 AccessDenied, as S3 does to credentials
     /// without `s3:GetObjectVersion`.
     pub deny_version_reads: bool,
+    /// Every request's body crosses this link before it is forwarded (a link's 503 is
+    /// answered as the store's throttling).
+    pub shape: Option<Arc<blobway::store::simulated::Link>>,
 }
 
 impl FaultConfig {
@@ -101,6 +106,7 @@ impl FaultConfig {
             deny_copies: false,
             enforce_copy_if_match: false,
             deny_version_reads: false,
+            shape: None,
         }
     }
 
@@ -482,6 +488,11 @@ async fn handle(
         }
     }
     let length = body.len() as u64;
+    if let Some(link) = &shared.config.shape
+        && link.cross(length).await.is_err()
+    {
+        return Ok(throttled(flavor));
+    }
     let upstream = upstream
         .body(Full::new(body))
         .map_err(std::io::Error::other)?;

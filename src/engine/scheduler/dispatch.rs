@@ -11,7 +11,12 @@ impl Scheduler {
         while let Some(timer) = self.timers.pop_due(now) {
             self.wake(timer.job, timer.file, timer.generation, timer.wake);
         }
-        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        let mut ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        // Under a cap, jobs take turns at being first, so the cap's rate is shared.
+        if self.pacer.rate().is_some() && !ids.is_empty() {
+            let turn = self.paced_turn % ids.len();
+            ids.rotate_left(turn);
+        }
         for id in ids {
             // A job that does not run reads only to learn whether anything is left (a paused
             // job with nothing left is over).
@@ -44,18 +49,22 @@ impl Scheduler {
                     Work::Begin | Work::Commit => 0,
                 };
                 // The bandwidth cap admits bytes at its rate: a chunk waits (not in flight)
-                // until those started before it are paid for.
+                // until those started before it are paid for. The other jobs' begins and
+                // commits go on meanwhile.
                 if bytes > 0
                     && let Some(at) = self.pacer.wait_until(now)
                 {
                     self.paced_until = Some(at);
-                    return;
+                    break;
                 }
                 let reserved = bytes;
                 if !self.gate.try_admit(reserved) {
                     return;
                 }
-                self.pacer.take(bytes, now);
+                if bytes > 0 && self.pacer.rate().is_some() {
+                    self.pacer.take(bytes, now);
+                    self.paced_turn = self.paced_turn.wrapping_add(1);
+                }
                 self.claim(id, file, work, reserved);
             }
         }

@@ -247,6 +247,8 @@ struct Scheduler {
     pacer: Pacer,
     /// When the pacer lets the next chunk start, while one waits for it.
     paced_until: Option<Instant>,
+    /// Chunks the pacer admitted: which job is first in the next dispatch.
+    paced_turn: usize,
     metrics: Metrics,
     snapshots: watch::Sender<Arc<Snapshot>>,
     /// What each view looks at.
@@ -308,14 +310,22 @@ pub(super) async fn run(
         controller.restore(chosen, now);
     }
     // The same for the bandwidth cap.
+    let mut unread_cap = None;
     let bwlimit = match &config.bwlimit {
         Some(asked) => asked.clone(),
-        None => db
-            .setting(BwLimit::SETTING)
-            .ok()
-            .flatten()
-            .and_then(|recorded| BwLimit::parse(&recorded).ok())
-            .unwrap_or_else(BwLimit::off),
+        None => match db.setting(BwLimit::SETTING) {
+            Ok(None) => BwLimit::off(),
+            Ok(Some(recorded)) => BwLimit::parse(&recorded).unwrap_or_else(|why| {
+                unread_cap = Some(format!("the recorded bandwidth cap is not understood ({why}): none applies; set one with set-bwlimit"));
+                BwLimit::off()
+            }),
+            Err(e) => {
+                unread_cap = Some(format!(
+                    "the recorded bandwidth cap could not be read ({e}): none applies; set one with set-bwlimit"
+                ));
+                BwLimit::off()
+            }
+        },
     };
     let pacer = Pacer::new(bwlimit.rate_now(), now);
     let gate = Gate::new(controller.limit(), config.max_memory);
@@ -339,6 +349,7 @@ pub(super) async fn run(
         bwlimit,
         pacer,
         paced_until: None,
+        paced_turn: 0,
         metrics: Metrics::new(now),
         snapshots,
         selections: BTreeMap::new(),
@@ -357,6 +368,10 @@ pub(super) async fn run(
         reload_after_unload: BTreeMap::new(),
     };
     s.read_history();
+    if let Some(message) = unread_cap {
+        tracing::warn!("{message}");
+        let _ = s.events.send(Event::Notice { message }).await;
+    }
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
@@ -368,7 +383,11 @@ pub(super) async fn run(
         if s.done() && commands.is_empty() && ready_rx.is_empty() {
             break Ok(());
         }
-        let next_timer = s.timers.next().into_iter().chain(s.paced_until).min();
+        // Nothing is dispatched while stopping: no timer wakes the loop then.
+        let next_timer = match s.stopping {
+            Some(_) => None,
+            None => s.timers.next().into_iter().chain(s.paced_until).min(),
+        };
         let deadline = s.stopping.map(|at| at + SHUTDOWN_GRACE);
         tokio::select! {
             command = commands.recv(), if commands_open => match command {

@@ -123,7 +123,10 @@ impl Scheduler {
         for id in stale {
             self.read_watched(id);
         }
-        if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
+        if self.paced_until.is_some() {
+            // The cap holds chunks back: the limit is not what decides, so nothing judges it.
+            self.controller.hold(now);
+        } else if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
             self.apply_change(change);
         }
         self.follow_bwlimit(false);
