@@ -13,9 +13,9 @@
 //!
 //! Then the real socket path, when Azurite runs (`BLOBWAY_TEST_AZURITE`, as `scripts/bench.sh h`
 //! sets it): the blobway binary copies local files to Azurite through the tests' HTTP proxy,
-//! which shapes every request through the same link model (16 MiB/s, 20 ms, 2 MiB/s per
+//! which shapes every request through the same link model (16 MiB/s, 20 ms, 4 MiB/s per
 //! request) — real sockets, real Put Blocks, the whole engine — swept and run adaptive the same
-//! way, each run stopped after 25 s. Its throughput is the chunks done over the time from the
+//! way, each run stopped after 40 s. Its throughput is the chunks done over the time from the
 //! first chunk started.
 //!
 //! `cargo bench --bench controller`; `BENCH_SEEDS=5` for more seeds, `BENCH_SECONDS=1800` for
@@ -390,11 +390,11 @@ struct Copied {
     p50: u64,
 }
 
-const SOCKET_FILES: usize = 20;
+const SOCKET_FILES: usize = 24;
 const SOCKET_FILE: usize = 32 << 20;
 const SOCKET_CHUNK: &str = "2MiB";
 /// How long each copy runs before it is stopped (it would take longer at any limit).
-const SOCKET_SECONDS: f64 = 25.0;
+const SOCKET_SECONDS: f64 = 40.0;
 
 /// The blobway binary next to this bench (`cargo bench` builds it in the same profile).
 fn binary() -> std::path::PathBuf {
@@ -416,7 +416,7 @@ fn copy_through(
     use std::io::BufRead;
     let origin = azurite.trim_end_matches("/devstoreaccount1").to_string();
     let link = Arc::new(Link::new(LinkSettings {
-        per_upload: Some(2.0 * MIB),
+        per_upload: Some(4.0 * MIB),
         jitter: 0.5,
         seed,
         ..LinkSettings::new(16.0 * MIB, Duration::from_millis(20))
@@ -545,7 +545,7 @@ fn socket(seeds: u64) -> Option<Summary> {
         std::fs::write(source.path().join(format!("file-{i:02}.bin")), data).expect("write");
     }
     println!(
-        "### socket — the binary copies local files to Azurite through the test proxy, which shapes requests to 16 MiB/s, 20 ms, 2 MiB/s per request; chunks of {SOCKET_CHUNK}, {SOCKET_SECONDS} s per run"
+        "### socket — the binary copies local files to Azurite through the test proxy, which shapes requests to 16 MiB/s, 20 ms, 4 MiB/s per request; chunks of {SOCKET_CHUNK}, {SOCKET_SECONDS} s per run"
     );
     println!();
     println!(
