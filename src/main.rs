@@ -256,8 +256,9 @@ enum Commands {
         value: String,
     },
     /// Set the bandwidth cap: in the running daemon at once (within a second), or, when none
-    /// runs, recorded in the state file for the next run. It is kept until set again; a
-    /// --bwlimit flag overrides it for that run only.
+    /// runs, recorded in the state file for the next run. It is kept until set again. A
+    /// --bwlimit flag overrides it for the run it starts; given to a command that hands its
+    /// work to a running daemon, it sets that daemon's cap as this command does.
     SetBwlimit {
         /// A rate (`200MiB/s`), `off`, or a weekly timetable in local time, quoted:
         /// `"Mon-Fri 08:00,50MiB/s 19:00,off"`.
@@ -391,7 +392,8 @@ struct Tuning {
     /// `"Mon-Fri 08:00,50MiB/s 19:00,off"` caps weekdays from 08:00 and lifts the cap from
     /// 19:00 (through the weekend, until Monday 08:00). Entries in an hour a clock change
     /// skips apply from the first minute after it. The cap starts fewer chunks rather than
-    /// slowing them. Without it, the cap last set (`set-bwlimit`, the TUI's `B`) stands.
+    /// slowing them. Without it, the cap last set (`set-bwlimit`, the TUI's `B`) stands; a
+    /// daemon already running takes it as its cap (and keeps it).
     #[arg(long, value_name = "RATE|off|TIMETABLE")]
     bwlimit: Option<BwLimit>,
 }
