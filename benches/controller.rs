@@ -48,7 +48,12 @@ struct Model {
     what: &'static str,
     link: LinkSettings,
     step: Option<(f64, f64)>,
+    /// The share of units that are small objects (256 KiB) rather than 16 MiB chunks.
+    small: f64,
 }
+
+/// A small object's size.
+const SMALL: u64 = 256 << 10;
 
 fn models() -> Vec<Model> {
     let mib = |n: f64| n * MIB;
@@ -63,6 +68,7 @@ fn models() -> Vec<Model> {
                 ..LinkSettings::new(mib(64.0), ms(20))
             },
             step: None,
+            small: 0.0,
         },
         Model {
             name: "throttle",
@@ -74,6 +80,7 @@ fn models() -> Vec<Model> {
                 ..LinkSettings::new(mib(512.0), ms(20))
             },
             step: None,
+            small: 0.0,
         },
         Model {
             name: "far",
@@ -84,6 +91,7 @@ fn models() -> Vec<Model> {
                 ..LinkSettings::new(mib(1024.0), ms(200))
             },
             step: None,
+            small: 0.0,
         },
         Model {
             name: "step",
@@ -94,6 +102,18 @@ fn models() -> Vec<Model> {
                 ..LinkSettings::new(mib(64.0), ms(20))
             },
             step: Some((0.5, mib(16.0))),
+            small: 0.0,
+        },
+        Model {
+            name: "mixed",
+            what: "97% of the units small objects of 256 KiB, 3% chunks of 16 MiB; 64 MiB/s, 50 ms, 8 MiB/s per upload",
+            link: LinkSettings {
+                per_upload: Some(mib(8.0)),
+                jitter: 0.5,
+                ..LinkSettings::new(mib(64.0), ms(50))
+            },
+            step: None,
+            small: 0.97,
         },
     ]
 }
@@ -185,21 +205,24 @@ async fn run(model: &Model, fixed: Option<u32>, seed: u64, seconds: f64) -> Run 
         throttled: 0,
     };
     let end = started + Duration::from_secs_f64(seconds);
+    let mut units = 0u64;
     let mut step = model
         .step
         .map(|(at, bandwidth)| (started + Duration::from_secs_f64(seconds * at), bandwidth));
     loop {
-        while gate.try_admit(CHUNK) {
+        while gate.try_admit(unit_size(units, model.small)) {
+            let size = unit_size(units, model.small);
+            units += 1;
             let (link, done) = (link.clone(), done.clone());
             tokio::spawn(async move {
                 let began = Instant::now();
-                let result = link.cross(CHUNK).await;
-                let _ = done.send((began.elapsed(), result));
+                let result = link.cross(size).await;
+                let _ = done.send((size, began.elapsed(), result));
             });
         }
         let change = tokio::select! {
-            Some((latency, result)) = finished.recv() => {
-                gate.release(CHUNK);
+            Some((size, latency, result)) = finished.recv() => {
+                gate.release(size);
                 let error = match result {
                     Ok(()) => {
                         seen.latencies.push(latency.as_millis() as u64);
@@ -210,7 +233,7 @@ async fn run(model: &Model, fixed: Option<u32>, seed: u64, seconds: f64) -> Run 
                         Some(e.class)
                     }
                 };
-                let bytes = if error.is_none() { CHUNK } else { 0 };
+                let bytes = if error.is_none() { size } else { 0 };
                 controller.observe(Instant::now(), Outcome { bytes, latency, error })
             }
             _ = ticks.tick() => {
@@ -235,6 +258,12 @@ async fn run(model: &Model, fixed: Option<u32>, seed: u64, seconds: f64) -> Run 
         }
     }
     seen
+}
+
+/// The size of unit `i`: a small object for a `small` share of them, spread evenly.
+fn unit_size(i: u64, small: f64) -> u64 {
+    let spread = (i as f64 * 0.618_033_988_75).fract();
+    if spread < small { SMALL } else { CHUNK }
 }
 
 /// Runs `run` on a runtime of its own whose clock is paused: it jumps from timer to timer.
