@@ -142,9 +142,12 @@ pub struct Controller {
     last_judged: Instant,
     /// The no-load cost per MiB, and when it was measured or last seen again.
     best: Option<(f64, Instant)>,
-    /// The medians of the latest epochs without a queue: the no-load cost is their least, so
-    /// one lucky epoch does not set it for ever.
+    /// The medians of the latest epochs without a queue: the no-load cost is their least
+    /// (never more than the margin above the last measured one), so one lucky epoch does not
+    /// set it for ever and epochs near the knee do not raise it step by step.
     quiet: VecDeque<f64>,
+    /// The last no-load cost measured at the least limit.
+    measured: f64,
     /// While the no-load cost is re-measured: the limit to go back to.
     probing: Option<u32>,
     /// When the limit last changed (none before the first change).
@@ -212,6 +215,7 @@ impl Controller {
             last_judged: now,
             best: None,
             quiet: VecDeque::new(),
+            measured: f64::INFINITY,
             probing: None,
             changed_at: None,
             starting: true,
@@ -339,6 +343,7 @@ impl Controller {
         let median = costs[costs.len() / 2];
         if let Some(back) = self.probing.take() {
             self.best = Some((median, now));
+            self.measured = median;
             self.quiet.clear();
             self.remember_quiet(median);
             self.probe_took = self
@@ -362,6 +367,7 @@ impl Controller {
             // At the least limit every epoch is a measurement.
             Some(_) if least => {
                 self.best = Some((median, now));
+                self.measured = median;
                 self.quiet.clear();
                 self.remember_quiet(median);
                 median
@@ -370,7 +376,8 @@ impl Controller {
                 if median <= best * self.config.margin {
                     // No queue now: the no-load cost is seen again, and needs no measuring.
                     self.remember_quiet(median);
-                    let floor = self.quiet.iter().copied().fold(f64::INFINITY, f64::min);
+                    let most = self.measured * self.config.margin;
+                    let floor = self.quiet.iter().copied().fold(most, f64::min);
                     self.best = Some((floor, now));
                     floor
                 } else {
@@ -392,6 +399,7 @@ impl Controller {
             }
             _ => {
                 self.best = Some((median, now));
+                self.measured = median;
                 self.quiet.clear();
                 self.remember_quiet(median);
                 median
@@ -693,6 +701,24 @@ mod tests {
             .observe(Instant::now(), failed(ErrorClass::Throttled))
             .expect("a new refusal");
         assert_eq!(fresh.limit, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_epochs_near_the_no_load_cost_do_not_raise_it() {
+        let mut c = controller();
+        epoch(&mut c, ok(400)).await.expect("probe");
+        epoch(&mut c, ok(400)).await.expect("back");
+        // 8% worse than measured, epoch after epoch: no queue; then 8% worse than that.
+        for cost in [432, 466] {
+            for _ in 0..12 {
+                epoch(&mut c, ok(cost)).await;
+            }
+        }
+        let best = c.best.map(|(b, _)| b).expect("best");
+        assert!(
+            best <= 55.0 + 1e-9,
+            "{best}: within the margin of the 50 measured"
+        );
     }
 
     #[tokio::test(start_paused = true)]

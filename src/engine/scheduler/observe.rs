@@ -123,8 +123,10 @@ impl Scheduler {
         for id in stale {
             self.read_watched(id);
         }
-        if self.paced_until.is_some() {
-            // The cap holds chunks back: the limit is not what decides, so nothing judges it.
+        // The cap holds chunks back while the gate has room: the limit is not what decides,
+        // so nothing judges it (a cap that only trails a full gate holds nothing).
+        let capped = self.paced_until.is_some() && self.gate.in_flight() + 1 < self.gate.limit();
+        if capped {
             self.controller.hold(now);
         } else if let Some(change) = self.controller.tick(now, self.gate.in_flight()) {
             self.apply_change(change);
