@@ -160,6 +160,7 @@ pub async fn follow_saying(
         _ => 1,
     }));
     tick.tick().await;
+    let mut unsaid: Vec<String> = Vec::new();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
@@ -208,8 +209,10 @@ pub async fn follow_saying(
                     Event::PlanFailed { source, destination, error } => {
                         let route = if source.is_empty() { String::new() } else { format!("{source} → {destination}: ") };
                         report.plan_failures.push(format!("{route}{error}"));
+                        // Said at the next tick if the run goes on (other routes copy for
+                        // hours); a run that ends now says it once, in its summary.
                         if output != Output::Json {
-                            say(format!("error: {route}{error}"));
+                            unsaid.push(format!("error: {route}{error}"));
                         }
                     }
                     Event::ChunkCompleted { bytes, .. } => {
@@ -251,6 +254,9 @@ pub async fn follow_saying(
                 }
             }
             _ = tick.tick() => {
+                for line in unsaid.drain(..) {
+                    say(line);
+                }
                 let rate = (report.bytes_moved as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
                 match output {
                     Output::Json => print_json(&ProgressLine { event: "progress", bytes_done: done, bytes_total: total, bytes_per_sec: rate, eta_secs: eta(total.saturating_sub(done), rate) }),

@@ -166,7 +166,8 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// Continue unfinished jobs (all of them, or JOB). Failed objects get another chance.
+    /// Continue unfinished jobs (all but those paused, which it names; or JOB, paused or not).
+    /// Failed objects get another chance.
     Resume {
         /// The job to continue.
         job: Option<JobId>,
@@ -810,6 +811,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     state_path.display()
                 )));
             }
+            if job.is_none() {
+                let paused: Vec<(JobId, String, String)> = db
+                    .jobs()
+                    .map_err(state_failure)?
+                    .into_iter()
+                    .filter(|j| j.state == JobState::Paused)
+                    .map(|j| (j.id, j.source, j.destination))
+                    .collect();
+                say_left_paused(&paused);
+            }
             let command = Command::Load {
                 job,
                 include_paused: job.is_some(),
@@ -883,10 +894,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             layout.prepare(!keep).map_err(bad_input)?;
             let state = cli.state.unwrap_or_else(|| layout.state.clone());
             let db = open_unserved(&state).await?;
-            let command = Command::Enqueue {
-                source: format!("{}/", layout.source.display()),
-                destination: format!("{}/", layout.destination.display()),
-                options: JobOptions::with_chunk_size(blobway::demo::DEMO_CHUNK_SIZE),
+            let source = format!("{}/", layout.source.display());
+            let destination = format!("{}/", layout.destination.display());
+            // Kept and paused, the demo stays paused: its job is loaded, not planned again.
+            let paused = if keep {
+                paused_job(&db, &source, &destination).map_err(state_failure)?
+            } else {
+                None
+            };
+            let command = match paused {
+                // Not named: a named job would be resumed.
+                Some(_) => Command::Load {
+                    job: None,
+                    include_paused: true,
+                },
+                None => Command::Enqueue {
+                    source,
+                    destination,
+                    options: JobOptions::with_chunk_size(blobway::demo::DEMO_CHUNK_SIZE),
+                },
             };
             let stores = Arc::new(DemoStores {
                 link: LinkSettings {
@@ -1122,6 +1148,32 @@ async fn submit(
 
 /// Asks the daemon to continue `job` (or every unfinished job) and follows them here until
 /// they finish.
+/// The paused job of the route `source` → `destination`, if the state file has one.
+fn paused_job(
+    db: &blobway::state::StateDb,
+    source: &str,
+    destination: &str,
+) -> Result<Option<JobId>, blobway::state::StateError> {
+    let Ok((src, dst)) = blobway::location::parse_route(source, destination) else {
+        return Ok(None);
+    };
+    let (src, dst) = (src.to_string(), dst.to_string());
+    Ok(db
+        .jobs()?
+        .into_iter()
+        .find(|j| j.state == JobState::Paused && j.source == src && j.destination == dst)
+        .map(|j| j.id))
+}
+
+/// Tells the operator which paused jobs `resume` leaves paused, and how to resume them.
+fn say_left_paused(paused: &[(JobId, String, String)]) {
+    for (id, source, destination) in paused {
+        eprintln!(
+            "job {id} ({source} → {destination}) stays paused; `blobway resume {id}` resumes it"
+        );
+    }
+}
+
 async fn resume_in_daemon(
     client: Client,
     job: Option<JobId>,
@@ -1130,13 +1182,20 @@ async fn resume_in_daemon(
     let mut engine = blobway::daemon::attach::attach(client.clone());
     connected(&mut engine).await?;
     let views = daemon_jobs(&client).await?;
-    let wanted: Vec<_> = views
+    // A job the operator paused stays paused unless it is named (as without a daemon).
+    let (wanted, paused): (Vec<_>, Vec<_>) = views
         .into_iter()
         .filter(|v| match job {
             Some(id) => v.id == id,
             None => !v.state.is_finished() || v.state == JobState::Failed,
         })
-        .collect();
+        .partition(|v| job.is_some() || v.state != JobState::Paused);
+    say_left_paused(
+        &paused
+            .into_iter()
+            .map(|v| (v.id, v.source, v.destination))
+            .collect::<Vec<_>>(),
+    );
     if let Some(id) = job
         && wanted.is_empty()
     {

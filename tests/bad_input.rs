@@ -43,6 +43,41 @@ async fn unknown_bucket() {
         2,
         "the bucket does not exist; check the name and AWS_REGION",
     );
+    let all = format!("{}\n{}", result.stdout, result.stderr);
+    assert_eq!(
+        all.matches("the bucket does not exist").count(),
+        1,
+        "said once, in the summary:\n{all}"
+    );
+    // What to do leads; the store's own words follow.
+    let hint = all.find("the bucket does not exist").unwrap_or_default();
+    let code = all.find("NoSuchBucket").unwrap_or_default();
+    assert!(hint < code, "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_aws_credentials_lead_with_the_hint() {
+    let state = tempfile::tempdir().expect("state");
+    let home = tempfile::tempdir().expect("home");
+    let mut cmd = blobway(&state.path().join("s.redb"));
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_CONFIG_FILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let result = run(cmd.args(["copy", "s3://any-bucket/x/", "/tmp/blobway-never/"]));
+    let hint = "no usable AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
+    assert_fails(&result, 2, hint);
+    // The hint comes before the SDK's account of the provider chain (a thousand characters).
+    let line = result
+        .stdout
+        .lines()
+        .find(|l| l.contains(hint))
+        .unwrap_or_default();
+    let at = line.find(hint).unwrap_or(usize::MAX);
+    assert!(at < 200, "the hint is {at} characters in: {line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

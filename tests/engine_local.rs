@@ -1144,3 +1144,118 @@ async fn a_job_of_many_objects_is_worked_through_a_bounded_window() {
     assert!((1..=64).contains(&peak), "held at most {peak} objects");
     stop(engine).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_concurrency_step_counts_however_fast_they_come() {
+    let s = setup(&[]);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    // Five steps sent at once, before any snapshot could show the first: the limit (4) rises
+    // by five, not by one.
+    for _ in 0..5 {
+        engine
+            .handle
+            .send(Command::StepConcurrency(1))
+            .await
+            .expect("send");
+    }
+    let limits: Vec<u32> = {
+        let mut limits = Vec::new();
+        for _ in 0..5 {
+            if let Event::ConcurrencyChanged {
+                limit, adaptive, ..
+            } = until(&mut engine, "a step", |e| {
+                matches!(
+                    e,
+                    Event::ConcurrencyChanged {
+                        decision: blobway::engine::Decision::Operator,
+                        ..
+                    }
+                )
+            })
+            .await
+            {
+                assert!(!adaptive, "a step switches to manual");
+                limits.push(limit);
+            }
+        }
+        limits
+    };
+    assert_eq!(limits, [5, 6, 7, 8, 9]);
+    // Down past the least: stops at 1.
+    engine
+        .handle
+        .send(Command::StepConcurrency(-100))
+        .await
+        .expect("send");
+    let event = until(&mut engine, "the step down", |e| {
+        matches!(e, Event::ConcurrencyChanged { .. })
+    })
+    .await;
+    assert!(
+        matches!(event, Event::ConcurrencyChanged { limit: 1, .. }),
+        "{event:?}"
+    );
+    stop(engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_names_the_paused_jobs_it_leaves_paused() {
+    let s = setup(&[("a.bin", 2 * MIB)]);
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(&s, MIB as u64))
+        .await
+        .expect("send");
+    let job = match until(&mut engine, "the plan", |e| {
+        matches!(e, Event::JobPlanned { .. })
+    })
+    .await
+    {
+        Event::JobPlanned { job, .. } => job,
+        _ => unreachable!(),
+    };
+    engine
+        .handle
+        .send(Command::Pause(Some(job)))
+        .await
+        .expect("send");
+    until(&mut engine, "the pause", |e| {
+        matches!(
+            e,
+            Event::JobStateChanged {
+                state: JobState::Paused,
+                ..
+            }
+        )
+    })
+    .await;
+    stop(engine).await;
+
+    // `blobway resume` (no job named): the paused job stays paused, and is named with the
+    // command that resumes it.
+    let blobway = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_blobway"));
+        cmd.env("BLOBWAY_STATE", &s.state)
+            .env("BLOBWAY_NO_DAEMON", "1")
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let out = blobway().arg("resume").output().expect("resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "job {job} ({}/ → {}/) stays paused; `blobway resume {job}` resumes it",
+            s.src.display(),
+            s.dst.display()
+        )),
+        "{stderr}"
+    );
+    let jobs = blobway().args(["jobs", "--json"]).output().expect("jobs");
+    let jobs = String::from_utf8_lossy(&jobs.stdout);
+    assert!(
+        jobs.contains("\"PAUSED\"") || jobs.contains("\"paused\""),
+        "{jobs}"
+    );
+}

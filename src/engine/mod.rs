@@ -144,6 +144,9 @@ pub enum Command {
     Resume(Option<JobId>),
     /// Set the concurrency limit (and switch to manual).
     SetConcurrency(u32),
+    /// Raise (positive) or lower the concurrency limit by this many from the limit the engine
+    /// has (and switch to manual): steps sent faster than snapshots arrive all count.
+    StepConcurrency(i32),
     /// Switch between the adaptive controller and a manual limit.
     SetAdaptive(bool),
     /// Set the bandwidth cap (a rate, off, or a timetable); it is kept in the state file.

@@ -199,6 +199,7 @@ impl JobRun {
             rate: 0.0,
             eta_secs: None,
             error: self.record.error.clone(),
+            in_flight: self.in_flight,
             carried: match &self.server {
                 None => Carried::Client,
                 // `--transfer server` never falls back: objects it cannot copy fail.

@@ -203,14 +203,21 @@ impl Snapshot {
         }
     }
 
-    /// True when nothing is running: every unfinished job is paused (and there is one).
-    pub fn paused(&self) -> bool {
+    /// What the engine as a whole is doing, for the status bar.
+    pub fn activity(&self) -> Activity {
         let mut unfinished = self
             .jobs
             .iter()
             .filter(|j| !j.state.is_finished())
             .peekable();
-        unfinished.peek().is_some() && unfinished.all(|j| j.state == JobState::Paused)
+        let all_paused =
+            unfinished.peek().is_some() && unfinished.all(|j| j.state == JobState::Paused);
+        match (all_paused, self.in_flight) {
+            (true, 0) => Activity::Paused,
+            (true, n) => Activity::Pausing(n),
+            (false, 0) if !self.jobs.iter().any(JobView::busy) => Activity::Idle,
+            _ => Activity::Running,
+        }
     }
 
     /// How the running jobs' bytes travel, for the status bar: none when every one goes
@@ -227,6 +234,31 @@ impl Snapshot {
         } else {
             "mixed"
         })
+    }
+}
+
+/// What the engine as a whole is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    /// Nothing to do: no job runs, is queued or drains.
+    Idle,
+    /// Jobs run.
+    Running,
+    /// Every unfinished job is paused; this many chunks in flight still drain.
+    Pausing(u32),
+    /// Every unfinished job is paused and nothing is in flight.
+    Paused,
+}
+
+impl Activity {
+    /// As the status bar reads it.
+    pub fn label(self) -> String {
+        match self {
+            Activity::Idle => "IDLE".into(),
+            Activity::Running => "RUNNING".into(),
+            Activity::Pausing(n) => format!("PAUSING — {n} in flight"),
+            Activity::Paused => "PAUSED".into(),
+        }
     }
 }
 
@@ -252,6 +284,10 @@ pub struct JobView {
     /// How its bytes travel.
     #[serde(default)]
     pub carried: Carried,
+    /// Its chunks (and server-side copies) in flight: a paused or cancelled job still
+    /// drains them.
+    #[serde(default)]
+    pub in_flight: u32,
 }
 
 /// How a job's bytes travel (`--transfer`), as views show it.
@@ -301,12 +337,28 @@ impl JobView {
                 crate::store::copy::TransferMode::Auto => Carried::Auto,
             },
             error: job.error,
+            in_flight: 0,
         }
     }
 
-    /// Fills in the estimated time left from `rate`.
+    /// True while the job moves or will: it runs or is queued, or it still drains chunks.
+    pub fn busy(&self) -> bool {
+        matches!(self.state, JobState::Running | JobState::Queued) || self.in_flight > 0
+    }
+
+    /// Its state as views name it: a paused or cancelled job that still drains chunks in
+    /// flight is PAUSING or CANCELLING until they are done.
+    pub fn phase(&self) -> &'static str {
+        match self.state {
+            JobState::Paused if self.in_flight > 0 => "PAUSING",
+            JobState::Cancelled if self.in_flight > 0 => "CANCELLING",
+            state => state.name(),
+        }
+    }
+
+    /// Fills in the rate and the estimated time left from `rate`; a finished job has neither.
     pub fn with_rate(mut self, rate: f64) -> Self {
-        self.rate = rate;
+        self.rate = if self.state.is_finished() { 0.0 } else { rate };
         let left = self
             .progress
             .bytes_total
@@ -527,6 +579,56 @@ mod tests {
             carried,
             ..JobView::recorded(record, JobProgress::default())
         }
+    }
+
+    #[test]
+    fn the_status_bar_reads_idle_running_pausing_then_paused() {
+        let with = |jobs: Vec<JobView>, in_flight: u32| Snapshot {
+            jobs,
+            in_flight,
+            ..Snapshot::default()
+        };
+        let draining = |id, state, in_flight| JobView {
+            in_flight,
+            ..view(id, state, Carried::Client)
+        };
+        assert_eq!(with(vec![], 0).activity(), Activity::Idle);
+        let done = view(1, JobState::Done, Carried::Client);
+        assert_eq!(with(vec![done.clone()], 0).activity(), Activity::Idle);
+        let running = view(2, JobState::Running, Carried::Client);
+        assert_eq!(
+            with(vec![done.clone(), running], 0).activity(),
+            Activity::Running
+        );
+        let queued = view(3, JobState::Queued, Carried::Client);
+        assert_eq!(with(vec![queued], 0).activity(), Activity::Running);
+        let pausing = draining(4, JobState::Paused, 5);
+        assert_eq!(
+            with(vec![done.clone(), pausing], 5).activity(),
+            Activity::Pausing(5)
+        );
+        assert_eq!(Activity::Pausing(5).label(), "PAUSING — 5 in flight");
+        let paused = view(4, JobState::Paused, Carried::Client);
+        assert_eq!(with(vec![done, paused], 0).activity(), Activity::Paused);
+        let cancelling = draining(5, JobState::Cancelled, 2);
+        assert_eq!(with(vec![cancelling], 2).activity(), Activity::Running);
+    }
+
+    #[test]
+    fn a_job_that_drains_is_pausing_or_cancelling_and_a_finished_one_has_no_rate() {
+        let job = |state, in_flight| JobView {
+            in_flight,
+            ..view(1, state, Carried::Client)
+        };
+        assert_eq!(job(JobState::Paused, 3).phase(), "PAUSING");
+        assert_eq!(job(JobState::Paused, 0).phase(), "PAUSED");
+        assert_eq!(job(JobState::Cancelled, 1).phase(), "CANCELLING");
+        assert_eq!(job(JobState::Cancelled, 0).phase(), "CANCELLED");
+        assert_eq!(job(JobState::Running, 9).phase(), "RUNNING");
+        let done = job(JobState::Done, 0).with_rate(1e6);
+        assert_eq!((done.rate, done.eta_secs), (0.0, None));
+        let running = job(JobState::Running, 4).with_rate(1e6);
+        assert_eq!(running.rate, 1e6);
     }
 
     #[test]

@@ -545,8 +545,8 @@ impl AzureStore {
                 ErrorClass::Auth,
                 None,
                 format!(
-                    "{what} {target} failed: no Entra ID token ({err}); run `az login` or set \
-                     AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_KEY"
+                    "{what} {target} failed: no Entra ID token; run `az login` or set \
+                     AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_KEY ({err})"
                 ),
             ),
             ErrorKind::Connection | ErrorKind::Io => StoreError::transient(format!(

@@ -422,15 +422,21 @@ impl S3Store {
             (_, Some(s)) if s >= 500 => (ErrorClass::Transient, ""),
             _ => (ErrorClass::Transient, ""),
         };
-        let mut message = format!("{what} {target} failed");
-        if !code.is_empty() {
-            message.push_str(&format!(": {code}"));
-        }
+        // The hint leads: what to do comes before the SDK's account of what happened (which
+        // can run to a thousand characters).
+        let mut cause = code.clone();
         if !detail.is_empty() && detail != code {
-            message.push_str(&format!(": {detail}"));
+            if !cause.is_empty() {
+                cause.push_str(": ");
+            }
+            cause.push_str(&detail);
         }
-        if !hint.is_empty() {
-            message.push_str(&format!(" — {hint}"));
+        let mut message = format!("{what} {target} failed");
+        match (hint.is_empty(), cause.is_empty()) {
+            (true, true) => {}
+            (true, false) => message.push_str(&format!(": {cause}")),
+            (false, true) => message.push_str(&format!(": {hint}")),
+            (false, false) => message.push_str(&format!(": {hint} ({cause})")),
         }
         if status.is_none() {
             // No answer at all: say where blobway was trying to go.

@@ -12,9 +12,9 @@ use tui_input::backend::crossterm::EventHandler;
 
 use super::keys::{self, Action, Context, Key};
 use crate::engine::bwlimit::BwLimit;
-use crate::engine::snapshot::{self, JobView, ObjectQuery, Selection, Snapshot};
+use crate::engine::snapshot::{self, FileView, JobView, ObjectQuery, Selection, Snapshot};
 use crate::engine::{Command, Event};
-use crate::state::{JobId, JobOptions};
+use crate::state::{ChunkState, FileState, JobId, JobOptions};
 use crate::store::Page;
 
 /// The main screens.
@@ -40,8 +40,8 @@ pub enum Focus {
 /// A window over the current screen.
 #[derive(Clone, Debug)]
 pub enum Popup {
-    /// The key help.
-    Help,
+    /// The key help, scrolled down this many lines.
+    Help(u16),
     /// One chunk in full.
     Inspector,
     /// Asks for the destination of the marked entries.
@@ -91,6 +91,8 @@ pub struct BrowserState {
     pub cursor: usize,
     /// Marked entries' locations (marks belong to the listed folder; moving clears them).
     pub marked: BTreeSet<String>,
+    /// Where a range started (`v`), as an index into the filtered entries.
+    pub anchor: Option<usize>,
     /// Case-insensitive filter on names.
     pub filter: String,
     /// The listing request in progress.
@@ -170,6 +172,8 @@ pub struct DetailState {
     pub focus: Focus,
     /// The chunk under the heat-map cursor.
     pub chunk_cursor: u32,
+    /// The listed page sorted by state (failed first) instead of by index.
+    pub by_state: bool,
 }
 
 impl DetailState {
@@ -221,6 +225,45 @@ pub struct AppOptions {
     pub attached: bool,
 }
 
+/// A message, with the local time it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// `HH:MM:SS`, local time.
+    pub at: String,
+    /// What happened.
+    pub text: String,
+}
+
+impl Notice {
+    /// A message that came now.
+    pub fn now(text: impl Into<String>) -> Self {
+        Self {
+            at: jiff::Zoned::now().strftime("%H:%M:%S").to_string(),
+            text: text.into(),
+        }
+    }
+}
+
+/// How the rows of a listed page rank when sorted by state: trouble first.
+fn state_rank(state: FileState) -> u8 {
+    match state {
+        FileState::Failed => 0,
+        FileState::Committing => 1,
+        FileState::Transferring => 2,
+        FileState::Done => 3,
+        FileState::Skipped => 4,
+    }
+}
+
+/// `1 object`, `2 objects`.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// Everything the TUI shows and remembers.
 pub struct App {
     /// The main screen.
@@ -236,7 +279,10 @@ pub struct App {
     /// The browser.
     pub browser: BrowserState,
     /// Recent messages, newest last.
-    pub notices: VecDeque<String>,
+    pub notices: VecDeque<Notice>,
+    /// The controller's (or the operator's) last concurrency decision: its own line, so
+    /// decisions never push messages out of view.
+    pub controller: Option<Notice>,
     /// The heat-map's last layout.
     pub heatmap: HeatMapGeometry,
     /// Set when the operator asked to quit.
@@ -245,6 +291,8 @@ pub struct App {
     pub stop: bool,
     options: AppOptions,
     next_request: u64,
+    /// Set while the go-to prompt waits for a listing to complete its text from.
+    completing: bool,
 }
 
 const PAGE: usize = 10;
@@ -264,11 +312,13 @@ impl App {
                 ..BrowserState::default()
             },
             notices: VecDeque::new(),
+            controller: None,
             heatmap: HeatMapGeometry::default(),
             quit: false,
             stop: false,
             options,
             next_request: 0,
+            completing: false,
         };
         let location = app.browser.location.clone();
         let browse = app.browse(location);
@@ -320,14 +370,28 @@ impl App {
         if listed.query != detail.objects {
             return None;
         }
-        let files = &listed.files;
+        let files = self.listed_files();
         files
             .get(detail.file_cursor.min(files.len().saturating_sub(1)))
             .map(|f| f.index)
     }
 
+    /// The listed page's objects in the order shown: by index, or by state when asked.
+    pub fn listed_files(&self) -> Vec<&FileView> {
+        let mut files: Vec<&FileView> = self
+            .snapshot
+            .job_detail
+            .as_ref()
+            .map(|d| d.files.iter().collect())
+            .unwrap_or_default();
+        if self.detail.as_ref().is_some_and(|d| d.by_state) {
+            files.sort_by_key(|f| state_rank(f.state));
+        }
+        files
+    }
+
     fn notice(&mut self, message: impl Into<String>) {
-        self.notices.push_back(message.into());
+        self.notices.push_back(Notice::now(message));
         while self.notices.len() > NOTICES {
             self.notices.pop_front();
         }
@@ -344,14 +408,27 @@ impl App {
             return Vec::new();
         };
         match (&self.popup, key) {
-            (Some(Popup::Help), _) => {
-                self.popup = None;
+            (Some(Popup::Help(scroll)), _) => {
+                let scroll = *scroll;
+                // The help scrolls; only its own keys (and Esc, q) close it.
+                self.popup = match keys::lookup(&[Context::Global], key) {
+                    Some(Action::Help | Action::Back | Action::Quit) => None,
+                    Some(Action::Up) => Some(Popup::Help(scroll.saturating_sub(1))),
+                    Some(Action::Down) => Some(Popup::Help(scroll.saturating_add(1))),
+                    Some(Action::PageUp) => Some(Popup::Help(scroll.saturating_sub(PAGE as u16))),
+                    Some(Action::PageDown) => Some(Popup::Help(scroll.saturating_add(PAGE as u16))),
+                    Some(Action::Top) => Some(Popup::Help(0)),
+                    Some(Action::Bottom) => Some(Popup::Help(u16::MAX)),
+                    _ => Some(Popup::Help(scroll)),
+                };
                 return Vec::new();
             }
             (Some(Popup::ConfirmCancel(job)), Key::Char('y')) => {
                 let job = *job;
                 self.popup = None;
-                self.notice(format!("job {job}: cancelling"));
+                self.notice(format!(
+                    "job {job}: cancelling — no new chunk starts; those in flight finish"
+                ));
                 return vec![Command::Cancel(job)];
             }
             (Some(Popup::ConfirmStop), Key::Char('y')) => {
@@ -380,6 +457,7 @@ impl App {
     fn handle_text(&mut self, event: KeyEvent) -> Option<Vec<Command>> {
         let key = Key::from_event(event);
         let popup = self.popup.as_mut()?;
+        let go_to = matches!(popup, Popup::GoTo(_));
         let input = match popup {
             Popup::Destination(input)
             | Popup::Filter(input)
@@ -389,7 +467,12 @@ impl App {
             _ => return None,
         };
         match key {
+            Some(Key::Tab) if go_to => {
+                let typed = input.value().to_string();
+                Some(self.complete(&typed))
+            }
             Some(Key::Esc) => {
+                self.completing = false;
                 match popup {
                     Popup::Filter(_) => self.browser.filter.clear(),
                     Popup::Search(_) => self.set_objects(|q| q.search.clear()),
@@ -401,6 +484,7 @@ impl App {
             Some(Key::Enter) => {
                 let value = input.value().trim().to_string();
                 let popup = self.popup.take();
+                self.completing = false;
                 Some(match popup {
                     Some(Popup::Destination(_)) => self.queue(&value),
                     Some(Popup::GoTo(_)) if !value.is_empty() => {
@@ -425,6 +509,7 @@ impl App {
                 if let Some(Popup::Filter(input)) = &self.popup {
                     self.browser.filter = input.value().to_string();
                     self.browser.cursor = 0;
+                    self.browser.anchor = None;
                 }
                 Some(Vec::new())
             }
@@ -449,8 +534,8 @@ impl App {
             }
             Action::Help => {
                 self.popup = match self.popup {
-                    Some(Popup::Help) => None,
-                    _ => Some(Popup::Help),
+                    Some(Popup::Help(_)) => None,
+                    _ => Some(Popup::Help(0)),
                 };
                 Vec::new()
             }
@@ -469,6 +554,8 @@ impl App {
             Action::Down => self.move_cursor(1),
             Action::PageUp => self.move_cursor(-(PAGE as i64)),
             Action::PageDown => self.move_cursor(PAGE as i64),
+            Action::Top => self.jump(false),
+            Action::Bottom => self.jump(true),
             Action::Left => self.move_chunk_cursor(-1),
             Action::Right => self.move_chunk_cursor(1),
             Action::Open => self.open(),
@@ -507,12 +594,7 @@ impl App {
                 }
                 Vec::new()
             }
-            Action::ConcurrencyUp => vec![Command::SetConcurrency(
-                self.snapshot.limit.saturating_add(1).max(1),
-            )],
-            Action::ConcurrencyDown => vec![Command::SetConcurrency(
-                self.snapshot.limit.saturating_sub(1).max(1),
-            )],
+            Action::StepConcurrency(step) => vec![Command::StepConcurrency(step)],
             Action::ToggleAdaptive => vec![Command::SetAdaptive(!self.snapshot.adaptive)],
             Action::Mark => {
                 if let Some(entry) = self
@@ -520,12 +602,46 @@ impl App {
                     .visible()
                     .get(self.browser.cursor)
                     .map(|e| e.location.clone())
-                    && !is_root(&self.browser.location)
                 {
                     if !self.browser.marked.remove(&entry) {
                         self.browser.marked.insert(entry);
                     }
                     self.move_cursor(1);
+                }
+                Vec::new()
+            }
+            Action::MarkAll => {
+                let shown: Vec<String> = self
+                    .browser
+                    .visible()
+                    .iter()
+                    .map(|e| e.location.clone())
+                    .collect();
+                if shown.iter().all(|l| self.browser.marked.contains(l)) {
+                    for location in &shown {
+                        self.browser.marked.remove(location);
+                    }
+                } else {
+                    self.browser.marked.extend(shown);
+                }
+                Vec::new()
+            }
+            Action::MarkRange => {
+                let cursor = self.browser.cursor;
+                match self.browser.anchor.take() {
+                    None => self.browser.anchor = Some(cursor),
+                    Some(anchor) => {
+                        let (from, to) = (anchor.min(cursor), anchor.max(cursor));
+                        let range: Vec<String> = self
+                            .browser
+                            .visible()
+                            .iter()
+                            .skip(from)
+                            .take(to - from + 1)
+                            .map(|e| e.location.clone())
+                            .collect();
+                        self.browser.marked.extend(range);
+                    }
                 }
                 Vec::new()
             }
@@ -535,6 +651,18 @@ impl App {
             }
             Action::NextObjectFilter => {
                 self.set_objects(|q| q.filter = q.filter.next());
+                Vec::new()
+            }
+            Action::SortByState => {
+                if let Some(detail) = &mut self.detail {
+                    detail.by_state = !detail.by_state;
+                    detail.file_cursor = 0;
+                    detail.chunk_cursor = 0;
+                }
+                Vec::new()
+            }
+            Action::NextFailed => {
+                self.next_failed();
                 Vec::new()
             }
             Action::SearchObjects => {
@@ -556,9 +684,6 @@ impl App {
                 Vec::new()
             }
             Action::Queue => {
-                if is_root(&self.browser.location) {
-                    return Vec::new();
-                }
                 if self.browser.marked.is_empty()
                     && let Some(entry) = self
                         .browser
@@ -612,6 +737,7 @@ impl App {
                             file_cursor: 0,
                             focus: Focus::Files,
                             chunk_cursor: 0,
+                            by_state: false,
                         });
                     }
                     self.screen = Screen::Detail;
@@ -689,6 +815,82 @@ impl App {
         Vec::new()
     }
 
+    /// Moves to the first (`last` false) or last entry of what has the keys.
+    fn jump(&mut self, last: bool) -> Vec<Command> {
+        let end = |len: usize| if last { len.saturating_sub(1) } else { 0 };
+        match self.screen {
+            Screen::Jobs => self.jobs_cursor = end(self.snapshot.jobs.len()),
+            Screen::Browser => self.browser.cursor = end(self.browser.visible().len()),
+            Screen::Detail => {
+                let files = self.listed_files().len();
+                let chunks = self
+                    .snapshot
+                    .file_chunks
+                    .as_ref()
+                    .map_or(0, |f| f.cells.len());
+                if let Some(detail) = &mut self.detail {
+                    match detail.focus {
+                        Focus::Files => {
+                            detail.file_cursor = end(files);
+                            detail.chunk_cursor = 0;
+                        }
+                        Focus::HeatMap => detail.chunk_cursor = end(chunks) as u32,
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Moves to the next failed object of the listed page (objects focused) or the next
+    /// failed chunk of the object (heat-map focused), wrapping round; says so when none is.
+    fn next_failed(&mut self) {
+        let Some(detail) = &self.detail else {
+            return;
+        };
+        let (len, cursor, failed): (usize, usize, Vec<bool>) = match detail.focus {
+            Focus::Files => {
+                let files = self.listed_files();
+                let failed = files.iter().map(|f| f.state == FileState::Failed).collect();
+                (files.len(), detail.file_cursor, failed)
+            }
+            Focus::HeatMap => {
+                let cells = self
+                    .snapshot
+                    .file_chunks
+                    .as_ref()
+                    .map(|f| f.cells.as_slice())
+                    .unwrap_or_default();
+                let failed = cells
+                    .iter()
+                    .map(|c| c.state == ChunkState::Failed)
+                    .collect();
+                (cells.len(), detail.chunk_cursor as usize, failed)
+            }
+        };
+        let next = (1..=len)
+            .map(|step| (cursor + step) % len.max(1))
+            .find(|&i| failed.get(i).copied().unwrap_or(false));
+        let focus = detail.focus;
+        match (next, focus) {
+            (Some(i), Focus::Files) => {
+                if let Some(detail) = &mut self.detail {
+                    detail.file_cursor = i;
+                    detail.chunk_cursor = 0;
+                }
+            }
+            (Some(i), Focus::HeatMap) => {
+                if let Some(detail) = &mut self.detail {
+                    detail.chunk_cursor = i as u32;
+                }
+            }
+            (None, Focus::Files) => {
+                self.notice("no failed object on this page (s lists the failed ones of the job)")
+            }
+            (None, Focus::HeatMap) => self.notice("no failed chunk in this object"),
+        }
+    }
+
     /// Changes which objects the detail screen lists, from their first.
     fn set_objects(&mut self, change: impl FnOnce(&mut ObjectQuery)) {
         if let Some(detail) = &mut self.detail {
@@ -748,6 +950,52 @@ impl App {
         }]
     }
 
+    /// Completes the go-to prompt's text from the listing of its folder: as far as the
+    /// names that start with it agree. A folder not listed yet is listed first (the browser
+    /// goes there) and the text completed when its last page is in.
+    fn complete(&mut self, typed: &str) -> Vec<Command> {
+        let Some(slash) = typed.rfind('/') else {
+            return Vec::new();
+        };
+        let folder = &typed[..=slash];
+        if self.browser.location == folder && !self.browser.loading {
+            self.apply_completion();
+            return Vec::new();
+        }
+        self.completing = true;
+        self.browse(folder.to_string())
+    }
+
+    fn apply_completion(&mut self) {
+        self.completing = false;
+        let Some(Popup::GoTo(input)) = &self.popup else {
+            return;
+        };
+        let typed = input.value();
+        let mut matching = self
+            .browser
+            .entries
+            .iter()
+            .map(|e| e.location.as_str())
+            .filter(|l| l.starts_with(typed));
+        let Some(first) = matching.next() else {
+            return;
+        };
+        let mut common = first.to_string();
+        for other in matching {
+            let agreed = common
+                .chars()
+                .zip(other.chars())
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| a.len_utf8())
+                .sum();
+            common.truncate(agreed);
+        }
+        if common.len() > typed.len() {
+            self.popup = Some(Popup::GoTo(Input::new(common)));
+        }
+    }
+
     fn add_page(&mut self, page: Page) -> Vec<Command> {
         let base = self.browser.base();
         let prefix = self.browser.prefix();
@@ -798,18 +1046,22 @@ impl App {
             }],
             None => {
                 self.browser.loading = false;
+                if self.completing {
+                    self.apply_completion();
+                }
                 Vec::new()
             }
         }
     }
 
-    /// The destination proposed for the marked entries: the same container and key under
-    /// Azure (or under the local destination folder).
-    fn proposed_destination(&self) -> String {
-        let single = (self.browser.marked.len() == 1)
-            .then(|| self.browser.marked.iter().next().cloned())
-            .flatten();
-        let source = single.unwrap_or_else(|| self.browser.location.clone());
+    /// The folder proposed for the marked entries: the listed folder's twin under Azure
+    /// (`az://` itself for buckets: each becomes a container of its name), or under the
+    /// local destination folder.
+    pub fn proposed_destination(&self) -> String {
+        let source = self.browser.location.clone();
+        if is_root(&source) {
+            return "az://".into();
+        }
         if let Some(rest) = source
             .strip_prefix("s3://")
             .or_else(|| source.strip_prefix("az://"))
@@ -827,23 +1079,20 @@ impl App {
         }
     }
 
-    /// Queues every marked entry to `destination`.
+    /// Queues every marked entry into the folder `destination`, each by its name — one
+    /// entry or many, the same rule.
     fn queue(&mut self, destination: &str) -> Vec<Command> {
         if destination.is_empty() {
             return Vec::new();
         }
         let marked = std::mem::take(&mut self.browser.marked);
-        let single = marked.len() == 1;
+        self.browser.anchor = None;
         let base = self.browser.location.clone();
         let options = JobOptions::with_chunk_size(self.options.chunk_size);
         let mut commands = Vec::new();
         for source in marked {
-            let target = if single {
-                destination.to_string()
-            } else {
-                let relative = source.strip_prefix(&base).unwrap_or(&source);
-                format!("{}/{relative}", destination.trim_end_matches('/'))
-            };
+            let name = source.strip_prefix(&base).unwrap_or(&source);
+            let target = destination_of(destination, name);
             self.notice(format!("queued {source} → {target}"));
             commands.push(Command::Enqueue {
                 source,
@@ -879,8 +1128,9 @@ impl App {
                 self.notice(format!("cannot copy {source}: {error}"))
             }
             Event::JobPlanned { job, summary, .. } => self.notice(format!(
-                "job {job}: planned {} objects, {} to copy",
-                summary.files, summary.to_copy
+                "job {job}: planned {}, {} to copy",
+                counted(summary.files, "object", "objects"),
+                summary.to_copy
             )),
             Event::JobFinished { job, state, .. } => {
                 self.notice(format!("job {job}: {}", state.name()))
@@ -892,7 +1142,7 @@ impl App {
                 self.notice(format!("job {job}: {}", state.name()))
             }
             Event::ConcurrencyChanged { reason, .. } => {
-                self.notice(format!("concurrency {reason}"))
+                self.controller = Some(Notice::now(format!("concurrency {reason}")));
             }
             Event::BwLimitChanged { reason, .. } => self.notice(reason),
             Event::Fatal { error } => self.notice(format!("engine stopped: {error}")),
@@ -910,6 +1160,19 @@ fn normalize_location(text: &str) -> String {
     } else {
         format!("{text}/")
     }
+}
+
+/// Where an entry named `name` (relative to the listed folder; folders end in `/`) goes in
+/// the folder `folder`. Into `az://` itself, a bucket becomes a container of its name.
+pub fn destination_of(folder: &str, name: &str) -> String {
+    if folder == "az://" {
+        let (bucket, rest) = name.split_once('/').unwrap_or((name, ""));
+        return format!("az://{}/{rest}", container_name(bucket));
+    }
+    if folder.ends_with("://") {
+        return format!("{folder}{name}");
+    }
+    format!("{}/{name}", folder.trim_end_matches('/'))
 }
 
 /// An S3 bucket name made acceptable as an Azure container name.
@@ -952,6 +1215,7 @@ mod tests {
             eta_secs: None,
             error: None,
             carried: Default::default(),
+            in_flight: 0,
         }
     }
 
@@ -983,8 +1247,8 @@ mod tests {
         assert_eq!(app.handle_key(key('p')), vec![Command::Pause(Some(1))]);
         app.handle_key(code(KeyCode::Down));
         assert_eq!(app.handle_key(key('r')), vec![Command::Resume(Some(2))]);
-        assert_eq!(app.handle_key(key('+')), vec![Command::SetConcurrency(17)]);
-        assert_eq!(app.handle_key(key('-')), vec![Command::SetConcurrency(15)]);
+        assert_eq!(app.handle_key(key('+')), vec![Command::StepConcurrency(1)]);
+        assert_eq!(app.handle_key(key('-')), vec![Command::StepConcurrency(-1)]);
         assert_eq!(app.handle_key(key('a')), vec![Command::SetAdaptive(false)]);
         assert_eq!(app.handle_key(key('f')), vec![Command::RetryFailed(2)]);
     }
@@ -1017,7 +1281,9 @@ mod tests {
             "nothing sent"
         );
         assert!(
-            app.notices.back().is_some_and(|n| n.contains("not a size")),
+            app.notices
+                .back()
+                .is_some_and(|n| n.text.contains("not a size")),
             "{:?}",
             app.notices
         );
@@ -1064,15 +1330,414 @@ mod tests {
     }
 
     #[test]
-    fn help_toggles_and_any_key_closes_it() {
+    fn help_scrolls_with_its_keys_and_closes_only_on_esc_q_or_question_mark() {
         let mut app = app();
         app.handle_key(key('?'));
-        assert!(matches!(app.popup, Some(Popup::Help)));
+        assert!(matches!(app.popup, Some(Popup::Help(0))));
+        let scroll = |app: &App| match app.popup {
+            Some(Popup::Help(n)) => Some(n),
+            _ => None,
+        };
+        app.handle_key(key('j'));
+        app.handle_key(code(KeyCode::Down));
+        assert_eq!(scroll(&app), Some(2));
+        app.handle_key(code(KeyCode::PageDown));
+        assert_eq!(scroll(&app), Some(12));
+        app.handle_key(key('k'));
+        app.handle_key(code(KeyCode::PageUp));
+        assert_eq!(scroll(&app), Some(1));
+        app.handle_key(code(KeyCode::End));
+        assert_eq!(
+            scroll(&app),
+            Some(u16::MAX),
+            "the view clamps it to the end"
+        );
+        app.handle_key(key('g'));
+        assert_eq!(scroll(&app), Some(0));
         assert!(
             app.handle_key(key('P')).is_empty(),
-            "the key only closes the help"
+            "other keys do nothing while the help is open"
         );
-        assert!(app.popup.is_none());
+        assert_eq!(scroll(&app), Some(0));
+        for close in [key('?'), code(KeyCode::Esc), key('q')] {
+            if app.popup.is_none() {
+                app.handle_key(key('?'));
+            }
+            assert!(app.handle_key(close).is_empty());
+            assert!(
+                app.popup.is_none() && !app.quit,
+                "{close:?} closes the help"
+            );
+        }
+    }
+
+    #[test]
+    fn every_press_of_a_concurrency_key_counts_and_shift_steps_by_eight() {
+        let mut app = app();
+        let sent: Vec<Command> = (0..5).flat_map(|_| app.handle_key(key('+'))).collect();
+        assert_eq!(
+            sent,
+            vec![Command::StepConcurrency(1); 5],
+            "five presses between two snapshots are five steps"
+        );
+        assert_eq!(app.handle_key(key('=')), vec![Command::StepConcurrency(1)]);
+        assert_eq!(app.handle_key(key('*')), vec![Command::StepConcurrency(8)]);
+        assert_eq!(app.handle_key(key('_')), vec![Command::StepConcurrency(-8)]);
+        assert_eq!(app.handle_key(key('-')), vec![Command::StepConcurrency(-1)]);
+    }
+
+    #[test]
+    fn home_end_g_and_capital_g_go_to_the_first_and_last_entry() {
+        let mut app = app();
+        app.on_snapshot(Arc::new(Snapshot {
+            jobs: (1..=5).map(|id| job(id, JobState::Running)).collect(),
+            ..Snapshot::default()
+        }));
+        app.handle_key(key('G'));
+        assert_eq!(app.jobs_cursor, 4);
+        app.handle_key(key('g'));
+        assert_eq!(app.jobs_cursor, 0);
+        app.handle_key(code(KeyCode::End));
+        assert_eq!(app.jobs_cursor, 4);
+        app.handle_key(code(KeyCode::Home));
+        assert_eq!(app.jobs_cursor, 0);
+        // The objects of a job, then the heat-map of one.
+        app.handle_key(code(KeyCode::Enter));
+        app.on_snapshot(listed(ObjectQuery::default(), 0, 7));
+        app.handle_key(key('G'));
+        assert_eq!(app.selected_file_index(), Some(6));
+        assert_eq!(app.selection().objects.from, 0, "no page turned");
+        app.handle_key(key('g'));
+        assert_eq!(app.selected_file_index(), Some(0));
+        let mut with_chunks = (*listed(ObjectQuery::default(), 0, 7)).clone();
+        with_chunks.file_chunks = Some(chunks(&[ChunkState::Completed; 30]));
+        app.on_snapshot(Arc::new(with_chunks));
+        app.handle_key(code(KeyCode::Tab));
+        app.handle_key(code(KeyCode::End));
+        assert_eq!(app.detail.as_ref().map(|d| d.chunk_cursor), Some(29));
+        app.handle_key(code(KeyCode::Home));
+        assert_eq!(app.detail.as_ref().map(|d| d.chunk_cursor), Some(0));
+        // The browser.
+        let mut app = browsing(&["2024/"], &[("a", 1), ("b", 2), ("c", 3)]);
+        app.handle_key(key('G'));
+        assert_eq!(app.browser.cursor, 3);
+        app.handle_key(key('g'));
+        assert_eq!(app.browser.cursor, 0);
+    }
+
+    /// The cells of an object's heat-map.
+    fn chunks(states: &[ChunkState]) -> crate::engine::snapshot::FileChunks {
+        crate::engine::snapshot::FileChunks {
+            job: 1,
+            file: 0,
+            key: "k0".into(),
+            size: states.len() as u64,
+            chunk_size: 1,
+            cells: states
+                .iter()
+                .map(|state| crate::engine::snapshot::ChunkCell {
+                    state: *state,
+                    attempts: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// The browser showing one page of `s3://media/photos/`.
+    fn browsing(dirs: &[&str], objects: &[(&str, u64)]) -> App {
+        let mut app = app();
+        app.browse("s3://media/photos/".into());
+        let request = app.browser.request;
+        let dirs: Vec<String> = dirs.iter().map(|d| format!("photos/{d}")).collect();
+        let keys: Vec<(String, u64)> = objects
+            .iter()
+            .map(|(k, s)| (format!("photos/{k}"), *s))
+            .collect();
+        let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        let keys: Vec<(&str, u64)> = keys.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+        app.on_event(Event::Listing {
+            request,
+            location: "s3://media/photos/".into(),
+            page: Ok(page(&dirs, &keys, None)),
+        });
+        app.screen = Screen::Browser;
+        app
+    }
+
+    /// The routes the commands queue.
+    fn routes(commands: Vec<Command>) -> Vec<(String, String)> {
+        commands
+            .into_iter()
+            .map(|c| match c {
+                Command::Enqueue {
+                    source,
+                    destination,
+                    ..
+                } => (source, destination),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn star_marks_every_entry_the_filter_shows_and_c_queues_exactly_those() {
+        let mut app = browsing(
+            &["raw/"],
+            &[("a.jpg", 1), ("b.png", 2), ("c.jpg", 3), ("d.txt", 4)],
+        );
+        app.handle_key(key('/'));
+        for c in ".jpg".chars() {
+            app.handle_key(key(c));
+        }
+        app.handle_key(code(KeyCode::Enter));
+        app.handle_key(key('*'));
+        assert_eq!(app.browser.marked.len(), 2);
+        app.handle_key(key('c'));
+        match &app.popup {
+            Some(Popup::Destination(input)) => assert_eq!(input.value(), "az://media/photos/"),
+            other => panic!("no destination prompt: {other:?}"),
+        }
+        let queued = routes(app.handle_key(code(KeyCode::Enter)));
+        assert_eq!(
+            queued,
+            vec![
+                (
+                    "s3://media/photos/a.jpg".into(),
+                    "az://media/photos/a.jpg".into()
+                ),
+                (
+                    "s3://media/photos/c.jpg".into(),
+                    "az://media/photos/c.jpg".into()
+                ),
+            ]
+        );
+        // Again on everything marked: unmarks.
+        let mut app = browsing(&[], &[("a", 1), ("b", 2)]);
+        app.handle_key(key('*'));
+        assert_eq!(app.browser.marked.len(), 2);
+        app.handle_key(key('*'));
+        assert!(app.browser.marked.is_empty());
+    }
+
+    #[test]
+    fn v_marks_a_range_in_either_direction() {
+        let mut app = browsing(&["raw/"], &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        app.handle_key(key('j'));
+        app.handle_key(key('v'));
+        assert_eq!(app.browser.anchor, Some(1));
+        app.handle_key(key('j'));
+        app.handle_key(key('j'));
+        app.handle_key(key('v'));
+        let marked: Vec<&str> = app.browser.marked.iter().map(String::as_str).collect();
+        assert_eq!(
+            marked,
+            [
+                "s3://media/photos/a",
+                "s3://media/photos/b",
+                "s3://media/photos/c"
+            ]
+        );
+        assert_eq!(app.browser.anchor, None);
+        let mut app = browsing(&[], &[("a", 1), ("b", 2), ("c", 3)]);
+        app.handle_key(key('G'));
+        app.handle_key(key('v'));
+        app.handle_key(key('k'));
+        app.handle_key(key('v'));
+        assert_eq!(app.browser.marked.len(), 2, "upwards too");
+    }
+
+    #[test]
+    fn buckets_are_marked_and_copied_from_the_bucket_list() {
+        let mut app = app();
+        app.handle_key(key('2'));
+        let request = app.browser.request;
+        app.on_event(Event::Listing {
+            request,
+            location: "s3://".into(),
+            page: Ok(page(&["logs", "my.media"], &[], None)),
+        });
+        // `c` on the bucket under the cursor.
+        app.handle_key(key('j'));
+        app.handle_key(key('c'));
+        match &app.popup {
+            Some(Popup::Destination(input)) => assert_eq!(input.value(), "az://"),
+            other => panic!("no destination prompt: {other:?}"),
+        }
+        assert_eq!(
+            routes(app.handle_key(code(KeyCode::Enter))),
+            vec![("s3://my.media/".into(), "az://my-media/".into())],
+            "a bucket becomes a container of its name"
+        );
+        // Space marks buckets; into a folder, each goes under it by its name.
+        app.handle_key(key('2'));
+        app.handle_key(key('g'));
+        app.handle_key(key(' '));
+        app.handle_key(key(' '));
+        app.handle_key(key('c'));
+        if let Some(Popup::Destination(input)) = &mut app.popup {
+            *input = Input::new("az://archive/2026/".into());
+        }
+        assert_eq!(
+            routes(app.handle_key(code(KeyCode::Enter))),
+            vec![
+                ("s3://logs/".into(), "az://archive/2026/logs/".into()),
+                (
+                    "s3://my.media/".into(),
+                    "az://archive/2026/my.media/".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_marked_prefix_and_several_are_laid_out_alike() {
+        let mut one = browsing(&["2024/", "2025/"], &[]);
+        one.handle_key(key(' '));
+        one.handle_key(key('c'));
+        let alone = routes(one.handle_key(code(KeyCode::Enter)));
+        let mut both = browsing(&["2024/", "2025/"], &[]);
+        both.handle_key(key('*'));
+        both.handle_key(key('c'));
+        let together = routes(both.handle_key(code(KeyCode::Enter)));
+        assert_eq!(
+            alone,
+            vec![(
+                "s3://media/photos/2024/".into(),
+                "az://media/photos/2024/".into()
+            )]
+        );
+        assert_eq!(together[0], alone[0], "the same target, alone or not");
+    }
+
+    #[test]
+    fn tab_completes_the_location_from_its_folders_listing() {
+        let mut app = browsing(&["2024/", "2025/", "raw/"], &[("readme.md", 1)]);
+        app.handle_key(key('o'));
+        let typed = |app: &App| match &app.popup {
+            Some(Popup::GoTo(input)) => input.value().to_string(),
+            other => panic!("no go-to prompt: {other:?}"),
+        };
+        assert_eq!(typed(&app), "s3://media/photos/");
+        for c in "r".chars() {
+            app.handle_key(key(c));
+        }
+        // Two names start with "r": the text goes as far as they agree (nothing more here).
+        assert!(app.handle_key(code(KeyCode::Tab)).is_empty());
+        assert_eq!(typed(&app), "s3://media/photos/r");
+        app.handle_key(key('a'));
+        app.handle_key(code(KeyCode::Tab));
+        assert_eq!(typed(&app), "s3://media/photos/raw/");
+        // A folder not listed yet is listed first, and completed when its listing is in.
+        app.handle_key(key('x'));
+        let asked = app.handle_key(code(KeyCode::Tab));
+        assert!(
+            matches!(&asked[0], Command::Browse { location, .. } if location == "s3://media/photos/raw/")
+        );
+        let request = app.browser.request;
+        app.on_event(Event::Listing {
+            request,
+            location: "s3://media/photos/raw/".into(),
+            page: Ok(page(&["photos/raw/xmp/"], &[("photos/raw/y.cr2", 1)], None)),
+        });
+        assert_eq!(typed(&app), "s3://media/photos/raw/xmp/");
+        let went = app.handle_key(code(KeyCode::Enter));
+        assert!(
+            matches!(&went[0], Command::Browse { location, .. } if location == "s3://media/photos/raw/xmp/")
+        );
+    }
+
+    #[test]
+    fn n_goes_to_the_next_failed_object_and_chunk_and_s_sorts_by_state() {
+        let mut app = app();
+        app.handle_key(code(KeyCode::Enter));
+        let mut snapshot = (*listed(ObjectQuery::default(), 0, 6)).clone();
+        if let Some(detail) = &mut snapshot.job_detail {
+            for (i, file) in detail.files.iter_mut().enumerate() {
+                file.state = if i == 2 || i == 4 {
+                    FileState::Failed
+                } else {
+                    FileState::Done
+                };
+            }
+        }
+        snapshot.file_chunks = Some(chunks(&[
+            ChunkState::Completed,
+            ChunkState::Failed,
+            ChunkState::Completed,
+            ChunkState::Failed,
+        ]));
+        app.on_snapshot(Arc::new(snapshot));
+        app.handle_key(key('n'));
+        assert_eq!(app.selected_file_index(), Some(2));
+        app.handle_key(key('n'));
+        assert_eq!(app.selected_file_index(), Some(4));
+        app.handle_key(key('n'));
+        assert_eq!(app.selected_file_index(), Some(2), "round again");
+        app.handle_key(code(KeyCode::Tab));
+        app.handle_key(key('n'));
+        assert_eq!(app.detail.as_ref().map(|d| d.chunk_cursor), Some(1));
+        app.handle_key(key('n'));
+        assert_eq!(app.detail.as_ref().map(|d| d.chunk_cursor), Some(3));
+        app.handle_key(code(KeyCode::Tab));
+        // S: failed first, then the rest in their order; again: back to job order.
+        app.handle_key(key('S'));
+        let order: Vec<u32> = app.listed_files().iter().map(|f| f.index).collect();
+        assert_eq!(order, [2, 4, 0, 1, 3, 5]);
+        assert_eq!(
+            app.selected_file_index(),
+            Some(2),
+            "the cursor is on the first"
+        );
+        app.handle_key(key('S'));
+        let order: Vec<u32> = app.listed_files().iter().map(|f| f.index).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 5]);
+        // No failed object: said, and the cursor stays.
+        let mut app = self::app();
+        app.handle_key(code(KeyCode::Enter));
+        let mut done = (*listed(ObjectQuery::default(), 0, 3)).clone();
+        if let Some(detail) = &mut done.job_detail {
+            detail
+                .files
+                .iter_mut()
+                .for_each(|f| f.state = FileState::Done);
+        }
+        app.on_snapshot(Arc::new(done));
+        app.handle_key(key('j'));
+        app.handle_key(key('n'));
+        assert_eq!(app.selected_file_index(), Some(1));
+        assert!(
+            app.notices
+                .back()
+                .is_some_and(|n| n.text.contains("no failed object"))
+        );
+    }
+
+    #[test]
+    fn controller_decisions_get_their_own_line_and_messages_carry_a_time() {
+        let mut app = app();
+        app.on_event(Event::JobFinished {
+            job: 7,
+            state: JobState::Cancelled,
+            progress: JobProgress::default(),
+            error: None,
+            carried: Default::default(),
+        });
+        app.on_event(Event::ConcurrencyChanged {
+            limit: 22,
+            adaptive: true,
+            decision: crate::engine::Decision::Increase,
+            reason: "raised to 22".into(),
+        });
+        let last = app.notices.back().expect("a message");
+        assert_eq!(
+            last.text, "job 7: CANCELLED",
+            "not pushed out by the controller"
+        );
+        assert_eq!(last.at.len(), 8, "HH:MM:SS: {}", last.at);
+        assert_eq!(
+            app.controller.as_ref().map(|c| c.text.as_str()),
+            Some("concurrency raised to 22")
+        );
     }
 
     #[test]
@@ -1328,7 +1993,7 @@ mod tests {
         assert!(app.browser.marked.contains("s3://media/b.mov"));
         app.handle_key(key('c'));
         match &app.popup {
-            Some(Popup::Destination(input)) => assert_eq!(input.value(), "az://media/b.mov"),
+            Some(Popup::Destination(input)) => assert_eq!(input.value(), "az://media/"),
             other => panic!("no destination prompt: {other:?}"),
         }
         let commands = app.handle_key(code(KeyCode::Enter));

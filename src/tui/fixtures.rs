@@ -38,6 +38,7 @@ fn job(id: u64, state: JobState, done: u64, total: u64, rate: f64) -> JobView {
         } else {
             crate::engine::snapshot::Carried::Client
         },
+        in_flight: if state == JobState::Running { 17 } else { 0 },
     }
 }
 

@@ -28,6 +28,10 @@ pub enum Action {
     PageUp,
     /// Move a page down.
     PageDown,
+    /// Move to the first entry (in the help: its top).
+    Top,
+    /// Move to the last entry (in the help: its end).
+    Bottom,
     /// Open what is under the cursor.
     Open,
     /// Switch focus between the objects list and the heat-map.
@@ -44,10 +48,9 @@ pub enum Action {
     ResumeJob,
     /// Resume every job.
     ResumeAll,
-    /// Raise the concurrency limit (switches to manual).
-    ConcurrencyUp,
-    /// Lower the concurrency limit (switches to manual).
-    ConcurrencyDown,
+    /// Raise (positive) or lower the concurrency limit by this many (switches to manual).
+    /// Every press counts: the engine adds the step to the limit it has.
+    StepConcurrency(i32),
     /// Toggle the adaptive controller.
     ToggleAdaptive,
     /// Set the bandwidth cap (asks for it).
@@ -58,12 +61,20 @@ pub enum Action {
     CancelJob,
     /// Mark or unmark the entry under the cursor.
     Mark,
+    /// Mark every entry the filter lets through (again: unmark them).
+    MarkAll,
+    /// Start a range at the cursor; the second press marks every entry between.
+    MarkRange,
     /// Filter the listing.
     Filter,
     /// List the job's objects in the next state (all, failed, under way, done).
     NextObjectFilter,
     /// Search the job's objects by key.
     SearchObjects,
+    /// List the page's objects by state (failed first) or by their order in the job.
+    SortByState,
+    /// Move to the next failed object (objects list) or failed chunk (heat-map).
+    NextFailed,
     /// Queue the marked entries (asks for the destination).
     Queue,
     /// Type a location to browse.
@@ -125,6 +136,10 @@ pub enum Key {
     PageUp,
     /// Page down.
     PageDown,
+    /// Home.
+    Home,
+    /// End.
+    End,
 }
 
 impl Key {
@@ -148,6 +163,8 @@ impl Key {
             KeyCode::Right => Key::Right,
             KeyCode::PageUp => Key::PageUp,
             KeyCode::PageDown => Key::PageDown,
+            KeyCode::Home => Key::Home,
+            KeyCode::End => Key::End,
             _ => return None,
         })
     }
@@ -167,6 +184,8 @@ impl Key {
             Key::Right => "→".into(),
             Key::PageUp => "PgUp".into(),
             Key::PageDown => "PgDn".into(),
+            Key::Home => "Home".into(),
+            Key::End => "End".into(),
         }
     }
 }
@@ -199,6 +218,9 @@ const fn bind(
 }
 
 use Context::{Browser, Detail, Global, HeatMap, Jobs};
+
+/// How far the shifted concurrency keys step.
+pub const STEP: i32 = 8;
 
 /// Every binding, in the order the help screen lists them.
 pub const BINDINGS: &[Binding] = &[
@@ -235,14 +257,26 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         Global,
         &[Key::Char('+'), Key::Char('=')],
-        Action::ConcurrencyUp,
-        "raise the concurrency limit (manual)",
+        Action::StepConcurrency(1),
+        "raise the concurrency limit by 1 (manual; every press counts)",
     ),
     bind(
         Global,
         &[Key::Char('-')],
-        Action::ConcurrencyDown,
-        "lower the concurrency limit (manual)",
+        Action::StepConcurrency(-1),
+        "lower the concurrency limit by 1 (manual)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('*')],
+        Action::StepConcurrency(STEP),
+        "raise the concurrency limit by 8 (Shift; in the browser * marks all)",
+    ),
+    bind(
+        Global,
+        &[Key::Char('_')],
+        Action::StepConcurrency(-STEP),
+        "lower the concurrency limit by 8 (Shift)",
     ),
     bind(
         Global,
@@ -272,6 +306,18 @@ pub const BINDINGS: &[Binding] = &[
     ),
     bind(Global, &[Key::PageUp], Action::PageUp, "page up"),
     bind(Global, &[Key::PageDown], Action::PageDown, "page down"),
+    bind(
+        Global,
+        &[Key::Home, Key::Char('g')],
+        Action::Top,
+        "go to the first entry",
+    ),
+    bind(
+        Global,
+        &[Key::End, Key::Char('G')],
+        Action::Bottom,
+        "go to the last entry",
+    ),
     bind(
         Global,
         &[Key::Esc],
@@ -350,6 +396,18 @@ pub const BINDINGS: &[Binding] = &[
         Action::SearchObjects,
         "search the objects by key (Esc clears)",
     ),
+    bind(
+        Detail,
+        &[Key::Char('S')],
+        Action::SortByState,
+        "sort the listed page by state (failed first) or back to job order",
+    ),
+    bind(
+        Detail,
+        &[Key::Char('n')],
+        Action::NextFailed,
+        "go to the next failed object",
+    ),
     bind(Detail, &[Key::Backspace], Action::Back, "back to the jobs"),
     bind(
         HeatMap,
@@ -370,6 +428,12 @@ pub const BINDINGS: &[Binding] = &[
         "inspect the chunk under the cursor",
     ),
     bind(
+        HeatMap,
+        &[Key::Char('n')],
+        Action::NextFailed,
+        "go to the next failed chunk",
+    ),
+    bind(
         Browser,
         &[Key::Enter, Key::Right],
         Action::Open,
@@ -385,7 +449,19 @@ pub const BINDINGS: &[Binding] = &[
         Browser,
         &[Key::Char(' ')],
         Action::Mark,
-        "mark or unmark for copying",
+        "mark or unmark for copying (buckets too)",
+    ),
+    bind(
+        Browser,
+        &[Key::Char('*')],
+        Action::MarkAll,
+        "mark every entry shown (the filter's); again unmarks them",
+    ),
+    bind(
+        Browser,
+        &[Key::Char('v')],
+        Action::MarkRange,
+        "start a range here; v again marks every entry in between",
     ),
     bind(
         Browser,
@@ -397,13 +473,13 @@ pub const BINDINGS: &[Binding] = &[
         Browser,
         &[Key::Char('c')],
         Action::Queue,
-        "copy the marked entries (asks for the destination)",
+        "copy the marked entries, or the one under the cursor (asks where)",
     ),
     bind(
         Browser,
-        &[Key::Char('g')],
+        &[Key::Char('o')],
         Action::GoTo,
-        "go to a location (s3://…, az://…, a path)",
+        "open a location (s3://…, az://…, a path; Tab completes)",
     ),
 ];
 

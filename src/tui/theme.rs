@@ -3,6 +3,7 @@
 use ratatui::style::{Color, Modifier, Style};
 
 use crate::engine::Decision;
+use crate::engine::snapshot::Activity;
 use crate::state::{ChunkState, FileState, JobState};
 
 /// Titles and headers.
@@ -42,9 +43,13 @@ pub fn status_bar() -> Style {
     Style::new().bg(Color::Rgb(30, 30, 46)).fg(Color::White)
 }
 
-/// The global state badge: green when running, yellow when paused.
-pub fn global_state(paused: bool) -> Style {
-    let color = if paused { Color::Yellow } else { Color::Green };
+/// The global state badge: green when running, yellow when pausing or paused, grey when idle.
+pub fn global_state(activity: Activity) -> Style {
+    let color = match activity {
+        Activity::Running => Color::Green,
+        Activity::Idle => Color::Gray,
+        Activity::Pausing(_) | Activity::Paused => Color::Yellow,
+    };
     Style::new()
         .fg(Color::Black)
         .bg(color)

@@ -46,6 +46,34 @@ impl Tmux {
         assert!(status.success());
     }
 
+    /// Sends several keys in one `send-keys` (they arrive together).
+    pub fn send_all(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "main"])
+            .args(keys)
+            .status()
+            .expect("send-keys");
+        assert!(status.success());
+    }
+
+    /// Types `text` as it is (no key names).
+    pub fn send_literal(&self, text: &str) {
+        let status = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "send-keys",
+                "-t",
+                "main",
+                "-l",
+                "--",
+                text,
+            ])
+            .status()
+            .expect("send-keys");
+        assert!(status.success());
+    }
+
     /// Waits until `check` holds for the screen; returns that screen.
     pub fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();

@@ -29,6 +29,12 @@ impl Scheduler {
                 let change = self.controller.set_manual(limit);
                 self.apply_change(change);
             }
+            Command::StepConcurrency(step) => {
+                let limit = i64::from(self.controller.limit()) + i64::from(step);
+                let limit = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+                let change = self.controller.set_manual(limit);
+                self.apply_change(change);
+            }
             Command::SetAdaptive(adaptive) => {
                 self.controller.set_adaptive(adaptive, Instant::now());
                 let limit = self.controller.limit();
@@ -194,6 +200,7 @@ impl Scheduler {
                 eta_secs: None,
                 error: None,
                 carried: Default::default(),
+                in_flight: 0,
             },
         );
         let queued = Event::JobQueued {

@@ -2,13 +2,15 @@
 //! marks, a filter and sizes. Only the visible rows are drawn, so long listings stay smooth.
 
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Paragraph, TableState};
 
+use super::columns::{self, Column};
 use super::{row_style, tail};
 use crate::size::human;
 use crate::tui::app::App;
+use crate::tui::app::counted;
 use crate::tui::theme;
 
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
@@ -17,7 +19,10 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let mut title = vec![
         Span::styled(" Browse ", theme::title()),
         Span::raw(tail(&b.location, 60)),
-        Span::raw(format!("  {} entries", visible.len())),
+        Span::raw(format!(
+            "  {}",
+            counted(visible.len() as u64, "entry", "entries")
+        )),
     ];
     if !b.filter.is_empty() {
         title.push(Span::styled(
@@ -31,6 +36,12 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             theme::key(),
         ));
     }
+    if let Some(anchor) = b.anchor {
+        title.push(Span::styled(
+            format!("  range from #{} (v marks)", anchor + 1),
+            theme::key(),
+        ));
+    }
     if b.loading {
         title.push(Span::styled("  loading…", theme::dim()));
     }
@@ -38,15 +49,19 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let hints = Line::from(vec![
         Span::styled(" Enter", theme::key()),
         Span::raw(" open  "),
-        Span::styled("Backspace", theme::key()),
+        Span::styled("←", theme::key()),
         Span::raw(" up  "),
         Span::styled("Space", theme::key()),
         Span::raw(" mark  "),
+        Span::styled("*", theme::key()),
+        Span::raw(" all  "),
+        Span::styled("v", theme::key()),
+        Span::raw(" range  "),
         Span::styled("/", theme::key()),
         Span::raw(" filter  "),
         Span::styled("c", theme::key()),
         Span::raw(" copy  "),
-        Span::styled("g", theme::key()),
+        Span::styled("o", theme::key()),
         Span::raw(" go to "),
     ]);
     let block = Block::bordered()
@@ -65,54 +80,82 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     // Only the rows that fit are built: the table sees a window around the cursor.
     let height = area.height.saturating_sub(3).max(1) as usize;
     let first = b.cursor.saturating_sub(height.saturating_sub(1));
-    let rows = visible
+    let window: Vec<(usize, &&crate::tui::app::Entry)> = visible
         .iter()
         .enumerate()
         .skip(first)
         .take(height)
-        .map(|(i, entry)| {
-            let mark = if b.marked.contains(&entry.location) {
-                "✓"
-            } else {
-                " "
-            };
-            let modified = entry
-                .modified
-                .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
-                .map(|t| {
-                    format!(
-                        "{:04}-{:02}-{:02} {:02}:{:02}",
-                        t.year(),
-                        u8::from(t.month()),
-                        t.day(),
-                        t.hour(),
-                        t.minute()
-                    )
+        .collect();
+    let value = |text: String| (text, ratatui::style::Style::new());
+    let columns = vec![
+        Column::kept(
+            " ",
+            window
+                .iter()
+                .map(|(_, e)| {
+                    let mark = if b.marked.contains(&e.location) {
+                        "✓"
+                    } else {
+                        " "
+                    };
+                    (mark.to_string(), theme::key())
                 })
-                .unwrap_or_default();
-            let name_style = if entry.is_dir() {
-                theme::title()
-            } else {
-                ratatui::style::Style::new()
-            };
-            Row::new(vec![
-                Cell::from(mark).style(theme::key()),
-                Cell::from(entry.name.clone()).style(name_style),
-                Cell::from(entry.size.map(human).unwrap_or_default()),
-                Cell::from(modified),
-            ])
-            .style(row_style(i == b.cursor))
-        });
-    let header = Row::new(
-        ["", "NAME", "SIZE", "MODIFIED (UTC)"].map(|h| Cell::from(h).style(theme::header())),
-    );
-    let widths = [
-        Constraint::Length(1),
-        Constraint::Min(20),
-        Constraint::Length(11),
-        Constraint::Length(16),
+                .collect(),
+        ),
+        Column::flexible(
+            "NAME",
+            window
+                .iter()
+                .map(|(_, e)| {
+                    let style = if e.is_dir() {
+                        theme::title()
+                    } else {
+                        ratatui::style::Style::new()
+                    };
+                    (e.name.clone(), style)
+                })
+                .collect(),
+            12,
+        ),
+        Column::droppable(
+            "SIZE",
+            window
+                .iter()
+                .map(|(_, e)| value(e.size.map(human).unwrap_or_default()))
+                .collect(),
+            1,
+        ),
+        Column::droppable(
+            "MODIFIED (UTC)",
+            window
+                .iter()
+                .map(|(_, e)| value(e.modified.map(modified).unwrap_or_default()))
+                .collect(),
+            2,
+        ),
     ];
-    let table = Table::new(rows, widths).header(header).block(block);
+    let styles: Vec<ratatui::style::Style> = window
+        .iter()
+        .map(|(i, _)| row_style(*i == b.cursor))
+        .collect();
+    let width = block.inner(area).width;
+    let table = columns::table(columns, &styles, width).block(block);
     let mut state = TableState::default().with_selected(Some(b.cursor - first));
     frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// Unix seconds as `2026-11-30 21:24` (UTC).
+fn modified(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_default()
 }

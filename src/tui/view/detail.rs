@@ -7,11 +7,10 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{
-    Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, TableState, Widget,
-};
+use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Paragraph, TableState, Widget};
 
-use super::{bar, row_style, tail};
+use super::columns::{self, Column};
+use super::{bar, flow, row_style, tail};
 use crate::engine::Decision;
 use crate::engine::metrics::Series;
 use crate::size::human;
@@ -29,9 +28,20 @@ pub(super) fn draw(frame: &mut Frame, app: &mut App, area: Rect) {
     ])
     .areas(area);
     draw_header(frame, app, header);
+    // The names get what they need, up to what the heat-map leaves; the heat-map the rest.
+    let columns = file_columns(app);
+    let title = objects_title(
+        app.listed_files().len(),
+        app.snapshot.job_detail.as_ref(),
+        app.detail.as_ref().is_some_and(|d| d.by_state),
+    );
+    let needed = columns::natural_width(&columns)
+        .max(title.0.chars().count() as u16 + 2)
+        .max(title.1.chars().count() as u16 + 2);
+    let files_width = (needed + 2).min(middle.width.saturating_sub(heatmap_width(app, middle)));
     let [files_area, heat_area] =
-        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(middle);
-    draw_files(frame, app, files_area);
+        Layout::horizontal([Constraint::Length(files_width), Constraint::Min(0)]).areas(middle);
+    draw_files(frame, app, columns, title, files_area);
     draw_heatmap(frame, app, heat_area);
     draw_graphs(frame, &app.snapshot.series, graphs);
 }
@@ -42,75 +52,120 @@ fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
         return;
     };
     let p = &job.progress;
+    // The numbers first: what is cut at the right edge is the route's end.
     let line = Line::from(vec![
         Span::styled(format!(" Job {} ", job.id), theme::title()),
-        Span::styled(job.state.name(), theme::job_state(job.state)),
-        Span::styled(
-            match job.carried.label() {
-                "" => String::new(),
-                label => format!("  {label}"),
-            },
-            theme::dim(),
-        ),
+        Span::styled(job.phase(), theme::job_state(job.state)),
         Span::raw(format!(
-            "  {} → {}  {} {}/{}",
-            job.source,
-            job.destination,
+            "  {} {}/{}  ",
             bar(p.bytes_done, p.bytes_total, 10),
             human(p.bytes_done),
             human(p.bytes_total),
         )),
+        Span::styled(
+            match job.carried.label() {
+                "" => String::new(),
+                label => format!("{label}  "),
+            },
+            theme::dim(),
+        ),
+        Span::raw(format!("{} → {}", job.source, job.destination)),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }
 
-fn draw_files(frame: &mut Frame, app: &App, area: Rect) {
+/// How wide the heat-map must be: as wide as the selected object's chunks need at the
+/// height there is (at least enough for its title), at most half.
+fn heatmap_width(app: &App, middle: Rect) -> u16 {
+    let most = middle.width / 2;
+    let Some(chunks) = app.snapshot.file_chunks.as_ref() else {
+        return middle.width / 2;
+    };
+    let rows = middle.height.saturating_sub(2 + 3).max(1) as usize;
+    let per_row = chunks.cells.len().div_ceil(rows) as u16;
+    (per_row + 2).clamp(HEATMAP_LEAST.min(most), most.max(1))
+}
+
+/// The least width of the heat-map: its title's numbers.
+const HEATMAP_LEAST: u16 = 40;
+
+/// The objects table's columns, for the listed page in the order shown.
+fn file_columns(app: &App) -> Vec<Column> {
+    let files = app.listed_files();
+    let value = |text: String| (text, Style::new());
+    vec![
+        Column::flexible(
+            "OBJECT",
+            files.iter().map(|f| value(f.key.clone())).collect(),
+            16,
+        ),
+        Column::droppable(
+            "SIZE",
+            files.iter().map(|f| value(human(f.size))).collect(),
+            2,
+        ),
+        Column::kept(
+            "STATE",
+            files
+                .iter()
+                .map(|f| (f.state.name().to_string(), theme::file_state(f.state)))
+                .collect(),
+        ),
+        Column::kept(
+            "CHUNKS",
+            files
+                .iter()
+                .map(|f| value(format!("{}/{}", f.chunks_done, f.chunk_count)))
+                .collect(),
+        ),
+        Column::droppable(
+            "RETRIED",
+            files
+                .iter()
+                .map(|f| match f.retried {
+                    0 => value(String::new()),
+                    n => (format!("↻{n}"), theme::error()),
+                })
+                .collect(),
+            1,
+        ),
+    ]
+}
+
+fn draw_files(
+    frame: &mut Frame,
+    app: &App,
+    columns: Vec<Column>,
+    (title, query): (String, String),
+    area: Rect,
+) {
     let focused = app.detail.as_ref().is_some_and(|d| d.focus == Focus::Files);
     let cursor = app.detail.as_ref().map_or(0, |d| d.file_cursor);
-    let listed = app.snapshot.job_detail.as_ref();
-    let files = listed.map(|d| d.files.as_slice()).unwrap_or_default();
-    let key_width = area.width.saturating_sub(36).max(10) as usize;
-    let rows = files.iter().enumerate().map(|(i, f)| {
-        let chunks = format!("{}/{}", f.chunks_done, f.chunk_count);
-        let retried = if f.retried > 0 {
-            format!("↻{}", f.retried)
-        } else {
-            String::new()
-        };
-        Row::new(vec![
-            Cell::from(tail(&f.key, key_width)),
-            Cell::from(human(f.size)),
-            Cell::from(f.state.name()).style(theme::file_state(f.state)),
-            Cell::from(chunks),
-            Cell::from(retried).style(theme::error()),
-        ])
-        .style(row_style(i == cursor && focused))
-    });
-    let header = Row::new(
-        ["OBJECT", "SIZE", "STATE", "CHUNKS", ""].map(|h| Cell::from(h).style(theme::header())),
-    );
-    let widths = [
-        Constraint::Min(10),
-        Constraint::Length(10),
-        Constraint::Length(12),
-        Constraint::Length(11),
-        Constraint::Length(5),
-    ];
-    let title = objects_title(files.len(), listed);
+    let files = app.listed_files();
+    let styles: Vec<Style> = (0..files.len())
+        .map(|i| row_style(i == cursor && focused))
+        .collect();
     let block = focus_block(
-        Block::bordered().title(Span::styled(title, theme::title())),
+        Block::bordered()
+            .title(Span::styled(title, theme::title()))
+            .title_bottom(Span::styled(query, theme::key())),
         focused,
     );
-    let table = Table::new(rows, widths).header(header).block(block);
+    let width = block.inner(area).width;
+    let table = columns::table(columns, &styles, width).block(block);
     let mut state = TableState::default().with_selected(Some(cursor));
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-/// `Objects (1,000 of 2,345,678 failed · "gateway" · from #5,001)`: what the list holds of
-/// which objects.
-fn objects_title(shown: usize, listed: Option<&crate::engine::snapshot::JobDetail>) -> String {
+/// `Objects (1,000 of 2,345,678 failed)` and, for the bottom line, `"gateway" · from #5,001 ·
+/// by state`: what the list holds of which objects.
+fn objects_title(
+    shown: usize,
+    listed: Option<&crate::engine::snapshot::JobDetail>,
+    by_state: bool,
+) -> (String, String) {
     let Some(listed) = listed else {
-        return " Objects ".to_string();
+        return (" Objects ".to_string(), String::new());
     };
     let query = &listed.query;
     let mut parts = Vec::new();
@@ -122,17 +177,24 @@ fn objects_title(shown: usize, listed: Option<&crate::engine::snapshot::JobDetai
         crate::engine::snapshot::ObjectFilter::All => String::new(),
         other => format!(" {}", other.name()),
     };
-    parts.push(format!("{}{of}{filter}", thousands(shown as u64)));
+    let counts = format!(" Objects ({}{of}{filter}) ", thousands(shown as u64));
     if !query.search.is_empty() {
         parts.push(format!("\"{}\"", query.search));
     }
     if query.from > 0 {
         parts.push(format!("from #{}", thousands(u64::from(query.from) + 1)));
     }
+    if by_state {
+        parts.push("by state".to_string());
+    }
     if listed.loading {
         parts.push("reading…".to_string());
     }
-    format!(" Objects ({}) ", parts.join(" · "))
+    let rest = match parts.is_empty() {
+        true => String::new(),
+        false => format!(" {} ", parts.join(" · ")),
+    };
+    (counts, rest)
 }
 
 /// `1234567` as `1,234,567`.
@@ -175,8 +237,11 @@ fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
         );
         return;
     };
+    let legend = legend(area.width);
+    let legend_height = legend.len() as u16;
+    let legend = Paragraph::new(legend);
     let [map_area, legend_area] =
-        Layout::vertical([Constraint::Min(1), Constraint::Length(2)]).areas(area);
+        Layout::vertical([Constraint::Min(1), Constraint::Length(legend_height)]).areas(area);
     let inner = Block::bordered().inner(map_area);
     let capacity = (inner.width as usize * inner.height as usize).max(1);
     let per_slot = heatmap::chunks_per_slot(chunks.cells.len(), capacity);
@@ -207,7 +272,7 @@ fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
         },
         inner,
     );
-    frame.render_widget(Paragraph::new(legend()), legend_area);
+    frame.render_widget(legend, legend_area);
 }
 
 /// A line of a chart.
@@ -246,7 +311,8 @@ impl Widget for HeatMap<'_> {
     }
 }
 
-fn legend() -> Vec<Line<'static>> {
+/// The heat-map's legend and keys, laid out in `width`: no entry is split across lines.
+fn legend(width: u16) -> Vec<Line<'static>> {
     let entries = [
         (ChunkState::Pending, 0, "pending"),
         (ChunkState::InProgress, 1, "in flight"),
@@ -255,26 +321,35 @@ fn legend() -> Vec<Line<'static>> {
         (ChunkState::Pending, 2, "waiting to retry"),
         (ChunkState::Failed, 10, "failed"),
     ];
-    let mut spans = vec![Span::raw(" ")];
-    for (state, attempts, label) in entries {
-        let (symbol, color) = theme::cell(state, attempts);
-        spans.push(Span::styled(symbol, Style::new().fg(color)));
-        spans.push(Span::raw(format!(" {label}  ")));
-    }
-    vec![
-        Line::from(spans),
-        Line::from(vec![
-            Span::raw(" "),
-            Span::styled("Tab", theme::key()),
-            Span::raw(" focus  "),
-            Span::styled("←↑↓→", theme::key()),
-            Span::raw(" move  "),
-            Span::styled("Enter", theme::key()),
-            Span::raw(" inspect chunk  "),
-            Span::styled("Esc", theme::key()),
-            Span::raw(" back"),
-        ]),
+    let mut items: Vec<Vec<Span<'static>>> = entries
+        .into_iter()
+        .map(|(state, attempts, label)| {
+            let (symbol, color) = theme::cell(state, attempts);
+            vec![
+                Span::styled(symbol, Style::new().fg(color)),
+                Span::raw(format!(" {label}")),
+            ]
+        })
+        .collect();
+    let mut lines = flow(std::mem::take(&mut items), width);
+    let keys = [
+        ("Tab", "focus"),
+        ("←↑↓→", "move"),
+        ("Enter", "inspect chunk"),
+        ("n", "next failed"),
+        ("s/S", "filter/sort"),
+        ("Esc", "back"),
     ]
+    .into_iter()
+    .map(|(key, what)| {
+        vec![
+            Span::styled(key, theme::key()),
+            Span::raw(format!(" {what}")),
+        ]
+    })
+    .collect();
+    lines.extend(flow(keys, width));
+    lines
 }
 
 fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {

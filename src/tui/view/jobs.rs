@@ -3,10 +3,12 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Paragraph, TableState};
 
-use super::{bar, duration, row_style, tail};
+use super::columns::{self, Column};
+use super::{bar, duration, head, row_style};
 use crate::size::human;
 use crate::tui::app::App;
 use crate::tui::theme;
@@ -16,54 +18,70 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let [table_area, notices_area] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(notices_height)]).areas(area);
 
-    let header = Row::new(
-        [
-            "JOB", "STATE", "OBJECTS", "BYTES", "PROGRESS", "RATE", "ETA", "ROUTE",
-        ]
-        .map(|h| Cell::from(h).style(theme::header())),
-    );
-    let rows = app.snapshot.jobs.iter().enumerate().map(|(i, job)| {
-        let p = &job.progress;
-        let objects = format!(
-            "{}/{}{}",
-            p.files_done + p.files_skipped,
-            p.files_total,
-            if p.files_failed > 0 {
-                format!(" ({} failed)", p.files_failed)
-            } else {
-                String::new()
-            }
-        );
-        let bytes = format!("{}/{}", human(p.bytes_done), human(p.bytes_total));
-        let rate = if job.rate > 0.0 {
-            format!("{}/s", human(job.rate as u64))
-        } else {
-            "-".into()
-        };
-        let eta = job.eta_secs.map(duration).unwrap_or_else(|| "-".into());
-        let route = tail(&format!("{} → {}", job.source, job.destination), 70);
-        Row::new(vec![
-            Cell::from(job.id.to_string()),
-            Cell::from(job.state.name()).style(theme::job_state(job.state)),
-            Cell::from(objects),
-            Cell::from(bytes),
-            Cell::from(bar(p.bytes_done, p.bytes_total, 12)),
-            Cell::from(rate),
-            Cell::from(eta),
-            Cell::from(route),
-        ])
-        .style(row_style(i == app.jobs_cursor))
-    });
-    let widths = [
-        Constraint::Length(4),
-        Constraint::Length(9),
-        Constraint::Length(18),
-        Constraint::Length(23),
-        Constraint::Length(12),
-        Constraint::Length(12),
-        Constraint::Length(7),
-        Constraint::Min(20),
+    let jobs = &app.snapshot.jobs;
+    let value = |text: String| (text, Style::new());
+    let column = |f: &dyn Fn(&crate::engine::snapshot::JobView) -> (String, Style)| {
+        jobs.iter().map(f).collect::<Vec<_>>()
+    };
+    let columns = vec![
+        Column::kept("JOB", column(&|job| value(job.id.to_string()))),
+        Column::kept(
+            "STATE",
+            column(&|job| (job.phase().to_string(), theme::job_state(job.state))),
+        ),
+        Column::kept(
+            "OBJECTS",
+            column(&|job| {
+                let p = &job.progress;
+                let failed = match p.files_failed {
+                    0 => String::new(),
+                    n => format!(" ({n} failed)"),
+                };
+                value(format!(
+                    "{}/{}{failed}",
+                    p.files_done + p.files_skipped,
+                    p.files_total
+                ))
+            }),
+        ),
+        Column::droppable(
+            "BYTES",
+            column(&|job| {
+                let p = &job.progress;
+                value(format!("{}/{}", human(p.bytes_done), human(p.bytes_total)))
+            }),
+            2,
+        ),
+        Column::droppable(
+            "PROGRESS",
+            column(&|job| value(bar(job.progress.bytes_done, job.progress.bytes_total, 12))),
+            5,
+        ),
+        Column::droppable(
+            "RATE",
+            column(&|job| {
+                value(if job.rate > 0.0 {
+                    format!("{}/s", human(job.rate as u64))
+                } else {
+                    "-".into()
+                })
+            }),
+            3,
+        ),
+        Column::droppable(
+            "ETA",
+            column(&|job| value(job.eta_secs.map(duration).unwrap_or_else(|| "-".into()))),
+            4,
+        ),
+        Column::flexible(
+            "ROUTE",
+            column(&|job| value(format!("{} → {}", job.source, job.destination))),
+            12,
+        ),
     ];
+    let styles: Vec<Style> = (0..jobs.len())
+        .map(|i| row_style(i == app.jobs_cursor))
+        .collect();
     let title = Line::from(vec![
         Span::styled(" Jobs ", theme::title()),
         Span::styled("Enter", theme::key()),
@@ -85,11 +103,15 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         .and_then(|j| j.error.as_ref());
     if let Some(error) = selected_error {
         block = block.title_bottom(Span::styled(
-            format!(" {} ", tail(error, 150)),
+            format!(
+                " {} ",
+                head(error, (table_area.width as usize).saturating_sub(4))
+            ),
             theme::error(),
         ));
     }
-    let table = Table::new(rows, widths).header(header).block(block);
+    let width = block.inner(table_area).width;
+    let table = columns::table(columns, &styles, width).block(block);
     let mut state = TableState::default().with_selected(Some(app.jobs_cursor));
     frame.render_stateful_widget(table, table_area, &mut state);
     if app.snapshot.jobs.is_empty() {
@@ -106,11 +128,21 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         .iter()
         .rev()
         .take(notices_height as usize - 2)
-        .map(|n| Line::from(n.as_str()))
+        .map(|n| {
+            Line::from(vec![
+                Span::styled(format!("{} ", n.at), theme::dim()),
+                Span::raw(n.text.as_str()),
+            ])
+        })
         .collect();
-    frame.render_widget(
-        Paragraph::new(lines)
-            .block(Block::bordered().title(Span::styled(" Messages ", theme::title()))),
-        notices_area,
-    );
+    let mut block = Block::bordered().title(Span::styled(" Messages ", theme::title()));
+    if let Some(decision) = &app.controller {
+        // The controller's last word has a line of its own: it never pushes messages out.
+        let room = (notices_area.width as usize).saturating_sub(14);
+        block = block.title_bottom(Span::styled(
+            format!(" {} {} ", decision.at, head(&decision.text, room)),
+            theme::dim(),
+        ));
+    }
+    frame.render_widget(Paragraph::new(lines).block(block), notices_area);
 }

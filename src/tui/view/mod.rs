@@ -2,6 +2,7 @@
 //! function here reads the [`App`] and draws; none of them waits on anything.
 
 mod browser;
+mod columns;
 mod detail;
 mod jobs;
 mod popups;
@@ -60,39 +61,48 @@ fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
+/// The status bar: what the engine does, then as many of its numbers as fit whole, the
+/// latest message cut to the room left, and the help hint, never overlapped.
 fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     let s = &app.snapshot;
-    let paused = s.paused();
+    let activity = s.activity();
     let mode = if s.adaptive { "auto" } else { "manual" };
-    let mut spans = vec![
-        Span::styled(
-            if paused { " PAUSED " } else { " RUNNING " },
-            theme::global_state(paused),
-        ),
-        Span::raw(format!(
-            "  concurrency {} {mode}  in flight {}  {}/s  mem {}/{}",
-            s.limit,
-            s.in_flight,
-            human(s.rate as u64),
-            human(s.bytes_in_flight),
-            human(s.memory_budget),
-        )),
-    ];
-    if let Some(cap) = s.cap() {
-        spans.push(Span::raw(format!("  {cap}")));
+    let hint = hint(app);
+    let room = (area.width as usize).saturating_sub(hint.width() + 1);
+    let mut spans = vec![Span::styled(
+        format!(" {} ", activity.label()),
+        theme::global_state(activity),
+    )];
+    let mut parts = vec![format!("concurrency {} {mode}", s.limit)];
+    parts.push(format!("in flight {}", s.in_flight));
+    if activity != crate::engine::snapshot::Activity::Idle || s.rate > 0.0 {
+        parts.push(format!("{}/s", human(s.rate as u64)));
     }
-    if let Some(carried) = s.running_carried() {
-        spans.push(Span::raw(format!("  {carried}")));
+    parts.push(format!(
+        "mem {}/{}",
+        human(s.bytes_in_flight),
+        human(s.memory_budget)
+    ));
+    parts.extend(s.cap());
+    parts.extend(s.running_carried().map(str::to_string));
+    let mut used = Line::from(spans.clone()).width();
+    for part in parts {
+        // Whole or not at all: a number is never cut.
+        if used + 2 + part.chars().count() > room {
+            break;
+        }
+        used += 2 + part.chars().count();
+        spans.push(Span::raw(format!("  {part}")));
     }
     if let Some(notice) = app.notices.back() {
-        spans.push(Span::styled(format!("  │ {notice}"), theme::dim()));
+        let left = room.saturating_sub(used + 4);
+        if left >= 8 {
+            spans.push(Span::styled(
+                format!("  │ {}", head(&notice.text, left)),
+                theme::dim(),
+            ));
+        }
     }
-    let hint = Line::from(vec![
-        Span::styled("?", theme::key()),
-        Span::raw(" help  "),
-        Span::styled("q", theme::key()),
-        Span::raw(if app.attached() { " detach " } else { " quit " }),
-    ]);
     let hint_width = hint.width() as u16;
     let [left, right] =
         Layout::horizontal([Constraint::Min(0), Constraint::Length(hint_width)]).areas(area);
@@ -101,6 +111,16 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         left,
     );
     frame.render_widget(Paragraph::new(hint).style(theme::status_bar()), right);
+}
+
+/// The help hint at the end of the status bar.
+fn hint(app: &App) -> Line<'static> {
+    Line::from(vec![
+        Span::styled("?", theme::key()),
+        Span::raw(" help  "),
+        Span::styled("q", theme::key()),
+        Span::raw(if app.attached() { " detach " } else { " quit " }),
+    ])
 }
 
 /// A text progress bar of `width` cells.
@@ -133,6 +153,39 @@ fn tail(text: &str, width: usize) -> String {
     format!("…{kept}")
 }
 
+/// Cuts `text` to `width` characters, keeping its start (for sentences).
+fn head(text: &str, width: usize) -> String {
+    if text.chars().count() <= width || width < 2 {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(width - 1).collect();
+    format!("{kept}…")
+}
+
+/// Lays `items` (each a few spans that belong together) out in lines of `width`, two spaces
+/// apart, starting a new line rather than splitting an item.
+fn flow(items: Vec<Vec<Span<'static>>>, width: u16) -> Vec<Line<'static>> {
+    let mut lines: Vec<Line<'static>> = Vec::new();
+    let mut line: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let size: usize = item.iter().map(Span::width).sum();
+        let gap = if line.is_empty() { 1 } else { 2 };
+        if !line.is_empty() && used + gap + size > width as usize {
+            lines.push(Line::from(std::mem::take(&mut line)));
+            used = 0;
+        }
+        let gap = if line.is_empty() { 1 } else { 2 };
+        line.push(Span::raw(" ".repeat(gap)));
+        line.extend(item);
+        used += gap + size;
+    }
+    if !line.is_empty() {
+        lines.push(Line::from(line));
+    }
+    lines
+}
+
 /// A style for a whole row when it is under the cursor.
 fn row_style(selected: bool) -> Style {
     if selected {
@@ -155,5 +208,6 @@ mod tests {
         assert_eq!(duration(7500), "2h05m");
         assert_eq!(tail("photos/2024/holiday.jpg", 10), "…liday.jpg");
         assert_eq!(tail("short", 10), "short");
+        assert_eq!(head("job 7: cancelled by the operator", 10), "job 7: ca…");
     }
 }

@@ -3,31 +3,53 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Clear, Padding, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, Clear, Padding, Paragraph, Wrap};
 use tui_input::Input;
 
+use super::columns::{self, Column};
 use crate::size::human;
-use crate::tui::app::{App, Popup};
+use crate::tui::app::{App, Popup, counted};
 use crate::tui::keys::{BINDINGS, Context};
 use crate::tui::theme;
 
-pub(super) fn draw(frame: &mut Frame, app: &App) {
+pub(super) fn draw(frame: &mut Frame, app: &mut App) {
+    if let Some(Popup::Help(scroll)) = app.popup {
+        // The help clamps its scrolling to its length, so scrolling back starts at once.
+        app.popup = Some(Popup::Help(help(frame, scroll)));
+        return;
+    }
+    let app = &*app;
     match &app.popup {
-        None => {}
-        Some(Popup::Help) => help(frame),
+        None | Some(Popup::Help(_)) => {}
         Some(Popup::Inspector) => inspector(frame, app),
         Some(Popup::Destination(input)) => {
+            let marked = app.browser.marked.len() as u64;
             let title = format!(
-                " Copy {} marked entr{} to ",
-                app.browser.marked.len(),
-                if app.browser.marked.len() == 1 {
-                    "y"
-                } else {
-                    "ies"
-                }
+                " Copy {} into the folder ",
+                counted(marked, "marked entry", "marked entries")
             );
-            prompt(frame, &title, input, "Enter queue the copy   Esc cancel");
+            // The rule, shown on the first entry: each goes into the folder by its name.
+            let example = app
+                .browser
+                .marked
+                .iter()
+                .next()
+                .and_then(|first| first.strip_prefix(&app.browser.location))
+                .map(|name| {
+                    format!(
+                        "e.g. {}   ",
+                        crate::tui::app::destination_of(input.value(), name)
+                    )
+                })
+                .unwrap_or_default();
+            prompt(
+                frame,
+                &title,
+                input,
+                &format!("each by its name, {example}Enter queue   Esc cancel"),
+            );
         }
         Some(Popup::Filter(input)) => prompt(frame, " Filter ", input, "Enter keep   Esc clear"),
         Some(Popup::Search(input)) => prompt(
@@ -38,9 +60,9 @@ pub(super) fn draw(frame: &mut Frame, app: &App) {
         ),
         Some(Popup::GoTo(input)) => prompt(
             frame,
-            " Go to ",
+            " Open a location ",
             input,
-            "s3://bucket/prefix/, az://container/, s3:// or a local directory   Enter go   Esc cancel",
+            "s3://bucket/prefix/, az://container/, s3:// or a directory   Tab complete   Enter go   Esc cancel",
         ),
         Some(Popup::BwLimit(input)) => prompt(
             frame,
@@ -48,12 +70,28 @@ pub(super) fn draw(frame: &mut Frame, app: &App) {
             input,
             "50MiB/s, off, or Mon-Fri 08:00,50MiB/s 19:00,off (local time)   Enter set   Esc cancel",
         ),
-        Some(Popup::ConfirmCancel(job)) => confirm(
-            frame,
-            " Cancel ",
-            &format!(" Cancel job {job}? Nothing more is sent for it."),
-            ("cancel the job", "keep it"),
-        ),
+        Some(Popup::ConfirmCancel(job)) => {
+            let view = app.snapshot.jobs.iter().find(|j| j.id == *job);
+            let route = view
+                .map(|j| format!(" ({} → {})", j.source, j.destination))
+                .unwrap_or_default();
+            let in_flight = view.map_or(0, |j| j.in_flight);
+            let drain = match in_flight {
+                0 => String::new(),
+                n => format!(
+                    " The {} in flight finish first (CANCELLING until then).",
+                    counted(u64::from(n), "chunk", "chunks")
+                ),
+            };
+            confirm(
+                frame,
+                " Cancel ",
+                &format!(
+                    " Cancel job {job}{route}? No new chunk starts from now on.{drain} Its unfinished objects stay unwritten at the destination."
+                ),
+                ("cancel the job", "keep it"),
+            )
+        }
         Some(Popup::ConfirmStop) if app.attached() => confirm(
             frame,
             " Stop the daemon ",
@@ -94,7 +132,12 @@ fn confirm(frame: &mut Frame, title: &str, question: &str, answers: (&str, &str)
     frame.render_widget(paragraph, area);
 }
 
-fn help(frame: &mut Frame) {
+/// Draws the help scrolled down `scroll` lines (at most to its end); returns the scroll
+/// drawn. Each binding's words wrap under themselves, right of its keys.
+fn help(frame: &mut Frame, scroll: u16) -> u16 {
+    const KEYS: usize = 14;
+    let width = frame.area().width.min(96);
+    let room = (width as usize).saturating_sub(2 + KEYS).max(10);
     let mut lines = Vec::new();
     for context in [
         Context::Global,
@@ -106,29 +149,75 @@ fn help(frame: &mut Frame) {
         lines.push(Line::from(Span::styled(context.title(), theme::title())));
         for binding in BINDINGS.iter().filter(|b| b.context == context) {
             let keys: Vec<String> = binding.keys.iter().map(|k| k.label()).collect();
-            lines.push(Line::from(vec![
-                Span::styled(format!("  {:<12}", keys.join(" ")), theme::key()),
-                Span::raw(binding.help),
-            ]));
+            for (i, part) in wrap(binding.help, room).into_iter().enumerate() {
+                let keys = if i == 0 {
+                    keys.join(" ")
+                } else {
+                    String::new()
+                };
+                lines.push(Line::from(vec![
+                    Span::styled(format!("  {keys:<w$}", w = KEYS - 2), theme::key()),
+                    Span::raw(part),
+                ]));
+            }
         }
     }
-    let height = (lines.len() as u16 + 2).min(frame.area().height);
+    let total = lines.len() as u16;
+    let height = (total + 2).min(frame.area().height);
     let area = frame
         .area()
-        .centered(Constraint::Length(92), Constraint::Length(height));
+        .centered(Constraint::Length(width), Constraint::Length(height));
+    let shown = height.saturating_sub(2);
+    let scroll = scroll.min(total.saturating_sub(shown));
+    let place = if total > shown {
+        format!(
+            " {}–{} of {} ",
+            scroll + 1,
+            (scroll + shown).min(total),
+            total
+        )
+    } else {
+        String::new()
+    };
     frame.render_widget(Clear, area);
     frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::bordered().title(Span::styled(" Keys (any key closes) ", theme::title())),
+        Paragraph::new(lines).scroll((scroll, 0)).block(
+            Block::bordered()
+                .title(Span::styled(
+                    " Keys — j/k PgUp/PgDn g/G scroll, Esc closes ",
+                    theme::title(),
+                ))
+                .title_bottom(Span::styled(place, theme::dim())),
         ),
         area,
     );
+    scroll
+}
+
+/// `text` in lines of at most `width` characters, broken between words.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    lines.push(line);
+    lines
 }
 
 fn inspector(frame: &mut Frame, app: &App) {
+    // Seven tenths of the screen, but on a small one all of it but a line above and below.
+    let height = frame.area().height;
+    let height = height.saturating_sub(2).min((height * 7 / 10).max(22));
     let area = frame
         .area()
-        .centered(Constraint::Percentage(90), Constraint::Percentage(70));
+        .centered(Constraint::Percentage(90), Constraint::Length(height));
     frame.render_widget(Clear, area);
     let Some(detail) = app.snapshot.chunk_detail.as_ref() else {
         frame.render_widget(
@@ -183,8 +272,15 @@ fn inspector(frame: &mut Frame, app: &App) {
         Paragraph::new(summary).block(Block::bordered().title(Span::styled(title, theme::title()))),
         summary_area,
     );
-    let rows = record.history.iter().enumerate().map(|(i, attempt)| {
-        let number = record.attempts as usize - record.history.len() + i + 1;
+    let first = record.attempts as usize - record.history.len() + 1;
+    let mut columns: [Vec<(String, Style)>; 8] = Default::default();
+    let mut styles = Vec::new();
+    for (i, attempt) in record.history.iter().enumerate() {
+        let style = if attempt.error.is_some() {
+            theme::error()
+        } else {
+            Style::new()
+        };
         let (outcome, class, status, message) = match &attempt.error {
             None => (
                 "ok".to_string(),
@@ -199,50 +295,45 @@ fn inspector(frame: &mut Frame, app: &App) {
                 e.message.clone(),
             ),
         };
-        let style = if attempt.error.is_some() {
-            theme::error()
-        } else {
-            ratatui::style::Style::new()
-        };
-        Row::new(vec![
-            Cell::from(number.to_string()),
-            Cell::from(clock(attempt.started_ms)),
-            Cell::from(format!("{} ms", attempt.latency_ms)),
-            Cell::from(human(attempt.bytes)),
-            Cell::from(outcome),
-            Cell::from(class),
-            Cell::from(status),
-            Cell::from(message),
-        ])
-        .style(style)
-    });
-    let header = Row::new(
-        [
-            "#",
-            "STARTED (UTC)",
-            "LATENCY",
-            "BYTES",
-            "OUTCOME",
-            "CLASS",
-            "HTTP",
-            "MESSAGE",
-        ]
-        .map(|h| Cell::from(h).style(theme::header())),
-    );
-    let widths = [
-        Constraint::Length(3),
-        Constraint::Length(13),
-        Constraint::Length(9),
-        Constraint::Length(10),
-        Constraint::Length(8),
-        Constraint::Length(15),
-        Constraint::Length(5),
-        Constraint::Min(20),
+        let values = [
+            (first + i).to_string(),
+            clock(attempt.started_ms),
+            format!("{} ms", attempt.latency_ms),
+            human(attempt.bytes),
+            outcome,
+            class,
+            status,
+            message,
+        ];
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push((value, Style::new()));
+        }
+        styles.push(style);
+    }
+    let [
+        number,
+        started,
+        latency,
+        bytes,
+        outcome,
+        class,
+        status,
+        message,
+    ] = columns;
+    let columns = vec![
+        Column::kept("#", number),
+        Column::kept("STARTED (UTC)", started),
+        Column::kept("LATENCY", latency),
+        Column::droppable("BYTES", bytes, 3),
+        Column::kept("OUTCOME", outcome),
+        Column::droppable("CLASS", class, 1),
+        Column::droppable("HTTP", status, 4),
+        Column::flexible("MESSAGE", message, 20).keeping_start(),
     ];
     let empty = record.history.is_empty();
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(Block::bordered().title(Span::styled(" Attempts ", theme::title())));
+    let block = Block::bordered().title(Span::styled(" Attempts ", theme::title()));
+    let width = block.inner(attempts_area).width;
+    let table = columns::table(columns, &styles, width).block(block);
     frame.render_widget(table, attempts_area);
     let last_error = record
         .history
@@ -286,17 +377,24 @@ fn clock(ms: i64) -> String {
 
 fn prompt(frame: &mut Frame, title: &str, input: &Input, hint: &str) {
     let width = frame.area().width.saturating_sub(10).clamp(20, 100);
-    let area: Rect = frame
-        .area()
-        .centered(Constraint::Length(width), Constraint::Length(4));
+    // The hint wraps between words (on a narrow terminal it takes two or three lines).
+    let hints = wrap(hint, width.saturating_sub(2) as usize);
+    let area: Rect = frame.area().centered(
+        Constraint::Length(width),
+        Constraint::Length(3 + hints.len() as u16),
+    );
     frame.render_widget(Clear, area);
     let inner_width = area.width.saturating_sub(2) as usize;
     let scroll = input.visual_scroll(inner_width);
     let block = Block::bordered().title(Span::styled(title.to_string(), theme::title()));
-    let text = vec![
-        Line::from(input.value().chars().skip(scroll).collect::<String>()),
-        Line::from(Span::styled(hint.to_string(), theme::dim())),
-    ];
+    let mut text = vec![Line::from(
+        input.value().chars().skip(scroll).collect::<String>(),
+    )];
+    text.extend(
+        hints
+            .into_iter()
+            .map(|h| Line::from(Span::styled(h, theme::dim()))),
+    );
     frame.render_widget(Paragraph::new(text).block(block), area);
     let x = area.x + 1 + (input.visual_cursor().saturating_sub(scroll)) as u16;
     frame.set_cursor_position((x.min(area.right().saturating_sub(2)), area.y + 1));
@@ -305,6 +403,15 @@ fn prompt(frame: &mut Frame, title: &str, input: &Input, hint: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_text_wraps_between_words() {
+        assert_eq!(
+            wrap("pause every job (no new chunk starts)", 16),
+            ["pause every job", "(no new chunk", "starts)"]
+        );
+        assert_eq!(wrap("short", 16), ["short"]);
+    }
 
     #[test]
     fn clock_shows_utc_time_of_day() {
