@@ -902,6 +902,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 None
             };
+            if let (Some(job), true) = (paused, headless) {
+                // Nothing would move, and nothing would end the run.
+                eprintln!(
+                    "the demo's job {job} is paused: `blobway demo --keep` (the terminal UI, key r) \
+                     or `blobway --state {} resume {job}` goes on",
+                    state.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let command = match paused {
                 // Not named: a named job would be resumed.
                 Some(_) => Command::Load {
@@ -1146,8 +1155,6 @@ async fn submit(
         .map_err(bad_input)
 }
 
-/// Asks the daemon to continue `job` (or every unfinished job) and follows them here until
-/// they finish.
 /// The paused job of the route `source` → `destination`, if the state file has one.
 fn paused_job(
     db: &blobway::state::StateDb,
@@ -1174,6 +1181,8 @@ fn say_left_paused(paused: &[(JobId, String, String)]) {
     }
 }
 
+/// Asks the daemon to continue `job` (or every unfinished job but the paused) and follows
+/// them here until they finish.
 async fn resume_in_daemon(
     client: Client,
     job: Option<JobId>,

@@ -65,6 +65,10 @@ async fn missing_aws_credentials_lead_with_the_hint() {
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_CONFIG_FILE")
         .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_ROLE_ARN")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
         .env("HOME", home.path())
         .env("AWS_EC2_METADATA_DISABLED", "true");
     let result = run(cmd.args(["copy", "s3://any-bucket/x/", "/tmp/blobway-never/"]));

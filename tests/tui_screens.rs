@@ -77,7 +77,10 @@ fn fractions(snapshot: &Snapshot) -> Vec<String> {
         .job_detail
         .iter()
         .flat_map(|d| &d.files)
-        .map(|f| format!("{}/{}", f.chunks_done, f.chunk_count));
+        .map(|f| match f.chunks_read {
+            true => format!("{}/{}", f.chunks_done, f.chunk_count),
+            false => format!("?/{}", f.chunk_count),
+        });
     jobs.chain(files).collect()
 }
 
@@ -476,4 +479,21 @@ fn the_status_message_never_runs_into_the_help_hint() {
             assert!(before.trim_end().ends_with('…'), "at {width}: {status}");
         }
     }
+}
+
+#[test]
+fn the_answer_to_a_key_comes_first_in_the_status_bar_until_the_next_key() {
+    let mut app = new_app();
+    app.handle_key(key('B'));
+    for c in "fast".chars() {
+        app.handle_key(key(c));
+    }
+    app.handle_key(code(KeyCode::Enter));
+    let screen = draw(&mut app, 80, 24).backend().to_string();
+    let status = screen.lines().last().unwrap_or_default();
+    assert!(status.contains("bandwidth cap"), "{status}");
+    app.handle_key(code(KeyCode::Esc));
+    let screen = draw(&mut app, 80, 24).backend().to_string();
+    let status = screen.lines().last().unwrap_or_default();
+    assert!(status.contains("concurrency 18"), "{status}");
 }

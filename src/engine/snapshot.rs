@@ -203,20 +203,28 @@ impl Snapshot {
         }
     }
 
-    /// What the engine as a whole is doing, for the status bar.
+    /// What the engine as a whole is doing, for the status bar: running while a job runs or
+    /// is queued; otherwise pausing or cancelling while paused or cancelled jobs drain their
+    /// chunks in flight; then paused while a paused job waits; else idle.
     pub fn activity(&self) -> Activity {
-        let mut unfinished = self
+        let draining = |state: JobState| -> u32 {
+            self.jobs
+                .iter()
+                .filter(|j| j.state == state)
+                .map(|j| j.in_flight)
+                .sum()
+        };
+        let running = self
             .jobs
             .iter()
-            .filter(|j| !j.state.is_finished())
-            .peekable();
-        let all_paused =
-            unfinished.peek().is_some() && unfinished.all(|j| j.state == JobState::Paused);
-        match (all_paused, self.in_flight) {
-            (true, 0) => Activity::Paused,
-            (true, n) => Activity::Pausing(n),
-            (false, 0) if !self.jobs.iter().any(JobView::busy) => Activity::Idle,
-            _ => Activity::Running,
+            .any(|j| matches!(j.state, JobState::Running | JobState::Queued));
+        let paused = self.jobs.iter().any(|j| j.state == JobState::Paused);
+        match (draining(JobState::Paused), draining(JobState::Cancelled)) {
+            _ if running => Activity::Running,
+            (0, 0) if paused => Activity::Paused,
+            (0, 0) => Activity::Idle,
+            (0, n) => Activity::Cancelling(n),
+            (n, _) => Activity::Pausing(n),
         }
     }
 
@@ -246,6 +254,8 @@ pub enum Activity {
     Running,
     /// Every unfinished job is paused; this many chunks in flight still drain.
     Pausing(u32),
+    /// No job runs; the cancelled jobs still drain this many chunks in flight.
+    Cancelling(u32),
     /// Every unfinished job is paused and nothing is in flight.
     Paused,
 }
@@ -257,6 +267,7 @@ impl Activity {
             Activity::Idle => "IDLE".into(),
             Activity::Running => "RUNNING".into(),
             Activity::Pausing(n) => format!("PAUSING — {n} in flight"),
+            Activity::Cancelling(n) => format!("CANCELLING — {n} in flight"),
             Activity::Paused => "PAUSED".into(),
         }
     }
@@ -358,13 +369,14 @@ impl JobView {
 
     /// Fills in the rate and the estimated time left from `rate`; a finished job has neither.
     pub fn with_rate(mut self, rate: f64) -> Self {
-        self.rate = if self.state.is_finished() { 0.0 } else { rate };
+        // Nothing moves for a finished job, nor for a paused one that has drained.
+        self.rate = if self.busy() { rate } else { 0.0 };
         let left = self
             .progress
             .bytes_total
             .saturating_sub(self.progress.bytes_done);
-        self.eta_secs =
-            (rate > 0.0 && !self.state.is_finished()).then(|| (left as f64 / rate) as u64);
+        let goes_on = matches!(self.state, JobState::Running | JobState::Queued);
+        self.eta_secs = (rate > 0.0 && goes_on).then(|| (left as f64 / rate) as u64);
         self
     }
 }
@@ -380,14 +392,22 @@ pub struct FileView {
     pub size: u64,
     /// State.
     pub state: FileState,
-    /// Chunks acknowledged.
+    /// Chunks acknowledged (known when `chunks_read`, or the object is done).
     pub chunks_done: u32,
+    /// False when a page listed the object without reading its chunks (a failed one not
+    /// under way): its chunks done are not known, and views say so rather than show 0.
+    #[serde(default = "known")]
+    pub chunks_read: bool,
     /// Chunks in all.
     pub chunk_count: u32,
     /// Chunks that needed more than one attempt.
     pub retried: u32,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+fn known() -> bool {
+    true
 }
 
 impl FileView {
@@ -408,6 +428,7 @@ impl FileView {
             size: record.size,
             state: record.state,
             chunks_done,
+            chunks_read: !chunks.is_empty() || record.state == FileState::Done,
             chunk_count: record.chunk_count,
             retried: chunks.iter().filter(|c| c.attempts > 1).count() as u32,
             error: record.error.as_ref().map(|e| e.message.clone()),
@@ -611,7 +632,16 @@ mod tests {
         let paused = view(4, JobState::Paused, Carried::Client);
         assert_eq!(with(vec![done, paused], 0).activity(), Activity::Paused);
         let cancelling = draining(5, JobState::Cancelled, 2);
-        assert_eq!(with(vec![cancelling], 2).activity(), Activity::Running);
+        assert_eq!(
+            with(vec![cancelling.clone()], 2).activity(),
+            Activity::Cancelling(2)
+        );
+        let paused = view(6, JobState::Paused, Carried::Client);
+        assert_eq!(
+            with(vec![cancelling, paused], 2).activity(),
+            Activity::Cancelling(2),
+            "a cancelled job's chunks are not a pause's"
+        );
     }
 
     #[test]
@@ -629,6 +659,12 @@ mod tests {
         assert_eq!((done.rate, done.eta_secs), (0.0, None));
         let running = job(JobState::Running, 4).with_rate(1e6);
         assert_eq!(running.rate, 1e6);
+        assert_eq!(job(JobState::Paused, 0).with_rate(1e6).rate, 0.0);
+        assert_eq!(
+            job(JobState::Paused, 2).with_rate(1e6).rate,
+            1e6,
+            "draining"
+        );
     }
 
     #[test]

@@ -91,8 +91,10 @@ pub struct BrowserState {
     pub cursor: usize,
     /// Marked entries' locations (marks belong to the listed folder; moving clears them).
     pub marked: BTreeSet<String>,
-    /// Where a range started (`v`), as an index into the filtered entries.
-    pub anchor: Option<usize>,
+    /// Where a range started (`v`): the entry's location.
+    pub anchor: Option<String>,
+    /// The entry to put the cursor on when the listing comes (the folder just left).
+    pub return_to: Option<String>,
     /// Case-insensitive filter on names.
     pub filter: String,
     /// The listing request in progress.
@@ -293,6 +295,11 @@ pub struct App {
     next_request: u64,
     /// Set while the go-to prompt waits for a listing to complete its text from.
     completing: bool,
+    /// Where the browser was before completing moved it (Esc goes back there).
+    completed_from: Option<String>,
+    /// What the last key press did not show otherwise (a mistake, nothing found, the names
+    /// a Tab could complete): the status bar shows it before its numbers until the next key.
+    pub answer: Option<String>,
 }
 
 const PAGE: usize = 10;
@@ -319,6 +326,8 @@ impl App {
             options,
             next_request: 0,
             completing: false,
+            completed_from: None,
+            answer: None,
         };
         let location = app.browser.location.clone();
         let browse = app.browse(location);
@@ -390,6 +399,13 @@ impl App {
         files
     }
 
+    /// Answers a key press with a message the screen would not show otherwise.
+    fn answer(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        self.answer = Some(message.clone());
+        self.notice(message);
+    }
+
     fn notice(&mut self, message: impl Into<String>) {
         self.notices.push_back(Notice::now(message));
         while self.notices.len() > NOTICES {
@@ -401,6 +417,11 @@ impl App {
 
     /// Handles a key press.
     pub fn handle_key(&mut self, event: KeyEvent) -> Vec<Command> {
+        self.answer = None;
+        self.answer_key(event)
+    }
+
+    fn answer_key(&mut self, event: KeyEvent) -> Vec<Command> {
         if let Some(commands) = self.handle_text(event) {
             return commands;
         }
@@ -473,8 +494,15 @@ impl App {
             }
             Some(Key::Esc) => {
                 self.completing = false;
+                if let (Popup::GoTo(_), Some(from)) = (&popup, self.completed_from.take()) {
+                    self.popup = None;
+                    return Some(self.browse(from));
+                }
                 match popup {
-                    Popup::Filter(_) => self.browser.filter.clear(),
+                    Popup::Filter(_) => {
+                        self.browser.filter.clear();
+                        self.browser.anchor = None;
+                    }
                     Popup::Search(_) => self.set_objects(|q| q.search.clear()),
                     _ => {}
                 }
@@ -485,6 +513,7 @@ impl App {
                 let value = input.value().trim().to_string();
                 let popup = self.popup.take();
                 self.completing = false;
+                self.completed_from = None;
                 Some(match popup {
                     Some(Popup::Destination(_)) => self.queue(&value),
                     Some(Popup::GoTo(_)) if !value.is_empty() => {
@@ -497,7 +526,9 @@ impl App {
                     Some(Popup::BwLimit(_)) => match BwLimit::parse(&value) {
                         Ok(cap) => vec![Command::SetBwLimit(cap)],
                         Err(why) => {
-                            self.notice(why);
+                            // Left open, to be put right.
+                            self.answer(why);
+                            self.popup = Some(Popup::BwLimit(Input::new(value)));
                             Vec::new()
                         }
                     },
@@ -509,7 +540,6 @@ impl App {
                 if let Some(Popup::Filter(input)) = &self.popup {
                     self.browser.filter = input.value().to_string();
                     self.browser.cursor = 0;
-                    self.browser.anchor = None;
                 }
                 Some(Vec::new())
             }
@@ -628,18 +658,20 @@ impl App {
             }
             Action::MarkRange => {
                 let cursor = self.browser.cursor;
+                let visible: Vec<String> = self
+                    .browser
+                    .visible()
+                    .iter()
+                    .map(|e| e.location.clone())
+                    .collect();
                 match self.browser.anchor.take() {
-                    None => self.browser.anchor = Some(cursor),
+                    None => self.browser.anchor = visible.get(cursor).cloned(),
                     Some(anchor) => {
-                        let (from, to) = (anchor.min(cursor), anchor.max(cursor));
-                        let range: Vec<String> = self
-                            .browser
-                            .visible()
-                            .iter()
-                            .skip(from)
-                            .take(to - from + 1)
-                            .map(|e| e.location.clone())
-                            .collect();
+                        // The range's start is an entry, found again among those shown now;
+                        // hidden by a filter since, the range is the cursor's entry alone.
+                        let start = visible.iter().position(|l| *l == anchor).unwrap_or(cursor);
+                        let (from, to) = (start.min(cursor), start.max(cursor));
+                        let range = visible.into_iter().skip(from).take(to - from + 1);
                         self.browser.marked.extend(range);
                     }
                 }
@@ -672,11 +704,8 @@ impl App {
                 Vec::new()
             }
             Action::SetBwLimit => {
-                let now = match self.snapshot.bwlimit.as_str() {
-                    "" => "off".to_string(),
-                    text => text.to_string(),
-                };
-                self.popup = Some(Popup::BwLimit(Input::new(now)));
+                // Empty: the prompt says the cap in force; what is typed replaces it.
+                self.popup = Some(Popup::BwLimit(Input::default()));
                 Vec::new()
             }
             Action::GoTo => {
@@ -699,9 +728,12 @@ impl App {
                 Vec::new()
             }
             Action::Parent => {
-                let up = parent(&self.browser.location);
-                if up != self.browser.location {
-                    return self.browse(up);
+                let left = self.browser.location.clone();
+                let up = parent(&left);
+                if up != left {
+                    let commands = self.browse(up);
+                    self.browser.return_to = Some(left);
+                    return commands;
                 }
                 Vec::new()
             }
@@ -717,7 +749,25 @@ impl App {
             return Vec::new();
         }
         match self.screen {
-            Screen::Detail => self.screen = Screen::Jobs,
+            // A search, a filter or a sort is undone first; then back to the jobs.
+            Screen::Detail => {
+                let narrowed = self.detail.as_ref().is_some_and(|d| {
+                    !d.objects.search.is_empty()
+                        || d.objects.filter != snapshot::ObjectFilter::All
+                        || d.by_state
+                });
+                if narrowed {
+                    self.set_objects(|q| {
+                        q.search.clear();
+                        q.filter = snapshot::ObjectFilter::All;
+                    });
+                    if let Some(detail) = &mut self.detail {
+                        detail.by_state = false;
+                    }
+                } else {
+                    self.screen = Screen::Jobs;
+                }
+            }
             Screen::Browser => return self.update(Action::Parent),
             Screen::Jobs => {}
         }
@@ -885,9 +935,9 @@ impl App {
                 }
             }
             (None, Focus::Files) => {
-                self.notice("no failed object on this page (s lists the failed ones of the job)")
+                self.answer("no failed object on this page (s lists the failed ones of the job)")
             }
-            (None, Focus::HeatMap) => self.notice("no failed chunk in this object"),
+            (None, Focus::HeatMap) => self.answer("no failed chunk in this object"),
         }
     }
 
@@ -958,11 +1008,18 @@ impl App {
             return Vec::new();
         };
         let folder = &typed[..=slash];
-        if self.browser.location == folder && !self.browser.loading {
-            self.apply_completion();
+        if self.browser.location == folder {
+            if self.browser.loading {
+                self.completing = true;
+            } else {
+                self.apply_completion();
+            }
             return Vec::new();
         }
         self.completing = true;
+        if self.completed_from.is_none() {
+            self.completed_from = Some(self.browser.location.clone());
+        }
         self.browse(folder.to_string())
     }
 
@@ -971,18 +1028,21 @@ impl App {
         let Some(Popup::GoTo(input)) = &self.popup else {
             return;
         };
-        let typed = input.value();
-        let mut matching = self
+        let typed = input.value().to_string();
+        // Folders only: a location to open is a bucket, a container or a prefix.
+        let matching: Vec<(String, String)> = self
             .browser
             .entries
             .iter()
-            .map(|e| e.location.as_str())
-            .filter(|l| l.starts_with(typed));
-        let Some(first) = matching.next() else {
+            .filter(|e| e.is_dir() && e.location.starts_with(&typed))
+            .map(|e| (e.name.clone(), e.location.clone()))
+            .collect();
+        let Some((_, first)) = matching.first() else {
+            self.answer(format!("no folder starts with {typed}"));
             return;
         };
-        let mut common = first.to_string();
-        for other in matching {
+        let mut common = first.clone();
+        for (_, other) in matching.iter().skip(1) {
             let agreed = common
                 .chars()
                 .zip(other.chars())
@@ -990,6 +1050,15 @@ impl App {
                 .map(|(a, _)| a.len_utf8())
                 .sum();
             common.truncate(agreed);
+        }
+        if matching.len() > 1 {
+            // Several: said, so a Tab that adds nothing is not a mystery.
+            let names: Vec<&str> = matching.iter().take(8).map(|(n, _)| n.as_str()).collect();
+            let more = match matching.len() {
+                n if n > 8 => format!(" and {} more", n - 8),
+                _ => String::new(),
+            };
+            self.answer(format!("{}{more}", names.join("  ")));
         }
         if common.len() > typed.len() {
             self.popup = Some(Popup::GoTo(Input::new(common)));
@@ -1046,6 +1115,15 @@ impl App {
             }],
             None => {
                 self.browser.loading = false;
+                if let Some(left) = self.browser.return_to.take()
+                    && let Some(at) = self
+                        .browser
+                        .visible()
+                        .iter()
+                        .position(|e| e.location == left)
+                {
+                    self.browser.cursor = at;
+                }
                 if self.completing {
                     self.apply_completion();
                 }
@@ -1055,24 +1133,32 @@ impl App {
     }
 
     /// The folder proposed for the marked entries: the listed folder's twin under Azure
-    /// (`az://` itself for buckets: each becomes a container of its name), or under the
-    /// local destination folder.
+    /// (`az://` itself for buckets: each becomes a container of its name; from Azure, under
+    /// S3), or under the local destination folder.
     pub fn proposed_destination(&self) -> String {
         let source = self.browser.location.clone();
-        if is_root(&source) {
-            return "az://".into();
+        match source.as_str() {
+            // Buckets become containers of their names; containers, buckets.
+            "s3://" => return "az://".into(),
+            "az://" => return "s3://".into(),
+            _ => {}
         }
-        if let Some(rest) = source
-            .strip_prefix("s3://")
-            .or_else(|| source.strip_prefix("az://"))
-        {
+        if let Some(rest) = source.strip_prefix("s3://") {
             let (container, key) = rest.split_once('/').unwrap_or((rest, ""));
             return format!("az://{}/{key}", container_name(container));
         }
-        let relative = source
-            .strip_prefix(self.options.browse_root.trim_end_matches('/'))
-            .unwrap_or(&source)
-            .trim_start_matches('/');
+        if let Some(rest) = source.strip_prefix("az://") {
+            return format!("s3://{rest}");
+        }
+        // Under the browse root: the same path under the destination; elsewhere, its name.
+        let relative = match source.strip_prefix(self.options.browse_root.trim_end_matches('/')) {
+            Some(under) => under.trim_start_matches('/'),
+            None => source
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default(),
+        };
         match &self.options.local_destination {
             Some(root) => format!("{}/{relative}", root.trim_end_matches('/')),
             None => source.clone(),
@@ -1093,6 +1179,10 @@ impl App {
         for source in marked {
             let name = source.strip_prefix(&base).unwrap_or(&source);
             let target = destination_of(destination, name);
+            if target.trim_end_matches('/') == source.trim_end_matches('/') {
+                self.answer(format!("{source} would be copied onto itself: not queued"));
+                continue;
+            }
             self.notice(format!("queued {source} → {target}"));
             commands.push(Command::Enqueue {
                 source,
@@ -1108,7 +1198,19 @@ impl App {
 
     /// Takes a new snapshot.
     pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        // Sorted by state, rows move as objects change state: the cursor stays on its object.
+        let pinned = self
+            .detail
+            .as_ref()
+            .filter(|d| d.by_state)
+            .and_then(|_| self.selected_file_index());
         self.snapshot = snapshot;
+        if let Some(index) = pinned
+            && let Some(row) = self.listed_files().iter().position(|f| f.index == index)
+            && let Some(detail) = &mut self.detail
+        {
+            detail.file_cursor = row;
+        }
         self.jobs_cursor = self
             .jobs_cursor
             .min(self.snapshot.jobs.len().saturating_sub(1));
@@ -1165,7 +1267,7 @@ fn normalize_location(text: &str) -> String {
 /// Where an entry named `name` (relative to the listed folder; folders end in `/`) goes in
 /// the folder `folder`. Into `az://` itself, a bucket becomes a container of its name.
 pub fn destination_of(folder: &str, name: &str) -> String {
-    if folder == "az://" {
+    if folder == "az://" && name.ends_with('/') {
         let (bucket, rest) = name.split_once('/').unwrap_or((name, ""));
         return format!("az://{}/{rest}", container_name(bucket));
     }
@@ -1257,10 +1359,10 @@ mod tests {
     fn the_bandwidth_cap_key_asks_for_a_cap_and_names_a_mistake() {
         let mut app = app();
         assert!(app.handle_key(key('B')).is_empty());
-        assert!(matches!(&app.popup, Some(Popup::BwLimit(input)) if input.value() == "off"));
-        for _ in 0.."off".len() {
-            app.handle_key(code(KeyCode::Backspace));
-        }
+        assert!(
+            matches!(&app.popup, Some(Popup::BwLimit(input)) if input.value().is_empty()),
+            "what is typed replaces the cap (the prompt says the one in force)"
+        );
         for c in "Mon-Fri 08:00,5MiB/s 19:00,off".chars() {
             app.handle_key(key(c));
         }
@@ -1287,6 +1389,18 @@ mod tests {
             "{:?}",
             app.notices
         );
+        assert!(
+            matches!(&app.popup, Some(Popup::BwLimit(input)) if input.value() == "xx"),
+            "left open to be put right"
+        );
+        assert!(
+            app.answer
+                .as_ref()
+                .is_some_and(|a| a.contains("not a size")),
+            "the mistake is the answer until the next key"
+        );
+        app.handle_key(code(KeyCode::Esc));
+        assert!(app.answer.is_none());
     }
 
     #[test]
@@ -1524,7 +1638,7 @@ mod tests {
         let mut app = browsing(&["raw/"], &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
         app.handle_key(key('j'));
         app.handle_key(key('v'));
-        assert_eq!(app.browser.anchor, Some(1));
+        assert_eq!(app.browser.anchor.as_deref(), Some("s3://media/photos/a"));
         app.handle_key(key('j'));
         app.handle_key(key('j'));
         app.handle_key(key('v'));
@@ -1591,19 +1705,26 @@ mod tests {
 
     #[test]
     fn one_marked_prefix_and_several_are_laid_out_alike() {
+        // The same folder typed both times: one entry goes into it by its name, as several do
+        // (one used to be copied to the typed path itself).
+        let into = |app: &mut App| {
+            app.handle_key(key('c'));
+            if let Some(Popup::Destination(input)) = &mut app.popup {
+                *input = Input::new("az://archive/".into());
+            }
+            routes(app.handle_key(code(KeyCode::Enter)))
+        };
         let mut one = browsing(&["2024/", "2025/"], &[]);
         one.handle_key(key(' '));
-        one.handle_key(key('c'));
-        let alone = routes(one.handle_key(code(KeyCode::Enter)));
+        let alone = into(&mut one);
         let mut both = browsing(&["2024/", "2025/"], &[]);
         both.handle_key(key('*'));
-        both.handle_key(key('c'));
-        let together = routes(both.handle_key(code(KeyCode::Enter)));
+        let together = into(&mut both);
         assert_eq!(
             alone,
             vec![(
                 "s3://media/photos/2024/".into(),
-                "az://media/photos/2024/".into()
+                "az://archive/2024/".into()
             )]
         );
         assert_eq!(together[0], alone[0], "the same target, alone or not");
@@ -1611,7 +1732,10 @@ mod tests {
 
     #[test]
     fn tab_completes_the_location_from_its_folders_listing() {
-        let mut app = browsing(&["2024/", "2025/", "raw/"], &[("readme.md", 1)]);
+        let mut app = browsing(
+            &["2024/", "2025/", "raw/", "releases/"],
+            &[("readme.md", 1)],
+        );
         app.handle_key(key('o'));
         let typed = |app: &App| match &app.popup {
             Some(Popup::GoTo(input)) => input.value().to_string(),
@@ -1621,9 +1745,14 @@ mod tests {
         for c in "r".chars() {
             app.handle_key(key(c));
         }
-        // Two names start with "r": the text goes as far as they agree (nothing more here).
+        // Two folders start with "r" (files are no locations to open): the text goes as far
+        // as they agree (nothing more here), and the two are named.
         assert!(app.handle_key(code(KeyCode::Tab)).is_empty());
         assert_eq!(typed(&app), "s3://media/photos/r");
+        assert_eq!(
+            app.notices.back().map(|n| n.text.as_str()),
+            Some("raw/  releases/")
+        );
         app.handle_key(key('a'));
         app.handle_key(code(KeyCode::Tab));
         assert_eq!(typed(&app), "s3://media/photos/raw/");
@@ -1713,6 +1842,113 @@ mod tests {
     }
 
     #[test]
+    fn esc_in_a_job_undoes_its_search_filter_and_sort_before_leaving() {
+        let mut app = app();
+        app.handle_key(code(KeyCode::Enter));
+        app.handle_key(key('s'));
+        app.handle_key(key('S'));
+        app.handle_key(key('/'));
+        app.handle_key(key('x'));
+        app.handle_key(code(KeyCode::Enter));
+        app.handle_key(code(KeyCode::Esc));
+        assert_eq!(app.screen, Screen::Detail, "the first Esc undoes");
+        assert_eq!(app.selection().objects, ObjectQuery::default());
+        assert!(app.detail.as_ref().is_some_and(|d| !d.by_state));
+        app.handle_key(code(KeyCode::Esc));
+        assert_eq!(app.screen, Screen::Jobs);
+    }
+
+    #[test]
+    fn sorted_by_state_the_cursor_stays_on_its_object_as_states_change() {
+        let mut app = app();
+        app.handle_key(code(KeyCode::Enter));
+        app.on_snapshot(listed(ObjectQuery::default(), 0, 4));
+        app.handle_key(key('S'));
+        app.handle_key(key('j'));
+        app.handle_key(key('j'));
+        let chosen = app.selected_file_index();
+        // Object 0 fails: it moves to the top, and every row under it moves down one.
+        let mut next = (*listed(ObjectQuery::default(), 0, 4)).clone();
+        if let Some(detail) = &mut next.job_detail {
+            for file in &mut detail.files {
+                file.state = if file.index == 0 {
+                    FileState::Failed
+                } else {
+                    FileState::Transferring
+                };
+            }
+        }
+        app.on_snapshot(Arc::new(next));
+        assert_eq!(app.selected_file_index(), chosen);
+    }
+
+    #[test]
+    fn going_up_puts_the_cursor_on_the_folder_left_and_a_range_survives_a_filter() {
+        let mut app = browsing(&["2024/", "2025/", "raw/"], &[]);
+        let up = app.update(Action::Parent);
+        let request = app.browser.request;
+        assert!(matches!(&up[0], Command::Browse { location, .. } if location == "s3://media/"));
+        app.on_event(Event::Listing {
+            request,
+            location: "s3://media/".into(),
+            page: Ok(page(&["docs/", "photos/", "video/"], &[], None)),
+        });
+        assert_eq!(app.browser.cursor, 1, "on photos/");
+        // v on photos/, a filter that hides it, v on video/: the range is video/ alone.
+        app.handle_key(key('v'));
+        app.handle_key(key('/'));
+        app.handle_key(key('v'));
+        app.handle_key(key('i'));
+        app.handle_key(code(KeyCode::Enter));
+        app.handle_key(key('v'));
+        let marked: Vec<&str> = app.browser.marked.iter().map(String::as_str).collect();
+        assert_eq!(marked, ["s3://media/video/"]);
+    }
+
+    #[test]
+    fn nothing_is_queued_onto_itself() {
+        let mut app = app();
+        app.handle_key(key('2'));
+        app.browse("az://".into());
+        let request = app.browser.request;
+        app.on_event(Event::Listing {
+            request,
+            location: "az://".into(),
+            page: Ok(page(&["backup"], &[], None)),
+        });
+        app.handle_key(key('c'));
+        match &app.popup {
+            Some(Popup::Destination(input)) => assert_eq!(input.value(), "s3://"),
+            other => panic!("no destination prompt: {other:?}"),
+        }
+        if let Some(Popup::Destination(input)) = &mut app.popup {
+            *input = Input::new("az://".into());
+        }
+        assert!(app.handle_key(code(KeyCode::Enter)).is_empty());
+        assert!(
+            app.notices
+                .back()
+                .is_some_and(|n| n.text.contains("onto itself"))
+        );
+    }
+
+    #[test]
+    fn esc_in_the_go_to_prompt_goes_back_where_completing_left() {
+        let mut app = browsing(&["raw/"], &[]);
+        app.handle_key(key('o'));
+        if let Some(Popup::GoTo(input)) = &mut app.popup {
+            *input = Input::new("s3://other/x".into());
+        }
+        let asked = app.handle_key(code(KeyCode::Tab));
+        assert!(matches!(&asked[0], Command::Browse { location, .. } if location == "s3://other/"));
+        let back = app.handle_key(code(KeyCode::Esc));
+        assert!(
+            matches!(&back[0], Command::Browse { location, .. } if location == "s3://media/photos/")
+        );
+        assert!(app.popup.is_none());
+    }
+
+    #[test]
     fn controller_decisions_get_their_own_line_and_messages_carry_a_time() {
         let mut app = app();
         app.on_event(Event::JobFinished {
@@ -1757,6 +1993,7 @@ mod tests {
                         size: 1,
                         state: FileState::Transferring,
                         chunks_done: 0,
+                        chunks_read: true,
                         chunk_count: 100,
                         retried: 0,
                         error: None,
@@ -1821,6 +2058,7 @@ mod tests {
                         size: 1,
                         state: FileState::Failed,
                         chunks_done: 0,
+                        chunks_read: true,
                         chunk_count: 1,
                         retried: 0,
                         error: None,

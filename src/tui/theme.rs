@@ -49,6 +49,7 @@ pub fn global_state(activity: Activity) -> Style {
         Activity::Running => Color::Green,
         Activity::Idle => Color::Gray,
         Activity::Pausing(_) | Activity::Paused => Color::Yellow,
+        Activity::Cancelling(_) => Color::Red,
     };
     Style::new()
         .fg(Color::Black)

@@ -36,9 +36,10 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             theme::key(),
         ));
     }
-    if let Some(anchor) = b.anchor {
+    if let Some(anchor) = &b.anchor {
+        let name = anchor.strip_prefix(&b.location).unwrap_or(anchor);
         title.push(Span::styled(
-            format!("  range from #{} (v marks)", anchor + 1),
+            format!("  range from {} (v marks)", tail(name, 24)),
             theme::key(),
         ));
     }

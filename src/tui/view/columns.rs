@@ -23,8 +23,21 @@ pub(super) struct Column {
     pub drop: u8,
     /// The flexible column and the least it needs: it takes what the others leave.
     pub flex: Option<u16>,
-    /// A flexible column cut keeps its values' start (sentences), not their end (keys).
-    pub keep_start: bool,
+    /// How a flexible column's values are cut.
+    pub cut: Cut,
+    /// The least width, so a column whose values come and go does not move the others.
+    pub least: u16,
+}
+
+/// Where a value too long for its column loses characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// At its start (keys and paths differ at their end).
+    Start,
+    /// At its end (sentences).
+    End,
+    /// In its middle (a route: where from and where to).
+    Middle,
 }
 
 impl Column {
@@ -35,7 +48,8 @@ impl Column {
             values,
             drop: 0,
             flex: None,
-            keep_start: false,
+            cut: Cut::Start,
+            least: 0,
         }
     }
 
@@ -46,7 +60,8 @@ impl Column {
             values,
             drop,
             flex: None,
-            keep_start: false,
+            cut: Cut::Start,
+            least: 0,
         }
     }
 
@@ -57,13 +72,20 @@ impl Column {
             values,
             drop: 0,
             flex: Some(min),
-            keep_start: false,
+            cut: Cut::Start,
+            least: 0,
         }
     }
 
-    /// Cut, this column keeps the start of its values.
-    pub fn keeping_start(mut self) -> Self {
-        self.keep_start = true;
+    /// Cut, this column loses `cut` of its values.
+    pub fn cut(mut self, cut: Cut) -> Self {
+        self.cut = cut;
+        self
+    }
+
+    /// The column is at least `least` wide.
+    pub fn at_least(mut self, least: u16) -> Self {
+        self.least = least;
         self
     }
 
@@ -74,7 +96,7 @@ impl Column {
             .map(|(v, _)| Text::raw(v.as_str()).width())
             .max()
             .unwrap_or(0);
-        widest.max(self.header.chars().count()) as u16
+        (widest.max(self.header.chars().count()) as u16).max(self.least)
     }
 }
 
@@ -82,6 +104,19 @@ impl Column {
 pub(super) fn natural_width(columns: &[Column]) -> u16 {
     let widths: Vec<u16> = columns.iter().map(Column::natural).collect();
     widths.iter().sum::<u16>() + SPACING * (widths.len() as u16).saturating_sub(1)
+}
+
+/// Cuts `text` to `width` characters by taking out its middle.
+fn middle(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width || width < 3 {
+        return text.to_string();
+    }
+    let front = (width - 1) / 2;
+    let back = width - 1 - front;
+    let start: String = text.chars().take(front).collect();
+    let end: String = text.chars().skip(count - back).collect();
+    format!("{start}…{end}")
 }
 
 /// The widths of `columns` in `width`: `None` for a dropped column.
@@ -131,9 +166,10 @@ pub(super) fn table<'a>(columns: Vec<Column>, row_styles: &[Style], width: u16) 
     let rows = (0..row_styles.len()).map(|row| {
         Row::new(shown.iter().map(|(c, w)| {
             let (value, style) = c.values.get(row).cloned().unwrap_or_default();
-            let value = match (c.flex, c.keep_start) {
-                (Some(_), true) => head(&value, *w as usize),
-                (Some(_), false) => tail(&value, *w as usize),
+            let value = match (c.flex, c.cut) {
+                (Some(_), Cut::End) => head(&value, *w as usize),
+                (Some(_), Cut::Start) => tail(&value, *w as usize),
+                (Some(_), Cut::Middle) => middle(&value, *w as usize),
                 (None, _) => value,
             };
             Cell::from(value).style(style)
@@ -164,6 +200,12 @@ mod tests {
             Column::kept("CHUNKS", values(&["15/16", "1/1"])),
             Column::droppable("ETA", values(&["3m05s", "-"]), 2),
         ]
+    }
+
+    #[test]
+    fn a_route_loses_its_middle() {
+        assert_eq!(middle("s3://a/b/ → az://c/d/", 11), "s3://…/c/d/");
+        assert_eq!(middle("short", 11), "short");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{bar, flow, row_style, tail};
 use crate::engine::Decision;
 use crate::engine::metrics::Series;
 use crate::size::human;
-use crate::state::ChunkState;
+use crate::state::{ChunkState, FileState};
 use crate::tui::app::{App, Focus, HeatMapGeometry};
 use crate::tui::heatmap::{self, Slot};
 use crate::tui::theme;
@@ -82,8 +82,10 @@ fn heatmap_width(app: &App, middle: Rect) -> u16 {
         return middle.width / 2;
     };
     let rows = middle.height.saturating_sub(2 + 3).max(1) as usize;
-    let per_row = chunks.cells.len().div_ceil(rows) as u16;
-    (per_row + 2).clamp(HEATMAP_LEAST.min(most), most.max(1))
+    let per_row = u16::try_from(chunks.cells.len().div_ceil(rows)).unwrap_or(u16::MAX);
+    per_row
+        .saturating_add(2)
+        .clamp(HEATMAP_LEAST.min(most), most.max(1))
 }
 
 /// The least width of the heat-map: its title's numbers.
@@ -115,7 +117,13 @@ fn file_columns(app: &App) -> Vec<Column> {
             "CHUNKS",
             files
                 .iter()
-                .map(|f| value(format!("{}/{}", f.chunks_done, f.chunk_count)))
+                .map(|f| {
+                    match f.chunks_read || f.state.is_finished() && f.state != FileState::Failed {
+                        true => value(format!("{}/{}", f.chunks_done, f.chunk_count)),
+                        // Listed without its chunks: select it to see them.
+                        false => value(format!("?/{}", f.chunk_count)),
+                    }
+                })
                 .collect(),
         ),
         Column::droppable(
@@ -257,8 +265,12 @@ fn draw_heatmap(frame: &mut Frame, app: &mut App, area: Rect) {
         human(chunks.chunk_size),
         per_slot
     );
-    let room = (map_area.width as usize).saturating_sub(counts.chars().count() + 4);
-    let title = format!("{counts}{} ", tail(&chunks.key, room.max(8)));
+    // The key gets the room the numbers leave (none: the numbers alone).
+    let room = (map_area.width as usize).saturating_sub(counts.chars().count() + 3);
+    let title = match room {
+        0..4 => counts.trim_end_matches([' ', '·']).to_string() + " ",
+        _ => format!("{counts}{} ", tail(&chunks.key, room)),
+    };
     let block = focus_block(
         Block::bordered().title(Span::styled(title, theme::title())),
         focused,
@@ -425,7 +437,7 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
 
     let top = max(&mib);
     let chart = Chart::new(vec![line("MiB/s", Color::Green, &mib)])
-        .block(Block::bordered().title(Span::styled(" Throughput MiB/s ", theme::title())))
+        .block(Block::bordered().title(Span::styled(" MiB/s ", theme::title())))
         .x_axis(x_axis())
         .y_axis(y_axis(top, ""))
         .legend_position(None);
@@ -437,7 +449,7 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
         line("p95", Color::Magenta, &p95),
     ])
     .block(Block::bordered().title(Line::from(vec![
-        Span::styled(" Chunk latency ms ", theme::title()),
+        Span::styled(" Latency ms ", theme::title()),
         Span::styled("p50", Style::new().fg(Color::Cyan)),
         Span::raw(" "),
         Span::styled("p95 ", Style::new().fg(Color::Magenta)),
@@ -467,8 +479,7 @@ fn draw_graphs(frame: &mut Frame, series: &Series, area: Rect) {
         );
     }
     let mut title = vec![
-        Span::styled(" Concurrency ", theme::title()),
-        Span::styled("limit", Style::new().fg(Color::Yellow)),
+        Span::styled(" Limit", Style::new().fg(Color::Yellow)),
         Span::raw(" "),
         Span::styled("in flight", Style::new().fg(Color::Cyan)),
     ];

@@ -7,7 +7,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, TableState};
 
-use super::columns::{self, Column};
+use super::columns::{self, Column, Cut};
 use super::{bar, duration, head, row_style};
 use crate::size::human;
 use crate::tui::app::App;
@@ -67,17 +67,20 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
                 })
             }),
             3,
-        ),
+        )
+        .at_least(13),
         Column::droppable(
             "ETA",
             column(&|job| value(job.eta_secs.map(duration).unwrap_or_else(|| "-".into()))),
             4,
-        ),
+        )
+        .at_least(6),
         Column::flexible(
             "ROUTE",
             column(&|job| value(format!("{} → {}", job.source, job.destination))),
             12,
-        ),
+        )
+        .cut(Cut::Middle),
     ];
     let styles: Vec<Style> = (0..jobs.len())
         .map(|i| row_style(i == app.jobs_cursor))
@@ -144,5 +147,11 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             theme::dim(),
         ));
     }
-    frame.render_widget(Paragraph::new(lines).block(block), notices_area);
+    // Long messages wrap (the newest first), rather than lose their end.
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(block),
+        notices_area,
+    );
 }

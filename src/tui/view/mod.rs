@@ -15,6 +15,7 @@ use ratatui::widgets::Paragraph;
 
 use super::app::{App, Screen};
 use super::theme;
+use crate::engine::snapshot::Activity;
 use crate::size::human;
 
 /// Draws the whole screen.
@@ -75,17 +76,28 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     )];
     let mut parts = vec![format!("concurrency {} {mode}", s.limit)];
     parts.push(format!("in flight {}", s.in_flight));
-    if activity != crate::engine::snapshot::Activity::Idle || s.rate > 0.0 {
+    if matches!(
+        activity,
+        Activity::Running | Activity::Pausing(_) | Activity::Cancelling(_)
+    ) {
         parts.push(format!("{}/s", human(s.rate as u64)));
     }
+    parts.extend(s.cap());
     parts.push(format!(
         "mem {}/{}",
         human(s.bytes_in_flight),
         human(s.memory_budget)
     ));
-    parts.extend(s.cap());
     parts.extend(s.running_carried().map(str::to_string));
     let mut used = Line::from(spans.clone()).width();
+    // The answer to the last key (until the next) comes before the numbers.
+    if let Some(answer) = &app.answer {
+        spans.push(Span::styled(
+            format!("  {}", head(answer, room.saturating_sub(used + 2))),
+            theme::key(),
+        ));
+        parts.clear();
+    }
     for part in parts {
         // Whole or not at all: a number is never cut.
         if used + 2 + part.chars().count() > room {
@@ -94,7 +106,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         used += 2 + part.chars().count();
         spans.push(Span::raw(format!("  {part}")));
     }
-    if let Some(notice) = app.notices.back() {
+    if let Some(notice) = app.notices.back().filter(|_| app.answer.is_none()) {
         let left = room.saturating_sub(used + 4);
         if left >= 8 {
             spans.push(Span::styled(

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Padding, Paragraph, Wrap};
 use tui_input::Input;
 
-use super::columns::{self, Column};
+use super::columns::{self, Column, Cut};
 use crate::size::human;
 use crate::tui::app::{App, Popup, counted};
 use crate::tui::keys::{BINDINGS, Context};
@@ -68,7 +68,13 @@ pub(super) fn draw(frame: &mut Frame, app: &mut App) {
             frame,
             " Bandwidth cap ",
             input,
-            "50MiB/s, off, or Mon-Fri 08:00,50MiB/s 19:00,off (local time)   Enter set   Esc cancel",
+            &format!(
+                "now: {}   50MiB/s, off, or Mon-Fri 08:00,50MiB/s 19:00,off (local time)   Enter set   Esc cancel",
+                match app.snapshot.bwlimit.as_str() {
+                    "" => "off",
+                    cap => cap,
+                }
+            ),
         ),
         Some(Popup::ConfirmCancel(job)) => {
             let view = app.snapshot.jobs.iter().find(|j| j.id == *job);
@@ -110,21 +116,23 @@ pub(super) fn draw(frame: &mut Frame, app: &mut App) {
 /// Asks a yes-or-no question: `y` does the first of `answers`, any other key the second.
 fn confirm(frame: &mut Frame, title: &str, question: &str, answers: (&str, &str)) {
     const WIDTH: u16 = 60;
-    let text = vec![
-        Line::from(question.trim().to_string()),
-        Line::from(vec![
-            Span::styled("y", theme::key()),
-            Span::raw(format!(" {}    ", answers.0)),
-            Span::styled("any other key", theme::key()),
-            Span::raw(format!(" {}", answers.1)),
-        ]),
-    ];
-    let paragraph = Paragraph::new(text).wrap(Wrap { trim: true }).block(
+    // Wrapped here, so the height always holds the answers' line.
+    let mut text: Vec<Line> = wrap(question.trim(), WIDTH as usize - 4)
+        .into_iter()
+        .map(Line::from)
+        .collect();
+    text.push(Line::from(vec![
+        Span::styled("y", theme::key()),
+        Span::raw(format!(" {}    ", answers.0)),
+        Span::styled("any other key", theme::key()),
+        Span::raw(format!(" {}", answers.1)),
+    ]));
+    let rows = text.len() as u16 + 2;
+    let paragraph = Paragraph::new(text).block(
         Block::bordered()
             .padding(Padding::horizontal(1))
             .title(Span::styled(title.to_string(), theme::error())),
     );
-    let rows = paragraph.line_count(WIDTH) as u16;
     let area = frame
         .area()
         .centered(Constraint::Length(WIDTH), Constraint::Length(rows));
@@ -135,7 +143,7 @@ fn confirm(frame: &mut Frame, title: &str, question: &str, answers: (&str, &str)
 /// Draws the help scrolled down `scroll` lines (at most to its end); returns the scroll
 /// drawn. Each binding's words wrap under themselves, right of its keys.
 fn help(frame: &mut Frame, scroll: u16) -> u16 {
-    const KEYS: usize = 14;
+    const KEYS: usize = 16;
     let width = frame.area().width.min(96);
     let room = (width as usize).saturating_sub(2 + KEYS).max(10);
     let mut lines = Vec::new();
@@ -328,7 +336,7 @@ fn inspector(frame: &mut Frame, app: &App) {
         Column::kept("OUTCOME", outcome),
         Column::droppable("CLASS", class, 1),
         Column::droppable("HTTP", status, 4),
-        Column::flexible("MESSAGE", message, 20).keeping_start(),
+        Column::flexible("MESSAGE", message, 20).cut(Cut::End),
     ];
     let empty = record.history.is_empty();
     let block = Block::bordered().title(Span::styled(" Attempts ", theme::title()));
