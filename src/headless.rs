@@ -3,6 +3,7 @@
 //! line with `--json`; then a per-object summary of what failed and why, and the exit status.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
@@ -160,7 +161,6 @@ pub async fn follow_saying(
         _ => 1,
     }));
     tick.tick().await;
-    let mut unsaid: Vec<String> = Vec::new();
     let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
@@ -209,10 +209,8 @@ pub async fn follow_saying(
                     Event::PlanFailed { source, destination, error } => {
                         let route = if source.is_empty() { String::new() } else { format!("{source} → {destination}: ") };
                         report.plan_failures.push(format!("{route}{error}"));
-                        // Said at the next tick if the run goes on (other routes copy for
-                        // hours); a run that ends now says it once, in its summary.
                         if output != Output::Json {
-                            unsaid.push(format!("error: {route}{error}"));
+                            say(format!("error: {route}{error}"));
                         }
                     }
                     Event::ChunkCompleted { bytes, .. } => {
@@ -254,9 +252,6 @@ pub async fn follow_saying(
                 }
             }
             _ = tick.tick() => {
-                for line in unsaid.drain(..) {
-                    say(line);
-                }
                 let rate = (report.bytes_moved as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
                 match output {
                     Output::Json => print_json(&ProgressLine { event: "progress", bytes_done: done, bytes_total: total, bytes_per_sec: rate, eta_secs: eta(total.saturating_sub(done), rate) }),
@@ -456,7 +451,9 @@ pub fn print_summary(report: &Report, output: Output) {
             println!("  job {} {}: {}", failed.job, failed.key, failed.error);
         }
     }
-    for failure in &report.plan_failures {
+    // Said on stderr as they came; on a terminal where stdout is the same screen, not twice.
+    let one_screen = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    for failure in report.plan_failures.iter().filter(|_| !one_screen) {
         println!("error: {failure}");
     }
     if let Some(fatal) = &report.fatal {

@@ -5,7 +5,7 @@
 //! concurrency keys; `q` exits within 5 seconds. And: five `+` sent at once raise the limit by
 //! exactly five; `p` shows PAUSING until the chunks in flight are done, then PAUSED; `*` then
 //! `c` on a filtered listing queues exactly the entries the filter shows; `demo --keep` keeps
-//! a pause.
+//! a pause. A copy whose route cannot be planned says so once on a terminal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -257,4 +257,24 @@ fn every_key_press_counts_pausing_drains_and_a_filtered_listing_is_queued_exactl
     tmux.wait_for("blobway to exit", Duration::from_secs(10), |s| {
         s.contains("BLOBWAY-EXIT-0")
     });
+}
+
+#[test]
+fn a_route_that_cannot_be_planned_is_reported_once_on_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let command = format!(
+        "{} --state {d}/s.redb --no-daemon copy {d}/missing/ {d}/out/; echo BLOBWAY-EXIT-$?; sleep 600",
+        env!("CARGO_BIN_EXE_blobway"),
+        d = dir.path().display()
+    );
+    let tmux = Tmux::start(&command, 200, 30);
+    let screen = tmux.wait_for("the run to end", Duration::from_secs(30), |s| {
+        s.contains("BLOBWAY-EXIT-")
+    });
+    assert!(screen.contains("BLOBWAY-EXIT-2"), "{screen}");
+    assert_eq!(
+        screen.matches("cannot list the source").count(),
+        1,
+        "said once, not again in the summary:\n{screen}"
+    );
 }
