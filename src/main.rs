@@ -1164,11 +1164,9 @@ fn paused_job(
     let Ok((src, dst)) = blobway::location::parse_route(source, destination) else {
         return Ok(None);
     };
-    let (src, dst) = (src.to_string(), dst.to_string());
     Ok(db
-        .jobs()?
-        .into_iter()
-        .find(|j| j.state == JobState::Paused && j.source == src && j.destination == dst)
+        .job_for_route(&src.to_string(), &dst.to_string())?
+        .filter(|j| j.state == JobState::Paused)
         .map(|j| j.id))
 }
 

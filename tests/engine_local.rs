@@ -491,6 +491,43 @@ async fn stop(engine: Engine) {
     task.await.expect("join").expect("engine");
 }
 
+/// Plans a job of `s` (every chunk failing, so nothing finishes), pauses it and stops the
+/// engine: the state file holds it paused.
+async fn paused_in_the_state_file(s: &Setup) -> JobId {
+    s.failures.store(1000, Ordering::SeqCst);
+    let mut engine = start(s, ErrorClass::Transient, 64 << 20, false);
+    engine
+        .handle
+        .send(enqueue(s, MIB as u64))
+        .await
+        .expect("send");
+    let job = match until(&mut engine, "the plan", |e| {
+        matches!(e, Event::JobPlanned { .. })
+    })
+    .await
+    {
+        Event::JobPlanned { job, .. } => job,
+        _ => unreachable!(),
+    };
+    engine
+        .handle
+        .send(Command::Pause(Some(job)))
+        .await
+        .expect("send");
+    until(&mut engine, "the pause", |e| {
+        matches!(
+            e,
+            Event::JobStateChanged {
+                state: JobState::Paused,
+                ..
+            }
+        )
+    })
+    .await;
+    stop(engine).await;
+    job
+}
+
 fn same_files(a: &Path, b: &Path, names: &[&str]) {
     for name in names {
         assert_eq!(
@@ -653,37 +690,7 @@ async fn a_route_is_recorded_before_its_job_is_announced_and_a_refused_one_is_fo
 #[tokio::test(flavor = "multi_thread")]
 async fn resuming_a_named_paused_job_runs_it_to_the_end() {
     let s = setup(&[("a.bin", 2 * MIB)]);
-    s.failures.store(1000, Ordering::SeqCst);
-    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
-    engine
-        .handle
-        .send(enqueue(&s, MIB as u64))
-        .await
-        .expect("send");
-    let job = match until(&mut engine, "the plan", |e| {
-        matches!(e, Event::JobPlanned { .. })
-    })
-    .await
-    {
-        Event::JobPlanned { job, .. } => job,
-        _ => unreachable!(),
-    };
-    engine
-        .handle
-        .send(Command::Pause(Some(job)))
-        .await
-        .expect("send");
-    until(&mut engine, "the pause", |e| {
-        matches!(
-            e,
-            Event::JobStateChanged {
-                state: JobState::Paused,
-                ..
-            }
-        )
-    })
-    .await;
-    stop(engine).await;
+    let job = paused_in_the_state_file(&s).await;
 
     // `blobway resume JOB`: the job is paused in the state file and named, so it runs.
     s.failures.store(0, Ordering::SeqCst);
@@ -1201,37 +1208,7 @@ async fn every_concurrency_step_counts_however_fast_they_come() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_names_the_paused_jobs_it_leaves_paused() {
     let s = setup(&[("a.bin", 2 * MIB)]);
-    s.failures.store(1000, Ordering::SeqCst);
-    let mut engine = start(&s, ErrorClass::Transient, 64 << 20, false);
-    engine
-        .handle
-        .send(enqueue(&s, MIB as u64))
-        .await
-        .expect("send");
-    let job = match until(&mut engine, "the plan", |e| {
-        matches!(e, Event::JobPlanned { .. })
-    })
-    .await
-    {
-        Event::JobPlanned { job, .. } => job,
-        _ => unreachable!(),
-    };
-    engine
-        .handle
-        .send(Command::Pause(Some(job)))
-        .await
-        .expect("send");
-    until(&mut engine, "the pause", |e| {
-        matches!(
-            e,
-            Event::JobStateChanged {
-                state: JobState::Paused,
-                ..
-            }
-        )
-    })
-    .await;
-    stop(engine).await;
+    let job = paused_in_the_state_file(&s).await;
 
     // `blobway resume` (no job named): the paused job stays paused, and is named with the
     // command that resumes it.

@@ -6,7 +6,7 @@ use ratatui::layout::Rect;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, TableState};
 
-use super::columns::{self, Column};
+use super::columns::{self, Column, plain};
 use super::{row_style, tail};
 use crate::size::human;
 use crate::tui::app::App;
@@ -87,7 +87,6 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         .skip(first)
         .take(height)
         .collect();
-    let value = |text: String| (text, ratatui::style::Style::new());
     let columns = vec![
         Column::kept(
             " ",
@@ -122,7 +121,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "SIZE",
             window
                 .iter()
-                .map(|(_, e)| value(e.size.map(human).unwrap_or_default()))
+                .map(|(_, e)| plain(e.size.map(human).unwrap_or_default()))
                 .collect(),
             1,
         ),
@@ -130,7 +129,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "MODIFIED (UTC)",
             window
                 .iter()
-                .map(|(_, e)| value(e.modified.map(modified).unwrap_or_default()))
+                .map(|(_, e)| plain(e.modified.map(modified).unwrap_or_default()))
                 .collect(),
             2,
         ),

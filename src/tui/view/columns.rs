@@ -106,6 +106,11 @@ pub(super) fn natural_width(columns: &[Column]) -> u16 {
     widths.iter().sum::<u16>() + SPACING * (widths.len() as u16).saturating_sub(1)
 }
 
+/// A value without a style of its own.
+pub(super) fn plain(text: String) -> (String, Style) {
+    (text, Style::new())
+}
+
 /// Cuts `text` to `width` characters by taking out its middle.
 fn middle(text: &str, width: usize) -> String {
     let count = text.chars().count();

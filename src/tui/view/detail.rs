@@ -9,7 +9,7 @@ use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Paragraph, TableState, Widget};
 
-use super::columns::{self, Column};
+use super::columns::{self, Column, plain};
 use super::{bar, flow, row_style, tail};
 use crate::engine::Decision;
 use crate::engine::metrics::Series;
@@ -31,7 +31,6 @@ pub(super) fn draw(frame: &mut Frame, app: &mut App, area: Rect) {
     // The names get what they need, up to what the heat-map leaves; the heat-map the rest.
     let columns = file_columns(app);
     let title = objects_title(
-        app.listed_files().len(),
         app.snapshot.job_detail.as_ref(),
         app.detail.as_ref().is_some_and(|d| d.by_state),
     );
@@ -94,16 +93,15 @@ const HEATMAP_LEAST: u16 = 40;
 /// The objects table's columns, for the listed page in the order shown.
 fn file_columns(app: &App) -> Vec<Column> {
     let files = app.listed_files();
-    let value = |text: String| (text, Style::new());
     vec![
         Column::flexible(
             "OBJECT",
-            files.iter().map(|f| value(f.key.clone())).collect(),
+            files.iter().map(|f| plain(f.key.clone())).collect(),
             16,
         ),
         Column::droppable(
             "SIZE",
-            files.iter().map(|f| value(human(f.size))).collect(),
+            files.iter().map(|f| plain(human(f.size))).collect(),
             2,
         ),
         Column::kept(
@@ -119,9 +117,9 @@ fn file_columns(app: &App) -> Vec<Column> {
                 .iter()
                 .map(|f| {
                     match f.chunks_read || f.state.is_finished() && f.state != FileState::Failed {
-                        true => value(format!("{}/{}", f.chunks_done, f.chunk_count)),
+                        true => plain(format!("{}/{}", f.chunks_done, f.chunk_count)),
                         // Listed without its chunks: select it to see them.
-                        false => value(format!("?/{}", f.chunk_count)),
+                        false => plain(format!("?/{}", f.chunk_count)),
                     }
                 })
                 .collect(),
@@ -131,7 +129,7 @@ fn file_columns(app: &App) -> Vec<Column> {
             files
                 .iter()
                 .map(|f| match f.retried {
-                    0 => value(String::new()),
+                    0 => plain(String::new()),
                     n => (format!("↻{n}"), theme::error()),
                 })
                 .collect(),
@@ -149,8 +147,13 @@ fn draw_files(
 ) {
     let focused = app.detail.as_ref().is_some_and(|d| d.focus == Focus::Files);
     let cursor = app.detail.as_ref().map_or(0, |d| d.file_cursor);
-    let files = app.listed_files();
-    let styles: Vec<Style> = (0..files.len())
+    // As many rows as the page lists (in whichever order they are shown).
+    let rows = app
+        .snapshot
+        .job_detail
+        .as_ref()
+        .map_or(0, |d| d.files.len());
+    let styles: Vec<Style> = (0..rows)
         .map(|i| row_style(i == cursor && focused))
         .collect();
     let block = focus_block(
@@ -168,13 +171,13 @@ fn draw_files(
 /// `Objects (1,000 of 2,345,678 failed)` and, for the bottom line, `"gateway" · from #5,001 ·
 /// by state`: what the list holds of which objects.
 fn objects_title(
-    shown: usize,
     listed: Option<&crate::engine::snapshot::JobDetail>,
     by_state: bool,
 ) -> (String, String) {
     let Some(listed) = listed else {
         return (" Objects ".to_string(), String::new());
     };
+    let shown = listed.files.len();
     let query = &listed.query;
     let mut parts = Vec::new();
     let of = match listed.matching {

@@ -7,7 +7,7 @@ use ratatui::style::Style;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, TableState};
 
-use super::columns::{self, Column, Cut};
+use super::columns::{self, Column, Cut, plain};
 use super::{bar, duration, head, row_style};
 use crate::size::human;
 use crate::tui::app::App;
@@ -19,12 +19,11 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         Layout::vertical([Constraint::Min(3), Constraint::Length(notices_height)]).areas(area);
 
     let jobs = &app.snapshot.jobs;
-    let value = |text: String| (text, Style::new());
     let column = |f: &dyn Fn(&crate::engine::snapshot::JobView) -> (String, Style)| {
         jobs.iter().map(f).collect::<Vec<_>>()
     };
     let columns = vec![
-        Column::kept("JOB", column(&|job| value(job.id.to_string()))),
+        Column::kept("JOB", column(&|job| plain(job.id.to_string()))),
         Column::kept(
             "STATE",
             column(&|job| (job.phase().to_string(), theme::job_state(job.state))),
@@ -37,7 +36,7 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
                     0 => String::new(),
                     n => format!(" ({n} failed)"),
                 };
-                value(format!(
+                plain(format!(
                     "{}/{}{failed}",
                     p.files_done + p.files_skipped,
                     p.files_total
@@ -48,19 +47,19 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
             "BYTES",
             column(&|job| {
                 let p = &job.progress;
-                value(format!("{}/{}", human(p.bytes_done), human(p.bytes_total)))
+                plain(format!("{}/{}", human(p.bytes_done), human(p.bytes_total)))
             }),
             2,
         ),
         Column::droppable(
             "PROGRESS",
-            column(&|job| value(bar(job.progress.bytes_done, job.progress.bytes_total, 12))),
+            column(&|job| plain(bar(job.progress.bytes_done, job.progress.bytes_total, 12))),
             5,
         ),
         Column::droppable(
             "RATE",
             column(&|job| {
-                value(if job.rate > 0.0 {
+                plain(if job.rate > 0.0 {
                     format!("{}/s", human(job.rate as u64))
                 } else {
                     "-".into()
@@ -71,13 +70,13 @@ pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
         .at_least(13),
         Column::droppable(
             "ETA",
-            column(&|job| value(job.eta_secs.map(duration).unwrap_or_else(|| "-".into()))),
+            column(&|job| plain(job.eta_secs.map(duration).unwrap_or_else(|| "-".into()))),
             4,
         )
         .at_least(6),
         Column::flexible(
             "ROUTE",
-            column(&|job| value(format!("{} → {}", job.source, job.destination))),
+            column(&|job| plain(format!("{} → {}", job.source, job.destination))),
             12,
         )
         .cut(Cut::Middle),
