@@ -9,6 +9,10 @@
 #                                # AzCopy (npm, pinned; its libsecret from Debian, unpacked)
 #   emulators_start              # exports BLOBWAY_TEST_* and AWS_/AZURE_ variables
 #   emulators_stop               # stops what emulators_start started
+#   postgres_install             # PostgreSQL from Debian's packages, when missing
+#   postgres_start               # one throwaway cluster (initdb in a temp dir, a free port,
+#                                # password auth); exports BLOBWAY_TEST_POSTGRES
+#   postgres_stop                # stops it (emulators_stop does too)
 #
 # Everything lands under $BLOBWAY_TOOLS (default: <repo>/.tools); nothing is installed globally
 # except tmux through apt when it is missing.
@@ -183,7 +187,62 @@ azurite_restart() {
   wait_for_port "$AZURITE_PORT" azurite "$AZURITE_PID"
 }
 
+# The PostgreSQL binaries of Debian's package (any major version), or nothing.
+postgres_bin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ]; then echo "$dir"; return 0; fi
+  done
+  return 1
+}
+
+postgres_install() {
+  postgres_bin >/dev/null && return 0
+  log "installing PostgreSQL from Debian's packages"
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  $sudo apt-get install -y -q postgresql >&2 \
+    || { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q postgresql >&2; } || return 1
+  postgres_bin >/dev/null || { log "PostgreSQL installed, but no initdb under /usr/lib/postgresql"; return 1; }
+}
+
+# One cluster per run, in its own temporary folder on a free port, listening on loopback only,
+# with password authentication (so a wrong password is refused as a real server refuses it).
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the postgres user.
+postgres_start() {
+  local bin dir port password as=()
+  bin="$(postgres_bin)" || { log "PostgreSQL is not installed (postgres_install)"; return 1; }
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/blobway-pg.XXXXXX")"
+  port=$(free_port)
+  password="blobway-test-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  printf '%s\n' "$password" > "$dir/password"
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres: "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U blobway --pwfile="$dir/password" \
+    -A scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || { log "initdb failed; its log follows"; cat "$dir/initdb.log" >&2; return 1; }
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >&2 \
+    || { log "PostgreSQL did not start; its log follows"; cat "$dir/postgres.log" >&2; return 1; }
+  POSTGRES_DIR="$dir"
+  POSTGRES_AS=("${as[@]}")
+  POSTGRES_CTL="$bin/pg_ctl"
+  export BLOBWAY_TEST_POSTGRES="postgres://blobway:$password@127.0.0.1:$port/postgres"
+  log "PostgreSQL on 127.0.0.1:$port (user blobway, data in $dir)"
+}
+
+postgres_stop() {
+  if [ -n "${POSTGRES_DIR:-}" ]; then
+    "${POSTGRES_AS[@]}" "$POSTGRES_CTL" -D "$POSTGRES_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$POSTGRES_DIR"
+    POSTGRES_DIR=""
+  fi
+}
+
 emulators_stop() {
+  postgres_stop
   for pid in ${AZURITE_PID:-} ${MOTO_PID:-} ${S3S_PID:-} ${GCS_PID:-}; do
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true  # a server stopped by SIGTERM reports 143; that is expected

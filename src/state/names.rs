@@ -4,9 +4,9 @@
 //! one transaction. Names are claimed in listing order: the first key to claim a name keeps
 //! it, a later one is refused with both keys named.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::TableDefinition;
 
-use super::{JobId, StateDb, StateError, codec};
+use super::{JobId, StateDb, StateError};
 use crate::store::rules::Naming;
 
 /// (job, claim) → the source key holding it, as (bytes it shares with the claim at their ends,
@@ -17,7 +17,8 @@ pub(super) const NAMES: TableDefinition<(u64, &str), (u32, &str)> =
     TableDefinition::new("name_claims");
 
 /// Schema 3 and older: (job, claim) → the whole source key.
-const WHOLE_KEY_NAMES: TableDefinition<(u64, &str), &str> = TableDefinition::new("names");
+pub(super) const WHOLE_KEY_NAMES: TableDefinition<(u64, &str), &str> =
+    TableDefinition::new("names");
 
 /// Why a name cannot be given to a source key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub enum NameIndex<'a> {
 }
 
 /// Looks up and records claims, one at a time, through `get` and `put`.
-fn claim_one(
+pub(super) fn claim_one(
     naming: Naming,
     claim: &Claim<'_>,
     mut get: impl FnMut(&str) -> Result<Option<String>, StateError>,
@@ -145,104 +146,10 @@ impl NameIndex<'_> {
     }
 }
 
-impl StateDb {
-    /// Forgets every name of `job`, a batch per transaction: one transaction over a job of
-    /// millions would hold all its changed pages in memory at once.
-    fn clear_names(&self, job: JobId) -> Result<(), StateError> {
-        const BATCH: usize = 10_000;
-        loop {
-            let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
-            let cleared = {
-                let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
-                let claims: Vec<String> = names
-                    .range((job, "")..(job + 1, ""))
-                    .map_err(|e| self.err("read", e))?
-                    .take(BATCH)
-                    .map(|entry| entry.map(|(k, _)| k.value().1.to_string()))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| self.err("read", e))?;
-                for claim in &claims {
-                    names
-                        .remove((job, claim.as_str()))
-                        .map_err(|e| self.err("written", e))?;
-                }
-                claims.len() < BATCH
-            };
-            txn.commit().map_err(|e| self.err("written", e))?;
-            if cleared {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Moves the claims of a file from before schema 4 into their compact table, inside the
-    /// transaction that upgrades it.
-    pub(super) fn move_names(&self, txn: &redb::WriteTransaction) -> Result<(), StateError> {
-        tracing::info!(path = %self.path.display(), "upgrading the state file: moving the name claims into their compact table");
-        let mut names = txn.open_table(NAMES).map_err(|e| self.err("written", e))?;
-        {
-            let old = txn
-                .open_table(WHOLE_KEY_NAMES)
-                .map_err(|e| self.err("read", e))?;
-            for entry in old.iter().map_err(|e| self.err("read", e))? {
-                let (key, holder) = entry.map_err(|e| self.err("read", e))?;
-                let (job, claim) = key.value();
-                let (shared, head) = codec::against(claim, holder.value());
-                names
-                    .insert((job, claim), (shared, head))
-                    .map_err(|e| self.err("written", e))?;
-            }
-        }
-        txn.delete_table(WHOLE_KEY_NAMES)
-            .map_err(|e| self.err("written", e))?;
-        Ok(())
-    }
-
-    fn claim_names(
-        &self,
-        job: JobId,
-        naming: Naming,
-        claims: &[Claim<'_>],
-    ) -> Result<Vec<Option<NameClash>>, StateError> {
-        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
-        let mut out = Vec::with_capacity(claims.len());
-        {
-            let names =
-                std::cell::RefCell::new(txn.open_table(NAMES).map_err(|e| self.err("written", e))?);
-            for claim in claims {
-                out.push(claim_one(
-                    naming,
-                    claim,
-                    |k| {
-                        let table = names.borrow();
-                        let held = table.get((job, k)).map_err(|e| self.err("read", e))?;
-                        held.map(|v| {
-                            let (shared, head) = v.value();
-                            codec::joined(k, shared, head).ok_or_else(|| StateError::Corrupt {
-                                path: self.path.clone(),
-                                detail: format!("the claim on `{k}` does not decode"),
-                            })
-                        })
-                        .transpose()
-                    },
-                    |k, v| {
-                        names
-                            .borrow_mut()
-                            .insert((job, k), codec::against(k, v))
-                            .map_err(|e| self.err("written", e))?;
-                        Ok(())
-                    },
-                )?);
-            }
-        }
-        txn.commit().map_err(|e| self.err("written", e))?;
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::RedbState;
     use redb::ReadableDatabase;
 
     fn clashes(index: &mut NameIndex<'_>, naming: Naming, keys: &[(&str, &str)]) -> Vec<bool> {
@@ -320,19 +227,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         {
-            let db = StateDb::open(&path).expect("open");
+            let db = RedbState::open(&path).expect("open");
             let txn = db.db.begin_write().expect("write");
             {
                 let mut old = txn.open_table(WHOLE_KEY_NAMES).expect("old names");
                 old.insert((3, "f:dst/ü/a.txt"), "src/ü/a.txt")
                     .expect("claim");
                 old.insert((3, "f:dst/b"), "elsewhere").expect("claim");
-                let mut meta = txn.open_table(super::super::META).expect("meta");
+                let mut meta = txn.open_table(super::super::embedded::META).expect("meta");
                 meta.insert("schema", "3").expect("schema");
             }
             txn.commit().expect("commit");
         }
-        let db = StateDb::open(&path).expect("upgraded");
+        let raw = RedbState::open(&path).expect("upgraded");
+        let db = StateDb::new(raw.clone());
         let mut index = NameIndex::Db(&db, 3);
         let naming = Naming::Azure;
         for (name, holder) in [("dst/ü/a.txt", "src/ü/a.txt"), ("dst/b", "elsewhere")] {
@@ -354,7 +262,7 @@ mod tests {
             clashes(&mut index, naming, &[("dst/ü/a.txt", "src/ü/a.txt")]),
             vec![false]
         );
-        let txn = db.db.begin_read().expect("read");
+        let txn = raw.db.begin_read().expect("read");
         assert!(
             txn.open_table(WHOLE_KEY_NAMES).is_err(),
             "the old table is gone"

@@ -84,7 +84,7 @@ impl Scheduler {
         }
         let room = crate::engine::model::MAX_CHUNKS.saturating_sub(job.chunks_held);
         let held = |file: u32| job.files.contains_key(&file);
-        let read = match self.db.next_under_way(id, job.cursor, wanted, room, held) {
+        let read = match self.db.next_under_way(id, job.cursor, wanted, room, &held) {
             Ok(read) => read,
             Err(e) => {
                 // The state file cannot be read: the job stops with the reason (its

@@ -323,7 +323,7 @@ pub(super) async fn loaded_job(
             .job(id)?
             .ok_or_else(|| anyhow::anyhow!("job {id} is not in the state file"))?;
         let mut failed = Vec::new();
-        db.each_object_in(id, &[FileState::Failed], |index, file| {
+        db.each_object_in(id, &[FileState::Failed], &mut |index, file| {
             if !reopen.is_some_and(|rule| rule.admits(&file)) {
                 failed.push((index, file));
             }

@@ -1,0 +1,1610 @@
+//! The embedded backend: one redb file holds every job, object and chunk of one machine. This
+//! is the only module that opens redb (with the redb tables of [`super::counts`],
+//! [`super::index`] and [`super::names`]).
+//!
+//! Each batch of writes is one durable transaction, so tens of thousands of chunk transitions
+//! per second cost a few hundred commits. The file is readable by its owner only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::{self, Stored};
+use super::names::{self, Claim, NameClash};
+use super::{
+    Backend, ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobRecord,
+    JobSnapshot, StateError, TableUsage, UnderWay, Write, counts, index, route_key,
+};
+use crate::store::rules::Naming;
+
+/// The schema this blobway writes. Version 1 (no job counters) and version 2 (no index of
+/// objects by state) are upgraded on open; so is version 3 (object and chunk records in JSON
+/// only, which are read as they are and rewritten compactly as they change ([`codec`]); name
+/// claims holding whole keys, which are moved into their compact table). Version 4 lacks
+/// only what version 5 may append to a record (how an object was verified, its tags and
+/// source version ID; a chunk CRC the destination reported): its records read as they are,
+/// and an older blobway refuses a version-5 file instead of misreading it.
+const SCHEMA_VERSION: &str = "5";
+
+pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// In [`META`]: the highest job ID ever removed, so no ID is given twice.
+const LAST_JOB_ID: &str = "last_removed_job_id";
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const ROUTES: TableDefinition<&str, u64> = TableDefinition::new("routes");
+const FILES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("files");
+const CHUNKS: TableDefinition<(u64, u32, u32), &[u8]> = TableDefinition::new("chunks");
+
+/// The redb state file; cheap to clone.
+#[derive(Clone)]
+pub struct RedbState {
+    pub(super) db: Arc<Database>,
+    path: PathBuf,
+}
+
+fn encode<T: Stored>(value: &T) -> Vec<u8> {
+    value.encode()
+}
+
+/// redb's page cache: set, not left to redb's default (up to 1 GiB), so the memory a long
+/// migration holds is known. Small on purpose: the operating system's page cache holds the
+/// file's pages anyway, and measured on a million objects (`benches/scale.rs`), 64 MiB of
+/// redb cache cost about 200 MiB of resident memory for a few percent of speed.
+const CACHE_BYTES: usize = 4 << 20;
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
+}
+
+/// Opens (or creates) the redb file at `path` readable by its owner only, from its first byte:
+/// it holds resumable-upload sessions (a GCS session URI lets its holder upload to that one
+/// object for a week). A file made by an older blobway with a wider mode is narrowed.
+fn create_private(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0
+            && let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            // A filesystem without modes (vfat, CIFS) or a file of another owner: say so.
+            tracing::warn!(path = %path.display(), "cannot make the state file private: {e}");
+        }
+        builder().create_with_backend(redb::backends::FileBackend::new(file)?)
+    }
+    #[cfg(not(unix))]
+    {
+        let file = options.open(path)?;
+        builder().create_with_backend(redb::backends::FileBackend::new(file)?)
+    }
+}
+
+impl RedbState {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StateError::Io {
+                path: path.to_path_buf(),
+                what: "created",
+                detail: e.to_string(),
+            })?;
+        }
+        let db = create_private(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::AlreadyOpen(path.to_path_buf()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+                if io.kind() == std::io::ErrorKind::InvalidData {
+                    StateError::Corrupt {
+                        path: path.to_path_buf(),
+                        detail: io.to_string(),
+                    }
+                } else {
+                    io_error(path, "opened", &io)
+                }
+            }
+            other => StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: other.to_string(),
+            },
+        })?;
+        let state = Self {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        };
+        state.init_schema()?;
+        Ok(state)
+    }
+
+    fn err(&self, what: &'static str, e: impl Into<redb::Error>) -> StateError {
+        match e.into() {
+            redb::Error::Io(io) => io_error(&self.path, what, &io),
+            redb::Error::Corrupted(detail) => StateError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            },
+            other => StateError::Io {
+                path: self.path.clone(),
+                what,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    fn decode<T: Stored>(&self, bytes: &[u8]) -> Result<T, StateError> {
+        T::decode(bytes).map_err(|e| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("a record does not decode: {e}"),
+        })
+    }
+
+    fn init_schema(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        let mut upgrade = None;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            let found = meta
+                .get("schema")
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value().to_string());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) if v == "4" => {
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
+                Some(v) if v == "3" => {
+                    self.move_names(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)
+                        .map_err(|e| self.err("written", e))?;
+                }
+                Some(v) if v == "1" || v == "2" => upgrade = Some(v),
+                Some(found) => {
+                    return Err(StateError::Schema {
+                        path: self.path.clone(),
+                        found,
+                        reads: SCHEMA_VERSION,
+                    });
+                }
+            }
+            txn.open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::STATES)
+                .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
+            txn.open_table(index::LISTINGS)
+                .map_err(|e| self.err("written", e))?;
+            txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
+            txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
+            txn.open_table(FILES).map_err(|e| self.err("written", e))?;
+            txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+            txn.open_table(names::NAMES)
+                .map_err(|e| self.err("written", e))?;
+        }
+        txn.commit().map_err(|e| self.err("written", e))?;
+        if let Some(from) = upgrade {
+            self.upgrade(from == "1")?;
+        }
+        Ok(())
+    }
+
+    /// Upgrades an older file: every object entered in the index by state and, from version
+    /// 1, every job's counters counted once from its records (read as they are, one object at
+    /// a time), and the schema version, in one transaction.
+    fn upgrade(&self, count: bool) -> Result<(), StateError> {
+        tracing::info!(path = %self.path.display(), "upgrading the state file: indexing each job's objects once");
+        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        {
+            let ids: Vec<JobId> = self.jobs()?.into_iter().map(|j| j.id).collect();
+            let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+            let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+            let mut counts = txn
+                .open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            let mut states = txn
+                .open_table(index::STATES)
+                .map_err(|e| self.err("written", e))?;
+            let mut keys = txn
+                .open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
+            for id in ids {
+                let mut total = counts::Delta::default();
+                for entry in files
+                    .range((id, 0)..=(id, u32::MAX))
+                    .map_err(|e| self.err("read", e))?
+                {
+                    let (key, value) = entry.map_err(|e| self.err("read", e))?;
+                    let file: FileRecord = self.decode(value.value())?;
+                    let index = key.value().1;
+                    states
+                        .insert((id, index::code(file.state), index), ())
+                        .map_err(|e| self.err("written", e))?;
+                    keys.insert((id, file.key.as_str()), index)
+                        .map_err(|e| self.err("written", e))?;
+                    if count {
+                        total.add(&self.share_in(&chunks, id, index, &file)?, 1);
+                    }
+                }
+                if count {
+                    let progress = total.applied_to(JobProgress::default());
+                    counts
+                        .insert(id, encode(&progress).as_slice())
+                        .map_err(|e| self.err("written", e))?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            meta.insert("schema", SCHEMA_VERSION)
+                .map_err(|e| self.err("written", e))?;
+        }
+        // With the schema's version, so no older blobway ever reads a half-upgraded file.
+        self.move_names(&txn)?;
+        txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// The writes that give failed object `index` of `job` another chance, if `rule` admits
+    /// it (none otherwise).
+    fn reopened<F, C>(
+        &self,
+        files: &F,
+        chunks: &C,
+        job: JobId,
+        index: u32,
+        rule: index::Reopen,
+    ) -> Result<Vec<Write>, StateError>
+    where
+        F: ReadableTable<(u64, u32), &'static [u8]>,
+        C: ReadableTable<(u64, u32, u32), &'static [u8]>,
+    {
+        let Some(mut file) = self.file_in(files, job, index)? else {
+            return Ok(Vec::new());
+        };
+        if !rule.admits(&file) {
+            return Ok(Vec::new());
+        }
+        let mut records = self.chunks_in(chunks, job, index)?;
+        index::reopen(&mut file, &mut records);
+        let mut writes = vec![Write::File(job, index, file)];
+        writes.extend(
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
+        );
+        Ok(writes)
+    }
+
+    /// The chunk records of object `index` of `job` in `chunks`, in order.
+    fn chunks_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+        &self,
+        chunks: &T,
+        job: JobId,
+        index: u32,
+    ) -> Result<Vec<ChunkRecord>, StateError> {
+        let mut out = Vec::new();
+        for entry in chunks
+            .range((job, index, 0)..=(job, index, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (_, value) = entry.map_err(|e| self.err("read", e))?;
+            out.push(self.decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The record of object `index` of `job` in `files`, if there is one.
+    fn file_in<T: ReadableTable<(u64, u32), &'static [u8]>>(
+        &self,
+        files: &T,
+        job: JobId,
+        index: u32,
+    ) -> Result<Option<FileRecord>, StateError> {
+        files
+            .get((job, index))
+            .map_err(|e| self.err("read", e))?
+            .map(|v| self.decode(v.value()))
+            .transpose()
+    }
+
+    /// What object `index` of `job` adds to the job's counters, its chunks read from `chunks`.
+    fn share_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+        &self,
+        chunks: &T,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<JobProgress, StateError> {
+        let mut failed = None;
+        let share = counts::share(file, || {
+            counts::completed_bytes(chunks, job, index, file, |bytes| self.decode(bytes))
+                .unwrap_or_else(|e| {
+                    failed = Some(e);
+                    0
+                })
+        });
+        match failed {
+            Some(e) => Err(self.count_err(e)),
+            None => Ok(share),
+        }
+    }
+
+    fn count_err(&self, e: counts::CountError) -> StateError {
+        match e {
+            counts::CountError::Storage(e) => self.err("read", e),
+            counts::CountError::State(e) => e,
+            counts::CountError::Decode(detail) => StateError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            },
+        }
+    }
+
+    /// Moves the claims of a file from before schema 4 into their compact table, inside the
+    /// transaction that upgrades it.
+    fn move_names(&self, txn: &redb::WriteTransaction) -> Result<(), StateError> {
+        tracing::info!(path = %self.path.display(), "upgrading the state file: moving the name claims into their compact table");
+        let mut names = txn
+            .open_table(names::NAMES)
+            .map_err(|e| self.err("written", e))?;
+        {
+            let old = txn
+                .open_table(names::WHOLE_KEY_NAMES)
+                .map_err(|e| self.err("read", e))?;
+            for entry in old.iter().map_err(|e| self.err("read", e))? {
+                let (key, holder) = entry.map_err(|e| self.err("read", e))?;
+                let (job, claim) = key.value();
+                let (shared, head) = codec::against(claim, holder.value());
+                names
+                    .insert((job, claim), (shared, head))
+                    .map_err(|e| self.err("written", e))?;
+            }
+        }
+        txn.delete_table(names::WHOLE_KEY_NAMES)
+            .map_err(|e| self.err("written", e))?;
+        Ok(())
+    }
+}
+
+impl Backend for RedbState {
+    /// The file this database lives in.
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies a batch of writes in one durable transaction.
+    fn apply(&self, writes: &[Write]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StateError::Io {
+                path: self.path.clone(),
+                what: "written",
+                detail: e.to_string(),
+            })?;
+        {
+            let mut jobs = txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
+            let mut routes = txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
+            let mut files = txn.open_table(FILES).map_err(|e| self.err("written", e))?;
+            let mut chunks = txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
+            let mut counts = txn
+                .open_table(counts::COUNTS)
+                .map_err(|e| self.err("written", e))?;
+            let mut states = txn
+                .open_table(index::STATES)
+                .map_err(|e| self.err("written", e))?;
+            let mut keys = txn
+                .open_table(index::KEYS)
+                .map_err(|e| self.err("written", e))?;
+            let mut listings = txn
+                .open_table(index::LISTINGS)
+                .map_err(|e| self.err("written", e))?;
+            let mut deltas: BTreeMap<JobId, counts::Delta> = BTreeMap::new();
+            // Object records this batch has read or written, for its chunk writes.
+            let mut owners: std::collections::HashMap<(JobId, u32), Option<FileRecord>> =
+                std::collections::HashMap::new();
+            // Writes a reopen expands into, applied before the batch goes on (last first).
+            let mut expanded: Vec<Write> = Vec::new();
+            // Failed objects still to reopen: (job, rule, indexes), expanded one at a time.
+            let mut reopening: std::collections::VecDeque<(
+                JobId,
+                index::Reopen,
+                std::collections::VecDeque<u32>,
+            )> = std::collections::VecDeque::new();
+            let mut given = writes.iter();
+            loop {
+                if expanded.is_empty()
+                    && let Some((job, rule, indexes)) = reopening.front_mut()
+                {
+                    let (job, rule) = (*job, *rule);
+                    match indexes.pop_front() {
+                        Some(file_index) => {
+                            expanded = self.reopened(&files, &chunks, job, file_index, rule)?;
+                            expanded.reverse();
+                        }
+                        None => {
+                            reopening.pop_front();
+                        }
+                    }
+                    continue;
+                }
+                let owned;
+                let write = match expanded.pop() {
+                    Some(write) => {
+                        owned = write;
+                        &owned
+                    }
+                    None => match given.next() {
+                        Some(write) => write,
+                        None => break,
+                    },
+                };
+                match write {
+                    Write::Listing(job, listing) => match listing {
+                        Some(listing) => {
+                            listings
+                                .insert(*job, encode(listing).as_slice())
+                                .map_err(|e| self.err("written", e))?;
+                        }
+                        None => {
+                            listings.remove(*job).map_err(|e| self.err("written", e))?;
+                        }
+                    },
+                    Write::ReopenFailed { job, keep, rule } => {
+                        let mut failed =
+                            index::indexes_in(&states, *job, FileState::Failed, None, usize::MAX)
+                                .map_err(|e| self.err("read", e))?;
+                        let mut keep = keep.clone();
+                        keep.sort_unstable();
+                        failed.retain(|i| keep.binary_search(i).is_err());
+                        // Reopened one object at a time, ahead of the rest of the batch.
+                        reopening.push_back((*job, *rule, failed.into()));
+                    }
+                    Write::Setting(name, value) => {
+                        meta.insert(format!("setting.{name}").as_str(), value.as_str())
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                    Write::Job(job) => {
+                        jobs.insert(job.id, encode(job).as_slice())
+                            .map_err(|e| self.err("written", e))?;
+                        routes
+                            .insert(route_key(&job.source, &job.destination).as_str(), job.id)
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                    Write::File(job, index, file) => {
+                        let delta = deltas.entry(*job).or_default();
+                        let before = self.file_in(&files, *job, *index)?;
+                        let same_chunks = before.as_ref().is_some_and(|b| {
+                            counts::chunks_count(b)
+                                && counts::chunks_count(file)
+                                && (b.size, b.chunk_size) == (file.size, file.chunk_size)
+                        });
+                        if let (true, Some(before)) = (same_chunks, &before) {
+                            // Under way before and after, over the same chunks: their bytes
+                            // cancel out, and are not read (a big object has thousands).
+                            delta.add(&counts::share(before, || 0), -1);
+                            delta.add(&counts::share(file, || 0), 1);
+                        } else {
+                            if let Some(before) = &before {
+                                delta.add(&self.share_in(&chunks, *job, *index, before)?, -1);
+                            }
+                            delta.add(&self.share_in(&chunks, *job, *index, file)?, 1);
+                        }
+                        if let Some(before) = &before {
+                            states
+                                .remove((*job, index::code(before.state), *index))
+                                .map_err(|e| self.err("written", e))?;
+                            let holder = keys
+                                .get((*job, before.key.as_str()))
+                                .map_err(|e| self.err("read", e))?
+                                .map(|v| v.value());
+                            if before.key != file.key && holder == Some(*index) {
+                                keys.remove((*job, before.key.as_str()))
+                                    .map_err(|e| self.err("written", e))?;
+                            }
+                        }
+                        keys.insert((*job, file.key.as_str()), *index)
+                            .map_err(|e| self.err("written", e))?;
+                        states
+                            .insert((*job, index::code(file.state), *index), ())
+                            .map_err(|e| self.err("written", e))?;
+                        files
+                            .insert((*job, *index), encode(file).as_slice())
+                            .map_err(|e| self.err("written", e))?;
+                        owners.insert((*job, *index), Some(file.clone()));
+                    }
+                    Write::Chunk(job, file, index, chunk) => {
+                        // Counted here only while its object's record is there and under way;
+                        // otherwise the object's own write counts its chunks.
+                        let owner = match owners.get(&(*job, *file)) {
+                            Some(known) => known.clone(),
+                            None => {
+                                let found = self.file_in(&files, *job, *file)?;
+                                owners.insert((*job, *file), found.clone());
+                                found
+                            }
+                        }
+                        .filter(counts::chunks_count);
+                        let old = chunks
+                            .insert((*job, *file, *index), encode(chunk).as_slice())
+                            .map_err(|e| self.err("written", e))?
+                            .map(|v| self.decode::<ChunkRecord>(v.value()))
+                            .transpose()?;
+                        if let Some(owner) = owner {
+                            let before =
+                                old.map_or(0, |old| counts::chunk_bytes(&owner, *index, &old));
+                            let after = counts::chunk_bytes(&owner, *index, chunk);
+                            deltas
+                                .entry(*job)
+                                .or_default()
+                                .add_bytes_done(i128::from(after) - i128::from(before));
+                        }
+                    }
+                    Write::RemoveUnplannedJob(id) => {
+                        let record = jobs
+                            .get(*id)
+                            .map_err(|e| self.err("read", e))?
+                            .map(|v| self.decode::<JobRecord>(v.value()))
+                            .transpose()?;
+                        if let Some(record) = record.filter(|r| !r.planned) {
+                            // Its ID is never given again (a client may still hold it).
+                            let highest = meta
+                                .get(LAST_JOB_ID)
+                                .map_err(|e| self.err("read", e))?
+                                .and_then(|v| v.value().parse::<JobId>().ok())
+                                .unwrap_or(0)
+                                .max(*id);
+                            meta.insert(LAST_JOB_ID, highest.to_string().as_str())
+                                .map_err(|e| self.err("written", e))?;
+                            jobs.remove(*id).map_err(|e| self.err("written", e))?;
+                            counts.remove(*id).map_err(|e| self.err("written", e))?;
+                            deltas.remove(id);
+                            let route = route_key(&record.source, &record.destination);
+                            let owned = routes
+                                .get(route.as_str())
+                                .map_err(|e| self.err("read", e))?
+                                .is_some_and(|v| v.value() == *id);
+                            if owned {
+                                routes
+                                    .remove(route.as_str())
+                                    .map_err(|e| self.err("written", e))?;
+                            }
+                        }
+                    }
+                    Write::RemoveFile(job, index) => {
+                        if let Some(before) = self.file_in(&files, *job, *index)? {
+                            let share = self.share_in(&chunks, *job, *index, &before)?;
+                            deltas.entry(*job).or_default().add(&share, -1);
+                            states
+                                .remove((*job, index::code(before.state), *index))
+                                .map_err(|e| self.err("written", e))?;
+                            let holder = keys
+                                .get((*job, before.key.as_str()))
+                                .map_err(|e| self.err("read", e))?
+                                .map(|v| v.value());
+                            if holder == Some(*index) {
+                                keys.remove((*job, before.key.as_str()))
+                                    .map_err(|e| self.err("written", e))?;
+                            }
+                        }
+                        owners.insert((*job, *index), None);
+                        files
+                            .remove((*job, *index))
+                            .map_err(|e| self.err("written", e))?;
+                        chunks
+                            .retain_in((*job, *index, 0)..=(*job, *index, u32::MAX), |_, _| false)
+                            .map_err(|e| self.err("written", e))?;
+                    }
+                }
+            }
+            counts::commit(&mut counts, &deltas).map_err(|e| self.count_err(e))?;
+        }
+        txn.commit().map_err(|e| self.err("written", e))
+    }
+
+    /// An engine-wide setting the operator chose, as recorded (JSON), if any.
+    fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+        let value = meta
+            .get(format!("setting.{name}").as_str())
+            .map_err(|e| self.err("read", e))?
+            .map(|v| v.value().to_string());
+        Ok(value)
+    }
+
+    /// A new job id, never used before in this database (not even by a job removed since).
+    fn next_job_id(&self) -> Result<JobId, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let last = jobs
+            .last()
+            .map_err(|e| self.err("read", e))?
+            .map_or(0, |(k, _)| k.value());
+        let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
+        let removed = meta
+            .get(LAST_JOB_ID)
+            .map_err(|e| self.err("read", e))?
+            .and_then(|v| v.value().parse::<JobId>().ok())
+            .unwrap_or(0);
+        Ok(last.max(removed) + 1)
+    }
+
+    /// Every job, oldest first.
+    fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        for entry in jobs.iter().map_err(|e| self.err("read", e))? {
+            let (_, value) = entry.map_err(|e| self.err("read", e))?;
+            out.push(self.decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One job.
+    fn job(&self, id: JobId) -> Result<Option<JobRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        match jobs.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The job that copies `source` to `destination`, if one was planned before.
+    fn job_for_route(
+        &self,
+        source: &str,
+        destination: &str,
+    ) -> Result<Option<JobRecord>, StateError> {
+        let id = {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let routes = txn.open_table(ROUTES).map_err(|e| self.err("read", e))?;
+            routes
+                .get(route_key(source, destination).as_str())
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value())
+        };
+        match id {
+            Some(id) => self.job(id),
+            None => Ok(None),
+        }
+    }
+
+    /// A page of job `id`'s objects for a view, in index order from index `from`: those in
+    /// one of `states` (all when `None`) whose source key contains `search`, at most `limit`,
+    /// each with its chunks when `chunks_of` holds its index or is `None` (an empty list
+    /// otherwise; read chunks must be as many as the object has, or the file is damaged). One
+    /// read transaction, over the index by state when there is one: a filtered page of a job
+    /// of millions costs what its rows cost; a search reads records until its page is full.
+    fn objects_page(
+        &self,
+        id: JobId,
+        states: Option<&[FileState]>,
+        search: &str,
+        from: u32,
+        limit: usize,
+        chunks_of: Option<&std::collections::BTreeSet<u32>>,
+    ) -> Result<Option<JobSnapshot>, StateError> {
+        const BATCH: usize = 4096;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
+        let Some(job) = jobs.get(id).map_err(|e| self.err("read", e))? else {
+            return Ok(None);
+        };
+        let job: JobRecord = self.decode(job.value())?;
+        let files_table = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let mut files = Vec::new();
+        let mut take = |index: u32, file: FileRecord| -> Result<bool, StateError> {
+            if file.key.contains(search) {
+                if chunks_of.is_some_and(|only| !only.contains(&index)) {
+                    files.push((index, file, Vec::new()));
+                    return Ok(files.len() < limit);
+                }
+                let chunks = self.chunks_in(&chunks_table, id, index)?;
+                if chunks.len() != file.chunk_count as usize {
+                    return Err(StateError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "job {id} file {index} has {} chunk records, expected {}",
+                            chunks.len(),
+                            file.chunk_count
+                        ),
+                    });
+                }
+                files.push((index, file, chunks));
+            }
+            Ok(files.len() < limit)
+        };
+        match states {
+            None => {
+                for entry in files_table
+                    .range((id, from)..=(id, u32::MAX))
+                    .map_err(|e| self.err("read", e))?
+                {
+                    let (key, value) = entry.map_err(|e| self.err("read", e))?;
+                    if !take(key.value().1, self.decode(value.value())?)? {
+                        break;
+                    }
+                }
+            }
+            Some(states) => {
+                let table = txn
+                    .open_table(index::STATES)
+                    .map_err(|e| self.err("read", e))?;
+                let mut after = from.checked_sub(1);
+                'batches: loop {
+                    let indexes = index::indexes_over(&table, id, states, after, BATCH)
+                        .map_err(|e| self.err("read", e))?;
+                    for index in &indexes {
+                        if let Some(file) = self.file_in(&files_table, id, *index)?
+                            && !take(*index, file)?
+                        {
+                            break 'batches;
+                        }
+                    }
+                    if indexes.len() < BATCH {
+                        break;
+                    }
+                    after = indexes.last().copied();
+                }
+            }
+        }
+        Ok(Some(JobSnapshot { job, files }))
+    }
+
+    /// The next objects under way of job `id` after index `after`, with their chunks, for the
+    /// scheduler's window: at most `max_objects`, and no more once `max_chunks` chunk records
+    /// are read (always at least one object). Objects `held` answers true for (the caller
+    /// holds them already) are passed over. One short read transaction.
+    fn next_under_way(
+        &self,
+        id: JobId,
+        after: Option<u32>,
+        max_objects: usize,
+        max_chunks: usize,
+        held: &dyn Fn(u32) -> bool,
+    ) -> Result<UnderWay, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let states = txn
+            .open_table(index::STATES)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let limit = max_objects.max(1);
+        // One more than asked, so the end is known exactly.
+        let mut indexes = index::indexes_over(&states, id, &index::UNDER_WAY, after, limit + 1)
+            .map_err(|e| self.err("read", e))?;
+        let exhausted = indexes.len() <= limit;
+        indexes.truncate(limit);
+        let mut out = UnderWay {
+            objects: Vec::new(),
+            last: after,
+            exhausted,
+        };
+        let mut chunk_count = 0usize;
+        for file_index in indexes.iter().copied() {
+            if !out.objects.is_empty() && chunk_count >= max_chunks {
+                out.exhausted = false;
+                break;
+            }
+            out.last = Some(file_index);
+            if held(file_index) {
+                continue;
+            }
+            let Some(file) = self.file_in(&files, id, file_index)? else {
+                continue;
+            };
+            let chunks = self.chunks_in(&chunks_table, id, file_index)?;
+            chunk_count += chunks.len();
+            out.objects.push((file_index, file, chunks));
+        }
+        Ok(out)
+    }
+
+    /// Job `id`'s objects in one of `states` after index `after`, ascending, at most `limit`
+    /// (their records only). One short read transaction; page with the last index returned.
+    fn objects_in(
+        &self,
+        id: JobId,
+        states: &[FileState],
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::STATES)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let indexes = index::indexes_over(&table, id, states, after, limit)
+            .map_err(|e| self.err("read", e))?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for file_index in indexes {
+            if let Some(file) = self.file_in(&files, id, file_index)? {
+                out.push((file_index, file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of job `id`'s objects at `indexes` (those recorded).
+    fn objects_at(&self, id: JobId, indexes: &[u32]) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            if let Some(file) = self.file_in(&files, id, *index)? {
+                out.push((*index, file));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where job `id`'s listing stands, if one is under way.
+    fn listing(&self, id: JobId) -> Result<Option<index::Listing>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::LISTINGS)
+            .map_err(|e| self.err("read", e))?;
+        match table.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The index the next new object of job `id` gets (one past the highest recorded).
+    fn next_file_index(&self, id: JobId) -> Result<u32, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let last = files
+            .range((id, 0)..=(id, u32::MAX))
+            .map_err(|e| self.err("read", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| self.err("read", e))?
+            .map(|(k, _)| k.value().1);
+        Ok(last.map_or(0, |l| l.saturating_add(1)))
+    }
+
+    /// What job `id` recorded for each of `keys` (source keys) that it has, with chunks.
+    fn recorded(
+        &self,
+        id: JobId,
+        keys: &[&str],
+    ) -> Result<Vec<(u32, FileRecord, Vec<ChunkRecord>)>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let key_table = txn
+            .open_table(index::KEYS)
+            .map_err(|e| self.err("read", e))?;
+        let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
+        let chunks_table = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(file_index) = key_table
+                .get((id, *key))
+                .map_err(|e| self.err("read", e))?
+                .map(|v| v.value())
+            else {
+                continue;
+            };
+            let Some(file) = self.file_in(&files, id, file_index)? else {
+                continue;
+            };
+            let chunks = self.chunks_in(&chunks_table, id, file_index)?;
+            out.push((file_index, file, chunks));
+        }
+        Ok(out)
+    }
+
+    /// Job `id`'s recorded source keys after `after` up to and including `upto` (to the end
+    /// when `None`), in key order, with their object indexes.
+    fn keys_between(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<Vec<(String, u32)>, StateError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let table = txn
+            .open_table(index::KEYS)
+            .map_err(|e| self.err("read", e))?;
+        let start = match after {
+            Some(after) => Bound::Excluded((id, after)),
+            None => Bound::Included((id, "")),
+        };
+        let mut out = Vec::new();
+        for entry in table
+            .range::<(u64, &str)>((start, Bound::Unbounded))
+            .map_err(|e| self.err("read", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err("read", e))?;
+            let (job, source_key) = key.value();
+            if job != id || upto.is_some_and(|upto| source_key > upto) {
+                break;
+            }
+            out.push((source_key.to_string(), value.value()));
+        }
+        Ok(out)
+    }
+
+    /// One chunk.
+    fn chunk(&self, job: JobId, file: u32, index: u32) -> Result<Option<ChunkRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+        match chunks
+            .get((job, file, index))
+            .map_err(|e| self.err("read", e))?
+        {
+            Some(value) => Ok(Some(self.decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What each table of the file holds: entries and bytes (the benchmark reports them per
+    /// object), largest first.
+    fn usage(&self) -> Result<Vec<TableUsage>, StateError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let mut out = Vec::new();
+        macro_rules! measure {
+            ($($table:expr),*) => {$({
+                let table = txn.open_table($table).map_err(|e| self.err("read", e))?;
+                let stats = table.stats().map_err(|e| self.err("read", e))?;
+                out.push(TableUsage {
+                    name: redb::TableHandle::name(&$table).to_string(),
+                    entries: table.len().map_err(|e| self.err("read", e))?,
+                    stored: stats.stored_bytes(),
+                    overhead: stats.metadata_bytes() + stats.fragmented_bytes(),
+                });
+            })*};
+        }
+        measure!(
+            FILES,
+            CHUNKS,
+            names::NAMES,
+            index::KEYS,
+            index::STATES,
+            JOBS,
+            counts::COUNTS,
+            index::LISTINGS
+        );
+        out.sort_by_key(|t| std::cmp::Reverse(t.stored + t.overhead));
+        Ok(out)
+    }
+
+    /// Counts files and bytes of a job.
+    fn progress(&self, id: JobId) -> Result<JobProgress, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+        let counts = txn
+            .open_table(counts::COUNTS)
+            .map_err(|e| self.err("read", e))?;
+        match counts.get(id).map_err(|e| self.err("read", e))? {
+            Some(value) => self.decode(value.value()),
+            None => Ok(JobProgress::default()),
+        }
+    }
+
+    /// Returns every IN_PROGRESS chunk to PENDING: after a crash nobody is working on them.
+    /// Returns how many were reset.
+    fn recover_in_progress(&self) -> Result<usize, StateError> {
+        let mut resets = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
+            let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
+            for entry in chunks.iter().map_err(|e| self.err("read", e))? {
+                let (key, value) = entry.map_err(|e| self.err("read", e))?;
+                let mut chunk: ChunkRecord = self.decode(value.value())?;
+                if chunk.state == ChunkState::InProgress {
+                    chunk.state = ChunkState::Pending;
+                    let (job, file, index) = key.value();
+                    resets.push(Write::Chunk(job, file, index, chunk));
+                }
+            }
+        }
+        self.apply(&resets)?;
+        Ok(resets.len())
+    }
+
+    /// Forgets every name of `job`, a batch per transaction: one transaction over a job of
+    /// millions would hold all its changed pages in memory at once.
+    fn clear_names(&self, job: JobId) -> Result<(), StateError> {
+        const BATCH: usize = 10_000;
+        loop {
+            let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+            let cleared = {
+                let mut names = txn
+                    .open_table(names::NAMES)
+                    .map_err(|e| self.err("written", e))?;
+                let claims: Vec<String> = names
+                    .range((job, "")..(job + 1, ""))
+                    .map_err(|e| self.err("read", e))?
+                    .take(BATCH)
+                    .map(|entry| entry.map(|(k, _)| k.value().1.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| self.err("read", e))?;
+                for claim in &claims {
+                    names
+                        .remove((job, claim.as_str()))
+                        .map_err(|e| self.err("written", e))?;
+                }
+                claims.len() < BATCH
+            };
+            txn.commit().map_err(|e| self.err("written", e))?;
+            if cleared {
+                return Ok(());
+            }
+        }
+    }
+
+    fn claim_names(
+        &self,
+        job: JobId,
+        naming: Naming,
+        claims: &[Claim<'_>],
+    ) -> Result<Vec<Option<NameClash>>, StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err("written", e))?;
+        let mut out = Vec::with_capacity(claims.len());
+        {
+            let names = std::cell::RefCell::new(
+                txn.open_table(names::NAMES)
+                    .map_err(|e| self.err("written", e))?,
+            );
+            for claim in claims {
+                out.push(names::claim_one(
+                    naming,
+                    claim,
+                    |k| {
+                        let table = names.borrow();
+                        let held = table.get((job, k)).map_err(|e| self.err("read", e))?;
+                        held.map(|v| {
+                            let (shared, head) = v.value();
+                            codec::joined(k, shared, head).ok_or_else(|| StateError::Corrupt {
+                                path: self.path.clone(),
+                                detail: format!("the claim on `{k}` does not decode"),
+                            })
+                        })
+                        .transpose()
+                    },
+                    |k, v| {
+                        names
+                            .borrow_mut()
+                            .insert((job, k), codec::against(k, v))
+                            .map_err(|e| self.err("written", e))?;
+                        Ok(())
+                    },
+                )?);
+            }
+        }
+        txn.commit().map_err(|e| self.err("written", e))?;
+        Ok(out)
+    }
+}
+
+fn io_error(path: &Path, what: &'static str, io: &std::io::Error) -> StateError {
+    let detail = match io.kind() {
+        std::io::ErrorKind::StorageFull => format!(
+            "{io}: the disk holding the state file is full; free space there and run `blobway \
+             resume` — progress recorded so far is kept"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("{io}: check the file's owner and mode, or choose another path with --state")
+        }
+        _ => io.to_string(),
+    };
+    StateError::Io {
+        path: path.to_path_buf(),
+        what,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{JobOptions, JobState};
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_file_is_never_readable_by_others_not_even_while_it_is_created() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..20 {
+            let path = dir.path().join(format!("s{i}.redb"));
+            let stop = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut wider = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(meta) = std::fs::metadata(&path) {
+                            let mode = meta.permissions().mode() & 0o777;
+                            if mode & 0o077 != 0 {
+                                wider = Some(mode);
+                            }
+                        }
+                    }
+                    wider
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let db = RedbState::open(&path).expect("open");
+            stop.store(true, Ordering::Relaxed);
+            let wider = watcher.join().expect("watcher");
+            assert_eq!(
+                wider,
+                None,
+                "{} was readable by others while created",
+                path.display()
+            );
+            drop(db);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_the_owner_may_read_the_state_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let _db = RedbState::open(&path).expect("open");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn job(id: JobId) -> JobRecord {
+        JobRecord {
+            id,
+            source: "s3://b/p/".into(),
+            destination: "az://c/p/".into(),
+            options: JobOptions::with_chunk_size(8),
+            state: JobState::Running,
+            created_ms: 1,
+            updated_ms: 1,
+            error: None,
+            planned: true,
+        }
+    }
+
+    fn file(chunks: u32) -> FileRecord {
+        FileRecord::new("p/a", "p/a", u64::from(chunks) * 8 - 3, "\"e\"", 8, chunks)
+    }
+
+    #[test]
+    fn round_trips_jobs_files_and_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+        assert_eq!(db.next_job_id().expect("id"), 1);
+        let mut writes = vec![Write::Job(job(1)), Write::File(1, 0, file(3))];
+        for i in 0..3 {
+            writes.push(Write::Chunk(1, 0, i, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let mut done = ChunkRecord::pending();
+        done.state = ChunkState::Completed;
+        db.apply(&[Write::Chunk(1, 0, 1, done.clone())])
+            .expect("apply");
+
+        let snapshot = db.load_job(1).expect("load").expect("job");
+        assert_eq!(snapshot.files.len(), 1);
+        assert_eq!(snapshot.files[0].2[1], done);
+        assert_eq!(
+            db.job_for_route("s3://b/p/", "az://c/p/")
+                .expect("route")
+                .map(|j| j.id),
+            Some(1)
+        );
+        assert_eq!(db.next_job_id().expect("id"), 2);
+        let p = db.progress(1).expect("progress");
+        assert_eq!((p.files_total, p.bytes_total, p.bytes_done), (1, 21, 8));
+
+        db.apply(&[Write::RemoveFile(1, 0)]).expect("remove");
+        assert!(db.load_job(1).expect("load").expect("job").files.is_empty());
+        assert_eq!(db.chunk(1, 0, 1).expect("chunk"), None);
+    }
+
+    /// One random change to a small job of three objects (two jobs share the file).
+    #[derive(Clone, Debug)]
+    enum Change {
+        File {
+            job: u64,
+            index: u32,
+            chunks: u32,
+            state: u8,
+            short: u64,
+            wide: bool,
+        },
+        Chunk {
+            job: u64,
+            index: u32,
+            chunk: u32,
+            state: u8,
+        },
+        Remove {
+            job: u64,
+            index: u32,
+        },
+        Reopen {
+            job: u64,
+            keep: Option<u32>,
+        },
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1..3u64, 0..3u32, 1..4u32, 0..5u8, 0..8u64, any::<bool>()).prop_map(
+                |(job, index, chunks, state, short, wide)| Change::File {
+                    job,
+                    index,
+                    chunks,
+                    state,
+                    short,
+                    wide,
+                }
+            ),
+            (1..3u64, 0..3u32, 0..4u32, 0..4u8).prop_map(|(job, index, chunk, state)| {
+                Change::Chunk {
+                    job,
+                    index,
+                    chunk,
+                    state,
+                }
+            }),
+            (1..3u64, 0..3u32).prop_map(|(job, index)| Change::Remove { job, index }),
+            (1..3u64, proptest::option::of(0..3u32))
+                .prop_map(|(job, keep)| Change::Reopen { job, keep }),
+        ]
+    }
+
+    fn write_of(change: &Change) -> Write {
+        const FILES: [FileState; 5] = [
+            FileState::Transferring,
+            FileState::Committing,
+            FileState::Done,
+            FileState::Skipped,
+            FileState::Failed,
+        ];
+        const CHUNKS: [ChunkState; 4] = [
+            ChunkState::Pending,
+            ChunkState::InProgress,
+            ChunkState::Completed,
+            ChunkState::Failed,
+        ];
+        match *change {
+            Change::File {
+                job,
+                index,
+                chunks,
+                state,
+                short,
+                wide,
+            } => {
+                // Sizes and chunk sizes change too (a re-plan with other settings).
+                let mut record = file(chunks);
+                record.chunk_size = if wide { 16 } else { 8 };
+                record.size = u64::from(chunks) * record.chunk_size - short;
+                record.state = FILES[state as usize];
+                Write::File(job, index, record)
+            }
+            Change::Chunk {
+                job,
+                index,
+                chunk,
+                state,
+            } => {
+                let mut record = ChunkRecord::pending();
+                record.state = CHUNKS[state as usize];
+                Write::Chunk(job, index, chunk, record)
+            }
+            Change::Remove { job, index } => Write::RemoveFile(job, index),
+            Change::Reopen { job, keep } => Write::ReopenFailed {
+                job,
+                keep: keep.into_iter().collect(),
+                rule: index::Reopen::Retry,
+            },
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever is written, in whatever order and batches, each job's recorded counters
+        /// are what counting its records afresh gives, and its index by state holds each
+        /// object once, under the state its record has.
+        #[test]
+        fn recorded_counters_and_index_always_equal_a_fresh_count(
+            batches in proptest::collection::vec(proptest::collection::vec(change(), 1..6), 1..25),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+            db.apply(&[Write::Job(job(1)), Write::Job(job(2))]).expect("jobs");
+            for batch in &batches {
+                let writes: Vec<Write> = batch.iter().map(write_of).collect();
+                db.apply(&writes).expect("apply");
+                for id in [1, 2] {
+                    // A fresh count over what is recorded (chunks with no object, or beyond
+                    // its count, are no part of it).
+                    let txn = db.db.begin_read().expect("read");
+                    let files = txn.open_table(FILES).expect("files");
+                    let chunks = txn.open_table(CHUNKS).expect("chunks");
+                    let mut expected = counts::Delta::default();
+                    for entry in files.range((id, 0)..=(id, u32::MAX)).expect("range") {
+                        let (key, value) = entry.expect("entry");
+                        let (_, index) = key.value();
+                        let record: FileRecord = db.decode(value.value()).expect("file");
+                        let share = counts::share(&record, || {
+                            chunks
+                                .range((id, index, 0)..=(id, index, u32::MAX))
+                                .expect("chunks")
+                                .map(|e| {
+                                    let (k, v) = e.expect("chunk");
+                                    let chunk: ChunkRecord = db.decode(v.value()).expect("chunk");
+                                    counts::chunk_bytes(&record, k.value().2, &chunk)
+                                })
+                                .sum()
+                        });
+                        expected.add(&share, 1);
+                    }
+                    let expected = expected.applied_to(JobProgress::default());
+                    proptest::prop_assert_eq!(db.progress(id).expect("progress"), expected);
+                    let recorded: Vec<(u8, u32)> = files
+                        .range((id, 0)..=(id, u32::MAX))
+                        .expect("range")
+                        .map(|e| {
+                            let (k, v) = e.expect("entry");
+                            let record: FileRecord = db.decode(v.value()).expect("file");
+                            (index::code(record.state), k.value().1)
+                        })
+                        .collect();
+                    let states = txn.open_table(index::STATES).expect("states");
+                    let mut indexed: Vec<(u8, u32)> = states
+                        .range((id, 0, 0)..=(id, u8::MAX, u32::MAX))
+                        .expect("range")
+                        .map(|e| {
+                            let k = e.expect("entry").0.value();
+                            (k.1, k.2)
+                        })
+                        .collect();
+                    indexed.sort_by_key(|(_, i)| *i);
+                    proptest::prop_assert_eq!(indexed, recorded);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_with_its_counters_and_index_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = RedbState::open(&path).expect("open");
+            let mut done = file(2);
+            done.state = FileState::Done;
+            let mut completed = ChunkRecord::pending();
+            completed.state = ChunkState::Completed;
+            db.apply(&[
+                Write::Job(job(1)),
+                Write::File(1, 0, done),
+                Write::Chunk(1, 0, 0, completed.clone()),
+                Write::Chunk(1, 0, 1, completed.clone()),
+                Write::File(1, 1, file(3)),
+                Write::Chunk(1, 1, 0, completed),
+                Write::Chunk(1, 1, 1, ChunkRecord::pending()),
+                Write::Chunk(1, 1, 2, ChunkRecord::pending()),
+            ])
+            .expect("apply");
+            // As blobway 1 left it: no counters, no index by state.
+            let txn = db.db.begin_write().expect("write");
+            {
+                let mut counts = txn.open_table(counts::COUNTS).expect("counts");
+                counts.remove(1).expect("remove");
+                let mut states = txn.open_table(index::STATES).expect("states");
+                states.retain(|_, _| false).expect("emptied");
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert("schema", "1").expect("schema");
+            }
+            txn.commit().expect("commit");
+        }
+        let db = RedbState::open(&path).expect("upgraded");
+        let p = db.progress(1).expect("progress");
+        assert_eq!(
+            (p.files_total, p.files_done, p.bytes_total, p.bytes_done),
+            (2, 1, 34, 21)
+        );
+        let under_way = db
+            .objects_in(1, &index::UNDER_WAY, None, 10)
+            .expect("under way");
+        assert_eq!(under_way.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        let next = db
+            .next_under_way(1, None, 10, 100, &|_| false)
+            .expect("next");
+        assert_eq!(next.objects.len(), 1);
+        assert_eq!(next.objects[0].2.len(), 3, "with its chunks");
+        assert!(next.exhausted);
+        {
+            let txn = db.db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", "6")
+                .expect("schema");
+            txn.commit().expect("commit");
+        }
+        drop(db);
+        let err = RedbState::open(&path).err().expect("refused");
+        assert!(err.to_string().contains("upgrade blobway"), "{err}");
+    }
+
+    #[test]
+    fn a_view_pages_through_a_jobs_objects_by_state_and_by_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+        let mut writes = vec![Write::Job(job(1))];
+        for i in 0..10_000u32 {
+            let mut record = file(1);
+            record.key = format!("k/{i:05}");
+            record.state = if i % 1000 == 7 {
+                FileState::Failed
+            } else {
+                FileState::Done
+            };
+            writes.push(Write::File(1, i, record));
+            writes.push(Write::Chunk(1, i, 0, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let page = |states: Option<&[FileState]>, search: &str, from: u32, opened: &[u32]| {
+            let opened = opened.iter().copied().collect();
+            db.objects_page(1, states, search, from, 4, Some(&opened))
+                .expect("page")
+                .expect("job")
+                .files
+                .into_iter()
+                .map(|(i, _, chunks)| (i, chunks.len()))
+                .collect::<Vec<_>>()
+        };
+        let failed: &[FileState] = &[FileState::Failed];
+        // Failed only, from the index by state, a page of 4 at a time.
+        assert_eq!(
+            page(Some(failed), "", 0, &[]),
+            [(7, 0), (1007, 0), (2007, 0), (3007, 0)]
+        );
+        assert_eq!(
+            page(Some(failed), "", 3008, &[4007]),
+            [(4007, 1), (5007, 0), (6007, 0), (7007, 0)]
+        );
+        // All, from an index on; the chunks only of the opened object.
+        assert_eq!(page(None, "", 9998, &[9999]), [(9998, 0), (9999, 1)]);
+        // By part of the key, with or without a state.
+        assert_eq!(page(None, "/0999", 0, &[]).len(), 4);
+        assert_eq!(page(Some(failed), "k/09", 0, &[]), [(9007, 0)]);
+        assert!(page(None, "nothing like it", 0, &[]).is_empty());
+        assert!(
+            db.objects_page(2, None, "", 0, 4, None)
+                .expect("page")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn objects_under_way_are_read_a_window_at_a_time_after_the_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+        let mut writes = vec![Write::Job(job(1))];
+        for i in 0..10u32 {
+            let mut record = file(2);
+            record.state = match i % 3 {
+                0 => FileState::Transferring,
+                1 => FileState::Committing,
+                _ => FileState::Done,
+            };
+            writes.push(Write::File(1, i, record));
+            writes.push(Write::Chunk(1, i, 0, ChunkRecord::pending()));
+            writes.push(Write::Chunk(1, i, 1, ChunkRecord::pending()));
+        }
+        db.apply(&writes).expect("apply");
+        let indexes = |w: &UnderWay| w.objects.iter().map(|o| o.0).collect::<Vec<_>>();
+        // Under way: 0, 1, 3, 4, 6, 7, 9 (every third is done).
+        let first = db
+            .next_under_way(1, None, 3, 100, &|_| false)
+            .expect("read");
+        assert_eq!(indexes(&first), [0, 1, 3]);
+        assert_eq!((first.last, first.exhausted), (Some(3), false));
+        // Held objects are passed over but the cursor moves past them.
+        let second = db
+            .next_under_way(1, first.last, 3, 100, &|i| i == 4)
+            .expect("read");
+        assert_eq!(indexes(&second), [6, 7]);
+        assert_eq!((second.last, second.exhausted), (Some(7), false));
+        // The chunk budget stops a read early (one object at least).
+        let budgeted = db
+            .next_under_way(1, first.last, 5, 1, &|_| false)
+            .expect("read");
+        assert_eq!(indexes(&budgeted), [4]);
+        assert_eq!((budgeted.last, budgeted.exhausted), (Some(4), false));
+        let last = db
+            .next_under_way(1, second.last, 5, 100, &|_| false)
+            .expect("read");
+        assert_eq!(indexes(&last), [9]);
+        assert!(last.exhausted);
+        // Another job's objects are not this one's.
+        assert!(
+            db.next_under_way(2, None, 5, 100, &|_| false)
+                .expect("read")
+                .objects
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_removed_unplanned_jobs_id_is_never_given_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+        let mut unplanned = job(1);
+        unplanned.planned = false;
+        db.apply(&[Write::Job(unplanned)]).expect("apply");
+        assert_eq!(db.next_job_id().expect("id"), 2);
+        db.apply(&[Write::RemoveUnplannedJob(1)]).expect("remove");
+        assert!(db.job(1).expect("read").is_none());
+        assert_eq!(db.next_job_id().expect("id"), 2, "1 stays used");
+    }
+
+    #[test]
+    fn recovery_returns_claimed_chunks_to_pending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = RedbState::open(&dir.path().join("s.redb")).expect("open");
+        let mut claimed = ChunkRecord::pending();
+        claimed.state = ChunkState::InProgress;
+        claimed.attempts = 1;
+        db.apply(&[
+            Write::Job(job(1)),
+            Write::File(1, 0, file(2)),
+            Write::Chunk(1, 0, 0, claimed),
+            Write::Chunk(1, 0, 1, ChunkRecord::pending()),
+        ])
+        .expect("apply");
+        assert_eq!(db.recover_in_progress().expect("recover"), 1);
+        let chunk = db.chunk(1, 0, 0).expect("read").expect("chunk");
+        assert_eq!((chunk.state, chunk.attempts), (ChunkState::Pending, 1));
+    }
+
+    #[test]
+    fn a_second_open_says_the_file_is_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let _first = RedbState::open(&path).expect("open");
+        let err = RedbState::open(&path).err().expect("second open fails");
+        assert!(matches!(err, StateError::AlreadyOpen(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another running blobway")
+        );
+    }
+
+    #[test]
+    fn a_garbage_file_is_reported_as_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write garbage");
+        let err = RedbState::open(&path).err().expect("garbage fails");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(
+            std::fs::read(&path).expect("still there").len() == 8192,
+            "the file is kept"
+        );
+    }
+}
