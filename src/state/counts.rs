@@ -7,7 +7,7 @@
 //! after and before it. The chunks of an object are read only when its own record changes
 //! while it is under way (a begin, a commit, a failure), never on a chunk's write.
 
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress};
 
@@ -120,33 +120,11 @@ pub(super) fn completed_bytes<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
     Ok(bytes)
 }
 
-/// Adds each job's delta to its recorded counters.
-pub(super) fn commit(
-    counts: &mut Table<u64, &[u8]>,
-    deltas: &std::collections::BTreeMap<JobId, Delta>,
-) -> Result<(), CountError> {
-    for (job, delta) in deltas {
-        let before: JobProgress = match counts.get(*job)? {
-            Some(value) => serde_json::from_slice(value.value()).map_err(|e| {
-                CountError::Decode(format!("job {job}'s counters do not decode: {e}"))
-            })?,
-            None => JobProgress::default(),
-        };
-        let after = delta.applied_to(before);
-        counts.insert(
-            *job,
-            serde_json::to_vec(&after).unwrap_or_default().as_slice(),
-        )?;
-    }
-    Ok(())
-}
-
 /// Why the counters could not be read or written.
 #[derive(Debug)]
 pub(super) enum CountError {
     Storage(redb::StorageError),
     State(super::StateError),
-    Decode(String),
 }
 
 impl From<redb::StorageError> for CountError {

@@ -5,12 +5,12 @@
 //! Each batch of writes is one durable transaction, so tens of thousands of chunk transitions
 //! per second cost a few hundred commits. The file is readable by its owner only.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::batch::{self, LAST_JOB_ID};
 use super::codec::{self, Stored};
 use super::names::{self, Claim, NameClash};
 use super::{
@@ -29,8 +29,6 @@ use crate::store::rules::Naming;
 const SCHEMA_VERSION: &str = "5";
 
 pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// In [`META`]: the highest job ID ever removed, so no ID is given twice.
-const LAST_JOB_ID: &str = "last_removed_job_id";
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const ROUTES: TableDefinition<&str, u64> = TableDefinition::new("routes");
 const FILES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("files");
@@ -253,38 +251,6 @@ impl RedbState {
         txn.commit().map_err(|e| self.err("written", e))
     }
 
-    /// The writes that give failed object `index` of `job` another chance, if `rule` admits
-    /// it (none otherwise).
-    fn reopened<F, C>(
-        &self,
-        files: &F,
-        chunks: &C,
-        job: JobId,
-        index: u32,
-        rule: index::Reopen,
-    ) -> Result<Vec<Write>, StateError>
-    where
-        F: ReadableTable<(u64, u32), &'static [u8]>,
-        C: ReadableTable<(u64, u32, u32), &'static [u8]>,
-    {
-        let Some(mut file) = self.file_in(files, job, index)? else {
-            return Ok(Vec::new());
-        };
-        if !rule.admits(&file) {
-            return Ok(Vec::new());
-        }
-        let mut records = self.chunks_in(chunks, job, index)?;
-        index::reopen(&mut file, &mut records);
-        let mut writes = vec![Write::File(job, index, file)];
-        writes.extend(
-            records
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
-        );
-        Ok(writes)
-    }
-
     /// The chunk records of object `index` of `job` in `chunks`, in order.
     fn chunks_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
         &self,
@@ -317,6 +283,18 @@ impl RedbState {
             .transpose()
     }
 
+    /// Bytes of the completed chunks of object `index` of `job`, read from `chunks`.
+    fn share_bytes<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
+        &self,
+        chunks: &T,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<u64, StateError> {
+        counts::completed_bytes(chunks, job, index, file, |bytes| self.decode(bytes))
+            .map_err(|e| self.count_err(e))
+    }
+
     /// What object `index` of `job` adds to the job's counters, its chunks read from `chunks`.
     fn share_in<T: ReadableTable<(u64, u32, u32), &'static [u8]>>(
         &self,
@@ -327,14 +305,14 @@ impl RedbState {
     ) -> Result<JobProgress, StateError> {
         let mut failed = None;
         let share = counts::share(file, || {
-            counts::completed_bytes(chunks, job, index, file, |bytes| self.decode(bytes))
+            self.share_bytes(chunks, job, index, file)
                 .unwrap_or_else(|e| {
                     failed = Some(e);
                     0
                 })
         });
         match failed {
-            Some(e) => Err(self.count_err(e)),
+            Some(e) => Err(e),
             None => Ok(share),
         }
     }
@@ -343,10 +321,6 @@ impl RedbState {
         match e {
             counts::CountError::Storage(e) => self.err("read", e),
             counts::CountError::State(e) => e,
-            counts::CountError::Decode(detail) => StateError::Corrupt {
-                path: self.path.clone(),
-                detail,
-            },
         }
     }
 
@@ -382,7 +356,7 @@ impl Backend for RedbState {
         &self.path
     }
 
-    /// Applies a batch of writes in one durable transaction.
+    /// Applies a batch of writes in one durable transaction ([`batch::apply`]).
     fn apply(&self, writes: &[Write]) -> Result<(), StateError> {
         if writes.is_empty() {
             return Ok(());
@@ -395,222 +369,8 @@ impl Backend for RedbState {
                 detail: e.to_string(),
             })?;
         {
-            let mut jobs = txn.open_table(JOBS).map_err(|e| self.err("written", e))?;
-            let mut routes = txn.open_table(ROUTES).map_err(|e| self.err("written", e))?;
-            let mut files = txn.open_table(FILES).map_err(|e| self.err("written", e))?;
-            let mut chunks = txn.open_table(CHUNKS).map_err(|e| self.err("written", e))?;
-            let mut meta = txn.open_table(META).map_err(|e| self.err("written", e))?;
-            let mut counts = txn
-                .open_table(counts::COUNTS)
-                .map_err(|e| self.err("written", e))?;
-            let mut states = txn
-                .open_table(index::STATES)
-                .map_err(|e| self.err("written", e))?;
-            let mut keys = txn
-                .open_table(index::KEYS)
-                .map_err(|e| self.err("written", e))?;
-            let mut listings = txn
-                .open_table(index::LISTINGS)
-                .map_err(|e| self.err("written", e))?;
-            let mut deltas: BTreeMap<JobId, counts::Delta> = BTreeMap::new();
-            // Object records this batch has read or written, for its chunk writes.
-            let mut owners: std::collections::HashMap<(JobId, u32), Option<FileRecord>> =
-                std::collections::HashMap::new();
-            // Writes a reopen expands into, applied before the batch goes on (last first).
-            let mut expanded: Vec<Write> = Vec::new();
-            // Failed objects still to reopen: (job, rule, indexes), expanded one at a time.
-            let mut reopening: std::collections::VecDeque<(
-                JobId,
-                index::Reopen,
-                std::collections::VecDeque<u32>,
-            )> = std::collections::VecDeque::new();
-            let mut given = writes.iter();
-            loop {
-                if expanded.is_empty()
-                    && let Some((job, rule, indexes)) = reopening.front_mut()
-                {
-                    let (job, rule) = (*job, *rule);
-                    match indexes.pop_front() {
-                        Some(file_index) => {
-                            expanded = self.reopened(&files, &chunks, job, file_index, rule)?;
-                            expanded.reverse();
-                        }
-                        None => {
-                            reopening.pop_front();
-                        }
-                    }
-                    continue;
-                }
-                let owned;
-                let write = match expanded.pop() {
-                    Some(write) => {
-                        owned = write;
-                        &owned
-                    }
-                    None => match given.next() {
-                        Some(write) => write,
-                        None => break,
-                    },
-                };
-                match write {
-                    Write::Listing(job, listing) => match listing {
-                        Some(listing) => {
-                            listings
-                                .insert(*job, encode(listing).as_slice())
-                                .map_err(|e| self.err("written", e))?;
-                        }
-                        None => {
-                            listings.remove(*job).map_err(|e| self.err("written", e))?;
-                        }
-                    },
-                    Write::ReopenFailed { job, keep, rule } => {
-                        let mut failed =
-                            index::indexes_in(&states, *job, FileState::Failed, None, usize::MAX)
-                                .map_err(|e| self.err("read", e))?;
-                        let mut keep = keep.clone();
-                        keep.sort_unstable();
-                        failed.retain(|i| keep.binary_search(i).is_err());
-                        // Reopened one object at a time, ahead of the rest of the batch.
-                        reopening.push_back((*job, *rule, failed.into()));
-                    }
-                    Write::Setting(name, value) => {
-                        meta.insert(format!("setting.{name}").as_str(), value.as_str())
-                            .map_err(|e| self.err("written", e))?;
-                    }
-                    Write::Job(job) => {
-                        jobs.insert(job.id, encode(job).as_slice())
-                            .map_err(|e| self.err("written", e))?;
-                        routes
-                            .insert(route_key(&job.source, &job.destination).as_str(), job.id)
-                            .map_err(|e| self.err("written", e))?;
-                    }
-                    Write::File(job, index, file) => {
-                        let delta = deltas.entry(*job).or_default();
-                        let before = self.file_in(&files, *job, *index)?;
-                        let same_chunks = before.as_ref().is_some_and(|b| {
-                            counts::chunks_count(b)
-                                && counts::chunks_count(file)
-                                && (b.size, b.chunk_size) == (file.size, file.chunk_size)
-                        });
-                        if let (true, Some(before)) = (same_chunks, &before) {
-                            // Under way before and after, over the same chunks: their bytes
-                            // cancel out, and are not read (a big object has thousands).
-                            delta.add(&counts::share(before, || 0), -1);
-                            delta.add(&counts::share(file, || 0), 1);
-                        } else {
-                            if let Some(before) = &before {
-                                delta.add(&self.share_in(&chunks, *job, *index, before)?, -1);
-                            }
-                            delta.add(&self.share_in(&chunks, *job, *index, file)?, 1);
-                        }
-                        if let Some(before) = &before {
-                            states
-                                .remove((*job, index::code(before.state), *index))
-                                .map_err(|e| self.err("written", e))?;
-                            let holder = keys
-                                .get((*job, before.key.as_str()))
-                                .map_err(|e| self.err("read", e))?
-                                .map(|v| v.value());
-                            if before.key != file.key && holder == Some(*index) {
-                                keys.remove((*job, before.key.as_str()))
-                                    .map_err(|e| self.err("written", e))?;
-                            }
-                        }
-                        keys.insert((*job, file.key.as_str()), *index)
-                            .map_err(|e| self.err("written", e))?;
-                        states
-                            .insert((*job, index::code(file.state), *index), ())
-                            .map_err(|e| self.err("written", e))?;
-                        files
-                            .insert((*job, *index), encode(file).as_slice())
-                            .map_err(|e| self.err("written", e))?;
-                        owners.insert((*job, *index), Some(file.clone()));
-                    }
-                    Write::Chunk(job, file, index, chunk) => {
-                        // Counted here only while its object's record is there and under way;
-                        // otherwise the object's own write counts its chunks.
-                        let owner = match owners.get(&(*job, *file)) {
-                            Some(known) => known.clone(),
-                            None => {
-                                let found = self.file_in(&files, *job, *file)?;
-                                owners.insert((*job, *file), found.clone());
-                                found
-                            }
-                        }
-                        .filter(counts::chunks_count);
-                        let old = chunks
-                            .insert((*job, *file, *index), encode(chunk).as_slice())
-                            .map_err(|e| self.err("written", e))?
-                            .map(|v| self.decode::<ChunkRecord>(v.value()))
-                            .transpose()?;
-                        if let Some(owner) = owner {
-                            let before =
-                                old.map_or(0, |old| counts::chunk_bytes(&owner, *index, &old));
-                            let after = counts::chunk_bytes(&owner, *index, chunk);
-                            deltas
-                                .entry(*job)
-                                .or_default()
-                                .add_bytes_done(i128::from(after) - i128::from(before));
-                        }
-                    }
-                    Write::RemoveUnplannedJob(id) => {
-                        let record = jobs
-                            .get(*id)
-                            .map_err(|e| self.err("read", e))?
-                            .map(|v| self.decode::<JobRecord>(v.value()))
-                            .transpose()?;
-                        if let Some(record) = record.filter(|r| !r.planned) {
-                            // Its ID is never given again (a client may still hold it).
-                            let highest = meta
-                                .get(LAST_JOB_ID)
-                                .map_err(|e| self.err("read", e))?
-                                .and_then(|v| v.value().parse::<JobId>().ok())
-                                .unwrap_or(0)
-                                .max(*id);
-                            meta.insert(LAST_JOB_ID, highest.to_string().as_str())
-                                .map_err(|e| self.err("written", e))?;
-                            jobs.remove(*id).map_err(|e| self.err("written", e))?;
-                            counts.remove(*id).map_err(|e| self.err("written", e))?;
-                            deltas.remove(id);
-                            let route = route_key(&record.source, &record.destination);
-                            let owned = routes
-                                .get(route.as_str())
-                                .map_err(|e| self.err("read", e))?
-                                .is_some_and(|v| v.value() == *id);
-                            if owned {
-                                routes
-                                    .remove(route.as_str())
-                                    .map_err(|e| self.err("written", e))?;
-                            }
-                        }
-                    }
-                    Write::RemoveFile(job, index) => {
-                        if let Some(before) = self.file_in(&files, *job, *index)? {
-                            let share = self.share_in(&chunks, *job, *index, &before)?;
-                            deltas.entry(*job).or_default().add(&share, -1);
-                            states
-                                .remove((*job, index::code(before.state), *index))
-                                .map_err(|e| self.err("written", e))?;
-                            let holder = keys
-                                .get((*job, before.key.as_str()))
-                                .map_err(|e| self.err("read", e))?
-                                .map(|v| v.value());
-                            if holder == Some(*index) {
-                                keys.remove((*job, before.key.as_str()))
-                                    .map_err(|e| self.err("written", e))?;
-                            }
-                        }
-                        owners.insert((*job, *index), None);
-                        files
-                            .remove((*job, *index))
-                            .map_err(|e| self.err("written", e))?;
-                        chunks
-                            .retain_in((*job, *index, 0)..=(*job, *index, u32::MAX), |_, _| false)
-                            .map_err(|e| self.err("written", e))?;
-                    }
-                }
-            }
-            counts::commit(&mut counts, &deltas).map_err(|e| self.count_err(e))?;
+            let mut tables = Tables::open(self, &txn)?;
+            batch::apply(&mut tables, writes)?;
         }
         txn.commit().map_err(|e| self.err("written", e))
     }
@@ -1093,6 +853,213 @@ impl Backend for RedbState {
         }
         txn.commit().map_err(|e| self.err("written", e))?;
         Ok(out)
+    }
+}
+
+/// The tables of one redb write transaction, as a batch writes them.
+struct Tables<'t> {
+    state: &'t RedbState,
+    jobs: redb::Table<'t, u64, &'static [u8]>,
+    routes: redb::Table<'t, &'static str, u64>,
+    files: redb::Table<'t, (u64, u32), &'static [u8]>,
+    chunks: redb::Table<'t, (u64, u32, u32), &'static [u8]>,
+    meta: redb::Table<'t, &'static str, &'static str>,
+    counts: redb::Table<'t, u64, &'static [u8]>,
+    states: redb::Table<'t, (u64, u8, u32), ()>,
+    keys: redb::Table<'t, (u64, &'static str), u32>,
+    listings: redb::Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(state: &'t RedbState, txn: &'t redb::WriteTransaction) -> Result<Self, StateError> {
+        let w = |e| state.err("written", e);
+        Ok(Self {
+            state,
+            jobs: txn.open_table(JOBS).map_err(w)?,
+            routes: txn.open_table(ROUTES).map_err(w)?,
+            files: txn.open_table(FILES).map_err(w)?,
+            chunks: txn.open_table(CHUNKS).map_err(w)?,
+            meta: txn.open_table(META).map_err(w)?,
+            counts: txn.open_table(counts::COUNTS).map_err(w)?,
+            states: txn.open_table(index::STATES).map_err(w)?,
+            keys: txn.open_table(index::KEYS).map_err(w)?,
+            listings: txn.open_table(index::LISTINGS).map_err(w)?,
+        })
+    }
+
+    fn read(&self, e: impl Into<redb::Error>) -> StateError {
+        self.state.err("read", e)
+    }
+
+    fn written(&self, e: impl Into<redb::Error>) -> StateError {
+        self.state.err("written", e)
+    }
+}
+
+impl batch::Txn for Tables<'_> {
+    fn file(&mut self, job: JobId, index: u32) -> Result<Option<FileRecord>, StateError> {
+        self.state.file_in(&self.files, job, index)
+    }
+
+    fn chunks(&mut self, job: JobId, index: u32) -> Result<Vec<ChunkRecord>, StateError> {
+        self.state.chunks_in(&self.chunks, job, index)
+    }
+
+    fn completed_bytes(
+        &mut self,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<u64, StateError> {
+        self.state.share_bytes(&self.chunks, job, index, file)
+    }
+
+    fn put_file(&mut self, job: JobId, index: u32, file: &FileRecord) -> Result<(), StateError> {
+        self.files
+            .insert((job, index), encode(file).as_slice())
+            .map_err(|e| self.state.err("written", e))?;
+        Ok(())
+    }
+
+    fn remove_file(&mut self, job: JobId, index: u32) -> Result<(), StateError> {
+        self.files
+            .remove((job, index))
+            .map_err(|e| self.state.err("written", e))?;
+        self.chunks
+            .retain_in((job, index, 0)..=(job, index, u32::MAX), |_, _| false)
+            .map_err(|e| self.state.err("written", e))
+    }
+
+    fn index_state(
+        &mut self,
+        job: JobId,
+        state: FileState,
+        index: u32,
+        present: bool,
+    ) -> Result<(), StateError> {
+        let key = (job, index::code(state), index);
+        if present {
+            self.states
+                .insert(key, ())
+                .map_err(|e| self.state.err("written", e))?;
+        } else {
+            self.states
+                .remove(key)
+                .map_err(|e| self.state.err("written", e))?;
+        }
+        Ok(())
+    }
+
+    fn key_holder(&mut self, job: JobId, key: &str) -> Result<Option<u32>, StateError> {
+        let held = self.keys.get((job, key)).map_err(|e| self.read(e))?;
+        Ok(held.map(|v| v.value()))
+    }
+
+    fn set_key(&mut self, job: JobId, key: &str, index: Option<u32>) -> Result<(), StateError> {
+        match index {
+            Some(index) => self.keys.insert((job, key), index).map(|_| ()),
+            None => self.keys.remove((job, key)).map(|_| ()),
+        }
+        .map_err(|e| self.written(e))
+    }
+
+    fn put_chunk(
+        &mut self,
+        job: JobId,
+        file: u32,
+        index: u32,
+        chunk: &ChunkRecord,
+    ) -> Result<Option<ChunkRecord>, StateError> {
+        let old = self
+            .chunks
+            .insert((job, file, index), encode(chunk).as_slice())
+            .map_err(|e| self.state.err("written", e))?;
+        old.map(|v| self.state.decode::<ChunkRecord>(v.value()))
+            .transpose()
+    }
+
+    fn failed(&mut self, job: JobId) -> Result<Vec<u32>, StateError> {
+        index::indexes_in(&self.states, job, FileState::Failed, None, usize::MAX)
+            .map_err(|e| self.read(e))
+    }
+
+    fn job(&mut self, id: JobId) -> Result<Option<JobRecord>, StateError> {
+        let found = self.jobs.get(id).map_err(|e| self.read(e))?;
+        found.map(|v| self.state.decode(v.value())).transpose()
+    }
+
+    fn set_job(&mut self, id: JobId, job: Option<&JobRecord>) -> Result<(), StateError> {
+        match job {
+            Some(job) => {
+                self.jobs
+                    .insert(id, encode(job).as_slice())
+                    .map_err(|e| self.state.err("written", e))?;
+            }
+            None => {
+                self.jobs
+                    .remove(id)
+                    .map_err(|e| self.state.err("written", e))?;
+                self.counts
+                    .remove(id)
+                    .map_err(|e| self.state.err("written", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, route: &str) -> Result<Option<JobId>, StateError> {
+        let held = self.routes.get(route).map_err(|e| self.read(e))?;
+        Ok(held.map(|v| v.value()))
+    }
+
+    fn set_route(&mut self, route: &str, job: Option<JobId>) -> Result<(), StateError> {
+        match job {
+            Some(job) => self.routes.insert(route, job).map(|_| ()),
+            None => self.routes.remove(route).map(|_| ()),
+        }
+        .map_err(|e| self.written(e))
+    }
+
+    fn meta(&mut self, name: &str) -> Result<Option<String>, StateError> {
+        let value = self.meta.get(name).map_err(|e| self.read(e))?;
+        Ok(value.map(|v| v.value().to_string()))
+    }
+
+    fn set_meta(&mut self, name: &str, value: &str) -> Result<(), StateError> {
+        self.meta
+            .insert(name, value)
+            .map_err(|e| self.state.err("written", e))?;
+        Ok(())
+    }
+
+    fn set_listing(
+        &mut self,
+        job: JobId,
+        listing: Option<&index::Listing>,
+    ) -> Result<(), StateError> {
+        match listing {
+            Some(listing) => self
+                .listings
+                .insert(job, encode(listing).as_slice())
+                .map(|_| ()),
+            None => self.listings.remove(job).map(|_| ()),
+        }
+        .map_err(|e| self.written(e))
+    }
+
+    fn counts(&mut self, job: JobId) -> Result<JobProgress, StateError> {
+        let found = self.counts.get(job).map_err(|e| self.read(e))?;
+        match found {
+            Some(v) => self.state.decode(v.value()),
+            None => Ok(JobProgress::default()),
+        }
+    }
+
+    fn set_counts(&mut self, job: JobId, progress: &JobProgress) -> Result<(), StateError> {
+        self.counts
+            .insert(job, encode(progress).as_slice())
+            .map_err(|e| self.state.err("written", e))?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 //! few hundred commits. Nothing secret is ever stored: records hold keys, sizes, ETags, states
 //! and redacted error texts only.
 
+mod batch;
 mod codec;
 pub mod counts;
 pub mod embedded;
