@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 emulators_install
+postgres_install
 if ! command -v tmux >/dev/null; then
   echo "== installing tmux (the TUI is tested in a real terminal)" >&2
   if [ "$(id -u)" = 0 ]; then apt-get install -y -q tmux >&2 || { apt-get update -q >&2 && apt-get install -y -q tmux >&2; }
@@ -17,6 +18,7 @@ if ! command -v tmux >/dev/null; then
 fi
 trap emulators_stop EXIT
 emulators_start
+postgres_start  # one cluster for the whole run; each test makes its own database in it
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

@@ -13,6 +13,7 @@ pub mod counts;
 pub mod embedded;
 pub mod index;
 pub mod names;
+pub mod postgres;
 pub mod records;
 pub mod report;
 pub mod writer;
@@ -54,6 +55,46 @@ pub enum StateError {
         found: String,
         /// The version this blobway writes.
         reads: &'static str,
+    },
+    /// The state database does not answer.
+    #[error(
+        "the state database {url} does not answer ({detail}); check its host and port, that          PostgreSQL runs there, and the network between"
+    )]
+    Unreachable {
+        /// Its URL, without the password.
+        url: String,
+        /// What the connection said.
+        detail: String,
+    },
+    /// The state database refused the login.
+    #[error(
+        "the state database {url} refused the login ({detail}); check the user and password          in the URL given with --state or BLOBWAY_STATE"
+    )]
+    Refused {
+        /// Its URL, without the password.
+        url: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// The state database was written by a newer blobway.
+    #[error(
+        "the state database {url} has schema version {found}; this blobway reads version          {reads}; upgrade blobway on every worker"
+    )]
+    DatabaseSchema {
+        /// Its URL, without the password.
+        url: String,
+        /// The version found.
+        found: String,
+        /// The version this blobway writes.
+        reads: i64,
+    },
+    /// The state database answered with an error.
+    #[error("the state database {url}: {detail}")]
+    Database {
+        /// Its URL, without the password.
+        url: String,
+        /// What went wrong.
+        detail: String,
     },
     /// Reading or writing failed.
     #[error("the state file {path} could not be {what}: {detail}")]
@@ -341,9 +382,13 @@ impl StateDb {
         Self(Arc::new(backend))
     }
 
-    /// Opens (or creates) the redb state file at `path`.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        Ok(Self::new(RedbState::open(path)?))
+    /// Opens the state at `location`: a PostgreSQL database when it is a `postgres://` URL,
+    /// else the redb file at that path (created if missing).
+    pub fn open(location: &Path) -> Result<Self, StateError> {
+        match location.to_str().filter(|l| postgres::is_url(l)) {
+            Some(url) => Ok(Self::new(postgres::PgState::open(url)?)),
+            None => Ok(Self::new(RedbState::open(location)?)),
+        }
     }
 }
 

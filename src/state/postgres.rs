@@ -1,0 +1,1119 @@
+//! The shared backend: one PostgreSQL database holds the state of a migration, the same
+//! records, transitions and invariants as the embedded file ([`super::batch`] applies every
+//! batch for both). Records are stored as the file stores them ([`super::codec`]); an object's
+//! state and source key are columns too, which index them.
+//!
+//! The engine's state calls are synchronous (redb is); each runs its statements on one of a
+//! few pooled connections with `futures::executor::block_on`, while the connections' I/O is
+//! driven by a runtime of their own on one thread — so a call works from any thread, inside
+//! the engine's runtime or not. A closed connection is opened again on its next use.
+//!
+//! The URL's password never leaves this module: every message names the database by its
+//! URL with the password taken out ([`redacted`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::executor::block_on;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::batch::{self, LAST_JOB_ID};
+use super::codec::Stored;
+use super::names::{self, Claim, NameClash};
+use super::{
+    Backend, ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobRecord,
+    JobSnapshot, StateError, TableUsage, UnderWay, Write, counts, index, route_key,
+};
+use crate::store::rules::Naming;
+
+/// The schema this blobway writes in a database. A database with a newer one is refused, so
+/// an older blobway never misreads what a newer one wrote.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Connections per process: the writer, the scheduler's reads and a view's at once.
+const CONNECTIONS: usize = 4;
+
+/// Tells schema changes of several workers starting at once apart (`pg_advisory_xact_lock`).
+const SCHEMA_LOCK: i64 = 0x626c_6f62_7761_7901;
+
+/// The tables, created (or found) at open. Keys and routes sort by their bytes (`COLLATE
+/// "C"`), as the embedded file sorts them.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS blobway_meta (
+    name text COLLATE "C" PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobway_jobs (
+    id bigint PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobway_routes (
+    route text COLLATE "C" PRIMARY KEY,
+    job bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobway_objects (
+    job bigint NOT NULL,
+    idx bigint NOT NULL,
+    state smallint NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (job, idx)
+);
+CREATE INDEX IF NOT EXISTS blobway_objects_by_state ON blobway_objects (job, state, idx);
+CREATE TABLE IF NOT EXISTS blobway_keys (
+    job bigint NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    idx bigint NOT NULL,
+    PRIMARY KEY (job, key)
+);
+CREATE TABLE IF NOT EXISTS blobway_chunks (
+    job bigint NOT NULL,
+    obj bigint NOT NULL,
+    idx bigint NOT NULL,
+    record bytea NOT NULL,
+    PRIMARY KEY (job, obj, idx)
+);
+CREATE TABLE IF NOT EXISTS blobway_counts (
+    job bigint PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobway_listings (
+    job bigint PRIMARY KEY,
+    record bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobway_names (
+    job bigint NOT NULL,
+    claim text COLLATE "C" NOT NULL,
+    holder text NOT NULL,
+    PRIMARY KEY (job, claim)
+);
+"#;
+
+/// True when `location` names a PostgreSQL database rather than a file.
+pub fn is_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// `url` without its password (and without any `password=` parameter): how messages name it.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            let query: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = k.eq_ignore_ascii_case("password");
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
+                })
+                .collect();
+            if !query.is_empty() {
+                parsed.query_pairs_mut().clear().extend_pairs(query);
+            }
+            parsed.to_string()
+        }
+        Err(_) => "the PostgreSQL URL given (it does not parse)".into(),
+    }
+}
+
+/// One pooled connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+/// The PostgreSQL state; cheap to clone.
+#[derive(Clone)]
+pub struct PgState {
+    /// The URL without its password.
+    location: String,
+    /// The same, as a path (what [`Backend::path`] gives for messages).
+    shown: PathBuf,
+    config: Arc<tokio_postgres::Config>,
+    pool: Arc<Vec<Mutex<Option<Conn>>>>,
+    /// Drives the connections' I/O.
+    runtime: Arc<Driver>,
+}
+
+/// The runtime the connections' I/O runs on; dropped without waiting (the last handle may
+/// go inside the engine's runtime, where waiting is not allowed).
+struct Driver(Option<tokio::runtime::Runtime>);
+
+impl Driver {
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PgState {
+    /// Connects to the database at `url`, creating or checking blobway's tables.
+    pub fn open(url: &str) -> Result<Self, StateError> {
+        let location = redacted(url);
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| StateError::Database {
+                url: location.clone(),
+                detail: format!(
+                    "the URL does not parse ({}); write it as postgres://user:password@host:port/database",
+                    clean(&e.to_string(), url)
+                ),
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("blobway-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StateError::Database {
+                url: location.clone(),
+                detail: format!("no thread for its connections: {e}"),
+            })?;
+        let state = Self {
+            shown: PathBuf::from(&location),
+            location,
+            config: Arc::new(config),
+            pool: Arc::new((0..CONNECTIONS).map(|_| Mutex::new(None)).collect()),
+            runtime: Arc::new(Driver(Some(runtime))),
+        };
+        state.init_schema()?;
+        Ok(state)
+    }
+
+    /// The URL without its password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A new connection, its I/O driven by the state's own runtime.
+    fn connect(&self) -> Result<Conn, StateError> {
+        let config = self.config.clone();
+        let runtime = self.runtime.handle();
+        let (client, connection) = block_on(runtime.spawn(async move {
+            let connect = config.connect(NoTls);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), connect).await {
+                Ok(result) => result.map_err(Some),
+                Err(_) => Err(None),
+            }
+        }))
+        .map_err(|e| StateError::Database {
+            url: self.location.clone(),
+            detail: format!("its connection task ended: {e}"),
+        })?
+        .map_err(|e| match e {
+            Some(e) => self.error("connected to", &e),
+            None => StateError::Unreachable {
+                url: self.location.clone(),
+                detail: "no answer within 10 s".into(),
+            },
+        })?;
+        let location = self.location.clone();
+        runtime.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(database = %location, "a state database connection ended: {e}");
+            }
+        });
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// A pooled connection, open: a free one if there is one, else the next in turn.
+    fn conn(&self) -> Result<MutexGuard<'_, Option<Conn>>, StateError> {
+        let mut guard = None;
+        for slot in self.pool.iter() {
+            if let Ok(held) = slot.try_lock() {
+                guard = Some(held);
+                break;
+            }
+        }
+        let mut guard = match guard {
+            Some(guard) => guard,
+            None => {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pool.len();
+                self.pool[i]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            }
+        };
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *guard = Some(self.connect()?);
+        }
+        Ok(guard)
+    }
+
+    /// Runs `f` on a pooled connection.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let mut guard = self.conn()?;
+        let Some(conn) = guard.as_mut() else {
+            return Err(StateError::Unreachable {
+                url: self.location.clone(),
+                detail: "no connection".into(),
+            });
+        };
+        let mut session = Session {
+            state: self,
+            client: &conn.client,
+            statements: &mut conn.statements,
+        };
+        f(&mut session)
+    }
+
+    /// Runs `f` in one transaction on a pooled connection, committed when it returns `Ok`.
+    fn transaction<T>(
+        &self,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.with(|session| {
+            session.batch("BEGIN")?;
+            match f(session) {
+                Ok(value) => {
+                    session.batch("COMMIT")?;
+                    Ok(value)
+                }
+                Err(e) => {
+                    // A rollback that fails leaves a broken connection, opened again later.
+                    let _ = session.batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn init_schema(&self) -> Result<(), StateError> {
+        self.transaction(|s| {
+            s.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            s.batch(SCHEMA)?;
+            let found = s
+                .query_opt("SELECT value FROM blobway_meta WHERE name = 'schema'", &[])?
+                .map(|row| row.get::<_, String>(0));
+            match found {
+                None => {
+                    s.execute(
+                        "INSERT INTO blobway_meta (name, value) VALUES ('schema', $1)",
+                        &[&SCHEMA_VERSION.to_string()],
+                    )?;
+                }
+                Some(v) if v == SCHEMA_VERSION.to_string() => {}
+                Some(found) => {
+                    return Err(StateError::DatabaseSchema {
+                        url: self.location.clone(),
+                        found,
+                        reads: SCHEMA_VERSION,
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// What went wrong with the database, in words that name the fix (never the password).
+    fn error(&self, what: &'static str, e: &tokio_postgres::Error) -> StateError {
+        let detail = self.detail(e);
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            if code == &SqlState::INVALID_PASSWORD
+                || code == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            {
+                return StateError::Refused {
+                    url: self.location.clone(),
+                    detail,
+                };
+            }
+        }
+        if e.is_closed()
+            || std::error::Error::source(e)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+        {
+            return StateError::Unreachable {
+                url: self.location.clone(),
+                detail,
+            };
+        }
+        StateError::Database {
+            url: self.location.clone(),
+            detail: format!("it could not be {what}: {detail}"),
+        }
+    }
+
+    /// The error's own words with its cause, the password taken out if it was there.
+    fn detail(&self, e: &tokio_postgres::Error) -> String {
+        let text = match (e.as_db_error(), std::error::Error::source(e)) {
+            (Some(db), _) => db.message().to_string(),
+            (None, Some(source)) => format!("{e}: {source}"),
+            (None, None) => e.to_string(),
+        };
+        match self.config.get_password() {
+            Some(password) => clean(&text, &String::from_utf8_lossy(password)),
+            None => text,
+        }
+    }
+
+    fn decode<T: Stored>(&self, bytes: &[u8]) -> Result<T, StateError> {
+        T::decode(bytes).map_err(|e| StateError::Corrupt {
+            path: self.shown.clone(),
+            detail: format!("a record does not decode: {e}"),
+        })
+    }
+}
+
+/// `text` with `secret` taken out (when it is there at all).
+fn clean(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, "***")
+    }
+}
+
+/// A connection in use: statements prepared once per connection and run to completion.
+struct Session<'a> {
+    state: &'a PgState,
+    client: &'a Client,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl Session<'_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StateError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement =
+            block_on(self.client.prepare(sql)).map_err(|e| self.state.error("read", &e))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn batch(&mut self, sql: &'static str) -> Result<(), StateError> {
+        block_on(self.client.batch_execute(sql)).map_err(|e| self.state.error("written", &e))
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StateError> {
+        let statement = self.statement(sql)?;
+        block_on(self.client.execute(&statement, params))
+            .map_err(|e| self.state.error("written", &e))
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+        let statement = self.statement(sql)?;
+        block_on(self.client.query(&statement, params)).map_err(|e| self.state.error("read", &e))
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StateError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    fn record<T: Stored>(&self, row: &tokio_postgres::Row, column: usize) -> Result<T, StateError> {
+        self.state.decode(row.get::<_, &[u8]>(column))
+    }
+
+    /// Object `index` of `job`'s chunk records, in order, checked against its count.
+    fn chunks_of(
+        &mut self,
+        job: JobId,
+        index: u32,
+        file: Option<&FileRecord>,
+    ) -> Result<Vec<ChunkRecord>, StateError> {
+        let rows = self.query(
+            "SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 ORDER BY idx",
+            &[&id(job), &i64::from(index)],
+        )?;
+        let chunks = rows
+            .iter()
+            .map(|row| self.record(row, 0))
+            .collect::<Result<Vec<ChunkRecord>, _>>()?;
+        if let Some(file) = file
+            && chunks.len() != file.chunk_count as usize
+        {
+            return Err(StateError::Corrupt {
+                path: self.state.shown.clone(),
+                detail: format!(
+                    "job {job} file {index} has {} chunk records, expected {}",
+                    chunks.len(),
+                    file.chunk_count
+                ),
+            });
+        }
+        Ok(chunks)
+    }
+
+    /// Records of job `job`'s objects in one of `states` after `after`, at most `limit`.
+    fn objects_in(
+        &mut self,
+        job: JobId,
+        states: &[FileState],
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let codes = codes(states);
+        let rows = self.query(
+            "SELECT idx, record FROM blobway_objects WHERE job = $1 AND state = ANY($2) \
+             AND idx > $3 ORDER BY idx LIMIT $4",
+            &[&id(job), &codes, &after_index(after), &count(limit)],
+        )?;
+        rows.iter()
+            .map(|row| Ok((index_of(row, 0), self.record(row, 1)?)))
+            .collect()
+    }
+}
+
+fn id(job: JobId) -> i64 {
+    i64::try_from(job).unwrap_or(i64::MAX)
+}
+
+fn count(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn after_index(after: Option<u32>) -> i64 {
+    after.map_or(-1, i64::from)
+}
+
+fn index_of(row: &tokio_postgres::Row, column: usize) -> u32 {
+    u32::try_from(row.get::<_, i64>(column)).unwrap_or(u32::MAX)
+}
+
+fn codes(states: &[FileState]) -> Vec<i16> {
+    states.iter().map(|s| i16::from(index::code(*s))).collect()
+}
+
+/// One transaction, as a batch writes it.
+struct PgTxn<'s, 'a> {
+    session: &'s mut Session<'a>,
+}
+
+impl batch::Txn for PgTxn<'_, '_> {
+    fn file(&mut self, job: JobId, index: u32) -> Result<Option<FileRecord>, StateError> {
+        let row = self.session.query_opt(
+            "SELECT record FROM blobway_objects WHERE job = $1 AND idx = $2",
+            &[&id(job), &i64::from(index)],
+        )?;
+        row.map(|row| self.session.record(&row, 0)).transpose()
+    }
+
+    fn chunks(&mut self, job: JobId, index: u32) -> Result<Vec<ChunkRecord>, StateError> {
+        self.session.chunks_of(job, index, None)
+    }
+
+    fn completed_bytes(
+        &mut self,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<u64, StateError> {
+        let rows = self.session.query(
+            "SELECT idx, record FROM blobway_chunks WHERE job = $1 AND obj = $2",
+            &[&id(job), &i64::from(index)],
+        )?;
+        let mut bytes = 0;
+        for row in &rows {
+            let chunk: ChunkRecord = self.session.record(row, 1)?;
+            bytes += counts::chunk_bytes(file, index_of(row, 0), &chunk);
+        }
+        Ok(bytes)
+    }
+
+    fn put_file(&mut self, job: JobId, index: u32, file: &FileRecord) -> Result<(), StateError> {
+        self.session.execute(
+            "INSERT INTO blobway_objects (job, idx, state, key, record) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (job, idx) DO UPDATE SET state = EXCLUDED.state, key = EXCLUDED.key, \
+             record = EXCLUDED.record",
+            &[
+                &id(job),
+                &i64::from(index),
+                &i16::from(index::code(file.state)),
+                &file.key,
+                &file.encode(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_file(&mut self, job: JobId, index: u32) -> Result<(), StateError> {
+        self.session.execute(
+            "DELETE FROM blobway_objects WHERE job = $1 AND idx = $2",
+            &[&id(job), &i64::from(index)],
+        )?;
+        self.session.execute(
+            "DELETE FROM blobway_chunks WHERE job = $1 AND obj = $2",
+            &[&id(job), &i64::from(index)],
+        )?;
+        Ok(())
+    }
+
+    fn index_state(
+        &mut self,
+        _job: JobId,
+        _state: FileState,
+        _index: u32,
+        _present: bool,
+    ) -> Result<(), StateError> {
+        // The state is a column of the object's row, indexed with it.
+        Ok(())
+    }
+
+    fn key_holder(&mut self, job: JobId, key: &str) -> Result<Option<u32>, StateError> {
+        let row = self.session.query_opt(
+            "SELECT idx FROM blobway_keys WHERE job = $1 AND key = $2",
+            &[&id(job), &key],
+        )?;
+        Ok(row.map(|row| index_of(&row, 0)))
+    }
+
+    fn set_key(&mut self, job: JobId, key: &str, index: Option<u32>) -> Result<(), StateError> {
+        match index {
+            Some(index) => self.session.execute(
+                "INSERT INTO blobway_keys (job, key, idx) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job, key) DO UPDATE SET idx = EXCLUDED.idx",
+                &[&id(job), &key, &i64::from(index)],
+            ),
+            None => self.session.execute(
+                "DELETE FROM blobway_keys WHERE job = $1 AND key = $2",
+                &[&id(job), &key],
+            ),
+        }?;
+        Ok(())
+    }
+
+    fn put_chunk(
+        &mut self,
+        job: JobId,
+        file: u32,
+        index: u32,
+        chunk: &ChunkRecord,
+    ) -> Result<Option<ChunkRecord>, StateError> {
+        // The row as it was, read in the statement that replaces it.
+        let row = self.session.query_opt(
+            "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3), \
+             new AS (INSERT INTO blobway_chunks (job, obj, idx, record) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job, obj, idx) DO UPDATE SET record = EXCLUDED.record) \
+             SELECT record FROM old",
+            &[&id(job), &i64::from(file), &i64::from(index), &chunk.encode()],
+        )?;
+        row.map(|row| self.session.record(&row, 0)).transpose()
+    }
+
+    fn failed(&mut self, job: JobId) -> Result<Vec<u32>, StateError> {
+        let rows = self.session.query(
+            "SELECT idx FROM blobway_objects WHERE job = $1 AND state = $2 ORDER BY idx",
+            &[&id(job), &i16::from(index::code(FileState::Failed))],
+        )?;
+        Ok(rows.iter().map(|row| index_of(row, 0)).collect())
+    }
+
+    fn job(&mut self, job: JobId) -> Result<Option<JobRecord>, StateError> {
+        let row = self
+            .session
+            .query_opt("SELECT record FROM blobway_jobs WHERE id = $1", &[&id(job)])?;
+        row.map(|row| self.session.record(&row, 0)).transpose()
+    }
+
+    fn set_job(&mut self, job: JobId, record: Option<&JobRecord>) -> Result<(), StateError> {
+        match record {
+            Some(record) => {
+                self.session.execute(
+                    "INSERT INTO blobway_jobs (id, record) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&id(job), &record.encode()],
+                )?;
+            }
+            None => {
+                self.session
+                    .execute("DELETE FROM blobway_jobs WHERE id = $1", &[&id(job)])?;
+                self.session
+                    .execute("DELETE FROM blobway_counts WHERE job = $1", &[&id(job)])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, route: &str) -> Result<Option<JobId>, StateError> {
+        let row = self
+            .session
+            .query_opt("SELECT job FROM blobway_routes WHERE route = $1", &[&route])?;
+        Ok(row.map(|row| row.get::<_, i64>(0).unsigned_abs()))
+    }
+
+    fn set_route(&mut self, route: &str, job: Option<JobId>) -> Result<(), StateError> {
+        match job {
+            Some(job) => self.session.execute(
+                "INSERT INTO blobway_routes (route, job) VALUES ($1, $2) \
+                 ON CONFLICT (route) DO UPDATE SET job = EXCLUDED.job",
+                &[&route, &id(job)],
+            ),
+            None => self
+                .session
+                .execute("DELETE FROM blobway_routes WHERE route = $1", &[&route]),
+        }?;
+        Ok(())
+    }
+
+    fn meta(&mut self, name: &str) -> Result<Option<String>, StateError> {
+        let row = self
+            .session
+            .query_opt("SELECT value FROM blobway_meta WHERE name = $1", &[&name])?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    fn set_meta(&mut self, name: &str, value: &str) -> Result<(), StateError> {
+        self.session.execute(
+            "INSERT INTO blobway_meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&name, &value],
+        )?;
+        Ok(())
+    }
+
+    fn set_listing(
+        &mut self,
+        job: JobId,
+        listing: Option<&index::Listing>,
+    ) -> Result<(), StateError> {
+        match listing {
+            Some(listing) => self.session.execute(
+                "INSERT INTO blobway_listings (job, record) VALUES ($1, $2) \
+                 ON CONFLICT (job) DO UPDATE SET record = EXCLUDED.record",
+                &[&id(job), &listing.encode()],
+            ),
+            None => self
+                .session
+                .execute("DELETE FROM blobway_listings WHERE job = $1", &[&id(job)]),
+        }?;
+        Ok(())
+    }
+
+    fn counts(&mut self, job: JobId) -> Result<JobProgress, StateError> {
+        // Locked until the batch commits: batches of several workers count one after another.
+        let row = self.session.query_opt(
+            "SELECT record FROM blobway_counts WHERE job = $1 FOR UPDATE",
+            &[&id(job)],
+        )?;
+        match row {
+            Some(row) => self.session.record(&row, 0),
+            None => Ok(JobProgress::default()),
+        }
+    }
+
+    fn set_counts(&mut self, job: JobId, progress: &JobProgress) -> Result<(), StateError> {
+        self.session.execute(
+            "INSERT INTO blobway_counts (job, record) VALUES ($1, $2) \
+             ON CONFLICT (job) DO UPDATE SET record = EXCLUDED.record",
+            &[&id(job), &progress.encode()],
+        )?;
+        Ok(())
+    }
+}
+
+impl Backend for PgState {
+    fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<(), StateError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.transaction(|session| batch::apply(&mut PgTxn { session }, writes))
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
+        let name = format!("setting.{name}");
+        self.with(|s| {
+            let row = s.query_opt("SELECT value FROM blobway_meta WHERE name = $1", &[&name])?;
+            Ok(row.map(|row| row.get(0)))
+        })
+    }
+
+    fn next_job_id(&self) -> Result<JobId, StateError> {
+        self.with(|s| {
+            let last = s
+                .query_opt("SELECT COALESCE(MAX(id), 0) FROM blobway_jobs", &[])?
+                .map_or(0, |row| row.get::<_, i64>(0));
+            let removed = s
+                .query_opt(
+                    "SELECT value FROM blobway_meta WHERE name = $1",
+                    &[&LAST_JOB_ID],
+                )?
+                .and_then(|row| row.get::<_, String>(0).parse::<i64>().ok())
+                .unwrap_or(0);
+            Ok(last.max(removed).unsigned_abs() + 1)
+        })
+    }
+
+    fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        self.with(|s| {
+            let rows = s.query("SELECT record FROM blobway_jobs ORDER BY id", &[])?;
+            rows.iter().map(|row| s.record(row, 0)).collect()
+        })
+    }
+
+    fn job(&self, job: JobId) -> Result<Option<JobRecord>, StateError> {
+        self.with(|s| {
+            let row = s.query_opt("SELECT record FROM blobway_jobs WHERE id = $1", &[&id(job)])?;
+            row.map(|row| s.record(&row, 0)).transpose()
+        })
+    }
+
+    fn job_for_route(
+        &self,
+        source: &str,
+        destination: &str,
+    ) -> Result<Option<JobRecord>, StateError> {
+        let route = route_key(source, destination);
+        self.with(|s| {
+            let row = s.query_opt(
+                "SELECT j.record FROM blobway_routes r JOIN blobway_jobs j ON j.id = r.job \
+                 WHERE r.route = $1",
+                &[&route],
+            )?;
+            row.map(|row| s.record(&row, 0)).transpose()
+        })
+    }
+
+    fn objects_page(
+        &self,
+        job: JobId,
+        states: Option<&[FileState]>,
+        search: &str,
+        from: u32,
+        limit: usize,
+        chunks_of: Option<&BTreeSet<u32>>,
+    ) -> Result<Option<JobSnapshot>, StateError> {
+        self.transaction(|s| {
+            let Some(row) =
+                s.query_opt("SELECT record FROM blobway_jobs WHERE id = $1", &[&id(job)])?
+            else {
+                return Ok(None);
+            };
+            let record: JobRecord = s.record(&row, 0)?;
+            let all = codes(&[
+                FileState::Transferring,
+                FileState::Committing,
+                FileState::Done,
+                FileState::Skipped,
+                FileState::Failed,
+            ]);
+            let codes = states.map_or(all, codes);
+            let rows = s.query(
+                "SELECT idx, record FROM blobway_objects WHERE job = $1 AND idx >= $2 \
+                 AND state = ANY($3) AND strpos(key, $4) > 0 ORDER BY idx LIMIT $5",
+                &[&id(job), &i64::from(from), &codes, &search, &count(limit)],
+            )?;
+            let mut files = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let index = index_of(row, 0);
+                let file: FileRecord = s.record(row, 1)?;
+                let chunks = if chunks_of.is_some_and(|only| !only.contains(&index)) {
+                    Vec::new()
+                } else {
+                    s.chunks_of(job, index, Some(&file))?
+                };
+                files.push((index, file, chunks));
+            }
+            Ok(Some(JobSnapshot { job: record, files }))
+        })
+    }
+
+    fn next_under_way(
+        &self,
+        job: JobId,
+        after: Option<u32>,
+        max_objects: usize,
+        max_chunks: usize,
+        held: &dyn Fn(u32) -> bool,
+    ) -> Result<UnderWay, StateError> {
+        self.transaction(|s| {
+            let limit = max_objects.max(1);
+            // One more than asked, so the end is known exactly.
+            let rows = s.query(
+                "SELECT idx FROM blobway_objects WHERE job = $1 AND state = ANY($2) AND idx > $3 \
+                 ORDER BY idx LIMIT $4",
+                &[
+                    &id(job),
+                    &codes(&index::UNDER_WAY),
+                    &after_index(after),
+                    &count(limit + 1),
+                ],
+            )?;
+            let mut indexes: Vec<u32> = rows.iter().map(|row| index_of(row, 0)).collect();
+            let exhausted = indexes.len() <= limit;
+            indexes.truncate(limit);
+            let mut out = UnderWay {
+                objects: Vec::new(),
+                last: after,
+                exhausted,
+            };
+            let mut chunk_count = 0usize;
+            for file_index in indexes {
+                if !out.objects.is_empty() && chunk_count >= max_chunks {
+                    out.exhausted = false;
+                    break;
+                }
+                out.last = Some(file_index);
+                if held(file_index) {
+                    continue;
+                }
+                let Some(row) = s.query_opt(
+                    "SELECT record FROM blobway_objects WHERE job = $1 AND idx = $2",
+                    &[&id(job), &i64::from(file_index)],
+                )?
+                else {
+                    continue;
+                };
+                let file: FileRecord = s.record(&row, 0)?;
+                let chunks = s.chunks_of(job, file_index, None)?;
+                chunk_count += chunks.len();
+                out.objects.push((file_index, file, chunks));
+            }
+            Ok(out)
+        })
+    }
+
+    fn objects_in(
+        &self,
+        job: JobId,
+        states: &[FileState],
+        after: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        self.with(|s| s.objects_in(job, states, after, limit))
+    }
+
+    fn objects_at(
+        &self,
+        job: JobId,
+        indexes: &[u32],
+    ) -> Result<Vec<(u32, FileRecord)>, StateError> {
+        let wanted: Vec<i64> = indexes.iter().map(|i| i64::from(*i)).collect();
+        self.with(|s| {
+            let rows = s.query(
+                "SELECT idx, record FROM blobway_objects WHERE job = $1 AND idx = ANY($2)",
+                &[&id(job), &wanted],
+            )?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                found.insert(index_of(row, 0), s.record::<FileRecord>(row, 1)?);
+            }
+            // In the order asked, as the embedded file answers.
+            Ok(indexes
+                .iter()
+                .filter_map(|i| found.get(i).map(|f| (*i, f.clone())))
+                .collect())
+        })
+    }
+
+    fn listing(&self, job: JobId) -> Result<Option<index::Listing>, StateError> {
+        self.with(|s| {
+            let row = s.query_opt(
+                "SELECT record FROM blobway_listings WHERE job = $1",
+                &[&id(job)],
+            )?;
+            row.map(|row| s.record(&row, 0)).transpose()
+        })
+    }
+
+    fn next_file_index(&self, job: JobId) -> Result<u32, StateError> {
+        self.with(|s| {
+            let row = s.query_opt(
+                "SELECT MAX(idx) FROM blobway_objects WHERE job = $1",
+                &[&id(job)],
+            )?;
+            let last = row.and_then(|row| row.get::<_, Option<i64>>(0));
+            Ok(last.map_or(0, |l| {
+                u32::try_from(l).unwrap_or(u32::MAX).saturating_add(1)
+            }))
+        })
+    }
+
+    fn recorded(
+        &self,
+        job: JobId,
+        keys: &[&str],
+    ) -> Result<Vec<(u32, FileRecord, Vec<ChunkRecord>)>, StateError> {
+        let wanted: Vec<&str> = keys.to_vec();
+        self.transaction(|s| {
+            let rows = s.query(
+                "SELECT k.key, o.idx, o.record FROM blobway_keys k \
+                 JOIN blobway_objects o ON o.job = k.job AND o.idx = k.idx \
+                 WHERE k.job = $1 AND k.key = ANY($2)",
+                &[&id(job), &wanted],
+            )?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let key: String = row.get(0);
+                found.insert(key, (index_of(row, 1), s.record::<FileRecord>(row, 2)?));
+            }
+            let mut out = Vec::new();
+            for key in keys {
+                if let Some((index, file)) = found.remove(*key) {
+                    let chunks = s.chunks_of(job, index, None)?;
+                    out.push((index, file, chunks));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn keys_between(
+        &self,
+        job: JobId,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<Vec<(String, u32)>, StateError> {
+        self.with(|s| {
+            let rows = s.query(
+                "SELECT key, idx FROM blobway_keys WHERE job = $1 \
+                 AND ($2::text IS NULL OR key > $2) AND ($3::text IS NULL OR key <= $3) \
+                 ORDER BY key",
+                &[&id(job), &after, &upto],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), index_of(row, 1)))
+                .collect())
+        })
+    }
+
+    fn chunk(&self, job: JobId, file: u32, index: u32) -> Result<Option<ChunkRecord>, StateError> {
+        self.with(|s| {
+            let row = s.query_opt(
+                "SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3",
+                &[&id(job), &i64::from(file), &i64::from(index)],
+            )?;
+            row.map(|row| s.record(&row, 0)).transpose()
+        })
+    }
+
+    fn usage(&self) -> Result<Vec<TableUsage>, StateError> {
+        self.with(|s| {
+            let rows = s.query(
+                "SELECT c.relname::text, c.reltuples::bigint, pg_relation_size(c.oid), \
+                 pg_total_relation_size(c.oid) - pg_relation_size(c.oid) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND c.relname LIKE 'blobway\\_%' \
+                 AND n.nspname = current_schema()",
+                &[],
+            )?;
+            let mut out: Vec<TableUsage> = rows
+                .iter()
+                .map(|row| TableUsage {
+                    name: row.get(0),
+                    entries: row.get::<_, i64>(1).max(0).unsigned_abs(),
+                    stored: row.get::<_, i64>(2).unsigned_abs(),
+                    overhead: row.get::<_, i64>(3).unsigned_abs(),
+                })
+                .collect();
+            out.sort_by_key(|t| std::cmp::Reverse(t.stored + t.overhead));
+            Ok(out)
+        })
+    }
+
+    fn progress(&self, job: JobId) -> Result<JobProgress, StateError> {
+        self.with(|s| {
+            let row = s.query_opt(
+                "SELECT record FROM blobway_counts WHERE job = $1",
+                &[&id(job)],
+            )?;
+            match row {
+                Some(row) => s.record(&row, 0),
+                None => Ok(JobProgress::default()),
+            }
+        })
+    }
+
+    fn recover_in_progress(&self) -> Result<usize, StateError> {
+        let mut resets = Vec::new();
+        self.with(|s| {
+            let rows = s.query("SELECT job, obj, idx, record FROM blobway_chunks", &[])?;
+            for row in &rows {
+                let mut chunk: ChunkRecord = s.record(row, 3)?;
+                if chunk.state == ChunkState::InProgress {
+                    chunk.state = ChunkState::Pending;
+                    resets.push(Write::Chunk(
+                        row.get::<_, i64>(0).unsigned_abs(),
+                        index_of(row, 1),
+                        index_of(row, 2),
+                        chunk,
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        self.apply(&resets)?;
+        Ok(resets.len())
+    }
+
+    fn clear_names(&self, job: JobId) -> Result<(), StateError> {
+        self.with(|s| {
+            s.execute("DELETE FROM blobway_names WHERE job = $1", &[&id(job)])?;
+            Ok(())
+        })
+    }
+
+    fn claim_names(
+        &self,
+        job: JobId,
+        naming: Naming,
+        claims: &[Claim<'_>],
+    ) -> Result<Vec<Option<NameClash>>, StateError> {
+        self.transaction(|s| {
+            let session = std::cell::RefCell::new(s);
+            let mut out = Vec::with_capacity(claims.len());
+            for claim in claims {
+                out.push(names::claim_one(
+                    naming,
+                    claim,
+                    |k| {
+                        let row = session.borrow_mut().query_opt(
+                            "SELECT holder FROM blobway_names WHERE job = $1 AND claim = $2",
+                            &[&id(job), &k],
+                        )?;
+                        Ok(row.map(|row| row.get(0)))
+                    },
+                    |k, v| {
+                        session.borrow_mut().execute(
+                            "INSERT INTO blobway_names (job, claim, holder) VALUES ($1, $2, $3) \
+                             ON CONFLICT (job, claim) DO UPDATE SET holder = EXCLUDED.holder",
+                            &[&id(job), &k, &v],
+                        )?;
+                        Ok(())
+                    },
+                )?);
+            }
+            Ok(out)
+        })
+    }
+}
