@@ -19,7 +19,7 @@ use blobway::engine::{
 };
 use blobway::headless::{self, Output};
 use blobway::size::{human, parse_size};
-use blobway::state::{JobId, JobOptions, JobState, StateDb};
+use blobway::state::{JobId, JobOptions, JobState, StateDb, StateLocation};
 use blobway::store::simulated::LinkSettings;
 use blobway::store::{Access, ChecksumKind, StoreSettings};
 use blobway::tui::app::AppOptions;
@@ -514,10 +514,19 @@ fn state_failure(error: impl Into<anyhow::Error>) -> Failure {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let state_path = cli.state.clone().unwrap_or_else(StateDb::default_path);
+    let location = StateLocation::parse(&cli.state.clone().unwrap_or_else(StateDb::default_path));
+    // Where this state's daemon socket, token and log are found (the file itself, or a path
+    // standing for a database).
+    let state_path = location.anchor();
+    location.prepare_anchor().map_err(|e| {
+        state_failure(anyhow::anyhow!(
+            "cannot create {}: {e}",
+            state_path.parent().unwrap_or(&state_path).display()
+        ))
+    })?;
     match cli.command {
         None => {
-            let client = daemon_for_work(&state_path, cli.no_daemon, &cli.tuning).await?;
+            let client = daemon_for_work(&location, cli.no_daemon, &cli.tuning).await?;
             if let Some(client) = client {
                 // Attached: `q` detaches; the daemon keeps the jobs running.
                 let engine = blobway::daemon::attach::attach(client.clone());
@@ -540,7 +549,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = open_unserved(&state_path).await?;
+            let db = open_unserved(&location).await?;
             let options = AppOptions {
                 browse_root: "s3://".into(),
                 local_destination: None,
@@ -556,10 +565,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Some(Commands::Jobs { json }) => {
             if let Some(client) = daemon(&state_path).await? {
                 let views = daemon_jobs(&client).await?;
-                print_jobs(&state_path, views, json, false);
+                print_jobs(&location, views, json, false);
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let db = location.open().map_err(state_failure)?;
             list_jobs(&db, json).map_err(state_failure)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -570,10 +579,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             detached,
             tuning,
         }) => {
-            let db_path = state_path.clone();
-            let _log = init_logging_at(&db_path);
+            let _log = init_logging_at(&state_path);
             blobway::daemon::serve(blobway::daemon::ServeOptions {
-                state: state_path,
+                state: location,
                 listen,
                 tls: tls_cert
                     .zip(tls_key)
@@ -645,14 +653,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     println!("bandwidth cap: {value}");
                 }
                 None => {
-                    if !state_path.exists() {
+                    if !location.may_exist() {
                         return Err(bad_input(anyhow::anyhow!(
                             "no state file at {}: nothing runs there yet; give the cap to the \
                              first run with --bwlimit (or name the state file with --state)",
-                            state_path.display()
+                            location
                         )));
                     }
-                    let db = StateDb::open(&state_path).map_err(|e| {
+                    let db = location.open().map_err(|e| {
                         state_failure(anyhow::anyhow!(
                             "{e:#}; if a copy runs in the foreground on it, set the cap in its \
                              terminal (B) or run it with --bwlimit"
@@ -666,7 +674,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     println!(
                         "bandwidth cap: {value} (recorded in {}; no daemon runs, the next run \
                          uses it)",
-                        state_path.display()
+                        location
                     );
                 }
             }
@@ -674,7 +682,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Some(Commands::Stop) => {
             let Some(client) = daemon(&state_path).await? else {
-                println!("no daemon serves {}", state_path.display());
+                println!("no daemon serves {}", location);
                 return Ok(ExitCode::SUCCESS);
             };
             stop_daemon(&client).await?;
@@ -702,11 +710,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let db = location.open().map_err(state_failure)?;
             let Some(snapshot) = db.load_job(job).map_err(state_failure)? else {
                 return Err(bad_input(anyhow::anyhow!(
                     "there is no job {job} in {}; `blobway jobs` lists them",
-                    state_path.display()
+                    location
                 )));
             };
             let report = blobway::state::report::Report::of(&snapshot, all);
@@ -765,11 +773,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 copy_tags,
             };
             if dry_run {
-                return dry_run_plans(&state_path, &tuning, json, &source, &destinations, options)
+                return dry_run_plans(&location, &tuning, json, &source, &destinations, options)
                     .await;
             }
             if detach {
-                let client = daemon_for_work(&state_path, false, &tuning)
+                let client = daemon_for_work(&location, false, &tuning)
                     .await?
                     .ok_or_else(|| state_failure(anyhow::anyhow!("no daemon could be started")))?;
                 let accepted = submit(&client, &source, &destinations, options).await?;
@@ -782,11 +790,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let client = daemon_for_work(&state_path, cli.no_daemon, &tuning).await?;
+            let client = daemon_for_work(&location, cli.no_daemon, &tuning).await?;
             if let Some(client) = client {
                 return follow_in_daemon(client, &source, &destinations, options, json).await;
             }
-            let db = open_unserved(&state_path).await?;
+            let db = open_unserved(&location).await?;
             let commands = destinations
                 .into_iter()
                 .map(|destination| Command::Enqueue {
@@ -798,17 +806,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             run_headless(db, &tuning, json, tuning.stores(), commands).await
         }
         Some(Commands::Resume { job, tuning, json }) => {
-            let client = daemon_for_work(&state_path, cli.no_daemon, &tuning).await?;
+            let client = daemon_for_work(&location, cli.no_daemon, &tuning).await?;
             if let Some(client) = client {
                 return resume_in_daemon(client, job, json).await;
             }
-            let db = open_unserved(&state_path).await?;
+            let db = open_unserved(&location).await?;
             if let Some(id) = job
                 && db.job(id).map_err(state_failure)?.is_none()
             {
                 return Err(bad_input(anyhow::anyhow!(
                     "there is no job {id} in {}; `blobway jobs` lists them",
-                    state_path.display()
+                    location
                 )));
             }
             if job.is_none() {
@@ -861,11 +869,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("job {job}: cancelled");
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = StateDb::open(&state_path).map_err(state_failure)?;
+            let db = location.open().map_err(state_failure)?;
             if db.job(job).map_err(state_failure)?.is_none() {
                 return Err(bad_input(anyhow::anyhow!(
                     "there is no job {job} in {}; `blobway jobs` lists them",
-                    state_path.display()
+                    location
                 )));
             }
             let tuning = Tuning::parse_defaults();
@@ -892,7 +900,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             eprintln!("preparing sample files in {} …", layout.source.display());
             layout.prepare(!keep).map_err(bad_input)?;
-            let state = cli.state.unwrap_or_else(|| layout.state.clone());
+            let state = StateLocation::parse(&cli.state.unwrap_or_else(|| layout.state.clone()));
             let db = open_unserved(&state).await?;
             let source = format!("{}/", layout.source.display());
             let destination = format!("{}/", layout.destination.display());
@@ -907,7 +915,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 eprintln!(
                     "the demo's job {job} is paused: `blobway demo --keep` (the terminal UI, key r) \
                      or `blobway --state {} resume {job}` goes on",
-                    state.display()
+                    state
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -1288,15 +1296,15 @@ async fn follow_in_daemon(
 /// Plans each route and prints the plans; copies, creates and records nothing. The state file
 /// is read, when there is one, so objects done in an earlier run show as such.
 async fn dry_run_plans(
-    state_path: &std::path::Path,
+    state: &StateLocation,
     tuning: &Tuning,
     json: bool,
     source: &str,
     destinations: &[String],
     options: JobOptions,
 ) -> Result<ExitCode, Failure> {
-    let db = if state_path.exists() {
-        match StateDb::open(state_path) {
+    let db = if state.may_exist() {
+        match state.open() {
             Ok(db) => Some(db),
             Err(e) => {
                 eprintln!("note: {e}; the plan ignores earlier runs");
@@ -1338,12 +1346,12 @@ async fn dry_run_plans(
 
 /// The log file: `blobway.log` next to the state file.
 fn log_path(db: &StateDb) -> Option<PathBuf> {
-    Some(db.path().parent()?.join("blobway.log"))
+    Some(db.anchor().parent()?.join("blobway.log"))
 }
 
 /// Sends logs to the log file; returns the guard that flushes it.
 fn init_logging(db: &StateDb) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    init_logging_at(db.path())
+    init_logging_at(&db.anchor())
 }
 
 /// Sends logs to `blobway.log` next to `state`.
@@ -1379,16 +1387,16 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
     if !json {
         // This process holds the state file, so no other blobway is running the jobs: a job
         // recorded RUNNING was interrupted.
-        print_jobs(db.path(), views, false, true);
+        print_jobs(&db.path().display(), views, false, true);
     }
     Ok(())
 }
 
 /// Prints jobs as a table or JSON lines; `stopped` shows RUNNING as STOPPED (nothing runs
 /// them).
-fn print_jobs(state: &std::path::Path, jobs: Vec<JobView>, json: bool, stopped: bool) {
+fn print_jobs(state: &dyn std::fmt::Display, jobs: Vec<JobView>, json: bool, stopped: bool) {
     if jobs.is_empty() && !json {
-        println!("no jobs in {}", state.display());
+        println!("no jobs in {state}");
         return;
     }
     if !json {
@@ -1423,13 +1431,18 @@ fn print_jobs(state: &std::path::Path, jobs: Vec<JobView>, json: bool, stopped: 
 /// background (with `tuning`) when none runs — unless `--no-daemon`, which starts none but
 /// still uses one that runs (the state file is its).
 async fn daemon_for_work(
-    state: &std::path::Path,
+    state: &StateLocation,
     no_daemon: bool,
     tuning: &Tuning,
 ) -> Result<Option<Client>, Failure> {
-    let Some(running) = daemon(state).await? else {
+    let Some(running) = daemon(&state.anchor()).await? else {
         if no_daemon {
             return Ok(None);
+        }
+        // A database that does not answer, refuses the login or is newer is said here, in
+        // its own words, not as a daemon that exited.
+        if state.is_shared() {
+            drop(state.open().map_err(state_failure)?);
         }
         // A daemon this command starts takes its tuning flags.
         return Client::find_or_start(state, &tuning.as_args())
@@ -1505,14 +1518,13 @@ async fn client_job_ids(client: &Client) -> Result<Vec<JobId>, Failure> {
 
 /// Opens the state file for an engine in this process; a daemon serving it is named, with
 /// what to do instead.
-async fn open_unserved(state: &std::path::Path) -> Result<StateDb, Failure> {
-    if let Some(client) = daemon(state).await? {
+async fn open_unserved(state: &StateLocation) -> Result<StateDb, Failure> {
+    if let Some(client) = daemon(&state.anchor()).await? {
         let pid = client.version().await.map(|v| v.pid).unwrap_or_default();
         return Err(state_failure(anyhow::anyhow!(
-            "the daemon (pid {pid}) serves {}: hand it work with `blobway copy --detach`, \
-             watch it with `blobway jobs`, or stop it with `blobway stop`",
-            state.display()
+            "the daemon (pid {pid}) serves {state}: hand it work with `blobway copy --detach`, \
+             watch it with `blobway jobs`, or stop it with `blobway stop`"
         )));
     }
-    StateDb::open(state).map_err(state_failure)
+    state.open().map_err(state_failure)
 }

@@ -453,3 +453,72 @@ async fn unknown_aws_profile() {
         jobs.stdout
     );
 }
+
+/// A shared state database that does not answer, refuses the login, or was written by a newer
+/// blobway: each said in its own words, exit 3, the password never shown — whether the
+/// command runs the engine itself or would start a daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_database_that_does_not_answer_refuses_the_login_or_is_newer() {
+    let url = common::postgres::fresh_database();
+    let parsed = url::Url::parse(&url).expect("url");
+    let password = parsed.password().expect("a password").to_string();
+    let source = tempfile::tempdir().expect("source");
+    std::fs::write(source.path().join("a.txt"), b"kept").expect("write");
+    let destination = tempfile::tempdir().expect("destination");
+    let from = format!("{}/", source.path().display());
+    let to = format!("{}/", destination.path().display());
+    let mut nowhere = parsed.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    nowhere.set_port(Some(port)).expect("port");
+    let mut wrong = parsed.clone();
+    wrong
+        .set_password(Some("not-the-password"))
+        .expect("password");
+    for (state, message) in [
+        (nowhere.as_str(), "does not answer"),
+        (wrong.as_str(), "refused the login"),
+    ] {
+        for daemon in [false, true] {
+            for args in [vec!["jobs"], vec!["copy", &from, &to]] {
+                let mut cmd = blobway(Path::new(state));
+                if daemon {
+                    cmd.env_remove("BLOBWAY_NO_DAEMON");
+                }
+                let result = run(cmd.args(&args));
+                assert_fails(&result, 3, message);
+                let all = format!("{}\n{}", result.stdout, result.stderr);
+                assert!(!all.contains(&password), "{all}");
+                assert!(!all.contains("not-the-password"), "{all}");
+            }
+        }
+    }
+    assert!(
+        std::fs::read_dir(destination.path())
+            .expect("dir")
+            .next()
+            .is_none(),
+        "nothing copied without its state"
+    );
+
+    // A schema from a newer blobway: refused, and what it holds is left as it is.
+    let result = run(blobway(Path::new(&url)).args(["copy", &from, &to]));
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    common::postgres::execute(
+        &url,
+        "UPDATE blobway_meta SET value = '2' WHERE name = 'schema'",
+    );
+    let result = run(blobway(Path::new(&url)).args(["jobs"]));
+    assert_fails(&result, 3, "has schema version 2");
+    assert_fails(&result, 3, "upgrade blobway");
+    assert!(!result.stderr.contains(&password), "{}", result.stderr);
+    common::postgres::execute(
+        &url,
+        "UPDATE blobway_meta SET value = '1' WHERE name = 'schema'",
+    );
+    let jobs = recorded_jobs(blobway(Path::new(&url)));
+    assert_eq!(jobs.len(), 1, "the job recorded before is still there");
+}

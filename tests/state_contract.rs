@@ -3,6 +3,8 @@
 //! same records, transitions and invariants. Each test runs against both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,41 +17,7 @@ use blobway::state::{
     JobState, StateDb, StateError, UnderWay, Write,
 };
 use blobway::store::rules::Naming;
-
-/// The PostgreSQL cluster of this run (its superuser URL).
-fn cluster() -> String {
-    std::env::var("BLOBWAY_TEST_POSTGRES")
-        .expect("BLOBWAY_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
-}
-
-/// Runs `sql` on the cluster's `postgres` database.
-fn admin(sql: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(&cluster(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test cluster");
-        tokio::spawn(connection);
-        client.batch_execute(sql).await.expect("admin statement");
-    });
-}
-
-/// The URL of a new, empty database on the cluster.
-fn fresh_database() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "contract_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    );
-    admin(&format!("CREATE DATABASE {name}"));
-    let mut url = url::Url::parse(&cluster()).expect("cluster URL");
-    url.set_path(&name);
-    url.to_string()
-}
+use common::postgres::fresh_database;
 
 /// Each backend, freshly opened: (its name, the state, what keeps the redb file alive).
 fn backends() -> Vec<(&'static str, StateDb, Option<tempfile::TempDir>)> {
@@ -429,23 +397,10 @@ fn two_keys_never_get_one_destination_name() {
 fn a_newer_schema_is_refused_and_the_password_never_shown() {
     let url = fresh_database();
     drop(StateDb::open(&PathBuf::from(&url)).expect("create"));
-    let database = url::Url::parse(&url).expect("url").path()[1..].to_string();
-    let mut at = url::Url::parse(&cluster()).expect("url");
-    at.set_path(&database);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(at.as_str(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(connection);
-        client
-            .batch_execute("UPDATE blobway_meta SET value = '99' WHERE name = 'schema'")
-            .await
-            .expect("newer");
-    });
+    common::postgres::execute(
+        &url,
+        "UPDATE blobway_meta SET value = '99' WHERE name = 'schema'",
+    );
     let err = StateDb::open(&PathBuf::from(&url)).err().expect("refused");
     assert!(matches!(err, StateError::DatabaseSchema { .. }), "{err}");
     let text = err.to_string();

@@ -79,15 +79,25 @@ impl Client {
     /// The daemon serving `state`, started in the background if none runs: detached from the
     /// terminal (a session of its own, no controlling terminal, output to the log), so it
     /// survives the shell that started it.
-    pub async fn find_or_start(state: &Path, serve_args: &[String]) -> anyhow::Result<Client> {
+    pub async fn find_or_start(
+        location: &crate::state::StateLocation,
+        serve_args: &[String],
+    ) -> anyhow::Result<Client> {
+        let state = &location.anchor();
         if let Some(client) = Client::find(state).await? {
             return Ok(client);
         }
         let exe = std::env::current_exe().context("cannot find the blobway binary")?;
         let mut command = std::process::Command::new(exe);
+        // A database's URL (with its password) goes through the environment only.
+        let (arg, env) = location.for_child();
+        if let Some(path) = arg {
+            command.arg("--state").arg(path);
+        }
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
         command
-            .arg("--state")
-            .arg(state)
             .arg("serve")
             .arg("--detached")
             .args(serve_args)

@@ -18,7 +18,7 @@ pub mod tls;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::engine::{Command, Engine, EngineConfig, StoreFactory};
-use crate::state::StateDb;
+use crate::state::StateLocation;
 use api::Shared;
 
 /// How long a stopping daemon waits for the engine before it exits anyway.
@@ -45,8 +45,8 @@ const MIN_TOKEN: usize = 16;
 
 /// How `blobway serve` runs.
 pub struct ServeOptions {
-    /// The state file it owns.
-    pub state: PathBuf,
+    /// The state it serves (a file it owns, or a database it shares with other workers).
+    pub state: StateLocation,
     /// Also serve the API on this TCP address (bearer token required).
     pub listen: Option<SocketAddr>,
     /// Serve TCP over TLS with this certificate and key (required beyond loopback).
@@ -65,7 +65,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if options.detached {
         let _ = nix::unistd::setsid();
     }
-    let socket_path = socket::socket_path(&options.state);
+    // The socket, token and log of a database are found from a local path standing for it.
+    let anchor = options.state.anchor();
+    let socket_path = socket::socket_path(&anchor);
     if let Ok(running) = client::Client::at(&socket_path).version().await {
         anyhow::bail!(
             "blobway serve (pid {}) already serves {}; its socket is {}",
@@ -76,12 +78,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     // Everything an operator may have mistyped is checked before the state file is opened.
     let acceptor = options.tls.as_ref().map(tls::load).transpose()?;
-    let db = StateDb::open(&options.state)?;
+    let db = options.state.open()?;
     let unix = socket::bind(&socket_path)
         .await
         .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
     let tcp = match options.listen {
-        Some(addr) => Some(listen_tcp(addr, &options.state, acceptor).await?),
+        Some(addr) => Some(listen_tcp(addr, &anchor, acceptor).await?),
         None => None,
     };
     let config = EngineConfig {

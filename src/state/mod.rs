@@ -12,6 +12,7 @@ mod codec;
 pub mod counts;
 pub mod embedded;
 pub mod index;
+pub mod location;
 pub mod names;
 pub mod postgres;
 pub mod records;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use embedded::RedbState;
+pub use location::StateLocation;
 pub use records::*;
 /// Why the state database could not be used; every message names the fix.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +60,7 @@ pub enum StateError {
     },
     /// The state database does not answer.
     #[error(
-        "the state database {url} does not answer ({detail}); check its host and port, that          PostgreSQL runs there, and the network between"
+        "the state database {url} does not answer ({detail}); check its host and port, that PostgreSQL runs there, and the network between"
     )]
     Unreachable {
         /// Its URL, without the password.
@@ -68,7 +70,7 @@ pub enum StateError {
     },
     /// The state database refused the login.
     #[error(
-        "the state database {url} refused the login ({detail}); check the user and password          in the URL given with --state or BLOBWAY_STATE"
+        "the state database {url} refused the login ({detail}); check the user and password in the URL given with --state or BLOBWAY_STATE"
     )]
     Refused {
         /// Its URL, without the password.
@@ -78,7 +80,7 @@ pub enum StateError {
     },
     /// The state database was written by a newer blobway.
     #[error(
-        "the state database {url} has schema version {found}; this blobway reads version          {reads}; upgrade blobway on every worker"
+        "the state database {url} has schema version {found}; this blobway reads version {reads}; upgrade blobway on every worker"
     )]
     DatabaseSchema {
         /// Its URL, without the password.
@@ -197,8 +199,15 @@ pub struct TableUsage {
 /// engine relies on (a batch is applied whole or not at all; the counters and the index by
 /// state always equal a fresh count of the records; a job ID is never given twice).
 pub trait Backend: Send + Sync {
-    /// Where the state lives, for messages (a file path).
+    /// Where the state lives, for messages (a file path, or a database's URL without its
+    /// password).
     fn path(&self) -> &Path;
+
+    /// A local path that stands for the state ([`StateLocation::anchor`]): its log is kept
+    /// beside it.
+    fn anchor(&self) -> PathBuf {
+        self.path().to_path_buf()
+    }
 
     /// Applies a batch of writes in one durable transaction.
     fn apply(&self, writes: &[Write]) -> Result<(), StateError>;
@@ -382,13 +391,15 @@ impl StateDb {
         Self(Arc::new(backend))
     }
 
-    /// Opens the state at `location`: a PostgreSQL database when it is a `postgres://` URL,
-    /// else the redb file at that path (created if missing).
-    pub fn open(location: &Path) -> Result<Self, StateError> {
-        match location.to_str().filter(|l| postgres::is_url(l)) {
-            Some(url) => Ok(Self::new(postgres::PgState::open(url)?)),
-            None => Ok(Self::new(RedbState::open(location)?)),
-        }
+    /// Opens the state `given` names ([`StateLocation::parse`]): a PostgreSQL database when it
+    /// is a `postgres://` URL, else the redb file at that path (created if missing).
+    pub fn open(given: &Path) -> Result<Self, StateError> {
+        StateLocation::parse(given).open()
+    }
+
+    /// Opens (or creates) the redb state file at `path`.
+    pub fn open_file(path: &Path) -> Result<Self, StateError> {
+        Ok(Self::new(RedbState::open(path)?))
     }
 }
 

@@ -123,6 +123,18 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// The local path standing for the database at `url` (redacted or not: the same path):
+/// `<data folder>/blobway/postgres/<hash of its redacted URL>/state`.
+pub fn anchor(url: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(redacted(url).as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    super::StateDb::default_path()
+        .with_file_name("postgres")
+        .join(name)
+        .join("state")
+}
+
 /// One pooled connection and the statements prepared on it.
 struct Conn {
     client: Client,
@@ -740,6 +752,10 @@ impl batch::Txn for PgTxn<'_, '_> {
 impl Backend for PgState {
     fn path(&self) -> &Path {
         &self.shown
+    }
+
+    fn anchor(&self) -> PathBuf {
+        anchor(&self.location)
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StateError> {

@@ -291,6 +291,7 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
 
 pub mod block_from_url;
 pub mod crash;
+pub mod postgres;
 pub mod proxy;
 pub mod tmux;
 
