@@ -90,6 +90,16 @@ pub enum StateError {
         /// The version this blobway writes.
         reads: i64,
     },
+    /// Another blobway serves the state database.
+    #[error(
+        "the state database {url} is in use by {holder}; one blobway serves a database at a time: stop that one (`blobway stop` where it runs) or work through it (its API, or `blobway jobs` on its machine)"
+    )]
+    DatabaseInUse {
+        /// Its URL, without the password.
+        url: String,
+        /// Who holds it (program, process, host, since when).
+        holder: String,
+    },
     /// The state database answered with an error.
     #[error("the state database {url}: {detail}")]
     Database {

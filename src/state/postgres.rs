@@ -39,6 +39,11 @@ const CONNECTIONS: usize = 4;
 /// Tells schema changes of several workers starting at once apart (`pg_advisory_xact_lock`).
 const SCHEMA_LOCK: i64 = 0x626c_6f62_7761_7901;
 
+/// The session lock ("blob", 1) the one blobway serving a database holds while it runs
+/// (`pg_try_advisory_lock(int, int)`): until workers share a database through leases, a
+/// second engine on it would move the same objects at once.
+const HOLDER_LOCK: (i32, i32) = (0x626c_6f62, 1);
+
 /// The tables, created (or found) at open. Keys and routes sort by their bytes (`COLLATE
 /// "C"`), as the embedded file sorts them.
 const SCHEMA: &str = r#"
@@ -150,6 +155,8 @@ pub struct PgState {
     shown: PathBuf,
     config: Arc<tokio_postgres::Config>,
     pool: Arc<Vec<Mutex<Option<Conn>>>>,
+    /// The connection that holds [`HOLDER_LOCK`], released when the last handle goes.
+    _holder: Arc<Holder>,
     /// Drives the connections' I/O.
     runtime: Arc<Driver>,
 }
@@ -179,7 +186,7 @@ impl PgState {
     /// Connects to the database at `url`, creating or checking blobway's tables.
     pub fn open(url: &str) -> Result<Self, StateError> {
         let location = redacted(url);
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| StateError::Database {
                 url: location.clone(),
                 detail: format!(
@@ -187,6 +194,13 @@ impl PgState {
                     clean(&e.to_string(), url)
                 ),
             })?;
+        // Who is connected, as `pg_stat_activity` shows it (and a second blobway is told).
+        config.application_name(format!(
+            "blobway {} pid {} on {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            host_name()
+        ));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("blobway-postgres")
@@ -196,15 +210,46 @@ impl PgState {
                 url: location.clone(),
                 detail: format!("no thread for its connections: {e}"),
             })?;
-        let state = Self {
+        let mut state = Self {
             shown: PathBuf::from(&location),
             location,
             config: Arc::new(config),
             pool: Arc::new((0..CONNECTIONS).map(|_| Mutex::new(None)).collect()),
             runtime: Arc::new(Driver(Some(runtime))),
+            _holder: Arc::new(Holder(None)),
         };
         state.init_schema()?;
+        state._holder = Arc::new(state.hold()?);
         Ok(state)
+    }
+
+    /// Takes [`HOLDER_LOCK`] on a connection of its own, or says who holds it.
+    fn hold(&self) -> Result<Holder, StateError> {
+        let conn = self.connect()?;
+        let taken = block_on(conn.client.query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
+        ))
+        .map_err(|e| self.error("locked", &e))?
+        .get::<_, bool>(0);
+        if taken {
+            return Ok(Holder(Some(conn.client)));
+        }
+        let holder = block_on(conn.client.query_opt(
+            "SELECT a.application_name || ' since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 \
+             AND l.objid::bigint = $2 AND l.objsubid = 2 AND l.database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&i64::from(HOLDER_LOCK.0), &i64::from(HOLDER_LOCK.1)],
+        ))
+        .ok()
+        .flatten()
+        .map_or_else(|| "another blobway".to_string(), |row| row.get(0));
+        Err(StateError::DatabaseInUse {
+            url: self.location.clone(),
+            holder,
+        })
     }
 
     /// The URL without its password.
@@ -388,6 +433,29 @@ impl PgState {
             detail: format!("a record does not decode: {e}"),
         })
     }
+}
+
+/// The connection that holds [`HOLDER_LOCK`]: it lets go before it closes, so a daemon
+/// started right after this process checked the database finds the lock free.
+struct Holder(Option<Client>);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let _ = block_on(client.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
+            ));
+        }
+    }
+}
+
+/// This machine's name, for `pg_stat_activity` (empty when unknown).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// `text` with `secret` taken out (when it is there at all).
