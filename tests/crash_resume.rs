@@ -16,6 +16,19 @@ const MIB: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
+    let state_dir = tempfile::tempdir().expect("state");
+    crash_then_resume(&state_dir.path().join("s.redb")).await;
+}
+
+/// The same with the state in PostgreSQL: a killed process's session (and its lock) ends
+/// with it, and what it recorded is all there for the next run.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_then_resume_copies_exactly_once_with_the_state_in_postgresql() {
+    let url = common::postgres::fresh_database();
+    crash_then_resume(std::path::Path::new(&url)).await;
+}
+
+async fn crash_then_resume(state: &std::path::Path) {
     let seed: u64 = std::env::var("BLOBWAY_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -35,8 +48,6 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
     for (key, data) in &sources {
         put(&s3, &bucket, key, data).await;
     }
-    let state_dir = tempfile::tempdir().expect("state");
-    let state = state_dir.path().join("s.redb");
     let args = [
         "copy".to_string(),
         format!("s3://{bucket}/crash/"),
@@ -51,9 +62,9 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
     let container_ref = &container;
     let sources_ref = &sources;
     let crashes = kill_then_resume(
-        || blobway(&state),
+        || blobway(state),
         &args,
-        &state,
+        state,
         6,
         0..300,
         &mut rng,
@@ -77,7 +88,7 @@ async fn sigkill_at_random_moments_then_resume_copies_exactly_once() {
     );
     // `resume` finished what the killed runs left, without listing the source again.
     assert_eq!(crashes.resume.events_named("job_loaded").len(), 1);
-    let jobs = run(blobway(&state).arg("jobs"));
+    let jobs = run(blobway(state).arg("jobs"));
     assert!(jobs.stdout.contains("DONE"), "{}", jobs.stdout);
     assert!(jobs.stdout.contains("7/7"), "{}", jobs.stdout);
     let copied = azure_contents(&container, "crash/").await;

@@ -223,17 +223,27 @@ impl PgState {
         Ok(state)
     }
 
-    /// Takes [`HOLDER_LOCK`] on a connection of its own, or says who holds it.
+    /// Takes [`HOLDER_LOCK`] on a connection of its own, or says who holds it. A holder that
+    /// was just killed keeps the lock until the server sees its connection close, so the lock
+    /// is asked for again for a few seconds before giving up.
     fn hold(&self) -> Result<Holder, StateError> {
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
         let conn = self.connect()?;
-        let taken = block_on(conn.client.query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
-        ))
-        .map_err(|e| self.error("locked", &e))?
-        .get::<_, bool>(0);
-        if taken {
-            return Ok(Holder(Some(conn.client)));
+        let started = std::time::Instant::now();
+        loop {
+            let taken = block_on(conn.client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
+            ))
+            .map_err(|e| self.error("locked", &e))?
+            .get::<_, bool>(0);
+            if taken {
+                return Ok(Holder(Some(conn.client)));
+            }
+            if started.elapsed() >= PATIENCE {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let holder = block_on(conn.client.query_opt(
             "SELECT a.application_name || ' since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \

@@ -25,7 +25,7 @@ pub type ChunkSeen = (ChunkState, u32, Vec<String>);
 /// Every chunk's state and attempt count, read from the state file of a dead process.
 pub fn chunks(state: &Path) -> BTreeMap<ChunkKey, ChunkSeen> {
     let mut out = BTreeMap::new();
-    if !state.exists() {
+    if !blobway::state::StateLocation::parse(state).may_exist() {
         return out;
     }
     let db = StateDb::open(state).expect("the killed process released the state file");
