@@ -1,7 +1,9 @@
-//! Chunk state transitions per second through the state database: one durable redb commit per
+//! Chunk state transitions per second through the state database: one durable commit per
 //! transition, against the writer thread that folds every transition queued meanwhile into one
 //! durable commit (tags come back only after their commit, so "record after acknowledge"
-//! holds). Target: ≥ 50,000 transitions/s batched. Prints a table;
+//! holds). Target: ≥ 50,000 transitions/s batched (the redb file). Each backend gets its rows:
+//! the redb file, and PostgreSQL when `BLOBWAY_BENCH_POSTGRES` (or `BLOBWAY_TEST_POSTGRES`)
+//! names a cluster (a fresh database is made in it). Prints a table;
 //! `cargo bench --bench state_writes`.
 
 use std::time::Instant;
@@ -14,8 +16,30 @@ use tokio::sync::mpsc;
 
 const CHUNKS: u32 = 50_000;
 
-fn setup(dir: &std::path::Path) -> StateDb {
-    let db = StateDb::open(&dir.join("bench.redb")).expect("open");
+/// A new database on the cluster at `cluster` (a superuser URL): its URL.
+fn fresh_database(cluster: &str) -> String {
+    let name = format!("bench_state_writes_{}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(cluster, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the cluster");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+    });
+    let mut url = url::Url::parse(cluster).expect("cluster URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+fn setup(location: &std::path::Path) -> StateDb {
+    let db = StateDb::open(location).expect("open");
     let job = JobRecord {
         id: 1,
         source: "s3://bench/".into(),
@@ -50,11 +74,26 @@ fn transition(i: u32, state: ChunkState) -> Write {
 }
 
 fn main() {
-    println!("| how | transitions | seconds | transitions/s |");
-    println!("|---|---|---|---|");
-
+    println!("| state | how | transitions | seconds | transitions/s |");
+    println!("|---|---|---|---|---|");
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = setup(dir.path());
+    let rate = measure("redb file", &setup(&dir.path().join("bench.redb")));
+    let cluster = std::env::var("BLOBWAY_BENCH_POSTGRES")
+        .or_else(|_| std::env::var("BLOBWAY_TEST_POSTGRES"))
+        .ok();
+    if let Some(cluster) = cluster {
+        let url = fresh_database(&cluster);
+        measure("PostgreSQL (loopback)", &setup(std::path::Path::new(&url)));
+    }
+    println!();
+    println!(
+        "target ≥ 50,000 transitions/s batched (redb file): {}",
+        if rate >= 50_000.0 { "met" } else { "missed" }
+    );
+}
+
+/// Prints `db`'s rows; returns its batched rate.
+fn measure(label: &str, db: &StateDb) -> f64 {
     let single = 2_000;
     let start = Instant::now();
     for i in 0..single {
@@ -63,13 +102,13 @@ fn main() {
     }
     let took = start.elapsed().as_secs_f64();
     println!(
-        "| one durable commit per transition | {single} | {took:.2} | {:.0} |",
+        "| {label} | one durable commit per transition | {single} | {took:.2} | {:.0} |",
         f64::from(single) / took
     );
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let total: u32 = 200_000;
-    let rate = runtime.block_on(async {
+    runtime.block_on(async {
         let (tx, rx) = mpsc::channel(4096);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let thread = writer::spawn(db.clone(), rx, done_tx, || Ok(()));
@@ -94,14 +133,9 @@ fn main() {
         producer.await.expect("producer");
         let _ = thread;
         println!(
-            "| batched by the writer thread ({commits} durable commits) | {total} | {took:.2} | {:.0} |",
+            "| {label} | batched by the writer thread ({commits} durable commits) | {total} | {took:.2} | {:.0} |",
             f64::from(total) / took
         );
         f64::from(total) / took
-    });
-    println!();
-    println!(
-        "target ≥ 50,000 transitions/s batched: {}",
-        if rate >= 50_000.0 { "met" } else { "missed" }
-    );
+    })
 }
