@@ -56,8 +56,15 @@ Exit status:
 #[derive(Parser, Debug)]
 #[command(name = "blobway", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// The state file holding every job, object and chunk.
-    #[arg(long, global = true, env = "BLOBWAY_STATE", value_name = "FILE")]
+    /// Where every job, object and chunk is kept: a state file, or a PostgreSQL database
+    /// (`postgres://user:password@host:port/database`; the password is never shown).
+    #[arg(
+        long,
+        global = true,
+        env = "BLOBWAY_STATE",
+        hide_env_values = true,
+        value_name = "FILE|URL"
+    )]
     state: Option<PathBuf>,
 
     /// Run the engine in this process, as a script may want, instead of in the daemon of the

@@ -626,3 +626,40 @@ fn a_second_blobway_on_one_database_is_told_who_holds_it() {
     let again = StateDb::open(&url).expect("free once the first let go");
     assert!(again.jobs().expect("jobs").is_empty());
 }
+
+/// Batches applied at once from several threads (the writer, the planner) leave the counters
+/// and the index what counting the records afresh gives, as one batch at a time would.
+#[test]
+fn batches_applied_at_once_keep_the_counters_true() {
+    for (name, db, _dir) in backends() {
+        db.apply(&[Write::Job(job(1))]).expect("job");
+        std::thread::scope(|scope| {
+            for thread in 0..4u32 {
+                let db = db.clone();
+                scope.spawn(move || {
+                    for round in 0..40u32 {
+                        // Every thread writes the same three objects and their chunks.
+                        let index = (thread + round) % 3;
+                        let mut record = file(3);
+                        record.state = FILE_STATES[(round % 5) as usize];
+                        let mut writes = vec![Write::File(1, index, record)];
+                        for chunk in 0..3 {
+                            let state = if (round + chunk) % 2 == 0 {
+                                ChunkState::Completed
+                            } else {
+                                ChunkState::Pending
+                            };
+                            let mut c = ChunkRecord::pending();
+                            c.state = state;
+                            writes.push(Write::Chunk(1, index, chunk, c));
+                        }
+                        db.apply(&writes).expect("apply at once");
+                    }
+                });
+            }
+        });
+        let (expected, states) = fresh_count(&db, 1);
+        assert_eq!(db.progress(1).expect("progress"), expected, "{name}");
+        assert_eq!(states.len(), 3, "{name}");
+    }
+}

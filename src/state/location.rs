@@ -137,6 +137,30 @@ mod tests {
     }
 
     #[test]
+    fn libpq_keywords_and_any_case_name_a_database_too() {
+        for given in [
+            "host=db.example dbname=m user=u password=kw-secret",
+            "POSTGRES://u:kw-secret@db.example/m",
+            "PostgreSQL://u:kw-secret@db.example:5432/m",
+        ] {
+            let location = StateLocation::parse(Path::new(given));
+            assert!(location.is_shared(), "{given}");
+            assert!(!location.to_string().contains("kw-secret"), "{location}");
+            assert!(!location.anchor().to_string_lossy().contains("kw-secret"));
+        }
+        // One database however its URL is spelled: the same daemon is found.
+        let anchor = |url: &str| StateLocation::parse(Path::new(url)).anchor();
+        assert_eq!(
+            anchor("postgres://u:a@db.example/m"),
+            anchor("postgresql://u:b@db.example:5432/m?application_name=x")
+        );
+        assert_ne!(
+            anchor("postgres://u@db.example/m"),
+            anchor("postgres://u@db.example/n")
+        );
+    }
+
+    #[test]
     fn anything_else_is_a_file() {
         for given in [
             "state.redb",

@@ -39,6 +39,16 @@ const CONNECTIONS: usize = 4;
 /// Tells schema changes of several workers starting at once apart (`pg_advisory_xact_lock`).
 const SCHEMA_LOCK: i64 = 0x626c_6f62_7761_7901;
 
+/// Serialises the write transactions of a database (`pg_advisory_xact_lock`): a batch reads
+/// records and writes what follows from them (counters, key holders, name claims), as one
+/// redb write transaction at a time does.
+const WRITE_LOCK: i64 = 0x626c_6f62_7761_7902;
+
+/// How long a statement may run (`statement_timeout`) before the server gives up on it; with
+/// `idle_in_transaction_session_timeout`, TCP keepalives and `tcp_user_timeout`, a database
+/// that drops off the network fails calls within about a minute instead of hanging them.
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The session lock ("blob", 1) the one blobway serving a database holds while it runs
 /// (`pg_try_advisory_lock(int, int)`): until workers share a database through leases, a
 /// second engine on it would move the same objects at once.
@@ -97,9 +107,16 @@ CREATE TABLE IF NOT EXISTS blobway_names (
 );
 "#;
 
-/// True when `location` names a PostgreSQL database rather than a file.
+/// True when `location` names a PostgreSQL database rather than a file: a `postgres://` or
+/// `postgresql://` URL (any case), or libpq's `key=value` form (`host=… dbname=…`).
 pub fn is_url(location: &str) -> bool {
-    location.starts_with("postgres://") || location.starts_with("postgresql://")
+    let lower = location.trim_start().to_ascii_lowercase();
+    lower.starts_with("postgres://")
+        || lower.starts_with("postgresql://")
+        || (lower.contains('=')
+            && lower
+                .split_whitespace()
+                .any(|pair| pair.starts_with("host=") || pair.starts_with("dbname=")))
 }
 
 /// `url` without its password (and without any `password=` parameter): how messages name it.
@@ -124,7 +141,16 @@ pub fn redacted(url: &str) -> String {
             }
             parsed.to_string()
         }
-        Err(_) => "the PostgreSQL URL given (it does not parse)".into(),
+        // libpq's `key=value` form (or a URL the parser refuses): every password value masked.
+        Err(_) => url
+            .split_whitespace()
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ if pair.contains('@') => "…@…".to_string(),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -132,12 +158,37 @@ pub fn redacted(url: &str) -> String {
 /// `<data folder>/blobway/postgres/<hash of its redacted URL>/state`.
 pub fn anchor(url: &str) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(redacted(url).as_bytes());
+    // What names the database, however the URL spells it (scheme, default port, parameters
+    // in another order, another password): user, hosts, ports and database.
+    let identity = match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            config.get_user(),
+            config.get_hosts(),
+            if config.get_ports().is_empty() {
+                &[5432][..]
+            } else {
+                config.get_ports()
+            },
+            config.get_dbname()
+        ),
+        Err(_) => redacted(url),
+    };
+    let digest = Sha256::digest(identity.as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     super::StateDb::default_path()
         .with_file_name("postgres")
         .join(name)
         .join("state")
+}
+
+/// A pool slot whose holder panicked, its connection dropped (it may be mid-transaction).
+fn fresh<'a>(
+    poisoned: std::sync::PoisonError<MutexGuard<'a, Option<Conn>>>,
+) -> MutexGuard<'a, Option<Conn>> {
+    let mut guard = poisoned.into_inner();
+    *guard = None;
+    guard
 }
 
 /// One pooled connection and the statements prepared on it.
@@ -194,6 +245,18 @@ impl PgState {
                     clean(&e.to_string(), url)
                 ),
             })?;
+        if let Some(password) = config.get_password() {
+            crate::redact::register_secret(&String::from_utf8_lossy(password));
+        }
+        config
+            .keepalives_idle(std::time::Duration::from_secs(15))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(std::time::Duration::from_secs(30))
+            .options(format!(
+                "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
         // Who is connected, as `pg_stat_activity` shows it (and a second blobway is told).
         config.application_name(format!(
             "blobway {} pid {} on {}",
@@ -216,7 +279,7 @@ impl PgState {
             config: Arc::new(config),
             pool: Arc::new((0..CONNECTIONS).map(|_| Mutex::new(None)).collect()),
             runtime: Arc::new(Driver(Some(runtime))),
-            _holder: Arc::new(Holder(None)),
+            _holder: Arc::new(Holder { _connection: None }),
         };
         state.init_schema()?;
         state._holder = Arc::new(state.hold()?);
@@ -238,7 +301,9 @@ impl PgState {
             .map_err(|e| self.error("locked", &e))?
             .get::<_, bool>(0);
             if taken {
-                return Ok(Holder(Some(conn.client)));
+                return Ok(Holder {
+                    _connection: Some(conn.client),
+                });
             }
             if started.elapsed() >= PATIENCE {
                 break;
@@ -303,12 +368,19 @@ impl PgState {
 
     /// A pooled connection, open: a free one if there is one, else the next in turn.
     fn conn(&self) -> Result<MutexGuard<'_, Option<Conn>>, StateError> {
+        // A slot whose holder panicked may hold a connection inside a transaction: it is
+        // closed and opened again, never reused.
         let mut guard = None;
         for slot in self.pool.iter() {
-            if let Ok(held) = slot.try_lock() {
-                guard = Some(held);
-                break;
+            match slot.try_lock() {
+                Ok(held) => guard = Some(held),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    slot.clear_poison();
+                    guard = Some(fresh(poisoned));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => continue,
             }
+            break;
         }
         let mut guard = match guard {
             Some(guard) => guard,
@@ -316,9 +388,11 @@ impl PgState {
                 static NEXT: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(0);
                 let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.pool.len();
-                self.pool[i]
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                let slot = &self.pool[i];
+                slot.lock().unwrap_or_else(|poisoned| {
+                    slot.clear_poison();
+                    fresh(poisoned)
+                })
             }
         };
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
@@ -343,32 +417,89 @@ impl PgState {
             state: self,
             client: &conn.client,
             statements: &mut conn.statements,
+            broken: false,
         };
-        f(&mut session)
+        let result = f(&mut session);
+        if session.broken {
+            // Its transaction could not be ended: never handed out again.
+            *guard = None;
+        }
+        result
     }
 
-    /// Runs `f` in one transaction on a pooled connection, committed when it returns `Ok`.
+    /// Runs `f` in one write transaction on a pooled connection, committed (durably, and one
+    /// write transaction of the database at a time) when it returns `Ok`.
     fn transaction<T>(
         &self,
         f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
+        self.within("BEGIN", |session| {
+            session.batch("SET LOCAL synchronous_commit = on")?;
+            session.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            f(session)
+        })
+    }
+
+    /// Runs `f` in one read-only transaction that sees one snapshot (an object and its chunks
+    /// as one commit left them).
+    fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.within("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", f)
+    }
+
+    /// Runs `f` between `begin` and COMMIT (ROLLBACK when it fails); a connection whose
+    /// transaction could not be ended is closed.
+    fn within<T>(
+        &self,
+        begin: &'static str,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         self.with(|session| {
-            session.batch("BEGIN")?;
-            match f(session) {
-                Ok(value) => {
-                    session.batch("COMMIT")?;
-                    Ok(value)
-                }
-                Err(e) => {
-                    // A rollback that fails leaves a broken connection, opened again later.
-                    let _ = session.batch("ROLLBACK");
-                    Err(e)
-                }
-            }
+            session.batch(begin)?;
+            // Until COMMIT or ROLLBACK answer, a panic or an error leaves it mid-transaction.
+            session.broken = true;
+            let result = f(session);
+            let ended = match &result {
+                Ok(_) => session.batch("COMMIT"),
+                Err(_) => session.batch("ROLLBACK"),
+            };
+            session.broken = ended.is_err();
+            let value = result?;
+            ended?;
+            Ok(value)
         })
     }
 
     fn init_schema(&self) -> Result<(), StateError> {
+        // A database already at this schema is only read: no DDL (it needs the CREATE privilege
+        // and locks tables) for a command that reads it.
+        let current = self.with(|s| {
+            let encoding: String = s
+                .query_opt("SHOW server_encoding", &[])?
+                .map(|row| row.get(0))
+                .unwrap_or_default();
+            if !encoding.eq_ignore_ascii_case("UTF8") {
+                return Err(StateError::Database {
+                    url: self.location.clone(),
+                    detail: format!(
+                        "its encoding is {encoding}; object keys need UTF8: create the \
+                         database with ENCODING 'UTF8'"
+                    ),
+                });
+            }
+            let found = s
+                .query_opt("SELECT value FROM blobway_meta WHERE name = 'schema'", &[])
+                // No table yet: it is created below.
+                .ok()
+                .flatten()
+                .map(|row| row.get::<_, String>(0));
+            Ok(found)
+        });
+        if current? == Some(SCHEMA_VERSION.to_string()) {
+            return Ok(());
+        }
         self.transaction(|s| {
             s.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
             s.batch(SCHEMA)?;
@@ -445,19 +576,10 @@ impl PgState {
     }
 }
 
-/// The connection that holds [`HOLDER_LOCK`]: it lets go before it closes, so a daemon
-/// started right after this process checked the database finds the lock free.
-struct Holder(Option<Client>);
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            let _ = block_on(client.execute(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
-            ));
-        }
-    }
+/// The connection that holds [`HOLDER_LOCK`]; the lock goes when it closes (the next
+/// holder waits a few seconds for the server to see that).
+struct Holder {
+    _connection: Option<Client>,
 }
 
 /// This machine's name, for `pg_stat_activity` (empty when unknown).
@@ -482,6 +604,9 @@ struct Session<'a> {
     state: &'a PgState,
     client: &'a Client,
     statements: &'a mut HashMap<&'static str, Statement>,
+    /// True while a transaction is open that nothing has ended yet (the connection is then
+    /// closed rather than reused).
+    broken: bool,
 }
 
 impl Session<'_> {
@@ -906,7 +1031,7 @@ impl Backend for PgState {
         limit: usize,
         chunks_of: Option<&BTreeSet<u32>>,
     ) -> Result<Option<JobSnapshot>, StateError> {
-        self.transaction(|s| {
+        self.snapshot(|s| {
             let Some(row) =
                 s.query_opt("SELECT record FROM blobway_jobs WHERE id = $1", &[&id(job)])?
             else {
@@ -949,7 +1074,7 @@ impl Backend for PgState {
         max_chunks: usize,
         held: &dyn Fn(u32) -> bool,
     ) -> Result<UnderWay, StateError> {
-        self.transaction(|s| {
+        self.snapshot(|s| {
             let limit = max_objects.max(1);
             // One more than asked, so the end is known exactly.
             let rows = s.query(
@@ -1058,7 +1183,7 @@ impl Backend for PgState {
         keys: &[&str],
     ) -> Result<Vec<(u32, FileRecord, Vec<ChunkRecord>)>, StateError> {
         let wanted: Vec<&str> = keys.to_vec();
-        self.transaction(|s| {
+        self.snapshot(|s| {
             let rows = s.query(
                 "SELECT k.key, o.idx, o.record FROM blobway_keys k \
                  JOIN blobway_objects o ON o.job = k.job AND o.idx = k.idx \
@@ -1171,7 +1296,7 @@ impl Backend for PgState {
     }
 
     fn clear_names(&self, job: JobId) -> Result<(), StateError> {
-        self.with(|s| {
+        self.transaction(|s| {
             s.execute("DELETE FROM blobway_names WHERE job = $1", &[&id(job)])?;
             Ok(())
         })
