@@ -663,3 +663,61 @@ fn batches_applied_at_once_keep_the_counters_true() {
         assert_eq!(states.len(), 3, "{name}");
     }
 }
+
+/// A GCS session URI is a bearer secret: a shared database holds it only sealed with
+/// `BLOBWAY_STATE_KEY`, reads it back whole, and without a key refuses it (nothing recorded).
+#[test]
+fn bearer_sessions_reach_a_shared_database_only_sealed() {
+    use blobway::state::postgres::PgState;
+    use blobway::state::sealed::SessionKey;
+    let url = fresh_database();
+    let key = || SessionKey::parse(&"5a".repeat(32)).expect("key");
+    let session = "https://storage.googleapis.com/upload/storage/v1/b/x/o?upload_id=BEARER-SECRET";
+    let mut record = file(2);
+    record.session = Some(session.into());
+    let mut s3 = file(2);
+    s3.key = "p/b".into();
+    s3.session = Some("2~s3-upload-id".into());
+    {
+        let db = StateDb::new(PgState::open_with(&url, None).expect("open"));
+        let err = db
+            .apply(&[Write::Job(job(1)), Write::File(1, 0, record.clone())])
+            .expect_err("refused without a key");
+        assert!(err.to_string().contains("BLOBWAY_STATE_KEY"), "{err}");
+        assert!(!err.to_string().contains("BEARER-SECRET"), "{err}");
+        assert!(
+            db.job(1).expect("read").is_none(),
+            "the whole batch was refused"
+        );
+    }
+    let db = StateDb::new(PgState::open_with(&url, Some(key())).expect("open"));
+    db.apply(&[
+        Write::Job(job(1)),
+        Write::File(1, 0, record.clone()),
+        Write::File(1, 1, s3.clone()),
+    ])
+    .expect("sealed");
+    assert_eq!(
+        common::postgres::number(
+            &url,
+            "SELECT count(*) FROM blobway_objects \
+             WHERE position('BEARER-SECRET' in encode(record, 'escape')) > 0"
+        ),
+        0,
+        "never in the clear"
+    );
+    let read = db.objects_at(1, &[0, 1]).expect("read");
+    assert_eq!(read[0].1.session.as_deref(), Some(session));
+    assert_eq!(read[1].1.session.as_deref(), Some("2~s3-upload-id"));
+    assert_eq!(
+        db.open_uploads(1).expect("uploads").len(),
+        2,
+        "both open uploads are known"
+    );
+    drop(db);
+    // Another key cannot open it, and says which variable to set.
+    let other = SessionKey::parse(&"a5".repeat(32)).expect("key");
+    let db = StateDb::new(PgState::open_with(&url, Some(other)).expect("open"));
+    let err = db.objects_at(1, &[0]).expect_err("wrong key");
+    assert!(err.to_string().contains("BLOBWAY_STATE_KEY"), "{err}");
+}

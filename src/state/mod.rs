@@ -17,6 +17,7 @@ pub mod names;
 pub mod postgres;
 pub mod records;
 pub mod report;
+pub mod sealed;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

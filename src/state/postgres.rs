@@ -23,6 +23,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use super::batch::{self, LAST_JOB_ID};
 use super::codec::Stored;
 use super::names::{self, Claim, NameClash};
+use super::sealed::{self, SessionKey};
 use super::{
     Backend, ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobRecord,
     JobSnapshot, StateError, TableUsage, UnderWay, Write, counts, index, route_key,
@@ -206,6 +207,9 @@ pub struct PgState {
     shown: PathBuf,
     config: Arc<tokio_postgres::Config>,
     pool: Arc<Vec<Mutex<Option<Conn>>>>,
+    /// Seals upload sessions that are bearer secrets ([`super::sealed`]); none: they are
+    /// refused.
+    key: Option<Arc<SessionKey>>,
     /// The connection that holds [`HOLDER_LOCK`], released when the last handle goes.
     _holder: Arc<Holder>,
     /// Drives the connections' I/O.
@@ -234,8 +238,18 @@ impl Drop for Driver {
 }
 
 impl PgState {
-    /// Connects to the database at `url`, creating or checking blobway's tables.
+    /// Connects to the database at `url`, creating or checking blobway's tables; bearer
+    /// sessions are sealed with the key in `BLOBWAY_STATE_KEY`, if one is set.
     pub fn open(url: &str) -> Result<Self, StateError> {
+        let key = SessionKey::from_env().map_err(|detail| StateError::Database {
+            url: redacted(url),
+            detail,
+        })?;
+        Self::open_with(url, key)
+    }
+
+    /// [`PgState::open`] with the key given (none: bearer sessions are refused).
+    pub fn open_with(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
         let location = redacted(url);
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| StateError::Database {
@@ -279,6 +293,7 @@ impl PgState {
             config: Arc::new(config),
             pool: Arc::new((0..CONNECTIONS).map(|_| Mutex::new(None)).collect()),
             runtime: Arc::new(Driver(Some(runtime))),
+            key: key.map(Arc::new),
             _holder: Arc::new(Holder { _connection: None }),
         };
         state.init_schema()?;
@@ -568,6 +583,56 @@ impl PgState {
         }
     }
 
+    /// The bytes stored for object `index` of `job`: its record with a bearer session sealed
+    /// for it (refused without a key: never stored in the clear).
+    fn object_bytes(
+        &self,
+        job: JobId,
+        index: u32,
+        file: &FileRecord,
+    ) -> Result<Vec<u8>, StateError> {
+        let Some(session) = file.session.as_deref().filter(|s| sealed::is_bearer(s)) else {
+            return Ok(file.encode());
+        };
+        let Some(key) = &self.key else {
+            return Err(StateError::Database {
+                url: self.location.clone(),
+                detail: format!(
+                    "`{}` has an upload session that is a bearer secret (GCS), which a shared \
+                     database holds only encrypted: set {} on every worker (32 bytes, e.g. \
+                     `openssl rand -hex 32`), or keep this migration's state in a file",
+                    file.key,
+                    sealed::KEY_VARIABLE
+                ),
+            });
+        };
+        let mut stored = file.clone();
+        stored.session = Some(key.seal(session, &format!("{job}/{index}")));
+        Ok(stored.encode())
+    }
+
+    /// Object `index` of `job` from its stored bytes, its sealed session opened.
+    fn object(&self, job: JobId, index: u32, bytes: &[u8]) -> Result<FileRecord, StateError> {
+        let mut file: FileRecord = self.decode(bytes)?;
+        if let Some(session) = file.session.as_deref().filter(|s| sealed::is_sealed(s)) {
+            let key = self.key.as_ref().ok_or_else(|| StateError::Database {
+                url: self.location.clone(),
+                detail: format!(
+                    "its upload sessions are sealed: set {} to the key they were sealed with",
+                    sealed::KEY_VARIABLE
+                ),
+            })?;
+            let opened = key
+                .open(session, &format!("{job}/{index}"))
+                .map_err(|detail| StateError::Database {
+                    url: self.location.clone(),
+                    detail,
+                })?;
+            file.session = Some(opened);
+        }
+        Ok(file)
+    }
+
     fn decode<T: Stored>(&self, bytes: &[u8]) -> Result<T, StateError> {
         T::decode(bytes).map_err(|e| StateError::Corrupt {
             path: self.shown.clone(),
@@ -651,6 +716,17 @@ impl Session<'_> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
+    /// Object `index` of `job` in `row`'s `column`.
+    fn object(
+        &self,
+        job: JobId,
+        index: u32,
+        row: &tokio_postgres::Row,
+        column: usize,
+    ) -> Result<FileRecord, StateError> {
+        self.state.object(job, index, row.get::<_, &[u8]>(column))
+    }
+
     fn record<T: Stored>(&self, row: &tokio_postgres::Row, column: usize) -> Result<T, StateError> {
         self.state.decode(row.get::<_, &[u8]>(column))
     }
@@ -700,7 +776,10 @@ impl Session<'_> {
             &[&id(job), &codes, &after_index(after), &count(limit)],
         )?;
         rows.iter()
-            .map(|row| Ok((index_of(row, 0), self.record(row, 1)?)))
+            .map(|row| {
+                let index = index_of(row, 0);
+                Ok((index, self.object(job, index, row, 1)?))
+            })
             .collect()
     }
 }
@@ -736,7 +815,8 @@ impl batch::Txn for PgTxn<'_, '_> {
             "SELECT record FROM blobway_objects WHERE job = $1 AND idx = $2",
             &[&id(job), &i64::from(index)],
         )?;
-        row.map(|row| self.session.record(&row, 0)).transpose()
+        row.map(|row| self.session.object(job, index, &row, 0))
+            .transpose()
     }
 
     fn chunks(&mut self, job: JobId, index: u32) -> Result<Vec<ChunkRecord>, StateError> {
@@ -771,7 +851,7 @@ impl batch::Txn for PgTxn<'_, '_> {
                 &i64::from(index),
                 &i16::from(index::code(file.state)),
                 &file.key,
-                &file.encode(),
+                &self.session.state.object_bytes(job, index, file)?,
             ],
         )?;
         Ok(())
@@ -1054,7 +1134,7 @@ impl Backend for PgState {
             let mut files = Vec::with_capacity(rows.len());
             for row in &rows {
                 let index = index_of(row, 0);
-                let file: FileRecord = s.record(row, 1)?;
+                let file = s.object(job, index, row, 1)?;
                 let chunks = if chunks_of.is_some_and(|only| !only.contains(&index)) {
                     Vec::new()
                 } else {
@@ -1112,7 +1192,7 @@ impl Backend for PgState {
                 else {
                     continue;
                 };
-                let file: FileRecord = s.record(&row, 0)?;
+                let file = s.object(job, file_index, &row, 0)?;
                 let chunks = s.chunks_of(job, file_index, None)?;
                 chunk_count += chunks.len();
                 out.objects.push((file_index, file, chunks));
@@ -1144,7 +1224,8 @@ impl Backend for PgState {
             )?;
             let mut found = HashMap::with_capacity(rows.len());
             for row in &rows {
-                found.insert(index_of(row, 0), s.record::<FileRecord>(row, 1)?);
+                let index = index_of(row, 0);
+                found.insert(index, s.object(job, index, row, 1)?);
             }
             // In the order asked, as the embedded file answers.
             Ok(indexes
@@ -1193,7 +1274,8 @@ impl Backend for PgState {
             let mut found = HashMap::with_capacity(rows.len());
             for row in &rows {
                 let key: String = row.get(0);
-                found.insert(key, (index_of(row, 1), s.record::<FileRecord>(row, 2)?));
+                let index = index_of(row, 1);
+                found.insert(key, (index, s.object(job, index, row, 2)?));
             }
             let mut out = Vec::new();
             for key in keys {

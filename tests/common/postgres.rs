@@ -48,3 +48,27 @@ pub fn fresh_database() -> String {
     url.set_path(&name);
     url.to_string()
 }
+
+/// The one number `sql` answers on the database at `url` (a count), on a thread of its own.
+pub fn number(url: &str, sql: &str) -> i64 {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test cluster");
+            tokio::spawn(connection);
+            client
+                .query_one(&sql, &[])
+                .await
+                .expect("query")
+                .get::<_, i64>(0)
+        })
+    })
+    .join()
+    .expect("query thread")
+}
