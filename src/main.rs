@@ -575,7 +575,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print_jobs(&location, views, json, false);
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = location.open().map_err(state_failure)?;
+            let db = location.open_to_read().map_err(state_failure)?;
             list_jobs(&db, json).map_err(state_failure)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -717,7 +717,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let db = location.open().map_err(state_failure)?;
+            let db = location.open_to_read().map_err(state_failure)?;
             let Some(snapshot) = db.load_job(job).map_err(state_failure)? else {
                 return Err(bad_input(anyhow::anyhow!(
                     "there is no job {job} in {}; `blobway jobs` lists them",

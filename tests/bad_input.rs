@@ -522,3 +522,67 @@ async fn a_state_database_that_does_not_answer_refuses_the_login_or_is_newer() {
     let jobs = recorded_jobs(blobway(Path::new(&url)));
     assert_eq!(jobs.len(), 1, "the job recorded before is still there");
 }
+
+/// While one blobway serves a database, another machine's `jobs` and `report` read it (one
+/// committed snapshot, no lock); a second engine on it is refused with who holds it, exit 3.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_served_state_database_is_read_by_jobs_and_report_and_refused_to_a_second_engine() {
+    use blobway::state::{FileRecord, JobOptions, JobRecord, JobState, StateDb, Write};
+    let url = common::postgres::fresh_database();
+    let holder = StateDb::open(Path::new(&url)).expect("the serving blobway");
+    holder
+        .apply(&[
+            Write::Job(JobRecord {
+                id: 1,
+                source: "s3://b/p/".into(),
+                destination: "az://c/p/".into(),
+                options: JobOptions::with_chunk_size(8),
+                state: JobState::Running,
+                created_ms: 1,
+                updated_ms: 1,
+                error: None,
+                planned: true,
+            }),
+            Write::File(1, 0, FileRecord::new("p/a", "p/a", 5, "\"e\"", 8, 1)),
+            Write::Chunk(1, 0, 0, blobway::state::ChunkRecord::pending()),
+        ])
+        .expect("record");
+    let jobs = run(blobway(Path::new(&url)).arg("jobs"));
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    assert!(jobs.stdout.contains("s3://b/p/"), "{}", jobs.stdout);
+    let report = run(blobway(Path::new(&url)).args(["report", "1", "--all"]));
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    assert!(report.stdout.contains("p/a"), "{}", report.stdout);
+    let source = tempfile::tempdir().expect("source");
+    let destination = tempfile::tempdir().expect("destination");
+    let second = run(blobway(Path::new(&url)).args([
+        "copy",
+        &format!("{}/", source.path().display()),
+        &format!("{}/", destination.path().display()),
+    ]));
+    assert_fails(&second, 3, "is in use by blobway");
+    assert_fails(&second, 3, &format!("pid {}", std::process::id()));
+    drop(holder);
+}
+
+/// A GCS destination's upload sessions are bearer secrets: with the state in a shared database
+/// and no BLOBWAY_STATE_KEY, the route is refused at planning, before any byte moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gcs_destination_with_a_shared_state_and_no_key_is_refused_at_planning() {
+    let url = common::postgres::fresh_database();
+    let source = tempfile::tempdir().expect("source");
+    std::fs::write(source.path().join("a.bin"), vec![7u8; 1000]).expect("write");
+    let bucket = unique("sealed");
+    let mut cmd = blobway(Path::new(&url));
+    cmd.env("STORAGE_EMULATOR_HOST", gcs_endpoint())
+        .env_remove("BLOBWAY_STATE_KEY");
+    let result = run(cmd.args([
+        "copy",
+        &format!("{}/", source.path().display()),
+        &format!("gs://{bucket}/in/"),
+    ]));
+    assert_ne!(result.code, 0, "{}", result.stdout);
+    let all = format!("{}\n{}", result.stdout, result.stderr);
+    assert!(all.contains("BLOBWAY_STATE_KEY"), "{all}");
+    assert!(gcs_objects(&bucket, "").await.is_empty(), "nothing copied");
+}

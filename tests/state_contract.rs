@@ -671,7 +671,7 @@ fn bearer_sessions_reach_a_shared_database_only_sealed() {
     use blobway::state::postgres::PgState;
     use blobway::state::sealed::SessionKey;
     let url = fresh_database();
-    let key = || SessionKey::parse(&"5a".repeat(32)).expect("key");
+    let key = || SessionKey::parse(&"5a1b".repeat(16)).expect("key");
     let session = "https://storage.googleapis.com/upload/storage/v1/b/x/o?upload_id=BEARER-SECRET";
     let mut record = file(2);
     record.session = Some(session.into());
@@ -715,8 +715,20 @@ fn bearer_sessions_reach_a_shared_database_only_sealed() {
         "both open uploads are known"
     );
     drop(db);
+    // A reader without the key (`jobs`, `report`) sees it still sealed, and needs nothing more.
+    let reader = StateDb::new(PgState::open_reader(&url).expect("reader"));
+    let seen = reader.objects_at(1, &[0]).expect("read without the key");
+    assert!(
+        seen[0]
+            .1
+            .session
+            .as_deref()
+            .is_some_and(|s| s.starts_with("blobway-sealed:")),
+        "{seen:?}"
+    );
+    drop(reader);
     // Another key cannot open it, and says which variable to set.
-    let other = SessionKey::parse(&"a5".repeat(32)).expect("key");
+    let other = SessionKey::parse(&"a51b".repeat(16)).expect("key");
     let db = StateDb::new(PgState::open_with(&url, Some(other)).expect("open"));
     let err = db.objects_at(1, &[0]).expect_err("wrong key");
     assert!(err.to_string().contains("BLOBWAY_STATE_KEY"), "{err}");

@@ -49,6 +49,16 @@ impl StateLocation {
         }
     }
 
+    /// Opens the state to read it while another blobway may serve it: a database is shared
+    /// without taking its lock ([`postgres::PgState::open_reader`]); a file is opened as
+    /// [`StateLocation::open`] does (one process at a time).
+    pub fn open_to_read(&self) -> Result<StateDb, StateError> {
+        match self {
+            StateLocation::File(path) => StateDb::open_file(path),
+            StateLocation::Postgres(url) => Ok(StateDb::new(postgres::PgState::open_reader(url)?)),
+        }
+    }
+
     /// True when there may be state to read: a file that exists, or any database (whether it
     /// holds blobway's tables is known once it is opened).
     pub fn may_exist(&self) -> bool {

@@ -220,6 +220,12 @@ pub trait Backend: Send + Sync {
         self.path().to_path_buf()
     }
 
+    /// True when a bearer upload session ([`sealed`]) cannot be recorded here: a shared
+    /// database without a key to seal it.
+    fn refuses_bearer_sessions(&self) -> bool {
+        false
+    }
+
     /// Applies a batch of writes in one durable transaction.
     fn apply(&self, writes: &[Write]) -> Result<(), StateError>;
 

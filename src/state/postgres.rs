@@ -210,6 +210,12 @@ pub struct PgState {
     /// Seals upload sessions that are bearer secrets ([`super::sealed`]); none: they are
     /// refused.
     key: Option<Arc<SessionKey>>,
+    /// This database's own ID (in its settings), bound into every sealed session so that one
+    /// copied from another database does not open here.
+    database_id: Arc<std::sync::OnceLock<String>>,
+    /// Opened to read only ([`PgState::open_reader`]): sealed sessions stay sealed without
+    /// a key (no view needs them).
+    reader: bool,
     /// The connection that holds [`HOLDER_LOCK`], released when the last handle goes.
     _holder: Arc<Holder>,
     /// Drives the connections' I/O.
@@ -250,6 +256,25 @@ impl PgState {
 
     /// [`PgState::open`] with the key given (none: bearer sessions are refused).
     pub fn open_with(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
+        let mut state = Self::connect_to(url, key)?;
+        state._holder = Arc::new(state.hold()?);
+        Ok(state)
+    }
+
+    /// Connects to read what the database holds (`jobs`, `report`) while another blobway may
+    /// serve it: no lock is taken, and every read sees one committed snapshot.
+    pub fn open_reader(url: &str) -> Result<Self, StateError> {
+        let key = SessionKey::from_env().map_err(|detail| StateError::Database {
+            url: redacted(url),
+            detail,
+        })?;
+        let mut state = Self::connect_to(url, key)?;
+        state.reader = true;
+        Ok(state)
+    }
+
+    /// Connects, creating or checking blobway's tables.
+    fn connect_to(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
         let location = redacted(url);
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| StateError::Database {
@@ -287,17 +312,27 @@ impl PgState {
                 url: location.clone(),
                 detail: format!("no thread for its connections: {e}"),
             })?;
-        let mut state = Self {
+        let state = Self {
             shown: PathBuf::from(&location),
             location,
             config: Arc::new(config),
             pool: Arc::new((0..CONNECTIONS).map(|_| Mutex::new(None)).collect()),
             runtime: Arc::new(Driver(Some(runtime))),
             key: key.map(Arc::new),
+            database_id: Arc::new(std::sync::OnceLock::new()),
+            reader: false,
             _holder: Arc::new(Holder { _connection: None }),
         };
         state.init_schema()?;
-        state._holder = Arc::new(state.hold()?);
+        let id = state.with(|s| {
+            Ok(s.query_opt(
+                "SELECT value FROM blobway_meta WHERE name = 'database_id'",
+                &[],
+            )?
+            .map(|row| row.get::<_, String>(0))
+            .unwrap_or_default())
+        })?;
+        let _ = state.database_id.set(id);
         Ok(state)
     }
 
@@ -527,6 +562,13 @@ impl PgState {
                         "INSERT INTO blobway_meta (name, value) VALUES ('schema', $1)",
                         &[&SCHEMA_VERSION.to_string()],
                     )?;
+                    let id: [u8; 16] = rand::random();
+                    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                    s.execute(
+                        "INSERT INTO blobway_meta (name, value) VALUES ('database_id', $1) \
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&id],
+                    )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
                 Some(found) => {
@@ -583,53 +625,77 @@ impl PgState {
         }
     }
 
-    /// The bytes stored for object `index` of `job`: its record with a bearer session sealed
-    /// for it (refused without a key: never stored in the clear).
+    /// What a sealed session of object `index` of `job` is bound to: this database, the
+    /// object's row and its destination.
+    fn owner(&self, job: JobId, index: u32, file: &FileRecord) -> String {
+        let database = self.database_id.get().map_or("", String::as_str);
+        format!("{database}/{job}/{index}/{}", file.dest_key)
+    }
+
+    /// The bytes stored for object `index` of `job`: its record with its session sealed when
+    /// there is a key; without one, a bearer session is refused (never stored in the clear).
     fn object_bytes(
         &self,
         job: JobId,
         index: u32,
         file: &FileRecord,
     ) -> Result<Vec<u8>, StateError> {
-        let Some(session) = file.session.as_deref().filter(|s| sealed::is_bearer(s)) else {
+        let Some(session) = file.session.as_deref() else {
             return Ok(file.encode());
         };
         let Some(key) = &self.key else {
-            return Err(StateError::Database {
-                url: self.location.clone(),
-                detail: format!(
-                    "`{}` has an upload session that is a bearer secret (GCS), which a shared \
-                     database holds only encrypted: set {} on every worker (32 bytes, e.g. \
-                     `openssl rand -hex 32`), or keep this migration's state in a file",
-                    file.key,
-                    sealed::KEY_VARIABLE
-                ),
-            });
+            if sealed::is_bearer(session) {
+                return Err(StateError::Database {
+                    url: self.location.clone(),
+                    detail: format!(
+                        "`{}` has an upload session that is a bearer secret (GCS), which a \
+                         shared database holds only encrypted: set {} on every worker (32 \
+                         bytes, e.g. `openssl rand -hex 32`), or keep this migration's state in \
+                         a file",
+                        file.key,
+                        sealed::KEY_VARIABLE
+                    ),
+                });
+            }
+            return Ok(file.encode());
         };
         let mut stored = file.clone();
-        stored.session = Some(key.seal(session, &format!("{job}/{index}")));
+        let sealed = key
+            .seal(session, &self.owner(job, index, file))
+            .map_err(|detail| StateError::Database {
+                url: self.location.clone(),
+                detail,
+            })?;
+        stored.session = Some(sealed);
         Ok(stored.encode())
     }
 
-    /// Object `index` of `job` from its stored bytes, its sealed session opened.
+    /// Object `index` of `job` from its stored bytes, its sealed session opened (left sealed
+    /// for a reader without the key: no view uses it).
     fn object(&self, job: JobId, index: u32, bytes: &[u8]) -> Result<FileRecord, StateError> {
         let mut file: FileRecord = self.decode(bytes)?;
-        if let Some(session) = file.session.as_deref().filter(|s| sealed::is_sealed(s)) {
-            let key = self.key.as_ref().ok_or_else(|| StateError::Database {
+        let Some(session) = file.session.as_deref().filter(|s| sealed::is_sealed(s)) else {
+            return Ok(file);
+        };
+        let Some(key) = &self.key else {
+            if self.reader {
+                return Ok(file);
+            }
+            return Err(StateError::Database {
                 url: self.location.clone(),
                 detail: format!(
                     "its upload sessions are sealed: set {} to the key they were sealed with",
                     sealed::KEY_VARIABLE
                 ),
+            });
+        };
+        let opened = key
+            .open(session, &self.owner(job, index, &file))
+            .map_err(|detail| StateError::Database {
+                url: self.location.clone(),
+                detail,
             })?;
-            let opened = key
-                .open(session, &format!("{job}/{index}"))
-                .map_err(|detail| StateError::Database {
-                    url: self.location.clone(),
-                    detail,
-                })?;
-            file.session = Some(opened);
-        }
+        file.session = Some(opened);
         Ok(file)
     }
 
@@ -1035,6 +1101,10 @@ impl batch::Txn for PgTxn<'_, '_> {
 impl Backend for PgState {
     fn path(&self) -> &Path {
         &self.shown
+    }
+
+    fn refuses_bearer_sessions(&self) -> bool {
+        self.key.is_none()
     }
 
     fn anchor(&self) -> PathBuf {

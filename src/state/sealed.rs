@@ -34,6 +34,11 @@ impl SessionKey {
                 .decode(text)
                 .map_err(|_| format!("{KEY_VARIABLE} is neither 64 hex digits nor base64"))?
         };
+        if bytes.windows(2).all(|w| w[0] == w[1]) {
+            return Err(format!(
+                "{KEY_VARIABLE} is one byte repeated; use a random key (`openssl rand -hex 32`)"
+            ));
+        }
         if bytes.len() != 32 {
             return Err(format!(
                 "{KEY_VARIABLE} holds {} bytes; it needs 32 (e.g. `openssl rand -hex 32`)",
@@ -57,7 +62,7 @@ impl SessionKey {
     }
 
     /// `session` sealed for the object `owner` names.
-    pub fn seal(&self, session: &str, owner: &str) -> String {
+    pub fn seal(&self, session: &str, owner: &str) -> Result<String, String> {
         let nonce: [u8; 24] = rand::random();
         let sealed = self
             .0
@@ -68,13 +73,13 @@ impl SessionKey {
                     aad: owner.as_bytes(),
                 },
             )
-            .unwrap_or_default();
+            .map_err(|_| "an upload session could not be sealed".to_string())?;
         let mut bytes = nonce.to_vec();
         bytes.extend(sealed);
-        format!(
+        Ok(format!(
             "{SEALED}{}",
             base64::engine::general_purpose::STANDARD.encode(bytes)
-        )
+        ))
     }
 
     /// The session `sealed` holds for the object `owner` names.
@@ -125,15 +130,19 @@ mod tests {
     fn a_session_opens_only_with_its_key_and_for_its_object() {
         let key = SessionKey::parse(HEX).expect("key");
         let session = "https://storage.googleapis.com/upload?upload_id=SECRET-ID";
-        let sealed = key.seal(session, "1/7");
+        let sealed = key.seal(session, "1/7").expect("seal");
         assert!(
             is_sealed(&sealed) && !sealed.contains("SECRET-ID"),
             "{sealed}"
         );
-        assert_ne!(key.seal(session, "1/7"), sealed, "a fresh nonce each time");
+        assert_ne!(
+            key.seal(session, "1/7").expect("seal"),
+            sealed,
+            "a fresh nonce each time"
+        );
         assert_eq!(key.open(&sealed, "1/7").expect("open"), session);
         assert!(key.open(&sealed, "1/8").is_err(), "bound to its object");
-        let other = SessionKey::parse(&"ab".repeat(32)).expect("key");
+        let other = SessionKey::parse(&"ab01".repeat(16)).expect("key");
         let err = other.open(&sealed, "1/7").expect_err("another key");
         assert!(err.contains("BLOBWAY_STATE_KEY"), "{err}");
         assert!(key.open("blobway-sealed:v1:AAAA", "1/7").is_err());
@@ -142,8 +151,11 @@ mod tests {
     #[test]
     fn keys_are_hex_or_base64_of_32_bytes() {
         assert!(SessionKey::parse(HEX).is_ok());
-        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(std::array::from_fn::<u8, 32, _>(|i| i as u8));
         assert!(SessionKey::parse(&b64).is_ok());
+        let weak = SessionKey::parse(&"00".repeat(32)).err().expect("weak");
+        assert!(weak.contains("repeated"), "{weak}");
         let short = SessionKey::parse("abcd").err().expect("short");
         assert!(short.contains("32"), "{short}");
         assert!(is_bearer("https://x/y") && !is_bearer("2~abcDEF_upload-id"));

@@ -455,6 +455,10 @@ impl ObjectSink for GcsStore {
         LIMITS
     }
 
+    fn bearer_sessions(&self) -> bool {
+        true
+    }
+
     fn naming(&self) -> super::rules::Naming {
         super::rules::Naming::Gcs
     }

@@ -420,6 +420,12 @@ pub trait ObjectSink: Send + Sync {
         false
     }
 
+    /// Whether an upload session here is a bearer secret (a GCS session URI lets whoever holds
+    /// it write the object), which a shared state database holds only sealed.
+    fn bearer_sessions(&self) -> bool {
+        false
+    }
+
     /// Whether objects can be written to a chosen storage class here (`--storage-class`).
     fn storage_classes(&self) -> bool {
         false
