@@ -299,12 +299,22 @@ fn recovery_returns_claimed_chunks_to_pending() {
         claimed.attempts = 1;
         db.apply(&[
             Write::Job(job(1)),
-            Write::File(1, 0, file(2)),
-            Write::Chunk(1, 0, 0, claimed),
+            Write::File(1, 0, file(3)),
+            Write::Chunk(1, 0, 0, claimed.clone()),
             Write::Chunk(1, 0, 1, ChunkRecord::pending()),
+            // In flight once, then done: not in flight any more.
+            Write::Chunk(1, 0, 2, claimed),
         ])
         .expect("apply");
+        db.apply(&[Write::Chunk(1, 0, 2, completed())])
+            .expect("apply");
         assert_eq!(db.recover_in_progress().expect("recover"), 1, "{name}");
+        assert_eq!(
+            db.chunk(1, 0, 2).expect("read").expect("chunk").state,
+            ChunkState::Completed,
+            "{name}"
+        );
+        assert_eq!(db.recover_in_progress().expect("again"), 0, "{name}");
         let chunk = db.chunk(1, 0, 0).expect("read").expect("chunk");
         assert_eq!(
             (chunk.state, chunk.attempts),

@@ -89,9 +89,12 @@ CREATE TABLE IF NOT EXISTS blobway_chunks (
     job bigint NOT NULL,
     obj bigint NOT NULL,
     idx bigint NOT NULL,
+    in_flight boolean NOT NULL,
     record bytea NOT NULL,
     PRIMARY KEY (job, obj, idx)
 );
+CREATE INDEX IF NOT EXISTS blobway_chunks_in_flight ON blobway_chunks (job, obj, idx)
+    WHERE in_flight;
 CREATE TABLE IF NOT EXISTS blobway_counts (
     job bigint PRIMARY KEY,
     record bytea NOT NULL
@@ -979,10 +982,17 @@ impl batch::Txn for PgTxn<'_, '_> {
         // The row as it was, read in the statement that replaces it.
         let row = self.session.query_opt(
             "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3), \
-             new AS (INSERT INTO blobway_chunks (job, obj, idx, record) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (job, obj, idx) DO UPDATE SET record = EXCLUDED.record) \
+             new AS (INSERT INTO blobway_chunks (job, obj, idx, in_flight, record) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job, obj, idx) \
+             DO UPDATE SET in_flight = EXCLUDED.in_flight, record = EXCLUDED.record) \
              SELECT record FROM old",
-            &[&id(job), &i64::from(file), &i64::from(index), &chunk.encode()],
+            &[
+                &id(job),
+                &i64::from(file),
+                &i64::from(index),
+                &(chunk.state == ChunkState::InProgress),
+                &chunk.encode(),
+            ],
         )?;
         row.map(|row| self.session.record(&row, 0)).transpose()
     }
@@ -1428,7 +1438,12 @@ impl Backend for PgState {
     fn recover_in_progress(&self) -> Result<usize, StateError> {
         let mut resets = Vec::new();
         self.with(|s| {
-            let rows = s.query("SELECT job, obj, idx, record FROM blobway_chunks", &[])?;
+            // Only the chunks in flight at a crash (a partial index holds them), not every
+            // chunk of every job.
+            let rows = s.query(
+                "SELECT job, obj, idx, record FROM blobway_chunks WHERE in_flight",
+                &[],
+            )?;
             for row in &rows {
                 let mut chunk: ChunkRecord = s.record(row, 3)?;
                 if chunk.state == ChunkState::InProgress {
