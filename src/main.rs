@@ -576,7 +576,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 return Ok(ExitCode::SUCCESS);
             }
             let db = location.open_to_read().map_err(state_failure)?;
-            list_jobs(&db, json).map_err(state_failure)?;
+            // Jobs of a database another blobway may serve are as it recorded them; of a file
+            // nobody serves, they are stopped.
+            list_jobs(&db, json, !location.is_shared()).map_err(state_failure)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Commands::Serve {
@@ -1311,7 +1313,7 @@ async fn dry_run_plans(
     options: JobOptions,
 ) -> Result<ExitCode, Failure> {
     let db = if state.may_exist() {
-        match state.open() {
+        match state.open_to_read() {
             Ok(db) => Some(db),
             Err(e) => {
                 eprintln!("note: {e}; the plan ignores earlier runs");
@@ -1377,7 +1379,7 @@ fn init_logging_at(state: &std::path::Path) -> Option<tracing_appender::non_bloc
     Some(guard)
 }
 
-fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
+fn list_jobs(db: &StateDb, json: bool, stopped: bool) -> anyhow::Result<()> {
     let mut views = Vec::new();
     for job in db.jobs()? {
         let progress = db.progress(job.id)?;
@@ -1392,9 +1394,9 @@ fn list_jobs(db: &StateDb, json: bool) -> anyhow::Result<()> {
         views.push(JobView::recorded(job, progress));
     }
     if !json {
-        // This process holds the state file, so no other blobway is running the jobs: a job
-        // recorded RUNNING was interrupted.
-        print_jobs(&db.path().display(), views, false, true);
+        // `stopped`: this process holds the state file, so no other blobway runs the jobs and
+        // a job recorded RUNNING was interrupted (a shared database's may run elsewhere).
+        print_jobs(&db.path().display(), views, false, stopped);
     }
     Ok(())
 }

@@ -527,29 +527,35 @@ async fn a_state_database_that_does_not_answer_refuses_the_login_or_is_newer() {
 /// committed snapshot, no lock); a second engine on it is refused with who holds it, exit 3.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_served_state_database_is_read_by_jobs_and_report_and_refused_to_a_second_engine() {
-    use blobway::state::{FileRecord, JobOptions, JobRecord, JobState, StateDb, Write};
+    use blobway::state::{FileRecord, StateDb, Write};
     let url = common::postgres::fresh_database();
     let holder = StateDb::open(Path::new(&url)).expect("the serving blobway");
     holder
         .apply(&[
-            Write::Job(JobRecord {
-                id: 1,
-                source: "s3://b/p/".into(),
-                destination: "az://c/p/".into(),
-                options: JobOptions::with_chunk_size(8),
-                state: JobState::Running,
-                created_ms: 1,
-                updated_ms: 1,
-                error: None,
-                planned: true,
-            }),
+            Write::Job(job_record(1)),
             Write::File(1, 0, FileRecord::new("p/a", "p/a", 5, "\"e\"", 8, 1)),
             Write::Chunk(1, 0, 0, blobway::state::ChunkRecord::pending()),
         ])
         .expect("record");
     let jobs = run(blobway(Path::new(&url)).arg("jobs"));
     assert_eq!(jobs.code, 0, "{}", jobs.stderr);
-    assert!(jobs.stdout.contains("s3://b/p/"), "{}", jobs.stdout);
+    assert!(jobs.stdout.contains("s3://b/p1/"), "{}", jobs.stdout);
+    assert!(
+        jobs.stdout.contains("RUNNING") && !jobs.stdout.contains("STOPPED"),
+        "as its holder recorded it: {}",
+        jobs.stdout
+    );
+    // A reader writes nothing: a database without blobway's tables gets none.
+    let empty = common::postgres::fresh_database();
+    let nothing = run(blobway(Path::new(&empty)).arg("jobs"));
+    assert_fails(&nothing, 3, "holds no blobway state yet");
+    assert_eq!(
+        common::postgres::number(
+            &empty,
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'blobway%'"
+        ),
+        0
+    );
     let report = run(blobway(Path::new(&url)).args(["report", "1", "--all"]));
     assert_eq!(report.code, 0, "{}", report.stderr);
     assert!(report.stdout.contains("p/a"), "{}", report.stdout);

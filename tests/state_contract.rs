@@ -13,10 +13,11 @@ use blobway::state::counts;
 use blobway::state::index::Reopen;
 use blobway::state::names::{Claim, NameIndex};
 use blobway::state::{
-    ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobOptions, JobProgress, JobRecord,
-    JobState, StateDb, StateError, UnderWay, Write,
+    ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, StateDb, StateError,
+    UnderWay, Write,
 };
 use blobway::store::rules::Naming;
+use common::job_record as job;
 use common::postgres::fresh_database;
 
 /// Each backend, freshly opened: (its name, the state, what keeps the redb file alive).
@@ -25,20 +26,6 @@ fn backends() -> Vec<(&'static str, StateDb, Option<tempfile::TempDir>)> {
     let redb = StateDb::open(&dir.path().join("s.redb")).expect("open redb");
     let postgres = StateDb::open(&PathBuf::from(fresh_database())).expect("open postgres");
     vec![("redb", redb, Some(dir)), ("postgres", postgres, None)]
-}
-
-fn job(id: JobId) -> JobRecord {
-    JobRecord {
-        id,
-        source: format!("s3://b/p{id}/"),
-        destination: format!("az://c/p{id}/"),
-        options: JobOptions::with_chunk_size(8),
-        state: JobState::Running,
-        created_ms: 1,
-        updated_ms: 1,
-        error: None,
-        planned: true,
-    }
 }
 
 fn file(chunks: u32) -> FileRecord {
@@ -562,23 +549,19 @@ fn fresh_count(db: &StateDb, id: JobId) -> (JobProgress, Vec<(u32, FileState)>) 
         .expect("page")
         .expect("job")
         .files;
-    let mut progress = JobProgress::default();
-    for (index, record, _) in &records {
-        let share = counts::share(record, || {
-            (0..8)
-                .filter_map(|i| {
-                    let chunk = db.chunk(id, *index, i).expect("chunk")?;
-                    Some(counts::chunk_bytes(record, i, &chunk))
-                })
-                .sum()
-        });
-        progress.files_total += share.files_total;
-        progress.files_done += share.files_done;
-        progress.files_skipped += share.files_skipped;
-        progress.files_failed += share.files_failed;
-        progress.bytes_total += share.bytes_total;
-        progress.bytes_done += share.bytes_done;
-    }
+    let progress = records
+        .iter()
+        .map(|(index, record, _)| {
+            counts::share(record, || {
+                (0..8)
+                    .filter_map(|i| {
+                        let chunk = db.chunk(id, *index, i).expect("chunk")?;
+                        Some(counts::chunk_bytes(record, i, &chunk))
+                    })
+                    .sum()
+            })
+        })
+        .sum();
     let states = records.iter().map(|(i, r, _)| (*i, r.state)).collect();
     (progress, states)
 }

@@ -201,16 +201,7 @@ impl Metrics {
 
     /// The text a scrape gets, with the gauges as `snapshot` and the hub show them.
     pub fn render(&self, snapshot: &Snapshot, clients: usize, resyncs: u64) -> String {
-        let mut p = crate::state::JobProgress::default();
-        for job in &snapshot.jobs {
-            let j = job.progress;
-            p.files_total += j.files_total;
-            p.files_done += j.files_done;
-            p.files_skipped += j.files_skipped;
-            p.files_failed += j.files_failed;
-            p.bytes_total += j.bytes_total;
-            p.bytes_done += j.bytes_done;
-        }
+        let p: crate::state::JobProgress = snapshot.jobs.iter().map(|job| job.progress).sum();
         let pending = p.files_total - p.files_done - p.files_skipped - p.files_failed;
         for (state, n) in [
             ("done", p.files_done),

@@ -84,18 +84,7 @@ pub(super) fn share(
     index: u32,
     file: &FileRecord,
 ) -> Result<JobProgress, StateError> {
-    let mut failed = None;
-    let share = counts::share(file, || match t.completed_bytes(job, index, file) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            failed = Some(e);
-            0
-        }
-    });
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(share),
-    }
+    counts::try_share(file, || t.completed_bytes(job, index, file))
 }
 
 /// The writes that give failed object `index` of `job` another chance, if `rule` admits it

@@ -39,6 +39,32 @@ pub fn share(file: &FileRecord, completed: impl FnOnce() -> u64) -> JobProgress 
     p
 }
 
+/// [`share`], the bytes of the completed chunks read by `completed`, which may fail.
+pub(super) fn try_share(
+    file: &FileRecord,
+    completed: impl FnOnce() -> Result<u64, super::StateError>,
+) -> Result<JobProgress, super::StateError> {
+    let mut failed = None;
+    let share = share(file, || {
+        completed().unwrap_or_else(|e| {
+            failed = Some(e);
+            0
+        })
+    });
+    failed.map_or(Ok(share), Err)
+}
+
+/// Counters added up (over [`Delta`]'s one list of them).
+impl std::iter::Sum for JobProgress {
+    fn sum<I: Iterator<Item = JobProgress>>(iter: I) -> JobProgress {
+        let mut total = Delta::default();
+        for p in iter {
+            total.add(&p, 1);
+        }
+        total.applied_to(JobProgress::default())
+    }
+}
+
 /// True while an object's chunks count towards its job's bytes done (it is neither done nor
 /// skipped).
 pub fn chunks_count(file: &FileRecord) -> bool {

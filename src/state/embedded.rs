@@ -303,18 +303,7 @@ impl RedbState {
         index: u32,
         file: &FileRecord,
     ) -> Result<JobProgress, StateError> {
-        let mut failed = None;
-        let share = counts::share(file, || {
-            self.share_bytes(chunks, job, index, file)
-                .unwrap_or_else(|e| {
-                    failed = Some(e);
-                    0
-                })
-        });
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(share),
-        }
+        counts::try_share(file, || self.share_bytes(chunks, job, index, file))
     }
 
     fn count_err(&self, e: counts::CountError) -> StateError {
@@ -375,7 +364,6 @@ impl Backend for RedbState {
         txn.commit().map_err(|e| self.err("written", e))
     }
 
-    /// An engine-wide setting the operator chose, as recorded (JSON), if any.
     fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let meta = txn.open_table(META).map_err(|e| self.err("read", e))?;
@@ -403,7 +391,6 @@ impl Backend for RedbState {
         Ok(last.max(removed) + 1)
     }
 
-    /// Every job, oldest first.
     fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
@@ -415,7 +402,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// One job.
     fn job(&self, id: JobId) -> Result<Option<JobRecord>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let jobs = txn.open_table(JOBS).map_err(|e| self.err("read", e))?;
@@ -425,7 +411,6 @@ impl Backend for RedbState {
         }
     }
 
-    /// The job that copies `source` to `destination`, if one was planned before.
     fn job_for_route(
         &self,
         source: &str,
@@ -602,7 +587,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// The records of job `id`'s objects at `indexes` (those recorded).
     fn objects_at(&self, id: JobId, indexes: &[u32]) -> Result<Vec<(u32, FileRecord)>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
@@ -615,7 +599,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// Where job `id`'s listing stands, if one is under way.
     fn listing(&self, id: JobId) -> Result<Option<index::Listing>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let table = txn
@@ -627,7 +610,6 @@ impl Backend for RedbState {
         }
     }
 
-    /// The index the next new object of job `id` gets (one past the highest recorded).
     fn next_file_index(&self, id: JobId) -> Result<u32, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let files = txn.open_table(FILES).map_err(|e| self.err("read", e))?;
@@ -641,7 +623,6 @@ impl Backend for RedbState {
         Ok(last.map_or(0, |l| l.saturating_add(1)))
     }
 
-    /// What job `id` recorded for each of `keys` (source keys) that it has, with chunks.
     fn recorded(
         &self,
         id: JobId,
@@ -671,8 +652,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// Job `id`'s recorded source keys after `after` up to and including `upto` (to the end
-    /// when `None`), in key order, with their object indexes.
     fn keys_between(
         &self,
         id: JobId,
@@ -703,7 +682,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// One chunk.
     fn chunk(&self, job: JobId, file: u32, index: u32) -> Result<Option<ChunkRecord>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let chunks = txn.open_table(CHUNKS).map_err(|e| self.err("read", e))?;
@@ -748,7 +726,6 @@ impl Backend for RedbState {
         Ok(out)
     }
 
-    /// Counts files and bytes of a job.
     fn progress(&self, id: JobId) -> Result<JobProgress, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err("read", e))?;
         let counts = txn
@@ -760,8 +737,6 @@ impl Backend for RedbState {
         }
     }
 
-    /// Returns every IN_PROGRESS chunk to PENDING: after a crash nobody is working on them.
-    /// Returns how many were reset.
     fn recover_in_progress(&self) -> Result<usize, StateError> {
         let mut resets = Vec::new();
         {

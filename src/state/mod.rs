@@ -433,18 +433,17 @@ impl std::ops::Deref for StateDb {
 pub fn progress_of<'a>(
     files: impl Iterator<Item = (&'a FileRecord, &'a [ChunkRecord])>,
 ) -> JobProgress {
-    let mut total = counts::Delta::default();
-    for (file, chunks) in files {
-        let share = counts::share(file, || {
-            chunks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| counts::chunk_bytes(file, i as u32, c))
-                .sum()
-        });
-        total.add(&share, 1);
-    }
-    total.applied_to(JobProgress::default())
+    files
+        .map(|(file, chunks)| {
+            counts::share(file, || {
+                chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| counts::chunk_bytes(file, i as u32, c))
+                    .sum()
+            })
+        })
+        .sum()
 }
 
 pub(crate) fn route_key(source: &str, destination: &str) -> String {

@@ -259,25 +259,21 @@ impl PgState {
 
     /// [`PgState::open`] with the key given (none: bearer sessions are refused).
     pub fn open_with(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
-        let mut state = Self::connect_to(url, key)?;
+        let mut state = Self::connect_to(url, key, false)?;
         state._holder = Arc::new(state.hold()?);
         Ok(state)
     }
 
     /// Connects to read what the database holds (`jobs`, `report`) while another blobway may
     /// serve it: no lock is taken, and every read sees one committed snapshot.
+    /// It writes nothing (its sessions are read-only, and it creates no tables) and needs no
+    /// key (sealed sessions stay sealed).
     pub fn open_reader(url: &str) -> Result<Self, StateError> {
-        let key = SessionKey::from_env().map_err(|detail| StateError::Database {
-            url: redacted(url),
-            detail,
-        })?;
-        let mut state = Self::connect_to(url, key)?;
-        state.reader = true;
-        Ok(state)
+        Self::connect_to(url, None, true)
     }
 
-    /// Connects, creating or checking blobway's tables.
-    fn connect_to(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
+    /// Connects, creating or checking blobway's tables (a `reader` only checks them).
+    fn connect_to(url: &str, key: Option<SessionKey>, reader: bool) -> Result<Self, StateError> {
         let location = redacted(url);
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| StateError::Database {
@@ -296,8 +292,13 @@ impl PgState {
             .keepalives_retries(3)
             .tcp_user_timeout(std::time::Duration::from_secs(30))
             .options(format!(
-                "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000",
-                STATEMENT_TIMEOUT.as_millis()
+                "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000{}",
+                STATEMENT_TIMEOUT.as_millis(),
+                if reader {
+                    " -c default_transaction_read_only=on"
+                } else {
+                    ""
+                }
             ));
         // Who is connected, as `pg_stat_activity` shows it (and a second blobway is told).
         config.application_name(format!(
@@ -323,7 +324,7 @@ impl PgState {
             runtime: Arc::new(Driver(Some(runtime))),
             key: key.map(Arc::new),
             database_id: Arc::new(std::sync::OnceLock::new()),
-            reader: false,
+            reader,
             _holder: Arc::new(Holder { _connection: None }),
         };
         state.init_schema()?;
@@ -550,8 +551,24 @@ impl PgState {
                 .map(|row| row.get::<_, String>(0));
             Ok(found)
         });
-        if current? == Some(SCHEMA_VERSION.to_string()) {
-            return Ok(());
+        match current? {
+            Some(v) if v == SCHEMA_VERSION.to_string() => return Ok(()),
+            Some(found) if self.reader => {
+                return Err(StateError::DatabaseSchema {
+                    url: self.location.clone(),
+                    found,
+                    reads: SCHEMA_VERSION,
+                });
+            }
+            None if self.reader => {
+                return Err(StateError::Database {
+                    url: self.location.clone(),
+                    detail: "it holds no blobway state yet (no blobway_meta table); check the \
+                             database name"
+                        .into(),
+                });
+            }
+            _ => {}
         }
         self.transaction(|s| {
             s.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;

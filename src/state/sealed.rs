@@ -109,6 +109,19 @@ impl SessionKey {
     }
 }
 
+/// Why a destination whose upload sessions are bearer secrets (`bearer_sessions`) cannot
+/// work with `db` (a shared database without a key), if it cannot: said when a job is
+/// planned or loaded, before any session is opened.
+pub fn refusal(db: &super::StateDb, bearer_sessions: bool) -> Option<String> {
+    (bearer_sessions && db.refuses_bearer_sessions()).then(|| {
+        format!(
+            "this destination's upload sessions are bearer secrets, which the shared state \
+             database holds only encrypted: set {KEY_VARIABLE} on every worker (32 bytes, e.g. \
+             `openssl rand -hex 32`), or keep this migration's state in a file"
+        )
+    })
+}
+
 /// True for a session that is a bearer secret (a URL, as GCS gives), which a shared database
 /// holds only sealed.
 pub fn is_bearer(session: &str) -> bool {

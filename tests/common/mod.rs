@@ -289,6 +289,22 @@ pub fn run_measuring_rss(cmd: &Command) -> (Run, u64) {
     (result, peak)
 }
 
+/// A planned, running job of 8-byte chunks from `s3://b/p<id>/` to `az://c/p<id>/`, as a
+/// state test records it.
+pub fn job_record(id: blobway::state::JobId) -> blobway::state::JobRecord {
+    blobway::state::JobRecord {
+        id,
+        source: format!("s3://b/p{id}/"),
+        destination: format!("az://c/p{id}/"),
+        options: blobway::state::JobOptions::with_chunk_size(8),
+        state: blobway::state::JobState::Running,
+        created_ms: 1,
+        updated_ms: 1,
+        error: None,
+        planned: true,
+    }
+}
+
 pub mod block_from_url;
 pub mod crash;
 pub mod postgres;

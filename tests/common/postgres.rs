@@ -9,10 +9,13 @@ pub fn cluster() -> String {
         .expect("BLOBWAY_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
 }
 
-/// Runs `sql` on the database at `url`, on a thread of its own (callers may be inside a
-/// runtime).
-pub fn execute(url: &str, sql: &str) {
-    let (url, sql) = (url.to_string(), sql.to_string());
+/// `work` with a client of the database at `url`, on a thread and runtime of its own (callers
+/// may be inside a runtime).
+fn with_client<T: Send + 'static>(
+    url: &str,
+    work: impl AsyncFnOnce(&tokio_postgres::Client) -> T + Send + 'static,
+) -> T {
+    let url = url.to_string();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -23,11 +26,19 @@ pub fn execute(url: &str, sql: &str) {
                 .await
                 .expect("connect to the test cluster");
             tokio::spawn(connection);
-            client.batch_execute(&sql).await.expect("statement");
-        });
+            work(&client).await
+        })
     })
     .join()
-    .expect("statement thread");
+    .expect("database thread")
+}
+
+/// Runs `sql` on the database at `url`.
+pub fn execute(url: &str, sql: &str) {
+    let sql = sql.to_string();
+    with_client(url, async move |client| {
+        client.batch_execute(&sql).await.expect("statement");
+    });
 }
 
 /// Runs `sql` on the cluster's `postgres` database.
@@ -49,26 +60,14 @@ pub fn fresh_database() -> String {
     url.to_string()
 }
 
-/// The one number `sql` answers on the database at `url` (a count), on a thread of its own.
+/// The one number `sql` answers on the database at `url` (a count).
 pub fn number(url: &str, sql: &str) -> i64 {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test cluster");
-            tokio::spawn(connection);
-            client
-                .query_one(&sql, &[])
-                .await
-                .expect("query")
-                .get::<_, i64>(0)
-        })
+    let sql = sql.to_string();
+    with_client(url, async move |client| {
+        client
+            .query_one(&sql, &[])
+            .await
+            .expect("query")
+            .get::<_, i64>(0)
     })
-    .join()
-    .expect("query thread")
 }

@@ -186,13 +186,8 @@ pub async fn plan_job_paged(
         .map_err(|e| PlanError::Options(format!("--chunk-size: {e}")))?;
     crate::store::copy::route_between(req.options.transfer, source, sink)
         .map_err(PlanError::Options)?;
-    if sink.bearer_sessions() && db.is_some_and(|db| db.refuses_bearer_sessions()) {
-        return Err(PlanError::Options(format!(
-            "this destination's upload sessions are bearer secrets, which the shared state \
-             database holds only encrypted: set {} on every worker (32 bytes, e.g. `openssl \
-             rand -hex 32`), or keep this migration's state in a file",
-            crate::state::sealed::KEY_VARIABLE
-        )));
+    if let Some(why) = db.and_then(|db| crate::state::sealed::refusal(db, sink.bearer_sessions())) {
+        return Err(PlanError::Options(why));
     }
     if req.options.access_tier.is_some() && !sink.access_tiers() {
         return Err(PlanError::Options(

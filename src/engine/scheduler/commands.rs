@@ -418,6 +418,9 @@ impl Scheduler {
                     let (src, dst) = parse_route(&job.source, &job.destination)?;
                     let source = stores.source(&src, &job.options.source_access).await?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
+                    if let Some(why) = crate::state::sealed::refusal(&db, sink.bearer_sessions()) {
+                        anyhow::bail!(why);
+                    }
                     let (record, failed) = loaded_job(&db, job.id, Some(reopen)).await?;
                     anyhow::Ok(Ready::Job(Box::new(Arrival {
                         record,
