@@ -173,6 +173,16 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// List the workers sharing a PostgreSQL state (--state postgres://…): each `blobway serve`
+    /// on it is one, named by BLOBWAY_WORKER_NAME (else host:pid). Shows each one's state
+    /// (running; expired: it stopped renewing its lease, and its claims went back; left), its
+    /// last heartbeat by the database's clock, chunks in flight, chunks and bytes moved since
+    /// it joined, and the objects it holds claimed.
+    Workers {
+        /// Print one JSON object per worker.
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue unfinished jobs (all but those paused, which it names; or JOB, paused or not).
     /// Failed objects get another chance.
     Resume {
@@ -579,6 +589,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             // Jobs of a database another blobway may serve are as it recorded them; of a file
             // nobody serves, they are stopped.
             list_jobs(&db, json, !location.is_shared()).map_err(state_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Commands::Workers { json }) => {
+            let db = location.open_to_read().map_err(state_failure)?;
+            let Some(workers) = db.workers().map_err(state_failure)? else {
+                eprintln!(
+                    "{location} is a state file of one machine: workers share a PostgreSQL state \
+                     (--state postgres://user@host/db, or BLOBWAY_STATE)"
+                );
+                return Ok(ExitCode::from(2));
+            };
+            print_workers(&location, &workers, json);
             Ok(ExitCode::SUCCESS)
         }
         Some(Commands::Serve {
@@ -1399,6 +1421,41 @@ fn list_jobs(db: &StateDb, json: bool, stopped: bool) -> anyhow::Result<()> {
         print_jobs(&db.path().display(), views, false, stopped);
     }
     Ok(())
+}
+
+/// Prints the workers of a shared state as a table or JSON lines.
+fn print_workers(
+    state: &dyn std::fmt::Display,
+    workers: &[blobway::state::lease::WorkerRecord],
+    json: bool,
+) {
+    if json {
+        for worker in workers {
+            println!("{}", serde_json::json!(worker));
+        }
+        return;
+    }
+    if workers.is_empty() {
+        println!("no workers have joined {state}");
+        return;
+    }
+    println!(
+        "{:<24}  {:<16}  {:<7}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
+        "NAME", "HOST", "STATE", "HEARTBEAT", "IN FLIGHT", "CHUNKS", "BYTES", "CLAIMED"
+    );
+    for w in workers {
+        println!(
+            "{:<24}  {:<16}  {:<7}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
+            w.name,
+            w.host,
+            w.state,
+            format!("{:.0} s ago", w.heartbeat_age_s.max(0.0)),
+            w.in_flight,
+            w.chunks_moved,
+            blobway::size::human(u64::try_from(w.bytes_moved).unwrap_or(0)),
+            w.claimed
+        );
+    }
 }
 
 /// Prints jobs as a table or JSON lines; `stopped` shows RUNNING as STOPPED (nothing runs

@@ -509,27 +509,39 @@ async fn a_state_database_that_does_not_answer_refuses_the_login_or_is_newer() {
     assert_eq!(result.code, 0, "{}", result.stderr);
     common::postgres::execute(
         &url,
-        "UPDATE blobway_meta SET value = '2' WHERE name = 'schema'",
+        "UPDATE blobway_meta SET value = '99' WHERE name = 'schema'",
     );
     let result = run(blobway(Path::new(&url)).args(["jobs"]));
-    assert_fails(&result, 3, "has schema version 2");
+    assert_fails(&result, 3, "has schema version 99");
     assert_fails(&result, 3, "upgrade blobway");
     assert!(!result.stderr.contains(&password), "{}", result.stderr);
     common::postgres::execute(
         &url,
-        "UPDATE blobway_meta SET value = '1' WHERE name = 'schema'",
+        &format!(
+            "UPDATE blobway_meta SET value = '{}' WHERE name = 'schema'",
+            blobway::state::postgres::SCHEMA_VERSION
+        ),
     );
     let jobs = recorded_jobs(blobway(Path::new(&url)));
     assert_eq!(jobs.len(), 1, "the job recorded before is still there");
 }
 
 /// While one blobway serves a database, another machine's `jobs` and `report` read it (one
-/// committed snapshot, no lock); a second engine on it is refused with who holds it, exit 3.
+/// committed snapshot, no lock); a second engine joins as a worker of its own, but one under
+/// the name of a live worker is refused with where that one runs, exit 3.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_served_state_database_is_read_by_jobs_and_report_and_refused_to_a_second_engine() {
+async fn a_served_state_database_is_read_by_jobs_and_report_and_a_live_workers_name_is_refused() {
     use blobway::state::{FileRecord, StateDb, Write};
     let url = common::postgres::fresh_database();
-    let holder = StateDb::open(Path::new(&url)).expect("the serving blobway");
+    let holder = StateDb::new(
+        blobway::state::postgres::PgState::open_worker(
+            &url,
+            None,
+            "the-worker",
+            std::time::Duration::from_secs(60),
+        )
+        .expect("the serving blobway"),
+    );
     holder
         .apply(&[
             Write::Job(job_record(1)),
@@ -561,13 +573,21 @@ async fn a_served_state_database_is_read_by_jobs_and_report_and_refused_to_a_sec
     assert!(report.stdout.contains("p/a"), "{}", report.stdout);
     let source = tempfile::tempdir().expect("source");
     let destination = tempfile::tempdir().expect("destination");
-    let second = run(blobway(Path::new(&url)).args([
-        "copy",
-        &format!("{}/", source.path().display()),
-        &format!("{}/", destination.path().display()),
-    ]));
-    assert_fails(&second, 3, "is in use by blobway");
+    let route = [
+        "copy".to_string(),
+        format!("{}/", source.path().display()),
+        format!("{}/", destination.path().display()),
+    ];
+    let second = run(blobway(Path::new(&url))
+        .env("BLOBWAY_WORKER_NAME", "the-worker")
+        .args(&route));
+    assert_fails(&second, 3, "a worker named the-worker already works on");
     assert_fails(&second, 3, &format!("pid {}", std::process::id()));
+    assert_fails(&second, 3, "BLOBWAY_WORKER_NAME");
+    let own = run(blobway(Path::new(&url))
+        .env("BLOBWAY_WORKER_NAME", "another")
+        .args(&route));
+    assert_eq!(own.code, 0, "a worker of its own joins: {}", own.stderr);
     drop(holder);
 }
 

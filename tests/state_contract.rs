@@ -602,24 +602,6 @@ proptest::proptest! {
     }
 }
 
-/// Until workers share a database through leases, one blobway serves it: a second is told
-/// who holds it, and may open it once the first lets go.
-#[test]
-fn a_second_blobway_on_one_database_is_told_who_holds_it() {
-    let url = PathBuf::from(fresh_database());
-    let first = StateDb::open(&url).expect("first");
-    let err = StateDb::open(&url).err().expect("held");
-    assert!(matches!(err, StateError::DatabaseInUse { .. }), "{err}");
-    let text = err.to_string();
-    assert!(
-        text.contains(&format!("pid {}", std::process::id())),
-        "names the holder: {text}"
-    );
-    drop(first);
-    let again = StateDb::open(&url).expect("free once the first let go");
-    assert!(again.jobs().expect("jobs").is_empty());
-}
-
 /// Batches applied at once from several threads (the writer, the planner) leave the counters
 /// and the index what counting the records afresh gives, as one batch at a time would.
 #[test]

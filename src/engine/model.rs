@@ -15,7 +15,7 @@ use std::sync::Arc;
 use super::object::ObjectRun;
 use super::snapshot::{Carried, JobView};
 use super::transfer::ServerCopy;
-use crate::state::{JobProgress, JobRecord};
+use crate::state::{JobProgress, JobRecord, JobState};
 use crate::store::{ObjectSink, ObjectSource};
 
 /// Objects a window holds for each unit of concurrency (so the queue never runs dry while a
@@ -27,6 +27,24 @@ const MAX_OBJECTS: usize = 4096;
 /// Chunk records a window holds at most before it stops reading more objects (one object is
 /// always read, however many chunks it has).
 pub(super) const MAX_CHUNKS: usize = 16_384;
+
+/// How often a drained job whose objects other workers hold is read again.
+pub(super) const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a drained job ends (nothing of it in the window, nothing under way unclaimed), from its
+/// counters: done when no object failed, failed otherwise — unless the state is `shared`
+/// and some objects have not ended (other workers hold them): then it goes on (`None`).
+pub(super) fn drained_end(progress: &JobProgress, shared: bool) -> Option<JobState> {
+    let ended = progress.files_done + progress.files_skipped + progress.files_failed;
+    if shared && ended < progress.files_total {
+        return None;
+    }
+    Some(if progress.files_failed == 0 {
+        JobState::Done
+    } else {
+        JobState::Failed
+    })
+}
 
 /// A loaded job.
 pub(super) struct JobRun {
@@ -54,6 +72,9 @@ pub(super) struct JobRun {
     pub(super) progress: JobProgress,
     /// Its listing goes on: pages of objects may still arrive.
     pub(super) listing: bool,
+    /// With a shared state, when a drained job whose objects other workers still hold is
+    /// read again from its start (objects given back by a worker that went are claimed so).
+    pub(super) rescan_at: Option<std::time::Instant>,
 }
 
 impl JobRun {
@@ -79,6 +100,7 @@ impl JobRun {
             rewinding: 0,
             progress,
             listing: false,
+            rescan_at: None,
         }
     }
 
@@ -94,6 +116,17 @@ impl JobRun {
             return 0;
         }
         target - self.files.len()
+    }
+
+    /// How many objects to claim now with a shared state, `free` slots being free: what is
+    /// read is taken from the other workers, so only once nothing held has work to start,
+    /// and no more than the free slots — a worker never sits on objects it cannot start while
+    /// the others run dry.
+    pub(super) fn wants_claim(&self, free: u32) -> usize {
+        if self.exhausted || !self.queue.is_empty() || self.chunks_held >= MAX_CHUNKS / 2 {
+            return 0;
+        }
+        (free as usize).min(MAX_OBJECTS)
     }
 
     /// Takes an object read from the state file into the window (one already held is left).
@@ -126,6 +159,16 @@ impl JobRun {
         self.rewinding = self.rewinding.saturating_sub(1);
         self.cursor = None;
         self.exhausted = false;
+    }
+
+    /// Reads the job again from its first object, at most once per [`RESCAN`]: it drained,
+    /// but other workers still hold some of its objects (given back, they are claimed so).
+    pub(super) fn rescan(&mut self, now: std::time::Instant) {
+        if self.rescan_at.is_none_or(|at| at <= now) {
+            self.cursor = None;
+            self.exhausted = false;
+            self.rescan_at = Some(now + RESCAN);
+        }
     }
 
     /// True when nothing of the job is left: the window is empty and no object under way is
@@ -208,6 +251,67 @@ impl JobRun {
                 Some(server) if server.active() => Carried::Server,
                 Some(_) => Carried::FellBack,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn counts(total: u64, done: u64, skipped: u64, failed: u64) -> JobProgress {
+        JobProgress {
+            files_total: total,
+            files_done: done,
+            files_skipped: skipped,
+            files_failed: failed,
+            ..JobProgress::default()
+        }
+    }
+
+    #[test]
+    fn a_drained_job_ends_by_its_counters_unless_others_hold_objects() {
+        assert_eq!(
+            drained_end(&counts(3, 2, 1, 0), false),
+            Some(JobState::Done)
+        );
+        assert_eq!(
+            drained_end(&counts(3, 1, 1, 1), false),
+            Some(JobState::Failed)
+        );
+        assert_eq!(
+            drained_end(&counts(3, 1, 1, 1), true),
+            Some(JobState::Failed)
+        );
+        assert_eq!(drained_end(&counts(3, 3, 0, 0), true), Some(JobState::Done));
+        // Shared: one object is still under way at another worker.
+        assert_eq!(drained_end(&counts(3, 2, 0, 0), true), None);
+        assert_eq!(drained_end(&counts(3, 1, 0, 1), true), None);
+        // One engine: drained proves nothing is left, whatever the counters.
+        assert_eq!(
+            drained_end(&counts(3, 2, 0, 0), false),
+            Some(JobState::Done)
+        );
+        assert_eq!(
+            drained_end(&JobProgress::default(), true),
+            Some(JobState::Done)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_shared_job_ends_exactly_when_every_object_ended(
+            total in 0u64..50, done in 0u64..50, skipped in 0u64..50, failed in 0u64..50,
+        ) {
+            let progress = counts(total, done, skipped, failed);
+            let ended = done + skipped + failed >= total;
+            let shared = drained_end(&progress, true);
+            prop_assert_eq!(shared.is_some(), ended);
+            if let Some(state) = shared {
+                prop_assert_eq!(state == JobState::Failed, failed > 0);
+                prop_assert_eq!(Some(state), drained_end(&progress, false));
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::buffers::BufferPool;
 use super::verify::{self, ObjectCrc};
 use crate::state::Verification;
+use crate::state::lease::Lease;
 use crate::store::copy::{self, Route, TransferMode};
 use crate::store::rules::{InvalidMetadata, map_metadata};
 use crate::store::{
@@ -616,7 +617,7 @@ async fn give_up_unrecorded(sink: &dyn ObjectSink, key: &str, since_ms: i64) {
                     "giving up uploads a crashed run opened but never recorded");
             }
             let uploads = found.into_iter().map(|s| (key.to_string(), s)).collect();
-            give_up_uploads(sink, uploads).await;
+            give_up_uploads(sink, uploads, None).await;
         }
         Err(e) => tracing::warn!(%key, "cannot look for uploads a crashed run left: {e}"),
     }
@@ -642,6 +643,9 @@ pub struct CommitWork {
     /// The source to look at before the commit (same version as planned, else the object
     /// fails): set where blocks were copied from a signed URL, which no store pins.
     pub pin: Option<SourcePin>,
+    /// The worker's lease when the state is shared: no commit is sent once it lapsed (the
+    /// object is another worker's by then).
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// A source object as planned, checked before a commit.
@@ -691,8 +695,17 @@ pub enum CommitOutcome {
 
 /// Gives up upload sessions (destination key, session) at the destination; a failure is
 /// only logged (stores expire abandoned sessions in the end).
-pub async fn give_up_uploads(sink: &dyn ObjectSink, uploads: Vec<(String, String)>) {
+pub async fn give_up_uploads(
+    sink: &dyn ObjectSink,
+    uploads: Vec<(String, String)>,
+    lease: Option<&Lease>,
+) {
     for (key, session) in uploads {
+        // A worker whose lease lapsed gives up nothing: the uploads are another's by now.
+        if let Some(why) = lapsed(lease) {
+            tracing::warn!("not giving up the upload of {key}: {why}");
+            return;
+        }
         let upload = crate::store::Upload {
             key: &key,
             session: Some(&session),
@@ -759,6 +772,9 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
         &work.blobway,
         work.invalid_metadata,
     )?;
+    if let Some(why) = lapsed(work.lease.as_deref()) {
+        return Err(why);
+    }
     let committed = target
         .sink
         .commit(target.upload(), &work.blocks, &meta)
@@ -772,6 +788,18 @@ pub async fn verify_and_commit(work: &CommitWork) -> StoreResult<CommitOutcome> 
     )
     .await?;
     Ok(CommitOutcome::Committed(verified))
+}
+
+/// Why nothing more may be sent on a claim of this worker, when its lease on the shared
+/// state lapsed (by this process's clock, or refused by the database).
+fn lapsed(lease: Option<&Lease>) -> Option<StoreError> {
+    lease.filter(|l| !l.holds()).map(|l| {
+        StoreError::transient(format!(
+            "worker {}'s lease on the shared state lapsed: nothing is sent for objects it claimed \
+             (another worker takes them over)",
+            l.name
+        ))
+    })
 }
 
 /// What a commit or whole put answered, confirmed by reading the object back once
@@ -926,6 +954,7 @@ mod tests {
             version_id: None,
             invalid_metadata: InvalidMetadata::Rename,
             pin: None,
+            lease: None,
         };
         for i in [0u32, 2] {
             move_chunk(&chunk_work(&source, &sink, &etag, &ids, i))

@@ -12,6 +12,7 @@ mod codec;
 pub mod counts;
 pub mod embedded;
 pub mod index;
+pub mod lease;
 pub mod location;
 pub mod names;
 pub mod postgres;
@@ -91,15 +92,29 @@ pub enum StateError {
         /// The version this blobway writes.
         reads: i64,
     },
-    /// Another blobway serves the state database.
+    /// A live worker of the same name works on the state database.
     #[error(
-        "the state database {url} is in use by {holder}; one blobway serves a database at a time: stop that one (`blobway stop` where it runs) or work through it (its API, or `blobway jobs` on its machine)"
+        "a worker named {name} already works on the state database {url} ({holder}); give this one a name of its own with BLOBWAY_WORKER_NAME, or stop that one first"
     )]
-    DatabaseInUse {
+    WorkerInUse {
         /// Its URL, without the password.
         url: String,
-        /// Who holds it (program, process, host, since when).
+        /// The worker's name.
+        name: String,
+        /// Where it runs (host, process).
         holder: String,
+    },
+    /// This worker's lease ran out: the other workers took its claims back.
+    #[error(
+        "worker {name}'s lease on the state database {url} ran out (it was stopped or cut off for longer than {lease} s); the other workers took its claims back, and it records nothing more; start it again to rejoin"
+    )]
+    Fenced {
+        /// Its URL, without the password.
+        url: String,
+        /// The worker's name.
+        name: String,
+        /// How long its lease lasted, in seconds.
+        lease: u64,
     },
     /// The state database answered with an error.
     #[error("the state database {url}: {detail}")]
@@ -322,6 +337,17 @@ pub trait Backend: Send + Sync {
     /// Returns every IN_PROGRESS chunk to PENDING: after a crash nobody is working on them.
     /// Returns how many were reset.
     fn recover_in_progress(&self) -> Result<usize, StateError>;
+
+    /// This engine's lease when it is one worker of several sharing the state (`None` for a
+    /// state of its own): what it claims is fenced by it.
+    fn lease(&self) -> Option<Arc<lease::Lease>> {
+        None
+    }
+
+    /// The workers sharing the state, as recorded (`None`: the state is not shared).
+    fn workers(&self) -> Result<Option<Vec<lease::WorkerRecord>>, StateError> {
+        Ok(None)
+    }
 
     /// Forgets every destination-name claim of `job` (a plan starts over from its listing).
     fn clear_names(&self, job: JobId) -> Result<(), StateError>;

@@ -24,6 +24,9 @@ use super::batch::{self, LAST_JOB_ID};
 use super::codec::Stored;
 use super::names::{self, Claim, NameClash};
 use super::sealed::{self, SessionKey};
+mod workers;
+
+use super::lease::{Lease, WorkerRecord};
 use super::{
     Backend, ChunkRecord, ChunkState, FileRecord, FileState, JobId, JobProgress, JobRecord,
     JobSnapshot, StateError, TableUsage, UnderWay, Write, counts, index, route_key,
@@ -32,7 +35,7 @@ use crate::store::rules::Naming;
 
 /// The schema this blobway writes in a database. A database with a newer one is refused, so
 /// an older blobway never misreads what a newer one wrote.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Connections per process: the writer, the scheduler's reads and a view's at once.
 const CONNECTIONS: usize = 4;
@@ -49,11 +52,6 @@ const WRITE_LOCK: i64 = 0x626c_6f62_7761_7902;
 /// `idle_in_transaction_session_timeout`, TCP keepalives and `tcp_user_timeout`, a database
 /// that drops off the network fails calls within about a minute instead of hanging them.
 const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// The session lock ("blob", 1) the one blobway serving a database holds while it runs
-/// (`pg_try_advisory_lock(int, int)`): until workers share a database through leases, a
-/// second engine on it would move the same objects at once.
-const HOLDER_LOCK: (i32, i32) = (0x626c_6f62, 1);
 
 /// The tables, created (or found) at open. Keys and routes sort by their bytes (`COLLATE
 /// "C"`), as the embedded file sorts them.
@@ -109,6 +107,24 @@ CREATE TABLE IF NOT EXISTS blobway_names (
     holder text NOT NULL,
     PRIMARY KEY (job, claim)
 );
+CREATE SEQUENCE IF NOT EXISTS blobway_epochs;
+CREATE TABLE IF NOT EXISTS blobway_workers (
+    name text COLLATE "C" PRIMARY KEY,
+    epoch bigint NOT NULL UNIQUE,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    version text NOT NULL,
+    state text NOT NULL,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    lease_until timestamptz NOT NULL,
+    in_flight bigint NOT NULL DEFAULT 0,
+    chunks_moved bigint NOT NULL DEFAULT 0,
+    bytes_moved bigint NOT NULL DEFAULT 0
+);
+ALTER TABLE blobway_objects ADD COLUMN IF NOT EXISTS owner bigint;
+CREATE INDEX IF NOT EXISTS blobway_objects_by_owner ON blobway_objects (owner)
+    WHERE owner IS NOT NULL;
 "#;
 
 /// True when `location` names a PostgreSQL database rather than a file: a `postgres://` or
@@ -219,8 +235,9 @@ pub struct PgState {
     /// Opened to read only ([`PgState::open_reader`]): sealed sessions stay sealed without
     /// a key (no view needs them).
     reader: bool,
-    /// The connection that holds [`HOLDER_LOCK`], released when the last handle goes.
-    _holder: Arc<Holder>,
+    /// This engine's membership of the fleet ([`workers`]): its writes are fenced by its
+    /// lease, and it claims the objects it works on. It leaves when the last handle goes.
+    worker: Option<Arc<workers::Worker>>,
     /// Drives the connections' I/O.
     runtime: Arc<Driver>,
 }
@@ -257,10 +274,27 @@ impl PgState {
         Self::open_with(url, key)
     }
 
-    /// [`PgState::open`] with the key given (none: bearer sessions are refused).
+    /// [`PgState::open`] with the key given (none: bearer sessions are refused), joining
+    /// the fleet under `BLOBWAY_WORKER_NAME` (else `host:pid`).
     pub fn open_with(url: &str, key: Option<SessionKey>) -> Result<Self, StateError> {
+        Self::open_worker(
+            url,
+            key,
+            &workers::default_name(),
+            Lease::duration_from_env(),
+        )
+    }
+
+    /// Connects as worker `name` with leases of `lease`: every write it makes is fenced by
+    /// its lease, and it claims the objects it works on.
+    pub fn open_worker(
+        url: &str,
+        key: Option<SessionKey>,
+        name: &str,
+        lease: std::time::Duration,
+    ) -> Result<Self, StateError> {
         let mut state = Self::connect_to(url, key, false)?;
-        state._holder = Arc::new(state.hold()?);
+        state.worker = Some(Arc::new(state.join(name, lease)?));
         Ok(state)
     }
 
@@ -292,7 +326,7 @@ impl PgState {
             .keepalives_retries(3)
             .tcp_user_timeout(std::time::Duration::from_secs(30))
             .options(format!(
-                "-c statement_timeout={} -c idle_in_transaction_session_timeout=60000{}",
+                "-c statement_timeout={} -c idle_in_transaction_session_timeout=5000{}",
                 STATEMENT_TIMEOUT.as_millis(),
                 if reader {
                     " -c default_transaction_read_only=on"
@@ -325,7 +359,7 @@ impl PgState {
             key: key.map(Arc::new),
             database_id: Arc::new(std::sync::OnceLock::new()),
             reader,
-            _holder: Arc::new(Holder { _connection: None }),
+            worker: None,
         };
         state.init_schema()?;
         let id = state.with(|s| {
@@ -338,47 +372,6 @@ impl PgState {
         })?;
         let _ = state.database_id.set(id);
         Ok(state)
-    }
-
-    /// Takes [`HOLDER_LOCK`] on a connection of its own, or says who holds it. A holder that
-    /// was just killed keeps the lock until the server sees its connection close, so the lock
-    /// is asked for again for a few seconds before giving up.
-    fn hold(&self) -> Result<Holder, StateError> {
-        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-        let conn = self.connect()?;
-        let started = std::time::Instant::now();
-        loop {
-            let taken = block_on(conn.client.query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&HOLDER_LOCK.0, &HOLDER_LOCK.1],
-            ))
-            .map_err(|e| self.error("locked", &e))?
-            .get::<_, bool>(0);
-            if taken {
-                return Ok(Holder {
-                    _connection: Some(conn.client),
-                });
-            }
-            if started.elapsed() >= PATIENCE {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        let holder = block_on(conn.client.query_opt(
-            "SELECT a.application_name || ' since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
-             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 \
-             AND l.objid::bigint = $2 AND l.objsubid = 2 AND l.database = \
-             (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&i64::from(HOLDER_LOCK.0), &i64::from(HOLDER_LOCK.1)],
-        ))
-        .ok()
-        .flatten()
-        .map_or_else(|| "another blobway".to_string(), |row| row.get(0));
-        Err(StateError::DatabaseInUse {
-            url: self.location.clone(),
-            holder,
-        })
     }
 
     /// The URL without its password.
@@ -490,6 +483,9 @@ impl PgState {
         self.within("BEGIN", |session| {
             session.batch("SET LOCAL synchronous_commit = on")?;
             session.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            if let Some(worker) = &self.worker {
+                self.fence(session, &worker.lease)?;
+            }
             f(session)
         })
     }
@@ -553,6 +549,15 @@ impl PgState {
         });
         match current? {
             Some(v) if v == SCHEMA_VERSION.to_string() => return Ok(()),
+            Some(found) if self.reader && older(&found) => {
+                return Err(StateError::Database {
+                    url: self.location.clone(),
+                    detail: format!(
+                        "it holds schema version {found} from an older blobway; start a worker \
+                         of this version once (`blobway serve --state …`) to upgrade it"
+                    ),
+                });
+            }
             Some(found) if self.reader => {
                 return Err(StateError::DatabaseSchema {
                     url: self.location.clone(),
@@ -591,6 +596,14 @@ impl PgState {
                     )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
+                // The tables were brought up to date above (every statement of the schema
+                // is idempotent); the version says so.
+                Some(found) if older(&found) => {
+                    s.execute(
+                        "UPDATE blobway_meta SET value = $1 WHERE name = 'schema'",
+                        &[&SCHEMA_VERSION.to_string()],
+                    )?;
+                }
                 Some(found) => {
                     return Err(StateError::DatabaseSchema {
                         url: self.location.clone(),
@@ -727,10 +740,11 @@ impl PgState {
     }
 }
 
-/// The connection that holds [`HOLDER_LOCK`]; the lock goes when it closes (the next
-/// holder waits a few seconds for the server to see that).
-struct Holder {
-    _connection: Option<Client>,
+/// True when `found` is a schema version older than this blobway's (upgraded in place).
+fn older(found: &str) -> bool {
+    found
+        .parse::<i64>()
+        .is_ok_and(|v| (1..SCHEMA_VERSION).contains(&v))
 }
 
 /// This machine's name, for `pg_stat_activity` (empty when unknown).
@@ -928,16 +942,19 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn put_file(&mut self, job: JobId, index: u32, file: &FileRecord) -> Result<(), StateError> {
+        // An object that ended is nobody's claim any more: reopened, any worker may take it.
         self.session.execute(
             "INSERT INTO blobway_objects (job, idx, state, key, record) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (job, idx) DO UPDATE SET state = EXCLUDED.state, key = EXCLUDED.key, \
-             record = EXCLUDED.record",
+             record = EXCLUDED.record, owner = CASE WHEN EXCLUDED.state = ANY($6) \
+             THEN blobway_objects.owner END",
             &[
                 &id(job),
                 &i64::from(index),
                 &i16::from(index::code(file.state)),
                 &file.key,
                 &self.session.state.object_bytes(job, index, file)?,
+                &codes(&index::UNDER_WAY),
             ],
         )?;
         Ok(())
@@ -1251,19 +1268,34 @@ impl Backend for PgState {
         max_chunks: usize,
         held: &dyn Fn(u32) -> bool,
     ) -> Result<UnderWay, StateError> {
-        self.snapshot(|s| {
+        let read = |s: &mut Session<'_>, owner: Option<i64>| {
             let limit = max_objects.max(1);
-            // One more than asked, so the end is known exactly.
-            let rows = s.query(
-                "SELECT idx FROM blobway_objects WHERE job = $1 AND state = ANY($2) AND idx > $3 \
-                 ORDER BY idx LIMIT $4",
-                &[
-                    &id(job),
-                    &codes(&index::UNDER_WAY),
-                    &after_index(after),
-                    &count(limit + 1),
-                ],
-            )?;
+            // One more than asked, so the end is known exactly. A worker reads only what
+            // nobody else claimed, and locks it until its claim is written.
+            let rows = match owner {
+                None => s.query(
+                    "SELECT idx FROM blobway_objects WHERE job = $1 AND state = ANY($2) \
+                     AND idx > $3 ORDER BY idx LIMIT $4",
+                    &[
+                        &id(job),
+                        &codes(&index::UNDER_WAY),
+                        &after_index(after),
+                        &count(limit + 1),
+                    ],
+                )?,
+                Some(epoch) => s.query(
+                    "SELECT idx FROM blobway_objects WHERE job = $1 AND state = ANY($2) \
+                     AND idx > $3 AND (owner IS NULL OR owner = $5) ORDER BY idx LIMIT $4 \
+                     FOR UPDATE SKIP LOCKED",
+                    &[
+                        &id(job),
+                        &codes(&index::UNDER_WAY),
+                        &after_index(after),
+                        &count(limit + 1),
+                        &epoch,
+                    ],
+                )?,
+            };
             let mut indexes: Vec<u32> = rows.iter().map(|row| index_of(row, 0)).collect();
             let exhausted = indexes.len() <= limit;
             indexes.truncate(limit);
@@ -1294,8 +1326,20 @@ impl Backend for PgState {
                 chunk_count += chunks.len();
                 out.objects.push((file_index, file, chunks));
             }
+            if let Some(epoch) = owner {
+                let claimed: Vec<i64> = out.objects.iter().map(|(i, _, _)| i64::from(*i)).collect();
+                s.execute(
+                    "UPDATE blobway_objects SET owner = $3 WHERE job = $1 AND idx = ANY($2)",
+                    &[&id(job), &claimed, &epoch],
+                )?;
+            }
             Ok(out)
-        })
+        };
+        match &self.worker {
+            // Claimed in a write transaction, fenced by the worker's lease.
+            Some(worker) => self.transaction(|s| read(s, Some(worker.lease.epoch))),
+            None => self.snapshot(|s| read(s, None)),
+        }
     }
 
     fn objects_in(
@@ -1453,30 +1497,29 @@ impl Backend for PgState {
     }
 
     fn recover_in_progress(&self) -> Result<usize, StateError> {
-        let mut resets = Vec::new();
-        self.with(|s| {
-            // Only the chunks in flight at a crash (a partial index holds them), not every
-            // chunk of every job.
+        self.transaction(|s| {
+            // Workers gone give their claims back; chunks left in flight by nobody's claim
+            // (a blobway that stopped without leaving) return to pending. Only the chunks in
+            // flight are read (a partial index holds them), not every chunk of every job;
+            // those of live workers stay theirs.
+            workers::reap(s)?;
             let rows = s.query(
-                "SELECT job, obj, idx, record FROM blobway_chunks WHERE in_flight",
+                "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
+                 ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner IS NULL",
                 &[],
             )?;
-            for row in &rows {
-                let mut chunk: ChunkRecord = s.record(row, 3)?;
-                if chunk.state == ChunkState::InProgress {
-                    chunk.state = ChunkState::Pending;
-                    resets.push(Write::Chunk(
-                        row.get::<_, i64>(0).unsigned_abs(),
-                        index_of(row, 1),
-                        index_of(row, 2),
-                        chunk,
-                    ));
-                }
-            }
-            Ok(())
-        })?;
-        self.apply(&resets)?;
-        Ok(resets.len())
+            let resets = workers::in_flight_to_pending(s, &rows)?;
+            batch::apply(&mut PgTxn { session: s }, &resets)?;
+            Ok(resets.len())
+        })
+    }
+
+    fn lease(&self) -> Option<Arc<Lease>> {
+        self.worker.as_ref().map(|w| w.lease.clone())
+    }
+
+    fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StateError> {
+        self.list_workers().map(Some)
     }
 
     fn clear_names(&self, job: JobId) -> Result<(), StateError> {

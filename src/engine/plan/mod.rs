@@ -395,7 +395,7 @@ pub async fn plan_job_paged(
                     Some(_) => record_listing(after.clone(), &planner.summary),
                 });
                 apply(db, writes).await?;
-                super::transfer::give_up_uploads(sink, planned.stale).await;
+                super::transfer::give_up_uploads(sink, planned.stale, None).await;
                 let go_on = on_page(PagePlanned {
                     job: job.id,
                     fresh,

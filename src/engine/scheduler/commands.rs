@@ -358,11 +358,24 @@ impl Scheduler {
     /// Loads recorded jobs (`only` one, or every unfinished one), their failed objects that
     /// `reopen` admits given another chance.
     pub(super) fn load(&mut self, only: Option<JobId>, include_paused: bool, reopen: Reopen) {
+        self.load_jobs(only, include_paused, Some(reopen));
+    }
+
+    /// Loads the jobs other workers of a shared state run and this one does not: running and
+    /// listed whole (a listing under way is its planner's), nothing reopened.
+    pub(super) fn discover(&mut self) {
+        self.load_jobs(None, false, None);
+    }
+
+    /// [`Scheduler::load`], or [`Scheduler::discover`] when `reopen` is `None`.
+    fn load_jobs(&mut self, only: Option<JobId>, include_paused: bool, reopen: Option<Reopen>) {
         if let Some(id) = only
             && self.unloading.contains(&id)
         {
             // Its end is not durable yet: loaded once it is, so nothing is read stale.
-            self.reload_after_unload.insert(id, reopen);
+            if let Some(reopen) = reopen {
+                self.reload_after_unload.insert(id, reopen);
+            }
             return;
         }
         let loaded: Vec<JobId> = self
@@ -396,8 +409,10 @@ impl Scheduler {
                     JobState::Queued | JobState::Running | JobState::Failed => true,
                 };
                 let being_planned = planning.contains(&route_key(&job.source, &job.destination));
+                let discovering = reopen.is_none();
                 if (only.is_some() && !named)
                     || !wanted
+                    || (discovering && job.state != JobState::Running)
                     || loaded.contains(&job.id)
                     || being_planned
                 {
@@ -406,6 +421,9 @@ impl Scheduler {
                 // Never planned (its destination failed), or stopped while it was listed:
                 // planned again, its listing going on from where it stood.
                 let listing = matches!(db.listing(job.id), Ok(Some(_)));
+                if discovering && (!job.planned || listing) {
+                    continue;
+                }
                 if !job.planned || listing {
                     let _ = tx.send(Ready::Replan {
                         source: job.source.clone(),
@@ -421,7 +439,7 @@ impl Scheduler {
                     if let Some(why) = crate::state::sealed::refusal(&db, sink.bearer_sessions()) {
                         anyhow::bail!(why);
                     }
-                    let (record, failed) = loaded_job(&db, job.id, Some(reopen)).await?;
+                    let (record, failed) = loaded_job(&db, job.id, reopen).await?;
                     anyhow::Ok(Ready::Job(Box::new(Arrival {
                         record,
                         failed,
@@ -466,7 +484,7 @@ impl Scheduler {
                 if !uploads.is_empty() {
                     let (_, dst) = parse_route(&job.source, &job.destination)?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
-                    transfer::give_up_uploads(sink.as_ref(), uploads).await;
+                    transfer::give_up_uploads(sink.as_ref(), uploads, db.lease().as_deref()).await;
                 }
                 // Cancelled already (a crash may have come before its sessions were given
                 // up, so they were given up again above): nothing more to record.

@@ -78,11 +78,21 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let wanted = job.wants(limit);
+        // With a shared state, objects are claimed for the free slots only: as many chunk
+        // records as slots are free (always at least one object).
+        let free = limit.saturating_sub(self.gate.in_flight());
+        let wanted = if self.shared {
+            job.wants_claim(free)
+        } else {
+            job.wants(limit)
+        };
         if wanted == 0 {
             return;
         }
-        let room = crate::engine::model::MAX_CHUNKS.saturating_sub(job.chunks_held);
+        let mut room = crate::engine::model::MAX_CHUNKS.saturating_sub(job.chunks_held);
+        if self.shared {
+            room = room.min(free as usize);
+        }
         let held = |file: u32| job.files.contains_key(&file);
         let read = match self.db.next_under_way(id, job.cursor, wanted, room, &held) {
             Ok(read) => read,
@@ -226,6 +236,7 @@ impl Scheduler {
                                 etag: record.etag.clone(),
                                 version_id: record.version_id.clone(),
                             }),
+                        lease: self.db.lease(),
                     },
                 }))
             }
@@ -254,8 +265,9 @@ impl Scheduler {
 
     /// Gives up uploads that will not be committed, in the background.
     fn abort_uploads(&mut self, sink: Arc<dyn ObjectSink>, uploads: Vec<(String, String)>) {
+        let lease = self.db.lease();
         self.background.spawn(async move {
-            transfer::give_up_uploads(sink.as_ref(), uploads).await;
+            transfer::give_up_uploads(sink.as_ref(), uploads, lease.as_deref()).await;
         });
     }
 
@@ -263,10 +275,13 @@ impl Scheduler {
     /// window, in the background.
     fn abort_recorded(&mut self, sink: Arc<dyn ObjectSink>, id: JobId, held: BTreeSet<u32>) {
         let db = self.db.clone();
+        let lease = db.lease();
         self.background.spawn(async move {
             let read = tokio::task::spawn_blocking(move || db.open_uploads_except(id, &held));
             match read.await {
-                Ok(Ok(uploads)) => transfer::give_up_uploads(sink.as_ref(), uploads).await,
+                Ok(Ok(uploads)) => {
+                    transfer::give_up_uploads(sink.as_ref(), uploads, lease.as_deref()).await
+                }
                 Ok(Err(e)) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
                 Err(e) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
             }

@@ -189,7 +189,7 @@ impl Scheduler {
             how,
         } = arrival;
         let (unpause, reopen) = match &how {
-            How::Loaded { unpause, reopen } => (*unpause, Some(*reopen)),
+            How::Loaded { unpause, reopen } => (*unpause, *reopen),
             _ => (false, None),
         };
         let id = record.id;

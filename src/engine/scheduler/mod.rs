@@ -138,11 +138,12 @@ enum How {
     /// The first page of a new job's listing is planned: it runs while the rest is listed
     /// ([`Ready::Listed`] follows).
     Listing,
-    /// Loaded from the state file; the failed objects `reopen` admits get another chance.
+    /// Loaded from the state file; the failed objects `reopen` admits get another chance
+    /// (none: found running at another worker of a shared state).
     Loaded {
         /// The operator named this paused job to resume it.
         unpause: bool,
-        reopen: crate::state::index::Reopen,
+        reopen: Option<crate::state::index::Reopen>,
     },
 }
 
@@ -279,6 +280,26 @@ struct Scheduler {
     listings: BTreeMap<JobId, ListingTask>,
     /// Jobs to load again (with this reopen rule) once their end is durable.
     reload_after_unload: BTreeMap<JobId, crate::state::index::Reopen>,
+    /// What this engine moved, reported with its lease's heartbeat when the state is shared.
+    moved: Moved,
+    /// When the shared state was last looked at for jobs other workers run.
+    discovered_at: Option<Instant>,
+    /// The state is shared with other workers: this engine claims what it works on.
+    shared: bool,
+}
+
+/// Chunks and bytes an engine moved since it started.
+#[derive(Default)]
+struct Moved {
+    chunks: u64,
+    bytes: u64,
+}
+
+impl Moved {
+    fn report(&mut self, bytes: u64) {
+        self.chunks += 1;
+        self.bytes += bytes;
+    }
 }
 
 /// Runs the scheduler until it is idle (headless), told to shut down, or cannot go on.
@@ -330,6 +351,7 @@ pub(super) async fn run(
     let pacer = Pacer::new(bwlimit.rate_now(), now);
     let gate = Gate::new(controller.limit(), config.max_memory);
     let buffers = Arc::new(BufferPool::new(config.max_memory));
+    let shared = db.lease().is_some();
     let mut s = Scheduler {
         db,
         config,
@@ -366,6 +388,9 @@ pub(super) async fn run(
         unloading: BTreeSet::new(),
         listings: BTreeMap::new(),
         reload_after_unload: BTreeMap::new(),
+        moved: Moved::default(),
+        discovered_at: None,
+        shared,
     };
     s.read_history();
     if let Some(message) = unread_cap {
@@ -413,7 +438,20 @@ pub(super) async fn run(
                 }
             }
             _ = sleep_until(next_timer), if next_timer.is_some() => {}
-            _ = ticks.tick() => s.on_tick().await,
+            _ = ticks.tick() => {
+                // A worker whose lease the database refused records nothing more: it stops
+                // (its claims are the other workers' now; started again, it rejoins).
+                if let Some(lease) = s.db.lease().filter(|l| l.is_fenced()) {
+                    break Err(anyhow::anyhow!(
+                        "worker {}'s lease on the shared state ran out (it was stopped or cut off \
+                         for longer than {} s); the other workers took its claims back; start it \
+                         again to rejoin",
+                        lease.name,
+                        lease.duration.as_secs()
+                    ));
+                }
+                s.on_tick().await
+            }
             _ = sleep_until(deadline), if deadline.is_some() => break Ok(()),
         }
     };

@@ -7,6 +7,9 @@ use crate::engine::control::ChosenConcurrency;
 /// How often a running job a view looks at is read again from the state file.
 const WATCH_READ_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a worker of a shared state looks for jobs other workers planned.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
 impl Scheduler {
     /// Feeds a chunk's outcome to the controller and the metrics.
     pub(super) fn observe(
@@ -19,6 +22,7 @@ impl Scheduler {
         let (bytes, error) = match result {
             Ok(moved) => {
                 self.metrics.chunk_done(now, job, moved.bytes, latency_ms);
+                self.moved.report(moved.bytes);
                 (moved.bytes, None)
             }
             // Only the stores' health steers the controller, not a changed source or a bad key.
@@ -132,6 +136,7 @@ impl Scheduler {
             self.apply_change(change);
         }
         self.follow_bwlimit(false);
+        self.follow_fleet(now);
         self.metrics
             .roll(now, self.gate.limit(), self.gate.in_flight());
         self.publish();
@@ -313,6 +318,27 @@ impl Scheduler {
     }
 
     /// Reads the summaries of every job in the state file, for views.
+    /// With a shared state: reports this worker's activity for its heartbeat and, serving,
+    /// loads now and then the running jobs other workers planned, so every worker works on
+    /// every job.
+    fn follow_fleet(&mut self, now: Instant) {
+        let Some(lease) = self.db.lease() else {
+            return;
+        };
+        lease.report(crate::state::lease::Activity {
+            in_flight: u64::from(self.gate.in_flight()),
+            chunks_moved: self.moved.chunks,
+            bytes_moved: self.moved.bytes,
+        });
+        let due = self
+            .discovered_at
+            .is_none_or(|at| now.duration_since(at) >= DISCOVER_EVERY);
+        if due && !self.config.exit_when_idle && self.stopping.is_none() && self.loading == 0 {
+            self.discovered_at = Some(now);
+            self.discover();
+        }
+    }
+
     pub(super) fn read_history(&self) {
         let (db, tx) = (self.db.clone(), self.ready_tx.clone());
         tokio::task::spawn_blocking(move || {

@@ -2,6 +2,7 @@
 //! started over, done, skipped or failed — recorded before it is announced.
 
 use super::*;
+use crate::engine::model::drained_end;
 
 impl Scheduler {
     pub(super) fn on_finished(&mut self, finished: Finished) {
@@ -148,8 +149,14 @@ impl Scheduler {
             // Every object of a drained job has its last write durable: the counters are
             // exact.
             _ if job.drained() => match self.db.progress(id) {
-                Ok(progress) if progress.files_failed == 0 => JobState::Done,
-                Ok(_) => JobState::Failed,
+                Ok(progress) => match drained_end(&progress, self.shared) {
+                    Some(state) => state,
+                    // Other workers hold some of its objects: read again in a while.
+                    None => {
+                        job.rescan(Instant::now().into_std());
+                        return;
+                    }
+                },
                 // Decided on a later tick, from counters that can be read.
                 Err(e) => {
                     tracing::warn!("cannot read job {id}'s counters: {e}");

@@ -1,0 +1,461 @@
+//! Workers sharing one PostgreSQL state (the cluster `scripts/test.sh` starts once per run, a
+//! fresh database per test): claims that never overlap, leases judged by the database's
+//! clock, the claims of a worker that went coming back, fencing of a worker whose lease ran
+//! out, and — end to end — three `blobway serve` processes moving one migration from S3
+//! (moto) to Azurite while two of them are killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use blobway::state::postgres::PgState;
+use blobway::state::{ChunkRecord, ChunkState, FileRecord, StateDb, StateError, Write};
+use common::postgres::{execute, fresh_database, number};
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn worker(url: &str, name: &str) -> StateDb {
+    StateDb::new(PgState::open_worker(url, None, name, LONG).expect("join"))
+}
+
+/// Job 1 with `objects` objects of two chunks each, all pending.
+fn planned(db: &StateDb, objects: u32) {
+    let mut writes = vec![Write::Job(job_record(1))];
+    for i in 0..objects {
+        let key = format!("p/{i:03}");
+        writes.push(Write::File(
+            1,
+            i,
+            FileRecord::new(&key, &key, 16, "\"e\"", 8, 2),
+        ));
+        writes.push(Write::Chunk(1, i, 0, ChunkRecord::pending()));
+        writes.push(Write::Chunk(1, i, 1, ChunkRecord::pending()));
+    }
+    db.apply(&writes).expect("plan");
+}
+
+fn claim(db: &StateDb, max: usize) -> BTreeSet<u32> {
+    db.next_under_way(1, None, max, 10_000, &|_| false)
+        .expect("claim")
+        .objects
+        .into_iter()
+        .map(|(i, _, _)| i)
+        .collect()
+}
+
+fn expire(url: &str, name: &str) {
+    execute(
+        url,
+        &format!(
+            "UPDATE blobway_workers SET lease_until = clock_timestamp() - interval '1 second' \
+             WHERE name = '{name}'"
+        ),
+    );
+}
+
+#[test]
+fn workers_claim_apart_and_a_dead_workers_claims_come_back_fenced() {
+    let url = fresh_database();
+    let a = worker(&url, "a");
+    let b = worker(&url, "b");
+    planned(&a, 10);
+    let of_a = claim(&a, 4);
+    assert_eq!(of_a, (0..4).collect(), "a claims the first four");
+    let of_b = claim(&b, 100);
+    assert_eq!(of_b, (4..10).collect(), "b never gets what a claimed");
+    assert!(
+        claim(&b, 100).contains(&9),
+        "a worker reads its own claims again"
+    );
+    // a starts a chunk, then stops renewing (a SIGSTOP, a cut cable).
+    let mut in_flight = ChunkRecord::pending();
+    in_flight.state = ChunkState::InProgress;
+    a.apply(&[Write::Chunk(1, 0, 0, in_flight.clone())])
+        .expect("a records while its lease is live");
+    expire(&url, "a");
+    let fenced = a
+        .apply(&[Write::Chunk(1, 0, 0, ChunkRecord::pending())])
+        .expect_err("a lapsed lease records nothing");
+    assert!(matches!(fenced, StateError::Fenced { .. }), "{fenced}");
+    assert!(fenced.to_string().contains("worker a's lease"), "{fenced}");
+    assert!(
+        !a.lease().expect("a worker").holds(),
+        "a knows it is fenced"
+    );
+    assert!(
+        a.next_under_way(1, None, 4, 100, &|_| false).is_err(),
+        "nor claims"
+    );
+    // b gives a's claims back (its heartbeat or start does): the chunk a had in flight is
+    // pending again, and b takes the objects.
+    b.recover_in_progress().expect("reap");
+    assert_eq!(
+        b.chunk(1, 0, 0).expect("chunk").map(|c| c.state),
+        Some(ChunkState::Pending)
+    );
+    assert_eq!(claim(&b, 100), (0..10).collect::<BTreeSet<_>>());
+    let workers = b.workers().expect("workers").expect("shared");
+    let state = |name: &str| {
+        workers
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| (w.state.clone(), w.claimed))
+    };
+    assert_eq!(state("a"), Some(("expired".into(), 0)));
+    assert_eq!(state("b"), Some(("running".into(), 10)));
+}
+
+#[test]
+fn a_worker_that_leaves_gives_its_claims_back_and_an_ended_object_is_nobodys() {
+    let url = fresh_database();
+    let a = worker(&url, "a");
+    let b = worker(&url, "b");
+    planned(&a, 6);
+    assert_eq!(claim(&a, 3), (0..3).collect());
+    // An object that ends is no longer a's: reopened, anyone may take it.
+    let mut done = FileRecord::new("p/000", "p/000", 16, "\"e\"", 8, 2);
+    done.state = blobway::state::FileState::Done;
+    a.apply(&[Write::File(1, 0, done)]).expect("done");
+    assert_eq!(
+        number(
+            &url,
+            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL"
+        ),
+        2
+    );
+    drop(a);
+    assert_eq!(
+        number(
+            &url,
+            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL"
+        ),
+        0,
+        "a left: its claims went back"
+    );
+    assert_eq!(claim(&b, 100), (1..6).collect());
+    let workers = b.workers().expect("workers").expect("shared");
+    assert_eq!(
+        workers
+            .iter()
+            .find(|w| w.name == "a")
+            .map(|w| w.state.as_str()),
+        Some("left")
+    );
+}
+
+#[test]
+fn a_live_name_elsewhere_is_refused_and_one_of_this_process_is_taken_over() {
+    let url = fresh_database();
+    let first = worker(&url, "x");
+    planned(&first, 2);
+    assert_eq!(claim(&first, 1), BTreeSet::from([0]));
+    // The same name again from this very process: the old membership is over.
+    let second = worker(&url, "x");
+    let refused = first
+        .apply(&[Write::Chunk(1, 1, 0, ChunkRecord::pending())])
+        .expect_err("taken over");
+    assert!(matches!(refused, StateError::Fenced { .. }), "{refused}");
+    assert_eq!(claim(&second, 10), BTreeSet::from([0, 1]));
+    // A live worker of that name on another host is not taken over.
+    execute(
+        &url,
+        "UPDATE blobway_workers SET host = 'elsewhere' WHERE name = 'x'",
+    );
+    let err = PgState::open_worker(&url, None, "x", LONG)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, StateError::WorkerInUse { .. }), "{err}");
+    assert!(err.to_string().contains("elsewhere"), "{err}");
+    assert!(err.to_string().contains("BLOBWAY_WORKER_NAME"), "{err}");
+}
+
+#[test]
+fn a_lease_lives_while_its_heartbeat_renews_it() {
+    let url = fresh_database();
+    let short = Duration::from_secs(2);
+    let a = StateDb::new(PgState::open_worker(&url, None, "a", short).expect("join"));
+    planned(&a, 1);
+    std::thread::sleep(Duration::from_secs(5));
+    a.apply(&[Write::Chunk(1, 0, 0, ChunkRecord::pending())])
+        .expect("renewed past two lease lengths");
+    assert!(a.lease().expect("worker").holds());
+    let age = a.workers().expect("workers").expect("shared")[0].heartbeat_age_s;
+    assert!(age < 2.0, "last heartbeat {age} s ago");
+}
+
+#[test]
+fn a_database_of_the_first_schema_is_upgraded_by_a_worker_and_refused_to_a_reader() {
+    let url = fresh_database();
+    drop(worker(&url, "a"));
+    execute(
+        &url,
+        "UPDATE blobway_meta SET value = '1' WHERE name = 'schema'; \
+         DROP INDEX blobway_objects_by_owner; ALTER TABLE blobway_objects DROP COLUMN owner; \
+         DROP TABLE blobway_workers; DROP SEQUENCE blobway_epochs",
+    );
+    let err = PgState::open_reader(&url).err().expect("an older schema");
+    assert!(err.to_string().contains("older blobway"), "{err}");
+    let a = worker(&url, "a");
+    planned(&a, 2);
+    assert_eq!(claim(&a, 10), BTreeSet::from([0, 1]));
+    assert_eq!(
+        number(
+            &url,
+            "SELECT value::bigint FROM blobway_meta WHERE name = 'schema'"
+        ),
+        blobway::state::postgres::SCHEMA_VERSION
+    );
+}
+
+/// A `blobway serve` worker of a shared state, killed when dropped.
+struct Worker {
+    child: Child,
+    url: String,
+    name: String,
+    home: tempfile::TempDir,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const TOKEN: &str = "tok-9e3b1f7c2a6d4e8f0b5c7a9d1e3f5a7b";
+
+impl Worker {
+    fn start(state: &str, name: &str, home: Option<tempfile::TempDir>) -> Worker {
+        let home = home.unwrap_or_else(|| tempfile::tempdir().expect("home"));
+        let mut cmd = blobway(Path::new(state));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--bwlimit", "1M"])
+            .env("BLOBWAY_TOKEN", TOKEN)
+            .env("BLOBWAY_WORKER_NAME", name)
+            .env("BLOBWAY_WORKER_LEASE", "3")
+            .env("XDG_DATA_HOME", home.path())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("serve");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("worker {name} printed no address"));
+            if let Some(at) = line.find("http://") {
+                break line[at..].split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Worker {
+            child,
+            url,
+            name: name.into(),
+            home,
+            stderr: lines,
+        }
+    }
+
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.home, tempfile::tempdir().expect("home"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The workers as `blobway workers --json` lists them, by name.
+fn fleet(state: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let out = run(blobway(Path::new(state)).args(["workers", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|w| (w["name"].as_str().unwrap().to_string(), w))
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Three workers share one migration S3 → Azurite; one is killed -9 for good mid-run, another
+/// killed and started again under its name: every object arrives whole, each worker that
+/// lived moved some of it, and nothing is left claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_share_a_migration_through_kills() {
+    let state = fresh_database();
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..40u64 {
+        let data = random_bytes(100_000 + (i as usize) * 7_919, i);
+        let key = format!("fleet/small-{i:02}.bin");
+        put(&s3, &bucket, &key, &data).await;
+        expected.insert(key.trim_start_matches("fleet/").to_string(), data);
+    }
+    for i in 0..4u64 {
+        let data = random_bytes(6 * 1024 * 1024 + 12_345, 100 + i);
+        let key = format!("fleet/big-{i}.bin");
+        put(&s3, &bucket, &key, &data).await;
+        expected.insert(key.trim_start_matches("fleet/").to_string(), data);
+    }
+    let container = unique("fleet");
+    let w1 = Worker::start(&state, "w1", None);
+    let w2 = Worker::start(&state, "w2", None);
+    let w3 = Worker::start(&state, "w3", None);
+    // The job is asked of one worker; the others find it in the shared state.
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", w1.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "source": format!("s3://{bucket}/fleet/"),
+            "destinations": [format!("az://{container}/")],
+            "options": { "chunk_size": 1 << 20 },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202, "{}", created.text().await.unwrap());
+    let moved = |w: &serde_json::Value| w["chunks_moved"].as_i64().unwrap_or(0);
+    wait_until("every worker moved a chunk", LONG, || {
+        let fleet = fleet(&state);
+        ["w1", "w2", "w3"]
+            .iter()
+            .all(|n| fleet.get(*n).is_some_and(|w| moved(w) > 0))
+    });
+    // w2 dies for good with claims in hand; w3 dies and comes back under its name.
+    let claimed_by_w2 = fleet(&state)["w2"]["claimed"].as_i64().unwrap();
+    drop(w2.kill());
+    let home = w3.kill();
+    let w3 = Worker::start(&state, "w3", Some(home));
+    wait_until("the job is done", Duration::from_secs(180), || {
+        let jobs = recorded_jobs(blobway(Path::new(&state)));
+        jobs.first().is_some_and(|j| j["state"] == "DONE")
+    });
+    let copied = azure_contents(&container, "").await;
+    assert_eq!(copied.len(), expected.len());
+    for (key, data) in &expected {
+        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
+    }
+    let fleet = fleet(&state);
+    assert!(
+        moved(&fleet["w1"]) > 0 && moved(&fleet["w3"]) > 0,
+        "{fleet:?}"
+    );
+    assert_eq!(
+        fleet
+            .values()
+            .map(|w| w["claimed"].as_i64().unwrap())
+            .sum::<i64>(),
+        0,
+        "nothing is left claimed: {fleet:?}"
+    );
+    assert_eq!(fleet["w2"]["state"], "expired", "{fleet:?}");
+    eprintln!(
+        "w2 held {claimed_by_w2} objects when killed; w1 moved {} chunks, w3 (restarted) {}",
+        moved(&fleet["w1"]),
+        moved(&fleet["w3"])
+    );
+    drop((w1, w3));
+}
+
+/// A worker stopped (SIGSTOP) past its lease and then continued records, commits and gives up
+/// nothing: it learns its lease is gone and stops; the others finish every object whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_past_its_lease_is_fenced() {
+    let state = fresh_database();
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..12u64 {
+        let data = random_bytes(3 * 1024 * 1024 + 999, 500 + i);
+        let key = format!("stop/o-{i:02}.bin");
+        put(&s3, &bucket, &key, &data).await;
+        expected.insert(key.trim_start_matches("stop/").to_string(), data);
+    }
+    let container = unique("fenced");
+    let mut w1 = Worker::start(&state, "w1", None);
+    let w2 = Worker::start(&state, "w2", None);
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", w1.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "source": format!("s3://{bucket}/stop/"),
+            "destinations": [format!("az://{container}/")],
+            "options": { "chunk_size": 1 << 20 },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    wait_until("w1 holds claims", LONG, || {
+        fleet(&state)
+            .get("w1")
+            .is_some_and(|w| w["claimed"].as_i64().unwrap_or(0) > 0)
+    });
+    let pid = w1.child.id().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    wait_until("w1's claims went to w2", Duration::from_secs(30), || {
+        let fleet = fleet(&state);
+        fleet["w1"]["state"] == "expired" && fleet["w1"]["claimed"] == 0
+    });
+    signal("-CONT");
+    // w1 learns at once that it lost its lease, and stops without recording anything.
+    let status = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = w1.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "w1 went on after its lease ran out"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(!status.success());
+    let said = w1.stderr.lock().unwrap().join("\n");
+    assert!(said.contains("lease"), "{said}");
+    assert_eq!(
+        fleet(&state)["w1"]["state"],
+        "expired",
+        "w1 renewed nothing after it was continued"
+    );
+    wait_until("the job is done", Duration::from_secs(180), || {
+        let jobs = recorded_jobs(blobway(Path::new(&state)));
+        jobs.first().is_some_and(|j| j["state"] == "DONE")
+    });
+    let copied = azure_contents(&container, "").await;
+    assert_eq!(copied.len(), expected.len());
+    for (key, data) in &expected {
+        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
+    }
+    assert_eq!(w1.name, "w1");
+    drop(w2);
+}
