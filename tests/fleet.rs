@@ -112,32 +112,29 @@ fn workers_claim_apart_and_a_dead_workers_claims_come_back_fenced() {
 }
 
 #[test]
-fn a_worker_that_leaves_gives_its_claims_back_and_an_ended_object_is_nobodys() {
+fn a_worker_that_leaves_gives_its_claims_back_and_one_that_ends_a_job_lets_go_of_it() {
     let url = fresh_database();
     let a = worker(&url, "a");
     let b = worker(&url, "b");
     planned(&a, 6);
     assert_eq!(claim(&a, 3), (0..3).collect());
-    // An object that ends is no longer a's: reopened, anyone may take it.
+    // An object that ends stays a's (it may reopen it), but is no longer counted claimed.
     let mut done = FileRecord::new("p/000", "p/000", 16, "\"e\"", 8, 2);
     done.state = blobway::state::FileState::Done;
     a.apply(&[Write::File(1, 0, done)]).expect("done");
-    assert_eq!(
-        number(
-            &url,
-            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL"
-        ),
-        2
-    );
+    let owned = "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL";
+    assert_eq!(number(&url, owned), 3);
+    let claimed = |db: &StateDb, name: &str| {
+        db.workers()
+            .expect("workers")
+            .expect("shared")
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.claimed)
+    };
+    assert_eq!(claimed(&b, "a"), Some(2));
     drop(a);
-    assert_eq!(
-        number(
-            &url,
-            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL"
-        ),
-        0,
-        "a left: its claims went back"
-    );
+    assert_eq!(number(&url, owned), 0, "a left: its claims went back");
     assert_eq!(claim(&b, 100), (1..6).collect());
     let workers = b.workers().expect("workers").expect("shared");
     assert_eq!(
@@ -147,6 +144,13 @@ fn a_worker_that_leaves_gives_its_claims_back_and_an_ended_object_is_nobodys() {
             .map(|w| w.state.as_str()),
         Some("left")
     );
+    // b ends the job (here: a fatal stop): what it held goes back for the others.
+    let mut failed = job_record(1);
+    failed.state = blobway::state::JobState::Failed;
+    b.apply(&[Write::Job(failed)]).expect("job failed here");
+    assert_eq!(claimed(&b, "b"), Some(0));
+    let c = worker(&url, "c");
+    assert_eq!(claim(&c, 100), (1..6).collect());
 }
 
 #[test]
@@ -165,7 +169,7 @@ fn a_live_name_elsewhere_is_refused_and_one_of_this_process_is_taken_over() {
     // A live worker of that name on another host is not taken over.
     execute(
         &url,
-        "UPDATE blobway_workers SET host = 'elsewhere' WHERE name = 'x'",
+        "UPDATE blobway_workers SET host = 'elsewhere', machine = 'b00t/pid:[1]' WHERE name = 'x'",
     );
     let err = PgState::open_worker(&url, None, "x", LONG)
         .err()
@@ -458,4 +462,128 @@ async fn a_worker_stopped_past_its_lease_is_fenced() {
     }
     assert_eq!(w1.name, "w1");
     drop(w2);
+}
+
+/// Pause asked of one worker holds every worker within a second (no new chunk starts
+/// anywhere), and resume asked of another starts them all again.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
+    let state = fresh_database();
+    let s3 = s3_client();
+    let bucket = new_bucket(&s3).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..16u64 {
+        let data = random_bytes(2 * 1024 * 1024 + 77, 900 + i);
+        let key = format!("pause/o-{i:02}.bin");
+        put(&s3, &bucket, &key, &data).await;
+        expected.insert(key.trim_start_matches("pause/").to_string(), data);
+    }
+    let container = unique("paused");
+    let w1 = Worker::start(&state, "w1", None);
+    let w2 = Worker::start(&state, "w2", None);
+    let api = reqwest::Client::new();
+    let created = api
+        .post(format!("{}/v1/jobs", w1.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "source": format!("s3://{bucket}/pause/"),
+            "destinations": [format!("az://{container}/")],
+            "options": { "chunk_size": 1 << 20 },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    wait_until("both workers moved a chunk", LONG, || {
+        let fleet = fleet(&state);
+        ["w1", "w2"].iter().all(|n| {
+            fleet
+                .get(*n)
+                .is_some_and(|w| w["chunks_moved"].as_i64().unwrap_or(0) > 0)
+        })
+    });
+    let job_at = |w: &Worker| {
+        let (api, url) = (api.clone(), format!("{}/v1/jobs/1", w.url));
+        async move {
+            let got = api.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            got.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let asked = api
+        .post(format!("{}/v1/jobs/1/pause", w1.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(asked.status().is_success(), "{}", asked.status());
+    let paused_at = Instant::now();
+    loop {
+        if job_at(&w2).await["state"] == "PAUSED" {
+            break;
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(1),
+            "w2 still runs the job 1 s after w1 paused it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once the chunks in flight are back, nothing more moves anywhere.
+    for w in [&w1, &w2] {
+        let deadline = Instant::now() + LONG;
+        while job_at(w).await["in_flight"].as_u64().unwrap_or(0) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "chunks in flight never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let done_bytes = || {
+        run(blobway(Path::new(&state)).args(["jobs", "--json"]))
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|l| l["progress"]["bytes_done"].as_u64().unwrap_or(0))
+            .next()
+            .unwrap_or(0)
+    };
+    let before = done_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        done_bytes(),
+        before,
+        "bytes moved while every worker was paused"
+    );
+    assert!(
+        before < expected.values().map(|d| d.len() as u64).sum::<u64>(),
+        "the job was not over before the pause"
+    );
+    let resumed = api
+        .post(format!("{}/v1/jobs/1/resume", w2.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(resumed.status().is_success());
+    let resumed_at = Instant::now();
+    loop {
+        let state = job_at(&w1).await["state"].clone();
+        if state == "RUNNING" || state == "DONE" {
+            break;
+        }
+        assert!(
+            resumed_at.elapsed() < Duration::from_secs(1),
+            "w1 still paused 1 s after w2 resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the job is done", Duration::from_secs(180), || {
+        let jobs = recorded_jobs(blobway(Path::new(&state)));
+        jobs.first().is_some_and(|j| j["state"] == "DONE")
+    });
+    let copied = azure_contents(&container, "").await;
+    assert_eq!(copied.len(), expected.len());
+    for (key, data) in &expected {
+        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
+    }
 }

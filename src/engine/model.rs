@@ -46,6 +46,16 @@ pub(super) fn drained_end(progress: &JobProgress, shared: bool) -> Option<JobSta
     })
 }
 
+/// How many objects a worker of a shared state claims with `free` slots free: none while what
+/// it holds has work to start (`has_work`), nothing is left to claim, or its window holds half
+/// its chunk budget; else one per free slot.
+pub(super) fn claim_size(free: u32, has_work: bool, exhausted: bool, chunks_held: usize) -> usize {
+    if has_work || exhausted || chunks_held >= MAX_CHUNKS / 2 {
+        return 0;
+    }
+    (free as usize).min(MAX_OBJECTS)
+}
+
 /// A loaded job.
 pub(super) struct JobRun {
     pub(super) record: JobRecord,
@@ -123,10 +133,12 @@ impl JobRun {
     /// and no more than the free slots — a worker never sits on objects it cannot start while
     /// the others run dry.
     pub(super) fn wants_claim(&self, free: u32) -> usize {
-        if self.exhausted || !self.queue.is_empty() || self.chunks_held >= MAX_CHUNKS / 2 {
-            return 0;
-        }
-        (free as usize).min(MAX_OBJECTS)
+        claim_size(
+            free,
+            !self.queue.is_empty(),
+            self.exhausted,
+            self.chunks_held,
+        )
     }
 
     /// Takes an object read from the state file into the window (one already held is left).
@@ -299,7 +311,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_worker_claims_for_its_free_slots_only_when_it_has_nothing_to_start() {
+        assert_eq!(claim_size(8, false, false, 0), 8);
+        assert_eq!(claim_size(8, true, false, 0), 0, "work held comes first");
+        assert_eq!(claim_size(8, false, true, 0), 0, "nothing left to claim");
+        assert_eq!(claim_size(0, false, false, 0), 0, "no free slot");
+        assert_eq!(claim_size(8, false, false, MAX_CHUNKS / 2), 0);
+        assert_eq!(claim_size(u32::MAX, false, false, 0), MAX_OBJECTS);
+    }
+
     proptest! {
+        #[test]
+        fn a_claim_never_exceeds_the_free_slots(
+            free in 0u32..10_000, has_work: bool, exhausted: bool, held in 0usize..20_000,
+        ) {
+            let n = claim_size(free, has_work, exhausted, held);
+            prop_assert!(n <= free as usize && n <= MAX_OBJECTS);
+            prop_assert_eq!(n == 0, has_work || exhausted || free == 0 || held >= MAX_CHUNKS / 2);
+        }
+
         #[test]
         fn a_shared_job_ends_exactly_when_every_object_ended(
             total in 0u64..50, done in 0u64..50, skipped in 0u64..50, failed in 0u64..50,

@@ -513,10 +513,7 @@ impl Backend for RedbState {
         Ok(Some(JobSnapshot { job, files }))
     }
 
-    /// The next objects under way of job `id` after index `after`, with their chunks, for the
-    /// scheduler's window: at most `max_objects`, and no more once `max_chunks` chunk records
-    /// are read (always at least one object). Objects `held` answers true for (the caller
-    /// holds them already) are passed over. One short read transaction.
+    /// One short read transaction.
     fn next_under_way(
         &self,
         id: JobId,
@@ -556,7 +553,8 @@ impl Backend for RedbState {
                 continue;
             };
             let chunks = self.chunks_in(&chunks_table, id, file_index)?;
-            chunk_count += chunks.len();
+            // Chunks not recorded yet count too: the window holds them all once loaded.
+            chunk_count += chunks.len().max(file.chunk_count as usize);
             out.objects.push((file_index, file, chunks));
         }
         Ok(out)

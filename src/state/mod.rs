@@ -250,6 +250,12 @@ pub trait Backend: Send + Sync {
     /// A new job id, never used before in this state (not even by a job removed since).
     fn next_job_id(&self) -> Result<JobId, StateError>;
 
+    /// A new job id, taken for this caller alone: another engine sharing the state is never
+    /// given it (the file has one engine: [`Backend::next_job_id`]).
+    fn take_job_id(&self) -> Result<JobId, StateError> {
+        self.next_job_id()
+    }
+
     /// Every job, oldest first.
     fn jobs(&self) -> Result<Vec<JobRecord>, StateError>;
 
@@ -278,8 +284,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<JobSnapshot>, StateError>;
 
     /// The next objects under way of job `id` after index `after`, with their chunks, for the
-    /// scheduler's window: at most `max_objects`, and no more once `max_chunks` chunk records
-    /// are read (always at least one object). Objects `held` answers true for (the caller
+    /// scheduler's window: at most `max_objects`, and no more once objects of `max_chunks`
+    /// chunks (recorded or not yet) are read (always at least one object). Objects `held` answers true for (the caller
     /// holds them already) are passed over.
     fn next_under_way(
         &self,
@@ -342,6 +348,12 @@ pub trait Backend: Send + Sync {
     /// state of its own): what it claims is fenced by it.
     fn lease(&self) -> Option<Arc<lease::Lease>> {
         None
+    }
+
+    /// True when another live worker of a shared state is listing job `id` (its listing is
+    /// that worker's to go on with, not this engine's).
+    fn listed_elsewhere(&self, _id: JobId) -> Result<bool, StateError> {
+        Ok(false)
     }
 
     /// The workers sharing the state, as recorded (`None`: the state is not shared).

@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS blobway_workers (
     name text COLLATE "C" PRIMARY KEY,
     epoch bigint NOT NULL UNIQUE,
     host text NOT NULL,
+    machine text NOT NULL,
     pid bigint NOT NULL,
     version text NOT NULL,
     state text NOT NULL,
@@ -123,6 +124,7 @@ CREATE TABLE IF NOT EXISTS blobway_workers (
     bytes_moved bigint NOT NULL DEFAULT 0
 );
 ALTER TABLE blobway_objects ADD COLUMN IF NOT EXISTS owner bigint;
+ALTER TABLE blobway_listings ADD COLUMN IF NOT EXISTS owner bigint;
 CREATE INDEX IF NOT EXISTS blobway_objects_by_owner ON blobway_objects (owner)
     WHERE owner IS NOT NULL;
 "#;
@@ -372,6 +374,11 @@ impl PgState {
         })?;
         let _ = state.database_id.set(id);
         Ok(state)
+    }
+
+    /// This worker's fencing epoch (`None`: not a worker).
+    fn epoch(&self) -> Option<i64> {
+        self.worker.as_ref().map(|w| w.lease.epoch)
     }
 
     /// The URL without its password.
@@ -942,19 +949,19 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn put_file(&mut self, job: JobId, index: u32, file: &FileRecord) -> Result<(), StateError> {
-        // An object that ended is nobody's claim any more: reopened, any worker may take it.
+        // The claim stays through every state, ended too: a worker may still hold an object
+        // it failed (chunks in flight) and reopen it; claims go back when the worker leaves,
+        // expires, or ends the job.
         self.session.execute(
             "INSERT INTO blobway_objects (job, idx, state, key, record) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (job, idx) DO UPDATE SET state = EXCLUDED.state, key = EXCLUDED.key, \
-             record = EXCLUDED.record, owner = CASE WHEN EXCLUDED.state = ANY($6) \
-             THEN blobway_objects.owner END",
+             record = EXCLUDED.record",
             &[
                 &id(job),
                 &i64::from(index),
                 &i16::from(index::code(file.state)),
                 &file.key,
                 &self.session.state.object_bytes(job, index, file)?,
-                &codes(&index::UNDER_WAY),
             ],
         )?;
         Ok(())
@@ -1032,9 +1039,15 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn failed(&mut self, job: JobId) -> Result<Vec<u32>, StateError> {
+        // Another worker's failed objects are its own to reopen (it may hold them still).
         let rows = self.session.query(
-            "SELECT idx FROM blobway_objects WHERE job = $1 AND state = $2 ORDER BY idx",
-            &[&id(job), &i16::from(index::code(FileState::Failed))],
+            "SELECT idx FROM blobway_objects WHERE job = $1 AND state = $2 \
+             AND (owner IS NULL OR owner = $3) ORDER BY idx",
+            &[
+                &id(job),
+                &i16::from(index::code(FileState::Failed)),
+                &self.session.state.epoch(),
+            ],
         )?;
         Ok(rows.iter().map(|row| index_of(row, 0)).collect())
     }
@@ -1054,6 +1067,13 @@ impl batch::Txn for PgTxn<'_, '_> {
                      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
                     &[&id(job), &record.encode()],
                 )?;
+                // A worker that ends a job lets go of its objects: what it still held goes to
+                // the others (a job failed here may go on there).
+                if record.state.is_finished()
+                    && let Some(epoch) = self.session.state.epoch()
+                {
+                    workers::give_back_of_job(self.session, epoch, job)?;
+                }
             }
             None => {
                 self.session
@@ -1108,10 +1128,11 @@ impl batch::Txn for PgTxn<'_, '_> {
         listing: Option<&index::Listing>,
     ) -> Result<(), StateError> {
         match listing {
+            // The worker listing it owns it: the others leave it while that one lives.
             Some(listing) => self.session.execute(
-                "INSERT INTO blobway_listings (job, record) VALUES ($1, $2) \
-                 ON CONFLICT (job) DO UPDATE SET record = EXCLUDED.record",
-                &[&id(job), &listing.encode()],
+                "INSERT INTO blobway_listings (job, record, owner) VALUES ($1, $2, $3) \
+                 ON CONFLICT (job) DO UPDATE SET record = EXCLUDED.record, owner = EXCLUDED.owner",
+                &[&id(job), &listing.encode(), &self.session.state.epoch()],
             ),
             None => self
                 .session
@@ -1182,7 +1203,35 @@ impl Backend for PgState {
                 )?
                 .and_then(|row| row.get::<_, String>(0).parse::<i64>().ok())
                 .unwrap_or(0);
-            Ok(last.max(removed).unsigned_abs() + 1)
+            let taken = s
+                .query_opt(
+                    "SELECT value FROM blobway_meta WHERE name = 'taken_job_id'",
+                    &[],
+                )?
+                .and_then(|row| row.get::<_, String>(0).parse::<i64>().ok())
+                .unwrap_or(0);
+            Ok(last.max(removed).max(taken).unsigned_abs() + 1)
+        })
+    }
+
+    fn take_job_id(&self) -> Result<JobId, StateError> {
+        // Under the write lock: two workers asked for a copy at once get two IDs.
+        self.transaction(|s| {
+            let last = s
+                .query_opt(
+                    "SELECT GREATEST((SELECT COALESCE(MAX(id), 0) FROM blobway_jobs), \
+                     (SELECT COALESCE(MAX(value::bigint), 0) FROM blobway_meta \
+                     WHERE name IN ('last_removed_job_id', 'taken_job_id')))",
+                    &[],
+                )?
+                .map_or(0, |row| row.get::<_, i64>(0));
+            let taken = last + 1;
+            s.execute(
+                "INSERT INTO blobway_meta (name, value) VALUES ('taken_job_id', $1) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[&taken.to_string()],
+            )?;
+            Ok(taken.unsigned_abs())
         })
     }
 
@@ -1323,7 +1372,8 @@ impl Backend for PgState {
                 };
                 let file = s.object(job, file_index, &row, 0)?;
                 let chunks = s.chunks_of(job, file_index, None)?;
-                chunk_count += chunks.len();
+                // Chunks not recorded yet count too: the window holds them all once loaded.
+                chunk_count += chunks.len().max(file.chunk_count as usize);
                 out.objects.push((file_index, file, chunks));
             }
             if let Some(epoch) = owner {
@@ -1516,6 +1566,18 @@ impl Backend for PgState {
 
     fn lease(&self) -> Option<Arc<Lease>> {
         self.worker.as_ref().map(|w| w.lease.clone())
+    }
+
+    fn listed_elsewhere(&self, job: JobId) -> Result<bool, StateError> {
+        self.with(|s| {
+            Ok(s.query_opt(
+                "SELECT 1 FROM blobway_listings l JOIN blobway_workers w ON w.epoch = l.owner \
+                 WHERE l.job = $1 AND w.state = 'running' AND w.lease_until > clock_timestamp() \
+                 AND l.owner IS DISTINCT FROM $2",
+                &[&id(job), &self.epoch()],
+            )?
+            .is_some())
+        })
     }
 
     fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StateError> {

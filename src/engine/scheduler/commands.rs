@@ -163,11 +163,29 @@ impl Scheduler {
             });
             return;
         }
-        let new_job_id = self.next_job_id;
-        self.next_job_id += 1;
-        // A route that has a job keeps its ID (planning resumes it).
+        // A route that has a job keeps its ID (planning resumes it). A new one's ID is taken
+        // from a shared state, so two workers asked at once never give the same.
         let (src_text, dst_text) = (src.to_string(), dst.to_string());
-        let job = existing.as_ref().map_or(new_job_id, |e| e.id);
+        let job = match existing.as_ref() {
+            Some(existing) => existing.id,
+            None if self.shared => match self.db.take_job_id() {
+                Ok(id) => id,
+                Err(e) => {
+                    let _ = self.ready_tx.send(Ready::Failed {
+                        source: src_text,
+                        destination: dst_text,
+                        error: format!("no job ID could be taken: {e}"),
+                        ends: Ends::Nothing,
+                    });
+                    return;
+                }
+            },
+            None => {
+                self.next_job_id += 1;
+                self.next_job_id - 1
+            }
+        };
+        let new_job_id = job;
         // A new route is recorded (QUEUED, unplanned) before its ID is announced, so the ID
         // a caller was given survives a crash or stop during a long listing: the next start
         // plans it again. Recorded by the planning task itself, before it plans, so the
@@ -386,6 +404,7 @@ impl Scheduler {
             .collect();
         let planning: BTreeSet<String> = self.planning.keys().cloned().collect();
         let (db, stores, tx) = (self.db.clone(), self.stores.clone(), self.ready_tx.clone());
+        let refused = self.discovery_refused.clone();
         self.loading += 1;
         self.background.spawn(async move {
             let jobs = match db.jobs() {
@@ -420,8 +439,12 @@ impl Scheduler {
                 }
                 // Never planned (its destination failed), or stopped while it was listed:
                 // planned again, its listing going on from where it stood.
+                // A listing another live worker goes on with is left to it; one whose worker
+                // is gone is taken over (discovery included).
                 let listing = matches!(db.listing(job.id), Ok(Some(_)));
-                if discovering && (!job.planned || listing) {
+                if (listing && db.listed_elsewhere(job.id).unwrap_or(true))
+                    || (discovering && !job.planned)
+                {
                     continue;
                 }
                 if !job.planned || listing {
@@ -452,6 +475,17 @@ impl Scheduler {
                     })))
                 }
                 .await;
+                // A job discovery cannot open here (this worker's credentials) is said once,
+                // not at every look.
+                if result.is_err()
+                    && discovering
+                    && !refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job.id)
+                {
+                    continue;
+                }
                 let _ = tx.send(result.unwrap_or_else(|e| Ready::Failed {
                     source: job.source.clone(),
                     destination: job.destination.clone(),
@@ -506,6 +540,13 @@ impl Scheduler {
     }
 
     pub(super) fn set_paused(&mut self, only: Option<JobId>, paused: bool) {
+        self.pause_or_follow(only, paused, true);
+    }
+
+    /// Pauses or resumes jobs (`only` one, or all); `record`: the change is the operator's and
+    /// is written, else it follows what another worker of a shared state recorded (writing it
+    /// again could undo a newer change of the operator's there).
+    pub(super) fn pause_or_follow(&mut self, only: Option<JobId>, paused: bool, record: bool) {
         let ids: Vec<JobId> = self
             .jobs
             .keys()
@@ -524,9 +565,13 @@ impl Scheduler {
             job.record.state = state;
             job.record.updated_ms = now_ms();
             job.enqueue_all();
-            let record = job.record.clone();
+            let writes = if record {
+                vec![Write::Job(job.record.clone())]
+            } else {
+                Vec::new()
+            };
             self.persist(
-                vec![Write::Job(record)],
+                writes,
                 vec![After::Emit(Event::JobStateChanged { job: id, state })],
             );
             self.check_finished(id);

@@ -286,6 +286,8 @@ struct Scheduler {
     discovered_at: Option<Instant>,
     /// The state is shared with other workers: this engine claims what it works on.
     shared: bool,
+    /// Jobs of other workers this one could not open (said once).
+    discovery_refused: Arc<std::sync::Mutex<BTreeSet<JobId>>>,
 }
 
 /// Chunks and bytes an engine moved since it started.
@@ -391,6 +393,7 @@ pub(super) async fn run(
         moved: Moved::default(),
         discovered_at: None,
         shared,
+        discovery_refused: Arc::default(),
     };
     s.read_history();
     if let Some(message) = unread_cap {

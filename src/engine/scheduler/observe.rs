@@ -330,12 +330,52 @@ impl Scheduler {
             chunks_moved: self.moved.chunks,
             bytes_moved: self.moved.bytes,
         });
+        self.follow_job_states();
         let due = self
             .discovered_at
             .is_none_or(|at| now.duration_since(at) >= DISCOVER_EVERY);
         if due && !self.config.exit_when_idle && self.stopping.is_none() && self.loading == 0 {
             self.discovered_at = Some(now);
             self.discover();
+        }
+    }
+
+    /// With a shared state: a job another worker paused, resumed or cancelled is paused,
+    /// resumed or cancelled here too, within a tick (the state is read each tick: polling
+    /// works through any pooler, and nothing is missed while a connection is re-made).
+    fn follow_job_states(&mut self) {
+        let recorded = match self.db.jobs() {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!("cannot read the jobs of the shared state: {e}");
+                return;
+            }
+        };
+        for record in recorded {
+            // Only a change newer than this worker's own last one (which may not be durable
+            // yet) is followed.
+            let Some(job) = self
+                .jobs
+                .get(&record.id)
+                .filter(|job| record.updated_ms > job.record.updated_ms)
+            else {
+                continue;
+            };
+            match (record.state, job.record.state) {
+                (JobState::Paused, JobState::Running) => {
+                    self.pause_or_follow(Some(record.id), true, false)
+                }
+                (JobState::Running, JobState::Paused) => {
+                    self.pause_or_follow(Some(record.id), false, false)
+                }
+                (JobState::Cancelled, local) if !local.is_finished() => {
+                    self.on_command(Command::Cancel(record.id))
+                }
+                _ => continue,
+            }
+            if let Some(job) = self.jobs.get_mut(&record.id) {
+                job.record.updated_ms = record.updated_ms;
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{PgState, PgTxn, Session, batch, host_name, index_of};
+use super::{Conn, PgState, PgTxn, Session, WRITE_LOCK, batch, host_name, index_of};
 use crate::state::lease::{Lease, WorkerRecord};
 use crate::state::{ChunkRecord, ChunkState, StateError, Write};
 
@@ -42,6 +42,19 @@ impl Drop for Worker {
     }
 }
 
+/// This machine's boot and process namespace (`boot_id/pid:[inode]`): process IDs of two
+/// workers mean the same only when these match. Empty where `/proc` does not tell.
+fn machine() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if boot.trim().is_empty() || namespace.is_empty() {
+        return String::new();
+    }
+    format!("{}/{namespace}", boot.trim())
+}
+
 /// The name a worker joins under: `BLOBWAY_WORKER_NAME`, else `host:pid`.
 pub(super) fn default_name() -> String {
     match std::env::var("BLOBWAY_WORKER_NAME") {
@@ -57,17 +70,19 @@ impl PgState {
     pub(super) fn join(&self, name: &str, duration: Duration) -> Result<Worker, StateError> {
         let asked = Instant::now();
         let host = host_name();
+        let machine = machine();
         let pid = i64::from(std::process::id());
         let secs = duration.as_secs_f64();
         let epoch = self.transaction(|s| {
             reap(s)?;
-            // A worker of this host whose process is gone (killed, crashed) is not waited
-            // for: its claims come back now rather than when its lease ends.
-            if std::path::Path::new("/proc/self").exists() {
+            // A worker of this machine (and process namespace: a pid means the same only
+            // within one) whose process is gone is not waited for: its claims come back now
+            // rather than when its lease ends.
+            if !machine.is_empty() {
                 let rows = s.query(
-                    "SELECT epoch, pid FROM blobway_workers WHERE state = 'running' AND host = $1 \
-                     AND pid <> $2",
-                    &[&host, &pid],
+                    "SELECT epoch, pid FROM blobway_workers WHERE state = 'running' \
+                     AND machine = $1 AND pid <> $2",
+                    &[&machine, &pid],
                 )?;
                 let gone: Vec<i64> = rows
                     .iter()
@@ -91,14 +106,15 @@ impl PgState {
                 &[],
             )?;
             let existing = s.query_opt(
-                "SELECT epoch, host, pid, state = 'running' AND lease_until > clock_timestamp() \
-                 FROM blobway_workers WHERE name = $1 FOR UPDATE",
+                "SELECT epoch, host, pid, state = 'running' AND lease_until > clock_timestamp(), \
+                 machine FROM blobway_workers WHERE name = $1 FOR UPDATE",
                 &[&name],
             )?;
             if let Some(row) = &existing {
-                let (old, old_host, old_pid, live): (i64, String, i64, bool) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
-                let gone_here = old_host == host
+                let (old, old_host, old_pid, live, old_machine): (i64, String, i64, bool, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+                let gone_here = !machine.is_empty()
+                    && old_machine == machine
                     && (old_pid == pid || !std::path::Path::new(&format!("/proc/{old_pid}")).exists());
                 if live && !gone_here {
                     return Err(StateError::WorkerInUse {
@@ -114,13 +130,13 @@ impl PgState {
                 .map_or(0, |row| row.get(0));
             s.execute(
                 "INSERT INTO blobway_workers (name, epoch, host, pid, version, state, started_at, \
-                 heartbeat_at, lease_until) VALUES ($1, $2, $3, $4, $5, 'running', \
-                 clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => $6)) \
-                 ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, host = EXCLUDED.host, \
-                 pid = EXCLUDED.pid, version = EXCLUDED.version, state = 'running', \
+                 heartbeat_at, lease_until, machine) VALUES ($1, $2, $3, $4, $5, 'running', \
+                 clock_timestamp(), clock_timestamp(), clock_timestamp() + make_interval(secs => $6), \
+                 $7) ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, host = EXCLUDED.host, \
+                 machine = EXCLUDED.machine, pid = EXCLUDED.pid, version = EXCLUDED.version, state = 'running', \
                  started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, \
                  lease_until = EXCLUDED.lease_until, in_flight = 0, chunks_moved = 0, bytes_moved = 0",
-                &[&name, &epoch, &host, &pid, &env!("CARGO_PKG_VERSION"), &secs],
+                &[&name, &epoch, &host, &pid, &env!("CARGO_PKG_VERSION"), &secs, &machine],
             )?;
             Ok(epoch)
         })?;
@@ -144,12 +160,64 @@ impl PgState {
         })
     }
 
-    /// Renews `lease` (with what the engine reports); false when the database refused it
-    /// (it ran out, or another worker of its name took over).
-    fn renew(&self, lease: &Lease) -> Result<bool, StateError> {
+    /// Runs `f` on the heartbeat's own connection (opened again when it closed), never one of
+    /// the pool's: a renewal must not wait behind writes queued for the write lock.
+    fn on_own<T>(
+        &self,
+        own: &mut Option<Conn>,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        if own.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *own = Some(self.connect()?);
+        }
+        let Some(conn) = own.as_mut() else {
+            return Err(StateError::Unreachable {
+                url: self.location.clone(),
+                detail: "no connection".into(),
+            });
+        };
+        let mut session = Session {
+            state: self,
+            client: &conn.client,
+            statements: &mut conn.statements,
+            broken: false,
+        };
+        let result = f(&mut session);
+        if session.broken {
+            *own = None;
+        }
+        result
+    }
+
+    /// Gives back the claims of workers whose leases ran out, unless the write lock is busy
+    /// (the next heartbeat tries again): a heartbeat never waits on other workers' writes.
+    fn reap_if_free(&self, own: &mut Option<Conn>) -> Result<usize, StateError> {
+        self.on_own(own, |s| {
+            s.batch("BEGIN")?;
+            s.broken = true;
+            let result = (|| {
+                let free = s
+                    .query_opt("SELECT pg_try_advisory_xact_lock($1)", &[&WRITE_LOCK])?
+                    .is_some_and(|row| row.get::<_, bool>(0));
+                if free { reap(s) } else { Ok(0) }
+            })();
+            let ended = match &result {
+                Ok(_) => s.batch("COMMIT"),
+                Err(_) => s.batch("ROLLBACK"),
+            };
+            s.broken = ended.is_err();
+            let reaped = result?;
+            ended?;
+            Ok(reaped)
+        })
+    }
+
+    /// Renews `lease` (with what the engine reports) on the heartbeat's own connection; false
+    /// when the database refused it (it ran out, or another worker of its name took over).
+    fn renew(&self, own: &mut Option<Conn>, lease: &Lease) -> Result<bool, StateError> {
         let asked = Instant::now();
         let activity = lease.activity();
-        let renewed = self.with(|s| {
+        let renewed = self.on_own(own, |s| {
             s.execute(
                 "UPDATE blobway_workers SET heartbeat_at = clock_timestamp(), \
                  lease_until = clock_timestamp() + make_interval(secs => $2), in_flight = $3, \
@@ -168,11 +236,6 @@ impl PgState {
             lease.renewed(asked);
         }
         Ok(renewed)
-    }
-
-    /// Gives back the claims of every worker whose lease ran out; returns how many workers.
-    pub(super) fn reap(&self) -> Result<usize, StateError> {
-        self.transaction(reap)
     }
 
     /// Leaves the fleet: this worker's claims go back, its chunks in flight to pending. A
@@ -226,10 +289,11 @@ impl PgState {
                  to_char(w.heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                  EXTRACT(EPOCH FROM clock_timestamp() - w.heartbeat_at)::float8, \
                  w.in_flight, w.chunks_moved, w.bytes_moved, \
-                 (SELECT count(*) FROM blobway_objects o WHERE o.owner = w.epoch) \
+                 (SELECT count(*) FROM blobway_objects o WHERE o.owner = w.epoch \
+                 AND o.state = ANY($1)) \
                  FROM blobway_workers w \
                  ORDER BY (w.state = 'running' AND w.lease_until > clock_timestamp()) DESC, w.name",
-                &[],
+                &[&super::codes(&crate::state::index::UNDER_WAY)],
             )?;
             Ok(rows
                 .iter()
@@ -258,6 +322,7 @@ impl PgState {
 fn heartbeat(state: &PgState, lease: &Lease, beat: &(Mutex<bool>, Condvar)) {
     let every = lease.duration / 3;
     let (stop, wake) = beat;
+    let mut own = None;
     loop {
         {
             let stopped = stop.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,7 +333,7 @@ fn heartbeat(state: &PgState, lease: &Lease, beat: &(Mutex<bool>, Condvar)) {
                 return;
             }
         }
-        match state.renew(lease) {
+        match state.renew(&mut own, lease) {
             Ok(true) => {}
             Ok(false) => {
                 lease.fence();
@@ -282,7 +347,7 @@ fn heartbeat(state: &PgState, lease: &Lease, beat: &(Mutex<bool>, Condvar)) {
             }
             Err(e) => tracing::warn!("worker {} could not renew its lease: {e}", lease.name),
         }
-        if let Err(e) = state.reap() {
+        if let Err(e) = state.reap_if_free(&mut own) {
             tracing::warn!("could not give back the claims of gone workers: {e}");
         }
     }
@@ -323,6 +388,27 @@ pub(super) fn give_back(s: &mut Session<'_>, epochs: &[i64]) -> Result<usize, St
         &[&epochs],
     )?;
     Ok(usize::try_from(given).unwrap_or(usize::MAX))
+}
+
+/// Gives back what the worker of `epoch` claimed in job `job` (it ended the job there).
+pub(super) fn give_back_of_job(
+    s: &mut Session<'_>,
+    epoch: i64,
+    job: crate::state::JobId,
+) -> Result<(), StateError> {
+    let job = i64::try_from(job).unwrap_or(i64::MAX);
+    let rows = s.query(
+        "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
+         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner = $1 AND o.job = $2",
+        &[&epoch, &job],
+    )?;
+    let resets = in_flight_to_pending(s, &rows)?;
+    batch::apply(&mut PgTxn { session: s }, &resets)?;
+    s.execute(
+        "UPDATE blobway_objects SET owner = NULL WHERE owner = $1 AND job = $2",
+        &[&epoch, &job],
+    )?;
+    Ok(())
 }
 
 /// The writes that return the chunks in `rows` (job, object, index, record) that are in
