@@ -118,12 +118,12 @@ fn a_worker_that_leaves_gives_its_claims_back_and_one_that_ends_a_job_lets_go_of
     let b = worker(&url, "b");
     planned(&a, 6);
     assert_eq!(claim(&a, 3), (0..3).collect());
-    // An object that ends stays a's (it may reopen it), but is no longer counted claimed.
+    // An object done is nobody's claim any more (a failed one stays its worker's to reopen).
     let mut done = FileRecord::new("p/000", "p/000", 16, "\"e\"", 8, 2);
     done.state = blobway::state::FileState::Done;
     a.apply(&[Write::File(1, 0, done)]).expect("done");
     let owned = "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL";
-    assert_eq!(number(&url, owned), 3);
+    assert_eq!(number(&url, owned), 2);
     let claimed = |db: &StateDb, name: &str| {
         db.workers()
             .expect("workers")
@@ -144,10 +144,13 @@ fn a_worker_that_leaves_gives_its_claims_back_and_one_that_ends_a_job_lets_go_of
             .map(|w| w.state.as_str()),
         Some("left")
     );
-    // b ends the job (here: a fatal stop): what it held goes back for the others.
+    // b records the job failed (a fatal stop, chunks may still be in flight): it keeps its
+    // claims until it lets go, with nothing in flight, when the job ends there.
     let mut failed = job_record(1);
     failed.state = blobway::state::JobState::Failed;
     b.apply(&[Write::Job(failed)]).expect("job failed here");
+    assert_eq!(claimed(&b, "b"), Some(5));
+    b.apply(&[Write::LetGo(1)]).expect("let go");
     assert_eq!(claimed(&b, "b"), Some(0));
     let c = worker(&url, "c");
     assert_eq!(claim(&c, 100), (1..6).collect());
@@ -177,6 +180,34 @@ fn a_live_name_elsewhere_is_refused_and_one_of_this_process_is_taken_over() {
     assert!(matches!(err, StateError::WorkerInUse { .. }), "{err}");
     assert!(err.to_string().contains("elsewhere"), "{err}");
     assert!(err.to_string().contains("BLOBWAY_WORKER_NAME"), "{err}");
+}
+
+#[test]
+fn job_ids_and_a_gone_workers_listing_are_taken_by_one_worker_only() {
+    let url = fresh_database();
+    let a = worker(&url, "a");
+    let b = worker(&url, "b");
+    let ids: BTreeSet<u64> = [&a, &b, &a, &b]
+        .iter()
+        .map(|w| w.take_job_id().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 4, "never the same ID twice: {ids:?}");
+    let listing = blobway::state::index::Listing {
+        after: Some("p/010".into()),
+        fresh: true,
+        summary: serde_json::json!({}),
+    };
+    a.apply(&[Write::Job(job_record(1)), Write::Listing(1, Some(listing))])
+        .expect("a lists");
+    assert!(
+        !b.take_listing(1).expect("take"),
+        "a lives: its listing is its own"
+    );
+    assert!(a.take_listing(1).expect("take"), "its own listing");
+    expire(&url, "a");
+    let c = worker(&url, "c");
+    assert!(b.take_listing(1).expect("take"), "a is gone: b takes it");
+    assert!(!c.take_listing(1).expect("take"), "and only b");
 }
 
 #[test]
@@ -233,6 +264,7 @@ impl Worker {
         let home = home.unwrap_or_else(|| tempfile::tempdir().expect("home"));
         let mut cmd = blobway(Path::new(state));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--bwlimit", "1M"])
+            .args(["--concurrency", "4"])
             .env("BLOBWAY_TOKEN", TOKEN)
             .env("BLOBWAY_WORKER_NAME", name)
             .env("BLOBWAY_WORKER_LEASE", "3")
@@ -267,6 +299,19 @@ impl Worker {
         }
     }
 
+    /// The end of its log (what it did, for a failing test's message).
+    fn log_tail(&self) -> String {
+        let mut text = String::new();
+        for entry in walk(self.home.path()) {
+            if entry.extension().is_some_and(|e| e == "log") {
+                let log = std::fs::read_to_string(&entry).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| !l.contains("NOTICE")).collect();
+                text = lines[lines.len().saturating_sub(30)..].join("\n");
+            }
+        }
+        format!("--- {} ---\n{text}", self.name)
+    }
+
     fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -290,6 +335,20 @@ fn fleet(state: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|w| (w["name"].as_str().unwrap().to_string(), w))
         .collect()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -364,14 +423,13 @@ async fn three_workers_share_a_migration_through_kills() {
         moved(&fleet["w1"]) > 0 && moved(&fleet["w3"]) > 0,
         "{fleet:?}"
     );
-    assert_eq!(
-        fleet
-            .values()
-            .map(|w| w["claimed"].as_i64().unwrap())
-            .sum::<i64>(),
-        0,
-        "nothing is left claimed: {fleet:?}"
-    );
+    // Each worker that ended the job let go of what it held; w2's claims were given back.
+    wait_until("nothing is left claimed", Duration::from_secs(10), || {
+        number(
+            &state,
+            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL",
+        ) == 0
+    });
     assert_eq!(fleet["w2"]["state"], "expired", "{fleet:?}");
     eprintln!(
         "w2 held {claimed_by_w2} objects when killed; w1 moved {} chunks, w3 (restarted) {}",
@@ -494,14 +552,25 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
         .await
         .unwrap();
     assert_eq!(created.status(), 202);
-    wait_until("both workers moved a chunk", LONG, || {
+    let deadline = Instant::now() + LONG;
+    loop {
         let fleet = fleet(&state);
-        ["w1", "w2"].iter().all(|n| {
+        let both = ["w1", "w2"].iter().all(|n| {
             fleet
                 .get(*n)
                 .is_some_and(|w| w["chunks_moved"].as_i64().unwrap_or(0) > 0)
-        })
-    });
+        });
+        if both {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both workers moved a chunk: {fleet:?}\n{}\n{}",
+            w1.log_tail(),
+            w2.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let job_at = |w: &Worker| {
         let (api, url) = (api.clone(), format!("{}/v1/jobs/1", w.url));
         async move {

@@ -71,6 +71,10 @@ pub(super) trait Txn {
         job: JobId,
         listing: Option<&index::Listing>,
     ) -> Result<(), StateError>;
+    /// Gives back what this worker claimed of a job (a shared state; nothing for a file).
+    fn let_go(&mut self, _job: JobId) -> Result<(), StateError> {
+        Ok(())
+    }
     /// A job's counters as recorded.
     fn counts(&mut self, job: JobId) -> Result<JobProgress, StateError>;
     /// Records a job's counters.
@@ -152,6 +156,7 @@ pub(super) fn apply(t: &mut impl Txn, writes: &[Write]) -> Result<(), StateError
         };
         match write {
             Write::Listing(job, listing) => t.set_listing(*job, listing.as_ref())?,
+            Write::LetGo(job) => t.let_go(*job)?,
             Write::ReopenFailed { job, keep, rule } => {
                 let mut failed = t.failed(*job)?;
                 let mut keep = keep.clone();

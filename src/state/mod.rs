@@ -169,6 +169,9 @@ pub enum Write {
     },
     /// Record where a job's listing stands (`None`: it is complete).
     Listing(JobId, Option<index::Listing>),
+    /// This engine ended the job and has nothing of it in flight: with a shared state, what
+    /// it claimed of the job goes back to the other workers (nothing for a file).
+    LetGo(JobId),
 }
 
 /// Counts that summarise a job.
@@ -350,10 +353,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// True when another live worker of a shared state is listing job `id` (its listing is
-    /// that worker's to go on with, not this engine's).
-    fn listed_elsewhere(&self, _id: JobId) -> Result<bool, StateError> {
-        Ok(false)
+    /// Takes job `id`'s listing under way for this engine: true when it is now this engine's
+    /// to go on with, false when another live worker of a shared state lists it (taken in
+    /// one write, so two workers never both take a gone worker's listing).
+    fn take_listing(&self, _id: JobId) -> Result<bool, StateError> {
+        Ok(true)
     }
 
     /// The workers sharing the state, as recorded (`None`: the state is not shared).

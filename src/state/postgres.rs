@@ -949,19 +949,21 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn put_file(&mut self, job: JobId, index: u32, file: &FileRecord) -> Result<(), StateError> {
-        // The claim stays through every state, ended too: a worker may still hold an object
-        // it failed (chunks in flight) and reopen it; claims go back when the worker leaves,
-        // expires, or ends the job.
+        // A claim stays while the object is under way or failed (its worker may still have
+        // chunks of it in flight, and reopen it); one done or skipped is nobody's, so what a
+        // worker gives back never grows with what it finished.
         self.session.execute(
             "INSERT INTO blobway_objects (job, idx, state, key, record) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (job, idx) DO UPDATE SET state = EXCLUDED.state, key = EXCLUDED.key, \
-             record = EXCLUDED.record",
+             record = EXCLUDED.record, owner = CASE WHEN EXCLUDED.state = ANY($6) THEN NULL \
+             ELSE blobway_objects.owner END",
             &[
                 &id(job),
                 &i64::from(index),
                 &i16::from(index::code(file.state)),
                 &file.key,
                 &self.session.state.object_bytes(job, index, file)?,
+                &codes(&[FileState::Done, FileState::Skipped]),
             ],
         )?;
         Ok(())
@@ -1067,13 +1069,6 @@ impl batch::Txn for PgTxn<'_, '_> {
                      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
                     &[&id(job), &record.encode()],
                 )?;
-                // A worker that ends a job lets go of its objects: what it still held goes to
-                // the others (a job failed here may go on there).
-                if record.state.is_finished()
-                    && let Some(epoch) = self.session.state.epoch()
-                {
-                    workers::give_back_of_job(self.session, epoch, job)?;
-                }
             }
             None => {
                 self.session
@@ -1120,6 +1115,13 @@ impl batch::Txn for PgTxn<'_, '_> {
             &[&name, &value],
         )?;
         Ok(())
+    }
+
+    fn let_go(&mut self, job: JobId) -> Result<(), StateError> {
+        match self.session.state.epoch() {
+            Some(epoch) => workers::give_back_of_job(self.session, epoch, job),
+            None => Ok(()),
+        }
     }
 
     fn set_listing(
@@ -1334,8 +1336,9 @@ impl Backend for PgState {
                 )?,
                 Some(epoch) => s.query(
                     "SELECT idx FROM blobway_objects WHERE job = $1 AND state = ANY($2) \
-                     AND idx > $3 AND (owner IS NULL OR owner = $5) ORDER BY idx LIMIT $4 \
-                     FOR UPDATE SKIP LOCKED",
+                     AND idx > $3 AND (owner IS NULL OR owner = $5 OR owner IN (SELECT epoch \
+                     FROM blobway_workers WHERE lease_until <= clock_timestamp())) \
+                     ORDER BY idx LIMIT $4 FOR UPDATE OF blobway_objects SKIP LOCKED",
                     &[
                         &id(job),
                         &codes(&index::UNDER_WAY),
@@ -1568,12 +1571,12 @@ impl Backend for PgState {
         self.worker.as_ref().map(|w| w.lease.clone())
     }
 
-    fn listed_elsewhere(&self, job: JobId) -> Result<bool, StateError> {
-        self.with(|s| {
+    fn take_listing(&self, job: JobId) -> Result<bool, StateError> {
+        self.transaction(|s| {
             Ok(s.query_opt(
-                "SELECT 1 FROM blobway_listings l JOIN blobway_workers w ON w.epoch = l.owner \
-                 WHERE l.job = $1 AND w.state = 'running' AND w.lease_until > clock_timestamp() \
-                 AND l.owner IS DISTINCT FROM $2",
+                "UPDATE blobway_listings SET owner = $2 WHERE job = $1 AND (owner IS NULL \
+                 OR owner = $2 OR owner NOT IN (SELECT epoch FROM blobway_workers \
+                 WHERE state = 'running' AND lease_until > clock_timestamp())) RETURNING 1",
                 &[&id(job), &self.epoch()],
             )?
             .is_some())

@@ -440,10 +440,10 @@ impl Scheduler {
                 // Never planned (its destination failed), or stopped while it was listed:
                 // planned again, its listing going on from where it stood.
                 // A listing another live worker goes on with is left to it; one whose worker
-                // is gone is taken over (discovery included).
+                // is gone is taken over (discovery included), by one worker only.
                 let listing = matches!(db.listing(job.id), Ok(Some(_)));
-                if (listing && db.listed_elsewhere(job.id).unwrap_or(true))
-                    || (discovering && !job.planned)
+                if (discovering && !job.planned)
+                    || (listing && !db.take_listing(job.id).unwrap_or(false))
                 {
                     continue;
                 }
@@ -563,7 +563,9 @@ impl Scheduler {
                 _ => continue,
             };
             job.record.state = state;
-            job.record.updated_ms = now_ms();
+            // Later than what it replaces even on a clock behind the last writer's, so the
+            // other workers of a shared state follow it.
+            job.record.updated_ms = now_ms().max(job.record.updated_ms + 1);
             job.enqueue_all();
             let writes = if record {
                 vec![Write::Job(job.record.clone())]
@@ -611,6 +613,7 @@ impl Scheduler {
         if job.record.state == JobState::Failed {
             job.record.state = JobState::Running;
             job.record.error = None;
+            job.record.updated_ms = now_ms().max(job.record.updated_ms + 1);
         }
         writes.push(Write::Job(job.record.clone()));
         self.persist(writes, vec![After::Rewind(id)]);

@@ -78,9 +78,13 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        // With a shared state, objects are claimed for the free slots only: as many chunk
-        // records as slots are free (always at least one object).
-        let free = limit.saturating_sub(self.gate.in_flight());
+        // With a shared state, objects are claimed for the free slots only: as many chunks as
+        // slots are free (always at least one object), and never more objects held than
+        // slots (a held object whose begin is in flight has no work to show, yet is taken).
+        let held = u32::try_from(job.files.len()).unwrap_or(u32::MAX);
+        let free = limit
+            .saturating_sub(self.gate.in_flight())
+            .min(limit.saturating_sub(held));
         let wanted = if self.shared {
             job.wants_claim(free)
         } else {

@@ -218,6 +218,8 @@ impl Scheduler {
         if resumes {
             record.state = JobState::Running;
             record.error = None;
+            // A change of state the other workers of a shared state follow.
+            record.updated_ms = now_ms().max(record.updated_ms + 1);
             writes.push(Write::Job(record.clone()));
         }
         let progress = self.db.progress(id).unwrap_or_default();

@@ -183,7 +183,8 @@ impl Scheduler {
         }
         self.unloading.insert(id);
         let finished = After::Finished(id, state, record.error.clone());
-        self.persist(vec![Write::Job(record)], vec![finished]);
+        // Nothing of it is in flight here: what this worker claimed of it goes back.
+        self.persist(vec![Write::Job(record), Write::LetGo(id)], vec![finished]);
     }
 
     /// Announces a job that ended, its record durable: with the counters the state file
