@@ -359,44 +359,88 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A migration S3 → Azurite for workers to share: its source objects, uploaded.
+struct Migration {
+    state: String,
+    bucket: String,
+    prefix: &'static str,
+    container: String,
+    /// Each object's name under the prefix, and its bytes.
+    expected: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl Migration {
+    /// A fresh state database and bucket holding `objects` (name, size, seed) under `prefix`.
+    async fn new(prefix: &'static str, objects: &[(String, usize, u64)]) -> Migration {
+        let s3 = s3_client();
+        let bucket = new_bucket(&s3).await;
+        let mut expected = std::collections::BTreeMap::new();
+        for (name, size, seed) in objects {
+            let data = random_bytes(*size, *seed);
+            put(&s3, &bucket, &format!("{prefix}/{name}"), &data).await;
+            expected.insert(name.clone(), data);
+        }
+        Migration {
+            state: fresh_database(),
+            bucket,
+            prefix,
+            container: unique(prefix),
+            expected,
+        }
+    }
+
+    /// Asks `worker` to copy it (1 MiB chunks); the other workers find the job themselves.
+    async fn ask(&self, worker: &Worker) {
+        let created = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", worker.url))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({
+                "source": format!("s3://{}/{}/", self.bucket, self.prefix),
+                "destinations": [format!("az://{}/", self.container)],
+                "options": { "chunk_size": 1 << 20 },
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 202, "{}", created.text().await.unwrap());
+    }
+
+    /// Waits until the job is DONE, then checks every object arrived byte for byte.
+    async fn assert_done_whole(&self) {
+        wait_until("the job is done", Duration::from_secs(180), || {
+            let jobs = recorded_jobs(blobway(Path::new(&self.state)));
+            jobs.first().is_some_and(|j| j["state"] == "DONE")
+        });
+        let copied = azure_contents(&self.container, "").await;
+        assert_eq!(copied.len(), self.expected.len());
+        for (key, data) in &self.expected {
+            assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
+        }
+    }
+}
+
 /// Three workers share one migration S3 → Azurite; one is killed -9 for good mid-run, another
 /// killed and started again under its name: every object arrives whole, each worker that
 /// lived moved some of it, and nothing is left claimed.
 #[tokio::test(flavor = "multi_thread")]
 async fn three_workers_share_a_migration_through_kills() {
-    let state = fresh_database();
-    let s3 = s3_client();
-    let bucket = new_bucket(&s3).await;
-    let mut expected = std::collections::BTreeMap::new();
-    for i in 0..40u64 {
-        let data = random_bytes(100_000 + (i as usize) * 7_919, i);
-        let key = format!("fleet/small-{i:02}.bin");
-        put(&s3, &bucket, &key, &data).await;
-        expected.insert(key.trim_start_matches("fleet/").to_string(), data);
-    }
-    for i in 0..4u64 {
-        let data = random_bytes(6 * 1024 * 1024 + 12_345, 100 + i);
-        let key = format!("fleet/big-{i}.bin");
-        put(&s3, &bucket, &key, &data).await;
-        expected.insert(key.trim_start_matches("fleet/").to_string(), data);
-    }
-    let container = unique("fleet");
+    let objects: Vec<(String, usize, u64)> = (0..40u64)
+        .map(|i| {
+            (
+                format!("small-{i:02}.bin"),
+                100_000 + (i as usize) * 7_919,
+                i,
+            )
+        })
+        .chain((0..4u64).map(|i| (format!("big-{i}.bin"), 6 * 1024 * 1024 + 12_345, 100 + i)))
+        .collect();
+    let m = Migration::new("fleet", &objects).await;
+    let state = m.state.clone();
     let w1 = Worker::start(&state, "w1", None);
     let w2 = Worker::start(&state, "w2", None);
     let w3 = Worker::start(&state, "w3", None);
     // The job is asked of one worker; the others find it in the shared state.
-    let created = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", w1.url))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({
-            "source": format!("s3://{bucket}/fleet/"),
-            "destinations": [format!("az://{container}/")],
-            "options": { "chunk_size": 1 << 20 },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 202, "{}", created.text().await.unwrap());
+    m.ask(&w1).await;
     let moved = |w: &serde_json::Value| w["chunks_moved"].as_i64().unwrap_or(0);
     wait_until("every worker moved a chunk", LONG, || {
         let fleet = fleet(&state);
@@ -409,15 +453,7 @@ async fn three_workers_share_a_migration_through_kills() {
     drop(w2.kill());
     let home = w3.kill();
     let w3 = Worker::start(&state, "w3", Some(home));
-    wait_until("the job is done", Duration::from_secs(180), || {
-        let jobs = recorded_jobs(blobway(Path::new(&state)));
-        jobs.first().is_some_and(|j| j["state"] == "DONE")
-    });
-    let copied = azure_contents(&container, "").await;
-    assert_eq!(copied.len(), expected.len());
-    for (key, data) in &expected {
-        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
-    }
+    m.assert_done_whole().await;
     let fleet = fleet(&state);
     assert!(
         moved(&fleet["w1"]) > 0 && moved(&fleet["w3"]) > 0,
@@ -443,31 +479,14 @@ async fn three_workers_share_a_migration_through_kills() {
 /// nothing: it learns its lease is gone and stops; the others finish every object whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_past_its_lease_is_fenced() {
-    let state = fresh_database();
-    let s3 = s3_client();
-    let bucket = new_bucket(&s3).await;
-    let mut expected = std::collections::BTreeMap::new();
-    for i in 0..12u64 {
-        let data = random_bytes(3 * 1024 * 1024 + 999, 500 + i);
-        let key = format!("stop/o-{i:02}.bin");
-        put(&s3, &bucket, &key, &data).await;
-        expected.insert(key.trim_start_matches("stop/").to_string(), data);
-    }
-    let container = unique("fenced");
+    let objects: Vec<(String, usize, u64)> = (0..12u64)
+        .map(|i| (format!("o-{i:02}.bin"), 3 * 1024 * 1024 + 999, 500 + i))
+        .collect();
+    let m = Migration::new("stop", &objects).await;
+    let state = m.state.clone();
     let mut w1 = Worker::start(&state, "w1", None);
     let w2 = Worker::start(&state, "w2", None);
-    let created = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", w1.url))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({
-            "source": format!("s3://{bucket}/stop/"),
-            "destinations": [format!("az://{container}/")],
-            "options": { "chunk_size": 1 << 20 },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 202);
+    m.ask(&w1).await;
     wait_until("w1 holds claims", LONG, || {
         fleet(&state)
             .get("w1")
@@ -509,15 +528,7 @@ async fn a_worker_stopped_past_its_lease_is_fenced() {
         "expired",
         "w1 renewed nothing after it was continued"
     );
-    wait_until("the job is done", Duration::from_secs(180), || {
-        let jobs = recorded_jobs(blobway(Path::new(&state)));
-        jobs.first().is_some_and(|j| j["state"] == "DONE")
-    });
-    let copied = azure_contents(&container, "").await;
-    assert_eq!(copied.len(), expected.len());
-    for (key, data) in &expected {
-        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
-    }
+    m.assert_done_whole().await;
     assert_eq!(w1.name, "w1");
     drop(w2);
 }
@@ -526,32 +537,15 @@ async fn a_worker_stopped_past_its_lease_is_fenced() {
 /// anywhere), and resume asked of another starts them all again.
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
-    let state = fresh_database();
-    let s3 = s3_client();
-    let bucket = new_bucket(&s3).await;
-    let mut expected = std::collections::BTreeMap::new();
-    for i in 0..16u64 {
-        let data = random_bytes(2 * 1024 * 1024 + 77, 900 + i);
-        let key = format!("pause/o-{i:02}.bin");
-        put(&s3, &bucket, &key, &data).await;
-        expected.insert(key.trim_start_matches("pause/").to_string(), data);
-    }
-    let container = unique("paused");
+    let objects: Vec<(String, usize, u64)> = (0..16u64)
+        .map(|i| (format!("o-{i:02}.bin"), 2 * 1024 * 1024 + 77, 900 + i))
+        .collect();
+    let m = Migration::new("pause", &objects).await;
+    let state = m.state.clone();
     let w1 = Worker::start(&state, "w1", None);
     let w2 = Worker::start(&state, "w2", None);
     let api = reqwest::Client::new();
-    let created = api
-        .post(format!("{}/v1/jobs", w1.url))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({
-            "source": format!("s3://{bucket}/pause/"),
-            "destinations": [format!("az://{container}/")],
-            "options": { "chunk_size": 1 << 20 },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 202);
+    m.ask(&w1).await;
     let deadline = Instant::now() + LONG;
     loop {
         let fleet = fleet(&state);
@@ -624,7 +618,7 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
         "bytes moved while every worker was paused"
     );
     assert!(
-        before < expected.values().map(|d| d.len() as u64).sum::<u64>(),
+        before < m.expected.values().map(|d| d.len() as u64).sum::<u64>(),
         "the job was not over before the pause"
     );
     let resumed = api
@@ -646,13 +640,5 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    wait_until("the job is done", Duration::from_secs(180), || {
-        let jobs = recorded_jobs(blobway(Path::new(&state)));
-        jobs.first().is_some_and(|j| j["state"] == "DONE")
-    });
-    let copied = azure_contents(&container, "").await;
-    assert_eq!(copied.len(), expected.len());
-    for (key, data) in &expected {
-        assert!(copied.get(key) == Some(data), "{key} differs at Azurite");
-    }
+    m.assert_done_whole().await;
 }

@@ -461,7 +461,17 @@ impl PgState {
         f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         let mut guard = self.conn()?;
-        let Some(conn) = guard.as_mut() else {
+        self.on(&mut guard, f)
+    }
+
+    /// Runs `f` on the connection in `slot`; one whose transaction could not be ended is
+    /// dropped, never used again.
+    fn on<T>(
+        &self,
+        slot: &mut Option<Conn>,
+        f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let Some(conn) = slot.as_mut() else {
             return Err(StateError::Unreachable {
                 url: self.location.clone(),
                 detail: "no connection".into(),
@@ -475,8 +485,7 @@ impl PgState {
         };
         let result = f(&mut session);
         if session.broken {
-            // Its transaction could not be ended: never handed out again.
-            *guard = None;
+            *slot = None;
         }
         result
     }
@@ -513,20 +522,7 @@ impl PgState {
         begin: &'static str,
         f: impl FnOnce(&mut Session<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        self.with(|session| {
-            session.batch(begin)?;
-            // Until COMMIT or ROLLBACK answer, a panic or an error leaves it mid-transaction.
-            session.broken = true;
-            let result = f(session);
-            let ended = match &result {
-                Ok(_) => session.batch("COMMIT"),
-                Err(_) => session.batch("ROLLBACK"),
-            };
-            session.broken = ended.is_err();
-            let value = result?;
-            ended?;
-            Ok(value)
-        })
+        self.with(|session| session.between(begin, f))
     }
 
     fn init_schema(&self) -> Result<(), StateError> {
@@ -782,6 +778,26 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Runs `f` between `begin` and COMMIT (ROLLBACK when it fails); until one of them
+    /// answers, the session counts as broken (a panic or an error leaves it mid-transaction).
+    fn between<T>(
+        &mut self,
+        begin: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.batch(begin)?;
+        self.broken = true;
+        let result = f(self);
+        let ended = match &result {
+            Ok(_) => self.batch("COMMIT"),
+            Err(_) => self.batch("ROLLBACK"),
+        };
+        self.broken = ended.is_err();
+        let value = result?;
+        ended?;
+        Ok(value)
+    }
+
     fn statement(&mut self, sql: &'static str) -> Result<Statement, StateError> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());

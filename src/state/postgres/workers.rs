@@ -170,45 +170,19 @@ impl PgState {
         if own.as_ref().is_none_or(|c| c.client.is_closed()) {
             *own = Some(self.connect()?);
         }
-        let Some(conn) = own.as_mut() else {
-            return Err(StateError::Unreachable {
-                url: self.location.clone(),
-                detail: "no connection".into(),
-            });
-        };
-        let mut session = Session {
-            state: self,
-            client: &conn.client,
-            statements: &mut conn.statements,
-            broken: false,
-        };
-        let result = f(&mut session);
-        if session.broken {
-            *own = None;
-        }
-        result
+        self.on(own, f)
     }
 
     /// Gives back the claims of workers whose leases ran out, unless the write lock is busy
     /// (the next heartbeat tries again): a heartbeat never waits on other workers' writes.
     fn reap_if_free(&self, own: &mut Option<Conn>) -> Result<usize, StateError> {
         self.on_own(own, |s| {
-            s.batch("BEGIN")?;
-            s.broken = true;
-            let result = (|| {
+            s.between("BEGIN", |s| {
                 let free = s
                     .query_opt("SELECT pg_try_advisory_xact_lock($1)", &[&WRITE_LOCK])?
                     .is_some_and(|row| row.get::<_, bool>(0));
                 if free { reap(s) } else { Ok(0) }
-            })();
-            let ended = match &result {
-                Ok(_) => s.batch("COMMIT"),
-                Err(_) => s.batch("ROLLBACK"),
-            };
-            s.broken = ended.is_err();
-            let reaped = result?;
-            ended?;
-            Ok(reaped)
+            })
         })
     }
 
