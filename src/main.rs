@@ -173,8 +173,10 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// List the workers sharing a PostgreSQL state (--state postgres://…): each `blobway serve`
-    /// on it is one, named by BLOBWAY_WORKER_NAME (else host:pid). Shows each one's state
+    /// List the workers sharing a PostgreSQL state (--state postgres://…).
+    ///
+    /// Each `blobway serve` on it is one, named by BLOBWAY_WORKER_NAME (else host:pid). Shows
+    /// each one's state
     /// (running; expired: it stopped renewing its lease, and its claims went back; left), its
     /// last heartbeat by the database's clock, chunks in flight, chunks and bytes moved since
     /// it joined, and the objects it holds claimed.
@@ -237,6 +239,13 @@ enum Commands {
     /// resume, and every other command (the TUI, copy, jobs, pause, …) talks to it through a
     /// private Unix socket derived from the state file. SIGTERM or SIGINT stop it (work in
     /// flight gets a moment; the rest resumes on the next start). See assets/blobway.service.
+    ///
+    /// With a PostgreSQL state (--state postgres://…), each `serve` is one worker of the
+    /// migration: run one per machine on the same database, and all of them move every job
+    /// (`blobway workers` lists them). BLOBWAY_WORKER_NAME names a worker (default host:pid);
+    /// BLOBWAY_WORKER_LEASE sets its lease in seconds (default 15): a worker that stops
+    /// renewing it for that long loses its claims to the others, and records nothing more.
+    /// See assets/kubernetes-workers.yaml.
     Serve {
         /// Also serve the HTTP API on this address, e.g. 127.0.0.1:7878 (beyond loopback only
         /// with --tls-cert and --tls-key). Every request needs `Authorization: Bearer <token>`:

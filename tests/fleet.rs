@@ -211,6 +211,33 @@ fn job_ids_and_a_gone_workers_listing_are_taken_by_one_worker_only() {
 }
 
 #[test]
+fn blobway_workers_lists_the_fleet_and_refuses_a_state_file_with_the_fix() {
+    let url = fresh_database();
+    let _a = worker(&url, "tabled");
+    let out = run(blobway(Path::new(&url)).arg("workers"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("CLAIMED"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[1].starts_with("tabled") && lines[1].contains("running"),
+        "{}",
+        out.stdout
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let file = run(blobway(&dir.path().join("s.redb")).arg("workers"));
+    assert_eq!(file.code, 2, "{}", file.stderr);
+    assert!(
+        file.stderr.contains("workers share a PostgreSQL state"),
+        "{}",
+        file.stderr
+    );
+}
+
+#[test]
 fn a_lease_lives_while_its_heartbeat_renews_it() {
     let url = fresh_database();
     let short = Duration::from_secs(2);
