@@ -5,6 +5,8 @@
 //! `BLOBWAY_BENCH_POSTGRES` (or `BLOBWAY_TEST_POSTGRES`), a superuser URL (a fresh database
 //! is made per row). Prints a table; `cargo bench --bench claims`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -13,27 +15,6 @@ use blobway::state::{ChunkRecord, FileRecord, JobOptions, JobRecord, JobState, S
 
 const OBJECTS: u32 = 6_000;
 const CHUNKS_PER_OBJECT: u32 = 2;
-
-fn fresh_database(cluster: &str, row: usize) -> String {
-    let name = format!("bench_claims_{}_{row}", std::process::id());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(cluster, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the cluster");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-    });
-    let mut url = url::Url::parse(cluster).expect("cluster URL");
-    url.set_path(&name);
-    url.to_string()
-}
 
 fn worker(url: &str, name: &str) -> StateDb {
     StateDb::new(PgState::open_worker(url, None, name, Duration::from_secs(60)).expect("join"))
@@ -107,7 +88,10 @@ fn main() {
     for workers in [1usize, 3] {
         for batch in [8usize, 64, 256] {
             row += 1;
-            let url = fresh_database(&cluster, row);
+            let url = common::fresh_database(
+                &cluster,
+                &format!("bench_claims_{}_{row}", std::process::id()),
+            );
             let fleet: Vec<StateDb> = (0..workers)
                 .map(|w| worker(&url, &format!("bench-{w}")))
                 .collect();

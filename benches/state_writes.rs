@@ -6,6 +6,8 @@
 //! names a cluster (a fresh database is made in it). Prints a table;
 //! `cargo bench --bench state_writes`.
 
+mod common;
+
 use std::time::Instant;
 
 use blobway::state::writer::{self, WriteRequest};
@@ -15,28 +17,6 @@ use blobway::state::{
 use tokio::sync::mpsc;
 
 const CHUNKS: u32 = 50_000;
-
-/// A new database on the cluster at `cluster` (a superuser URL): its URL.
-fn fresh_database(cluster: &str) -> String {
-    let name = format!("bench_state_writes_{}", std::process::id());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(cluster, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the cluster");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-    });
-    let mut url = url::Url::parse(cluster).expect("cluster URL");
-    url.set_path(&name);
-    url.to_string()
-}
 
 fn setup(location: &std::path::Path) -> StateDb {
     let db = StateDb::open(location).expect("open");
@@ -82,7 +62,10 @@ fn main() {
         .or_else(|_| std::env::var("BLOBWAY_TEST_POSTGRES"))
         .ok();
     if let Some(cluster) = cluster {
-        let url = fresh_database(&cluster);
+        let url = common::fresh_database(
+            &cluster,
+            &format!("bench_state_writes_{}", std::process::id()),
+        );
         measure("PostgreSQL (loopback)", &setup(std::path::Path::new(&url)));
     }
     println!();

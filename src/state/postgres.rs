@@ -1135,7 +1135,7 @@ impl batch::Txn for PgTxn<'_, '_> {
 
     fn let_go(&mut self, job: JobId) -> Result<(), StateError> {
         match self.session.state.epoch() {
-            Some(epoch) => workers::give_back_of_job(self.session, epoch, job),
+            Some(epoch) => workers::give_back(self.session, &[epoch], Some(job)).map(|_| ()),
             None => Ok(()),
         }
     }

@@ -95,7 +95,7 @@ impl PgState {
                          WHERE epoch = ANY($1)",
                         &[&gone],
                     )?;
-                    give_back(s, &gone)?;
+                    give_back(s, &gone, None)?;
                 }
             }
             // Workers gone for a week are forgotten.
@@ -123,7 +123,7 @@ impl PgState {
                         holder: format!("{old_host} (pid {old_pid})"),
                     });
                 }
-                give_back(s, &[old])?;
+                give_back(s, &[old], None)?;
             }
             let epoch: i64 = s
                 .query_opt("SELECT nextval('blobway_epochs')", &[])?
@@ -224,7 +224,7 @@ impl PgState {
                 )?
                 .is_some();
             if ours {
-                give_back(s, &[lease.epoch])?;
+                give_back(s, &[lease.epoch], None)?;
             }
             Ok(())
         })
@@ -342,47 +342,34 @@ pub(super) fn reap(s: &mut Session<'_>) -> Result<usize, StateError> {
         );
     }
     if !epochs.is_empty() {
-        give_back(s, &epochs)?;
+        give_back(s, &epochs, None)?;
     }
     Ok(epochs.len())
 }
 
-/// Gives back the objects the workers of `epochs` claimed: their chunks in flight return to
-/// pending (through the batch rule, so every index stays true) and nobody owns them.
-pub(super) fn give_back(s: &mut Session<'_>, epochs: &[i64]) -> Result<usize, StateError> {
+/// Gives back the objects the workers of `epochs` claimed (in job `job` only, when given: a
+/// worker that ended it there): their chunks in flight return to pending (through the batch
+/// rule, so every index stays true) and nobody owns them. Returns how many objects.
+pub(super) fn give_back(
+    s: &mut Session<'_>,
+    epochs: &[i64],
+    job: Option<crate::state::JobId>,
+) -> Result<usize, StateError> {
+    let job = job.map(|j| i64::try_from(j).unwrap_or(i64::MAX));
     let rows = s.query(
         "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
-         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner = ANY($1)",
-        &[&epochs],
+         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner = ANY($1) \
+         AND ($2::bigint IS NULL OR o.job = $2)",
+        &[&epochs, &job],
     )?;
     let resets = in_flight_to_pending(s, &rows)?;
     batch::apply(&mut PgTxn { session: s }, &resets)?;
     let given = s.execute(
-        "UPDATE blobway_objects SET owner = NULL WHERE owner = ANY($1)",
-        &[&epochs],
+        "UPDATE blobway_objects SET owner = NULL WHERE owner = ANY($1) \
+         AND ($2::bigint IS NULL OR job = $2)",
+        &[&epochs, &job],
     )?;
     Ok(usize::try_from(given).unwrap_or(usize::MAX))
-}
-
-/// Gives back what the worker of `epoch` claimed in job `job` (it ended the job there).
-pub(super) fn give_back_of_job(
-    s: &mut Session<'_>,
-    epoch: i64,
-    job: crate::state::JobId,
-) -> Result<(), StateError> {
-    let job = i64::try_from(job).unwrap_or(i64::MAX);
-    let rows = s.query(
-        "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
-         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner = $1 AND o.job = $2",
-        &[&epoch, &job],
-    )?;
-    let resets = in_flight_to_pending(s, &rows)?;
-    batch::apply(&mut PgTxn { session: s }, &resets)?;
-    s.execute(
-        "UPDATE blobway_objects SET owner = NULL WHERE owner = $1 AND job = $2",
-        &[&epoch, &job],
-    )?;
-    Ok(())
 }
 
 /// The writes that return the chunks in `rows` (job, object, index, record) that are in
