@@ -288,15 +288,29 @@ const TOKEN: &str = "tok-9e3b1f7c2a6d4e8f0b5c7a9d1e3f5a7b";
 
 impl Worker {
     fn start(state: &str, name: &str, home: Option<tempfile::TempDir>) -> Worker {
+        Worker::start_with(state, name, home, "1M", &[])
+    }
+
+    /// A worker capped at `bwlimit`, with `env` set besides.
+    fn start_with(
+        state: &str,
+        name: &str,
+        home: Option<tempfile::TempDir>,
+        bwlimit: &str,
+        env: &[(&str, String)],
+    ) -> Worker {
         let home = home.unwrap_or_else(|| tempfile::tempdir().expect("home"));
         let mut cmd = blobway(Path::new(state));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--bwlimit", "1M"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--bwlimit", bwlimit])
             .args(["--concurrency", "4"])
             .env("BLOBWAY_TOKEN", TOKEN)
             .env("BLOBWAY_WORKER_NAME", name)
             .env("BLOBWAY_WORKER_LEASE", "3")
             .env("XDG_DATA_HOME", home.path())
             .stderr(Stdio::piped());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let mut child = cmd.spawn().expect("serve");
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -500,6 +514,126 @@ async fn three_workers_share_a_migration_through_kills() {
         moved(&fleet["w3"])
     );
     drop((w1, w3));
+}
+
+/// The acceptance run: three workers copy 200 objects, one of them 256 MiB in 1 MiB chunks,
+/// S3 → Azurite, each worker through its own proxy that counts Put Block requests. One is
+/// killed -9 for good once it moved chunks of the big object, another killed and started
+/// again: every object arrives whole, the big object's chunks were moved by two workers or
+/// more, and a block was stored twice only where a killed worker sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_huge_objects_chunks_move_on_every_worker_and_only_killed_workers_blocks_go_twice() {
+    const HUGE: usize = 256 << 20;
+    let objects: Vec<(String, usize, u64)> = std::iter::once(("huge.bin".to_string(), HUGE, 7))
+        .chain((0..189u64).map(|i| (format!("small-{i:03}.bin"), 20_000 + (i as usize) * 211, i)))
+        .chain((0..10u64).map(|i| (format!("three-{i}.bin"), 3 * 1024 * 1024 - 5, 300 + i)))
+        .collect();
+    let m = Migration::new("huge", &objects).await;
+    let state = m.state.clone();
+    let upstream = azurite_origin();
+    // One proxy per worker's life, so every Put Block is known by who sent it.
+    let mut lives: Vec<(&str, proxy::Proxy)> = Vec::new();
+    for name in ["w1", "w2", "w3"] {
+        let proxy = proxy::Proxy::start(&upstream, proxy::FaultConfig::none(proxy::Flavor::Azure));
+        lives.push((name, proxy.await));
+    }
+    let w1 = behind(&state, "w1", None, &lives[0].1);
+    let w2 = behind(&state, "w2", None, &lives[1].1);
+    let w3 = behind(&state, "w3", None, &lives[2].1);
+    m.ask(&w1).await;
+    // Successful Put Blocks of the huge object through life `at`'s proxy.
+    let huge_blocks = |lives: &Vec<(&str, proxy::Proxy)>, at: usize| {
+        put_blocks(&lives[at].1)
+            .into_iter()
+            .filter(|(path, _)| path.ends_with("/huge.bin"))
+            .count()
+    };
+    let asked = Instant::now();
+    // Helpers borrow once the small objects are claimed; the machine may be busy.
+    wait_until("w2 moved chunks of the huge object", 3 * LONG, || {
+        huge_blocks(&lives, 1) > 0
+    });
+    drop(w2.kill());
+    let w2_killed = asked.elapsed();
+    wait_until("w3 moved chunks of the huge object", 3 * LONG, || {
+        huge_blocks(&lives, 2) > 0
+    });
+    let home = w3.kill();
+    let w3_killed = asked.elapsed();
+    let killed = [1usize, 2];
+    let proxy = proxy::Proxy::start(&upstream, proxy::FaultConfig::none(proxy::Flavor::Azure));
+    lives.push(("w3", proxy.await));
+    let w3 = behind(&state, "w3", Some(home), &lives[3].1);
+    m.assert_done_whole().await;
+    // Every successful Put Block, by (blob, block ID), with the lives that sent it.
+    let mut sent: std::collections::BTreeMap<(String, String), Vec<usize>> = Default::default();
+    for (at, (_, proxy)) in lives.iter().enumerate() {
+        for block in put_blocks(proxy) {
+            sent.entry(block).or_default().push(at);
+        }
+    }
+    let twice: Vec<_> = sent.iter().filter(|(_, by)| by.len() > 1).collect();
+    for ((blob, block), by) in &twice {
+        assert!(
+            by.iter().any(|at| killed.contains(at)),
+            "block {block} of {blob} was stored {} times, by lives {by:?}, none of them killed",
+            by.len()
+        );
+    }
+    let huge_by: Vec<usize> = (0..lives.len())
+        .filter(|at| huge_blocks(&lives, *at) > 0)
+        .collect();
+    assert!(
+        huge_by.len() >= 2,
+        "the huge object's chunks moved on one worker only: {huge_by:?}"
+    );
+    let per_life: Vec<String> = lives
+        .iter()
+        .enumerate()
+        .map(|(at, (name, _))| format!("{name}: {} huge blocks", huge_blocks(&lives, at)))
+        .collect();
+    eprintln!(
+        "{} blocks stored, {} more than once (all sent by a killed worker); {}; w2 killed \
+         after {w2_killed:?}, w3 after {w3_killed:?}, done after {:?}",
+        sent.len(),
+        twice.len(),
+        per_life.join(", "),
+        asked.elapsed()
+    );
+    drop((w1, w3));
+}
+
+/// A worker capped at 12 MiB/s whose Azure requests go through `proxy`.
+fn behind(
+    state: &str,
+    name: &str,
+    home: Option<tempfile::TempDir>,
+    proxy: &proxy::Proxy,
+) -> Worker {
+    let env = [
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite_connection_string_at(&proxy.url),
+        ),
+        ("BLOBWAY_WORKER_LEASE", "5".to_string()),
+    ];
+    Worker::start_with(state, name, home, "12M", &env)
+}
+
+/// The Put Block requests a proxy forwarded that the store took (201): (blob path, block ID).
+fn put_blocks(proxy: &proxy::Proxy) -> Vec<(String, String)> {
+    let answered = proxy.stats.answered.lock().unwrap();
+    answered
+        .iter()
+        .filter(|(_, status)| *status == 201)
+        .filter_map(|(path, _)| {
+            let (blob, query) = path.split_once('?')?;
+            let mut pairs = query.split('&');
+            pairs.clone().find(|p| *p == "comp=block")?;
+            let id = pairs.find_map(|p| p.strip_prefix("blockid="))?;
+            Some((blob.to_string(), id.to_string()))
+        })
+        .collect()
 }
 
 /// A worker stopped (SIGSTOP) past its lease and then continued records, commits and gives up

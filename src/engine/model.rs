@@ -85,6 +85,21 @@ pub(super) struct JobRun {
     /// With a shared state, when a drained job whose objects other workers still hold is
     /// read again from its start (objects given back by a worker that went are claimed so).
     pub(super) rescan_at: Option<std::time::Instant>,
+    /// With a shared state: chunks borrowed from other workers' objects, waiting for a slot.
+    pub(super) borrowed: VecDeque<BorrowedChunk>,
+    /// When lent chunks may next be looked for (none were found, or the look failed).
+    pub(super) borrow_at: Option<tokio::time::Instant>,
+}
+
+/// A chunk of another worker's object, borrowed to move and give back
+/// ([`crate::state::Backend::borrow`]).
+pub(super) struct BorrowedChunk {
+    pub(super) file: u32,
+    pub(super) chunk: u32,
+    /// Its object's record, shared by the chunks borrowed of it together.
+    pub(super) object: Arc<crate::state::FileRecord>,
+    /// Its record as borrowed (in progress, this attempt counted).
+    pub(super) record: crate::state::ChunkRecord,
 }
 
 impl JobRun {
@@ -111,6 +126,8 @@ impl JobRun {
             progress,
             listing: false,
             rescan_at: None,
+            borrowed: VecDeque::new(),
+            borrow_at: None,
         }
     }
 

@@ -75,6 +75,22 @@ pub(super) trait Txn {
     fn let_go(&mut self, _job: JobId) -> Result<(), StateError> {
         Ok(())
     }
+    /// Lends pending chunks of an object to the other workers (a shared state; nothing for
+    /// a file).
+    fn lend(&mut self, _job: JobId, _file: u32, _chunks: &[u32]) -> Result<(), StateError> {
+        Ok(())
+    }
+    /// Records a chunk this worker borrowed, if it is still lent to it; the record it
+    /// replaced (`None`: nothing was written).
+    fn put_borrowed(
+        &mut self,
+        _job: JobId,
+        _file: u32,
+        _index: u32,
+        _chunk: &ChunkRecord,
+    ) -> Result<Option<ChunkRecord>, StateError> {
+        Ok(None)
+    }
     /// A job's counters as recorded.
     fn counts(&mut self, job: JobId) -> Result<JobProgress, StateError>;
     /// Records a job's counters.
@@ -115,6 +131,44 @@ fn reopened(
             .map(|(i, c)| Write::Chunk(job, index, i as u32, c)),
     );
     Ok(writes)
+}
+
+/// The record of object `file` of `job` a chunk write counts against: only while it is there
+/// and under way (otherwise the object's own write counts its chunks). Read once per batch.
+fn counted_owner(
+    t: &mut impl Txn,
+    owners: &mut HashMap<(JobId, u32), Option<FileRecord>>,
+    job: JobId,
+    file: u32,
+) -> Result<Option<FileRecord>, StateError> {
+    let owner = match owners.get(&(job, file)) {
+        Some(known) => known.clone(),
+        None => {
+            let found = t.file(job, file)?;
+            owners.insert((job, file), found.clone());
+            found
+        }
+    };
+    Ok(owner.filter(counts::chunks_count))
+}
+
+/// What replacing chunk `index`'s record `old` by `chunk` adds to its job's bytes done.
+fn count_chunk(
+    deltas: &mut BTreeMap<JobId, counts::Delta>,
+    job: JobId,
+    owner: Option<FileRecord>,
+    index: u32,
+    old: Option<&ChunkRecord>,
+    chunk: &ChunkRecord,
+) {
+    if let Some(owner) = owner {
+        let before = old.map_or(0, |old| counts::chunk_bytes(&owner, index, old));
+        let after = counts::chunk_bytes(&owner, index, chunk);
+        deltas
+            .entry(job)
+            .or_default()
+            .add_bytes_done(i128::from(after) - i128::from(before));
+    }
 }
 
 /// Applies `writes` in order within `t` (the caller commits).
@@ -200,26 +254,18 @@ pub(super) fn apply(t: &mut impl Txn, writes: &[Write]) -> Result<(), StateError
                 t.put_file(*job, *index, file)?;
                 owners.insert((*job, *index), Some(file.clone()));
             }
+            Write::Lend(job, file, chunks) => t.lend(*job, *file, chunks)?,
             Write::Chunk(job, file, index, chunk) => {
-                // Counted here only while its object's record is there and under way;
-                // otherwise the object's own write counts its chunks.
-                let owner = match owners.get(&(*job, *file)) {
-                    Some(known) => known.clone(),
-                    None => {
-                        let found = t.file(*job, *file)?;
-                        owners.insert((*job, *file), found.clone());
-                        found
-                    }
-                }
-                .filter(counts::chunks_count);
+                let owner = counted_owner(t, &mut owners, *job, *file)?;
                 let old = t.put_chunk(*job, *file, *index, chunk)?;
-                if let Some(owner) = owner {
-                    let before = old.map_or(0, |old| counts::chunk_bytes(&owner, *index, &old));
-                    let after = counts::chunk_bytes(&owner, *index, chunk);
-                    deltas
-                        .entry(*job)
-                        .or_default()
-                        .add_bytes_done(i128::from(after) - i128::from(before));
+                count_chunk(&mut deltas, *job, owner, *index, old.as_ref(), chunk);
+            }
+            Write::Borrowed(job, file, index, chunk) => {
+                let owner = counted_owner(t, &mut owners, *job, *file)?;
+                // Taken back meanwhile (by its owner, or given back as this worker's lease
+                // ran out): what it did is not this worker's to record.
+                if let Some(old) = t.put_borrowed(*job, *file, *index, chunk)? {
+                    count_chunk(&mut deltas, *job, owner, *index, Some(&old), chunk);
                 }
             }
             Write::RemoveUnplannedJob(id) => {

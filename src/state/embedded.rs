@@ -538,6 +538,7 @@ impl Backend for RedbState {
             objects: Vec::new(),
             last: after,
             exhausted,
+            lent: Vec::new(),
         };
         let mut chunk_count = 0usize;
         for file_index in indexes.iter().copied() {

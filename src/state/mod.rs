@@ -172,6 +172,13 @@ pub enum Write {
     /// This engine ended the job and has nothing of it in flight: with a shared state, what
     /// it claimed of the job goes back to the other workers (nothing for a file).
     LetGo(JobId),
+    /// The owner of an object lends these pending chunks of it to the other workers of a
+    /// shared state, to move alongside it (nothing for a file). See [`Backend::borrow`].
+    Lend(JobId, u32, Vec<u32>),
+    /// A chunk this worker borrowed came back (moved, or given back with its error):
+    /// recorded only while it is still lent to this worker, and then its object's owner's
+    /// again.
+    Borrowed(JobId, u32, u32, ChunkRecord),
 }
 
 /// Counts that summarise a job.
@@ -209,6 +216,32 @@ pub struct UnderWay {
     pub last: Option<u32>,
     /// True when no object under way was left after `last` at the time of the read.
     pub exhausted: bool,
+    /// Chunks of the objects read that other workers hold lent (object, chunk): they come
+    /// back through [`Backend::lent`], never sent by the reader meanwhile.
+    pub lent: Vec<(u32, u32)>,
+}
+
+/// Chunks of one object another worker owns, borrowed to move (see [`Backend::borrow`]).
+#[derive(Clone, Debug)]
+pub struct Borrowed {
+    /// The object's index.
+    pub file: u32,
+    /// Its record: key, ETag, upload session.
+    pub record: FileRecord,
+    /// Each borrowed chunk's index and record (claimed: in progress, its attempt counted).
+    pub chunks: Vec<(u32, ChunkRecord)>,
+}
+
+/// Where a chunk an owner lent stands (see [`Backend::lent`]).
+#[derive(Clone, Debug)]
+pub struct LentChunk {
+    /// The chunk's index.
+    pub chunk: u32,
+    /// Its record now (`None`: there is none).
+    pub record: Option<ChunkRecord>,
+    /// Still lent: another worker may hold it. Otherwise it is the owner's again, completed
+    /// or to send.
+    pub out: bool,
 }
 
 /// What one table of the state file holds.
@@ -363,6 +396,25 @@ pub trait Backend: Send + Sync {
     /// The workers sharing the state, as recorded (`None`: the state is not shared).
     fn workers(&self) -> Result<Option<Vec<lease::WorkerRecord>>, StateError> {
         Ok(None)
+    }
+
+    /// Borrows up to `max_chunks` chunks other workers lent of job `id`'s objects under way,
+    /// claimed for this worker in one write (each chunk goes to one borrower). Nothing for a
+    /// state of its own.
+    fn borrow(&self, _id: JobId, _max_chunks: usize) -> Result<Vec<Borrowed>, StateError> {
+        Ok(Vec::new())
+    }
+
+    /// How the `chunks` object `file` of job `id`'s owner lent stand now, after taking back
+    /// up to `take_back` of them that no worker borrowed (the highest first).
+    fn lent(
+        &self,
+        _id: JobId,
+        _file: u32,
+        _chunks: &[u32],
+        _take_back: usize,
+    ) -> Result<Vec<LentChunk>, StateError> {
+        Ok(Vec::new())
     }
 
     /// Forgets every destination-name claim of `job` (a plan starts over from its listing).

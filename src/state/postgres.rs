@@ -35,7 +35,7 @@ use crate::store::rules::Naming;
 
 /// The schema this blobway writes in a database. A database with a newer one is refused, so
 /// an older blobway never misreads what a newer one wrote.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Connections per process: the writer, the scheduler's reads and a view's at once.
 const CONNECTIONS: usize = 4;
@@ -127,6 +127,9 @@ ALTER TABLE blobway_objects ADD COLUMN IF NOT EXISTS owner bigint;
 ALTER TABLE blobway_listings ADD COLUMN IF NOT EXISTS owner bigint;
 CREATE INDEX IF NOT EXISTS blobway_objects_by_owner ON blobway_objects (owner)
     WHERE owner IS NOT NULL;
+ALTER TABLE blobway_chunks ADD COLUMN IF NOT EXISTS hand bigint;
+CREATE INDEX IF NOT EXISTS blobway_chunks_lent ON blobway_chunks (job, obj, idx)
+    WHERE hand IS NOT NULL;
 "#;
 
 /// True when `location` names a PostgreSQL database rather than a file: a `postgres://` or
@@ -1043,7 +1046,7 @@ impl batch::Txn for PgTxn<'_, '_> {
             "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3), \
              new AS (INSERT INTO blobway_chunks (job, obj, idx, in_flight, record) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job, obj, idx) \
-             DO UPDATE SET in_flight = EXCLUDED.in_flight, record = EXCLUDED.record) \
+             DO UPDATE SET in_flight = EXCLUDED.in_flight, record = EXCLUDED.record, hand = NULL) \
              SELECT record FROM old",
             &[
                 &id(job),
@@ -1051,6 +1054,42 @@ impl batch::Txn for PgTxn<'_, '_> {
                 &i64::from(index),
                 &(chunk.state == ChunkState::InProgress),
                 &chunk.encode(),
+            ],
+        )?;
+        row.map(|row| self.session.record(&row, 0)).transpose()
+    }
+
+    fn lend(&mut self, job: JobId, file: u32, chunks: &[u32]) -> Result<(), StateError> {
+        // Only chunks nobody holds: the owner's pending ones.
+        let wanted: Vec<i64> = chunks.iter().map(|c| i64::from(*c)).collect();
+        self.session.execute(
+            "UPDATE blobway_chunks SET hand = 0 WHERE job = $1 AND obj = $2 AND idx = ANY($3) \
+             AND hand IS NULL AND NOT in_flight",
+            &[&id(job), &i64::from(file), &wanted],
+        )?;
+        Ok(())
+    }
+
+    fn put_borrowed(
+        &mut self,
+        job: JobId,
+        file: u32,
+        index: u32,
+        chunk: &ChunkRecord,
+    ) -> Result<Option<ChunkRecord>, StateError> {
+        // Written only while lent to this worker; then it is the owner's again.
+        let row = self.session.query_opt(
+            "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 \
+             AND idx = $3 AND hand = $5), \
+             new AS (UPDATE blobway_chunks SET in_flight = false, record = $4, hand = NULL \
+             WHERE job = $1 AND obj = $2 AND idx = $3 AND hand = $5) \
+             SELECT record FROM old",
+            &[
+                &id(job),
+                &i64::from(file),
+                &i64::from(index),
+                &chunk.encode(),
+                &self.session.state.epoch(),
             ],
         )?;
         row.map(|row| self.session.record(&row, 0)).transpose()
@@ -1371,6 +1410,7 @@ impl Backend for PgState {
                 objects: Vec::new(),
                 last: after,
                 exhausted,
+                lent: Vec::new(),
             };
             let mut chunk_count = 0usize;
             for file_index in indexes {
@@ -1401,6 +1441,22 @@ impl Backend for PgState {
                     "UPDATE blobway_objects SET owner = $3 WHERE job = $1 AND idx = ANY($2)",
                     &[&id(job), &claimed, &epoch],
                 )?;
+                // Their chunks lent by an owner before and borrowed by nobody are the new
+                // owner's; those a worker borrowed stay lent until they come back.
+                s.execute(
+                    "UPDATE blobway_chunks SET hand = NULL WHERE job = $1 AND obj = ANY($2) \
+                     AND hand = 0",
+                    &[&id(job), &claimed],
+                )?;
+                let rows = s.query(
+                    "SELECT obj, idx FROM blobway_chunks WHERE job = $1 AND obj = ANY($2) \
+                     AND hand IS NOT NULL",
+                    &[&id(job), &claimed],
+                )?;
+                out.lent = rows
+                    .iter()
+                    .map(|row| (index_of(row, 0), index_of(row, 1)))
+                    .collect();
             }
             Ok(out)
         };
@@ -1574,7 +1630,8 @@ impl Backend for PgState {
             workers::reap(s)?;
             let rows = s.query(
                 "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
-                 ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner IS NULL",
+                 ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner IS NULL \
+                 AND c.hand IS NULL",
                 &[],
             )?;
             let resets = workers::in_flight_to_pending(s, &rows)?;
@@ -1585,6 +1642,107 @@ impl Backend for PgState {
 
     fn lease(&self) -> Option<Arc<Lease>> {
         self.worker.as_ref().map(|w| w.lease.clone())
+    }
+
+    fn borrow(&self, job: JobId, max_chunks: usize) -> Result<Vec<super::Borrowed>, StateError> {
+        let Some(epoch) = self.epoch() else {
+            return Ok(Vec::new());
+        };
+        self.transaction(|s| {
+            // Chunks lent and borrowed by nobody, of objects still moving their chunks.
+            let rows = s.query(
+                "SELECT c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
+                 ON o.job = c.job AND o.idx = c.obj WHERE c.job = $1 AND c.hand = 0 \
+                 AND NOT c.in_flight AND o.state = $2 ORDER BY c.obj, c.idx LIMIT $3 \
+                 FOR UPDATE OF c SKIP LOCKED",
+                &[
+                    &id(job),
+                    &i16::from(index::code(FileState::Transferring)),
+                    &count(max_chunks),
+                ],
+            )?;
+            let mut borrowed: Vec<super::Borrowed> = Vec::new();
+            for row in &rows {
+                let (file, chunk) = (index_of(row, 0), index_of(row, 1));
+                let mut record: ChunkRecord = s.record(row, 2)?;
+                record.state = ChunkState::InProgress;
+                record.attempts += 1;
+                s.execute(
+                    "UPDATE blobway_chunks SET hand = $4, in_flight = true, record = $5 \
+                     WHERE job = $1 AND obj = $2 AND idx = $3",
+                    &[
+                        &id(job),
+                        &i64::from(file),
+                        &i64::from(chunk),
+                        &epoch,
+                        &record.encode(),
+                    ],
+                )?;
+                match borrowed.last_mut() {
+                    Some(last) if last.file == file => last.chunks.push((chunk, record)),
+                    _ => {
+                        let Some(object) = s.query_opt(
+                            "SELECT record FROM blobway_objects WHERE job = $1 AND idx = $2",
+                            &[&id(job), &i64::from(file)],
+                        )?
+                        else {
+                            continue;
+                        };
+                        borrowed.push(super::Borrowed {
+                            file,
+                            record: s.object(job, file, &object, 0)?,
+                            chunks: vec![(chunk, record)],
+                        });
+                    }
+                }
+            }
+            Ok(borrowed)
+        })
+    }
+
+    fn lent(
+        &self,
+        job: JobId,
+        file: u32,
+        chunks: &[u32],
+        take_back: usize,
+    ) -> Result<Vec<super::LentChunk>, StateError> {
+        let wanted: Vec<i64> = chunks.iter().map(|c| i64::from(*c)).collect();
+        self.transaction(|s| {
+            if take_back > 0 {
+                s.execute(
+                    "UPDATE blobway_chunks SET hand = NULL WHERE job = $1 AND obj = $2 \
+                     AND idx IN (SELECT idx FROM blobway_chunks WHERE job = $1 AND obj = $2 \
+                     AND idx = ANY($3) AND hand = 0 ORDER BY idx DESC LIMIT $4 \
+                     FOR UPDATE SKIP LOCKED)",
+                    &[&id(job), &i64::from(file), &wanted, &count(take_back)],
+                )?;
+            }
+            let rows = s.query(
+                "SELECT idx, hand IS NOT NULL, record FROM blobway_chunks WHERE job = $1 \
+                 AND obj = $2 AND idx = ANY($3)",
+                &[&id(job), &i64::from(file), &wanted],
+            )?;
+            let mut found: HashMap<u32, (bool, ChunkRecord)> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                found.insert(index_of(row, 0), (row.get(1), s.record(row, 2)?));
+            }
+            Ok(chunks
+                .iter()
+                .map(|&chunk| match found.remove(&chunk) {
+                    Some((out, record)) => super::LentChunk {
+                        chunk,
+                        record: Some(record),
+                        out,
+                    },
+                    None => super::LentChunk {
+                        chunk,
+                        record: None,
+                        out: false,
+                    },
+                })
+                .collect())
+        })
     }
 
     fn take_listing(&self, job: JobId) -> Result<bool, StateError> {

@@ -288,6 +288,7 @@ pub const LIMITS: SinkLimits = SinkLimits {
     granularity: 1,
     max_single_put: 5000 << 20,
     sequential: false,
+    shared_blocks: true,
     max_object_size: u64::MAX,
 };
 

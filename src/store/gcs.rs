@@ -42,6 +42,7 @@ pub const LIMITS: SinkLimits = SinkLimits {
     granularity: GRANULARITY,
     max_single_put: 5 * 1024 * MIB,
     sequential: true,
+    shared_blocks: false,
     max_object_size: 5 << 40, // GCS caps an object at 5 TiB
 };
 

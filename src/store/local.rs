@@ -777,9 +777,13 @@ impl ObjectSink for LocalStore {
         true
     }
 
-    /// Azure's, so a local run plans its objects as the main route does.
+    /// Azure's, so a local run plans its objects as the main route does; but its blocks are
+    /// staged on this machine's disk, so an object stays on one worker.
     fn limits(&self) -> SinkLimits {
-        super::azure::LIMITS
+        SinkLimits {
+            shared_blocks: false,
+            ..super::azure::LIMITS
+        }
     }
 
     async fn prepare(&self) -> StoreResult<()> {

@@ -249,6 +249,10 @@ pub struct SinkLimits {
     pub max_single_put: u64,
     /// Blocks of one object must arrive one after the other, in order (GCS resumable).
     pub sequential: bool,
+    /// Blocks staged from one machine are seen from every other (Azure blocks, S3 parts), so
+    /// several workers may move one object's chunks at once. Not for a session bound to its
+    /// sender's order (GCS) nor blocks staged on the sender's own disk.
+    pub shared_blocks: bool,
     /// The store's own cap on one object's size, below blocks × block size (GCS: 5 TiB);
     /// `u64::MAX` when there is none.
     pub max_object_size: u64,

@@ -37,6 +37,7 @@ pub const LIMITS: SinkLimits = SinkLimits {
     granularity: 1,
     max_single_put: 5 * 1024 * MIB,
     sequential: false,
+    shared_blocks: true,
     max_object_size: u64::MAX,
 };
 

@@ -140,6 +140,9 @@ pub struct Stats {
     pub bytes_up: AtomicU64,
     /// Bytes of response bodies passed back to the client.
     pub bytes_down: AtomicU64,
+    /// Each request forwarded upstream (path and query) with the status the upstream
+    /// answered, in order.
+    pub answered: Mutex<Vec<(String, u16)>>,
     in_flight: AtomicU32,
 }
 
@@ -502,6 +505,9 @@ async fn handle(
         .await
         .map_err(std::io::Error::other)?;
     shared.stats.bytes_up.fetch_add(length, Ordering::SeqCst);
+    if let Ok(mut answered) = shared.stats.answered.lock() {
+        answered.push((path.to_string(), response.status().as_u16()));
+    }
     let (parts, body) = response.into_parts();
     let body = body
         .collect()

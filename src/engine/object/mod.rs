@@ -5,13 +5,15 @@
 //! scheduler only applies. Nothing here touches the network, the clock or the state file, so
 //! every rule that decides an object's fate is reachable from unit and property tests.
 
+mod lending;
 mod outcomes;
 
+pub(crate) use lending::borrowed_back;
 pub(crate) use outcomes::Timing;
 #[cfg(test)]
 mod properties;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -137,6 +139,11 @@ pub(crate) struct ObjectRun {
     /// The operator asked to retry this failed object while chunks of it were in flight: it
     /// is reopened once they are back.
     pub(crate) reopen_when_back: bool,
+    /// Chunks lent to the other workers of a shared state: out of the ready queue until they
+    /// come back, moved or given back ([`ObjectRun::on_lent`]).
+    pub(crate) lent: BTreeSet<u32>,
+    /// Chunks were lent in this life (lent once: what comes back stays).
+    pub(crate) lent_before: bool,
 }
 
 impl ObjectRun {
@@ -192,8 +199,14 @@ impl ObjectRun {
             session_alive: false,
             second_wind: false,
             reopen_when_back: false,
+            lent: BTreeSet::new(),
+            lent_before: false,
         };
+        // Nothing is written on load: an object whose chunks are all acknowledged (the last
+        // one by a worker it lent it to, say) is recorded committing by its commit's claim.
+        let recorded = object.record.state;
         object.settle(&mut Step::default());
+        object.record.state = recorded;
         object
     }
 

@@ -361,7 +361,9 @@ impl ObjectRun {
         }
         self.ready = (0..self.chunks.len() as u32)
             .filter(|i| {
-                self.chunks[*i as usize].state == ChunkState::Pending && !self.waiting.contains(i)
+                self.chunks[*i as usize].state == ChunkState::Pending
+                    && !self.waiting.contains(i)
+                    && !self.lent.contains(i)
             })
             .collect();
         self.phase = Phase::Transferring;

@@ -106,6 +106,7 @@ mod tests {
         granularity: 1,
         max_single_put: 5000 * MIB,
         sequential: false,
+        shared_blocks: true,
         max_object_size: u64::MAX,
     };
 

@@ -4,6 +4,9 @@
 use super::*;
 use crate::engine::verify::ObjectCrc;
 
+/// How long a worker waits before it looks again for chunks to borrow, when none were lent.
+const BORROW_EVERY: Duration = Duration::from_millis(500);
+
 impl Scheduler {
     pub(super) fn dispatch(&mut self) {
         let now = Instant::now();
@@ -67,6 +70,95 @@ impl Scheduler {
                 }
                 self.claim(id, file, work, reserved);
             }
+            if self.shared && !self.start_borrowed(id, now) {
+                return;
+            }
+        }
+    }
+
+    /// With a shared state, once nothing of this worker's own waits in a running job: starts
+    /// chunks borrowed from other workers' objects, borrowing as many as slots are free when
+    /// none wait (looked for again only after [`BORROW_EVERY`] when none were lent). False
+    /// once the gate is full.
+    fn start_borrowed(&mut self, id: JobId, now: Instant) -> bool {
+        loop {
+            let free = self.gate.limit().saturating_sub(self.gate.in_flight()) as usize;
+            let Some(job) = self.jobs.get_mut(&id) else {
+                return true;
+            };
+            if job.record.state != JobState::Running || !job.queue.is_empty() {
+                return true;
+            }
+            if job.borrowed.is_empty() {
+                if free == 0 || job.borrow_at.is_some_and(|at| now < at) {
+                    return true;
+                }
+                match self.db.borrow(id, free) {
+                    Ok(found) => {
+                        for object in found {
+                            let record = Arc::new(object.record);
+                            job.borrowed
+                                .extend(object.chunks.into_iter().map(|(chunk, c)| {
+                                    BorrowedChunk {
+                                        file: object.file,
+                                        chunk,
+                                        object: record.clone(),
+                                        record: c,
+                                    }
+                                }));
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot borrow chunks of job {id}: {e}"),
+                }
+                if job.borrowed.is_empty() {
+                    job.borrow_at = Some(now + BORROW_EVERY);
+                    return true;
+                }
+            }
+            let Some(front) = job.borrowed.front() else {
+                return true;
+            };
+            let range = front.object.chunk_range(front.chunk);
+            let bytes = range.end - range.start;
+            if let Some(at) = self.pacer.wait_until(now) {
+                self.paced_until = Some(at);
+                return true;
+            }
+            if !self.gate.try_admit(bytes) {
+                return false;
+            }
+            if self.pacer.rate().is_some() {
+                self.pacer.take(bytes, now);
+                self.paced_turn = self.paced_turn.wrapping_add(1);
+            }
+            let Some(borrowed) = job.borrowed.pop_front() else {
+                return true;
+            };
+            job.in_flight += 1;
+            let Some(job) = self.jobs.get(&id) else {
+                return true;
+            };
+            let started = Event::ChunkStarted {
+                job: id,
+                key: borrowed.object.key.clone(),
+                file: borrowed.file,
+                chunk: borrowed.chunk,
+                attempt: borrowed.record.attempts,
+                bytes,
+            };
+            let task = ChunkTask {
+                job: id,
+                file: borrowed.file,
+                chunk: borrowed.chunk,
+                reserved: bytes,
+                work: self.chunk_work(job, &borrowed.object, borrowed.chunk),
+                borrowed: Some(Box::new(borrowed)),
+            };
+            // Its claim is durable already (the borrow wrote it).
+            self.persist(
+                Vec::new(),
+                vec![After::Emit(started), After::StartChunk(Box::new(task))],
+            );
         }
     }
 
@@ -120,8 +212,14 @@ impl Scheduler {
         let budget = self.gate.budget();
         let mut writes = Vec::new();
         let mut after = Vec::new();
+        let lends = self.shared && job.sink.limits().shared_blocks;
+        let mut lent: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (file, chunk) in read.lent {
+            lent.entry(file).or_default().push(chunk);
+        }
         for (index, record, chunks) in read.objects {
             let mut object = ObjectRun::load(id, index, record, chunks, sequential);
+            object.still_lent(lent.remove(&index).unwrap_or_default());
             let largest = object.record.chunk_size.min(object.record.size);
             if object.active() && largest > budget {
                 let error = ErrorRecord {
@@ -141,6 +239,9 @@ impl Scheduler {
                 writes.extend(step.writes);
                 after.extend(step.events.into_iter().map(After::Emit));
                 after.push(After::Release(id, index, object.generation));
+            }
+            if lends {
+                writes.extend(object.lend(outcomes::lend_keep(limit)).writes);
             }
             if job.hold(object) {
                 job.enqueue(index);
@@ -165,8 +266,6 @@ impl Scheduler {
             return;
         };
         job.in_flight += 1;
-        let (source, sink) = (job.source.clone(), job.sink.clone());
-        let options = &job.record.options;
         // An earlier begin whose session was never recorded (a crash came between) may have
         // left an upload at the store; this begin is recorded before it is sent.
         let unrecorded_since_ms = object
@@ -176,40 +275,23 @@ impl Scheduler {
             .then_some(object.record.begun_ms)
             .flatten();
         let step = object.claim(work, now_ms());
-        let record = &object.record;
-        let target = Target {
-            sink: sink.clone(),
-            key: record.dest_key.clone(),
-            session: record.session.clone(),
-            create_only: options.if_exists.create_only(),
-            tier: options.access_tier,
-            storage_class: options.storage_class,
+        let Some(job) = self.jobs.get(&id) else {
+            return;
         };
+        let Some(object) = job.files.get(&file) else {
+            return;
+        };
+        let record = &object.record;
+        let options = &job.record.options;
+        let target = target(job, record);
         let start = match work {
             Work::Chunk(index) => After::StartChunk(Box::new(ChunkTask {
                 job: id,
                 file,
                 chunk: index,
                 reserved,
-                work: ChunkWork {
-                    source,
-                    checksum: sink.checksum_kind(options.checksum_or(self.config.checksum)),
-                    target,
-                    key: record.key.clone(),
-                    etag: record.etag.clone(),
-                    version_id: record.version_id.clone(),
-                    range: record.chunk_range(index),
-                    index,
-                    last: index + 1 == record.chunk_count,
-                    block_id: plan::block_id(&record.etag, record.size, record.chunk_size, index),
-                    whole: record
-                        .is_single_put()
-                        .then(|| destination_meta(record, None)),
-                    buffers: self.buffers.clone(),
-                    invalid_metadata: options.invalid_metadata,
-                    copy_tags: options.copy_tags,
-                    server: job.server.clone(),
-                },
+                work: self.chunk_work(job, record, index),
+                borrowed: None,
             })),
             Work::Commit => {
                 let crc = ObjectCrc::of(
@@ -235,7 +317,7 @@ impl Scheduler {
                             .as_ref()
                             .is_some_and(|s| s.pins_before_commit())
                             .then(|| transfer::SourcePin {
-                                source: source.clone(),
+                                source: job.source.clone(),
                                 key: record.key.clone(),
                                 etag: record.etag.clone(),
                                 version_id: record.version_id.clone(),
@@ -248,7 +330,7 @@ impl Scheduler {
                 job: id,
                 file,
                 work: BeginWork {
-                    source,
+                    source: job.source.clone(),
                     target: Target {
                         session: None,
                         ..target
@@ -265,6 +347,32 @@ impl Scheduler {
         let mut after: Vec<After> = step.events.into_iter().map(After::Emit).collect();
         after.push(start);
         self.persist(step.writes, after);
+    }
+
+    /// What moving chunk `index` of object `record` of `job` takes, whoever owns the object.
+    fn chunk_work(&self, job: &JobRun, record: &FileRecord, index: u32) -> ChunkWork {
+        let options = &job.record.options;
+        ChunkWork {
+            source: job.source.clone(),
+            checksum: job
+                .sink
+                .checksum_kind(options.checksum_or(self.config.checksum)),
+            target: target(job, record),
+            key: record.key.clone(),
+            etag: record.etag.clone(),
+            version_id: record.version_id.clone(),
+            range: record.chunk_range(index),
+            index,
+            last: index + 1 == record.chunk_count,
+            block_id: plan::block_id(&record.etag, record.size, record.chunk_size, index),
+            whole: record
+                .is_single_put()
+                .then(|| destination_meta(record, None)),
+            buffers: self.buffers.clone(),
+            invalid_metadata: options.invalid_metadata,
+            copy_tags: options.copy_tags,
+            server: job.server.clone(),
+        }
     }
 
     /// Gives up uploads that will not be committed, in the background.
@@ -332,6 +440,7 @@ impl Scheduler {
             chunk,
             reserved,
             work,
+            borrowed,
         } = task;
         let one_thread = work.source.blocking_io() && work.target.sink.blocking_io();
         self.work.spawn(async move {
@@ -352,6 +461,7 @@ impl Scheduler {
                     latency_ms: start.elapsed().as_millis() as u64,
                 },
                 result,
+                borrowed,
             }
         });
     }
@@ -376,6 +486,19 @@ impl Scheduler {
                 result,
             }
         });
+    }
+}
+
+/// Where object `record` of `job` goes, and how.
+fn target(job: &JobRun, record: &FileRecord) -> Target {
+    let options = &job.record.options;
+    Target {
+        sink: job.sink.clone(),
+        key: record.dest_key.clone(),
+        session: record.session.clone(),
+        create_only: options.if_exists.create_only(),
+        tier: options.access_tier,
+        storage_class: options.storage_class,
     }
 }
 

@@ -33,7 +33,7 @@ use super::bwlimit::{BwLimit, Pacer};
 use super::control::{Change, Controller, Outcome};
 use super::gate::Gate;
 use super::metrics::Metrics;
-use super::model::JobRun;
+use super::model::{BorrowedChunk, JobRun};
 use super::object::{ObjectRun, Rules, Step, Timing, Wake, Work};
 use super::plan::{self, PlanRequest, PlanSummary};
 use super::snapshot::{
@@ -85,6 +85,8 @@ struct ChunkTask {
     chunk: u32,
     reserved: u64,
     work: ChunkWork,
+    /// Set for a chunk borrowed from another worker's object.
+    borrowed: Option<Box<BorrowedChunk>>,
 }
 
 struct CommitTask {
@@ -108,6 +110,7 @@ enum Finished {
         reserved: u64,
         timing: Timing,
         result: StoreResult<ChunkMoved>,
+        borrowed: Option<Box<BorrowedChunk>>,
     },
     Commit {
         job: JobId,
@@ -284,6 +287,8 @@ struct Scheduler {
     moved: Moved,
     /// When the shared state was last looked at for jobs other workers run.
     discovered_at: Option<Instant>,
+    /// With a shared state: when the chunks this worker lent were last looked at.
+    lent_read_at: Option<Instant>,
     /// The state is shared with other workers: this engine claims what it works on.
     shared: bool,
     /// Jobs of other workers this one could not open (said once).
@@ -392,6 +397,7 @@ pub(super) async fn run(
         reload_after_unload: BTreeMap::new(),
         moved: Moved::default(),
         discovered_at: None,
+        lent_read_at: None,
         shared,
         discovery_refused: Arc::default(),
     };

@@ -7,6 +7,9 @@ use crate::engine::control::ChosenConcurrency;
 /// How often a running job a view looks at is read again from the state file.
 const WATCH_READ_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a worker of a shared state looks at the chunks it lent.
+const LENT_READ_EVERY: Duration = Duration::from_millis(500);
+
 /// How often a worker of a shared state looks for jobs other workers planned.
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
@@ -331,12 +334,59 @@ impl Scheduler {
             bytes_moved: self.moved.bytes,
         });
         self.follow_job_states();
+        self.follow_lent(now);
         let due = self
             .discovered_at
             .is_none_or(|at| now.duration_since(at) >= DISCOVER_EVERY);
         if due && !self.config.exit_when_idle && self.stopping.is_none() && self.loading == 0 {
             self.discovered_at = Some(now);
             self.discover();
+        }
+    }
+
+    /// With a shared state, every [`LENT_READ_EVERY`]: learns how the chunks this worker lent
+    /// stand (moved ones count as acknowledged, given-back ones are sent here), and takes
+    /// back as many as slots are free of those nobody borrowed, for an object with nothing
+    /// else ready.
+    fn follow_lent(&mut self, now: Instant) {
+        if self
+            .lent_read_at
+            .is_some_and(|at| now.duration_since(at) < LENT_READ_EVERY)
+        {
+            return;
+        }
+        self.lent_read_at = Some(now);
+        let mut free = self.gate.limit().saturating_sub(self.gate.in_flight()) as usize;
+        let mut asks = Vec::new();
+        for (id, job) in &self.jobs {
+            for (file, object) in &job.files {
+                if object.lent.is_empty() || !object.active() {
+                    continue;
+                }
+                let take_back = if object.ready.is_empty() {
+                    let take = free.min(object.lent.len());
+                    free -= take;
+                    take
+                } else {
+                    0
+                };
+                let chunks: Vec<u32> = object.lent.iter().copied().collect();
+                asks.push((*id, *file, chunks, take_back));
+            }
+        }
+        for (id, file, chunks, take_back) in asks {
+            let answers = match self.db.lent(id, file, &chunks, take_back) {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::warn!("cannot read the chunks job {id} lent: {e}");
+                    return;
+                }
+            };
+            let Some(object) = self.jobs.get_mut(&id).and_then(|j| j.files.get_mut(&file)) else {
+                continue;
+            };
+            let step = object.on_lent(answers);
+            self.apply(id, file, step, false);
         }
     }
 

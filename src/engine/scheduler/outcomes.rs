@@ -4,6 +4,16 @@
 use super::*;
 use crate::engine::model::drained_end;
 
+/// How long a worker whose own credentials or permissions failed a borrowed chunk leaves
+/// lent chunks to the others.
+const BORROW_PAUSE: Duration = Duration::from_secs(30);
+
+/// Ready chunks an owner keeps for itself when it lends the rest: enough to fill its slots
+/// twice over until it next looks at what it lent.
+pub(super) fn lend_keep(limit: u32) -> usize {
+    (2 * limit as usize).max(2)
+}
+
 impl Scheduler {
     pub(super) fn on_finished(&mut self, finished: Finished) {
         match finished {
@@ -14,10 +24,14 @@ impl Scheduler {
                 reserved,
                 timing,
                 result,
+                borrowed,
             } => {
                 self.gate.release(reserved);
                 self.observe(job, timing.latency_ms, &result);
-                self.chunk_finished(job, file, chunk, timing, result);
+                match borrowed {
+                    Some(borrowed) => self.borrowed_finished(job, *borrowed, timing, result),
+                    None => self.chunk_finished(job, file, chunk, timing, result),
+                }
                 self.check_finished(job);
             }
             Finished::Commit { job, file, result } => {
@@ -41,7 +55,7 @@ impl Scheduler {
     /// whenever a begin, check or commit is due) goes ahead of objects not begun yet, so a
     /// job does not open every object's session before any chunk moves. Uploads are given up
     /// only once the writes that drop them are durable.
-    fn apply(&mut self, id: JobId, file: u32, mut step: Step, first: bool) {
+    pub(super) fn apply(&mut self, id: JobId, file: u32, mut step: Step, first: bool) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -54,6 +68,10 @@ impl Scheduler {
                 step.timers.clear();
                 step.writes.extend(object.reopen());
             }
+        }
+        if self.shared && job.sink.limits().shared_blocks {
+            let lent = object.lend(lend_keep(self.gate.limit()));
+            step.writes.extend(lent.writes);
         }
         let now = Instant::now();
         for (delay, wake) in step.timers {
@@ -105,6 +123,48 @@ impl Scheduler {
         };
         let step = object.on_chunk(index, timing, result, &rules);
         self.apply(id, file, step, false);
+    }
+
+    /// A chunk borrowed from another worker's object came back: given back recorded, moved
+    /// or with its error for its owner to retry. A worker whose own credentials or
+    /// permissions fail stops borrowing for a while rather than fail another's chunks.
+    fn borrowed_finished(
+        &mut self,
+        id: JobId,
+        borrowed: BorrowedChunk,
+        timing: Timing,
+        result: StoreResult<ChunkMoved>,
+    ) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.in_flight = job.in_flight.saturating_sub(1);
+        let mut after = Vec::new();
+        match &result {
+            Ok(moved) => after.push(After::Emit(Event::ChunkCompleted {
+                job: id,
+                key: borrowed.object.key.clone(),
+                file: borrowed.file,
+                chunk: borrowed.chunk,
+                bytes: moved.bytes,
+                latency_ms: timing.latency_ms,
+            })),
+            Err(err) => {
+                tracing::warn!(
+                    key = %borrowed.object.key,
+                    chunk = borrowed.chunk,
+                    "a borrowed chunk goes back to its owner: {err}"
+                );
+                if err.class.stops_job() {
+                    job.borrow_at = Some(Instant::now() + BORROW_PAUSE);
+                }
+            }
+        }
+        let record = crate::engine::object::borrowed_back(borrowed.record, timing, &result);
+        self.persist(
+            vec![Write::Borrowed(id, borrowed.file, borrowed.chunk, record)],
+            after,
+        );
     }
 
     fn begin_finished(&mut self, id: JobId, file: u32, result: StoreResult<Begun>) {

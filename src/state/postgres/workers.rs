@@ -349,7 +349,9 @@ pub(super) fn reap(s: &mut Session<'_>) -> Result<usize, StateError> {
 
 /// Gives back the objects the workers of `epochs` claimed (in job `job` only, when given: a
 /// worker that ended it there): their chunks in flight return to pending (through the batch
-/// rule, so every index stays true) and nobody owns them. Returns how many objects.
+/// rule, so every index stays true) and nobody owns them. Chunks they borrowed go back to
+/// their objects' owners; chunks other workers borrowed of their objects stay with those
+/// workers. Returns how many objects.
 pub(super) fn give_back(
     s: &mut Session<'_>,
     epochs: &[i64],
@@ -358,7 +360,8 @@ pub(super) fn give_back(
     let job = job.map(|j| i64::try_from(j).unwrap_or(i64::MAX));
     let rows = s.query(
         "SELECT c.job, c.obj, c.idx, c.record FROM blobway_chunks c JOIN blobway_objects o \
-         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight AND o.owner = ANY($1) \
+         ON o.job = c.job AND o.idx = c.obj WHERE c.in_flight \
+         AND ((c.hand IS NULL AND o.owner = ANY($1)) OR c.hand = ANY($1)) \
          AND ($2::bigint IS NULL OR o.job = $2)",
         &[&epochs, &job],
     )?;
