@@ -1449,12 +1449,12 @@ fn print_workers(
         return;
     }
     println!(
-        "{:<24}  {:<16}  {:<7}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
+        "{:<24}  {:<16}  {:<11}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
         "NAME", "HOST", "STATE", "HEARTBEAT", "IN FLIGHT", "CHUNKS", "BYTES", "CLAIMED"
     );
     for w in workers {
         println!(
-            "{:<24}  {:<16}  {:<7}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
+            "{:<24}  {:<16}  {:<11}  {:>9}  {:>9}  {:>8}  {:>10}  {:>7}",
             w.name,
             w.host,
             w.state,
@@ -1464,6 +1464,11 @@ fn print_workers(
             blobway::size::human(u64::try_from(w.bytes_moved).unwrap_or(0)),
             w.claimed
         );
+    }
+    for w in workers {
+        if let Some(reason) = &w.quarantine {
+            println!("{} stepped aside: {reason}", w.name);
+        }
     }
 }
 

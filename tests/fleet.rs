@@ -616,8 +616,65 @@ fn behind(
             azurite_connection_string_at(&proxy.url),
         ),
         ("BLOBWAY_WORKER_LEASE", "5".to_string()),
+        ("BLOBWAY_LOG", "info,blobway::engine=debug".to_string()),
     ];
     Worker::start_with(state, name, home, "12M", &env)
+}
+
+/// A worker whose credentials the destination refuses steps aside (quarantined: its claims go
+/// back, and it says why in `blobway workers`) instead of failing objects; the other worker
+/// finishes the job with no object failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_given_bad_credentials_steps_aside_and_fails_no_object() {
+    let objects: Vec<(String, usize, u64)> = (0..12u64)
+        .map(|i| (format!("q-{i:02}.bin"), 2 * 1024 * 1024 + 321, 700 + i))
+        .chain((0..12u64).map(|i| (format!("s-{i:02}.bin"), 50_000, 800 + i)))
+        .collect();
+    let m = Migration::new("quarantine", &objects).await;
+    let state = m.state.clone();
+    let w1 = Worker::start_with(&state, "w1", None, "4M", &[]);
+    // The right account, a wrong key: Azurite refuses every request's signature.
+    let wrong_key = azurite_connection_string().replace(
+        blobway::store::azure::AZURITE_KEY,
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==",
+    );
+    assert_ne!(wrong_key, azurite_connection_string());
+    let w2 = Worker::start_with(
+        &state,
+        "w2",
+        None,
+        "4M",
+        &[("AZURE_STORAGE_CONNECTION_STRING", wrong_key)],
+    );
+    m.ask(&w1).await;
+    wait_until("w2 stepped aside", LONG, || {
+        fleet(&state)
+            .get("w2")
+            .is_some_and(|w| w["state"] == "quarantined")
+    });
+    let listed = run(blobway(Path::new(&state)).arg("workers"));
+    assert!(
+        listed.stdout.contains("w2 stepped aside") && listed.stdout.contains("AUTH"),
+        "{}",
+        listed.stdout
+    );
+    m.assert_done_whole().await;
+    let jobs = run(blobway(Path::new(&state)).args(["jobs", "--json"]));
+    let job: serde_json::Value = serde_json::from_str(jobs.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(job["progress"]["files_failed"], 0, "{job}");
+    assert_eq!(job["progress"]["files_done"], 24, "{job}");
+    assert_eq!(
+        number(
+            &state,
+            "SELECT count(*) FROM blobway_objects WHERE owner IS NOT NULL"
+        ),
+        0,
+        "w2 gave back what it claimed"
+    );
+    let fleet = fleet(&state);
+    assert_eq!(fleet["w2"]["chunks_moved"], 0, "{fleet:?}");
+    assert_eq!(fleet["w2"]["state"], "quarantined", "{fleet:?}");
+    drop((w1, w2));
 }
 
 /// The Put Block requests a proxy forwarded that the store took (201): (blob path, block ID).

@@ -13,6 +13,7 @@ pub mod check;
 pub mod control;
 pub mod filter;
 pub mod gate;
+mod health;
 pub mod metrics;
 mod model;
 mod object;

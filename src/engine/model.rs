@@ -89,6 +89,19 @@ pub(super) struct JobRun {
     pub(super) borrowed: VecDeque<BorrowedChunk>,
     /// When lent chunks may next be looked for (none were found, or the look failed).
     pub(super) borrow_at: Option<tokio::time::Instant>,
+    /// With a shared state: this worker stepped aside from the job (its own credentials or
+    /// network failed); the other workers go on with it.
+    pub(super) quarantine: Option<Quarantine>,
+}
+
+/// A worker stepped aside from a job for a while ([`crate::engine::health`]).
+pub(super) struct Quarantine {
+    /// Why, as said to the operator.
+    pub(super) reason: String,
+    /// When it tries the job again.
+    pub(super) until: tokio::time::Instant,
+    /// Its claims went back once nothing of the job was in flight here.
+    pub(super) released: bool,
 }
 
 /// A chunk of another worker's object, borrowed to move and give back
@@ -128,6 +141,7 @@ impl JobRun {
             rescan_at: None,
             borrowed: VecDeque::new(),
             borrow_at: None,
+            quarantine: None,
         }
     }
 
@@ -181,6 +195,18 @@ impl JobRun {
                 self.queue.retain(|f| *f != file);
             }
         }
+    }
+
+    /// Forgets every object of the window and every chunk borrowed, once nothing of the job is
+    /// in flight and a [`crate::state::Write::LetGo`] of it is on its way: they are the
+    /// other workers' now, and are read (claimed) afresh from the state later.
+    pub(super) fn forget_claims(&mut self) {
+        self.files.clear();
+        self.chunks_held = 0;
+        self.clear_queue();
+        self.borrowed.clear();
+        self.cursor = None;
+        self.exhausted = false;
     }
 
     /// Starts the cursor over (failed objects were reopened behind it).

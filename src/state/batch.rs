@@ -278,6 +278,8 @@ pub(super) fn apply(t: &mut impl Txn, writes: &[Write]) -> Result<(), StateError
                         .max(*id);
                     t.set_meta(LAST_JOB_ID, &highest.to_string())?;
                     t.set_job(*id, None)?;
+                    // Recorded as starting with the job; nothing is listed now.
+                    t.set_listing(*id, None)?;
                     deltas.remove(id);
                     let route = route_key(&record.source, &record.destination);
                     if t.route(&route)? == Some(*id) {

@@ -31,6 +31,7 @@ pub struct Lease {
     in_flight: AtomicU64,
     chunks_moved: AtomicU64,
     bytes_moved: AtomicU64,
+    quarantine: Mutex<Option<String>>,
 }
 
 /// What a worker reports with each heartbeat.
@@ -56,6 +57,7 @@ impl Lease {
             in_flight: AtomicU64::new(0),
             chunks_moved: AtomicU64::new(0),
             bytes_moved: AtomicU64::new(0),
+            quarantine: Mutex::new(None),
         }
     }
 
@@ -103,6 +105,20 @@ impl Lease {
             .store(activity.bytes_moved, Ordering::Relaxed);
     }
 
+    /// Records why the worker stepped aside from jobs (`None`: it works on every job), for
+    /// the next heartbeat.
+    pub fn quarantine(&self, reason: Option<String>) {
+        *self.quarantine.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Why the worker stepped aside, as last recorded.
+    pub fn quarantined(&self) -> Option<String> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// What the engine last reported.
     pub fn activity(&self) -> Activity {
         Activity {
@@ -133,8 +149,13 @@ pub struct WorkerRecord {
     pub version: String,
     /// Its fencing epoch (a new one each time it joins).
     pub epoch: i64,
-    /// `running`, `expired` (its lease ran out: its claims went back) or `left`.
+    /// `running`, `quarantined` (running, but it stepped aside from jobs: its own
+    /// credentials or network failed), `expired` (its lease ran out: its claims went back) or
+    /// `left`.
     pub state: String,
+    /// Why it stepped aside, while it is quarantined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
     /// When it joined (RFC 3339, the database's clock).
     pub started: String,
     /// Its last heartbeat (RFC 3339, the database's clock).

@@ -128,6 +128,7 @@ ALTER TABLE blobway_listings ADD COLUMN IF NOT EXISTS owner bigint;
 CREATE INDEX IF NOT EXISTS blobway_objects_by_owner ON blobway_objects (owner)
     WHERE owner IS NOT NULL;
 ALTER TABLE blobway_chunks ADD COLUMN IF NOT EXISTS hand bigint;
+ALTER TABLE blobway_workers ADD COLUMN IF NOT EXISTS quarantine text;
 CREATE INDEX IF NOT EXISTS blobway_chunks_lent ON blobway_chunks (job, obj, idx)
     WHERE hand IS NOT NULL;
 "#;

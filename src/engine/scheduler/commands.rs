@@ -240,8 +240,16 @@ impl Scheduler {
         self.background.spawn(async move {
             if let Some(record) = first_record {
                 let db = db.clone();
-                let recorded =
-                    tokio::task::spawn_blocking(move || db.apply(&[Write::Job(record)])).await;
+                // Its listing is recorded as starting with it, this engine's: another worker
+                // of a shared state that finds the job before its first page leaves it to
+                // this one (`Backend::take_listing`) instead of planning it too.
+                let listing = crate::state::index::Listing {
+                    after: None,
+                    fresh: true,
+                    summary: serde_json::Value::Null,
+                };
+                let writes = [Write::Job(record), Write::Listing(job, Some(listing))];
+                let recorded = tokio::task::spawn_blocking(move || db.apply(&writes)).await;
                 let failure = match recorded {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),

@@ -21,6 +21,10 @@ impl Scheduler {
             ids.rotate_left(turn);
         }
         for id in ids {
+            // A job this worker stepped aside from is the other workers' for now.
+            if self.jobs.get(&id).is_some_and(|j| j.quarantine.is_some()) {
+                continue;
+            }
             // A job that does not run reads only to learn whether anything is left (a paused
             // job with nothing left is over).
             if self
@@ -95,6 +99,11 @@ impl Scheduler {
                 }
                 match self.db.borrow(id, free) {
                     Ok(found) => {
+                        tracing::debug!(
+                            job = id,
+                            chunks = found.iter().map(|o| o.chunks.len()).sum::<usize>(),
+                            "borrowed chunks other workers lent"
+                        );
                         for object in found {
                             let record = Arc::new(object.record);
                             job.borrowed

@@ -285,6 +285,8 @@ struct Scheduler {
     reload_after_unload: BTreeMap<JobId, crate::state::index::Reopen>,
     /// What this engine moved, reported with its lease's heartbeat when the state is shared.
     moved: Moved,
+    /// With a shared state: whether this worker's failures are its own.
+    health: super::health::Health,
     /// When the shared state was last looked at for jobs other workers run.
     discovered_at: Option<Instant>,
     /// With a shared state: when the chunks this worker lent were last looked at.
@@ -396,6 +398,7 @@ pub(super) async fn run(
         listings: BTreeMap::new(),
         reload_after_unload: BTreeMap::new(),
         moved: Moved::default(),
+        health: Default::default(),
         discovered_at: None,
         lent_read_at: None,
         shared,

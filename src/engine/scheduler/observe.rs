@@ -334,6 +334,7 @@ impl Scheduler {
             bytes_moved: self.moved.bytes,
         });
         self.follow_job_states();
+        self.follow_quarantines(now, &lease);
         self.follow_lent(now);
         let due = self
             .discovered_at
@@ -341,6 +342,38 @@ impl Scheduler {
         if due && !self.config.exit_when_idle && self.stopping.is_none() && self.loading == 0 {
             self.discovered_at = Some(now);
             self.discover();
+        }
+    }
+
+    /// Jobs this worker stepped aside from: once nothing of one is in flight here its claims
+    /// go back (and the window forgets them); once its time is up it is tried again. The
+    /// lease says why, for `blobway workers`.
+    fn follow_quarantines(&mut self, now: Instant, lease: &crate::state::lease::Lease) {
+        let mut writes = Vec::new();
+        let mut after = Vec::new();
+        let mut reasons = Vec::new();
+        for (id, job) in &mut self.jobs {
+            let Some(quarantine) = &mut job.quarantine else {
+                continue;
+            };
+            if !quarantine.released && job.in_flight == 0 {
+                quarantine.released = true;
+                writes.push(Write::LetGo(*id));
+                job.forget_claims();
+            } else if quarantine.released && now >= quarantine.until {
+                job.quarantine = None;
+                let message = format!("this worker tries job {id} again");
+                tracing::info!("{message}");
+                after.push(After::Emit(Event::Notice { message }));
+                continue;
+            }
+            if let Some(q) = &job.quarantine {
+                reasons.push(format!("job {id}: {}", q.reason));
+            }
+        }
+        lease.quarantine((!reasons.is_empty()).then(|| reasons.join("; ")));
+        if !writes.is_empty() || !after.is_empty() {
+            self.persist(writes, after);
         }
     }
 

@@ -4,10 +4,6 @@
 use super::*;
 use crate::engine::model::drained_end;
 
-/// How long a worker whose own credentials or permissions failed a borrowed chunk leaves
-/// lent chunks to the others.
-const BORROW_PAUSE: Duration = Duration::from_secs(30);
-
 /// Ready chunks an owner keeps for itself when it lends the rest: enough to fill its slots
 /// twice over until it next looks at what it lent.
 pub(super) fn lend_keep(limit: u32) -> usize {
@@ -16,6 +12,16 @@ pub(super) fn lend_keep(limit: u32) -> usize {
 
 impl Scheduler {
     pub(super) fn on_finished(&mut self, finished: Finished) {
+        if self.shared {
+            let (job, error) = match &finished {
+                Finished::Chunk { job, result, .. } => (*job, result.as_ref().err()),
+                Finished::Commit { job, result, .. } => (*job, result.as_ref().err()),
+                Finished::Begin { job, result, .. } => (*job, result.as_ref().err()),
+            };
+            if let Some(reason) = self.health.observe(error) {
+                self.quarantine(job, reason);
+            }
+        }
         match finished {
             Finished::Chunk {
                 job,
@@ -85,7 +91,11 @@ impl Scheduler {
             job.enqueue(file);
         }
         let mut writes = step.writes;
-        if let Some(reason) = step.stop_job {
+        // A worker of a shared state steps aside instead ([`Scheduler::quarantine`]): the
+        // job goes on with the others.
+        if let Some(reason) = step.stop_job
+            && !self.shared
+        {
             stop(job, reason, &mut writes);
         }
         let mut after: Vec<After> = step.events.into_iter().map(After::Emit).collect();
@@ -96,6 +106,33 @@ impl Scheduler {
             after.push(After::Release(id, file, generation));
         }
         self.persist(writes, after);
+    }
+
+    /// With a shared state: this worker steps aside from job `id` for
+    /// [`QUARANTINE`](crate::engine::health::QUARANTINE), its own credentials, disk or
+    /// network having failed. Nothing new of the job starts here; once nothing of it is in
+    /// flight its claims go back to the other workers ([`Scheduler::follow_quarantines`]),
+    /// and no object spends an attempt meanwhile.
+    fn quarantine(&mut self, id: JobId, reason: String) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.quarantine.is_some() {
+            return;
+        }
+        let message = format!(
+            "this worker steps aside from job {id} for {} s and leaves it to the other \
+             workers: {reason}",
+            crate::engine::health::QUARANTINE.as_secs()
+        );
+        tracing::warn!("{message}");
+        job.clear_queue();
+        job.quarantine = Some(crate::engine::model::Quarantine {
+            reason,
+            until: Instant::now() + crate::engine::health::QUARANTINE,
+            released: false,
+        });
+        self.persist(Vec::new(), vec![After::Emit(Event::Notice { message })]);
     }
 
     /// The job and object a finished unit of work belongs to, its slot in flight given back.
@@ -126,8 +163,7 @@ impl Scheduler {
     }
 
     /// A chunk borrowed from another worker's object came back: given back recorded, moved
-    /// or with its error for its owner to retry. A worker whose own credentials or
-    /// permissions fail stops borrowing for a while rather than fail another's chunks.
+    /// or with its error for its owner to retry.
     fn borrowed_finished(
         &mut self,
         id: JobId,
@@ -155,9 +191,6 @@ impl Scheduler {
                     chunk = borrowed.chunk,
                     "a borrowed chunk goes back to its owner: {err}"
                 );
-                if err.class.stops_job() {
-                    job.borrow_at = Some(Instant::now() + BORROW_PAUSE);
-                }
             }
         }
         let record = crate::engine::object::borrowed_back(borrowed.record, timing, &result);

@@ -195,7 +195,7 @@ impl PgState {
             s.execute(
                 "UPDATE blobway_workers SET heartbeat_at = clock_timestamp(), \
                  lease_until = clock_timestamp() + make_interval(secs => $2), in_flight = $3, \
-                 chunks_moved = $4, bytes_moved = $5 \
+                 chunks_moved = $4, bytes_moved = $5, quarantine = $6 \
                  WHERE epoch = $1 AND state = 'running' AND lease_until > clock_timestamp()",
                 &[
                     &lease.epoch,
@@ -203,6 +203,7 @@ impl PgState {
                     &clamp(activity.in_flight),
                     &clamp(activity.chunks_moved),
                     &clamp(activity.bytes_moved),
+                    &lease.quarantined(),
                 ],
             )
         })? == 1;
@@ -258,13 +259,14 @@ impl PgState {
             let rows = s.query(
                 "SELECT w.name, w.host, w.pid, w.version, w.epoch, \
                  CASE WHEN w.state = 'running' AND w.lease_until <= clock_timestamp() \
-                 THEN 'expired' ELSE w.state END, \
+                 THEN 'expired' WHEN w.state = 'running' AND w.quarantine IS NOT NULL \
+                 THEN 'quarantined' ELSE w.state END, \
                  to_char(w.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                  to_char(w.heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                  EXTRACT(EPOCH FROM clock_timestamp() - w.heartbeat_at)::float8, \
                  w.in_flight, w.chunks_moved, w.bytes_moved, \
                  (SELECT count(*) FROM blobway_objects o WHERE o.owner = w.epoch \
-                 AND o.state = ANY($1)) \
+                 AND o.state = ANY($1)), w.quarantine \
                  FROM blobway_workers w \
                  ORDER BY (w.state = 'running' AND w.lease_until > clock_timestamp()) DESC, w.name",
                 &[&super::codes(&crate::state::index::UNDER_WAY)],
@@ -285,6 +287,9 @@ impl PgState {
                     chunks_moved: row.get(10),
                     bytes_moved: row.get(11),
                     claimed: row.get(12),
+                    quarantine: row
+                        .get::<_, Option<String>>(13)
+                        .filter(|_| row.get::<_, String>(5) == "quarantined"),
                 })
                 .collect())
         })
