@@ -15,7 +15,9 @@
 # the bytes that pass through blobway; (d), the engine alone on 1,000,000 synthetic objects
 # (`cargo bench --bench scale`, its own table); and (h), the adaptive controller against link
 # models and over a real socket to Azurite through a shaping proxy, swept at fixed limits
-# (`cargo bench --bench controller`, its own tables; about 20 minutes). Runs alternate tools so drift hits every tool
+# (`cargo bench --bench controller`, its own tables; about 20 minutes); and (k), a fleet of one
+# and of three `blobway serve` workers on one PostgreSQL state, each behind its own capped link
+# (`cargo bench --bench fleet`, its own table; about 2 minutes). Runs alternate tools so drift hits every tool
 # alike. Every copy is verified (MD5 at Azurite; file by file for local folders). Installs what
 # it needs: rclone (Debian), Azurite (npm), s3s-fs (crates.io), AzCopy (npm) for (f).
 set -euo pipefail
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 
 pairs="${BENCH_PAIRS:-3}"
-scenarios="${BENCH_SCENARIOS:-a b c d e f g h}"
+scenarios="${BENCH_SCENARIOS:-a b c d e f g h k}"
 rclone_best=(--transfers 16 --azureblob-chunk-size 16M --azureblob-upload-concurrency 16 --s3-chunk-size 64M)
 
 emulators_install
@@ -234,7 +236,7 @@ for pair in $(seq 1 "$pairs"); do
   for s in $scenarios; do
     run=$((run + 1))
     case $s in
-      d|h) continue ;;
+      d|h|k) continue ;;
       e)
         measure_local blobway "$work/out-e-$run-b" "$blobway" --no-daemon \
           --state "$work/state-$run.redb" copy "$work/data/e/" "$work/out-e-$run-b/"
@@ -331,12 +333,19 @@ if [[ " $scenarios " == *" h "* ]]; then
   log "scenario h: the controller against link models and a real socket"
   controller="$(cargo bench --quiet --bench controller 2>/dev/null)"
 fi
+fleet=""
+if [[ " $scenarios " == *" k "* ]]; then
+  log "scenario k: a fleet of workers on one PostgreSQL state"
+  postgres_start
+  fleet="$(cargo bench --quiet --bench fleet 2>/dev/null)"
+fi
 echo
 echo "Benchmark $(date -u +%Y-%m-%d), $machine, $pairs pairs"
 echo
 echo "$table"
 [ -n "$scale" ] && { echo; echo "(d) the engine alone (cargo bench --bench scale):"; echo; echo "$scale"; }
 [ -n "$controller" ] && { echo; echo "(h) the controller (cargo bench --bench controller):"; echo; echo "$controller"; }
+[ -n "$fleet" ] && { echo; echo "(k) a fleet of workers (cargo bench --bench fleet):"; echo; echo "$fleet"; }
 if [ -n "${BENCH_RESULTS:-}" ]; then
   {
     echo "# Benchmark results"
