@@ -677,6 +677,83 @@ async fn a_worker_given_bad_credentials_steps_aside_and_fails_no_object() {
     drop((w1, w2));
 }
 
+/// The concurrency and the bandwidth cap set on one worker are obeyed by every worker within
+/// a second or two, and a cap on the fleet's chunks in flight is shared out among the live
+/// workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_shared() {
+    let state = fresh_database();
+    let fleet_cap = [("BLOBWAY_FLEET_MAX_IN_FLIGHT", "5".to_string())];
+    let w1 = Worker::start_with(&state, "w1", None, "1M", &fleet_cap);
+    let w2 = Worker::start_with(&state, "w2", None, "1M", &[]);
+    let api = reqwest::Client::new();
+    let gauge = |w: &Worker, name: &'static str| {
+        let (api, url) = (api.clone(), format!("{}/metrics", w.url));
+        async move {
+            let text = api
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        }
+    };
+    // Five chunks in flight for the fleet: three for w1, two for w2 (by name).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let limits = (
+            gauge(&w1, "blobway_concurrency_limit ").await,
+            gauge(&w2, "blobway_concurrency_limit ").await,
+        );
+        if limits == (3.0, 2.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limits {limits:?}, not (3, 2)");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Lifted: each worker goes back to its own limit.
+    execute(&state, "UPDATE blobway_meta SET value = '' WHERE name = 'setting.fleet_in_flight'");
+    let asked = api
+        .put(format!("{}/v1/concurrency", w1.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "limit": 7 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let asked = api
+        .put(format!("{}/v1/bwlimit", w2.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "bwlimit": "3MiB/s" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let asked_at = Instant::now();
+    loop {
+        let seen = (
+            gauge(&w2, "blobway_concurrency_limit ").await,
+            gauge(&w1, "blobway_bwlimit_bytes_per_second ").await,
+        );
+        if seen == (7.0, 3.0 * 1024.0 * 1024.0) {
+            break;
+        }
+        assert!(
+            asked_at.elapsed() < Duration::from_secs(3),
+            "w2's limit and w1's cap after 3 s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("settings followed after {:?}", asked_at.elapsed());
+    drop((w1, w2));
+}
+
 /// The Put Block requests a proxy forwarded that the store took (201): (blob path, block ID).
 fn put_blocks(proxy: &proxy::Proxy) -> Vec<(String, String)> {
     let answered = proxy.stats.answered.lock().unwrap();

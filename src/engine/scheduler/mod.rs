@@ -13,6 +13,7 @@ mod commands;
 mod dispatch;
 mod intake;
 mod observe;
+mod fleet;
 mod outcomes;
 mod timers;
 
@@ -287,6 +288,8 @@ struct Scheduler {
     moved: Moved,
     /// With a shared state: whether this worker's failures are its own.
     health: super::health::Health,
+    /// With a shared state: the fleet's settings as last read.
+    settings: fleet::SeenSettings,
     /// When the shared state was last looked at for jobs other workers run.
     discovered_at: Option<Instant>,
     /// With a shared state: when the chunks this worker lent were last looked at.
@@ -399,12 +402,16 @@ pub(super) async fn run(
         reload_after_unload: BTreeMap::new(),
         moved: Moved::default(),
         health: Default::default(),
+        settings: Default::default(),
         discovered_at: None,
         lent_read_at: None,
         shared,
         discovery_refused: Arc::default(),
     };
     s.read_history();
+    if s.shared {
+        s.start_following_settings();
+    }
     if let Some(message) = unread_cap {
         tracing::warn!("{message}");
         let _ = s.events.send(Event::Notice { message }).await;

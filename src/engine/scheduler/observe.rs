@@ -46,7 +46,7 @@ impl Scheduler {
     }
 
     pub(super) fn apply_change(&mut self, change: Change) {
-        self.gate.set_limit(change.limit);
+        self.gate.set_limit(self.capped(change.limit));
         // The operator's choices outlive the process; the controller's own moves do not.
         let mut writes = Vec::new();
         if change.decision == crate::engine::control::Decision::Operator {
@@ -335,6 +335,7 @@ impl Scheduler {
         });
         self.follow_job_states();
         self.follow_quarantines(now, &lease);
+        self.follow_settings(now, &lease);
         self.follow_lent(now);
         let due = self
             .discovered_at
