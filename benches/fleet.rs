@@ -88,7 +88,11 @@ impl Worker {
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the worker printed its address");
             if let Some(at) = line.find("http://") {
-                break line[at..].split_whitespace().next().expect("url").to_string();
+                break line[at..]
+                    .split_whitespace()
+                    .next()
+                    .expect("url")
+                    .to_string();
             }
         };
         Worker {
@@ -215,8 +219,7 @@ fn main() {
     let mut files = vec![("big.bin".to_string(), 192usize << 20)];
     files.extend((0..32).map(|i| (format!("small-{i:02}.bin"), 2usize << 20)));
     for (i, (name, size)) in files.iter().enumerate() {
-        std::fs::write(source.path().join(name), random_bytes(*size, i as u64 + 1))
-            .expect("write");
+        std::fs::write(source.path().join(name), random_bytes(*size, i as u64 + 1)).expect("write");
         total += size;
     }
     let mib = total as f64 / MIB;
@@ -224,7 +227,9 @@ fn main() {
         "### a fleet on one PostgreSQL state: {mib:.0} MiB (one file of 192 MiB, 32 of 2 MiB, 1 MiB chunks) → Azurite, each worker behind its own {LINK} MiB/s link"
     );
     println!();
-    println!("| workers | seconds (ask to DONE) | MiB/s | × one worker | chunks moved per worker |");
+    println!(
+        "| workers | seconds (ask to DONE) | MiB/s | × one worker | chunks moved per worker |"
+    );
     println!("|---|---|---|---|---|");
     let mut one = None;
     let mut three = None;

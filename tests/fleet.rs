@@ -718,7 +718,10 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Lifted: each worker goes back to its own limit.
-    execute(&state, "UPDATE blobway_meta SET value = '' WHERE name = 'setting.fleet_in_flight'");
+    execute(
+        &state,
+        "UPDATE blobway_meta SET value = '' WHERE name = 'setting.fleet_in_flight'",
+    );
     let asked = api
         .put(format!("{}/v1/concurrency", w1.url))
         .bearer_auth(TOKEN)
@@ -752,6 +755,56 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
     }
     eprintln!("settings followed after {:?}", asked_at.elapsed());
     drop((w1, w2));
+}
+
+/// A worker given bad credentials with no other worker left to go on (the good one was
+/// killed) records the job FAILED with the reason, as a blobway of its own does, rather than
+/// step aside forever; no object failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_given_bad_credentials_with_nobody_left_fails_the_job_with_the_reason() {
+    let objects: Vec<(String, usize, u64)> = (0..16u64)
+        .map(|i| (format!("q-{i:02}.bin"), 2 * 1024 * 1024 + 99, 1700 + i))
+        .collect();
+    let m = Migration::new("alone", &objects).await;
+    let state = m.state.clone();
+    let w1 = Worker::start_with(&state, "w1", None, "1M", &[]);
+    let wrong_key = azurite_connection_string().replace(
+        blobway::store::azure::AZURITE_KEY,
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==",
+    );
+    let w2 = Worker::start_with(
+        &state,
+        "w2",
+        None,
+        "1M",
+        &[
+            ("AZURE_STORAGE_CONNECTION_STRING", wrong_key),
+            ("BLOBWAY_WORKER_QUARANTINE", "2".to_string()),
+        ],
+    );
+    m.ask(&w1).await;
+    wait_until("w2 stepped aside", LONG, || {
+        fleet(&state)
+            .get("w2")
+            .is_some_and(|w| w["state"] == "quarantined")
+    });
+    drop(w1.kill());
+    wait_until("the job is recorded FAILED", LONG, || {
+        recorded_jobs(blobway(Path::new(&state)))
+            .first()
+            .is_some_and(|j| j["state"] == "FAILED")
+    });
+    let job = &recorded_jobs(blobway(Path::new(&state)))[0];
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("AUTH") || error.contains("credential"),
+        "{job}"
+    );
+    let jobs = run(blobway(Path::new(&state)).args(["jobs", "--json"]));
+    let line: serde_json::Value =
+        serde_json::from_str(jobs.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["progress"]["files_failed"], 0, "{line}");
+    drop(w2);
 }
 
 /// The Put Block requests a proxy forwarded that the store took (201): (blob path, block ID).

@@ -11,8 +11,17 @@ use crate::store::{ErrorClass, StoreError};
 /// out) before a worker takes its network for down.
 pub(crate) const UNREACHABLE_STREAK: u32 = 8;
 
-/// How long a worker leaves a job to the others once it stepped aside, before it tries again.
+/// How long a worker leaves a job to the others once it stepped aside, before it tries again
+/// (`BLOBWAY_WORKER_QUARANTINE` in seconds changes it).
 pub(crate) const QUARANTINE: Duration = Duration::from_secs(30);
+
+/// [`QUARANTINE`], or what `BLOBWAY_WORKER_QUARANTINE` asks (whole seconds, at least 1).
+pub(crate) fn quarantine() -> Duration {
+    std::env::var("BLOBWAY_WORKER_QUARANTINE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(QUARANTINE, |secs| Duration::from_secs(secs.max(1)))
+}
 
 /// The outcomes a worker saw lately, as far as its own health goes.
 #[derive(Debug, Default)]

@@ -98,9 +98,11 @@ pub(super) struct JobRun {
 pub(super) struct Quarantine {
     /// Why, as said to the operator.
     pub(super) reason: String,
-    /// When it tries the job again.
+    /// When it tries the job again (set once its claims are back).
     pub(super) until: tokio::time::Instant,
-    /// Its claims went back once nothing of the job was in flight here.
+    /// Nothing of the job is in flight here: its claims are on their way back.
+    pub(super) letting_go: bool,
+    /// Its claims are back with the others (the give-back is durable).
     pub(super) released: bool,
 }
 

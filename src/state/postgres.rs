@@ -1078,22 +1078,37 @@ impl batch::Txn for PgTxn<'_, '_> {
         index: u32,
         chunk: &ChunkRecord,
     ) -> Result<Option<ChunkRecord>, StateError> {
-        // Written only while lent to this worker; then it is the owner's again.
-        let row = self.session.query_opt(
-            "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 \
-             AND idx = $3 AND hand = $5), \
-             new AS (UPDATE blobway_chunks SET in_flight = false, record = $4, hand = NULL \
-             WHERE job = $1 AND obj = $2 AND idx = $3 AND hand = $5) \
-             SELECT record FROM old",
+        // Written only while lent to this worker in this very borrow (its attempt count is
+        // the one the borrow wrote: a borrow taken back and lent again has another); then it
+        // is the owner's again.
+        let held = self.session.query_opt(
+            "SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3 \
+             AND hand = $4 FOR UPDATE",
+            &[
+                &id(job),
+                &i64::from(file),
+                &i64::from(index),
+                &self.session.state.epoch(),
+            ],
+        )?;
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let old: ChunkRecord = self.session.record(&held, 0)?;
+        if old.attempts != chunk.attempts || old.state != ChunkState::InProgress {
+            return Ok(None);
+        }
+        self.session.execute(
+            "UPDATE blobway_chunks SET in_flight = false, record = $4, hand = NULL \
+             WHERE job = $1 AND obj = $2 AND idx = $3",
             &[
                 &id(job),
                 &i64::from(file),
                 &i64::from(index),
                 &chunk.encode(),
-                &self.session.state.epoch(),
             ],
         )?;
-        row.map(|row| self.session.record(&row, 0)).transpose()
+        Ok(Some(old))
     }
 
     fn failed(&mut self, job: JobId) -> Result<Vec<u32>, StateError> {
@@ -1666,6 +1681,10 @@ impl Backend for PgState {
             for row in &rows {
                 let (file, chunk) = (index_of(row, 0), index_of(row, 1));
                 let mut record: ChunkRecord = s.record(row, 2)?;
+                // Only a pending chunk is lent (a worker of an older schema may have sent it).
+                if record.state != ChunkState::Pending {
+                    continue;
+                }
                 record.state = ChunkState::InProgress;
                 record.attempts += 1;
                 s.execute(

@@ -24,6 +24,7 @@ impl ObjectRun {
             return step;
         }
         self.lent_before = true;
+        self.lend_pending = true;
         let chunks: Vec<u32> = self.ready.split_off(keep).into();
         self.lent.extend(chunks.iter().copied());
         step.writes.push(Write::Lend(self.job, self.index, chunks));

@@ -144,6 +144,8 @@ pub(crate) struct ObjectRun {
     pub(crate) lent: BTreeSet<u32>,
     /// Chunks were lent in this life (lent once: what comes back stays).
     pub(crate) lent_before: bool,
+    /// The lending is not recorded yet: how lent chunks stand cannot be read.
+    pub(crate) lend_pending: bool,
 }
 
 impl ObjectRun {
@@ -201,6 +203,7 @@ impl ObjectRun {
             reopen_when_back: false,
             lent: BTreeSet::new(),
             lent_before: false,
+            lend_pending: false,
         };
         // Nothing is written on load: an object whose chunks are all acknowledged (the last
         // one by a worker it lent it to, say) is recorded committing by its commit's claim.

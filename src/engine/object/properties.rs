@@ -323,6 +323,8 @@ impl World {
                     self.hands[index as usize] = Hand::Owner;
                 }
                 Write::Lend(_, _, chunks) => {
+                    // Durable at once here: how lent chunks stand may be read from now on.
+                    self.object.lend_pending = false;
                     for c in chunks {
                         let c = c as usize;
                         if self.hands[c] == Hand::Owner
@@ -420,6 +422,10 @@ impl World {
     /// The owner looks at what it lent, taking back up to `take_back` chunks nobody
     /// borrowed, the highest first (as `Backend::lent` does).
     fn owner_reads_lent(&mut self, take_back: usize) {
+        assert!(
+            !self.object.lend_pending,
+            "read before the lending was recorded"
+        );
         let lent: Vec<u32> = self.object.lent.iter().copied().collect();
         let mut left = take_back;
         for &c in lent.iter().rev() {

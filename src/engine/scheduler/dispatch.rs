@@ -25,6 +25,10 @@ impl Scheduler {
             if self.jobs.get(&id).is_some_and(|j| j.quarantine.is_some()) {
                 continue;
             }
+            // Chunks borrowed already are claimed: they go before this worker's own.
+            if self.shared && !self.start_borrowed(id, now, false) {
+                return;
+            }
             // A job that does not run reads only to learn whether anything is left (a paused
             // job with nothing left is over).
             if self
@@ -74,27 +78,31 @@ impl Scheduler {
                 }
                 self.claim(id, file, work, reserved);
             }
-            if self.shared && !self.start_borrowed(id, now) {
+            if self.shared && !self.start_borrowed(id, now, true) {
                 return;
             }
         }
     }
 
-    /// With a shared state, once nothing of this worker's own waits in a running job: starts
-    /// chunks borrowed from other workers' objects, borrowing as many as slots are free when
-    /// none wait (looked for again only after [`BORROW_EVERY`] when none were lent). False
-    /// once the gate is full.
-    fn start_borrowed(&mut self, id: JobId, now: Instant) -> bool {
+    /// With a shared state, in a running job: starts the chunks borrowed from other workers'
+    /// objects that wait, and — when `may_borrow` and nothing of this worker's own waits —
+    /// borrows as many more as slots are free (looked for again only after [`BORROW_EVERY`]
+    /// when none were lent). False once the gate is full.
+    fn start_borrowed(&mut self, id: JobId, now: Instant, may_borrow: bool) -> bool {
         loop {
             let free = self.gate.limit().saturating_sub(self.gate.in_flight()) as usize;
             let Some(job) = self.jobs.get_mut(&id) else {
                 return true;
             };
-            if job.record.state != JobState::Running || !job.queue.is_empty() {
+            if job.record.state != JobState::Running {
                 return true;
             }
             if job.borrowed.is_empty() {
-                if free == 0 || job.borrow_at.is_some_and(|at| now < at) {
+                if !may_borrow
+                    || !job.queue.is_empty()
+                    || free == 0
+                    || job.borrow_at.is_some_and(|at| now < at)
+                {
                     return true;
                 }
                 match self.db.borrow(id, free) {
@@ -250,7 +258,11 @@ impl Scheduler {
                 after.push(After::Release(id, index, object.generation));
             }
             if lends {
-                writes.extend(object.lend(outcomes::lend_keep(limit)).writes);
+                let lent = object.lend(outcomes::lend_keep(limit));
+                if !lent.writes.is_empty() {
+                    after.push(After::LendDurable(id, index, object.generation));
+                }
+                writes.extend(lent.writes);
             }
             if job.hold(object) {
                 job.enqueue(index);
@@ -434,6 +446,20 @@ impl Scheduler {
                 After::Rewind(id) => {
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.rewind();
+                    }
+                }
+                After::LendDurable(id, file, generation) => {
+                    if let Some(object) =
+                        self.jobs.get_mut(&id).and_then(|j| j.files.get_mut(&file))
+                        && object.generation == generation
+                    {
+                        object.lend_pending = false;
+                    }
+                }
+                After::LetGoDurable(id) => {
+                    if let Some(q) = self.jobs.get_mut(&id).and_then(|j| j.quarantine.as_mut()) {
+                        q.released = true;
+                        q.until = Instant::now() + crate::engine::health::quarantine();
                     }
                 }
                 After::Finished(id, state, error) => self.announce_finished(id, state, error).await,

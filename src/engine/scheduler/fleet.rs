@@ -76,7 +76,11 @@ impl Scheduler {
             {
                 self.controller.restore(chosen, now);
                 let limit = self.controller.limit();
-                let mode = if chosen.adaptive { "adaptive" } else { "manual" };
+                let mode = if chosen.adaptive {
+                    "adaptive"
+                } else {
+                    "manual"
+                };
                 self.apply_change(Change {
                     limit,
                     decision: crate::engine::control::Decision::Operator,

@@ -11,9 +11,9 @@
 
 mod commands;
 mod dispatch;
+mod fleet;
 mod intake;
 mod observe;
-mod fleet;
 mod outcomes;
 mod timers;
 
@@ -76,6 +76,10 @@ enum After {
     AbortRecorded(Arc<dyn ObjectSink>, JobId, BTreeSet<u32>),
     /// Failed objects of a job were reopened in the state file: its cursor starts over.
     Rewind(JobId),
+    /// What an object (in its life `u64`) lent is recorded: how it stands may be read.
+    LendDurable(JobId, u32, u64),
+    /// A quarantined job's claims went back: its time away starts.
+    LetGoDurable(JobId),
     /// A job ended: announced with its counters as the state file holds them.
     Finished(JobId, JobState, Option<String>),
 }

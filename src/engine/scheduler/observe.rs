@@ -357,9 +357,12 @@ impl Scheduler {
             let Some(quarantine) = &mut job.quarantine else {
                 continue;
             };
-            if !quarantine.released && job.in_flight == 0 {
-                quarantine.released = true;
+            if !quarantine.letting_go && job.in_flight == 0 {
+                // Its last writes go first, then the give-back; the job is read again only
+                // once that is durable (the window's invariant holds).
+                quarantine.letting_go = true;
                 writes.push(Write::LetGo(*id));
+                after.push(After::LetGoDurable(*id));
                 job.forget_claims();
             } else if quarantine.released && now >= quarantine.until {
                 job.quarantine = None;
@@ -392,9 +395,10 @@ impl Scheduler {
         self.lent_read_at = Some(now);
         let mut free = self.gate.limit().saturating_sub(self.gate.in_flight()) as usize;
         let mut asks = Vec::new();
-        for (id, job) in &self.jobs {
+        for (id, job) in self.jobs.iter().filter(|(_, j)| j.quarantine.is_none()) {
             for (file, object) in &job.files {
-                if object.lent.is_empty() || !object.active() {
+                // Read once the lending is recorded (before, every chunk would seem back).
+                if object.lent.is_empty() || object.lend_pending || !object.active() {
                     continue;
                 }
                 let take_back = if object.ready.is_empty() {
@@ -454,6 +458,17 @@ impl Scheduler {
                 }
                 (JobState::Cancelled, local) if !local.is_finished() => {
                     self.on_command(Command::Cancel(record.id))
+                }
+                // Stopped by another worker (no worker could go on with it): it ends here too,
+                // once what is in flight is back.
+                (JobState::Failed, local) if !local.is_finished() => {
+                    if let Some(job) = self.jobs.get_mut(&record.id) {
+                        job.record.state = JobState::Failed;
+                        job.record.error = record.error.clone();
+                        job.quarantine = None;
+                        job.clear_queue();
+                    }
+                    self.check_finished(record.id);
                 }
                 _ => continue,
             }

@@ -75,10 +75,13 @@ impl Scheduler {
                 step.writes.extend(object.reopen());
             }
         }
+        let mut lent_now = false;
         if self.shared && job.sink.limits().shared_blocks {
             let lent = object.lend(lend_keep(self.gate.limit()));
+            lent_now = !lent.writes.is_empty();
             step.writes.extend(lent.writes);
         }
+        let generation = object.generation;
         let now = Instant::now();
         for (delay, wake) in step.timers {
             self.timers
@@ -105,31 +108,50 @@ impl Scheduler {
         if let Some(generation) = ended {
             after.push(After::Release(id, file, generation));
         }
+        if lent_now {
+            after.push(After::LendDurable(id, file, generation));
+        }
         self.persist(writes, after);
     }
 
     /// With a shared state: this worker steps aside from job `id` for
-    /// [`QUARANTINE`](crate::engine::health::QUARANTINE), its own credentials, disk or
+    /// [`QUARANTINE`](crate::engine::health::QUARANTINE) (or `BLOBWAY_WORKER_QUARANTINE`), its own credentials, disk or
     /// network having failed. Nothing new of the job starts here; once nothing of it is in
     /// flight its claims go back to the other workers ([`Scheduler::follow_quarantines`]),
     /// and no object spends an attempt meanwhile.
     fn quarantine(&mut self, id: JobId, reason: String) {
+        if self.jobs.get(&id).is_none_or(|j| j.quarantine.is_some()) {
+            return;
+        }
+        // With no other worker left to go on with it (a single worker, or every other one
+        // stepped aside too), the job stops with the reason, as a blobway of its own does.
+        let me = self.db.lease().map(|l| l.name.clone());
+        let others = self.db.workers().ok().flatten().is_some_and(|workers| {
+            workers
+                .iter()
+                .any(|w| Some(&w.name) != me.as_ref() && w.state == "running")
+        });
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        if job.quarantine.is_some() {
+        if !others {
+            let mut writes = Vec::new();
+            stop(job, reason, &mut writes);
+            self.persist(writes, Vec::new());
             return;
         }
         let message = format!(
             "this worker steps aside from job {id} for {} s and leaves it to the other \
              workers: {reason}",
-            crate::engine::health::QUARANTINE.as_secs()
+            crate::engine::health::quarantine().as_secs()
         );
         tracing::warn!("{message}");
         job.clear_queue();
         job.quarantine = Some(crate::engine::model::Quarantine {
             reason,
-            until: Instant::now() + crate::engine::health::QUARANTINE,
+            // Counted from when its claims are back with the others.
+            until: Instant::now() + crate::engine::health::quarantine(),
+            letting_go: false,
             released: false,
         });
         self.persist(Vec::new(), vec![After::Emit(Event::Notice { message })]);
