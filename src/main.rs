@@ -245,6 +245,11 @@ enum Commands {
     /// (`blobway workers` lists them). BLOBWAY_WORKER_NAME names a worker (default host:pid);
     /// BLOBWAY_WORKER_LEASE sets its lease in seconds (default 15): a worker that stops
     /// renewing it for that long loses its claims to the others, and records nothing more.
+    /// The chunks of one big object move on every worker. A worker whose own credentials,
+    /// disk or network fail steps aside from the job (quarantined) for
+    /// BLOBWAY_WORKER_QUARANTINE seconds (default 30) and lets its claims go.
+    /// BLOBWAY_FLEET_MAX_IN_FLIGHT=N caps the chunks in flight of the whole fleet (0 lifts it);
+    /// concurrency and bandwidth caps set on any worker are followed by all.
     /// See assets/kubernetes-workers.yaml.
     Serve {
         /// Also serve the HTTP API on this address, e.g. 127.0.0.1:7878 (beyond loopback only

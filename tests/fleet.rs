@@ -754,6 +754,20 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("settings followed after {:?}", asked_at.elapsed());
+    // Any worker's API and metrics show the whole fleet.
+    let listed: Vec<serde_json::Value> = api
+        .get(format!("{}/v1/workers", w2.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: BTreeSet<&str> = listed.iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["w1", "w2"]), "{listed:?}");
+    assert_eq!(gauge(&w1, "blobway_workers{state=\"running\"} ").await, 2.0);
+    assert!(gauge(&w1, "blobway_worker_chunks_moved{worker=\"w2\"} ").await >= 0.0);
     drop((w1, w2));
 }
 

@@ -153,6 +153,30 @@ fn jobs_screen() {
     }
 }
 
+/// Attached to one worker of a fleet: the jobs of the whole migration and a workers panel,
+/// with why a quarantined worker stepped aside.
+#[test]
+fn jobs_screen_with_workers() {
+    let mut app = new_app();
+    let mut snapshot = (*app.snapshot).clone();
+    snapshot.workers = blobway::tui::fixtures::workers();
+    app.on_snapshot(Arc::new(snapshot));
+    let screens = screens("jobs_with_workers", &mut app);
+    for screen in &screens {
+        assert!(screen.contains("Workers: 2 live of 3"), "{screen}");
+        for name in ["worker-1", "worker-2", "worker-3"] {
+            assert!(screen.contains(name), "{name}:\n{screen}");
+        }
+        assert!(screen.contains("quarantined"), "{screen}");
+        assert!(screen.contains("expired"), "{screen}");
+    }
+    let wide = &screens[1];
+    assert!(
+        wide.contains("(AUTH)"),
+        "the reason shows where there is room:\n{wide}"
+    );
+}
+
 #[test]
 fn no_jobs_yet() {
     let mut app = new_app();

@@ -91,6 +91,7 @@ pub fn router(shared: Shared, token: Option<Arc<String>>) -> Router {
         .route("/v1/command", post(command))
         .route("/v1/events", get(events))
         .route("/v1/stop", post(stop))
+        .route("/v1/workers", get(workers))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
@@ -666,6 +667,12 @@ async fn stop(
     audit(channel, "stop the daemon");
     let _ = s.stop.send(true);
     StatusCode::ACCEPTED.into_response()
+}
+
+/// `GET /v1/workers`: the workers sharing the state, as last read (every second); empty for a
+/// state of one machine.
+async fn workers(State(s): State<Shared>) -> Json<Vec<crate::state::lease::WorkerRecord>> {
+    Json(s.snapshots.borrow().workers.clone())
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {

@@ -32,6 +32,8 @@ pub struct Metrics {
     errors: IntCounterVec,
     throttles: IntCounter,
     decisions: IntCounterVec,
+    workers: IntGaugeVec,
+    worker_chunks: IntGaugeVec,
 }
 
 impl Metrics {
@@ -117,6 +119,16 @@ impl Metrics {
         Metrics {
             errors,
             decisions,
+            workers: gauges(
+                "blobway_workers",
+                "Workers of a shared state, by state (running, quarantined, expired, left).",
+                "state",
+            ),
+            worker_chunks: gauges(
+                "blobway_worker_chunks_moved",
+                "Chunks each worker of a shared state moved since it joined, by its last heartbeat.",
+                "worker",
+            ),
             objects: gauges(
                 "blobway_objects",
                 "Objects of the jobs known, by state (done, skipped, failed, pending).",
@@ -229,6 +241,19 @@ impl Metrics {
                 .map_or(0, |r| i64::try_from(r).unwrap_or(i64::MAX)),
         );
         self.throughput.set(snapshot.rate as i64);
+        self.workers.reset();
+        self.worker_chunks.reset();
+        for state in ["running", "quarantined", "expired", "left"] {
+            let n = snapshot.workers.iter().filter(|w| w.state == state).count();
+            if !snapshot.workers.is_empty() {
+                self.workers.with_label_values(&[state]).set(n as i64);
+            }
+        }
+        for worker in &snapshot.workers {
+            self.worker_chunks
+                .with_label_values(&[worker.name.as_str()])
+                .set(worker.chunks_moved);
+        }
         self.clients.set(clients as i64);
         self.resyncs.set(resyncs as i64);
         let mut out = Vec::new();

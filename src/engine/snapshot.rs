@@ -159,6 +159,9 @@ pub struct Snapshot {
     pub file_chunks: Option<FileChunks>,
     /// The selected chunk.
     pub chunk_detail: Option<ChunkDetail>,
+    /// With a shared state: the workers of the migration as last read (every second).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<crate::state::lease::WorkerRecord>,
     /// The details other viewers than [`LOCAL_VIEWER`] asked for; [`Snapshot::for_viewer`]
     /// gives each its own in the fields above.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -185,6 +188,7 @@ impl Snapshot {
             jobs: self.jobs.clone(),
             series: self.series.clone(),
             bwlimit: self.bwlimit.clone(),
+            workers: self.workers.clone(),
             ..*self
         }
     }

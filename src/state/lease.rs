@@ -137,7 +137,7 @@ pub fn holds_at(fenced: bool, since: Duration, duration: Duration) -> bool {
 }
 
 /// One worker as the fleet's table records it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerRecord {
     /// Its name (the host's, or `BLOBWAY_WORKER_NAME`).
     pub name: String,
@@ -154,7 +154,7 @@ pub struct WorkerRecord {
     /// `left`.
     pub state: String,
     /// Why it stepped aside, while it is quarantined.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
     /// When it joined (RFC 3339, the database's clock).
     pub started: String,

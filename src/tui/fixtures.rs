@@ -166,6 +166,35 @@ fn chunk_detail() -> ChunkDetail {
 
 /// A busy engine: four jobs, one of them with an object of `chunks` chunks shown in detail,
 /// three minutes of measurements and a chunk that needed three attempts.
+/// Three workers sharing the migration: one running, one quarantined, one whose lease ran out.
+pub fn workers() -> Vec<crate::state::lease::WorkerRecord> {
+    let worker = |name: &str, host: &str, state: &str, age: f64, in_flight, chunks, claimed| {
+        crate::state::lease::WorkerRecord {
+            name: name.into(),
+            host: host.into(),
+            pid: 4242,
+            version: "0.1.0".into(),
+            epoch: 7,
+            state: state.into(),
+            started: "2026-12-03T08:00:00Z".into(),
+            heartbeat: "2026-12-03T12:34:56Z".into(),
+            heartbeat_age_s: age,
+            in_flight,
+            chunks_moved: chunks,
+            bytes_moved: chunks * 8 * MIB as i64,
+            claimed,
+            quarantine: (state == "quarantined").then(|| {
+                "job 1: this worker cannot go on with it (AUTH): the key was refused".into()
+            }),
+        }
+    };
+    vec![
+        worker("worker-1", "vm-a", "running", 1.2, 16, 9_412, 14),
+        worker("worker-2", "vm-b", "quarantined", 0.4, 0, 9_388, 0),
+        worker("worker-3", "vm-c", "expired", 41.0, 0, 3_120, 0),
+    ]
+}
+
 pub fn snapshot(chunks: u32) -> Snapshot {
     let files = vec![
         FileView {
@@ -238,6 +267,7 @@ pub fn snapshot(chunks: u32) -> Snapshot {
             job(4, JobState::Failed, 0, 50 * MIB, 0.0),
         ],
         series: series(),
+        workers: Vec::new(),
         viewers: Default::default(),
         job_detail: Some(JobDetail {
             job: 1,

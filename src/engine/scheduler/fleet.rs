@@ -1,7 +1,7 @@
-//! Settings every worker of a shared state obeys: the concurrency and the bandwidth cap an
-//! operator sets on any worker (recorded as settings, read again every second by every
-//! worker), and an optional cap on the chunks in flight of the whole fleet
-//! (`BLOBWAY_FLEET_MAX_IN_FLIGHT`), shared out among the live workers.
+//! What a worker of a shared state reads of the fleet every second: the concurrency and the
+//! bandwidth cap an operator set on any worker (recorded as settings), an optional cap on the
+//! chunks in flight of the whole fleet (`BLOBWAY_FLEET_MAX_IN_FLIGHT`), shared out among the
+//! live workers, and the workers themselves, for views.
 
 use super::*;
 use crate::engine::control::ChosenConcurrency;
@@ -21,6 +21,8 @@ pub(super) struct SeenSettings {
     pub(super) bwlimit: Option<String>,
     /// This worker's share of the fleet's cap on chunks in flight, if there is one.
     pub(super) share: Option<u32>,
+    /// The workers as last read, for views.
+    pub(super) workers: Vec<crate::state::lease::WorkerRecord>,
 }
 
 /// This worker's share of a fleet cap of `cap` chunks in flight among `live` workers, for the
@@ -66,6 +68,10 @@ impl Scheduler {
             return;
         }
         self.settings.read_at = Some(now);
+        match self.db.workers() {
+            Ok(workers) => self.settings.workers = workers.unwrap_or_default(),
+            Err(e) => tracing::debug!("cannot read the workers: {e}"),
+        }
         let concurrency = self.db.setting(ChosenConcurrency::SETTING).ok().flatten();
         if concurrency != self.settings.concurrency {
             self.settings.concurrency = concurrency.clone();
@@ -120,14 +126,11 @@ impl Scheduler {
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|cap| *cap > 0)?;
         let mut live: Vec<String> = self
-            .db
-            .workers()
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .into_iter()
+            .settings
+            .workers
+            .iter()
             .filter(|w| w.state == "running" || w.state == "quarantined")
-            .map(|w| w.name)
+            .map(|w| w.name.clone())
             .collect();
         if !live.contains(&lease.name) {
             live.push(lease.name.clone());

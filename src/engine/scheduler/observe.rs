@@ -192,6 +192,7 @@ impl Scheduler {
             job_detail: local.job_detail,
             file_chunks: local.file_chunks,
             chunk_detail: local.chunk_detail,
+            workers: self.settings.workers.clone(),
             viewers,
         }
     }

@@ -13,10 +13,75 @@ use crate::size::human;
 use crate::tui::app::App;
 use crate::tui::theme;
 
+/// The workers panel: each worker's state, heartbeat, chunks in flight and moved, bytes moved
+/// and objects claimed, and why a quarantined one stepped aside.
+fn draw_workers(frame: &mut Frame, app: &App, area: Rect) {
+    let workers = &app.snapshot.workers;
+    let column = |f: &dyn Fn(&crate::state::lease::WorkerRecord) -> (String, Style)| {
+        workers.iter().map(f).collect::<Vec<_>>()
+    };
+    let columns = vec![
+        Column::kept("WORKER", column(&|w| plain(w.name.clone()))),
+        Column::kept(
+            "STATE",
+            column(&|w| {
+                let style = match w.state.as_str() {
+                    "running" => Style::default(),
+                    "quarantined" => theme::error(),
+                    _ => theme::dim(),
+                };
+                (w.state.clone(), style)
+            }),
+        ),
+        Column::droppable(
+            "HEARTBEAT",
+            column(&|w| plain(format!("{:.0} s ago", w.heartbeat_age_s.max(0.0)))),
+            3,
+        ),
+        Column::kept("IN FLIGHT", column(&|w| plain(w.in_flight.to_string()))),
+        Column::kept("CHUNKS", column(&|w| plain(w.chunks_moved.to_string()))),
+        Column::droppable(
+            "BYTES",
+            column(&|w| plain(human(u64::try_from(w.bytes_moved).unwrap_or(0)))),
+            2,
+        ),
+        Column::droppable("CLAIMED", column(&|w| plain(w.claimed.to_string())), 4),
+        Column::flexible(
+            "HOST / WHY",
+            column(&|w| plain(w.quarantine.clone().unwrap_or_else(|| w.host.clone()))),
+            8,
+        ),
+    ];
+    let styles: Vec<Style> = (0..workers.len()).map(|_| Style::default()).collect();
+    let live = workers
+        .iter()
+        .filter(|w| w.state == "running" || w.state == "quarantined")
+        .count();
+    let title = Line::from(vec![Span::styled(
+        format!(" Workers: {live} live of {} ", workers.len()),
+        theme::title(),
+    )]);
+    let block = Block::bordered().title(title);
+    let width = block.inner(area).width;
+    frame.render_widget(columns::table(columns, &styles, width).block(block), area);
+}
+
 pub(super) fn draw(frame: &mut Frame, app: &App, area: Rect) {
     let notices_height = (app.notices.len() as u16).clamp(1, 6) + 2;
-    let [table_area, notices_area] =
-        Layout::vertical([Constraint::Min(3), Constraint::Length(notices_height)]).areas(area);
+    // With a shared state, the workers of the migration between the jobs and the messages.
+    let workers_height = match app.snapshot.workers.len() as u16 {
+        0 => 0,
+        n => n.min(6) + 3,
+    };
+    let [table_area, workers_area, notices_area] = Layout::vertical([
+        Constraint::Min(3),
+        Constraint::Length(workers_height),
+        Constraint::Length(notices_height),
+    ])
+    .areas(area);
+    if workers_height > 0 {
+        draw_workers(frame, app, workers_area);
+    }
 
     let jobs = &app.snapshot.jobs;
     let column = |f: &dyn Fn(&crate::engine::snapshot::JobView) -> (String, Style)| {
