@@ -754,6 +754,41 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("settings followed after {:?}", asked_at.elapsed());
+    // Adaptive: followed as a mode (each worker's limit its own), never echoed back and forth.
+    let asked = api
+        .put(format!("{}/v1/concurrency", w1.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "auto": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge(&w2, "blobway_concurrency_adaptive ").await != 1.0 {
+        assert!(Instant::now() < deadline, "w2 did not turn adaptive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recorded = || {
+        number(
+            &state,
+            "SELECT count(*) FROM blobway_meta WHERE name = 'setting.concurrency' \
+             AND value LIKE '%\"adaptive\":true%'",
+        )
+    };
+    let value = |state: &str| {
+        common::postgres::text(
+            state,
+            "SELECT value FROM blobway_meta WHERE name = 'setting.concurrency'",
+        )
+    };
+    assert_eq!(recorded(), 1);
+    let first = value(&state);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        value(&state),
+        first,
+        "the workers echo the setting to each other"
+    );
     // Any worker's API and metrics show the whole fleet.
     let listed: Vec<serde_json::Value> = api
         .get(format!("{}/v1/workers", w2.url))

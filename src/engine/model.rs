@@ -92,6 +92,8 @@ pub(super) struct JobRun {
     /// With a shared state: this worker stepped aside from the job (its own credentials or
     /// network failed); the other workers go on with it.
     pub(super) quarantine: Option<Quarantine>,
+    /// It ended on another worker (recorded there): ended here without writing it again.
+    pub(super) followed_end: bool,
 }
 
 /// A worker stepped aside from a job for a while ([`crate::engine::health`]).
@@ -144,6 +146,7 @@ impl JobRun {
             borrowed: VecDeque::new(),
             borrow_at: None,
             quarantine: None,
+            followed_end: false,
         }
     }
 

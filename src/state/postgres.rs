@@ -1043,7 +1043,7 @@ impl batch::Txn for PgTxn<'_, '_> {
         chunk: &ChunkRecord,
     ) -> Result<Option<ChunkRecord>, StateError> {
         // The row as it was, read in the statement that replaces it.
-        let row = self.session.query_opt(
+        let old = self.session.query_opt(
             "WITH old AS (SELECT record FROM blobway_chunks WHERE job = $1 AND obj = $2 AND idx = $3), \
              new AS (INSERT INTO blobway_chunks (job, obj, idx, in_flight, record) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job, obj, idx) \
@@ -1057,7 +1057,27 @@ impl batch::Txn for PgTxn<'_, '_> {
                 &chunk.encode(),
             ],
         )?;
-        row.map(|row| self.session.record(&row, 0)).transpose()
+        let old: Option<ChunkRecord> = old.map(|row| self.session.record(&row, 0)).transpose()?;
+        // Attempts never go down (an owner's record may lag a borrow's): each borrow of a
+        // chunk then counts an attempt no earlier borrow had, which `put_borrowed` checks.
+        if let Some(old) = &old
+            && old.attempts > chunk.attempts
+        {
+            let kept = ChunkRecord {
+                attempts: old.attempts,
+                ..chunk.clone()
+            };
+            self.session.execute(
+                "UPDATE blobway_chunks SET record = $4 WHERE job = $1 AND obj = $2 AND idx = $3",
+                &[
+                    &id(job),
+                    &i64::from(file),
+                    &i64::from(index),
+                    &kept.encode(),
+                ],
+            )?;
+        }
+        Ok(old)
     }
 
     fn lend(&mut self, job: JobId, file: u32, chunks: &[u32]) -> Result<(), StateError> {
@@ -1681,8 +1701,14 @@ impl Backend for PgState {
             for row in &rows {
                 let (file, chunk) = (index_of(row, 0), index_of(row, 1));
                 let mut record: ChunkRecord = s.record(row, 2)?;
-                // Only a pending chunk is lent (a worker of an older schema may have sent it).
+                // Only a pending chunk is lent (a worker of an older schema may have sent it):
+                // another goes back to its owner.
                 if record.state != ChunkState::Pending {
+                    s.execute(
+                        "UPDATE blobway_chunks SET hand = NULL WHERE job = $1 AND obj = $2 \
+                         AND idx = $3",
+                        &[&id(job), &i64::from(file), &i64::from(chunk)],
+                    )?;
                     continue;
                 }
                 record.state = ChunkState::InProgress;

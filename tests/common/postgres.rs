@@ -71,3 +71,15 @@ pub fn number(url: &str, sql: &str) -> i64 {
             .get::<_, i64>(0)
     })
 }
+
+/// The text of the first column of the one row `sql` returns.
+pub fn text(url: &str, sql: &str) -> String {
+    let sql = sql.to_string();
+    with_client(url, async move |client| {
+        client
+            .query_one(&sql, &[])
+            .await
+            .expect("query")
+            .get::<_, String>(0)
+    })
+}

@@ -636,7 +636,9 @@ pub(super) fn stop(job: &mut JobRun, reason: String, writes: &mut Vec<Write>) {
     }
     job.record.state = JobState::Failed;
     job.record.error = Some(reason);
-    job.record.updated_ms = now_ms();
+    // Later than any change recorded before, whatever this machine's clock says: the other
+    // workers follow it.
+    job.record.updated_ms = now_ms().max(job.record.updated_ms + 1);
     job.clear_queue();
     writes.push(Write::Job(job.record.clone()));
 }

@@ -209,6 +209,12 @@ impl Scheduler {
         let held = |file: u32| job.files.contains_key(&file);
         let read = match self.db.next_under_way(id, job.cursor, wanted, room, &held) {
             Ok(read) => read,
+            Err(e) if self.shared => {
+                // This worker cannot read the shared state now: it steps aside for a while
+                // (the job goes on with the others).
+                self.quarantine(id, format!("cannot read the job's objects: {e}"), false);
+                return;
+            }
             Err(e) => {
                 // The state file cannot be read: the job stops with the reason (its
                 // records stand; `resume` goes on from them).

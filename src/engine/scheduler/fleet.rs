@@ -72,13 +72,20 @@ impl Scheduler {
             Ok(workers) => self.settings.workers = workers.unwrap_or_default(),
             Err(e) => tracing::debug!("cannot read the workers: {e}"),
         }
-        let concurrency = self.db.setting(ChosenConcurrency::SETTING).ok().flatten();
+        // A setting that cannot be read now is left as it was.
+        let Ok(concurrency) = self.db.setting(ChosenConcurrency::SETTING) else {
+            return;
+        };
         if concurrency != self.settings.concurrency {
             self.settings.concurrency = concurrency.clone();
+            // In adaptive mode each worker's limit is its own: only the mode is followed.
+            let current = self.controller.chosen();
             if let Some(chosen) = concurrency
                 .as_deref()
                 .and_then(|v| serde_json::from_str::<ChosenConcurrency>(v).ok())
-                .filter(|chosen| *chosen != self.controller.chosen())
+                .filter(|c| {
+                    c.adaptive != current.adaptive || (!c.adaptive && c.limit != current.limit)
+                })
             {
                 self.controller.restore(chosen, now);
                 let limit = self.controller.limit();
@@ -87,14 +94,20 @@ impl Scheduler {
                 } else {
                     "manual"
                 };
-                self.apply_change(Change {
-                    limit,
-                    decision: crate::engine::control::Decision::Operator,
-                    reason: format!("{mode} at {limit}, as set on another worker"),
-                });
+                // Recorded already: not written back (two workers would echo each other).
+                self.apply_change_recorded(
+                    Change {
+                        limit,
+                        decision: crate::engine::control::Decision::Operator,
+                        reason: format!("{mode} at {limit}, as set on another worker"),
+                    },
+                    false,
+                );
             }
         }
-        let bwlimit = self.db.setting(BwLimit::SETTING).ok().flatten();
+        let Ok(bwlimit) = self.db.setting(BwLimit::SETTING) else {
+            return;
+        };
         if bwlimit != self.settings.bwlimit {
             self.settings.bwlimit = bwlimit.clone();
             if let Some(cap) = bwlimit
@@ -106,7 +119,9 @@ impl Scheduler {
                 self.follow_bwlimit(true);
             }
         }
-        let share = self.fleet_share_now(lease);
+        let Ok(share) = self.fleet_share_now(lease) else {
+            return;
+        };
         if share != self.settings.share {
             self.settings.share = share;
             self.gate.set_limit(self.capped(self.controller.limit()));
@@ -116,15 +131,20 @@ impl Scheduler {
         }
     }
 
-    /// This worker's share of the fleet's cap, if one is recorded.
-    fn fleet_share_now(&self, lease: &crate::state::lease::Lease) -> Option<u32> {
-        let cap = self
+    /// This worker's share of the fleet's cap, if one is recorded (an error: it cannot be
+    /// read now).
+    fn fleet_share_now(
+        &self,
+        lease: &crate::state::lease::Lease,
+    ) -> Result<Option<u32>, crate::state::StateError> {
+        let Some(cap) = self
             .db
-            .setting(FLEET_IN_FLIGHT)
-            .ok()
-            .flatten()
+            .setting(FLEET_IN_FLIGHT)?
             .and_then(|v| v.parse::<u32>().ok())
-            .filter(|cap| *cap > 0)?;
+            .filter(|cap| *cap > 0)
+        else {
+            return Ok(None);
+        };
         let mut live: Vec<String> = self
             .settings
             .workers
@@ -137,7 +157,7 @@ impl Scheduler {
         }
         live.sort();
         let rank = live.iter().position(|n| *n == lease.name).unwrap_or(0);
-        Some(fleet_share(cap, live.len(), rank))
+        Ok(Some(fleet_share(cap, live.len(), rank)))
     }
 
     /// A concurrency `limit` under this worker's share of the fleet's cap.

@@ -46,10 +46,16 @@ impl Scheduler {
     }
 
     pub(super) fn apply_change(&mut self, change: Change) {
+        self.apply_change_recorded(change, true);
+    }
+
+    /// [`Scheduler::apply_change`]; an operator's choice is recorded only when `record` (one
+    /// followed from another worker is recorded already).
+    pub(super) fn apply_change_recorded(&mut self, change: Change, record: bool) {
         self.gate.set_limit(self.capped(change.limit));
         // The operator's choices outlive the process; the controller's own moves do not.
         let mut writes = Vec::new();
-        if change.decision == crate::engine::control::Decision::Operator {
+        if record && change.decision == crate::engine::control::Decision::Operator {
             let chosen = self.controller.chosen();
             if let Ok(value) = serde_json::to_string(&chosen) {
                 writes.push(Write::Setting(ChosenConcurrency::SETTING, value));
@@ -467,6 +473,7 @@ impl Scheduler {
                         job.record.state = JobState::Failed;
                         job.record.error = record.error.clone();
                         job.quarantine = None;
+                        job.followed_end = true;
                         job.clear_queue();
                     }
                     self.check_finished(record.id);

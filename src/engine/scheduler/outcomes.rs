@@ -18,8 +18,9 @@ impl Scheduler {
                 Finished::Commit { job, result, .. } => (*job, result.as_ref().err()),
                 Finished::Begin { job, result, .. } => (*job, result.as_ref().err()),
             };
+            let fatal = error.is_some_and(|e| e.class.stops_job());
             if let Some(reason) = self.health.observe(error) {
-                self.quarantine(job, reason);
+                self.quarantine(job, reason, fatal);
             }
         }
         match finished {
@@ -119,22 +120,28 @@ impl Scheduler {
     /// network having failed. Nothing new of the job starts here; once nothing of it is in
     /// flight its claims go back to the other workers ([`Scheduler::follow_quarantines`]),
     /// and no object spends an attempt meanwhile.
-    fn quarantine(&mut self, id: JobId, reason: String) {
-        if self.jobs.get(&id).is_none_or(|j| j.quarantine.is_some()) {
+    pub(super) fn quarantine(&mut self, id: JobId, reason: String, fatal: bool) {
+        if self
+            .jobs
+            .get(&id)
+            .is_none_or(|j| j.quarantine.is_some() || j.record.state != JobState::Running)
+        {
             return;
         }
-        // With no other worker left to go on with it (a single worker, or every other one
-        // stepped aside too), the job stops with the reason, as a blobway of its own does.
+        // A fatal error (credentials, permissions, a full disk) with no other worker left to
+        // go on (a single worker, or every other one stepped aside too, as the workers were
+        // last read) stops the job with the reason, as a blobway of its own does. A network
+        // that reaches nothing never stops it: the worker tries again.
         let me = self.db.lease().map(|l| l.name.clone());
-        let others = self.db.workers().ok().flatten().is_some_and(|workers| {
-            workers
+        let workers = &self.settings.workers;
+        let others = workers.is_empty()
+            || workers
                 .iter()
-                .any(|w| Some(&w.name) != me.as_ref() && w.state == "running")
-        });
+                .any(|w| Some(&w.name) != me.as_ref() && w.state == "running");
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        if !others {
+        if fatal && !others {
             let mut writes = Vec::new();
             stop(job, reason, &mut writes);
             self.persist(writes, Vec::new());
@@ -288,6 +295,7 @@ impl Scheduler {
             job.progress = progress;
         }
         let record = job.record.clone();
+        let followed = job.followed_end;
         self.timers.forget_job(id);
         // A listing still under way stops at its next page (its position stays recorded).
         if let Some(listing) = self.listings.get(&id) {
@@ -298,8 +306,13 @@ impl Scheduler {
         }
         self.unloading.insert(id);
         let finished = After::Finished(id, state, record.error.clone());
-        // Nothing of it is in flight here: what this worker claimed of it goes back.
-        self.persist(vec![Write::Job(record), Write::LetGo(id)], vec![finished]);
+        // Nothing of it is in flight here: what this worker claimed of it goes back. An end
+        // followed from another worker is recorded there (a retry asked since must stand).
+        let mut writes = vec![Write::LetGo(id)];
+        if !followed {
+            writes.insert(0, Write::Job(record));
+        }
+        self.persist(writes, vec![finished]);
     }
 
     /// Announces a job that ended, its record durable: with the counters the state file
