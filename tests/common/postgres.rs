@@ -62,24 +62,24 @@ pub fn fresh_database() -> String {
 
 /// The one number `sql` answers on the database at `url` (a count).
 pub fn number(url: &str, sql: &str) -> i64 {
-    let sql = sql.to_string();
-    with_client(url, async move |client| {
-        client
-            .query_one(&sql, &[])
-            .await
-            .expect("query")
-            .get::<_, i64>(0)
-    })
+    first_column(url, sql)
 }
 
 /// The text of the first column of the one row `sql` returns.
 pub fn text(url: &str, sql: &str) -> String {
+    first_column(url, sql)
+}
+
+fn first_column<T>(url: &str, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a> + Send + 'static,
+{
     let sql = sql.to_string();
     with_client(url, async move |client| {
         client
             .query_one(&sql, &[])
             .await
             .expect("query")
-            .get::<_, String>(0)
+            .get::<_, T>(0)
     })
 }

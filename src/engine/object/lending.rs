@@ -3,9 +3,10 @@
 //! shared state, and learns how they stand; a borrower's outcome becomes the record it gives
 //! back. Pure rules, like the rest of the object's life.
 
+use super::outcomes;
 use super::*;
 use crate::engine::transfer::ChunkMoved;
-use crate::state::{AttemptRecord, LentChunk};
+use crate::state::LentChunk;
 use crate::store::StoreResult;
 
 impl ObjectRun {
@@ -93,25 +94,10 @@ pub(crate) fn borrowed_back(
     result: &StoreResult<ChunkMoved>,
 ) -> ChunkRecord {
     match result {
-        Ok(moved) => {
-            record.state = ChunkState::Completed;
-            record.crc64 = moved.crc64;
-            record.crc_reported = moved.crc_reported;
-            record.record_attempt(AttemptRecord {
-                started_ms: timing.started_ms,
-                latency_ms: timing.latency_ms,
-                bytes: moved.bytes,
-                error: None,
-            });
-        }
+        Ok(moved) => outcomes::record_moved(&mut record, timing, moved),
         Err(err) => {
             record.state = ChunkState::Pending;
-            record.record_attempt(AttemptRecord {
-                started_ms: timing.started_ms,
-                latency_ms: timing.latency_ms,
-                bytes: 0,
-                error: Some(ErrorRecord::from_store(err)),
-            });
+            outcomes::record_failed(&mut record, timing, ErrorRecord::from_store(err));
         }
     }
     record
@@ -129,6 +115,29 @@ mod tests {
         file.session = Some("s".into());
         let records = vec![ChunkRecord::pending(); chunks as usize];
         ObjectRun::load(7, 3, file, records, sequential)
+    }
+
+    fn moved_four() -> ChunkMoved {
+        ChunkMoved {
+            bytes: 4,
+            crc64: Some(1),
+            crc_reported: false,
+            verified: None,
+        }
+    }
+
+    fn a_moment() -> Timing {
+        Timing {
+            started_ms: 0,
+            latency_ms: 1,
+        }
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            retry: RetryPolicy::default(),
+            if_exists: IfExists::Overwrite,
+        }
     }
 
     fn lent_chunks(step: &Step) -> Vec<u32> {
@@ -178,21 +187,7 @@ mod tests {
         // The two kept move here.
         for chunk in [0, 1] {
             object.claim(Work::Chunk(chunk), 0);
-            let moved = ChunkMoved {
-                bytes: 4,
-                crc64: Some(1),
-                crc_reported: false,
-                verified: None,
-            };
-            let timing = Timing {
-                started_ms: 0,
-                latency_ms: 1,
-            };
-            let rules = Rules {
-                retry: RetryPolicy::default(),
-                if_exists: IfExists::Overwrite,
-            };
-            object.on_chunk(chunk, timing, Ok(moved), &rules);
+            object.on_chunk(chunk, a_moment(), Ok(moved_four()), &rules());
         }
         assert_eq!(object.phase, Phase::Transferring, "two are still out");
         assert_eq!(object.next_work(), None);
@@ -253,21 +248,7 @@ mod tests {
             out: false,
         }]);
         object.claim(Work::Chunk(0), 0);
-        let rules = Rules {
-            retry: RetryPolicy::default(),
-            if_exists: IfExists::Overwrite,
-        };
-        let timing = Timing {
-            started_ms: 0,
-            latency_ms: 1,
-        };
-        let ok = ChunkMoved {
-            bytes: 4,
-            crc64: Some(1),
-            crc_reported: false,
-            verified: None,
-        };
-        object.on_chunk(0, timing, Ok(ok), &rules);
+        object.on_chunk(0, a_moment(), Ok(moved_four()), &rules());
         assert_eq!(object.phase, Phase::Committing(Turn::Due));
     }
 

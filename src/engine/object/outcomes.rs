@@ -6,6 +6,29 @@ use crate::engine::transfer::{Begun, ChunkMoved, CommitOutcome};
 use crate::state::AttemptRecord;
 use crate::store::{ErrorClass, StoreError, StoreResult};
 
+/// A chunk's attempt moved it: completed, with its checksum, in its history.
+pub(super) fn record_moved(chunk: &mut ChunkRecord, timing: Timing, moved: &ChunkMoved) {
+    chunk.state = ChunkState::Completed;
+    chunk.crc64 = moved.crc64;
+    chunk.crc_reported = moved.crc_reported;
+    chunk.record_attempt(AttemptRecord {
+        started_ms: timing.started_ms,
+        latency_ms: timing.latency_ms,
+        bytes: moved.bytes,
+        error: None,
+    });
+}
+
+/// A chunk's attempt failed with `error`: in its history (its state is the caller's).
+pub(super) fn record_failed(chunk: &mut ChunkRecord, timing: Timing, error: ErrorRecord) {
+    chunk.record_attempt(AttemptRecord {
+        started_ms: timing.started_ms,
+        latency_ms: timing.latency_ms,
+        bytes: 0,
+        error: Some(error),
+    });
+}
+
 /// When a chunk's attempt ran, for its history.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timing {
@@ -37,15 +60,7 @@ impl ObjectRun {
         if chunk.state != ChunkState::Completed {
             self.completed += 1;
         }
-        chunk.state = ChunkState::Completed;
-        chunk.crc64 = moved.crc64;
-        chunk.crc_reported = moved.crc_reported;
-        chunk.record_attempt(AttemptRecord {
-            started_ms: timing.started_ms,
-            latency_ms: timing.latency_ms,
-            bytes: moved.bytes,
-            error: None,
-        });
+        record_moved(chunk, timing, &moved);
         step.writes.push(self.chunk_write(index));
         step.events.push(Event::ChunkCompleted {
             job: self.job,
@@ -71,12 +86,7 @@ impl ObjectRun {
     ) {
         let error = ErrorRecord::from_store(&err);
         let chunk = &mut self.chunks[index as usize];
-        chunk.record_attempt(AttemptRecord {
-            started_ms: timing.started_ms,
-            latency_ms: timing.latency_ms,
-            bytes: 0,
-            error: Some(error.clone()),
-        });
+        record_failed(chunk, timing, error.clone());
         let attempt = chunk.attempts;
         let round = self.round[index as usize];
         let retry = &rules.retry;
