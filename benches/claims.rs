@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use blobway::state::postgres::PgState;
-use blobway::state::{ChunkRecord, FileRecord, JobOptions, JobRecord, JobState, StateDb, Write};
+use blobway::state::{ChunkRecord, FileRecord, StateDb, Write};
 
 const OBJECTS: u32 = 6_000;
 const CHUNKS_PER_OBJECT: u32 = 2;
@@ -21,17 +21,7 @@ fn worker(url: &str, name: &str) -> StateDb {
 }
 
 fn plan(db: &StateDb) {
-    let job = JobRecord {
-        id: 1,
-        source: "s3://bench/".into(),
-        destination: "az://bench/".into(),
-        options: JobOptions::with_chunk_size(1 << 20),
-        state: JobState::Running,
-        created_ms: 0,
-        updated_ms: 0,
-        error: None,
-        planned: true,
-    };
+    let job = common::bench_job();
     let mut writes = vec![Write::Job(job)];
     for i in 0..OBJECTS {
         let key = format!("o/{i:06}");

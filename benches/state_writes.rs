@@ -11,26 +11,14 @@ mod common;
 use std::time::Instant;
 
 use blobway::state::writer::{self, WriteRequest};
-use blobway::state::{
-    ChunkRecord, ChunkState, FileRecord, JobOptions, JobRecord, JobState, StateDb, Write,
-};
+use blobway::state::{ChunkRecord, ChunkState, FileRecord, StateDb, Write};
 use tokio::sync::mpsc;
 
 const CHUNKS: u32 = 50_000;
 
 fn setup(location: &std::path::Path) -> StateDb {
     let db = StateDb::open(location).expect("open");
-    let job = JobRecord {
-        id: 1,
-        source: "s3://bench/".into(),
-        destination: "az://bench/".into(),
-        options: JobOptions::with_chunk_size(1 << 20),
-        state: JobState::Running,
-        created_ms: 0,
-        updated_ms: 0,
-        error: None,
-        planned: true,
-    };
+    let job = common::bench_job();
     let file = FileRecord::new(
         "big.bin",
         "big.bin",

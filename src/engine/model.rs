@@ -100,12 +100,18 @@ pub(super) struct JobRun {
 pub(super) struct Quarantine {
     /// Why, as said to the operator.
     pub(super) reason: String,
-    /// When it tries the job again (set once its claims are back).
-    pub(super) until: tokio::time::Instant,
-    /// Nothing of the job is in flight here: its claims are on their way back.
-    pub(super) letting_go: bool,
-    /// Its claims are back with the others (the give-back is durable).
-    pub(super) released: bool,
+    pub(super) stage: Stage,
+}
+
+/// Where a quarantine stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Work of the job is still in flight here.
+    Draining,
+    /// Nothing is in flight: the give-back of its claims is on its way to the state.
+    LettingGo,
+    /// Its claims are back with the others: it tries the job again at this time.
+    Away(tokio::time::Instant),
 }
 
 /// A chunk of another worker's object, borrowed to move and give back

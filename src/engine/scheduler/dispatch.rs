@@ -464,8 +464,9 @@ impl Scheduler {
                 }
                 After::LetGoDurable(id) => {
                     if let Some(q) = self.jobs.get_mut(&id).and_then(|j| j.quarantine.as_mut()) {
-                        q.released = true;
-                        q.until = Instant::now() + crate::engine::health::quarantine();
+                        // Its time away counts from when its claims are back.
+                        let until = Instant::now() + crate::engine::health::quarantine();
+                        q.stage = crate::engine::model::Stage::Away(until);
                     }
                 }
                 After::Finished(id, state, error) => self.announce_finished(id, state, error).await,

@@ -364,14 +364,15 @@ impl Scheduler {
             let Some(quarantine) = &mut job.quarantine else {
                 continue;
             };
-            if !quarantine.letting_go && job.in_flight == 0 {
+            use crate::engine::model::Stage;
+            if quarantine.stage == Stage::Draining && job.in_flight == 0 {
                 // Its last writes go first, then the give-back; the job is read again only
                 // once that is durable (the window's invariant holds).
-                quarantine.letting_go = true;
+                quarantine.stage = Stage::LettingGo;
                 writes.push(Write::LetGo(*id));
                 after.push(After::LetGoDurable(*id));
                 job.forget_claims();
-            } else if quarantine.released && now >= quarantine.until {
+            } else if matches!(quarantine.stage, Stage::Away(until) if now >= until) {
                 job.quarantine = None;
                 let message = format!("this worker tries job {id} again");
                 tracing::info!("{message}");

@@ -156,10 +156,7 @@ impl Scheduler {
         job.clear_queue();
         job.quarantine = Some(crate::engine::model::Quarantine {
             reason,
-            // Counted from when its claims are back with the others.
-            until: Instant::now() + crate::engine::health::quarantine(),
-            letting_go: false,
-            released: false,
+            stage: crate::engine::model::Stage::Draining,
         });
         self.persist(Vec::new(), vec![After::Emit(Event::Notice { message })]);
     }
