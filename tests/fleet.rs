@@ -1039,3 +1039,137 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
     }
     m.assert_done_whole().await;
 }
+
+/// An operator's terminal attached to one of three workers (the one whose data folder it
+/// shares) shows the whole fleet; `P` there stops new chunks on every worker within a
+/// second, nothing moves while paused, and `R` there lets the migration finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within_a_second() {
+    use common::tmux::{Tmux, status_line};
+    let objects: Vec<(String, usize, u64)> = (0..24u64)
+        .map(|i| (format!("t-{i:02}.bin"), 2 * 1024 * 1024 + 91, 1200 + i))
+        .collect();
+    let m = Migration::new("tui-pause", &objects).await;
+    let state = m.state.clone();
+    let names = ["worker-a", "worker-b", "worker-c"];
+    let workers: Vec<Worker> = names
+        .iter()
+        .map(|n| Worker::start(&state, n, None))
+        .collect();
+    let api = reqwest::Client::new();
+    m.ask(&workers[0]).await;
+    wait_until("every worker moved a chunk", LONG, || {
+        let fleet = fleet(&state);
+        names.iter().all(|n| {
+            fleet
+                .get(*n)
+                .is_some_and(|w| w["chunks_moved"].as_i64().unwrap_or(0) > 0)
+        })
+    });
+
+    // The terminal finds worker-b: the worker serving this database from its data folder.
+    let attached = &workers[1];
+    let terminal = Tmux::start(
+        &format!(
+            "env BLOBWAY_STATE='{state}' XDG_DATA_HOME='{}' '{}'; echo BLOBWAY-EXIT-$?; sleep 30",
+            attached.home.path().display(),
+            env!("CARGO_BIN_EXE_blobway")
+        ),
+        160,
+        48,
+    );
+    let wait = Duration::from_secs(20);
+    let screen = terminal.wait_for("the job and the whole fleet", wait, |s| {
+        s.contains("RUNNING") && names.iter().all(|n| s.contains(n))
+    });
+    assert!(!screen.contains("BLOBWAY-EXIT-"), "{screen}");
+
+    let job_at = |w: &Worker| {
+        let (api, url) = (api.clone(), format!("{}/v1/jobs/1", w.url));
+        async move {
+            let got = api.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            got.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    terminal.send("P");
+    let asked = Instant::now();
+    let mut paused = vec![false; workers.len()];
+    while paused.contains(&false) {
+        for (w, done) in workers.iter().zip(paused.iter_mut()) {
+            *done = *done || job_at(w).await["state"] == "PAUSED";
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "1 s after P in the terminal, paused at {:?} of {names:?}",
+            paused
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("every worker paused {:?} after P", asked.elapsed());
+    terminal.wait_for("PAUSED in the terminal", wait, |s| {
+        status_line(s).contains("PAUSED")
+    });
+    // Paused, a worker starts nothing: its chunks in flight only come back.
+    for w in &workers {
+        let mut last = u64::MAX;
+        let deadline = Instant::now() + LONG;
+        loop {
+            let now = job_at(w).await["in_flight"].as_u64().unwrap_or(0);
+            assert!(now <= last, "{} started a chunk while paused", w.name);
+            if now == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chunks in flight never came back"
+            );
+            last = now;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each worker's own count of bytes sent (live; the workers list lags a heartbeat).
+    let sent = || async {
+        let mut sent = Vec::new();
+        for w in &workers {
+            let text = api
+                .get(format!("{}/metrics", w.url))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            sent.push(
+                text.lines()
+                    .find_map(|l| l.strip_prefix("blobway_transferred_bytes_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or_default() as u64,
+            );
+        }
+        sent
+    };
+    let before = sent().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sent().await,
+        before,
+        "bytes moved while every worker was paused"
+    );
+    assert!(
+        before.iter().all(|b| *b > 0),
+        "a worker never moved: {before:?}"
+    );
+    let total: u64 = before.iter().sum();
+    let whole: usize = objects.iter().map(|(_, size, _)| size).sum();
+    assert!(
+        total < whole as u64,
+        "the job was over before the pause: {before:?}"
+    );
+
+    terminal.send("R");
+    terminal.wait_for("RUNNING again in the terminal", wait, |s| {
+        status_line(s).contains("RUNNING") || s.contains("DONE")
+    });
+    m.assert_done_whole().await;
+}

@@ -1203,6 +1203,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_let_go_within_the_grace_is_opened_and_one_held_longer_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        // A blobway that is stopping: it lets go of the file a moment later.
+        let stopping = RedbState::open(&path).expect("open");
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            drop(stopping);
+        });
+        let started = std::time::Instant::now();
+        crate::state::StateDb::open_file(&path).expect("opened once let go");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+        letting_go.join().expect("joined");
+        // One that keeps it is refused once the grace is over.
+        let _keeping = RedbState::open(&path).expect("open again");
+        let started = std::time::Instant::now();
+        let err = crate::state::StateDb::open_file(&path)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StateError::AlreadyOpen(_)), "{err}");
+        assert!(started.elapsed() >= crate::state::HELD_FILE_WAIT);
+    }
+
+    #[test]
     fn a_garbage_file_is_reported_as_damaged() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");

@@ -27,6 +27,9 @@ use std::sync::Arc;
 pub use embedded::RedbState;
 pub use location::StateLocation;
 pub use records::*;
+/// How long [`StateDb::open_file`] waits for a file another blobway holds to be let go.
+pub const HELD_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Why the state database could not be used; every message names the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -508,9 +511,19 @@ impl StateDb {
         StateLocation::parse(given).open()
     }
 
-    /// Opens (or creates) the redb state file at `path`.
+    /// Opens (or creates) the redb state file at `path`. A blobway that is stopping (a daemon
+    /// gone idle, a copy ending) still holds the file for a moment after its socket went quiet,
+    /// so a held file is tried again for [`HELD_FILE_WAIT`] before it is refused.
     pub fn open_file(path: &Path) -> Result<Self, StateError> {
-        Ok(Self::new(RedbState::open(path)?))
+        let deadline = std::time::Instant::now() + HELD_FILE_WAIT;
+        loop {
+            match RedbState::open(path) {
+                Err(StateError::AlreadyOpen(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                opened => return Ok(Self::new(opened?)),
+            }
+        }
     }
 }
 
