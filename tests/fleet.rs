@@ -73,6 +73,10 @@ fn workers_claim_apart_and_a_dead_workers_claims_come_back_fenced() {
         claim(&b, 100).contains(&9),
         "a worker reads its own claims again"
     );
+    // Before a commit or an abort, the database confirms the object is the asker's.
+    assert!(a.confirm_claim(Some((1, 0))).expect("asked"));
+    assert!(!b.confirm_claim(Some((1, 0))).expect("asked"), "not b's");
+    assert!(b.confirm_claim(None).expect("b's lease is live"));
     // a starts a chunk, then stops renewing (a SIGSTOP, a cut cable).
     let mut in_flight = ChunkRecord::pending();
     in_flight.state = ChunkState::InProgress;
@@ -91,6 +95,12 @@ fn workers_claim_apart_and_a_dead_workers_claims_come_back_fenced() {
     assert!(
         a.next_under_way(1, None, 4, 100, &|_| false).is_err(),
         "nor claims"
+    );
+    let refused = a.confirm_claim(Some((1, 0))).expect_err("nor commits");
+    assert!(matches!(refused, StateError::Fenced { .. }), "{refused}");
+    assert!(
+        matches!(a.confirm_claim(None), Err(StateError::Fenced { .. })),
+        "nor gives up uploads"
     );
     // b gives a's claims back (its heartbeat or start does): the chunk a had in flight is
     // pending again, and b takes the objects.

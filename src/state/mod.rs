@@ -389,6 +389,14 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Asked in the database right before this engine commits or gives up an upload, when it
+    /// is one worker of several: fails ([`StateError::Fenced`]) unless its lease is live by
+    /// the database's clock, and answers whether `object` (job, index), when named, is still
+    /// claimed by it. A state of its own has no one else to ask: always true.
+    fn confirm_claim(&self, _object: Option<(JobId, u32)>) -> Result<bool, StateError> {
+        Ok(true)
+    }
+
     /// Takes job `id`'s listing under way for this engine: true when it is now this engine's
     /// to go on with, false when another live worker of a shared state lists it (taken in
     /// one write, so two workers never both take a gone worker's listing).

@@ -1680,6 +1680,23 @@ impl Backend for PgState {
         self.worker.as_ref().map(|w| w.lease.clone())
     }
 
+    fn confirm_claim(&self, object: Option<(JobId, u32)>) -> Result<bool, StateError> {
+        let Some(worker) = &self.worker else {
+            return Ok(true);
+        };
+        self.with(|s| {
+            self.fence(s, &worker.lease)?;
+            let Some((job, index)) = object else {
+                return Ok(true);
+            };
+            Ok(s.query_opt(
+                "SELECT 1 FROM blobway_objects WHERE job = $1 AND idx = $2 AND owner = $3",
+                &[&id(job), &i64::from(index), &worker.lease.epoch],
+            )?
+            .is_some())
+        })
+    }
+
     fn borrow(&self, job: JobId, max_chunks: usize) -> Result<Vec<super::Borrowed>, StateError> {
         let Some(epoch) = self.epoch() else {
             return Ok(Vec::new());
