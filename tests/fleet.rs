@@ -1183,3 +1183,58 @@ async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within
     });
     m.assert_done_whole().await;
 }
+
+/// A job or a setting recorded by one worker is heard by the others at once (NOTIFY), and
+/// moves the count of changes they poll as the fallback; other writes move neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_recorded_by_one_worker_is_heard_by_the_others_and_counted() {
+    let url = fresh_database();
+    let (a, b) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || (worker(&url, "a"), worker(&url, "b"))
+    })
+    .await
+    .unwrap();
+    let signal = a.change_signal().expect("a worker listens");
+    let count = |db: &StateDb| db.changes().expect("read").expect("shared");
+    // The listening connection comes up in the background: a first change is heard by then.
+    let heard_within = |within: Duration| {
+        let signal = signal.clone();
+        async move {
+            tokio::time::timeout(within, signal.notified())
+                .await
+                .is_ok()
+        }
+    };
+    let before = count(&a);
+    b.apply(&[Write::Setting("bwlimit", "3MiB".into())])
+        .expect("b sets");
+    assert!(
+        heard_within(Duration::from_secs(5)).await,
+        "a heard nothing"
+    );
+    assert_eq!(count(&a), before + 1);
+    b.apply(&[Write::Job(job_record(1))])
+        .expect("b records a job");
+    assert!(
+        heard_within(Duration::from_secs(1)).await,
+        "a did not hear the job within a second"
+    );
+    assert_eq!(count(&a), before + 2);
+    // A chunk's record is not a change to follow.
+    b.apply(&[
+        Write::File(1, 0, FileRecord::new("k", "k", 16, "\"e\"", 8, 2)),
+        Write::Chunk(1, 0, 0, ChunkRecord::pending()),
+    ])
+    .expect("b plans");
+    assert!(
+        !heard_within(Duration::from_millis(500)).await,
+        "heard a chunk"
+    );
+    assert_eq!(count(&a), before + 2);
+    // A state file has nobody else to hear from.
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateDb::open(&dir.path().join("s.redb")).unwrap();
+    assert!(file.change_signal().is_none());
+    assert_eq!(file.changes().unwrap(), None);
+}

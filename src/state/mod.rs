@@ -389,6 +389,18 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// How many changes of jobs and settings the state has recorded, when other engines share
+    /// it (`None` for a state of its own): a change of the count says something is to follow.
+    fn changes(&self) -> Result<Option<u64>, StateError> {
+        Ok(None)
+    }
+
+    /// Given at once when another engine sharing the state records a change of a job or a
+    /// setting (notifications may be lost: [`Backend::changes`] is the fallback).
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Asked in the database right before this engine commits or gives up an upload, when it
     /// is one worker of several: fails ([`StateError::Fenced`]) unless its lease is live by
     /// the database's clock, and answers whether `object` (job, index), when named, is still

@@ -24,6 +24,7 @@ use super::batch::{self, LAST_JOB_ID};
 use super::codec::Stored;
 use super::names::{self, Claim, NameClash};
 use super::sealed::{self, SessionKey};
+mod changes;
 mod workers;
 
 use super::lease::{Lease, WorkerRecord};
@@ -244,6 +245,8 @@ pub struct PgState {
     /// This engine's membership of the fleet ([`workers`]): its writes are fenced by its
     /// lease, and it claims the objects it works on. It leaves when the last handle goes.
     worker: Option<Arc<workers::Worker>>,
+    /// Given when another worker recorded a change of a job or a setting ([`changes`]).
+    changed: Option<Arc<tokio::sync::Notify>>,
     /// Drives the connections' I/O.
     runtime: Arc<Driver>,
 }
@@ -301,6 +304,11 @@ impl PgState {
     ) -> Result<Self, StateError> {
         let mut state = Self::connect_to(url, key, false)?;
         state.worker = Some(Arc::new(state.join(name, lease)?));
+        state.changed = Some(changes::listen(
+            state.config.clone(),
+            &state.runtime.handle(),
+            state.location.clone(),
+        ));
         Ok(state)
     }
 
@@ -366,6 +374,7 @@ impl PgState {
             database_id: Arc::new(std::sync::OnceLock::new()),
             reader,
             worker: None,
+            changed: None,
         };
         state.init_schema()?;
         let id = state.with(|s| {
@@ -1153,6 +1162,7 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn set_job(&mut self, job: JobId, record: Option<&JobRecord>) -> Result<(), StateError> {
+        changes::bump(self.session)?;
         match record {
             Some(record) => {
                 self.session.execute(
@@ -1200,6 +1210,9 @@ impl batch::Txn for PgTxn<'_, '_> {
     }
 
     fn set_meta(&mut self, name: &str, value: &str) -> Result<(), StateError> {
+        if name.starts_with("setting.") {
+            changes::bump(self.session)?;
+        }
         self.session.execute(
             "INSERT INTO blobway_meta (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
@@ -1678,6 +1691,14 @@ impl Backend for PgState {
 
     fn lease(&self) -> Option<Arc<Lease>> {
         self.worker.as_ref().map(|w| w.lease.clone())
+    }
+
+    fn changes(&self) -> Result<Option<u64>, StateError> {
+        self.with(changes::count).map(Some)
+    }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.changed.clone()
     }
 
     fn confirm_claim(&self, object: Option<(JobId, u32)>) -> Result<bool, StateError> {

@@ -1,12 +1,12 @@
-//! What a worker of a shared state reads of the fleet every second: the concurrency and the
-//! bandwidth cap an operator set on any worker (recorded as settings), an optional cap on the
-//! chunks in flight of the whole fleet (`BLOBWAY_FLEET_MAX_IN_FLIGHT`), shared out among the
-//! live workers, and the workers themselves, for views.
+//! What a worker of a shared state follows of the fleet: the concurrency and the bandwidth
+//! cap an operator set on any worker (recorded as settings, read again when the state's count
+//! of changes moves), and, every second, the workers themselves (for views) and its share of
+//! an optional cap on the chunks in flight of the whole fleet (`BLOBWAY_FLEET_MAX_IN_FLIGHT`).
 
 use super::*;
 use crate::engine::control::ChosenConcurrency;
 
-/// How often a worker reads the fleet's settings again.
+/// How often a worker reads the workers and its share of the fleet's cap again.
 const READ_EVERY: Duration = Duration::from_secs(1);
 
 /// The setting that holds the fleet's cap on chunks in flight (a number; absent: none).
@@ -16,6 +16,10 @@ pub(super) const FLEET_IN_FLIGHT: &str = "fleet_in_flight";
 /// another worker (or this one) made, and is followed.
 #[derive(Debug, Default)]
 pub(super) struct SeenSettings {
+    /// The state's count of changes of jobs and settings all of which this worker followed
+    /// (none: to be read again).
+    pub(super) changes: Option<u64>,
+    /// When the workers were last read.
     pub(super) read_at: Option<Instant>,
     pub(super) concurrency: Option<String>,
     pub(super) bwlimit: Option<String>,
@@ -57,24 +61,12 @@ impl Scheduler {
         }
     }
 
-    /// With a shared state, every [`READ_EVERY`]: takes up a concurrency or bandwidth cap
-    /// another worker recorded, and this worker's share of the fleet's cap on chunks in flight.
-    pub(super) fn follow_settings(&mut self, now: Instant, lease: &crate::state::lease::Lease) {
-        if self
-            .settings
-            .read_at
-            .is_some_and(|at| now.duration_since(at) < READ_EVERY)
-        {
-            return;
-        }
-        self.settings.read_at = Some(now);
-        match self.db.workers() {
-            Ok(workers) => self.settings.workers = workers.unwrap_or_default(),
-            Err(e) => tracing::debug!("cannot read the workers: {e}"),
-        }
-        // A setting that cannot be read now is left as it was.
+    /// With a shared state, once a change is recorded: takes up a concurrency or bandwidth
+    /// cap another worker recorded. False when a setting could not be read (it is left as it
+    /// was, and read again at the next tick).
+    pub(super) fn follow_settings(&mut self, now: Instant) -> bool {
         let Ok(concurrency) = self.db.setting(ChosenConcurrency::SETTING) else {
-            return;
+            return false;
         };
         if concurrency != self.settings.concurrency {
             self.settings.concurrency = concurrency.clone();
@@ -106,7 +98,7 @@ impl Scheduler {
             }
         }
         let Ok(bwlimit) = self.db.setting(BwLimit::SETTING) else {
-            return;
+            return false;
         };
         if bwlimit != self.settings.bwlimit {
             self.settings.bwlimit = bwlimit.clone();
@@ -118,6 +110,24 @@ impl Scheduler {
                 self.bwlimit = cap;
                 self.follow_bwlimit(true);
             }
+        }
+        true
+    }
+
+    /// With a shared state, every [`READ_EVERY`]: the workers, for views, and this worker's
+    /// share of the fleet's cap on chunks in flight as workers come and go.
+    pub(super) fn follow_workers(&mut self, now: Instant, lease: &crate::state::lease::Lease) {
+        if self
+            .settings
+            .read_at
+            .is_some_and(|at| now.duration_since(at) < READ_EVERY)
+        {
+            return;
+        }
+        self.settings.read_at = Some(now);
+        match self.db.workers() {
+            Ok(workers) => self.settings.workers = workers.unwrap_or_default(),
+            Err(e) => tracing::debug!("cannot read the workers: {e}"),
         }
         let Ok(share) = self.fleet_share_now(lease) else {
             return;

@@ -263,6 +263,8 @@ impl Scheduler {
             }),
         };
         self.jobs.insert(id, job);
+        // A change recorded while it loaded is followed at the next tick.
+        self.settings.changes = None;
         if let Some(event) = event {
             announcements.insert(0, After::Emit(event));
         }

@@ -420,6 +420,7 @@ pub(super) async fn run(
         tracing::warn!("{message}");
         let _ = s.events.send(Event::Notice { message }).await;
     }
+    let change_signal = s.db.change_signal();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands_open = true;
@@ -459,6 +460,10 @@ pub(super) async fn run(
                 if let Err(e) = s.on_committed(committed).await {
                     break Err(e);
                 }
+            }
+            _ = heard(&change_signal), if change_signal.is_some() => {
+                s.follow_changes(Instant::now());
+                s.publish();
             }
             _ = sleep_until(next_timer), if next_timer.is_some() => {}
             _ = ticks.tick() => {
@@ -503,6 +508,14 @@ pub(super) async fn run(
             .await;
     }
     result
+}
+
+/// Waits until another engine sharing the state records a change (never, without a signal).
+async fn heard(signal: &Option<Arc<tokio::sync::Notify>>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The writer thread takes a bounded receiver; the scheduler must never wait on it, so an

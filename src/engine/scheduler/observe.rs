@@ -340,9 +340,9 @@ impl Scheduler {
             chunks_moved: self.moved.chunks,
             bytes_moved: self.moved.bytes,
         });
-        self.follow_job_states();
+        self.follow_changes(now);
         self.follow_quarantines(now, &lease);
-        self.follow_settings(now, &lease);
+        self.follow_workers(now, &lease);
         self.follow_lent(now);
         let due = self
             .discovered_at
@@ -436,15 +436,34 @@ impl Scheduler {
         }
     }
 
-    /// With a shared state: a job another worker paused, resumed or cancelled is paused,
-    /// resumed or cancelled here too, within a tick (the state is read each tick: polling
-    /// works through any pooler, and nothing is missed while a connection is re-made).
-    fn follow_job_states(&mut self) {
+    /// With a shared state, when another worker's change is heard, and each tick: once the
+    /// state's count of changes moved, the jobs' states and the settings are read and
+    /// followed (the count, one row, is what each tick reads: it works through any pooler,
+    /// and nothing is missed while the listening connection is re-made).
+    pub(super) fn follow_changes(&mut self, now: Instant) {
+        let count = match self.db.changes() {
+            Ok(count) => count,
+            Err(e) => {
+                tracing::warn!("cannot read the shared state's changes: {e}");
+                return;
+            }
+        };
+        if count.is_some() && count == self.settings.changes {
+            return;
+        }
+        if self.follow_job_states() && self.follow_settings(now) {
+            self.settings.changes = count;
+        }
+    }
+
+    /// A job another worker paused, resumed or cancelled is paused, resumed or cancelled here
+    /// too. False when the jobs could not be read.
+    fn follow_job_states(&mut self) -> bool {
         let recorded = match self.db.jobs() {
             Ok(recorded) => recorded,
             Err(e) => {
                 tracing::warn!("cannot read the jobs of the shared state: {e}");
-                return;
+                return false;
             }
         };
         for record in recorded {
@@ -485,6 +504,7 @@ impl Scheduler {
                 job.record.updated_ms = record.updated_ms;
             }
         }
+        true
     }
 
     pub(super) fn read_history(&self) {
