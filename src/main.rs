@@ -249,7 +249,9 @@ enum Commands {
     /// disk or network fail steps aside from the job (quarantined) for
     /// BLOBWAY_WORKER_QUARANTINE seconds (default 30) and lets its claims go.
     /// BLOBWAY_FLEET_MAX_IN_FLIGHT=N caps the chunks in flight of the whole fleet (0 lifts it);
-    /// concurrency and bandwidth caps set on any worker are followed by all.
+    /// concurrency and bandwidth caps set on any worker are followed by all. Workers hear
+    /// each other's changes through LISTEN/NOTIFY and poll a count of changes besides;
+    /// BLOBWAY_STATE_LISTEN=off stops listening (behind PgBouncer in transaction mode).
     /// See assets/kubernetes-workers.yaml.
     Serve {
         /// Also serve the HTTP API on this address, e.g. 127.0.0.1:7878 (beyond loopback only

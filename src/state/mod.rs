@@ -401,12 +401,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Asked in the database right before this engine commits or gives up an upload, when it
-    /// is one worker of several: fails ([`StateError::Fenced`]) unless its lease is live by
-    /// the database's clock, and answers whether `object` (job, index), when named, is still
-    /// claimed by it. A state of its own has no one else to ask: always true.
-    fn confirm_claim(&self, _object: Option<(JobId, u32)>) -> Result<bool, StateError> {
-        Ok(true)
+    /// Fails ([`StateError::Fenced`]) unless this engine's lease is live by the database's
+    /// clock, when it is one worker of several: asked before it sends what no fenced write of
+    /// its own precedes (giving up the uploads of a job cancelled while not loaded). Commits
+    /// and other aborts follow a durable write the database fenced already.
+    fn confirm_lease(&self) -> Result<(), StateError> {
+        Ok(())
     }
 
     /// Takes job `id`'s listing under way for this engine: true when it is now this engine's

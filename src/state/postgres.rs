@@ -304,11 +304,15 @@ impl PgState {
     ) -> Result<Self, StateError> {
         let mut state = Self::connect_to(url, key, false)?;
         state.worker = Some(Arc::new(state.join(name, lease)?));
-        state.changed = Some(changes::listen(
-            state.config.clone(),
-            &state.runtime.handle(),
-            state.location.clone(),
-        ));
+        // Behind a pooler that passes no notifications (PgBouncer in transaction mode) the
+        // operator may turn listening off: the count of changes is then all that is read.
+        if std::env::var("BLOBWAY_STATE_LISTEN").map_or(true, |v| v != "off") {
+            state.changed = Some(changes::listen(
+                state.config.clone(),
+                &state.runtime.handle(),
+                state.location.clone(),
+            ));
+        }
         Ok(state)
     }
 
@@ -1701,21 +1705,11 @@ impl Backend for PgState {
         self.changed.clone()
     }
 
-    fn confirm_claim(&self, object: Option<(JobId, u32)>) -> Result<bool, StateError> {
-        let Some(worker) = &self.worker else {
-            return Ok(true);
-        };
-        self.with(|s| {
-            self.fence(s, &worker.lease)?;
-            let Some((job, index)) = object else {
-                return Ok(true);
-            };
-            Ok(s.query_opt(
-                "SELECT 1 FROM blobway_objects WHERE job = $1 AND idx = $2 AND owner = $3",
-                &[&id(job), &i64::from(index), &worker.lease.epoch],
-            )?
-            .is_some())
-        })
+    fn confirm_lease(&self) -> Result<(), StateError> {
+        match &self.worker {
+            Some(worker) => self.with(|s| self.fence(s, &worker.lease)),
+            None => Ok(()),
+        }
     }
 
     fn borrow(&self, job: JobId, max_chunks: usize) -> Result<Vec<super::Borrowed>, StateError> {

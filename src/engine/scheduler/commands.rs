@@ -526,7 +526,9 @@ impl Scheduler {
                 if !uploads.is_empty() {
                     let (_, dst) = parse_route(&job.source, &job.destination)?;
                     let sink = stores.sink(&dst, &job.options.dest_access).await?;
-                    dispatch::confirmed(&db, None).await?;
+                    // Nothing recorded precedes these aborts: the database fences them first.
+                    let asked = db.clone();
+                    tokio::task::spawn_blocking(move || asked.confirm_lease()).await??;
                     transfer::give_up_uploads(sink.as_ref(), uploads, db.lease().as_deref()).await;
                 }
                 // Cancelled already (a crash may have come before its sessions were given

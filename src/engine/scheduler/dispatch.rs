@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::engine::verify::ObjectCrc;
-use crate::store::StoreError;
 
 /// How long a worker waits before it looks again for chunks to borrow, when none were lent.
 const BORROW_EVERY: Duration = Duration::from_millis(500);
@@ -405,13 +404,9 @@ impl Scheduler {
 
     /// Gives up uploads that will not be committed, in the background.
     fn abort_uploads(&mut self, sink: Arc<dyn ObjectSink>, uploads: Vec<(String, String)>) {
-        let db = self.db.clone();
+        let lease = self.db.lease();
         self.background.spawn(async move {
-            if let Err(why) = confirmed(&db, None).await {
-                tracing::warn!("not giving up {} uploads: {why}", uploads.len());
-                return;
-            }
-            transfer::give_up_uploads(sink.as_ref(), uploads, db.lease().as_deref()).await;
+            transfer::give_up_uploads(sink.as_ref(), uploads, lease.as_deref()).await;
         });
     }
 
@@ -421,15 +416,11 @@ impl Scheduler {
         let db = self.db.clone();
         let lease = db.lease();
         self.background.spawn(async move {
-            let reader = db.clone();
-            let read = tokio::task::spawn_blocking(move || reader.open_uploads_except(id, &held));
+            let read = tokio::task::spawn_blocking(move || db.open_uploads_except(id, &held));
             match read.await {
-                Ok(Ok(uploads)) => match confirmed(&db, None).await {
-                    Ok(()) => {
-                        transfer::give_up_uploads(sink.as_ref(), uploads, lease.as_deref()).await
-                    }
-                    Err(why) => tracing::warn!("not giving up job {id}'s uploads: {why}"),
-                },
+                Ok(Ok(uploads)) => {
+                    transfer::give_up_uploads(sink.as_ref(), uploads, lease.as_deref()).await
+                }
                 Ok(Err(e)) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
                 Err(e) => tracing::warn!("cannot read job {id}'s open uploads: {e}"),
             }
@@ -529,12 +520,8 @@ impl Scheduler {
     }
 
     fn start_commit(&mut self, task: CommitTask) {
-        let db = self.db.clone();
         self.work.spawn(async move {
-            let result = match confirmed(&db, Some((task.job, task.file))).await {
-                Ok(()) => transfer::verify_and_commit(&task.work).await,
-                Err(why) => Err(why),
-            };
+            let result = transfer::verify_and_commit(&task.work).await;
             Finished::Commit {
                 job: task.job,
                 file: task.file,
@@ -570,28 +557,4 @@ pub(super) fn destination_meta(record: &FileRecord, crc64: Option<u64>) -> Objec
             .insert(meta_keys::CRC64NVME.into(), format!("{crc:016x}"));
     }
     meta
-}
-
-/// Whether this engine may still commit `object` (job, index) or, for `None`, give up
-/// uploads: asked of the database first when the state is shared ([`Backend::confirm_claim`]),
-/// so a worker whose lease ran out, or whose object another worker claimed, sends nothing.
-pub(super) async fn confirmed(db: &StateDb, object: Option<(JobId, u32)>) -> StoreResult<()> {
-    if db.lease().is_none() {
-        return Ok(());
-    }
-    let asked = db.clone();
-    let answer = tokio::task::spawn_blocking(move || asked.confirm_claim(object)).await;
-    match answer {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(StoreError::transient(
-            "the object is no longer this worker's claim in the shared state: another worker \
-             commits it",
-        )),
-        Ok(Err(e)) => Err(StoreError::transient(format!(
-            "the shared state did not confirm this worker's claim: {e}"
-        ))),
-        Err(e) => Err(StoreError::transient(format!(
-            "the shared state did not confirm this worker's claim: {e}"
-        ))),
-    }
 }

@@ -9,6 +9,10 @@ use crate::engine::control::ChosenConcurrency;
 /// How often a worker reads the workers and its share of the fleet's cap again.
 const READ_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a worker reads the jobs and settings again even when the count of changes did
+/// not move.
+pub(super) const FOLLOW_ANYWAY: Duration = Duration::from_secs(5);
+
 /// The setting that holds the fleet's cap on chunks in flight (a number; absent: none).
 pub(super) const FLEET_IN_FLIGHT: &str = "fleet_in_flight";
 
@@ -19,6 +23,8 @@ pub(super) struct SeenSettings {
     /// The state's count of changes of jobs and settings all of which this worker followed
     /// (none: to be read again).
     pub(super) changes: Option<u64>,
+    /// When they were last all followed.
+    pub(super) followed_at: Option<Instant>,
     /// When the workers were last read.
     pub(super) read_at: Option<Instant>,
     pub(super) concurrency: Option<String>,

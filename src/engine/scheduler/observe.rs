@@ -448,11 +448,18 @@ impl Scheduler {
                 return;
             }
         };
-        if count.is_some() && count == self.settings.changes {
+        // A blobway older than the count changes jobs without moving it: read anyway now and
+        // then.
+        let stale = self
+            .settings
+            .followed_at
+            .is_none_or(|at| now.duration_since(at) >= fleet::FOLLOW_ANYWAY);
+        if !stale && count.is_some() && count == self.settings.changes {
             return;
         }
         if self.follow_job_states() && self.follow_settings(now) {
             self.settings.changes = count;
+            self.settings.followed_at = Some(now);
         }
     }
 
