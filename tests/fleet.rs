@@ -356,6 +356,33 @@ impl Worker {
         format!("--- {} ---\n{text}", self.name)
     }
 
+    /// The value of the metric line starting `name` in its `/metrics` (-1 when absent).
+    async fn gauge(&self, name: &str) -> f64 {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    }
+
+    /// Job `id` as its API shows it.
+    async fn job(&self, id: u64) -> serde_json::Value {
+        let got = reqwest::Client::new()
+            .get(format!("{}/v1/jobs/{id}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        got.json().await.unwrap()
+    }
+
     fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -368,6 +395,13 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `count` objects named `<stem>-NN.bin` of `size` bytes each, seeded from `seed` on.
+fn alike(stem: &str, count: u64, size: usize, seed: u64) -> Vec<(String, usize, u64)> {
+    (0..count)
+        .map(|i| (format!("{stem}-{i:02}.bin"), size, seed + i))
+        .collect()
 }
 
 /// The workers as `blobway workers --json` lists them, by name.
@@ -690,29 +724,12 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
     let w1 = Worker::start_with(&state, "w1", None, "1M", &fleet_cap);
     let w2 = Worker::start_with(&state, "w2", None, "1M", &[]);
     let api = reqwest::Client::new();
-    let gauge = |w: &Worker, name: &'static str| {
-        let (api, url) = (api.clone(), format!("{}/metrics", w.url));
-        async move {
-            let text = api
-                .get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or(-1.0)
-        }
-    };
     // Five chunks in flight for the fleet: three for w1, two for w2 (by name).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let limits = (
-            gauge(&w1, "blobway_concurrency_limit ").await,
-            gauge(&w2, "blobway_concurrency_limit ").await,
+            w1.gauge("blobway_concurrency_limit ").await,
+            w2.gauge("blobway_concurrency_limit ").await,
         );
         if limits == (3.0, 2.0) {
             break;
@@ -744,8 +761,8 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
     let asked_at = Instant::now();
     loop {
         let seen = (
-            gauge(&w2, "blobway_concurrency_limit ").await,
-            gauge(&w1, "blobway_bwlimit_bytes_per_second ").await,
+            w2.gauge("blobway_concurrency_limit ").await,
+            w1.gauge("blobway_bwlimit_bytes_per_second ").await,
         );
         if seen == (7.0, 3.0 * 1024.0 * 1024.0) {
             break;
@@ -767,7 +784,7 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
         .unwrap();
     assert_eq!(asked.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while gauge(&w2, "blobway_concurrency_adaptive ").await != 1.0 {
+    while w2.gauge("blobway_concurrency_adaptive ").await != 1.0 {
         assert!(Instant::now() < deadline, "w2 did not turn adaptive");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -804,8 +821,12 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
         .unwrap();
     let names: BTreeSet<&str> = listed.iter().filter_map(|w| w["name"].as_str()).collect();
     assert_eq!(names, BTreeSet::from(["w1", "w2"]), "{listed:?}");
-    assert_eq!(gauge(&w1, "blobway_workers{state=\"running\"} ").await, 2.0);
-    assert!(gauge(&w1, "blobway_worker_chunks_moved{worker=\"w2\"} ").await >= 0.0);
+    assert_eq!(w1.gauge("blobway_workers{state=\"running\"} ").await, 2.0);
+    assert!(
+        w1.gauge("blobway_worker_chunks_moved{worker=\"w2\"} ")
+            .await
+            >= 0.0
+    );
     drop((w1, w2));
 }
 
@@ -814,9 +835,7 @@ async fn settings_set_on_one_worker_are_obeyed_by_all_and_the_fleet_cap_is_share
 /// step aside forever; no object failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_given_bad_credentials_with_nobody_left_fails_the_job_with_the_reason() {
-    let objects: Vec<(String, usize, u64)> = (0..16u64)
-        .map(|i| (format!("q-{i:02}.bin"), 2 * 1024 * 1024 + 99, 1700 + i))
-        .collect();
+    let objects = alike("q", 16, 2 * 1024 * 1024 + 99, 1700);
     let m = Migration::new("alone", &objects).await;
     let state = m.state.clone();
     let w1 = Worker::start_with(&state, "w1", None, "1M", &[]);
@@ -879,9 +898,7 @@ fn put_blocks(proxy: &proxy::Proxy) -> Vec<(String, String)> {
 /// nothing: it learns its lease is gone and stops; the others finish every object whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_past_its_lease_is_fenced() {
-    let objects: Vec<(String, usize, u64)> = (0..12u64)
-        .map(|i| (format!("o-{i:02}.bin"), 3 * 1024 * 1024 + 999, 500 + i))
-        .collect();
+    let objects = alike("o", 12, 3 * 1024 * 1024 + 999, 500);
     let m = Migration::new("stop", &objects).await;
     let state = m.state.clone();
     let mut w1 = Worker::start(&state, "w1", None);
@@ -937,9 +954,7 @@ async fn a_worker_stopped_past_its_lease_is_fenced() {
 /// anywhere), and resume asked of another starts them all again.
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
-    let objects: Vec<(String, usize, u64)> = (0..16u64)
-        .map(|i| (format!("o-{i:02}.bin"), 2 * 1024 * 1024 + 77, 900 + i))
-        .collect();
+    let objects = alike("o", 16, 2 * 1024 * 1024 + 77, 900);
     let m = Migration::new("pause", &objects).await;
     let state = m.state.clone();
     // Not listening (as behind PgBouncer): the count of changes polled each tick suffices.
@@ -967,13 +982,6 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let job_at = |w: &Worker| {
-        let (api, url) = (api.clone(), format!("{}/v1/jobs/1", w.url));
-        async move {
-            let got = api.get(url).bearer_auth(TOKEN).send().await.unwrap();
-            got.json::<serde_json::Value>().await.unwrap()
-        }
-    };
     let asked = api
         .post(format!("{}/v1/jobs/1/pause", w1.url))
         .bearer_auth(TOKEN)
@@ -983,7 +991,7 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
     assert!(asked.status().is_success(), "{}", asked.status());
     let paused_at = Instant::now();
     loop {
-        if job_at(&w2).await["state"] == "PAUSED" {
+        if w2.job(1).await["state"] == "PAUSED" {
             break;
         }
         assert!(
@@ -995,7 +1003,7 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
     // Once the chunks in flight are back, nothing more moves anywhere.
     for w in [&w1, &w2] {
         let deadline = Instant::now() + LONG;
-        while job_at(w).await["in_flight"].as_u64().unwrap_or(0) > 0 {
+        while w.job(1).await["in_flight"].as_u64().unwrap_or(0) > 0 {
             assert!(
                 Instant::now() < deadline,
                 "chunks in flight never came back"
@@ -1032,7 +1040,7 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
     assert!(resumed.status().is_success());
     let resumed_at = Instant::now();
     loop {
-        let state = job_at(&w1).await["state"].clone();
+        let state = w1.job(1).await["state"].clone();
         if state == "RUNNING" || state == "DONE" {
             break;
         }
@@ -1051,9 +1059,7 @@ async fn pause_on_one_worker_holds_them_all_and_resume_on_another_goes_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within_a_second() {
     use common::tmux::{Tmux, status_line};
-    let objects: Vec<(String, usize, u64)> = (0..24u64)
-        .map(|i| (format!("t-{i:02}.bin"), 2 * 1024 * 1024 + 91, 1200 + i))
-        .collect();
+    let objects = alike("t", 24, 2 * 1024 * 1024 + 91, 1200);
     let m = Migration::new("tui-pause", &objects).await;
     let state = m.state.clone();
     let names = ["worker-a", "worker-b", "worker-c"];
@@ -1061,7 +1067,6 @@ async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within
         .iter()
         .map(|n| Worker::start(&state, n, None))
         .collect();
-    let api = reqwest::Client::new();
     m.ask(&workers[0]).await;
     wait_until("every worker moved a chunk", LONG, || {
         let fleet = fleet(&state);
@@ -1089,19 +1094,12 @@ async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within
     });
     assert!(!screen.contains("BLOBWAY-EXIT-"), "{screen}");
 
-    let job_at = |w: &Worker| {
-        let (api, url) = (api.clone(), format!("{}/v1/jobs/1", w.url));
-        async move {
-            let got = api.get(url).bearer_auth(TOKEN).send().await.unwrap();
-            got.json::<serde_json::Value>().await.unwrap()
-        }
-    };
     terminal.send("P");
     let asked = Instant::now();
     let mut paused = vec![false; workers.len()];
     while paused.contains(&false) {
         for (w, done) in workers.iter().zip(paused.iter_mut()) {
-            *done = *done || job_at(w).await["state"] == "PAUSED";
+            *done = *done || w.job(1).await["state"] == "PAUSED";
         }
         assert!(
             asked.elapsed() < Duration::from_secs(1),
@@ -1119,7 +1117,7 @@ async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within
         let mut last = u64::MAX;
         let deadline = Instant::now() + LONG;
         loop {
-            let now = job_at(w).await["in_flight"].as_u64().unwrap_or(0);
+            let now = w.job(1).await["in_flight"].as_u64().unwrap_or(0);
             assert!(now <= last, "{} started a chunk while paused", w.name);
             if now == 0 {
                 break;
@@ -1136,21 +1134,7 @@ async fn pause_from_one_workers_terminal_stops_new_chunks_on_every_worker_within
     let sent = || async {
         let mut sent = Vec::new();
         for w in &workers {
-            let text = api
-                .get(format!("{}/metrics", w.url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            sent.push(
-                text.lines()
-                    .find_map(|l| l.strip_prefix("blobway_transferred_bytes_total "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or_default() as u64,
-            );
+            sent.push(w.gauge("blobway_transferred_bytes_total ").await as u64);
         }
         sent
     };
