@@ -707,15 +707,23 @@ async fn commands_find_or_start_the_daemon_and_a_killed_daemon_is_started_again(
     }
     let paused = run(blobway(&state).args(["pause", "1"]));
     assert_eq!(paused.code, 0, "{}", paused.stderr);
-    // The audit trail names the action, the channel and who asked.
-    let log = std::fs::read_to_string(state_dir.path().join("blobway.log")).unwrap_or_default();
+    // The audit trail names the action, the channel and who asked (its log is written by a
+    // thread of its own, a moment after the answer).
     let me = nix::unistd::getuid().as_raw();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("operator: pause job 1")
-                && l.contains(&format!("socket (uid {me})"))),
-        "{log}"
-    );
+    let audited = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("operator: pause job 1") && l.contains(&format!("socket (uid {me})"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(state_dir.path().join("blobway.log")).unwrap_or_default();
+        if audited(&log) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let retuned = run(blobway(&state).args(["set-concurrency", "3"]));
     assert_eq!(retuned.code, 0, "{}", retuned.stderr);
     let bad = run(blobway(&state).args(["set-concurrency", "lots"]));
