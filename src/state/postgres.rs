@@ -306,7 +306,11 @@ impl PgState {
         state.worker = Some(Arc::new(state.join(name, lease)?));
         // Behind a pooler that passes no notifications (PgBouncer in transaction mode) the
         // operator may turn listening off: the count of changes is then all that is read.
-        if std::env::var("BLOBWAY_STATE_LISTEN").map_or(true, |v| v != "off") {
+        let listen = std::env::var("BLOBWAY_STATE_LISTEN").unwrap_or_default();
+        if !matches!(
+            listen.trim().to_ascii_lowercase().as_str(),
+            "off" | "0" | "false" | "no"
+        ) {
             state.changed = Some(changes::listen(
                 state.config.clone(),
                 &state.runtime.handle(),
